@@ -1,0 +1,223 @@
+//! Attachments as pinned bpf_links: adopt an existing one by swapping the new program
+//! into it atomically, or create and pin a new one.
+//!
+//! Pin names say what is attached where: `xdp_underlay@<iface>` and
+//! `tc_endpoint_ingress@<iface>`. A link whose interface disappeared is defunct: the
+//! swap fails, and the pin is replaced by a fresh attachment.
+
+use std::{ffi::CString, fmt, fs, path::Path};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+    xdp::XdpLink,
+    LinkOrder, SchedClassifier, TcAttachType, Xdp,
+};
+use dataplane_ebpf::names;
+use tracing::{debug, info, warn};
+
+use super::DataplaneError;
+
+/// `--xdp-mode`: how to attach the underlay program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native (driver) mode only: fail if the driver cannot.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+/// How the underlay program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+    /// Adopted from a previous agent, in whatever mode it chose.
+    Adopted,
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+            AttachedMode::Adopted => "adopted",
+        })
+    }
+}
+
+pub fn xdp_pin_name(iface: &str) -> String {
+    format!("{}@{iface}", names::XDP_UNDERLAY)
+}
+
+pub fn tc_pin_name(iface: &str) -> String {
+    format!("{}@{iface}", names::TC_ENDPOINT_INGRESS)
+}
+
+/// The interface's index in this network namespace, or a clear error naming it.
+pub fn if_index(name: &str) -> Result<u32, DataplaneError> {
+    let missing = || DataplaneError::NoSuchInterface {
+        name: name.to_owned(),
+    };
+    let c_name = CString::new(name).map_err(|_| missing())?;
+    // SAFETY: `c_name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(missing()),
+        index => Ok(index),
+    }
+}
+
+/// Unpins (and so detaches) every link pin in `dir` whose name is not in `wanted`.
+/// Returns how many were removed.
+pub fn unpin_unwanted(dir: &Path, wanted: &[String]) -> Result<usize, DataplaneError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if wanted.contains(&name) {
+            continue;
+        }
+        let path = entry.path();
+        fs::remove_file(&path).map_err(|e| DataplaneError::Pin {
+            what: "unpinning a link",
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
+        info!(link = %name, "detached: no longer wanted");
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Opens a pinned link, if there is one.
+fn open_pin(path: &Path) -> Result<Option<FdLink>, DataplaneError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let pinned = PinnedLink::from_pin(path).map_err(|e| DataplaneError::Pin {
+        what: "opening a pinned link",
+        path: path.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(Some(pinned.into()))
+}
+
+/// Removes a pin we could not adopt; the link it held detaches with it.
+fn discard_pin(path: &Path, why: &dyn fmt::Display) -> Result<(), DataplaneError> {
+    warn!(pin = %path.display(), reason = %why, "replacing an attachment that cannot be adopted");
+    fs::remove_file(path).map_err(|e| DataplaneError::Pin {
+        what: "removing a stale link pin",
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<(), DataplaneError> {
+    link.pin(path).map_err(|e| DataplaneError::Pin {
+        what: "pinning a link",
+        path: path.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(())
+}
+
+/// Adopts the pinned XDP link on `iface` (swapping in `program`) or attaches afresh.
+pub fn attach_xdp(
+    program: &mut Xdp,
+    links_dir: &Path,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<AttachedMode, DataplaneError> {
+    let pin = links_dir.join(xdp_pin_name(iface));
+    let attach_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Attach {
+        program: names::XDP_UNDERLAY,
+        iface: iface.to_owned(),
+        source,
+    };
+    if let Some(fd_link) = open_pin(&pin)? {
+        match XdpLink::try_from(fd_link) {
+            Ok(link) => match program.attach_to_link(link) {
+                Ok(id) => {
+                    // The pin keeps the link; dropping our handle must not detach it.
+                    let link = program.take_link(id).map_err(|e| attach_error(Box::new(e)))?;
+                    drop(FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?);
+                    debug!(%iface, "swapped the new program into the pinned XDP link");
+                    return Ok(AttachedMode::Adopted);
+                }
+                Err(e) => discard_pin(&pin, &e)?,
+            },
+            Err(e) => discard_pin(&pin, &e)?,
+        }
+    }
+
+    let tries: &[(aya::programs::XdpMode, AttachedMode)] = match mode {
+        XdpMode::Native => &[(aya::programs::XdpMode::Driver, AttachedMode::Native)],
+        XdpMode::Generic => &[(aya::programs::XdpMode::Skb, AttachedMode::Generic)],
+        XdpMode::Auto => &[
+            (aya::programs::XdpMode::Driver, AttachedMode::Native),
+            (aya::programs::XdpMode::Skb, AttachedMode::Generic),
+        ],
+    };
+    let mut last_error = None;
+    for (flags, attached) in tries {
+        match program.attach(iface, *flags) {
+            Ok(id) => {
+                let link = program.take_link(id).map_err(|e| attach_error(Box::new(e)))?;
+                let fd_link = FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?;
+                pin_link(fd_link, &pin)?;
+                return Ok(*attached);
+            }
+            Err(e) => {
+                debug!(%iface, mode = %attached, error = %e, "XDP attach attempt failed");
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(attach_error(Box::new(
+        last_error.expect("at least one attach mode is tried"),
+    )))
+}
+
+/// Adopts the pinned tcx link on `iface`'s ingress (swapping in `program`) or attaches
+/// afresh.
+pub fn attach_tc_ingress(
+    program: &mut SchedClassifier,
+    links_dir: &Path,
+    iface: &str,
+) -> Result<(), DataplaneError> {
+    let pin = links_dir.join(tc_pin_name(iface));
+    let attach_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Attach {
+        program: names::TC_ENDPOINT_INGRESS,
+        iface: iface.to_owned(),
+        source,
+    };
+    if let Some(fd_link) = open_pin(&pin)? {
+        match SchedClassifierLink::try_from(fd_link) {
+            Ok(link) => match program.attach_to_link(link) {
+                Ok(id) => {
+                    let link = program.take_link(id).map_err(|e| attach_error(Box::new(e)))?;
+                    drop(FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?);
+                    debug!(%iface, "swapped the new program into the pinned tcx link");
+                    return Ok(());
+                }
+                Err(e) => discard_pin(&pin, &e)?,
+            },
+            Err(e) => discard_pin(&pin, &e)?,
+        }
+    }
+    let id = program
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| attach_error(Box::new(e)))?;
+    let link = program.take_link(id).map_err(|e| attach_error(Box::new(e)))?;
+    let fd_link = FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?;
+    pin_link(fd_link, &pin)
+}

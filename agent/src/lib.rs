@@ -1,0 +1,13 @@
+//! The Skein agent: the privileged daemon that runs on every host, and the `skein`
+//! command line.
+//!
+//! Layout:
+//! - [`cli`]: the `skein` command line (clap) and its entry point.
+//! - [`daemon`]: `skein agent`: wires the dataplane, metrics and shutdown together.
+//! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
+//! - [`metrics`]: `/metrics` in the Prometheus text format.
+
+pub mod cli;
+pub mod daemon;
+pub mod dataplane;
+pub mod metrics;

@@ -1,0 +1,93 @@
+//! `/metrics` in the Prometheus text format: the dataplane's per-program, per-verdict
+//! counters. A deliberately small HTTP/1.1 responder (one GET route, `Connection:
+//! close`), bounded in what it reads and how long it waits, so a misbehaving client
+//! can neither exhaust memory nor hold a task forever.
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Mutex,
+};
+use tracing::debug;
+
+use crate::dataplane::Counters;
+
+/// Longest request head we read; `GET /metrics` needs far less.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Renders the counters in the Prometheus text exposition format.
+pub fn render(counters: &Counters) -> String {
+    let rows = counters.read();
+    let mut out = String::new();
+    let mut programs: Vec<&str> = rows.iter().map(|(p, _, _)| *p).collect();
+    programs.dedup();
+    for program in programs {
+        for (unit, help) in [("packets", "Packets"), ("bytes", "Bytes")] {
+            let metric = format!("skein_{program}_{unit}_total");
+            let _ = writeln!(out, "# HELP {metric} {help} handled by the {program} eBPF program, by verdict.");
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (_, verdict, counter) in rows.iter().filter(|(p, _, _)| *p == program) {
+                let value = if unit == "packets" { counter.packets } else { counter.bytes };
+                let _ = writeln!(out, "{metric}{{verdict=\"{}\"}} {value}", verdict.name());
+            }
+        }
+    }
+    out
+}
+
+/// Serves `/metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, counters: Arc<Mutex<Counters>>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                debug!(%error, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            if let Err(error) = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, counters)).await {
+                debug!(%peer, %error, "metrics request timed out");
+            }
+        });
+    }
+}
+
+async fn respond(mut stream: TcpStream, counters: Arc<Mutex<Counters>>) {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > MAX_REQUEST_BYTES {
+            let _ = write_response(&mut stream, "431 Request Header Fields Too Large", "request too large\n").await;
+            return;
+        }
+    }
+    let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = request_line.split(|&b| b == b' ');
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (status, body) = match (method, target) {
+        (b"GET", b"/metrics") => ("200 OK", render(&*counters.lock().await)),
+        (b"GET", _) => ("404 Not Found", "not found: try /metrics\n".to_owned()),
+        _ => ("405 Method Not Allowed", "only GET is supported\n".to_owned()),
+    };
+    let _ = write_response(&mut stream, status, &body).await;
+}
+
+async fn write_response(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,15 @@
+//! The ABI shared by Skein's eBPF programs and the agent: program and map names,
+//! capacities, map key/value types and pure helpers. It is `no_std`, builds for both
+//! `bpfel-unknown-none` and the host, and is unit-tested on the host.
+//!
+//! Layout:
+//! - [`names`]: program, map and global-variable names, used by both sides.
+//! - [`counters`]: the per-verdict packet/byte counters every program keeps.
+//!
+//! Rules for every map key/value type (hash maps compare raw bytes, and the two sides
+//! must agree on layout without a compiler to check them): `#[repr(C)]`, `Copy`, no
+//! implicit padding (explicit `_pad` fields and a size assert), no `bool`/`enum`/`Option`.
+#![no_std]
+
+pub mod counters;
+pub mod names;

@@ -1,0 +1,5 @@
+//! `cargo xtask demo`.
+use anyhow::Result;
+pub fn run() -> Result<()> {
+    todo!()
+}

@@ -1,0 +1,9 @@
+//! Skein's build orchestration and test infrastructure: `cargo xtask build-ebpf`,
+//! `test`, `demo`, and the netns testbed that the privileged tests and the demo share.
+//!
+//! Layout:
+//! - [`toolchain`]: installs what is missing (nightly rust-src, bpf-linker, Debian packages).
+//! - [`testbed`]: RAII multi-host testbeds in network namespaces.
+
+pub mod testbed;
+pub mod toolchain;

