@@ -7,13 +7,21 @@ use anyhow::{Context, Result};
 use dataplane_ebpf_build::{build, Toolchain};
 
 fn main() -> Result<()> {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let workspace_root = manifest_dir
         .parent()
         .context("agent/ has no parent directory")?
         .to_owned();
-    for path in ["dataplane-ebpf/src", "dataplane-ebpf/Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace_root.join(path).display());
+    for path in [
+        "dataplane-ebpf/src",
+        "dataplane-ebpf/Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace_root.join(path).display()
+        );
     }
     for var in ["SKEIN_CACHE_DIR", "XDG_CACHE_HOME", "CARGO_TARGET_DIR"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -23,7 +31,9 @@ fn main() -> Result<()> {
         Ok(toolchain) => toolchain,
         Err(missing) => {
             // One sentence, naming the fix; cargo prints it under the build-script error.
-            eprintln!("error: {missing}; run `cargo xtask build-ebpf` once to install the eBPF toolchain");
+            eprintln!(
+                "error: {missing}; run `cargo xtask build-ebpf` once to install the eBPF toolchain"
+            );
             std::process::exit(1);
         }
     };

@@ -30,7 +30,12 @@ pub struct AgentArgs {
     pub action: Option<AgentAction>,
 
     /// The host's underlay interface: VXLAN and published ports arrive here.
-    #[arg(long, env = "SKEIN_UNDERLAY_IFACE", value_name = "IFACE", required = true)]
+    #[arg(
+        long,
+        env = "SKEIN_UNDERLAY_IFACE",
+        value_name = "IFACE",
+        required = true
+    )]
     pub underlay_iface: Option<String>,
 
     /// How to attach the underlay XDP program: native where the driver supports it
@@ -39,7 +44,12 @@ pub struct AgentArgs {
     pub xdp_mode: XdpMode,
 
     /// Where `/metrics` is served (Prometheus text format).
-    #[arg(long, env = "SKEIN_METRICS_ADDR", value_name = "ADDR", default_value = "127.0.0.1:9946")]
+    #[arg(
+        long,
+        env = "SKEIN_METRICS_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9946"
+    )]
     pub metrics_addr: SocketAddr,
 
     #[command(flatten)]
@@ -47,12 +57,22 @@ pub struct AgentArgs {
 
     /// Host-side veth of an endpoint to attach the endpoint program to (repeatable).
     /// Until the overlay creates endpoints itself, this attaches existing veths.
-    #[arg(long = "endpoint-iface", env = "SKEIN_ENDPOINT_IFACES", value_name = "IFACE", value_delimiter = ',')]
+    #[arg(
+        long = "endpoint-iface",
+        env = "SKEIN_ENDPOINT_IFACES",
+        value_name = "IFACE",
+        value_delimiter = ','
+    )]
     pub endpoint_ifaces: Vec<String>,
 
     /// Prefix of every namespace and interface this agent creates, so a sweep can tell
     /// whose leftovers are whose.
-    #[arg(long, env = "SKEIN_RESOURCE_PREFIX", value_name = "PREFIX", default_value = "skein")]
+    #[arg(
+        long,
+        env = "SKEIN_RESOURCE_PREFIX",
+        value_name = "PREFIX",
+        default_value = "skein"
+    )]
     pub resource_prefix: String,
 }
 
@@ -60,7 +80,12 @@ pub struct AgentArgs {
 pub struct PinArgs {
     /// This agent's bpffs directory: maps and links are pinned here so the dataplane
     /// outlives the agent. Mounted if absent.
-    #[arg(long, env = "SKEIN_BPF_DIR", value_name = "DIR", default_value = "/sys/fs/bpf/skein")]
+    #[arg(
+        long,
+        env = "SKEIN_BPF_DIR",
+        value_name = "DIR",
+        default_value = "/sys/fs/bpf/skein"
+    )]
     pub bpf_dir: PathBuf,
 }
 
@@ -75,7 +100,9 @@ pub enum AgentAction {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -88,5 +115,71 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("skein").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn agent_flags_and_defaults() {
+        let Command::Agent(args) = parse(&["agent", "--underlay-iface", "eth0"])
+            .unwrap()
+            .command;
+        assert_eq!(args.underlay_iface.as_deref(), Some("eth0"));
+        assert_eq!(args.xdp_mode, XdpMode::Auto);
+        assert_eq!(args.metrics_addr, "127.0.0.1:9946".parse().unwrap());
+        assert_eq!(args.pins.bpf_dir, PathBuf::from("/sys/fs/bpf/skein"));
+        assert!(args.action.is_none());
+
+        let Command::Agent(args) = parse(&[
+            "agent",
+            "--underlay-iface",
+            "eth0",
+            "--xdp-mode",
+            "generic",
+            "--endpoint-iface",
+            "a,b",
+        ])
+        .unwrap()
+        .command;
+        assert_eq!(args.xdp_mode, XdpMode::Generic);
+        assert_eq!(args.endpoint_ifaces, ["a", "b"]);
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_naming_the_value() {
+        let error = parse(&[
+            "agent",
+            "--underlay-iface",
+            "eth0",
+            "--metrics-addr",
+            "nope",
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("nope"), "{error}");
+        let error =
+            parse(&["agent", "--underlay-iface", "eth0", "--xdp-mode", "fast"]).unwrap_err();
+        assert!(error.to_string().contains("fast"), "{error}");
+        assert!(
+            parse(&["agent"]).is_err(),
+            "--underlay-iface is required to run"
+        );
+    }
+
+    #[test]
+    fn cleanup_needs_no_underlay() {
+        let Command::Agent(args) = parse(&["agent", "cleanup", "--bpf-dir", "/x"])
+            .unwrap()
+            .command;
+        let Some(AgentAction::Cleanup(pins)) = args.action else {
+            panic!("cleanup parsed as {:?}", args.action);
+        };
+        assert_eq!(pins.bpf_dir, PathBuf::from("/x"));
     }
 }

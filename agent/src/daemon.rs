@@ -52,7 +52,12 @@ pub fn run_command(args: AgentArgs) -> Result<()> {
     runtime.block_on(async {
         let listener = TcpListener::bind(config.metrics_addr)
             .await
-            .with_context(|| format!("could not listen on {} for /metrics (--metrics-addr)", config.metrics_addr))?;
+            .with_context(|| {
+                format!(
+                    "could not listen on {} for /metrics (--metrics-addr)",
+                    config.metrics_addr
+                )
+            })?;
         run(config, listener, shutdown_signal()).await
     })
 }
@@ -60,7 +65,11 @@ pub fn run_command(args: AgentArgs) -> Result<()> {
 /// Runs the agent until `shutdown` completes. Takes an already bound metrics listener,
 /// so callers (and tests) choose the port and bind failures surface before anything is
 /// attached.
-pub async fn run(config: AgentConfig, metrics_listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config: AgentConfig,
+    metrics_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let span = tracing::info_span!("agent", prefix = %config.resource_prefix);
     let _enter = span.enter();
     let want = Attachments {
@@ -68,9 +77,12 @@ pub async fn run(config: AgentConfig, metrics_listener: TcpListener, shutdown: i
         xdp_mode: config.xdp_mode,
         endpoint_ifaces: config.endpoint_ifaces.clone(),
     };
-    for (flag, iface) in std::iter::once(("--underlay-iface", &config.underlay_iface))
-        .chain(config.endpoint_ifaces.iter().map(|i| ("--endpoint-iface", i)))
-    {
+    for (flag, iface) in std::iter::once(("--underlay-iface", &config.underlay_iface)).chain(
+        config
+            .endpoint_ifaces
+            .iter()
+            .map(|i| ("--endpoint-iface", i)),
+    ) {
         if dataplane::if_index(iface).is_err() {
             anyhow::bail!("interface {iface:?} given to {flag} does not exist in this network namespace (see `ip link`)");
         }
@@ -78,7 +90,9 @@ pub async fn run(config: AgentConfig, metrics_listener: TcpListener, shutdown: i
     let mut dataplane =
         Dataplane::start(PinDirs::new(&config.bpf_dir), &want).context("starting the dataplane")?;
 
-    let logs = dataplane.take_logger().map(|logger| tokio::spawn(forward_ebpf_logs(logger)));
+    let logs = dataplane
+        .take_logger()
+        .map(|logger| tokio::spawn(forward_ebpf_logs(logger)));
     let counters = Arc::new(Mutex::new(dataplane.counters()?));
     let metrics_addr = metrics_listener.local_addr()?;
     let metrics = tokio::spawn(metrics::serve(metrics_listener, counters));

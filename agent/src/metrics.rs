@@ -12,25 +12,33 @@ use tokio::{
 };
 use tracing::debug;
 
+use dataplane_ebpf::counters::{Counter, Verdict};
+
 use crate::dataplane::Counters;
 
 /// Longest request head we read; `GET /metrics` needs far less.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Renders the counters in the Prometheus text exposition format.
-pub fn render(counters: &Counters) -> String {
-    let rows = counters.read();
+/// Renders counter rows (program, verdict, value) in the Prometheus text format.
+pub fn render(rows: &[(&'static str, Verdict, Counter)]) -> String {
     let mut out = String::new();
     let mut programs: Vec<&str> = rows.iter().map(|(p, _, _)| *p).collect();
     programs.dedup();
     for program in programs {
         for (unit, help) in [("packets", "Packets"), ("bytes", "Bytes")] {
             let metric = format!("skein_{program}_{unit}_total");
-            let _ = writeln!(out, "# HELP {metric} {help} handled by the {program} eBPF program, by verdict.");
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help} handled by the {program} eBPF program, by verdict."
+            );
             let _ = writeln!(out, "# TYPE {metric} counter");
             for (_, verdict, counter) in rows.iter().filter(|(p, _, _)| *p == program) {
-                let value = if unit == "packets" { counter.packets } else { counter.bytes };
+                let value = if unit == "packets" {
+                    counter.packets
+                } else {
+                    counter.bytes
+                };
                 let _ = writeln!(out, "{metric}{{verdict=\"{}\"}} {value}", verdict.name());
             }
         }
@@ -51,7 +59,9 @@ pub async fn serve(listener: TcpListener, counters: Arc<Mutex<Counters>>) {
         };
         let counters = counters.clone();
         tokio::spawn(async move {
-            if let Err(error) = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, counters)).await {
+            if let Err(error) =
+                tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, counters)).await
+            {
                 debug!(%peer, %error, "metrics request timed out");
             }
         });
@@ -67,17 +77,28 @@ async fn respond(mut stream: TcpStream, counters: Arc<Mutex<Counters>>) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if head.len() > MAX_REQUEST_BYTES {
-            let _ = write_response(&mut stream, "431 Request Header Fields Too Large", "request too large\n").await;
+            let _ = write_response(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "request too large\n",
+            )
+            .await;
             return;
         }
     }
     let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = request_line.split(|&b| b == b' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let (status, body) = match (method, target) {
-        (b"GET", b"/metrics") => ("200 OK", render(&*counters.lock().await)),
+        (b"GET", b"/metrics") => ("200 OK", render(&counters.lock().await.read())),
         (b"GET", _) => ("404 Not Found", "not found: try /metrics\n".to_owned()),
-        _ => ("405 Method Not Allowed", "only GET is supported\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "only GET is supported\n".to_owned(),
+        ),
     };
     let _ = write_response(&mut stream, status, &body).await;
 }
@@ -90,4 +111,39 @@ async fn write_response(stream: &mut TcpStream, status: &str, body: &str) -> std
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_one_family_per_program_and_unit() {
+        let rows = [
+            (
+                "xdp_underlay",
+                Verdict::PASS,
+                Counter {
+                    packets: 3,
+                    bytes: 180,
+                },
+            ),
+            ("xdp_underlay", Verdict::DROP, Counter::default()),
+            (
+                "tc_endpoint_ingress",
+                Verdict::PASS,
+                Counter {
+                    packets: 1,
+                    bytes: 60,
+                },
+            ),
+        ];
+        let text = render(&rows);
+        assert!(text.contains("# TYPE skein_xdp_underlay_packets_total counter\n"));
+        assert!(text.contains("skein_xdp_underlay_packets_total{verdict=\"pass\"} 3\n"));
+        assert!(text.contains("skein_xdp_underlay_bytes_total{verdict=\"pass\"} 180\n"));
+        assert!(text.contains("skein_xdp_underlay_packets_total{verdict=\"drop\"} 0\n"));
+        assert!(text.contains("skein_tc_endpoint_ingress_bytes_total{verdict=\"pass\"} 60\n"));
+        assert_eq!(text.matches("# TYPE").count(), 4);
+    }
 }

@@ -27,10 +27,12 @@ impl Counter {
 
     /// Sums the per-CPU copies of one slot.
     pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a Counter>) -> Counter {
-        per_cpu.into_iter().fold(Counter::default(), |acc, c| Counter {
-            packets: acc.packets.wrapping_add(c.packets),
-            bytes: acc.bytes.wrapping_add(c.bytes),
-        })
+        per_cpu
+            .into_iter()
+            .fold(Counter::default(), |acc, c| Counter {
+                packets: acc.packets.wrapping_add(c.packets),
+                bytes: acc.bytes.wrapping_add(c.bytes),
+            })
     }
 }
 
@@ -120,7 +122,13 @@ mod tests {
             packets: u64::MAX,
             bytes: 1,
         };
-        assert_eq!(a, Counter { packets: 2, bytes: 160 });
+        assert_eq!(
+            a,
+            Counter {
+                packets: 2,
+                bytes: 160
+            }
+        );
         assert_eq!(
             Counter::sum([&a, &b]),
             Counter {

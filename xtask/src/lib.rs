@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`toolchain`]: installs what is missing (nightly rust-src, bpf-linker, Debian packages).
 //! - [`testbed`]: RAII multi-host testbeds in network namespaces.
+//! - [`scrape`]: reads an agent's `/metrics` from inside its host.
 
+pub mod scrape;
 pub mod testbed;
 pub mod toolchain;

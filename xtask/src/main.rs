@@ -36,7 +36,7 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
         Command::Sweep => {
-            let report = "TODO"; // xtask::testbed::sweep_dead_runs()?;
+            let report = xtask::testbed::sweep_dead_runs()?;
             println!("{report}");
             Ok(())
         }

@@ -33,7 +33,12 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     say("tier 1: unit tests, no root (cargo test)");
-    run_checked(cargo(&root).arg("test").arg("--workspace").args(["--exclude", "xtask"]))?;
+    run_checked(
+        cargo(&root)
+            .arg("test")
+            .arg("--workspace")
+            .args(["--exclude", "xtask"]),
+    )?;
 
     if args.unprivileged_only {
         return Ok(());
@@ -42,7 +47,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("the privileged end-to-end tests need root: run `sudo -E cargo xtask test`, or `cargo xtask test --unprivileged-only` for tier 1 alone");
     }
 
-    let swept = "TODO"; // xtask::testbed::sweep_dead_runs()?;
+    let swept = xtask::testbed::sweep_dead_runs()?;
     say(&format!("swept leftovers of dead runs: {swept}"));
     say("building the skein binary for the end-to-end tests");
     run_checked(cargo(&root).args(["build", "--package", "agent", "--bin", "skein"]))?;

@@ -230,29 +230,32 @@ impl Testbed {
                 "net.ipv6.conf.all.disable_ipv6=1",
             ]))?;
         }
-        run_command(Command::new("ip").args(["-n", ul, "link", "add", UNDERLAY_BRIDGE]).args([
-            "mtu",
-            &mtu,
-            "type",
-            "bridge",
-        ]))?;
+        run_command(
+            Command::new("ip")
+                .args(["-n", ul, "link", "add", UNDERLAY_BRIDGE])
+                .args(["mtu", &mtu, "type", "bridge"]),
+        )?;
         let mut bridge_batch = format!("link set {UNDERLAY_BRIDGE} up\n");
         for host in self.all_hosts() {
             // One step, both ends already in place: nothing ever appears in the root namespace.
-            run_command(Command::new("ip").args(["-n", &host.netns, "link", "add"]).args([
-                UNDERLAY_IFACE,
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                host.bridge_port(),
-                "netns",
-                ul,
-                "mtu",
-                &mtu,
-            ]))?;
+            run_command(
+                Command::new("ip")
+                    .args(["-n", &host.netns, "link", "add"])
+                    .args([
+                        UNDERLAY_IFACE,
+                        "mtu",
+                        &mtu,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        host.bridge_port(),
+                        "netns",
+                        ul,
+                        "mtu",
+                        &mtu,
+                    ]),
+            )?;
             ip_batch(
                 &host.netns,
                 &format!(
@@ -278,7 +281,11 @@ impl Testbed {
     /// Host `i`, 0-based (`host(0)` is `h1`). Panics if there is no such host.
     pub fn host(&self, i: usize) -> &Host {
         self.hosts.get(i).unwrap_or_else(|| {
-            panic!("testbed {} has {} hosts; there is no host {i}", self.prefix, self.hosts.len())
+            panic!(
+                "testbed {} has {} hosts; there is no host {i}",
+                self.prefix,
+                self.hosts.len()
+            )
         })
     }
 
@@ -317,13 +324,18 @@ impl Testbed {
     /// address, routes and attached programs, and its `eth0` loses carrier.
     pub fn set_underlay_link(&self, host: usize, up: bool) -> Result<()> {
         let Some(h) = self.hosts.get(host) else {
-            bail!("testbed {} has {} hosts; there is no host {host}", self.prefix, self.hosts.len());
+            bail!(
+                "testbed {} has {} hosts; there is no host {host}",
+                self.prefix,
+                self.hosts.len()
+            );
         };
         let state = if up { "up" } else { "down" };
-        run_command(Command::new("ip").args(["-n", &self.underlay_netns, "link", "set"]).args([
-            h.bridge_port(),
-            state,
-        ]))
+        run_command(
+            Command::new("ip")
+                .args(["-n", &self.underlay_netns, "link", "set"])
+                .args([h.bridge_port(), state]),
+        )
         .map(|_| ())
         .with_context(|| format!("setting {}'s underlay link {state}", h.name))
     }
@@ -352,8 +364,9 @@ impl Testbed {
                 out += line;
                 out.push('\n');
             }
-            // One write per log so parallel tests' dumps do not interleave line by line.
-            let _ = io::stderr().lock().write_all(out.as_bytes());
+            // One write per log so parallel tests' dumps do not interleave line by line; through
+            // `eprint!` so the test harness shows it with the failing test's own output.
+            eprint!("{out}");
         }
     }
 }
@@ -465,14 +478,19 @@ impl Host {
                 1 => self.dir.join(format!("{log_name}.log")),
                 n => self.dir.join(format!("{log_name}-{n}.log")),
             })
-            .find_map(|path| {
-                match OpenOptions::new().write(true).create_new(true).open(&path) {
+            .find_map(
+                |path| match OpenOptions::new().write(true).create_new(true).open(&path) {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => None,
                     result => Some(result.map(|file| (path, file))),
-                }
-            })
+                },
+            )
             .expect("an unbounded range always yields")
-            .with_context(|| format!("creating a log file for {log_name} in {}", self.dir.display()))?;
+            .with_context(|| {
+                format!(
+                    "creating a log file for {log_name} in {}",
+                    self.dir.display()
+                )
+            })?;
         let stderr = log.try_clone().context("duplicating the log file handle")?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(stderr);
         Process::spawn(

@@ -13,7 +13,13 @@ pub fn ensure_ebpf_toolchain() -> Result<Toolchain> {
         Ok(nightly) => nightly,
         Err(_) => {
             say("installing the nightly Rust toolchain (rustup toolchain install nightly)");
-            run_checked(rustup_cmd(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+            run_checked(rustup_cmd([
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--profile",
+                "minimal",
+            ]))?;
             Nightly::query()?
         }
     };
@@ -46,7 +52,12 @@ fn install_bpf_linker(nightly: &Nightly) -> Result<()> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|name| name.starts_with("libLLVM.so."))
-        .with_context(|| format!("the nightly has no libLLVM.so.* in {}", nightly_lib.display()))?;
+        .with_context(|| {
+            format!(
+                "the nightly has no libLLVM.so.* in {}",
+                nightly_lib.display()
+            )
+        })?;
     for link in [libllvm.as_str(), "libLLVM.so"] {
         let path = llvm_lib.join(link);
         let _ = fs::remove_file(&path);
@@ -54,14 +65,20 @@ fn install_bpf_linker(nightly: &Nightly) -> Result<()> {
             .with_context(|| format!("linking {}", path.display()))?;
     }
     let mut cmd = Command::new("cargo");
-    cmd.args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features"])
-        .arg(format!("llvm-{}", nightly.llvm_major()))
-        .arg("--root")
-        .arg(&root)
-        .env("LLVM_PREFIX", root.join("llvm"))
-        .env("CARGO_TARGET_DIR", root.join("build"))
-        .env_remove("RUSTUP_TOOLCHAIN");
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        BPF_LINKER_VERSION,
+    ])
+    .args(["--no-default-features", "--features"])
+    .arg(format!("llvm-{}", nightly.llvm_major()))
+    .arg("--root")
+    .arg(&root)
+    .env("LLVM_PREFIX", root.join("llvm"))
+    .env("CARGO_TARGET_DIR", root.join("build"))
+    .env_remove("RUSTUP_TOOLCHAIN");
     run_checked(cmd).context("building bpf-linker failed")?;
     // The build tree is ~1 GB and only needed once.
     let _ = fs::remove_dir_all(root.join("build"));
@@ -71,6 +88,7 @@ fn install_bpf_linker(nightly: &Nightly) -> Result<()> {
 /// Debian packages the tests, the demo and the benchmarks drive.
 pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
     ("ethtool", "ethtool"),
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),
@@ -89,7 +107,10 @@ pub fn ensure_debian_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    say(&format!("installing Debian packages: {}", missing.join(" ")));
+    say(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     run_checked(Command::new("apt-get").arg("update").arg("-q"))?;
     let mut install = Command::new("apt-get");
     install

@@ -144,7 +144,9 @@ pub fn attach_xdp(
             Ok(link) => match program.attach_to_link(link) {
                 Ok(id) => {
                     // The pin keeps the link; dropping our handle must not detach it.
-                    let link = program.take_link(id).map_err(|e| attach_error(Box::new(e)))?;
+                    let link = program
+                        .take_link(id)
+                        .map_err(|e| attach_error(Box::new(e)))?;
                     drop(FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?);
                     debug!(%iface, "swapped the new program into the pinned XDP link");
                     return Ok(AttachedMode::Adopted);
@@ -167,7 +169,9 @@ pub fn attach_xdp(
     for (flags, attached) in tries {
         match program.attach(iface, *flags) {
             Ok(id) => {
-                let link = program.take_link(id).map_err(|e| attach_error(Box::new(e)))?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|e| attach_error(Box::new(e)))?;
                 let fd_link = FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?;
                 pin_link(fd_link, &pin)?;
                 return Ok(*attached);
@@ -200,7 +204,9 @@ pub fn attach_tc_ingress(
         match SchedClassifierLink::try_from(fd_link) {
             Ok(link) => match program.attach_to_link(link) {
                 Ok(id) => {
-                    let link = program.take_link(id).map_err(|e| attach_error(Box::new(e)))?;
+                    let link = program
+                        .take_link(id)
+                        .map_err(|e| attach_error(Box::new(e)))?;
                     drop(FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?);
                     debug!(%iface, "swapped the new program into the pinned tcx link");
                     return Ok(());
@@ -217,7 +223,9 @@ pub fn attach_tc_ingress(
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
         .map_err(|e| attach_error(Box::new(e)))?;
-    let link = program.take_link(id).map_err(|e| attach_error(Box::new(e)))?;
+    let link = program
+        .take_link(id)
+        .map_err(|e| attach_error(Box::new(e)))?;
     let fd_link = FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?;
     pin_link(fd_link, &pin)
 }

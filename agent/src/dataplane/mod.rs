@@ -37,7 +37,8 @@ pub use links::{if_index, XdpMode};
 
 /// The eBPF object, built by `build.rs` through the same function as
 /// `cargo xtask build-ebpf`, embedded so the agent is one self-contained binary.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skein-dataplane.o"));
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skein-dataplane.o"));
 
 /// Errors a user can cause or the kernel can report while setting up the dataplane.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +170,12 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
 /// Refuses to adopt pinned maps whose layout differs from this build's ABI: the new
 /// programs would read them with the wrong types.
 fn check_pinned_maps(maps_dir: &Path) -> Result<(), DataplaneError> {
-    let expected = (MapType::PerCpuArray, 4u32, size_of::<Counter>() as u32, COUNTER_SLOTS);
+    let expected = (
+        MapType::PerCpuArray,
+        4u32,
+        size_of::<Counter>() as u32,
+        COUNTER_SLOTS,
+    );
     for name in names::PINNED_MAPS {
         let path = maps_dir.join(name);
         if !path.exists() {

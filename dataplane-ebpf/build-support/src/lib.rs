@@ -48,8 +48,9 @@ pub struct Nightly {
 impl Nightly {
     /// Asks `rustup run nightly rustc -vV`; fails if rustup or the nightly is missing.
     pub fn query() -> Result<Nightly> {
-        let verbose = run_capture(rustup_cmd(["run", NIGHTLY, "rustc", "-vV"]))
-            .context("the nightly toolchain is not installed (rustup run nightly rustc -vV failed)")?;
+        let verbose = run_capture(rustup_cmd(["run", NIGHTLY, "rustc", "-vV"])).context(
+            "the nightly toolchain is not installed (rustup run nightly rustc -vV failed)",
+        )?;
         let field = |key: &str| {
             verbose
                 .lines()
@@ -125,7 +126,9 @@ impl fmt::Display for Missing {
         match self {
             Missing::Nightly(why) => write!(f, "the nightly Rust toolchain is missing ({why})"),
             Missing::RustSrc => write!(f, "the nightly toolchain has no rust-src component"),
-            Missing::BpfLinker(path) => write!(f, "bpf-linker is not installed at {}", path.display()),
+            Missing::BpfLinker(path) => {
+                write!(f, "bpf-linker is not installed at {}", path.display())
+            }
         }
     }
 }
@@ -210,7 +213,10 @@ pub fn build(toolchain: &Toolchain, workspace_root: &Path) -> Result<PathBuf> {
     }
     let object = target_dir.join(BPF_TARGET).join("release").join(EBPF_BIN);
     if !object.is_file() {
-        bail!("the eBPF build succeeded but left no object at {}", object.display());
+        bail!(
+            "the eBPF build succeeded but left no object at {}",
+            object.display()
+        );
     }
     Ok(object)
 }
@@ -248,7 +254,9 @@ pub fn inspect(object: &Path) -> Result<ObjectSummary> {
         let (Some(index), Ok(name)) = (symbol.section_index(), symbol.name()) else {
             continue;
         };
-        let Ok(section) = file.section_by_index(index).and_then(|s| s.name().map(str::to_owned))
+        let Ok(section) = file
+            .section_by_index(index)
+            .and_then(|s| s.name().map(str::to_owned))
         else {
             continue;
         };
@@ -267,7 +275,9 @@ pub fn inspect(object: &Path) -> Result<ObjectSummary> {
 /// removed, so `rustup run nightly` really selects nightly.
 pub fn rustup_cmd<const N: usize>(args: [&str; N]) -> Command {
     let mut cmd = Command::new("rustup");
-    cmd.args(args).env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC");
+    cmd.args(args)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC");
     cmd
 }
 

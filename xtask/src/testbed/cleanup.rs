@@ -215,9 +215,10 @@ fn run_namespaces(prefix: &str) -> Result<Vec<String>> {
             3
         } else if rest == "client" {
             1
-        } else if rest.strip_prefix('h').is_some_and(|n| {
-            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-        }) {
+        } else if rest
+            .strip_prefix('h')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
             2
         } else {
             0
@@ -308,7 +309,8 @@ fn umount_detach(path: &Path) -> io::Result<()> {
 /// Mount points at or below `dir` in this process's mount namespace, deepest first (and, for
 /// mounts stacked on one path, topmost first), so each unmount uncovers the next.
 pub(crate) fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let mut mounts: Vec<PathBuf> = info
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
@@ -329,7 +331,9 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) if bytes[i] == b'\\' => {
                 let value = d.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
@@ -420,8 +424,11 @@ pub(crate) fn write_owner_file(run_dir: &Path, label: &str) -> Result<()> {
     let pid = std::process::id();
     let stat = read_proc_stat(pid).context("reading this process's /proc/<pid>/stat")?;
     let tmp = run_dir.join(format!("{OWNER_FILE}.tmp"));
-    fs::write(&tmp, format!("pid {pid}\nstart_time {}\nlabel {label}\n", stat.start_time))
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::write(
+        &tmp,
+        format!("pid {pid}\nstart_time {}\nlabel {label}\n", stat.start_time),
+    )
+    .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, run_dir.join(OWNER_FILE))
         .with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())
@@ -444,21 +451,48 @@ mod tests {
         assert_eq!(parse_run_prefix("sk-12-3"), Some((12, "sk-12-3")));
         assert_eq!(parse_run_prefix("sk-12-3-h1"), Some((12, "sk-12-3")));
         assert_eq!(parse_run_prefix("sk-12-30-h1-ep"), Some((12, "sk-12-30")));
-        for other in ["sk-12", "sk-12-", "sk--3", "sk-12-3x", "sk-a-3", "skein-1-2", "xsk-1-2", "sk-12-3_h"] {
+        for other in [
+            "sk-12",
+            "sk-12-",
+            "sk--3",
+            "sk-12-3x",
+            "sk-a-3",
+            "skein-1-2",
+            "xsk-1-2",
+            "sk-12-3_h",
+        ] {
             assert_eq!(parse_run_prefix(other), None, "{other}");
         }
     }
 
     #[test]
     fn proc_stat_is_parsed_after_the_last_parenthesis() {
-        let line = "4242 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 20 21";
+        let line =
+            "4242 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 20 21";
         assert_eq!(
             parse_proc_stat(line),
-            Some(ProcStat { state: 'S', start_time: 987654 })
+            Some(ProcStat {
+                state: 'S',
+                start_time: 987654
+            })
         );
         let me = read_proc_stat(std::process::id()).expect("own stat");
         assert!(!me.is_dead());
         assert!(me.start_time > 0);
+    }
+
+    #[test]
+    fn sweep_report_reads_as_a_sentence() {
+        let report = SweepReport {
+            runs: 2,
+            namespaces: 5,
+            mounts: 3,
+            processes: 1,
+        };
+        assert_eq!(
+            report.to_string(),
+            "2 dead testbed runs: removed 5 namespaces and 3 mounts, killed 1 processes"
+        );
     }
 
     #[test]

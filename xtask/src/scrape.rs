@@ -1,0 +1,68 @@
+//! Reads an agent's `/metrics` from inside its host, for the demo and the tests.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+
+use crate::testbed::Host;
+
+/// The agent's default metrics address; it is per network namespace, so every host's
+/// agent can use it.
+pub const METRICS_URL: &str = "http://127.0.0.1:9946/metrics";
+
+/// Every sample of the agent's `/metrics`, keyed by `name{labels}`.
+pub fn scrape(host: &Host) -> Result<BTreeMap<String, u64>> {
+    let text = host
+        .run("curl", ["-sf", "--max-time", "5", METRICS_URL])
+        .with_context(|| format!("scraping {METRICS_URL} on {}", host.name()))?;
+    parse(&text)
+}
+
+/// Parses the Prometheus text format as the agent writes it (integer samples).
+pub fn parse(text: &str) -> Result<BTreeMap<String, u64>> {
+    let mut samples = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (key, value) = line
+            .rsplit_once(' ')
+            .with_context(|| format!("metrics line without a value: {line:?}"))?;
+        let value = value
+            .parse()
+            .with_context(|| format!("metrics value is not an integer: {line:?}"))?;
+        samples.insert(key.to_owned(), value);
+    }
+    Ok(samples)
+}
+
+/// The `pass` packets counted by the underlay XDP program.
+pub const XDP_PASS_PACKETS: &str = "skein_xdp_underlay_packets_total{verdict=\"pass\"}";
+/// The `pass` bytes counted by the underlay XDP program.
+pub const XDP_PASS_BYTES: &str = "skein_xdp_underlay_bytes_total{verdict=\"pass\"}";
+/// The `pass` packets counted by the endpoint TC program.
+pub const TC_PASS_PACKETS: &str = "skein_tc_endpoint_ingress_packets_total{verdict=\"pass\"}";
+
+/// One sample, or an error naming it.
+pub fn sample(samples: &BTreeMap<String, u64>, key: &str) -> Result<u64> {
+    samples
+        .get(key)
+        .copied()
+        .with_context(|| format!("/metrics has no sample {key}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_samples_and_rejects_garbage() {
+        let text = "# HELP x y\n# TYPE x counter\nx{verdict=\"pass\"} 12\nx{verdict=\"drop\"} 0\n";
+        let samples = parse(text).unwrap();
+        assert_eq!(sample(&samples, "x{verdict=\"pass\"}").unwrap(), 12);
+        assert_eq!(samples.len(), 2);
+        assert!(parse("x{a=\"b\"} twelve\n").is_err());
+        assert!(parse("novalue\n").is_err());
+        assert!(sample(&samples, "missing").is_err());
+    }
+}
