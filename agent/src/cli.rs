@@ -1,90 +1,90 @@
 //! The `skein` command line. Doc comments are the help text.
+//!
+//! `skein agent` runs the daemon; every other command is a client of the local agent,
+//! reached over its Unix socket (`--socket`, whose default is scoped to the network
+//! namespace, so `ip netns exec H skein node ls` reaches H's agent).
 
-use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use ipnet::Ipv4Net;
 use tracing_subscriber::EnvFilter;
 
-use crate::{daemon, dataplane::XdpMode};
+use crate::{
+    api::{self, Request, Response},
+    config::{self, AgentConfig, AgentSettings},
+    daemon,
+    dataplane::XdpMode,
+    output::{self, Format},
+};
+
+/// How long a client command waits for its agent: `network create` may wait for a
+/// conflicting create elsewhere in the cluster to be resolved.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Skein: Swarm-style service networking — VXLAN overlay, routing mesh, service
 /// discovery — with the packet path in eBPF/XDP.
 #[derive(Parser, Debug)]
 #[command(name = "skein", version)]
 pub struct Cli {
+    /// The agent's API socket: client commands connect to it, `skein agent` listens on
+    /// it. [default: /run/skein/skein.sock, or /run/skein/<NETNS>/skein.sock inside the
+    /// named network namespace NETNS]
+    #[arg(long, global = true, env = "SKEIN_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+// Parsed once per process: the size of the agent's variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent daemon on this host (privileged), or manage its dataplane.
-    Agent(AgentArgs),
+    Agent(AgentCommand),
+    /// List or remove the cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Print the token other hosts pass to `skein agent --join ... --token` to join
+    /// this cluster.
+    JoinToken,
+    /// Create, list or remove overlay networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
 }
 
-/// `skein agent`: every flag can also be given as an environment variable `SKEIN_*`.
+/// `skein agent`: every flag can also be given as an environment variable `SKEIN_*` or
+/// in the `--config` file; a flag beats the environment, which beats the file.
 #[derive(Args, Debug)]
-#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
-pub struct AgentArgs {
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentCommand {
     #[command(subcommand)]
     pub action: Option<AgentAction>,
 
-    /// The host's underlay interface: VXLAN and published ports arrive here.
-    #[arg(
-        long,
-        env = "SKEIN_UNDERLAY_IFACE",
-        value_name = "IFACE",
-        required = true
-    )]
-    pub underlay_iface: Option<String>,
-
-    /// How to attach the underlay XDP program: native where the driver supports it
-    /// (auto), native only, or generic.
-    #[arg(long, env = "SKEIN_XDP_MODE", value_enum, default_value_t = XdpMode::Auto)]
-    pub xdp_mode: XdpMode,
-
-    /// Where `/metrics` is served (Prometheus text format).
-    #[arg(
-        long,
-        env = "SKEIN_METRICS_ADDR",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:9946"
-    )]
-    pub metrics_addr: SocketAddr,
+    /// A TOML file of settings, keyed by the flag names: `underlay-iface = "eth0"`.
+    #[arg(long, env = "SKEIN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     #[command(flatten)]
-    pub pins: PinArgs,
-
-    /// Host-side veth of an endpoint to attach the endpoint program to (repeatable).
-    /// Until the overlay creates endpoints itself, this attaches existing veths.
-    #[arg(
-        long = "endpoint-iface",
-        env = "SKEIN_ENDPOINT_IFACES",
-        value_name = "IFACE",
-        value_delimiter = ','
-    )]
-    pub endpoint_ifaces: Vec<String>,
-
-    /// Prefix of every namespace and interface this agent creates, so a sweep can tell
-    /// whose leftovers are whose.
-    #[arg(
-        long,
-        env = "SKEIN_RESOURCE_PREFIX",
-        value_name = "PREFIX",
-        default_value = "skein"
-    )]
-    pub resource_prefix: String,
+    pub settings: AgentSettings,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct PinArgs {
-    /// This agent's bpffs directory: maps and links are pinned here so the dataplane
-    /// outlives the agent. Mounted if absent.
+    /// The agent's bpffs directory, as given to `skein agent --bpf-dir`.
     #[arg(
         long,
         env = "SKEIN_BPF_DIR",
         value_name = "DIR",
-        default_value = "/sys/fs/bpf/skein"
+        default_value_os_t = config::default_paths().bpf_dir
     )]
     pub bpf_dir: PathBuf,
 }
@@ -94,6 +94,130 @@ pub enum AgentAction {
     /// Detach and unpin everything this agent owns (under --bpf-dir) and nothing else.
     /// Stop the agent first: a running agent re-creates its attachments on restart only.
     Cleanup(PinArgs),
+    /// Tell the cluster this node is leaving, take its dataplane down and stop the agent.
+    Leave,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// List the cluster's nodes; `*` marks the one this command talks to.
+    Ls(FormatArg),
+    /// Forget a node that is down.
+    Rm {
+        /// The node's ID, or a prefix of it that only it has.
+        #[arg(value_parser = non_empty("a node ID"))]
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create an overlay network; the cluster picks a free subnet and VNI unless given.
+    Create(NetworkCreate),
+    /// List the overlay networks.
+    Ls(FormatArg),
+    /// Remove an overlay network.
+    Rm {
+        #[arg(value_parser = non_empty("a network name"))]
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct NetworkCreate {
+    /// The network's name.
+    #[arg(value_parser = non_empty("a network name"))]
+    pub name: String,
+    /// The network's IPv4 subnet, like 10.10.0.0/24.
+    #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
+    pub subnet: Option<Ipv4Net>,
+    /// The network's VXLAN network identifier.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16_777_215))]
+    pub vni: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct FormatArg {
+    /// How to print the list.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// A value parser refusing empty (or all-blank) strings.
+fn non_empty(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |value| {
+        if value.trim().is_empty() {
+            Err(format!("{what} cannot be empty"))
+        } else {
+            Ok(value.to_owned())
+        }
+    }
+}
+
+/// An IPv4 network in CIDR notation with no host bits set.
+fn parse_subnet(value: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = value
+        .parse()
+        .map_err(|_| "not an IPv4 subnet; write it like 10.10.0.0/24".to_owned())?;
+    if net.addr() != net.network() {
+        return Err(format!("has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// What `daemon::run_command` takes today, built from the resolved [`AgentConfig`]
+/// (or, for `cleanup`, the pin directory alone).
+///
+/// Transitional: it goes away when the daemon takes [`AgentConfig`] directly.
+#[derive(Debug)]
+pub struct AgentArgs {
+    pub action: Option<AgentAction>,
+    pub underlay_iface: Option<String>,
+    pub xdp_mode: XdpMode,
+    pub metrics_addr: SocketAddr,
+    pub pins: PinArgs,
+    pub endpoint_ifaces: Vec<String>,
+    pub resource_prefix: String,
+}
+
+impl AgentArgs {
+    fn run(config: &AgentConfig) -> AgentArgs {
+        AgentArgs {
+            action: None,
+            underlay_iface: Some(config.underlay_iface.clone()),
+            xdp_mode: config.xdp_mode,
+            metrics_addr: config.metrics_addr,
+            pins: PinArgs {
+                bpf_dir: config.bpf_dir.clone(),
+            },
+            endpoint_ifaces: config.endpoint_ifaces.clone(),
+            resource_prefix: config.resource_prefix.clone(),
+        }
+    }
+
+    fn cleanup(pins: PinArgs) -> AgentArgs {
+        AgentArgs {
+            action: Some(AgentAction::Cleanup(pins.clone())),
+            underlay_iface: None,
+            xdp_mode: XdpMode::default(),
+            metrics_addr: config::DEFAULT_METRICS_ADDR,
+            pins,
+            endpoint_ifaces: Vec::new(),
+            resource_prefix: config::DEFAULT_RESOURCE_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl AgentCommand {
+    /// The daemon's settings, resolved: these flags and env over the `--config` file
+    /// over the defaults. `socket` is the global `--socket`.
+    pub fn resolve(&self, socket: Option<PathBuf>) -> Result<AgentConfig> {
+        let given = AgentSettings {
+            socket,
+            ..self.settings.clone()
+        };
+        Ok(config::resolve(&given, self.config.as_deref())?)
+    }
 }
 
 /// Entry point of the `skein` binary.
@@ -106,11 +230,8 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let result = match cli.command {
-        Command::Agent(args) => daemon::run_command(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(cli) {
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -118,26 +239,108 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs a parsed command line to completion.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let socket = cli.socket;
+    let (request, format) = match cli.command {
+        Command::Agent(agent) => match agent.action {
+            Some(AgentAction::Cleanup(pins)) => {
+                daemon::run_command(AgentArgs::cleanup(pins))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(AgentAction::Leave) => (Request::Leave, Format::Table),
+            None => {
+                let config = agent.resolve(socket)?;
+                daemon::run_command(AgentArgs::run(&config))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
+        Command::Node(NodeCommand::Ls(f)) => (Request::NodeLs, f.format),
+        Command::Node(NodeCommand::Rm { id }) => (Request::NodeRm { id }, Format::Table),
+        Command::JoinToken => (Request::JoinToken, Format::Table),
+        Command::Network(NetworkCommand::Create(create)) => (
+            Request::NetworkCreate {
+                name: create.name,
+                subnet: create.subnet.map(|net| net.to_string()),
+                vni: create.vni,
+            },
+            Format::Table,
+        ),
+        Command::Network(NetworkCommand::Ls(f)) => (Request::NetworkLs, f.format),
+        Command::Network(NetworkCommand::Rm { name }) => {
+            (Request::NetworkRm { name }, Format::Table)
+        }
+    };
+    let socket = socket.unwrap_or_else(|| config::default_paths().socket);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match runtime.block_on(api::call(&socket, &request, CLIENT_TIMEOUT))? {
+        Response::Ok { body } => {
+            let text = output::body(&body, format, output::now_ms());
+            // `skein node ls | head -1` closes the pipe early; that is not an error.
+            match std::io::stdout().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(e).context("writing to stdout")
+                }
+                _ => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::config::{merge, DefaultPaths, Defaults};
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("skein").chain(args.iter().copied()))
     }
 
+    /// `skein agent ...` resolved against the root namespace's defaults and no file.
+    fn resolve(args: &[&str]) -> Result<AgentConfig, config::ConfigError> {
+        let cli = parse(args).unwrap();
+        let Command::Agent(agent) = cli.command else {
+            panic!("not an agent command: {args:?}");
+        };
+        let given = AgentSettings {
+            socket: cli.socket,
+            ..agent.settings
+        };
+        let defaults = Defaults {
+            paths: DefaultPaths::for_netns(None),
+            hostname: Some("host1".into()),
+        };
+        merge(&given, &AgentSettings::default(), &defaults)
+    }
+
     #[test]
     fn agent_flags_and_defaults() {
-        let Command::Agent(args) = parse(&["agent", "--underlay-iface", "eth0"])
+        let config = resolve(&["agent", "--underlay-iface", "eth0"]).unwrap();
+        assert_eq!(config.underlay_iface, "eth0");
+        assert_eq!(config.xdp_mode, XdpMode::Auto);
+        assert_eq!(config.metrics_addr, "127.0.0.1:9946".parse().unwrap());
+        assert_eq!(config.bpf_dir, PathBuf::from("/sys/fs/bpf/skein"));
+        assert_eq!(config.socket, PathBuf::from("/run/skein/skein.sock"));
+        assert_eq!(config.gossip_port, 7946);
+        let Command::Agent(agent) = parse(&["agent", "--underlay-iface", "eth0"])
             .unwrap()
-            .command;
-        assert_eq!(args.underlay_iface.as_deref(), Some("eth0"));
-        assert_eq!(args.xdp_mode, XdpMode::Auto);
-        assert_eq!(args.metrics_addr, "127.0.0.1:9946".parse().unwrap());
-        assert_eq!(args.pins.bpf_dir, PathBuf::from("/sys/fs/bpf/skein"));
-        assert!(args.action.is_none());
+            .command
+        else {
+            panic!("not an agent command");
+        };
+        assert!(agent.action.is_none());
 
-        let Command::Agent(args) = parse(&[
+        let config = resolve(&[
             "agent",
             "--underlay-iface",
             "eth0",
@@ -145,41 +348,184 @@ mod tests {
             "generic",
             "--endpoint-iface",
             "a,b",
+            "--socket",
+            "/tmp/a.sock",
+            "--gossip-port",
+            "8000",
+            "--join",
+            "10.0.0.1,10.0.0.2:9000",
+            "--join",
+            "node-c",
+            "--token",
+            "t0k",
+            "--join-timeout",
+            "500ms",
+            "--advertise-addr",
+            "10.0.0.9",
+            "--hostname",
+            "alpha",
+            "--state-dir",
+            "/tmp/state",
         ])
-        .unwrap()
-        .command;
-        assert_eq!(args.xdp_mode, XdpMode::Generic);
-        assert_eq!(args.endpoint_ifaces, ["a", "b"]);
+        .unwrap();
+        assert_eq!(config.xdp_mode, XdpMode::Generic);
+        assert_eq!(config.endpoint_ifaces, ["a", "b"]);
+        assert_eq!(config.socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(
+            config.join,
+            ["10.0.0.1:8000", "10.0.0.2:9000", "node-c:8000"]
+        );
+        assert_eq!(config.token.as_deref(), Some("t0k"));
+        assert_eq!(config.join_timeout, Duration::from_millis(500));
+        assert_eq!(config.advertise_addr, Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(config.hostname, "alpha");
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
+        assert!(!config.init);
+
+        assert!(
+            resolve(&["agent", "--underlay-iface", "e", "--init"])
+                .unwrap()
+                .init
+        );
+        assert!(
+            !resolve(&["agent", "--underlay-iface", "e", "--init=false"])
+                .unwrap()
+                .init
+        );
     }
 
     #[test]
     fn bad_arguments_are_errors_naming_the_value() {
-        let error = parse(&[
-            "agent",
-            "--underlay-iface",
-            "eth0",
-            "--metrics-addr",
-            "nope",
-        ])
-        .unwrap_err();
-        assert!(error.to_string().contains("nope"), "{error}");
-        let error =
-            parse(&["agent", "--underlay-iface", "eth0", "--xdp-mode", "fast"]).unwrap_err();
-        assert!(error.to_string().contains("fast"), "{error}");
+        for (args, needle) in [
+            (&["agent", "--metrics-addr", "nope"][..], "nope"),
+            (&["agent", "--xdp-mode", "fast"], "fast"),
+            (&["agent", "--advertise-addr", "fe80::1"], "fe80::1"),
+            (&["agent", "--gossip-port", "70000"], "70000"),
+            (&["agent", "--join-timeout", "10"], "'10'"),
+            (&["agent", "--join", "10.0.0.1,::1"], "::1"),
+            (&["agent", "--token", ""], "empty"),
+            (&["agent", "--underlay-iface", "a/b"], "a/b"),
+            (
+                &["network", "create", "web", "--subnet", "10.0.0.0/33"],
+                "10.0.0.0/33",
+            ),
+            (
+                &["network", "create", "web", "--subnet", "10.0.0.1/24"],
+                "10.0.0.0/24",
+            ),
+            (&["network", "create", "web", "--vni", "0"], "'0'"),
+            (
+                &["network", "create", "web", "--vni", "16777216"],
+                "16777216",
+            ),
+            (&["network", "create", ""], "empty"),
+            (&["network", "rm", " "], "empty"),
+            (&["node", "rm", ""], "empty"),
+            (&["node", "ls", "--format", "yaml"], "yaml"),
+        ] {
+            let error = parse(args).unwrap_err();
+            assert!(error.to_string().contains(needle), "{args:?}: {error}");
+        }
         assert!(
-            parse(&["agent"]).is_err(),
-            "--underlay-iface is required to run"
+            parse(&["agent", "--init", "--join", "10.0.0.1", "--token", "t"]).is_err(),
+            "--init conflicts with --join"
         );
+        let error = resolve(&["agent"]).unwrap_err().to_string();
+        assert!(
+            error.contains("--underlay-iface"),
+            "--underlay-iface is required to run: {error}"
+        );
+        let error = resolve(&["agent", "--underlay-iface", "e", "--join", "10.0.0.1"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--token"), "--join needs --token: {error}");
     }
 
     #[test]
     fn cleanup_needs_no_underlay() {
         let Command::Agent(args) = parse(&["agent", "cleanup", "--bpf-dir", "/x"])
             .unwrap()
-            .command;
+            .command
+        else {
+            panic!("not an agent command");
+        };
         let Some(AgentAction::Cleanup(pins)) = args.action else {
             panic!("cleanup parsed as {:?}", args.action);
         };
         assert_eq!(pins.bpf_dir, PathBuf::from("/x"));
+
+        let Command::Agent(args) = parse(&["agent", "cleanup"]).unwrap().command else {
+            panic!("not an agent command");
+        };
+        let Some(AgentAction::Cleanup(pins)) = args.action else {
+            panic!("cleanup parsed as {:?}", args.action);
+        };
+        assert_eq!(pins.bpf_dir, PathBuf::from("/sys/fs/bpf/skein"));
+        assert!(
+            parse(&["agent", "--underlay-iface", "eth0", "cleanup"]).is_err(),
+            "daemon flags and subcommands do not mix"
+        );
+    }
+
+    #[test]
+    fn client_commands() {
+        let cli = parse(&["--socket", "/s", "node", "ls", "--format", "json"]).unwrap();
+        assert_eq!(cli.socket.as_deref(), Some(Path::new("/s")));
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Ls(FormatArg {
+                format: Format::Json
+            }))
+        ));
+        let cli = parse(&["node", "rm", "3f2a", "--socket", "/t"]).unwrap();
+        assert_eq!(cli.socket.as_deref(), Some(Path::new("/t")));
+        assert!(matches!(cli.command, Command::Node(NodeCommand::Rm { id }) if id == "3f2a"));
+        assert!(matches!(
+            parse(&["join-token"]).unwrap().command,
+            Command::JoinToken
+        ));
+        assert!(matches!(
+            parse(&["agent", "leave"]).unwrap().command,
+            Command::Agent(AgentCommand {
+                action: Some(AgentAction::Leave),
+                ..
+            })
+        ));
+        let Command::Network(NetworkCommand::Create(create)) = parse(&[
+            "network",
+            "create",
+            "web",
+            "--subnet",
+            "10.10.0.0/24",
+            "--vni",
+            "4097",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not network create");
+        };
+        assert_eq!(create.name, "web");
+        assert_eq!(create.subnet, Some("10.10.0.0/24".parse().unwrap()));
+        assert_eq!(create.vni, Some(4097));
+        assert!(matches!(
+            parse(&["network", "rm", "web"]).unwrap().command,
+            Command::Network(NetworkCommand::Rm { name }) if name == "web"
+        ));
+    }
+
+    #[test]
+    fn client_without_agent_fails_with_one_sentence() {
+        let socket =
+            std::env::temp_dir().join(format!("skein-cli-test-{}.sock", std::process::id()));
+        let cli = parse(&["--socket", socket.to_str().unwrap(), "node", "ls"]).unwrap();
+        let error = format!("{:#}", run(cli).unwrap_err());
+        assert!(error.starts_with("no agent is listening on"), "{error}");
+    }
+
+    #[test]
+    fn help_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -7,7 +7,10 @@
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 
+pub mod api;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
+pub mod output;

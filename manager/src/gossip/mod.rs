@@ -1,0 +1,644 @@
+//! The gossip engine: membership, failure detection and state dissemination, sans-IO.
+//!
+//! The engine owns no socket and no clock: it is fed datagrams, timer events and the
+//! wall-clock time, and returns what to send and when to wake it. The tokio driver
+//! ([`crate::driver`]) and the simulator ([`crate::sim`]) run the very same engine.
+//!
+//! Pieces:
+//! - **foca** (SWIM with suspicion, indirect probes, periodic gossip) decides who is alive
+//!   and disseminates state changes: every local write is a foca custom broadcast, which
+//!   rides on SWIM messages and is re-broadcast by every node that found it new.
+//! - **anti-entropy**: every `sync_interval`, push-pull with one random live member by
+//!   per-bucket digests of the store, so joins get the whole state and partitions heal
+//!   even for changes whose broadcasts were exhausted.
+//! - **the secure envelope** ([`crate::secure`]): every datagram sealed with the cluster
+//!   key; anything that does not open is dropped and counted before foca or the store see
+//!   a byte of it.
+
+pub mod member;
+pub mod wire;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    num::{NonZeroU8, NonZeroUsize},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, PostcardCodec};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
+use tracing::{debug, trace};
+
+pub use member::Member;
+
+use crate::{
+    hlc::Hlc,
+    secure::{max_plaintext, JoinToken, Opener, RejectCounters, Sealer},
+    state::{
+        decode_record, encode_record, MergeOutcome, Record, RecordKey, Scope, Stamp, Store, BUCKETS,
+    },
+    NodeId,
+};
+
+/// Announces a joining node sends to the first members it discovers.
+const JOIN_ANNOUNCES: usize = 6;
+
+/// Timing and fan-out of the protocol. The defaults target a LAN of up to ~1000 nodes:
+/// a dead node declared dead everywhere within ~3 s, no false "down" under 5 % loss.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// How often each node probes one member.
+    pub probe_period: Duration,
+    /// How long a direct probe may take before indirect probes start.
+    pub probe_rtt: Duration,
+    /// Members asked to probe indirectly.
+    pub indirect_probes: usize,
+    /// How long a suspect has to refute before it is declared down.
+    pub suspect_to_down_after: Duration,
+    /// Periodic gossip of membership updates and broadcasts.
+    pub gossip_interval: Duration,
+    pub gossip_fanout: usize,
+    /// How many times each update or broadcast is piggybacked.
+    pub max_transmissions: u8,
+    /// Anti-entropy period (jittered ±50 %).
+    pub sync_interval: Duration,
+    /// Tombstones older than this are dropped.
+    pub tombstone_ttl: Duration,
+    /// How long foca remembers a down identity.
+    pub remove_down_after: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            probe_period: Duration::from_millis(300),
+            probe_rtt: Duration::from_millis(100),
+            indirect_probes: 3,
+            suspect_to_down_after: Duration::from_millis(1200),
+            gossip_interval: Duration::from_millis(100),
+            gossip_fanout: 3,
+            max_transmissions: 10,
+            sync_interval: Duration::from_secs(2),
+            tombstone_ttl: Duration::from_secs(24 * 3600),
+            remove_down_after: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Everything the engine needs to start.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub node: NodeId,
+    /// The address other members send to (the advertise address and gossip port).
+    pub addr: SocketAddr,
+    /// Increases on every start of the node (replay protection and identity renewal).
+    pub boot_epoch: u64,
+    pub token: JoinToken,
+    /// The smallest underlay MTU datagrams must fit.
+    pub underlay_mtu: u32,
+    pub tuning: Tuning,
+    /// Seeds the engine's randomness (member choice), so simulations reproduce.
+    pub rng_seed: u64,
+}
+
+/// A timer the driver must deliver back to [`Engine::handle_timer`].
+#[derive(Clone, Debug)]
+pub enum Timer {
+    Swim(foca::Timer<Member>),
+    Sync,
+    Gc,
+    /// Re-announce to the seeds while no member has answered.
+    Rejoin,
+}
+
+/// How often a node that knows no live member re-announces to its seeds.
+const REJOIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Something the driver must do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Send { to: SocketAddr, datagram: Vec<u8> },
+    Schedule { after: Duration, timer: Timer },
+}
+
+/// Counters exported as metrics.
+#[derive(Clone, Debug, Default)]
+pub struct GossipCounters {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Datagrams that opened but whose payload was malformed.
+    pub malformed: u64,
+    /// foca refused the message (malformed SWIM, from ourselves, ...).
+    pub swim_errors: u64,
+    pub records_applied: u64,
+    pub records_stale: u64,
+    pub records_rejected: u64,
+    pub syncs_started: u64,
+}
+
+/// State shared between the engine and the broadcast handler foca owns.
+struct Shared {
+    store: Store,
+    hlc: Hlc,
+    wall_ms: u64,
+    counters: GossipCounters,
+}
+
+impl Shared {
+    /// Merges a record from the wire (or a local write) and says whether it was new.
+    fn merge_encoded(&mut self, data: &[u8]) -> Option<Record> {
+        let record = match decode_record(data) {
+            Ok(record) => record,
+            Err(error) => {
+                trace!(%error, "undecodable record");
+                self.counters.records_rejected += 1;
+                return None;
+            }
+        };
+        // A timestamp too far ahead is refused by the clock; the record still merges by
+        // its stamp (the writer's clock is its own business), but ours does not jump.
+        let _ = self.hlc.observe(record.stamp.hlc, self.wall_ms);
+        match self.store.merge(record.clone()) {
+            MergeOutcome::Applied => {
+                self.counters.records_applied += 1;
+                Some(record)
+            }
+            MergeOutcome::Stale => {
+                self.counters.records_stale += 1;
+                None
+            }
+            MergeOutcome::Rejected(reason) => {
+                debug!(?reason, key = ?record.key, "record rejected");
+                self.counters.records_rejected += 1;
+                None
+            }
+        }
+    }
+}
+
+/// The key foca uses to replace a not-yet-fully-disseminated broadcast with a newer one.
+#[derive(Clone, Debug)]
+pub struct BroadcastKey {
+    key: RecordKey,
+    stamp: Stamp,
+}
+
+impl Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.key == other.key && self.stamp >= other.stamp
+    }
+}
+
+struct RecordHandler {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unreachable")]
+pub struct NeverError;
+
+impl BroadcastHandler<Member> for RecordHandler {
+    type Key = BroadcastKey;
+    type Error = NeverError;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&Member>,
+    ) -> Result<Option<BroadcastKey>, NeverError> {
+        // Bad records are counted, not errors: an error would make foca drop the rest of
+        // the message, including valid records and membership updates.
+        let mut shared = self.shared.lock().expect("gossip state lock");
+        Ok(shared.merge_encoded(data).map(|r| BroadcastKey {
+            key: r.key,
+            stamp: r.stamp,
+        }))
+    }
+}
+
+/// The sans-IO gossip engine of one node.
+pub struct Engine {
+    me: Member,
+    foca: Foca<Member, PostcardCodec, StdRng, RecordHandler>,
+    shared: Arc<Mutex<Shared>>,
+    sealer: Sealer,
+    opener: Opener,
+    runtime: AccumulatingRuntime<Member>,
+    /// Members foca considers up (alive or suspect), by node.
+    up: HashMap<NodeId, Member>,
+    /// Members foca declared down, by node (a later `up` replaces them).
+    down: HashMap<NodeId, Member>,
+    /// Announces still to send to newly discovered members after a join: each answer
+    /// (a feed of members) reveals more of the cluster, so a joiner learns a large
+    /// cluster in a few round trips instead of waiting for periodic announces.
+    join_announces_left: usize,
+    /// Where to announce while alone (a lost announce or answer must not strand a joiner).
+    seeds: Vec<SocketAddr>,
+    tuning: Tuning,
+    rng: StdRng,
+    max_payload: usize,
+    heard_from_cluster: bool,
+    out: Vec<Output>,
+}
+
+impl Engine {
+    /// A new engine, alone in its cluster until it joins or is joined. Returns the
+    /// initial timers to schedule.
+    pub fn new(config: EngineConfig, wall_ms: u64) -> (Engine, Vec<Output>) {
+        let me = Member {
+            id: config.node,
+            addr: config.addr,
+            generation: config.boot_epoch,
+        };
+        let max_payload = max_plaintext(config.underlay_mtu);
+        let tuning = config.tuning.clone();
+        let foca_config = foca::Config {
+            probe_period: tuning.probe_period,
+            probe_rtt: tuning.probe_rtt,
+            num_indirect_probes: NonZeroUsize::new(tuning.indirect_probes.max(1)).expect("max(1)"),
+            max_transmissions: NonZeroU8::new(tuning.max_transmissions.max(1)).expect("max(1)"),
+            suspect_to_down_after: tuning.suspect_to_down_after,
+            remove_down_after: Some(tuning.remove_down_after),
+            // One byte of the sealed payload is our tag.
+            max_packet_size: NonZeroUsize::new(max_payload - 1).expect("MTU leaves room"),
+            notify_down_members: true,
+            periodic_announce: Some(foca::PeriodicParams {
+                frequency: Duration::from_secs(10),
+                num_members: NonZeroUsize::new(1).expect("1"),
+            }),
+            periodic_announce_to_down_members: Some(foca::PeriodicParams {
+                frequency: Duration::from_secs(5),
+                num_members: NonZeroUsize::new(2).expect("2"),
+            }),
+            periodic_gossip: Some(foca::PeriodicParams {
+                frequency: tuning.gossip_interval,
+                num_members: NonZeroUsize::new(tuning.gossip_fanout.max(1)).expect("max(1)"),
+            }),
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            store: Store::new(),
+            hlc: Hlc::new(),
+            wall_ms,
+            counters: GossipCounters::default(),
+        }));
+        let foca = Foca::with_custom_broadcast(
+            me.clone(),
+            foca_config,
+            StdRng::seed_from_u64(config.rng_seed),
+            PostcardCodec,
+            RecordHandler {
+                shared: shared.clone(),
+            },
+        );
+        let mut engine = Engine {
+            sealer: Sealer::new(
+                &config.token.key,
+                config.token.cluster_id,
+                config.node,
+                config.boot_epoch,
+            ),
+            opener: Opener::new(&config.token.key, config.token.cluster_id, config.node),
+            me,
+            foca,
+            shared,
+            runtime: AccumulatingRuntime::new(),
+            up: HashMap::new(),
+            down: HashMap::new(),
+            tuning,
+            rng: StdRng::seed_from_u64(config.rng_seed ^ 0x5eed),
+            max_payload,
+            heard_from_cluster: false,
+            join_announces_left: 0,
+            seeds: Vec::new(),
+            out: Vec::new(),
+        };
+        engine.schedule_sync();
+        engine.out.push(Output::Schedule {
+            after: Duration::from_secs(60),
+            timer: Timer::Gc,
+        });
+        let initial = std::mem::take(&mut engine.out);
+        (engine, initial)
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.me.id
+    }
+
+    /// Announces this node to the seeds. Their answers make it a member.
+    pub fn join(&mut self, seeds: &[SocketAddr], wall_ms: u64) -> Vec<Output> {
+        self.set_wall(wall_ms);
+        self.join_announces_left = JOIN_ANNOUNCES;
+        self.seeds = seeds.to_vec();
+        self.announce_to_seeds();
+        self.out.push(Output::Schedule {
+            after: REJOIN_INTERVAL,
+            timer: Timer::Rejoin,
+        });
+        self.drain()
+    }
+
+    fn announce_to_seeds(&mut self) {
+        for seed in self.seeds.clone() {
+            if seed != self.me.addr {
+                let _ = self
+                    .foca
+                    .announce(member::seed_placeholder(seed), &mut self.runtime);
+            }
+        }
+    }
+
+    /// Whether any authenticated datagram from another node has arrived: a join with
+    /// the wrong token never gets one.
+    pub fn heard_from_cluster(&self) -> bool {
+        self.heard_from_cluster
+    }
+
+    /// Writes a record in this node's name (a node-scoped entry of its own, or a
+    /// cluster object) and starts disseminating it. `value` builds the payload from the
+    /// write's stamp (objects that record their creation stamp need it); `None` deletes.
+    pub fn write(
+        &mut self,
+        scope: Scope,
+        kind: crate::state::Kind,
+        name: String,
+        value: impl FnOnce(Stamp) -> Option<Vec<u8>>,
+        wall_ms: u64,
+    ) -> (Stamp, Vec<Output>) {
+        self.set_wall(wall_ms);
+        let stamp = {
+            let mut shared = self.shared.lock().expect("gossip state lock");
+            Stamp {
+                hlc: shared.hlc.now(wall_ms),
+                writer: self.me.id,
+            }
+        };
+        let record = Record {
+            key: RecordKey { scope, kind, name },
+            stamp,
+            value: value(stamp),
+        };
+        let encoded = encode_record(&record);
+        if let Err(error) = self.foca.add_broadcast(&encoded) {
+            // Too big for a datagram: the store limits values, so this is a bug; still
+            // keep the write locally and let anti-entropy spread it.
+            debug!(%error, "broadcast refused; the write spreads by anti-entropy only");
+            self.shared
+                .lock()
+                .expect("gossip state lock")
+                .merge_encoded(&encoded);
+        }
+        (stamp, self.drain())
+    }
+
+    /// Handles one datagram from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        wall_ms: u64,
+    ) -> Vec<Output> {
+        self.set_wall(wall_ms);
+        {
+            let mut shared = self.shared.lock().expect("gossip state lock");
+            shared.counters.datagrams_in += 1;
+            shared.counters.bytes_in += datagram.len() as u64;
+        }
+        let opened = match self.opener.open(datagram) {
+            Ok(opened) => opened,
+            Err(reject) => {
+                trace!(%from, ?reject, "datagram rejected");
+                return Vec::new();
+            }
+        };
+        self.heard_from_cluster = true;
+        match wire::parse(&opened.plaintext) {
+            Ok(wire::Payload::Swim(message)) => {
+                if let Err(error) = self.foca.handle_data(message, &mut self.runtime) {
+                    trace!(%from, %error, "foca refused a message");
+                    self.counters_mut(|c| c.swim_errors += 1);
+                }
+            }
+            Ok(wire::Payload::Digest(theirs)) => self.answer_digest(from, &theirs),
+            Ok(wire::Payload::Want(buckets)) => self.send_buckets(from, &buckets),
+            Ok(wire::Payload::Records(records)) => {
+                let mut shared = self.shared.lock().expect("gossip state lock");
+                for record in records {
+                    shared.merge_encoded(record);
+                }
+            }
+            Err(error) => {
+                debug!(%from, %error, "malformed payload in an authenticated datagram");
+                self.counters_mut(|c| c.malformed += 1);
+            }
+        }
+        self.drain()
+    }
+
+    /// Handles a timer the driver scheduled for us.
+    pub fn handle_timer(&mut self, timer: Timer, wall_ms: u64) -> Vec<Output> {
+        self.set_wall(wall_ms);
+        match timer {
+            Timer::Swim(timer) => {
+                if let Err(error) = self.foca.handle_timer(timer, &mut self.runtime) {
+                    debug!(%error, "foca timer failed");
+                }
+            }
+            Timer::Sync => {
+                self.start_sync();
+                self.schedule_sync();
+            }
+            Timer::Rejoin => {
+                if self.up.is_empty() {
+                    self.announce_to_seeds();
+                }
+                self.out.push(Output::Schedule {
+                    after: REJOIN_INTERVAL,
+                    timer: Timer::Rejoin,
+                });
+            }
+            Timer::Gc => {
+                let ttl = self.tuning.tombstone_ttl.as_millis() as u64;
+                let mut shared = self.shared.lock().expect("gossip state lock");
+                let now = shared.hlc.now(wall_ms);
+                shared.store.gc(now, ttl);
+                self.out.push(Output::Schedule {
+                    after: Duration::from_secs(60),
+                    timer: Timer::Gc,
+                });
+            }
+        }
+        self.drain()
+    }
+
+    /// Announces departure: peers see this node down at once instead of after a timeout.
+    pub fn leave(&mut self, wall_ms: u64) -> Vec<Output> {
+        self.set_wall(wall_ms);
+        if let Err(error) = self.foca.leave_cluster(&mut self.runtime) {
+            debug!(%error, "leave failed");
+        }
+        self.drain()
+    }
+
+    /// Whether `node` is up (alive or suspect) in this node's view; always true for self.
+    pub fn is_up(&self, node: &NodeId) -> bool {
+        *node == self.me.id || self.up.contains_key(node)
+    }
+
+    /// The members this node sees up, excluding itself.
+    pub fn up_members(&self) -> impl Iterator<Item = &Member> {
+        self.up.values()
+    }
+
+    /// The members declared down (and not up again).
+    pub fn down_members(&self) -> impl Iterator<Item = &Member> {
+        self.down.values()
+    }
+
+    /// Runs `f` with read access to the store.
+    pub fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
+        f(&self.shared.lock().expect("gossip state lock").store)
+    }
+
+    pub fn counters(&self) -> GossipCounters {
+        self.shared
+            .lock()
+            .expect("gossip state lock")
+            .counters
+            .clone()
+    }
+
+    pub fn reject_counters(&self) -> &RejectCounters {
+        self.opener.counters()
+    }
+
+    fn counters_mut(&self, f: impl FnOnce(&mut GossipCounters)) {
+        f(&mut self.shared.lock().expect("gossip state lock").counters)
+    }
+
+    fn set_wall(&self, wall_ms: u64) {
+        self.shared.lock().expect("gossip state lock").wall_ms = wall_ms;
+    }
+
+    fn schedule_sync(&mut self) {
+        let base = self.tuning.sync_interval.as_millis() as u64;
+        let jittered = base / 2 + self.rng.random_range(0..=base.max(1));
+        self.out.push(Output::Schedule {
+            after: Duration::from_millis(jittered),
+            timer: Timer::Sync,
+        });
+    }
+
+    /// Anti-entropy, step 1: send our digest to one random live member.
+    fn start_sync(&mut self) {
+        let peers: Vec<SocketAddr> = self.up.values().map(|m| m.addr).collect();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = peers[self.rng.random_range(0..peers.len())];
+        let digest = self.with_store(|s| s.digest());
+        self.counters_mut(|c| c.syncs_started += 1);
+        self.send_payload(peer, &wire::digest(&digest));
+    }
+
+    /// Step 2 (at the peer): send our records in the differing buckets and ask for theirs.
+    fn answer_digest(&mut self, from: SocketAddr, theirs: &[u64; BUCKETS]) {
+        let ours = self.with_store(|s| s.digest());
+        let differing: Vec<usize> = (0..BUCKETS).filter(|&b| ours[b] != theirs[b]).collect();
+        if differing.is_empty() {
+            return;
+        }
+        self.send_buckets(from, &differing);
+        self.send_payload(from, &wire::want(&differing));
+    }
+
+    /// Sends every record of `buckets` to `to`, packed into datagrams.
+    fn send_buckets(&mut self, to: SocketAddr, buckets: &[usize]) {
+        let encoded: Vec<Vec<u8>> =
+            self.with_store(|s| s.records_in_buckets(buckets).map(encode_record).collect());
+        for payload in wire::records(encoded.iter().map(Vec::as_slice), self.max_payload) {
+            self.send_payload(to, &payload);
+        }
+    }
+
+    fn send_payload(&mut self, to: SocketAddr, payload: &[u8]) {
+        let datagram = self.sealer.seal(payload);
+        self.counters_mut(|c| {
+            c.datagrams_out += 1;
+            c.bytes_out += datagram.len() as u64;
+        });
+        self.out.push(Output::Send { to, datagram });
+    }
+
+    /// Turns what foca asked for into outputs, and tracks membership changes.
+    fn drain(&mut self) -> Vec<Output> {
+        while let Some(notification) = self.runtime.to_notify() {
+            self.apply_notification(notification);
+        }
+        while let Some((to, message)) = self.runtime.to_send() {
+            let payload = wire::swim(&message);
+            self.send_payload(to.addr, &payload);
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.out.push(Output::Schedule {
+                after,
+                timer: Timer::Swim(timer),
+            });
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn apply_notification(&mut self, notification: foca::OwnedNotification<Member>) {
+        use foca::OwnedNotification as N;
+        match notification {
+            N::MemberUp(member) => {
+                debug!(node = %member.id.short(), addr = %member.addr, "member up");
+                self.down.remove(&member.id);
+                let first_contact = self.up.is_empty();
+                self.up.insert(member.id, member.clone());
+                // A node that just found its cluster pulls the whole state at once rather
+                // than waiting for the next anti-entropy round.
+                if first_contact {
+                    let digest = self.with_store(|s| s.digest());
+                    self.send_payload(member.addr, &wire::digest(&digest));
+                }
+                if self.join_announces_left > 0 {
+                    self.join_announces_left -= 1;
+                    let _ = self.foca.announce(member, &mut self.runtime);
+                }
+            }
+            N::MemberDown(member) => {
+                // A previous identity of the node (older generation, or its old address)
+                // going down must not take the node's current one with it.
+                if self
+                    .up
+                    .get(&member.id)
+                    .is_some_and(|current| *current != member)
+                {
+                    return;
+                }
+                debug!(node = %member.id.short(), "member down");
+                self.up.remove(&member.id);
+                self.down.insert(member.id, member);
+            }
+            N::Rename(old, new) => {
+                if self.up.get(&old.id) == Some(&old) {
+                    self.up.remove(&old.id);
+                }
+                self.down.remove(&new.id);
+                self.up.insert(new.id, new);
+            }
+            N::Rejoin(identity) => {
+                debug!(
+                    generation = identity.generation,
+                    "rejoined under a renewed identity"
+                );
+                self.me = identity;
+            }
+            N::Active | N::Idle | N::Defunct => {}
+        }
+    }
+}

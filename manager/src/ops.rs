@@ -1,0 +1,212 @@
+//! The cluster operations behind the CLI: they validate against the current view, write
+//! through the gossip engine, and — for creates that can collide with a concurrent create
+//! elsewhere — wait for the cluster to settle and report whether this node's write won.
+//!
+//! Conflicts resolve the same way on every node: two creates of one name by
+//! last-writer-wins on the name's record; different names claiming one subnet or VNI by
+//! the earliest creation stamp ([`crate::state::valid_networks`]). The losing command
+//! withdraws its record and reports the conflict.
+
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use crate::{
+    driver::ManagerError,
+    state::{
+        self, Kind, Network, NetworkSpecError, NodeInfo, RecordKey, Scope, Stamp,
+        DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX, DEFAULT_VNI_RANGE,
+    },
+    Manager, NodeId,
+};
+
+/// How long a create waits for concurrent conflicting writes from other nodes to arrive
+/// before it declares success. Dissemination takes well under a second on a LAN
+/// (`cargo xtask bench gossip`); creates racing across a partition are resolved, by the
+/// same rules, when it heals.
+pub const CONFLICT_SETTLE: Duration = Duration::from_millis(1500);
+
+/// Why an operation was refused. Each message is one sentence for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Spec(#[from] NetworkSpecError),
+    #[error("network {name:?} already exists")]
+    NetworkExists { name: String },
+    #[error("network {name:?} does not exist")]
+    NoSuchNetwork { name: String },
+    #[error("{reason}; choose another with --subnet or --vni")]
+    Collision { reason: String },
+    #[error("the default pool {pool} has no free /{prefix} subnet left; pass --subnet")]
+    SubnetPoolExhausted { pool: Ipv4Net, prefix: u8 },
+    #[error("no free VNI is left in the default range; pass --vni")]
+    VniPoolExhausted,
+    #[error("network {name:?} was created concurrently on another node, which won: {reason}")]
+    LostConflict { name: String, reason: String },
+    #[error("no node matches {query:?}")]
+    NoSuchNode { query: String },
+    #[error("{query:?} matches several nodes; give more of the ID")]
+    AmbiguousNode { query: String },
+    #[error("node {id} is ready; only a down node can be removed (stop its agent, or `skein agent leave` on it)")]
+    NodeIsReady { id: String },
+    #[error("node {id} is this node; run `skein node rm` on another node")]
+    NodeIsSelf { id: String },
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+impl Manager {
+    /// Publishes (or refreshes) this node's own record.
+    pub async fn publish_self(&self, info: &NodeInfo) -> Result<Stamp, ManagerError> {
+        let key = NodeInfo::key(self.node());
+        self.write(key.scope, key.kind, key.name, Some(info.encode()))
+            .await
+    }
+
+    /// `network create`: subnet and VNI from the default pools when not given.
+    pub async fn create_network(
+        &self,
+        name: &str,
+        subnet: Option<Ipv4Net>,
+        vni: Option<u32>,
+    ) -> Result<Network, OpError> {
+        state::validate_network_name(name)?;
+        let view = self.view();
+        let networks = &view.networks;
+        if networks.get(name).is_some() {
+            return Err(OpError::NetworkExists {
+                name: name.to_owned(),
+            });
+        }
+        let subnet = match subnet {
+            Some(subnet) => subnet,
+            None => networks
+                .next_free_subnet(DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX)
+                .ok_or(OpError::SubnetPoolExhausted {
+                    pool: DEFAULT_SUBNET_POOL,
+                    prefix: DEFAULT_SUBNET_PREFIX,
+                })?,
+        };
+        let vni = match vni {
+            Some(vni) => vni,
+            None => networks
+                .next_free_vni(DEFAULT_VNI_RANGE)
+                .ok_or(OpError::VniPoolExhausted)?,
+        };
+        let candidate = Network {
+            name: name.to_owned(),
+            subnet,
+            vni,
+            created: Stamp {
+                hlc: u64::MAX,
+                writer: self.node(),
+            },
+        };
+        candidate.validate()?;
+        if let Some(reason) = networks.conflicts_with(&candidate) {
+            return Err(OpError::Collision { reason });
+        }
+
+        let template = candidate.clone();
+        let stamp = self
+            .write_with(
+                Scope::Cluster,
+                Kind::Network,
+                name.to_owned(),
+                Box::new(move |stamp| {
+                    Some(
+                        Network {
+                            created: stamp,
+                            ..template
+                        }
+                        .encode(),
+                    )
+                }),
+            )
+            .await?;
+
+        tokio::time::sleep(CONFLICT_SETTLE).await;
+        let view = self.view();
+        if let Some(network) = view
+            .networks
+            .valid
+            .iter()
+            .find(|n| n.name == name && n.created == stamp)
+        {
+            return Ok(network.clone());
+        }
+        // We lost. Withdraw our record if it is still the current one (a newer write of the
+        // same name is someone else's and stays).
+        let reason = match view
+            .networks
+            .conflicted
+            .iter()
+            .find(|(n, _)| n.name == name && n.created == stamp)
+        {
+            Some((_, reason)) => {
+                self.write(Scope::Cluster, Kind::Network, name.to_owned(), None)
+                    .await?;
+                reason.clone()
+            }
+            None => match view.networks.get(name) {
+                Some(winner) => format!("it was created by node {}", winner.created.writer.short()),
+                None => "it was removed meanwhile".to_owned(),
+            },
+        };
+        Err(OpError::LostConflict {
+            name: name.to_owned(),
+            reason,
+        })
+    }
+
+    /// `network rm`.
+    pub async fn remove_network(&self, name: &str) -> Result<(), OpError> {
+        if self.view().networks.get(name).is_none() {
+            return Err(OpError::NoSuchNetwork {
+                name: name.to_owned(),
+            });
+        }
+        self.write(Scope::Cluster, Kind::Network, name.to_owned(), None)
+            .await?;
+        Ok(())
+    }
+
+    /// `node rm`: forgets a down node everywhere and frees what it held (its node-scoped
+    /// entries are purged; if it comes back later with a new boot, it rejoins afresh).
+    pub async fn remove_node(&self, query: &str) -> Result<NodeId, OpError> {
+        let view = self.view();
+        let query_lc = query.to_ascii_lowercase();
+        let matches: Vec<_> = view
+            .nodes
+            .iter()
+            .filter(|n| n.id.to_string().starts_with(&query_lc))
+            .collect();
+        let node = match matches.as_slice() {
+            [] => {
+                return Err(OpError::NoSuchNode {
+                    query: query.to_owned(),
+                })
+            }
+            [one] => *one,
+            _ => {
+                return Err(OpError::AmbiguousNode {
+                    query: query.to_owned(),
+                })
+            }
+        };
+        if node.is_self {
+            return Err(OpError::NodeIsSelf {
+                id: node.id.short(),
+            });
+        }
+        if node.up {
+            return Err(OpError::NodeIsReady {
+                id: node.id.short(),
+            });
+        }
+        let key = RecordKey::node_removal(node.id);
+        self.write(key.scope, key.kind, key.name, Some(Vec::new()))
+            .await?;
+        Ok(node.id)
+    }
+}
