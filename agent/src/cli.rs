@@ -6,7 +6,6 @@
 
 use std::{
     io::{IsTerminal, Write},
-    net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
     time::Duration,
@@ -21,7 +20,6 @@ use crate::{
     api::{self, Request, Response},
     config::{self, AgentConfig, AgentSettings},
     daemon,
-    dataplane::XdpMode,
     output::{self, Format},
 };
 
@@ -165,49 +163,6 @@ fn parse_subnet(value: &str) -> Result<Ipv4Net, String> {
     Ok(net)
 }
 
-/// What `daemon::run_command` takes today, built from the resolved [`AgentConfig`]
-/// (or, for `cleanup`, the pin directory alone).
-///
-/// Transitional: it goes away when the daemon takes [`AgentConfig`] directly.
-#[derive(Debug)]
-pub struct AgentArgs {
-    pub action: Option<AgentAction>,
-    pub underlay_iface: Option<String>,
-    pub xdp_mode: XdpMode,
-    pub metrics_addr: SocketAddr,
-    pub pins: PinArgs,
-    pub endpoint_ifaces: Vec<String>,
-    pub resource_prefix: String,
-}
-
-impl AgentArgs {
-    fn run(config: &AgentConfig) -> AgentArgs {
-        AgentArgs {
-            action: None,
-            underlay_iface: Some(config.underlay_iface.clone()),
-            xdp_mode: config.xdp_mode,
-            metrics_addr: config.metrics_addr,
-            pins: PinArgs {
-                bpf_dir: config.bpf_dir.clone(),
-            },
-            endpoint_ifaces: config.endpoint_ifaces.clone(),
-            resource_prefix: config.resource_prefix.clone(),
-        }
-    }
-
-    fn cleanup(pins: PinArgs) -> AgentArgs {
-        AgentArgs {
-            action: Some(AgentAction::Cleanup(pins.clone())),
-            underlay_iface: None,
-            xdp_mode: XdpMode::default(),
-            metrics_addr: config::DEFAULT_METRICS_ADDR,
-            pins,
-            endpoint_ifaces: Vec::new(),
-            resource_prefix: config::DEFAULT_RESOURCE_PREFIX.to_owned(),
-        }
-    }
-}
-
 impl AgentCommand {
     /// The daemon's settings, resolved: these flags and env over the `--config` file
     /// over the defaults. `socket` is the global `--socket`.
@@ -245,13 +200,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let (request, format) = match cli.command {
         Command::Agent(agent) => match agent.action {
             Some(AgentAction::Cleanup(pins)) => {
-                daemon::run_command(AgentArgs::cleanup(pins))?;
+                daemon::cleanup(&pins.bpf_dir)?;
                 return Ok(ExitCode::SUCCESS);
             }
             Some(AgentAction::Leave) => (Request::Leave, Format::Table),
             None => {
                 let config = agent.resolve(socket)?;
-                daemon::run_command(AgentArgs::run(&config))?;
+                daemon::run(config)?;
                 return Ok(ExitCode::SUCCESS);
             }
         },
@@ -301,6 +256,7 @@ mod tests {
 
     use super::*;
     use crate::config::{merge, DefaultPaths, Defaults};
+    use crate::dataplane::XdpMode;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("skein").chain(args.iter().copied()))

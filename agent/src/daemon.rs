@@ -1,82 +1,63 @@
-//! `skein agent`: wires the dataplane, the eBPF log forwarder, `/metrics` and shutdown.
+//! `skein agent`: wires the cluster membership (the embedded manager), the dataplane,
+//! the local API, `/metrics` and shutdown.
 //!
 //! Exiting (SIGTERM, SIGINT, or dying) leaves the programs attached and the maps pinned:
-//! the next agent adopts them. Only `skein agent cleanup` takes the dataplane down.
+//! the next agent adopts them. Only `skein agent leave` and `skein agent cleanup` take
+//! the dataplane down.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr, ToSocketAddrs},
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context, Result};
-use tokio::{io::unix::AsyncFd, net::TcpListener, sync::Mutex};
+use anyhow::{bail, Context, Result};
+use manager::{
+    gossip::{EngineConfig, Tuning},
+    secure::{max_plaintext, JoinToken},
+    state::NodeInfo,
+    Manager,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    net::{TcpListener, UdpSocket},
+    sync::{watch, Mutex},
+};
 use tracing::{info, warn};
 
 use crate::{
-    cli::{AgentAction, AgentArgs},
-    dataplane::{self, Attachments, Dataplane, PinDirs, XdpMode},
-    metrics,
+    api::{self, Backend, Body, NetworkRow, NodeRow, Request, Response},
+    dataplane::{self, Attachments, Dataplane, PinDirs},
+    metrics, netif,
+    state_dir::{membership, Membership, StateDir},
 };
 
-/// The agent's settings, validated.
-#[derive(Clone, Debug)]
-pub struct AgentConfig {
-    pub underlay_iface: String,
-    pub xdp_mode: XdpMode,
-    pub metrics_addr: SocketAddr,
-    pub bpf_dir: PathBuf,
-    pub endpoint_ifaces: Vec<String>,
-    pub resource_prefix: String,
+pub use crate::config::AgentConfig;
+
+/// `skein agent cleanup`.
+pub fn cleanup(bpf_dir: &Path) -> Result<()> {
+    let removed = dataplane::cleanup(&PinDirs::new(bpf_dir))
+        .with_context(|| format!("cleaning up {}", bpf_dir.display()))?;
+    println!("removed {removed} pins under {}", bpf_dir.display());
+    Ok(())
 }
 
-/// Runs `skein agent [cleanup]` to completion.
-pub fn run_command(args: AgentArgs) -> Result<()> {
-    if let Some(AgentAction::Cleanup(pins)) = args.action {
-        let removed = dataplane::cleanup(&PinDirs::new(&pins.bpf_dir))
-            .with_context(|| format!("cleaning up {}", pins.bpf_dir.display()))?;
-        println!("removed {removed} pins under {}", pins.bpf_dir.display());
-        return Ok(());
-    }
-    let config = AgentConfig {
-        underlay_iface: args
-            .underlay_iface
-            .context("--underlay-iface is required to run the agent")?,
-        xdp_mode: args.xdp_mode,
-        metrics_addr: args.metrics_addr,
-        bpf_dir: args.pins.bpf_dir,
-        endpoint_ifaces: args.endpoint_ifaces,
-        resource_prefix: args.resource_prefix,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let listener = TcpListener::bind(config.metrics_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "could not listen on {} for /metrics (--metrics-addr)",
-                    config.metrics_addr
-                )
-            })?;
-        run(config, listener, shutdown_signal()).await
-    })
+/// Why the agent stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// SIGTERM/SIGINT: exit, leave the dataplane for the next agent.
+    Signal,
+    /// `skein agent leave`: the cluster was told; take the dataplane down too.
+    Leave,
 }
 
-/// Runs the agent until `shutdown` completes. Takes an already bound metrics listener,
-/// so callers (and tests) choose the port and bind failures surface before anything is
-/// attached.
-pub async fn run(
-    config: AgentConfig,
-    metrics_listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
-    let span = tracing::info_span!("agent", prefix = %config.resource_prefix);
-    let _enter = span.enter();
-    let want = Attachments {
-        underlay_iface: config.underlay_iface.clone(),
-        xdp_mode: config.xdp_mode,
-        endpoint_ifaces: config.endpoint_ifaces.clone(),
-    };
+/// Runs `skein agent` until it is stopped.
+pub fn run(config: AgentConfig) -> Result<()> {
+    // Checks a user can fail, before anything is bound or attached.
     for (flag, iface) in std::iter::once(("--underlay-iface", &config.underlay_iface)).chain(
         config
             .endpoint_ifaces
@@ -84,34 +65,347 @@ pub async fn run(
             .map(|i| ("--endpoint-iface", i)),
     ) {
         if dataplane::if_index(iface).is_err() {
-            anyhow::bail!("interface {iface:?} given to {flag} does not exist in this network namespace (see `ip link`)");
+            bail!("interface {iface:?} given to {flag} does not exist in this network namespace (see `ip link`)");
         }
     }
-    let mut dataplane =
-        Dataplane::start(PinDirs::new(&config.bpf_dir), &want).context("starting the dataplane")?;
-
-    let logs = dataplane
-        .take_logger()
-        .map(|logger| tokio::spawn(forward_ebpf_logs(logger)));
-    let counters = Arc::new(Mutex::new(dataplane.counters()?));
-    let metrics_addr = metrics_listener.local_addr()?;
-    let metrics = tokio::spawn(metrics::serve(metrics_listener, counters));
-    info!(
-        underlay = %config.underlay_iface,
-        xdp_mode = %dataplane.xdp_attached_mode,
-        endpoints = config.endpoint_ifaces.len(),
-        metrics = %metrics_addr,
-        bpf_dir = %config.bpf_dir.display(),
-        "agent running"
-    );
-
-    shutdown.await;
-    info!("shutting down; the dataplane stays attached for the next agent");
-    metrics.abort();
-    if let Some(logs) = logs {
-        logs.abort();
+    let underlay_addrs = netif::ipv4_addrs(&config.underlay_iface)
+        .context("reading the underlay interface's addresses")?;
+    let advertise = match config.advertise_addr {
+        Some(addr) if underlay_addrs.contains(&addr) => addr,
+        Some(addr) => bail!(
+            "--advertise-addr {addr} is not an address of the underlay interface {} (it has: {})",
+            config.underlay_iface,
+            list(&underlay_addrs)
+        ),
+        None => *underlay_addrs.first().with_context(|| {
+            format!(
+                "the underlay interface {} has no IPv4 address; give it one, or pick another with --underlay-iface",
+                config.underlay_iface
+            )
+        })?,
+    };
+    let underlay_mtu = netif::mtu(&config.underlay_iface).context("reading the underlay MTU")?;
+    if max_plaintext(underlay_mtu) < 512 {
+        bail!(
+            "the underlay MTU {underlay_mtu} of {} is too small for gossip (needs at least 613)",
+            config.underlay_iface
+        );
     }
-    Ok(())
+
+    let state = StateDir::open(&config.state_dir)?;
+    let node = state.node_id()?;
+    let membership = membership(&state, config.init, &config.join, config.token.as_deref())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let gossip_addr = SocketAddr::from((advertise, config.gossip_port));
+        let gossip_socket = UdpSocket::bind(gossip_addr).await.with_context(|| {
+            format!("could not bind the gossip port {gossip_addr} (--gossip-port)")
+        })?;
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "could not listen on {} for /metrics (--metrics-addr)",
+                    config.metrics_addr
+                )
+            })?;
+        let api_listener = api::bind(&config.socket)
+            .with_context(|| format!("could not serve the API on {}", config.socket.display()))?;
+
+        let (token, seeds, created) = match membership {
+            Membership::Create(token) => {
+                state.save_token(&token)?;
+                (token, Vec::new(), true)
+            }
+            Membership::Join { token, seeds } => {
+                let mut seeds = resolve_seeds(&seeds)?;
+                for peer in state.peers() {
+                    if !seeds.contains(&peer) {
+                        seeds.push(peer);
+                    }
+                }
+                (token, seeds, false)
+            }
+            Membership::Rejoin { token, peers } => (token, peers, false),
+        };
+        let boot_epoch = state.next_boot_epoch(manager::driver::wall_ms())?;
+        let engine = EngineConfig {
+            node,
+            addr: gossip_addr,
+            boot_epoch,
+            token: token.clone(),
+            underlay_mtu,
+            tuning: Tuning::default(),
+            rng_seed: rand_seed(),
+        };
+        // Only a first join must prove the token and the address: a restarted member
+        // keeps running even if the peers it knew are down too.
+        let joining = !seeds.is_empty() && state.token()?.as_ref() != Some(&token);
+        let manager = Manager::start(engine, gossip_socket, seeds.clone());
+        let info = NodeInfo {
+            hostname: config.hostname.clone(),
+            addr: gossip_addr,
+            underlay_ip: advertise,
+            underlay_mtu,
+            boot_epoch,
+            started_at_ms: manager::driver::wall_ms(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            leaving: false,
+        };
+        manager.publish_self(&info).await?;
+
+        if joining {
+            wait_for_cluster(&manager, &seeds, config.join_timeout).await?;
+            state.save_token(&token)?;
+        }
+        if created {
+            println!("{}", join_instructions(&token, gossip_addr));
+        }
+        info!(node = %node.short(), %gossip_addr, "member of the cluster");
+
+        let want = Attachments {
+            underlay_iface: config.underlay_iface.clone(),
+            xdp_mode: config.xdp_mode,
+            endpoint_ifaces: config.endpoint_ifaces.clone(),
+        };
+        let pins = PinDirs::new(&config.bpf_dir);
+        let mut dataplane =
+            Dataplane::start(pins.clone(), &want).context("starting the dataplane")?;
+        let logs = dataplane
+            .take_logger()
+            .map(|logger| tokio::spawn(forward_ebpf_logs(logger)));
+        let counters = Arc::new(Mutex::new(dataplane.counters()?));
+        let metrics_addr = metrics_listener.local_addr()?;
+        let metrics = tokio::spawn(metrics::serve(
+            metrics_listener,
+            counters,
+            Some(manager.clone()),
+        ));
+
+        let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
+        let backend = Arc::new(AgentBackend {
+            manager: manager.clone(),
+            token,
+            stop: stop_tx.clone(),
+        });
+        let api_shutdown = {
+            let mut stop_rx = stop_rx.clone();
+            async move {
+                let _ = stop_rx.wait_for(|s| *s != Stop::Running).await;
+            }
+        };
+        let api = tokio::spawn(api::serve(api_listener, backend, api_shutdown));
+        let peers = tokio::spawn(remember_peers(manager.clone(), state));
+        info!(
+            underlay = %config.underlay_iface,
+            xdp_mode = %dataplane.xdp_attached_mode,
+            metrics = %metrics_addr,
+            socket = %config.socket.display(),
+            bpf_dir = %config.bpf_dir.display(),
+            "agent running"
+        );
+
+        tokio::select! {
+            _ = shutdown_signal() => { let _ = stop_tx.send(Stop::Signal); }
+            _ = stop_rx.wait_for(|s| *s != Stop::Running) => {}
+        }
+        let stop = *stop_rx.borrow();
+        // Let the API answer the request that stopped us.
+        let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+        metrics.abort();
+        peers.abort();
+        if let Some(logs) = logs {
+            logs.abort();
+        }
+        if stop == Stop::Leave {
+            // Our program fds must close before unpinning, or they keep the links alive.
+            drop(dataplane);
+            let removed = dataplane::cleanup(&pins).context("removing the dataplane")?;
+            info!(removed, "left the cluster; dataplane removed");
+        } else {
+            info!("shutting down; the dataplane stays attached for the next agent");
+        }
+        Ok(())
+    })
+}
+
+fn list(addrs: &[Ipv4Addr]) -> String {
+    if addrs.is_empty() {
+        return "none".to_owned();
+    }
+    addrs
+        .iter()
+        .map(Ipv4Addr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id())
+}
+
+fn resolve_seeds(entries: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut seeds = Vec::new();
+    for entry in entries {
+        let addr = entry
+            .to_socket_addrs()
+            .with_context(|| format!("--join {entry}"))?
+            .find(SocketAddr::is_ipv4)
+            .with_context(|| format!("--join {entry} has no IPv4 address"))?;
+        seeds.push(addr);
+    }
+    Ok(seeds)
+}
+
+/// Waits for the first authenticated datagram from the cluster, or fails saying why
+/// it probably did not come.
+async fn wait_for_cluster(
+    manager: &Manager,
+    seeds: &[SocketAddr],
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if manager.heard_from_cluster().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
+    bail!(
+        "could not join the cluster: no authenticated answer from {} within {:?} (a wrong --token, or the address is unreachable)",
+        seeds.join(", "),
+        timeout
+    )
+}
+
+fn join_instructions(token: &JoinToken, addr: SocketAddr) -> String {
+    format!(
+        "Cluster created; this node is its first member.\nTo add a node, run on it:\n\n    skein agent --underlay-iface IFACE --join {addr} --token {token}\n"
+    )
+}
+
+/// Keeps the live peers in the state directory, so a restart can rejoin without `--join`.
+async fn remember_peers(manager: Manager, state: StateDir) {
+    let mut views = manager.subscribe();
+    let mut saved: Vec<SocketAddr> = Vec::new();
+    loop {
+        let mut peers: Vec<SocketAddr> = views
+            .borrow()
+            .nodes
+            .iter()
+            .filter(|n| n.up && !n.is_self)
+            .filter_map(|n| n.addr)
+            .collect();
+        peers.sort();
+        if peers != saved && !peers.is_empty() {
+            if let Err(error) = state.save_peers(&peers) {
+                warn!(error = %format!("{error:#}"), "could not save the peers list");
+            }
+            saved = peers;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if views.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The local API, on top of the manager.
+struct AgentBackend {
+    manager: Manager,
+    token: JoinToken,
+    stop: watch::Sender<Stop>,
+}
+
+impl Backend for AgentBackend {
+    fn handle(&self, request: Request) -> Pin<Box<dyn Future<Output = Response> + Send + '_>> {
+        Box::pin(async move {
+            match self.serve(request).await {
+                Ok(body) => Response::Ok { body },
+                Err(error) => Response::Error {
+                    message: format!("{error:#}"),
+                },
+            }
+        })
+    }
+}
+
+impl AgentBackend {
+    async fn serve(&self, request: Request) -> Result<Body> {
+        Ok(match request {
+            Request::NodeLs => {
+                let view = self.manager.view();
+                Body::Nodes(
+                    view.nodes
+                        .iter()
+                        .map(|n| NodeRow {
+                            id: n.id.to_string(),
+                            hostname: n
+                                .info
+                                .as_ref()
+                                .map(|i| i.hostname.clone())
+                                .unwrap_or_default(),
+                            address: n.addr.map(|a| a.to_string()).unwrap_or_default(),
+                            status: if n.up { "ready" } else { "down" }.to_owned(),
+                            is_self: n.is_self,
+                            started_at_ms: n.info.as_ref().map(|i| i.started_at_ms).unwrap_or(0),
+                        })
+                        .collect(),
+                )
+            }
+            Request::NodeRm { id } => {
+                let removed = self.manager.remove_node(&id).await?;
+                Body::Done(format!("removed node {}", removed.short()))
+            }
+            Request::Leave => {
+                self.manager.leave().await?;
+                let _ = self.stop.send(Stop::Leave);
+                Body::Done("left the cluster; the agent removes its dataplane and exits".to_owned())
+            }
+            Request::JoinToken => Body::Token(self.token.to_string()),
+            Request::NetworkCreate { name, subnet, vni } => {
+                let subnet =
+                    match subnet {
+                        Some(text) => Some(text.parse().map_err(|_| {
+                            anyhow::anyhow!("--subnet {text:?} is not an IPv4 CIDR")
+                        })?),
+                        None => None,
+                    };
+                let network = self.manager.create_network(&name, subnet, vni).await?;
+                Body::Network(network_row(&network))
+            }
+            Request::NetworkLs => Body::Networks(
+                self.manager
+                    .view()
+                    .networks
+                    .valid
+                    .iter()
+                    .map(network_row)
+                    .collect(),
+            ),
+            Request::NetworkRm { name } => {
+                self.manager.remove_network(&name).await?;
+                Body::Done(format!("removed network {name}"))
+            }
+        })
+    }
+}
+
+fn network_row(network: &manager::state::Network) -> NetworkRow {
+    NetworkRow {
+        name: network.name.clone(),
+        subnet: network.subnet.to_string(),
+        vni: network.vni,
+        created_by: network.created.writer.short(),
+        created_at_ms: manager::hlc::physical_ms(network.created.hlc),
+    }
 }
 
 /// Copies the programs' aya-log records into `tracing` as they arrive.

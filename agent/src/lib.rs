@@ -13,4 +13,6 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
+pub mod netif;
 pub mod output;
+pub mod state_dir;

@@ -14,6 +14,8 @@ use tracing::debug;
 
 use dataplane_ebpf::counters::{Counter, Verdict};
 
+use manager::{gossip::GossipCounters, secure::RejectCounters, Manager};
+
 use crate::dataplane::Counters;
 
 /// Longest request head we read; `GET /metrics` needs far less.
@@ -46,8 +48,87 @@ pub fn render(rows: &[(&'static str, Verdict, Counter)]) -> String {
     out
 }
 
+/// Renders the gossip layer's counters and the cluster's size as this node sees it.
+pub fn render_gossip(
+    counters: &GossipCounters,
+    rejects: &RejectCounters,
+    ready: usize,
+    known: usize,
+) -> String {
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP skein_gossip_{name} {help}");
+        let _ = writeln!(out, "# TYPE skein_gossip_{name} counter");
+        let _ = writeln!(out, "skein_gossip_{name} {value}");
+    };
+    counter(
+        "datagrams_in_total",
+        "Gossip datagrams received.",
+        counters.datagrams_in,
+    );
+    counter(
+        "datagrams_out_total",
+        "Gossip datagrams sent.",
+        counters.datagrams_out,
+    );
+    counter(
+        "bytes_in_total",
+        "Gossip bytes received (sealed).",
+        counters.bytes_in,
+    );
+    counter(
+        "bytes_out_total",
+        "Gossip bytes sent (sealed).",
+        counters.bytes_out,
+    );
+    counter(
+        "malformed_total",
+        "Authenticated datagrams with a malformed payload.",
+        counters.malformed,
+    );
+    counter(
+        "swim_errors_total",
+        "SWIM messages refused by the membership protocol.",
+        counters.swim_errors,
+    );
+    counter(
+        "records_applied_total",
+        "State records that changed the local store.",
+        counters.records_applied,
+    );
+    counter(
+        "records_rejected_total",
+        "State records refused as invalid.",
+        counters.records_rejected,
+    );
+    let _ = writeln!(out, "# HELP skein_gossip_rejected_total Datagrams dropped before decryption or by replay protection, by reason.");
+    let _ = writeln!(out, "# TYPE skein_gossip_rejected_total counter");
+    for (reason, value) in rejects.iter() {
+        let _ = writeln!(
+            out,
+            "skein_gossip_rejected_total{{reason=\"{reason}\"}} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP skein_cluster_nodes Nodes known to this node, by status."
+    );
+    let _ = writeln!(out, "# TYPE skein_cluster_nodes gauge");
+    let _ = writeln!(out, "skein_cluster_nodes{{status=\"ready\"}} {ready}");
+    let _ = writeln!(
+        out,
+        "skein_cluster_nodes{{status=\"down\"}} {}",
+        known - ready
+    );
+    out
+}
+
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, counters: Arc<Mutex<Counters>>) {
+pub async fn serve(
+    listener: TcpListener,
+    counters: Arc<Mutex<Counters>>,
+    manager: Option<Manager>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -58,9 +139,10 @@ pub async fn serve(listener: TcpListener, counters: Arc<Mutex<Counters>>) {
             }
         };
         let counters = counters.clone();
+        let manager = manager.clone();
         tokio::spawn(async move {
             if let Err(error) =
-                tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, counters)).await
+                tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, counters, manager)).await
             {
                 debug!(%peer, %error, "metrics request timed out");
             }
@@ -68,7 +150,7 @@ pub async fn serve(listener: TcpListener, counters: Arc<Mutex<Counters>>) {
     }
 }
 
-async fn respond(mut stream: TcpStream, counters: Arc<Mutex<Counters>>) {
+async fn respond(mut stream: TcpStream, counters: Arc<Mutex<Counters>>, manager: Option<Manager>) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -93,7 +175,16 @@ async fn respond(mut stream: TcpStream, counters: Arc<Mutex<Counters>>) {
         parts.next().unwrap_or_default(),
     );
     let (status, body) = match (method, target) {
-        (b"GET", b"/metrics") => ("200 OK", render(&counters.lock().await.read())),
+        (b"GET", b"/metrics") => {
+            let mut body = render(&counters.lock().await.read());
+            if let Some(manager) = &manager {
+                if let Ok((gossip, rejects)) = manager.counters().await {
+                    let view = manager.view();
+                    body += &render_gossip(&gossip, &rejects, view.ready_count(), view.nodes.len());
+                }
+            }
+            ("200 OK", body)
+        }
         (b"GET", _) => ("404 Not Found", "not found: try /metrics\n".to_owned()),
         _ => (
             "405 Method Not Allowed",

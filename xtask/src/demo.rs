@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: a 3-host Skein testbed in network namespaces, one agent per host,
-//! real traffic between the hosts, the counters moving, an agent killed and restarted
-//! without losing a packet; then everything is removed.
+//! `cargo xtask demo`: a 3-host Skein cluster in network namespaces — one agent creates
+//! it, two join with its token — `node ls`, a network created on one node and listed on
+//! another, real traffic between the hosts, the counters moving, an agent killed (its
+//! node shown down) and restarted without losing a packet; then everything is removed.
 //!
 //! (The overlay, services and the routing mesh join the demo as they land: the goal is
 //! `curl` on every node's published port, answers rotating across replicas.)
@@ -40,14 +41,47 @@ pub fn run() -> Result<()> {
     ));
     let bed = Testbed::new("demo", TestbedConfig::with_hosts(HOSTS))?;
     let mut agents = Vec::new();
-    for host in bed.hosts() {
+    let h1 = bed.host(0);
+    say(&format!(
+        "h1: `skein agent --underlay-iface eth0 --init` ({}): a new cluster",
+        h1.underlay_ip()
+    ));
+    agents.push(h1.start_agent(&["--init"])?);
+    let token = wait_until("the join token", Duration::from_secs(20), || {
+        h1.skein()
+            .and_then(|mut cmd| Ok(cmd.arg("join-token").output()?))
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    })?;
+    println!("   join token: {token}");
+    let seed = h1.underlay_ip().to_string();
+    let join_args = ["--join", seed.as_str(), "--token", token.as_str()];
+    for host in &bed.hosts()[1..] {
         say(&format!(
-            "{}: starting `skein agent --underlay-iface eth0` ({})",
+            "{}: `skein agent --underlay-iface eth0 --join {seed} --token …` ({})",
             host.name(),
             host.underlay_ip()
         ));
-        agents.push(host.start_agent(&[])?);
+        agents.push(host.start_agent(&join_args)?);
     }
+    let h2 = bed.host(1);
+    wait_until("3 ready nodes", Duration::from_secs(30), || {
+        node_ls(h2).is_some_and(|table| table.matches(" ready ").count() == HOSTS)
+    })?;
+    say("`skein node ls` on h2");
+    print!("{}", indent(&node_ls(h2).unwrap_or_default()));
+    say("`skein network create web` on h3, then `skein network ls` on h1");
+    let created = skein_out(bed.host(2), &["network", "create", "web"])
+        .context("`skein network create web` on h3 failed")?;
+    print!("{}", indent(&created));
+    wait_until("web on h1", Duration::from_secs(20), || {
+        skein_out(h1, &["network", "ls"]).is_some_and(|t| t.contains("web"))
+    })?;
+    print!(
+        "{}",
+        indent(&skein_out(h1, &["network", "ls"]).unwrap_or_default())
+    );
     for host in bed.hosts() {
         wait_until("the agent's /metrics", Duration::from_secs(20), || {
             scrape(host)
@@ -105,7 +139,6 @@ pub fn run() -> Result<()> {
     print_counters(&bed, &before, &counters(&bed)?);
 
     say("kill -9 the agent on h2 while h1 pings it 300 times; then start a new agent");
-    let h2 = bed.host(1);
     let mut pinger = bed.host(0).spawn(
         {
             let mut cmd = bed.host(0).command("ping");
@@ -118,6 +151,11 @@ pub fn run() -> Result<()> {
     let before_restart = counters(&bed)?;
     std::thread::sleep(Duration::from_millis(800));
     agents[1].kill9()?;
+    wait_until("h2 down on h1", Duration::from_secs(20), || {
+        node_ls(h1).is_some_and(|t| t.contains(" down "))
+    })?;
+    println!("   h1's view with h2's agent dead:");
+    print!("{}", indent(&node_ls(h1).unwrap_or_default()));
     let link = h2.run("ip", ["link", "show", "dev", "eth0"])?;
     println!(
         "   h2 agent killed; eth0 still has: {}",
@@ -127,7 +165,7 @@ pub fn run() -> Result<()> {
             .trim()
     );
     std::thread::sleep(Duration::from_millis(700));
-    agents[1] = h2.start_agent(&[])?;
+    agents[1] = h2.start_agent(&join_args)?;
     wait_until("the new agent's /metrics", Duration::from_secs(20), || {
         scrape(h2)
     })?;
@@ -141,6 +179,11 @@ pub fn run() -> Result<()> {
             .unwrap_or("(no summary)")
     );
     print_counters(&bed, &before_restart, &counters(&bed)?);
+    wait_until("3 ready again", Duration::from_secs(30), || {
+        node_ls(h1).is_some_and(|t| t.matches(" ready ").count() == HOSTS)
+    })?;
+    println!("   h1's view after the restart (same node ID):");
+    print!("{}", indent(&node_ls(h1).unwrap_or_default()));
 
     say("removing the testbed: agents, namespaces, bpffs mounts");
     drop(agents);
@@ -179,4 +222,20 @@ fn print_counters(bed: &Testbed, before: &Counts, after: &Counts) {
             format!("+{}", a.1 - b.1)
         );
     }
+}
+
+/// `skein ARGS` in `host`, its stdout if it succeeded.
+fn skein_out(host: &Host, args: &[&str]) -> Option<String> {
+    let out = host.skein().ok()?.args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn node_ls(host: &Host) -> Option<String> {
+    skein_out(host, &["node", "ls"])
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("   {l}\n")).collect()
 }

@@ -124,7 +124,7 @@ fn agent_attaches_natively_counts_real_traffic_and_serves_metrics() {
     in_ep(&["ip", "link", "set", "eth0", "up"]);
 
     let _agent = h1
-        .start_agent(&["--endpoint-iface", "ep1"])
+        .start_agent(&["--init", "--endpoint-iface", "ep1"])
         .expect("agent starts");
     let before = wait_for_metrics(h1);
     assert_native_xdp(h1);
@@ -182,7 +182,7 @@ fn agent_attaches_natively_counts_real_traffic_and_serves_metrics() {
 fn kill_9_and_restart_loses_no_traffic_and_keeps_counting() {
     let bed = testbed("agent-restart", 2);
     let (h1, h2) = (bed.host(0), bed.host(1));
-    let mut agent = h1.start_agent(&[]).expect("agent starts");
+    let mut agent = h1.start_agent(&["--init"]).expect("agent starts");
     let before = wait_for_metrics(h1);
     assert_native_xdp(h1);
 
@@ -203,7 +203,7 @@ fn kill_9_and_restart_loses_no_traffic_and_keeps_counting() {
     // Dead agent, programs still attached.
     assert_native_xdp(h1);
     std::thread::sleep(Duration::from_millis(1000));
-    let _agent = h1.start_agent(&[]).expect("agent restarts");
+    let _agent = h1.start_agent(&["--init"]).expect("agent restarts");
     wait_for_metrics(h1);
     assert_native_xdp(h1);
 
@@ -236,8 +236,8 @@ fn kill_9_and_restart_loses_no_traffic_and_keeps_counting() {
 fn graceful_exit_keeps_the_dataplane_and_cleanup_removes_only_its_own() {
     let bed = testbed("agent-cleanup", 2);
     let (h1, h2) = (bed.host(0), bed.host(1));
-    let mut a1 = h1.start_agent(&[]).expect("agent 1 starts");
-    let mut a2 = h2.start_agent(&[]).expect("agent 2 starts");
+    let mut a1 = h1.start_agent(&["--init"]).expect("agent 1 starts");
+    let mut a2 = h2.start_agent(&["--init"]).expect("agent 2 starts");
     wait_for_metrics(h1);
     wait_for_metrics(h2);
     let expected = [

@@ -59,9 +59,14 @@ impl std::ops::AddAssign for SweepReport {
     }
 }
 
+/// Where an agent in a named network namespace keeps its socket and its state by
+/// default: `<root>/<namespace>` (see `agent::config::DefaultPaths`).
+const AGENT_DIRS: [&str; 2] = ["/run/skein", "/var/lib/skein"];
+
 /// Removes what dead runs left behind: every namespace in `/run/netns` and every directory in
 /// `/run/skein-test` named `sk-<pid>-<n>...` whose owner process is gone (or is a different
-/// process that reused the PID) loses its processes, namespaces, mounts and run directory.
+/// process that reused the PID) loses its processes, namespaces, mounts, run directory and
+/// its agents' socket and state directories.
 ///
 /// Safe while other runs are live, in this process or others: a run whose owner is alive and
 /// matches the start time it recorded is never touched, nor is anything not named `sk-<pid>-`.
@@ -73,6 +78,15 @@ pub fn sweep_dead_runs() -> Result<SweepReport> {
     for name in list_dir_names(Path::new(NETNS_DIR))? {
         if let Some((pid, prefix)) = parse_run_prefix(&name) {
             runs.insert(prefix.to_owned(), pid);
+        }
+    }
+    // Agents' own per-namespace directories (socket, state) are named after the host's
+    // namespace, so they carry the run's prefix too.
+    for root in AGENT_DIRS {
+        for name in list_dir_names(Path::new(root))? {
+            if let Some((pid, prefix)) = parse_run_prefix(&name) {
+                runs.insert(prefix.to_owned(), pid);
+            }
         }
     }
     for name in list_dir_names(Path::new(RUN_ROOT))? {
@@ -174,6 +188,21 @@ pub(crate) fn remove_run(prefix: &str) -> Removal {
             Ok(true) => removal.report.namespaces += 1,
             Ok(false) => {}
             Err(e) => removal.errors.push(format!("{e:#}")),
+        }
+    }
+
+    for root in AGENT_DIRS {
+        let own = format!("{prefix}-");
+        let names = list_dir_names(Path::new(root)).unwrap_or_default();
+        for name in names.into_iter().filter(|n| n.starts_with(&own)) {
+            let path = Path::new(root).join(name);
+            if let Err(e) = fs::remove_dir_all(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    removal
+                        .errors
+                        .push(format!("removing {}: {e}", path.display()));
+                }
+            }
         }
     }
 

@@ -1,0 +1,60 @@
+//! What the agent reads about the host's interfaces: IPv4 addresses and MTU.
+//! (The netlink module that creates interfaces comes with the overlay.)
+
+use std::{ffi::CStr, fs, io, net::Ipv4Addr};
+
+/// The IPv4 addresses of `iface`, in the order the kernel lists them (the primary first).
+pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
+    let mut addrs = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below; we only read it meanwhile.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name owned by the list.
+        let name = unsafe { CStr::from_ptr(entry.ifa_name) };
+        // SAFETY: ifa_addr is non-null; sa_family tells its real type.
+        let family = unsafe { (*entry.ifa_addr).sa_family } as i32;
+        if name.to_bytes() != iface.as_bytes() || family != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: AF_INET addresses are sockaddr_in.
+        let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+        addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+    }
+    // SAFETY: the list came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(addrs)
+}
+
+/// The MTU of `iface` in this network namespace.
+pub fn mtu(iface: &str) -> io::Result<u32> {
+    let text = fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))?;
+    text.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unreadable MTU {text:?}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_127_0_0_1_and_an_mtu() {
+        assert!(ipv4_addrs("lo").unwrap().contains(&Ipv4Addr::LOCALHOST));
+        assert!(mtu("lo").unwrap() >= 1500);
+        assert!(ipv4_addrs("nosuchif0").unwrap().is_empty());
+        assert!(mtu("nosuchif0").is_err());
+    }
+}

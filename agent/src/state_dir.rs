@@ -1,0 +1,192 @@
+//! What the agent keeps across restarts, in `--state-dir` (mode 0700): its node ID (so a
+//! restarted node comes back as itself), its boot epoch (increasing on every start, for
+//! replay protection), the cluster's join token (0600), and the last known peers (to
+//! rejoin without `--join`).
+
+use std::{
+    fs,
+    io::{self, Write},
+    net::SocketAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use manager::{secure::JoinToken, NodeId};
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating, 0700) the state directory.
+    pub fn open(dir: &Path) -> Result<StateDir> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+        Ok(StateDir {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// This node's ID, created on first start.
+    pub fn node_id(&self) -> Result<NodeId> {
+        let path = self.dir.join("node-id");
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().with_context(|| {
+                format!(
+                    "{} is corrupt; remove it to get a new node ID",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let id = NodeId::random();
+                write_atomically(&path, id.to_string().as_bytes(), 0o600)?;
+                Ok(id)
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// A boot epoch greater than every previous one: the wall clock in ms, or the last
+    /// epoch + 1 if the clock went backwards.
+    pub fn next_boot_epoch(&self, wall_ms: u64) -> Result<u64> {
+        let path = self.dir.join("boot-epoch");
+        let previous = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let epoch = wall_ms.max(previous + 1);
+        write_atomically(&path, epoch.to_string().as_bytes(), 0o600)?;
+        Ok(epoch)
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub fn token(&self) -> Result<Option<JoinToken>> {
+        let path = self.dir.join("join-token");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().parse().with_context(|| {
+                format!(
+                    "{} is corrupt; remove the state directory to start afresh",
+                    path.display()
+                )
+            })?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save_token(&self, token: &JoinToken) -> Result<()> {
+        write_atomically(
+            &self.dir.join("join-token"),
+            token.to_string().as_bytes(),
+            0o600,
+        )
+    }
+
+    /// Peers seen alive last time, to rejoin through after a restart.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        fs::read_to_string(self.dir.join("peers"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    pub fn save_peers(&self, peers: &[SocketAddr]) -> Result<()> {
+        let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
+        write_atomically(&self.dir.join("peers"), text.as_bytes(), 0o600)
+    }
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(contents)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// Which cluster to be in, from the flags and what the state directory remembers.
+pub enum Membership {
+    /// `--init` on a fresh node: a new cluster.
+    Create(JoinToken),
+    /// Join (or rejoin) through these seeds.
+    Join {
+        token: JoinToken,
+        seeds: Vec<String>,
+    },
+    /// A restarted node: the saved cluster, through the peers it last saw (maybe none:
+    /// it then waits to be contacted).
+    Rejoin {
+        token: JoinToken,
+        peers: Vec<SocketAddr>,
+    },
+}
+
+/// Decides the membership; refuses to silently move a node between clusters.
+pub fn membership(
+    state: &StateDir,
+    init: bool,
+    join: &[String],
+    token: Option<&str>,
+) -> Result<Membership> {
+    let saved = state.token()?;
+    let given = match token {
+        Some(text) => Some(text.parse::<JoinToken>().context("--token")?),
+        None => None,
+    };
+    if let (Some(saved), Some(given)) = (&saved, &given) {
+        if saved.cluster_id != given.cluster_id || saved.key != given.key {
+            bail!(
+                "this node already belongs to another cluster (its state is in {}); remove that directory to join a new one",
+                state.path().display()
+            );
+        }
+    }
+    if init {
+        return Ok(match saved {
+            // A restart with the same flags: the cluster already exists.
+            Some(token) => Membership::Rejoin {
+                token,
+                peers: state.peers(),
+            },
+            None => Membership::Create(JoinToken::generate()),
+        });
+    }
+    if !join.is_empty() {
+        let token = given.or(saved).context(
+            "--join needs the cluster's --token (print it with `skein join-token` on a member)",
+        )?;
+        return Ok(Membership::Join {
+            token,
+            seeds: join.to_vec(),
+        });
+    }
+    match saved {
+        Some(token) => Ok(Membership::Rejoin {
+            token,
+            peers: state.peers(),
+        }),
+        None => bail!(
+            "this node belongs to no cluster yet: start it with --init to create one, or with --join ADDR --token TOKEN to join one"
+        ),
+    }
+}
