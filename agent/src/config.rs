@@ -137,7 +137,7 @@ pub struct AgentSettings {
     #[arg(long, env = "SKEIN_ADVERTISE_ADDR", value_name = "IP", value_parser = parse_advertise_addr)]
     pub advertise_addr: Option<Ipv4Addr>,
 
-    /// UDP and TCP port of the gossip between nodes. [default: 7946]
+    /// UDP port of the (encrypted) gossip between nodes. [default: 7946]
     #[arg(long, env = "SKEIN_GOSSIP_PORT", value_name = "PORT", value_parser = parse_port)]
     pub gossip_port: Option<u16>,
 

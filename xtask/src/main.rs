@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod test;
@@ -28,6 +29,9 @@ enum Command {
     Demo,
     /// Remove namespaces, mounts and processes left behind by killed test runs.
     Sweep,
+    /// Measure figures (see each benchmark's help).
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> Result<()> {
@@ -35,6 +39,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::run().map(|_| ()),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
+        Command::Bench(bench) => bench::run(bench),
         Command::Sweep => {
             let report = xtask::testbed::sweep_dead_runs()?;
             println!("{report}");

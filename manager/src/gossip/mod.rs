@@ -44,6 +44,9 @@ use crate::{
 /// Announces a joining node sends to the first members it discovers.
 const JOIN_ANNOUNCES: usize = 6;
 
+/// How long a joiner announces at the fast rate.
+const JOIN_BOOST: Duration = Duration::from_secs(30);
+
 /// Timing and fan-out of the protocol. The defaults target a LAN of up to ~1000 nodes:
 /// a dead node declared dead everywhere within ~3 s, no false "down" under 5 % loss.
 #[derive(Clone, Debug)]
@@ -72,14 +75,14 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            probe_period: Duration::from_millis(300),
+            probe_period: Duration::from_millis(250),
             probe_rtt: Duration::from_millis(100),
             indirect_probes: 3,
-            suspect_to_down_after: Duration::from_millis(1200),
+            suspect_to_down_after: Duration::from_millis(900),
             gossip_interval: Duration::from_millis(100),
             gossip_fanout: 3,
-            max_transmissions: 10,
-            sync_interval: Duration::from_secs(2),
+            max_transmissions: 15,
+            sync_interval: Duration::from_millis(1500),
             tombstone_ttl: Duration::from_secs(24 * 3600),
             remove_down_after: Duration::from_secs(24 * 3600),
         }
@@ -110,7 +113,12 @@ pub enum Timer {
     Gc,
     /// Re-announce to the seeds while no member has answered.
     Rejoin,
+    /// Time out suspicions this node learned by gossip (see [`Engine::check_suspicions`]).
+    Suspicions,
 }
+
+/// How often suspicions learned by gossip are checked for expiry.
+const SUSPICION_CHECK: Duration = Duration::from_millis(200);
 
 /// How often a node that knows no live member re-announces to its seeds.
 const REJOIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -237,6 +245,15 @@ pub struct Engine {
     join_announces_left: usize,
     /// Where to announce while alone (a lost announce or answer must not strand a joiner).
     seeds: Vec<SocketAddr>,
+    /// foca's steady-state configuration.
+    foca_config: foca::Config,
+    /// Until when (wall ms) a joiner announces every second to several members: each
+    /// answer is a feed of members, so a node joining a large cluster learns all of it
+    /// in seconds rather than waiting for the slow steady-state announces.
+    join_boost_until: Option<u64>,
+    /// Members suspected in this node's view, by (identity, incarnation), with when this
+    /// node first saw the suspicion (wall ms).
+    suspects: HashMap<(Member, foca::Incarnation), u64>,
     tuning: Tuning,
     rng: StdRng,
     max_payload: usize,
@@ -286,7 +303,7 @@ impl Engine {
         }));
         let foca = Foca::with_custom_broadcast(
             me.clone(),
-            foca_config,
+            foca_config.clone(),
             StdRng::seed_from_u64(config.rng_seed),
             PostcardCodec,
             RecordHandler {
@@ -313,12 +330,19 @@ impl Engine {
             heard_from_cluster: false,
             join_announces_left: 0,
             seeds: Vec::new(),
+            foca_config,
+            join_boost_until: None,
+            suspects: HashMap::new(),
             out: Vec::new(),
         };
         engine.schedule_sync();
         engine.out.push(Output::Schedule {
             after: Duration::from_secs(60),
             timer: Timer::Gc,
+        });
+        engine.out.push(Output::Schedule {
+            after: SUSPICION_CHECK,
+            timer: Timer::Suspicions,
         });
         let initial = std::mem::take(&mut engine.out);
         (engine, initial)
@@ -333,6 +357,16 @@ impl Engine {
         self.set_wall(wall_ms);
         self.join_announces_left = JOIN_ANNOUNCES;
         self.seeds = seeds.to_vec();
+        let boosted = foca::Config {
+            periodic_announce: Some(foca::PeriodicParams {
+                frequency: Duration::from_secs(1),
+                num_members: NonZeroUsize::new(3).expect("3"),
+            }),
+            ..self.foca_config.clone()
+        };
+        if self.foca.set_config(boosted).is_ok() {
+            self.join_boost_until = Some(wall_ms + JOIN_BOOST.as_millis() as u64);
+        }
         self.announce_to_seeds();
         self.out.push(Output::Schedule {
             after: REJOIN_INTERVAL,
@@ -455,9 +489,21 @@ impl Engine {
                 if self.up.is_empty() {
                     self.announce_to_seeds();
                 }
+                if self.join_boost_until.is_some_and(|until| wall_ms >= until)
+                    && self.foca.set_config(self.foca_config.clone()).is_ok()
+                {
+                    self.join_boost_until = None;
+                }
                 self.out.push(Output::Schedule {
                     after: REJOIN_INTERVAL,
                     timer: Timer::Rejoin,
+                });
+            }
+            Timer::Suspicions => {
+                self.check_suspicions(wall_ms);
+                self.out.push(Output::Schedule {
+                    after: SUSPICION_CHECK,
+                    timer: Timer::Suspicions,
                 });
             }
             Timer::Gc => {
@@ -472,6 +518,45 @@ impl Engine {
             }
         }
         self.drain()
+    }
+
+    /// Declares down every member this node has seen suspected, at the same incarnation,
+    /// for longer than `suspect_to_down_after`.
+    ///
+    /// foca only times out suspicions its own probes raised and relies on the resulting
+    /// "down" update reaching everyone else; a node that misses that update would keep a
+    /// dead member suspected (shown ready) until its own round-robin probe reaches it,
+    /// which in a large cluster takes minutes. Timing out learned suspicions locally, as
+    /// the SWIM paper does, bounds that.
+    fn check_suspicions(&mut self, wall_ms: u64) {
+        let timeout = self.tuning.suspect_to_down_after.as_millis() as u64;
+        let mut still = HashMap::new();
+        let mut expired = Vec::new();
+        for member in self.foca.iter_membership_state() {
+            if member.state() != foca::State::Suspect {
+                continue;
+            }
+            let key = (member.id().clone(), member.incarnation());
+            let since = self.suspects.get(&key).copied().unwrap_or(wall_ms);
+            if wall_ms.saturating_sub(since) >= timeout {
+                expired.push(foca::Member::new(key.0, key.1, foca::State::Down));
+            } else {
+                still.insert(key, since);
+            }
+        }
+        self.suspects = still;
+        if !expired.is_empty() {
+            debug!(
+                count = expired.len(),
+                "suspicions learned by gossip expired"
+            );
+            if let Err(error) = self
+                .foca
+                .apply_many(expired.into_iter(), true, &mut self.runtime)
+            {
+                debug!(%error, "declaring expired suspects down failed");
+            }
+        }
     }
 
     /// Announces departure: peers see this node down at once instead of after a timeout.
@@ -491,6 +576,15 @@ impl Engine {
     /// The members this node sees up, excluding itself.
     pub fn up_members(&self) -> impl Iterator<Item = &Member> {
         self.up.values()
+    }
+
+    /// What SWIM itself holds about `node`: its identity, incarnation and state (for
+    /// diagnostics and tests).
+    pub fn swim_member(&self, node: &NodeId) -> Option<(Member, foca::State)> {
+        self.foca
+            .iter_membership_state()
+            .find(|m| m.id().id == *node)
+            .map(|m| (m.id().clone(), m.state()))
     }
 
     /// The members declared down (and not up again).

@@ -1,0 +1,355 @@
+//! `cargo xtask bench gossip`: the control plane's figures.
+//!
+//! Simulated (the real engine, virtual time, in-memory network):
+//! - a change on one node visible on every node, p50/p99 over many writes, 1000 nodes;
+//! - a killed node declared down by every other node, p50/p99 over many kills;
+//! - gossip bandwidth per node;
+//! - false "down" verdicts for live nodes under 5 % loss over 10+ node-hours.
+//!
+//! Real (agents in a 5-host netns testbed, real UDP, real clocks):
+//! - a change (network create) visible on every node, p50/p99;
+//! - a `kill -9`ed agent shown down by every other node, p50/p99;
+//! - agent RSS and gossip bandwidth per node.
+//!
+//! Figures only: no thresholds (the machine is shared and noisy).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use manager::{
+    gossip::Tuning,
+    sim::{NetworkModel, Sim},
+    state::{Kind, RecordKey, Scope},
+};
+use xtask::{
+    scrape::scrape,
+    testbed::{wait_until, Host, Process, Testbed, TestbedConfig},
+    toolchain::say,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Nodes in the large simulated cluster.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Writes timed in the simulation.
+    #[arg(long, default_value_t = 40)]
+    writes: usize,
+    /// Kills timed in the simulation.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Simulated node-hours under 5 % loss for the false-down check.
+    #[arg(long, default_value_t = 10.0)]
+    node_hours: f64,
+    /// Skip the real-agent part (no root needed then).
+    #[arg(long)]
+    simulated_only: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    simulated_spread_and_detection(&args)?;
+    simulated_false_downs(args.node_hours)?;
+    if !args.simulated_only {
+        real_agents()?;
+    }
+    Ok(())
+}
+
+/// p50 and p99 of durations, as "p50 X ms, p99 Y ms (n)".
+fn percentiles(samples: &mut [Duration]) -> String {
+    if samples.is_empty() {
+        return "no samples".to_owned();
+    }
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (n={})",
+        at(0.50).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3,
+        samples.len()
+    )
+}
+
+fn simulated_spread_and_detection(args: &Args) -> Result<()> {
+    let n = args.nodes;
+    say(&format!(
+        "simulated cluster of {n} nodes (real engines, virtual time, 0.2-2 ms one-way delay)"
+    ));
+    let started = Instant::now();
+    let mut sim = Sim::new(n, NetworkModel::default(), Tuning::default(), 42);
+    let formed = sim
+        .run_until_true(
+            Duration::from_secs(300),
+            Duration::from_millis(100),
+            Sim::membership_converged,
+        )
+        .context("the simulated cluster did not form within 300 s")?;
+    println!(
+        "   membership of {n} nodes converged after {:.1} s (virtual)",
+        formed.as_secs_f64()
+    );
+
+    // Bandwidth in steady state: after the joiners' fast-announce period.
+    sim.run_for(Duration::from_secs(35));
+    let bytes_before: u64 = (0..n).map(|i| sim.bytes_out(i)).sum();
+    sim.run_for(Duration::from_secs(10));
+    let bytes_after: u64 = (0..n).map(|i| sim.bytes_out(i)).sum();
+    println!(
+        "   gossip bandwidth, steady state: {:.1} KB/s sent per node",
+        (bytes_after - bytes_before) as f64 / n as f64 / 10.0 / 1e3
+    );
+
+    let mut spread = Vec::new();
+    for w in 0..args.writes {
+        let writer = (w * 7919) % n;
+        let name = format!("bench-{w}");
+        sim.write(
+            writer,
+            Scope::Cluster,
+            Kind::Network,
+            &name,
+            Some(vec![1; 64]),
+        );
+        let key = RecordKey::cluster(Kind::Network, name);
+        let took = sim
+            .run_until_true(Duration::from_secs(60), Duration::from_millis(10), |s| {
+                (0..s.len())
+                    .filter_map(|i| s.engine(i))
+                    .all(|e| e.with_store(|st| st.get(&key).is_some()))
+            })
+            .context("a write did not reach every node within 60 s")?;
+        spread.push(took);
+        sim.run_for(Duration::from_millis(200));
+    }
+    println!(
+        "   a change visible on all {n} nodes: {}",
+        percentiles(&mut spread)
+    );
+
+    let mut detection = Vec::new();
+    for k in 0..args.kills {
+        let victim = 1 + (k * 104_729) % (n - 1);
+        sim.kill(victim);
+        let id = sim.id(victim);
+        let took = sim
+            .run_until_true(Duration::from_secs(60), Duration::from_millis(10), |s| {
+                (0..s.len())
+                    .filter_map(|i| s.engine(i))
+                    .all(|e| !e.is_up(&id))
+            })
+            .context("a kill was not detected by every node within 60 s")?;
+        detection.push(took);
+        sim.restart(victim, 0);
+        sim.run_for(Duration::from_secs(3));
+    }
+    println!(
+        "   a killed node declared down by all {} others: {}",
+        n - 1,
+        percentiles(&mut detection)
+    );
+    println!(
+        "   (simulation took {:.0} s of CPU time)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn simulated_false_downs(node_hours: f64) -> Result<()> {
+    let nodes = 20;
+    let seconds = (node_hours * 3600.0 / nodes as f64).ceil() as u64;
+    say(&format!(
+        "false 'down' verdicts under 5% loss: {nodes} live nodes for {:.0} min (virtual) = {node_hours} node-hours",
+        seconds as f64 / 60.0
+    ));
+    let mut sim = Sim::new(nodes, NetworkModel::default(), Tuning::default(), 7);
+    sim.run_until_true(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        Sim::membership_converged,
+    )
+    .context("the cluster did not form")?;
+    sim.set_loss(0.05);
+    let mut false_downs = 0u64;
+    let mut was_converged = true;
+    for _ in 0..seconds * 10 {
+        sim.run_for(Duration::from_millis(100));
+        // Count transitions into a state where some live node is seen down.
+        let converged = sim.membership_converged();
+        if was_converged && !converged {
+            false_downs += 1;
+        }
+        was_converged = converged;
+    }
+    println!(
+        "   {false_downs} episodes of a live node seen down over {node_hours} node-hours ({} datagrams lost)",
+        sim.dropped
+    );
+    Ok(())
+}
+
+fn real_agents() -> Result<()> {
+    say("5 real agents in a netns testbed (real UDP, real clocks)");
+    let bed = Testbed::new("bench-gossip", TestbedConfig::with_hosts(5))?;
+    let first = bed.host(0);
+    let mut agents: Vec<Process> = vec![first.start_agent(&["--init"])?];
+    let token = wait_until("the join token", Duration::from_secs(20), || {
+        skein_stdout(first, &["join-token"]).map(|t| t.trim().to_owned())
+    })?;
+    let seed = first.underlay_ip().to_string();
+    let join = ["--join", seed.as_str(), "--token", token.as_str()];
+    for host in &bed.hosts()[1..] {
+        agents.push(host.start_agent(&join)?);
+    }
+    for host in bed.hosts() {
+        wait_until("5 ready", Duration::from_secs(30), || {
+            ready_count(host) == Some(5)
+        })?;
+    }
+
+    let mut spread = Vec::new();
+    for i in 0..20 {
+        let creator = bed.host(i % 5);
+        let name = format!("bench{i}");
+        // `network create` returns after its conflict-settle wait, so time from the
+        // moment the record is written: poll the other nodes from just before.
+        let others: Vec<&Host> = bed
+            .hosts()
+            .iter()
+            .filter(|h| h.name() != creator.name())
+            .collect();
+        let start = Instant::now();
+        let mut child = creator
+            .skein()?
+            .args(["network", "create", &name])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let mut seen = vec![None; others.len()];
+        while seen.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(30) {
+            for (k, host) in others.iter().enumerate() {
+                if seen[k].is_none()
+                    && skein_stdout(host, &["network", "ls"]).is_some_and(|t| t.contains(&name))
+                {
+                    seen[k] = Some(start.elapsed());
+                }
+            }
+        }
+        child.wait()?;
+        spread.push(
+            seen.iter()
+                .map(|s| s.unwrap_or(Duration::from_secs(30)))
+                .max()
+                .unwrap_or_default(),
+        );
+    }
+    println!(
+        "   a change visible on all 5 nodes (network create on one, polled with `skein network ls` on the others; includes CLI latency): {}",
+        percentiles(&mut spread)
+    );
+
+    let rss: Vec<u64> = agents.iter().map(|a| rss_kb(a.pid())).collect();
+    println!(
+        "   agent RSS: {} (KB)",
+        rss.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let before: Vec<u64> = bed.hosts().iter().map(gossip_bytes_out).collect();
+    std::thread::sleep(Duration::from_secs(10));
+    let after: Vec<u64> = bed.hosts().iter().map(gossip_bytes_out).collect();
+    let rates: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| format!("{:.1}", (a - b) as f64 / 10.0 / 1e3))
+        .collect();
+    println!(
+        "   gossip bandwidth sent per node, idle cluster: {} KB/s",
+        rates.join(", ")
+    );
+
+    let mut detection = Vec::new();
+    for round in 0..6 {
+        let victim = 1 + round % 4;
+        agents[victim].kill9()?;
+        let start = Instant::now();
+        let others: Vec<&Host> = (0..5)
+            .filter(|&i| i != victim)
+            .map(|i| bed.host(i))
+            .collect();
+        let victim_name = bed.host(victim).netns().to_owned();
+        let mut seen = vec![None; others.len()];
+        while seen.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(30) {
+            for (k, host) in others.iter().enumerate() {
+                if seen[k].is_none() && shows_down(host, &victim_name) {
+                    seen[k] = Some(start.elapsed());
+                }
+            }
+        }
+        detection.push(
+            seen.iter()
+                .map(|s| s.unwrap_or(Duration::from_secs(30)))
+                .max()
+                .unwrap_or_default(),
+        );
+        agents[victim] = bed.host(victim).start_agent(&join)?;
+        for host in bed.hosts() {
+            wait_until("5 ready again", Duration::from_secs(30), || {
+                ready_count(host) == Some(5)
+            })?;
+        }
+    }
+    println!(
+        "   a kill -9ed agent shown down by all 4 others (polled with `skein node ls`): {}",
+        percentiles(&mut detection)
+    );
+    Ok(())
+}
+
+fn skein_stdout(host: &Host, args: &[&str]) -> Option<String> {
+    let out = host.skein().ok()?.args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn node_rows(host: &Host) -> Option<Vec<serde_json::Value>> {
+    serde_json::from_str(&skein_stdout(host, &["node", "ls", "--format", "json"])?).ok()
+}
+
+fn ready_count(host: &Host) -> Option<usize> {
+    Some(
+        node_rows(host)?
+            .iter()
+            .filter(|r| r["status"] == "ready")
+            .count(),
+    )
+}
+
+fn shows_down(host: &Host, hostname: &str) -> bool {
+    node_rows(host).is_some_and(|rows| {
+        rows.iter()
+            .any(|r| r["hostname"] == hostname && r["status"] == "down")
+    })
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    // The agent runs under `ip netns exec`, which execs it: same PID.
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn gossip_bytes_out(host: &Host) -> u64 {
+    scrape(host)
+        .ok()
+        .and_then(|m| m.get("skein_gossip_bytes_out_total").copied())
+        .unwrap_or(0)
+}

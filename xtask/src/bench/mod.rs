@@ -1,0 +1,16 @@
+//! `cargo xtask bench <what>`: figures measured side by side with their reference where
+//! there is one, printed for the issue notes; never asserted (the machine is shared).
+
+pub mod gossip;
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Control plane: change propagation, failure detection, false downs, RSS, bandwidth.
+    Gossip(gossip::Args),
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Gossip(args) => gossip::run(args),
+    }
+}
