@@ -92,7 +92,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         );
     }
 
-    let state = StateDir::open(&config.state_dir)?;
+    let state = Arc::new(StateDir::open(&config.state_dir)?);
     let node = state.node_id()?;
     let membership = membership(&state, config.init, &config.join, config.token.as_deref())?;
 
@@ -200,7 +200,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             }
         };
         let api = tokio::spawn(api::serve(api_listener, backend, api_shutdown));
-        let peers = tokio::spawn(remember_peers(manager.clone(), state));
+        let peers = tokio::spawn(remember_peers(manager.clone(), state.clone()));
         info!(
             underlay = %config.underlay_iface,
             xdp_mode = %dataplane.xdp_attached_mode,
@@ -226,6 +226,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             // Our program fds must close before unpinning, or they keep the links alive.
             drop(dataplane);
             let removed = dataplane::cleanup(&pins).context("removing the dataplane")?;
+            state.forget_cluster()?;
             info!(removed, "left the cluster; dataplane removed");
         } else {
             info!("shutting down; the dataplane stays attached for the next agent");
@@ -292,7 +293,7 @@ fn join_instructions(token: &JoinToken, addr: SocketAddr) -> String {
 }
 
 /// Keeps the live peers in the state directory, so a restart can rejoin without `--join`.
-async fn remember_peers(manager: Manager, state: StateDir) {
+async fn remember_peers(manager: Manager, state: Arc<StateDir>) {
     let mut views = manager.subscribe();
     let mut saved: Vec<SocketAddr> = Vec::new();
     loop {

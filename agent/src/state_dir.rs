@@ -92,6 +92,21 @@ impl StateDir {
         )
     }
 
+    /// Forgets the cluster (after `skein agent leave`): the next start needs `--init` or
+    /// `--join` again. The node ID stays.
+    pub fn forget_cluster(&self) -> Result<()> {
+        for file in ["join-token", "peers"] {
+            match fs::remove_file(self.dir.join(file)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e)
+                        .with_context(|| format!("removing {file} from {}", self.dir.display()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Peers seen alive last time, to rejoin through after a restart.
     pub fn peers(&self) -> Vec<SocketAddr> {
         fs::read_to_string(self.dir.join("peers"))

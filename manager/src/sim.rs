@@ -92,6 +92,8 @@ struct SimNode {
     life: u64,
     boot_epoch: u64,
     bytes_out: u64,
+    /// This node's clock error, in ms (positive: ahead).
+    clock_offset_ms: i64,
 }
 
 /// A simulated cluster.
@@ -148,12 +150,13 @@ impl Sim {
                 life: 0,
                 boot_epoch: 1,
                 bytes_out: 0,
+                clock_offset_ms: 0,
             });
             sim.start(i);
         }
         let seed_addr = sim.nodes[0].addr;
         for i in 1..nodes {
-            let wall = sim.wall_ms();
+            let wall = sim.wall_ms_of(i);
             let outputs = sim.nodes[i]
                 .engine
                 .as_mut()
@@ -176,7 +179,8 @@ impl Sim {
             tuning: self.tuning.clone(),
             rng_seed: self.rng.random(),
         };
-        let (engine, outputs) = Engine::new(config, EPOCH_MS + self.now.as_millis() as u64);
+        let wall = self.wall_ms_of(i);
+        let (engine, outputs) = Engine::new(config, wall);
         self.nodes[i].engine = Some(engine);
         self.apply(i, outputs);
     }
@@ -196,6 +200,17 @@ impl Sim {
 
     fn wall_ms(&self) -> u64 {
         EPOCH_MS + self.now.as_millis() as u64
+    }
+
+    /// Node `i`'s wall clock, including its error.
+    fn wall_ms_of(&self, i: usize) -> u64 {
+        self.wall_ms()
+            .saturating_add_signed(self.nodes[i].clock_offset_ms)
+    }
+
+    /// Makes node `i`'s clock run `offset_ms` ahead (or behind, if negative).
+    pub fn set_clock_offset(&mut self, i: usize, offset_ms: i64) {
+        self.nodes[i].clock_offset_ms = offset_ms;
     }
 
     pub fn id(&self, i: usize) -> NodeId {
@@ -227,7 +242,7 @@ impl Sim {
         self.nodes[i].boot_epoch += 1;
         self.start(i);
         let seed = self.nodes[via].addr;
-        let wall = self.wall_ms();
+        let wall = self.wall_ms_of(i);
         let outputs = self.nodes[i]
             .engine
             .as_mut()
@@ -238,7 +253,7 @@ impl Sim {
 
     /// Node `i` leaves gracefully, then stops.
     pub fn leave(&mut self, i: usize) {
-        let wall = self.wall_ms();
+        let wall = self.wall_ms_of(i);
         if let Some(engine) = self.nodes[i].engine.as_mut() {
             let outputs = engine.leave(wall);
             self.apply(i, outputs);
@@ -269,7 +284,7 @@ impl Sim {
         name: &str,
         value: Option<Vec<u8>>,
     ) -> Stamp {
-        let wall = self.wall_ms();
+        let wall = self.wall_ms_of(i);
         let engine = self.nodes[i]
             .engine
             .as_mut()
@@ -376,9 +391,9 @@ impl Sim {
     }
 
     fn step(&mut self, event: Event) {
-        let wall = self.wall_ms();
         match event {
             Event::Deliver { to, from, datagram } => {
+                let wall = self.wall_ms_of(to);
                 let Some(engine) = self.nodes[to].engine.as_mut() else {
                     self.dropped += 1;
                     return;
@@ -391,6 +406,7 @@ impl Sim {
                 if self.nodes[node].life != life {
                     return;
                 }
+                let wall = self.wall_ms_of(node);
                 let Some(engine) = self.nodes[node].engine.as_mut() else {
                     return;
                 };
@@ -410,7 +426,7 @@ impl Sim {
     /// Delivers `datagram` to node `to` now, as if from an address outside the cluster.
     pub fn inject(&mut self, to: usize, datagram: &[u8]) {
         let from = SocketAddr::from(([192, 0, 2, 1], 7946));
-        let wall = self.wall_ms();
+        let wall = self.wall_ms_of(to);
         if let Some(engine) = self.nodes[to].engine.as_mut() {
             let outputs = engine.handle_datagram(from, datagram, wall);
             self.apply(to, outputs);

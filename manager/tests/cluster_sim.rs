@@ -275,3 +275,79 @@ fn a_node_with_another_key_learns_nothing_and_changes_nothing() {
         "every foreign datagram rejected and counted"
     );
 }
+
+#[test]
+fn a_restarted_node_with_a_slower_clock_still_wins_for_its_own_entries() {
+    let mut sim = sim(10, 0.0, 8);
+    wait(
+        &mut sim,
+        "membership",
+        30 * SECOND,
+        Sim::membership_converged,
+    );
+    let node = 4;
+    let id = sim.id(node);
+    let key = RecordKey::node(id, Kind::Endpoint, "ep");
+    // Written while its clock ran 20 s ahead...
+    sim.set_clock_offset(node, 20_000);
+    sim.write(
+        node,
+        Scope::Node(id),
+        Kind::Endpoint,
+        "ep",
+        Some(b"old".to_vec()),
+    );
+    wait(&mut sim, "the old value everywhere", 10 * SECOND, |s| {
+        everyone_has(s, &key, false)
+    });
+    // ...then restarted with a correct clock, it writes a new value with an older stamp.
+    sim.kill(node);
+    sim.set_clock_offset(node, 0);
+    sim.restart(node, 0);
+    sim.write(
+        node,
+        Scope::Node(id),
+        Kind::Endpoint,
+        "ep",
+        Some(b"new".to_vec()),
+    );
+    wait(&mut sim, "the new value everywhere", 20 * SECOND, |s| {
+        (0..s.len()).filter_map(|i| s.engine(i)).all(|e| {
+            e.with_store(|st| st.get(&key).and_then(|r| r.value.clone()) == Some(b"new".to_vec()))
+        })
+    });
+}
+
+#[test]
+fn records_from_a_clock_hours_ahead_are_refused() {
+    let mut sim = sim(5, 0.0, 9);
+    wait(
+        &mut sim,
+        "membership",
+        30 * SECOND,
+        Sim::membership_converged,
+    );
+    sim.set_clock_offset(2, 2 * 3600 * 1000);
+    let key = RecordKey::cluster(Kind::Network, "future");
+    sim.write(
+        2,
+        Scope::Cluster,
+        Kind::Network,
+        "future",
+        Some(b"x".to_vec()),
+    );
+    sim.run_for(10 * SECOND);
+    let holders = (0..sim.len())
+        .filter(|&i| i != 2)
+        .filter(|&i| sim.engine(i).unwrap().with_store(|s| s.get(&key).is_some()))
+        .count();
+    assert_eq!(
+        holders, 0,
+        "no node accepted a record stamped two hours ahead"
+    );
+    let rejected: u64 = (0..sim.len())
+        .filter(|&i| i != 2)
+        .map(|i| sim.engine(i).unwrap().counters().records_rejected)
+        .sum();
+    assert!(rejected > 0, "the refusals are counted");
+}

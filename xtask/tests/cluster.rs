@@ -364,3 +364,62 @@ fn random_datagrams_change_nothing_and_are_counted_and_nothing_is_plaintext() {
         "random datagrams are counted as rejected: {rejected}"
     );
 }
+
+#[test]
+fn leave_announces_departure_and_removes_the_dataplane() {
+    let bed = Testbed::new("cluster-leave", TestbedConfig::with_hosts(3)).expect("testbed");
+    let (mut agents, _token) = start_cluster(&bed);
+    for host in bed.hosts() {
+        wait_until("3 ready", DEADLINE, || {
+            statuses(host) == Some(expect_all(&bed, &[0, 1, 2], &[]))
+        })
+        .unwrap();
+    }
+    let h3 = bed.host(2);
+    let reply = skein_ok(h3, &["agent", "leave"]);
+    assert!(reply.contains("left the cluster"), "{reply}");
+    let status = agents[2]
+        .wait(Duration::from_secs(20))
+        .expect("the agent exits after leave");
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        agents[2].log()
+    );
+    // Its dataplane is gone: no program on the underlay, no pins.
+    let link = h3.run("ip", ["link", "show", "dev", "eth0"]).unwrap();
+    assert!(
+        !link.contains("prog/xdp"),
+        "XDP still attached after leave:\n{link}"
+    );
+    let pins: Vec<_> = ["maps", "links"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(h3.bpf_dir().join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .collect();
+    assert!(pins.is_empty(), "pins left after leave: {pins:?}");
+    // It forgot the cluster: starting again without --init/--join is refused.
+    let out = skein(
+        h3,
+        &[
+            "agent",
+            "--underlay-iface",
+            "eth0",
+            "--bpf-dir",
+            &h3.bpf_dir().to_string_lossy(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to no cluster"));
+    // The others see it down (announced, not timed out: well within the deadline).
+    for i in [0, 1] {
+        wait_until("h3 down after leave", DEADLINE, || {
+            statuses(bed.host(i)) == Some(expect_all(&bed, &[0, 1], &[2]))
+        })
+        .unwrap();
+    }
+}

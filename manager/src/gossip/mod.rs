@@ -149,10 +149,15 @@ pub struct GossipCounters {
 
 /// State shared between the engine and the broadcast handler foca owns.
 struct Shared {
+    node: NodeId,
     store: Store,
     hlc: Hlc,
     wall_ms: u64,
     counters: GossipCounters,
+    /// The latest value this run wrote for each of its own node-scoped keys.
+    own_writes: HashMap<RecordKey, Option<Vec<u8>>>,
+    /// Own entries overwritten by a previous run's newer copies, to write again.
+    rewrites: Vec<(RecordKey, Option<Vec<u8>>)>,
 }
 
 impl Shared {
@@ -166,12 +171,27 @@ impl Shared {
                 return None;
             }
         };
-        // A timestamp too far ahead is refused by the clock; the record still merges by
-        // its stamp (the writer's clock is its own business), but ours does not jump.
-        let _ = self.hlc.observe(record.stamp.hlc, self.wall_ms);
+        // A stamp more than the clock's drift limit (an hour) ahead would win
+        // last-writer-wins against every honest writer until real time caught up: refuse
+        // it (anti-entropy offers it again, and it is accepted once it is plausible).
+        if let Err(error) = self.hlc.observe(record.stamp.hlc, self.wall_ms) {
+            debug!(%error, key = %record.key, writer = %record.stamp.writer.short(), "record from the future refused");
+            self.counters.records_rejected += 1;
+            return None;
+        }
         match self.store.merge(record.clone()) {
             MergeOutcome::Applied => {
                 self.counters.records_applied += 1;
+                // A newer copy of one of our own entries comes from a previous run of this
+                // node (whose clock ran ahead of ours now): write ours again, now newer.
+                // (Our own writes arrive here too, with the value we intend: no rewrite.)
+                if record.stamp.writer == self.node && record.key.scope == Scope::Node(self.node) {
+                    if let Some(value) = self.own_writes.get(&record.key) {
+                        if *value != record.value {
+                            self.rewrites.push((record.key.clone(), value.clone()));
+                        }
+                    }
+                }
                 Some(record)
             }
             MergeOutcome::Stale => {
@@ -296,6 +316,9 @@ impl Engine {
             }),
         };
         let shared = Arc::new(Mutex::new(Shared {
+            node: config.node,
+            own_writes: HashMap::new(),
+            rewrites: Vec::new(),
             store: Store::new(),
             hlc: Hlc::new(),
             wall_ms,
@@ -415,6 +438,13 @@ impl Engine {
             stamp,
             value: value(stamp),
         };
+        if record.key.scope == Scope::Node(self.me.id) {
+            self.shared
+                .lock()
+                .expect("gossip state lock")
+                .own_writes
+                .insert(record.key.clone(), record.value.clone());
+        }
         let encoded = encode_record(&record);
         if let Err(error) = self.foca.add_broadcast(&encoded) {
             // Too big for a datagram: the store limits values, so this is a bug; still
@@ -669,6 +699,13 @@ impl Engine {
 
     /// Turns what foca asked for into outputs, and tracks membership changes.
     fn drain(&mut self) -> Vec<Output> {
+        let rewrites = std::mem::take(&mut self.shared.lock().expect("gossip state lock").rewrites);
+        for (key, value) in rewrites {
+            debug!(%key, "rewriting an own entry a previous run left newer");
+            let wall = self.shared.lock().expect("gossip state lock").wall_ms;
+            let (_, outputs) = self.write(key.scope, key.kind, key.name, |_| value, wall);
+            self.out.extend(outputs);
+        }
         while let Some(notification) = self.runtime.to_notify() {
             self.apply_notification(notification);
         }
