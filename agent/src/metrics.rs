@@ -41,7 +41,18 @@ pub fn render(rows: &[(&'static str, Verdict, Counter)]) -> String {
                 } else {
                     counter.bytes
                 };
-                let _ = writeln!(out, "{metric}{{verdict=\"{}\"}} {value}", verdict.name());
+                match verdict.reason() {
+                    None => {
+                        let _ = writeln!(out, "{metric}{{verdict=\"{}\"}} {value}", verdict.name());
+                    }
+                    Some(reason) => {
+                        let _ = writeln!(
+                            out,
+                            "{metric}{{verdict=\"{}\",reason=\"{reason}\"}} {value}",
+                            verdict.name()
+                        );
+                    }
+                }
             }
         }
     }

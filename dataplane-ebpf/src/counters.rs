@@ -55,24 +55,78 @@ impl Verdict {
     /// The program could not process the packet (a bug or a helper failure); dropped.
     pub const ERROR: Verdict = Verdict(4);
 
+    // The overlay's verdicts, each with the reason in its name.
+    /// Encapsulated in VXLAN and sent to another host.
+    pub const ENCAP: Verdict = Verdict(5);
+    /// Decapsulated and delivered to a local endpoint.
+    pub const DECAP: Verdict = Verdict(6);
+    /// Delivered to another endpoint on this host.
+    pub const LOCAL: Verdict = Verdict(7);
+    /// An ARP request answered in place (no ARP crosses the underlay).
+    pub const ARP_REPLY: Verdict = Verdict(8);
+    /// Left to the host stack: traffic leaving the overlay (egress, via the host's NAT).
+    pub const TO_HOST: Verdict = Verdict(9);
+    /// VXLAN for a VNI this host does not serve: passed to the host stack untouched.
+    pub const UNKNOWN_VNI: Verdict = Verdict(10);
+    /// VXLAN for a known VNI but an endpoint this host does not have: dropped.
+    pub const UNKNOWN_ENDPOINT: Verdict = Verdict(11);
+    /// A destination on another overlay network: dropped (networks are isolated).
+    pub const OTHER_NETWORK: Verdict = Verdict(12);
+    /// A source address that is not the endpoint's own: dropped.
+    pub const SPOOFED: Verdict = Verdict(13);
+    /// Malformed (truncated headers, bad VXLAN flags, IP options or fragments where
+    /// the program needs a plain header): dropped.
+    pub const MALFORMED: Verdict = Verdict(14);
+    /// No route to the destination's host on the underlay: dropped.
+    pub const NO_ROUTE: Verdict = Verdict(15);
+
     /// Every verdict, in slot order.
-    pub const ALL: [Verdict; 5] = [
+    pub const ALL: [Verdict; 16] = [
         Verdict::PASS,
         Verdict::DROP,
         Verdict::REDIRECT,
         Verdict::TX,
         Verdict::ERROR,
+        Verdict::ENCAP,
+        Verdict::DECAP,
+        Verdict::LOCAL,
+        Verdict::ARP_REPLY,
+        Verdict::TO_HOST,
+        Verdict::UNKNOWN_VNI,
+        Verdict::UNKNOWN_ENDPOINT,
+        Verdict::OTHER_NETWORK,
+        Verdict::SPOOFED,
+        Verdict::MALFORMED,
+        Verdict::NO_ROUTE,
     ];
 
-    /// The `verdict` label of this slot in `/metrics`.
+    /// The `verdict` label of this slot in `/metrics`: what happened to the packet.
     pub const fn name(self) -> &'static str {
         match self.0 {
-            0 => "pass",
-            1 => "drop",
-            2 => "redirect",
-            3 => "tx",
+            0 | 9 | 10 => "pass",
+            1 | 11..=15 => "drop",
+            2 | 5..=7 => "redirect",
+            3 | 8 => "tx",
             4 => "error",
             _ => "unknown",
+        }
+    }
+
+    /// The `reason` label in `/metrics`, or `None` for the plain verdict slots.
+    pub const fn reason(self) -> Option<&'static str> {
+        match self.0 {
+            5 => Some("encap"),
+            6 => Some("decap"),
+            7 => Some("local"),
+            8 => Some("arp_reply"),
+            9 => Some("to_host"),
+            10 => Some("unknown_vni"),
+            11 => Some("unknown_endpoint"),
+            12 => Some("other_network"),
+            13 => Some("spoofed_source"),
+            14 => Some("malformed"),
+            15 => Some("no_route"),
+            _ => None,
         }
     }
 
@@ -94,12 +148,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verdict_slots_are_dense_and_named_uniquely() {
+    fn verdict_slots_are_dense_and_labelled_uniquely() {
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(v.slot(), i as u32);
             assert_ne!(v.name(), "unknown");
+            assert_eq!(
+                v.reason().is_none(),
+                i < 5,
+                "slots 0-4 are the plain verdicts"
+            );
             for w in &Verdict::ALL[..i] {
-                assert_ne!(v.name(), w.name());
+                assert_ne!((v.name(), v.reason()), (w.name(), w.reason()));
             }
         }
         assert_eq!(Verdict(COUNTER_SLOTS).name(), "unknown");

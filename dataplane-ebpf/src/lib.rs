@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`names`]: program, map and global-variable names, used by both sides.
 //! - [`counters`]: the per-verdict packet/byte counters every program keeps.
+//! - [`overlay`]: the overlay's maps and shared helpers (VXLAN, MACs, checksums).
 //!
 //! Rules for every map key/value type (hash maps compare raw bytes, and the two sides
 //! must agree on layout without a compiler to check them): `#[repr(C)]`, `Copy`, no
@@ -13,3 +14,4 @@
 
 pub mod counters;
 pub mod names;
+pub mod overlay;

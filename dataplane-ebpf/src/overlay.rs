@@ -1,0 +1,301 @@
+//! The overlay's ABI: the maps the agent fills and the programs read, and the pure
+//! helpers both sides share (MACs, VXLAN header, outer IPv4 checksum, source port).
+//!
+//! The overlay is routed at L3: every endpoint's default route points at a gateway
+//! address whose MAC ([`GATEWAY_MAC`]) is the same on every host, and every endpoint's
+//! own MAC is derived from its IP ([`endpoint_mac`]). So no map needs MAC addresses and no
+//! ARP ever crosses the underlay: the endpoint program answers ARP for any address of the
+//! endpoint's network with the gateway MAC.
+//!
+//! Byte order: fields ending in `_be` or typed `[u8; N]` are in network order, as on the
+//! wire; everything else is host order.
+
+/// UDP destination port of VXLAN (RFC 7348).
+pub const VXLAN_PORT: u16 = 4789;
+/// The VXLAN flags byte: only the I flag (valid VNI) is set.
+pub const VXLAN_FLAGS: u8 = 0x08;
+/// Outer Ethernet + IPv4 + UDP + VXLAN header, pushed on encapsulation.
+pub const ENCAP_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN + VXLAN_LEN;
+pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const UDP_LEN: usize = 8;
+pub const VXLAN_LEN: usize = 8;
+/// Largest VNI (24 bits).
+pub const MAX_VNI: u32 = 0x00ff_ffff;
+
+/// The gateway's MAC on every host and network: locally administered, unicast.
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x53, 0x4b, 0x00, 0x00, 0x01];
+
+/// An endpoint's MAC, derived from its overlay IP: `02:53:<ip>` (locally administered,
+/// unicast; never equal to [`GATEWAY_MAC`], since `.0.0.0.1`-style IPs are not endpoints).
+pub const fn endpoint_mac(ip: [u8; 4]) -> [u8; 6] {
+    [0x02, 0x53, ip[0], ip[1], ip[2], ip[3]]
+}
+
+/// Key of [`crate::names::OVERLAY_ENDPOINTS`]: an endpoint by network and IP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub vni: u32,
+    pub ip: [u8; 4],
+}
+
+/// Where an endpoint lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointValue {
+    /// Underlay address of the endpoint's host (for encapsulation).
+    pub host_ip: [u8; 4],
+    /// Host-side veth of a local endpoint; 0 for an endpoint on another host.
+    pub ifindex: u32,
+}
+
+/// Key of [`crate::names::OVERLAY_PORTS`]: the host-side veth a packet arrived on.
+pub type PortKey = u32;
+
+/// What the endpoint program knows about the endpoint behind a host-side veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortValue {
+    pub vni: u32,
+    /// The endpoint's own overlay IP (anything else as source is spoofing: dropped).
+    pub ip: [u8; 4],
+}
+
+/// Key of [`crate::names::OVERLAY_NETWORKS`]: the VNI.
+pub type NetworkKey = u32;
+
+/// A network's addressing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkValue {
+    pub subnet: [u8; 4],
+    pub prefix_len: u32,
+    pub gateway: [u8; 4],
+}
+
+impl NetworkValue {
+    /// Whether `ip` is inside the network's subnet.
+    pub fn contains(&self, ip: [u8; 4]) -> bool {
+        let mask = prefix_mask(self.prefix_len);
+        (u32::from_be_bytes(ip) & mask) == (u32::from_be_bytes(self.subnet) & mask)
+    }
+}
+
+/// The netmask of a prefix length, host order; 0 for /0, all ones for /32 and above.
+pub const fn prefix_mask(prefix_len: u32) -> u32 {
+    if prefix_len == 0 {
+        0
+    } else if prefix_len >= 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - prefix_len)
+    }
+}
+
+/// Key of [`crate::names::OVERLAY_VTEPS`], an LPM trie: (VNI, prefix) → external VTEP.
+/// `prefix_len` counts the VNI's 32 bits too, so a /24 route is `prefix_len = 32 + 24`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VtepKey {
+    pub prefix_len: u32,
+    /// Network order, so the trie matches the VNI before the address.
+    pub vni_be: [u8; 4],
+    pub ip: [u8; 4],
+}
+
+/// An external (non-Skein) VXLAN endpoint: where to send and which inner MAC to use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VtepValue {
+    pub underlay_ip: [u8; 4],
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// [`crate::names::OVERLAY_UNDERLAY`] slot 0: this host's underlay.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnderlayValue {
+    pub ifindex: u32,
+    pub ip: [u8; 4],
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+const _: () = {
+    assert!(size_of::<EndpointKey>() == 8);
+    assert!(size_of::<EndpointValue>() == 8);
+    assert!(size_of::<PortValue>() == 8);
+    assert!(size_of::<NetworkValue>() == 12);
+    assert!(size_of::<VtepKey>() == 12);
+    assert!(size_of::<VtepValue>() == 12);
+    assert!(size_of::<UnderlayValue>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all `repr(C)`, integer and byte-array fields only, sizes asserted above with
+    // no implicit padding; every bit pattern is a valid value.
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointValue {}
+    unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for NetworkValue {}
+    unsafe impl aya::Pod for VtepKey {}
+    unsafe impl aya::Pod for VtepValue {}
+    unsafe impl aya::Pod for UnderlayValue {}
+}
+
+/// The 8-byte VXLAN header for `vni`.
+pub const fn vxlan_header(vni: u32) -> [u8; 8] {
+    [
+        VXLAN_FLAGS,
+        0,
+        0,
+        0,
+        (vni >> 16) as u8,
+        (vni >> 8) as u8,
+        vni as u8,
+        0,
+    ]
+}
+
+/// The VNI of a VXLAN header, if its flags are valid (I set; reserved bits are ignored on
+/// receipt, as RFC 7348 asks).
+pub const fn vxlan_vni(header: &[u8; 8]) -> Option<u32> {
+    if header[0] & VXLAN_FLAGS == 0 {
+        return None;
+    }
+    Some(((header[4] as u32) << 16) | ((header[5] as u32) << 8) | header[6] as u32)
+}
+
+/// Outer UDP source port from a hash of the inner flow (RFC 7348 §5): the dynamic range
+/// 49152–65535, so the underlay's ECMP spreads flows and keeps each flow on one path.
+pub const fn vxlan_source_port(flow_hash: u32) -> u16 {
+    // Fold the high bits in: some hashes vary mostly there.
+    let folded = flow_hash ^ (flow_hash >> 16);
+    49152 + (folded % 16384) as u16
+}
+
+/// The IPv4 header checksum of a 20-byte header whose checksum field is zero.
+pub fn ipv4_checksum(header: &[u8; IPV4_LEN]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < IPV4_LEN {
+        sum += u16::from_be_bytes([header[i], header[i + 1]]) as u32;
+        i += 2;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The outer IPv4 header (no options, DF clear, TTL 64, UDP) for `payload_len` bytes of
+/// UDP header + VXLAN + inner frame, checksum filled in.
+pub fn outer_ipv4(src: [u8; 4], dst: [u8; 4], payload_len: u16, id: u16) -> [u8; IPV4_LEN] {
+    let total = (IPV4_LEN as u16).wrapping_add(payload_len).to_be_bytes();
+    let id = id.to_be_bytes();
+    let mut header = [
+        0x45, 0, total[0], total[1], id[0], id[1], 0, 0, 64, 17, 0, 0, src[0], src[1], src[2],
+        src[3], dst[0], dst[1], dst[2], dst[3],
+    ];
+    let checksum = ipv4_checksum(&header).to_be_bytes();
+    header[10] = checksum[0];
+    header[11] = checksum[1];
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn checksum_matches_a_known_header() {
+        // From RFC 1071-style worked examples (wikipedia's IPv4 header checksum example).
+        let mut header = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(ipv4_checksum(&header), 0xb861);
+        header[10] = 0xb8;
+        header[11] = 0x61;
+        // A header with its checksum in place sums to 0xffff (checksum of it is 0).
+        assert_eq!(ipv4_checksum(&header), 0);
+    }
+
+    #[test]
+    fn outer_header_is_valid() {
+        let h = outer_ipv4([10, 200, 0, 11], [10, 200, 0, 12], 8 + 8 + 98, 7);
+        assert_eq!(h[0], 0x45);
+        assert_eq!(u16::from_be_bytes([h[2], h[3]]), 20 + 8 + 8 + 98);
+        assert_eq!(h[9], 17);
+        assert_eq!(ipv4_checksum(&h), 0, "checksum verifies");
+    }
+
+    #[test]
+    fn vxlan_header_round_trips_and_checks_flags() {
+        for vni in [1, 4096, 0x123456, MAX_VNI] {
+            let h = vxlan_header(vni);
+            assert_eq!(h[0], 0x08);
+            assert_eq!(vxlan_vni(&h), Some(vni));
+        }
+        assert_eq!(
+            vxlan_vni(&[0, 0, 0, 0, 0, 0x10, 0, 0]),
+            None,
+            "I flag clear"
+        );
+        assert_eq!(
+            vxlan_vni(&[0x0c, 0xff, 0xff, 0xff, 0, 0, 1, 0xff]),
+            Some(1),
+            "reserved bits ignored"
+        );
+    }
+
+    #[test]
+    fn source_port_is_in_the_dynamic_range_and_spreads() {
+        let mut seen = std::collections::BTreeSet::new();
+        for hash in (0..10_000u32).map(|i| i.wrapping_mul(2_654_435_761)) {
+            let port = vxlan_source_port(hash);
+            assert!(port >= 49152);
+            seen.insert(port);
+        }
+        assert!(seen.len() > 5000, "ports spread: {}", seen.len());
+    }
+
+    #[test]
+    fn subnet_membership_and_masks() {
+        let net = NetworkValue {
+            subnet: [10, 10, 1, 0],
+            prefix_len: 24,
+            gateway: [10, 10, 1, 1],
+        };
+        assert!(net.contains([10, 10, 1, 77]));
+        assert!(!net.contains([10, 10, 2, 77]));
+        assert_eq!(prefix_mask(0), 0);
+        assert_eq!(prefix_mask(8), 0xff00_0000);
+        assert_eq!(prefix_mask(32), u32::MAX);
+        assert_eq!(prefix_mask(40), u32::MAX);
+    }
+
+    #[test]
+    fn macs_are_local_unicast_and_distinct() {
+        let mac = endpoint_mac([10, 10, 1, 5]);
+        assert_eq!(mac, [0x02, 0x53, 10, 10, 1, 5]);
+        for m in [mac, GATEWAY_MAC] {
+            assert_eq!(m[0] & 0x01, 0, "unicast");
+            assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        }
+        assert_ne!(endpoint_mac([0, 0, 0, 1]), GATEWAY_MAC);
+    }
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(core::mem::offset_of!(EndpointValue, ifindex), 4);
+        assert_eq!(core::mem::offset_of!(NetworkValue, gateway), 8);
+        assert_eq!(core::mem::offset_of!(VtepKey, ip), 8);
+        assert_eq!(core::mem::offset_of!(UnderlayValue, mac), 8);
+    }
+}
