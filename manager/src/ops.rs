@@ -7,18 +7,23 @@
 //! the earliest creation stamp ([`crate::state::valid_networks`]). The losing command
 //! withdraws its record and reports the conflict.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use ipnet::Ipv4Net;
 
 use crate::{
     driver::ManagerError,
     state::{
-        self, Kind, Network, NetworkSpecError, NodeInfo, RecordKey, Scope, Stamp,
-        DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX, DEFAULT_VNI_RANGE,
+        self, endpoint::pick_free_ip, Endpoint, Kind, Network, NetworkSpecError, NodeInfo,
+        RecordKey, Scope, Stamp, Vtep, DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX,
+        DEFAULT_VNI_RANGE,
     },
     Manager, NodeId,
 };
+
+/// How many times an endpoint allocation retries after losing its address to a
+/// concurrent claim.
+const ALLOCATION_ATTEMPTS: usize = 5;
 
 /// How long a create waits for concurrent conflicting writes from other nodes to arrive
 /// before it declares success. Dissemination takes well under a second on a LAN
@@ -51,8 +56,46 @@ pub enum OpError {
     NodeIsReady { id: String },
     #[error("node {id} is this node; run `skein node rm` on another node")]
     NodeIsSelf { id: String },
+    #[error(
+        "network {name:?} still has {count} endpoints; remove them first (`skein endpoint ls`)"
+    )]
+    NetworkInUse { name: String, count: usize },
+    #[error("network {name:?} has no free address left for an endpoint")]
+    NetworkFull { name: String },
+    #[error("could not allocate an address on network {name:?}: {attempts} attempts lost to concurrent allocations")]
+    AllocationContended { name: String, attempts: usize },
+    #[error("an endpoint named {name:?} already exists on this node")]
+    EndpointExists { name: String },
+    #[error("no endpoint {query:?} on this node")]
+    NoSuchEndpoint { query: String },
+    #[error("a VTEP for {cidr} on network {network:?} already exists")]
+    VtepExists {
+        network: String,
+        cidr: ipnet::Ipv4Net,
+    },
+    #[error("no VTEP for {cidr} on network {network:?}")]
+    NoSuchVtep {
+        network: String,
+        cidr: ipnet::Ipv4Net,
+    },
+    #[error("{cidr} is not inside network {network:?}'s subnet {subnet}")]
+    VtepOutsideSubnet {
+        network: String,
+        cidr: ipnet::Ipv4Net,
+        subnet: ipnet::Ipv4Net,
+    },
     #[error(transparent)]
     Manager(#[from] ManagerError),
+}
+
+/// What `endpoint create`/`attach` asks for.
+#[derive(Clone, Debug)]
+pub struct EndpointRequest {
+    pub id: String,
+    pub name: String,
+    pub network: String,
+    pub netns: String,
+    pub host_ifname: String,
 }
 
 impl Manager {
@@ -159,11 +202,19 @@ impl Manager {
         })
     }
 
-    /// `network rm`.
+    /// `network rm`: refused while endpoints (of any node, up or down) remain on it.
     pub async fn remove_network(&self, name: &str) -> Result<(), OpError> {
-        if self.view().networks.get(name).is_none() {
+        let view = self.view();
+        if view.networks.get(name).is_none() {
             return Err(OpError::NoSuchNetwork {
                 name: name.to_owned(),
+            });
+        }
+        let count = view.endpoints.used_ips(name).len();
+        if count > 0 {
+            return Err(OpError::NetworkInUse {
+                name: name.to_owned(),
+                count,
             });
         }
         self.write(Scope::Cluster, Kind::Network, name.to_owned(), None)
@@ -208,5 +259,159 @@ impl Manager {
         self.write(key.scope, key.kind, key.name, Some(Vec::new()))
             .await?;
         Ok(node.id)
+    }
+}
+
+impl Manager {
+    /// Allocates an address on `request.network` and records the endpoint as this node's.
+    /// Waits for concurrent claims of the same address to settle and allocates again if an
+    /// earlier claim wins; returns the endpoint holding its address.
+    pub async fn create_endpoint(&self, request: EndpointRequest) -> Result<Endpoint, OpError> {
+        let view = self.view();
+        let network =
+            view.network(&request.network)
+                .cloned()
+                .ok_or_else(|| OpError::NoSuchNetwork {
+                    name: request.network.clone(),
+                })?;
+        if view
+            .own_endpoints()
+            .any(|e| e.name == request.name || e.id == request.id)
+        {
+            return Err(OpError::EndpointExists { name: request.name });
+        }
+        for _ in 0..ALLOCATION_ATTEMPTS {
+            let used = self.view().endpoints.used_ips(&network.name);
+            let ip = pick_free_ip(network.subnet, &used, rand::random::<u32>).ok_or_else(|| {
+                OpError::NetworkFull {
+                    name: network.name.clone(),
+                }
+            })?;
+            let template = Endpoint {
+                id: request.id.clone(),
+                name: request.name.clone(),
+                network: network.name.clone(),
+                vni: network.vni,
+                ip,
+                netns: request.netns.clone(),
+                host_ifname: request.host_ifname.clone(),
+                created: Stamp {
+                    hlc: 0,
+                    writer: self.node(),
+                },
+            };
+            let key = Endpoint::key(self.node(), &request.id);
+            let stamp = self
+                .write_with(
+                    key.scope,
+                    key.kind,
+                    key.name,
+                    Box::new(move |stamp| {
+                        Some(
+                            Endpoint {
+                                created: stamp,
+                                ..template
+                            }
+                            .encode(),
+                        )
+                    }),
+                )
+                .await?;
+            tokio::time::sleep(CONFLICT_SETTLE).await;
+            let view = self.view();
+            if let Some((_, endpoint)) = view
+                .endpoints
+                .valid
+                .iter()
+                .find(|(n, e)| *n == self.node() && e.id == request.id && e.created == stamp)
+            {
+                return Ok(endpoint.clone());
+            }
+            // Lost the address to an earlier claim: try another one.
+        }
+        let key = Endpoint::key(self.node(), &request.id);
+        self.write(key.scope, key.kind, key.name, None).await?;
+        Err(OpError::AllocationContended {
+            name: network.name,
+            attempts: ALLOCATION_ATTEMPTS,
+        })
+    }
+
+    /// Removes one of this node's endpoints (by ID or name) from the cluster's state.
+    pub async fn remove_endpoint(&self, query: &str) -> Result<Endpoint, OpError> {
+        let endpoint = self
+            .view()
+            .own_endpoints()
+            .find(|e| e.id == query || e.name == query)
+            .cloned()
+            .ok_or_else(|| OpError::NoSuchEndpoint {
+                query: query.to_owned(),
+            })?;
+        let key = Endpoint::key(self.node(), &endpoint.id);
+        self.write(key.scope, key.kind, key.name, None).await?;
+        Ok(endpoint)
+    }
+
+    /// `network vtep add`.
+    pub async fn add_vtep(
+        &self,
+        network: &str,
+        underlay: Ipv4Addr,
+        mac: [u8; 6],
+        cidr: Ipv4Net,
+    ) -> Result<Vtep, OpError> {
+        let view = self.view();
+        let net = view
+            .network(network)
+            .ok_or_else(|| OpError::NoSuchNetwork {
+                name: network.to_owned(),
+            })?;
+        let cidr = cidr.trunc();
+        if !net.subnet.contains(&cidr) {
+            return Err(OpError::VtepOutsideSubnet {
+                network: network.to_owned(),
+                cidr,
+                subnet: net.subnet,
+            });
+        }
+        if view
+            .vteps
+            .iter()
+            .any(|v| v.network == network && v.cidr == cidr)
+        {
+            return Err(OpError::VtepExists {
+                network: network.to_owned(),
+                cidr,
+            });
+        }
+        let vtep = Vtep {
+            network: network.to_owned(),
+            underlay,
+            mac,
+            cidr,
+        };
+        let key = Vtep::key(network, cidr);
+        self.write(key.scope, key.kind, key.name, Some(vtep.encode()))
+            .await?;
+        Ok(vtep)
+    }
+
+    /// `network vtep rm`.
+    pub async fn remove_vtep(&self, network: &str, cidr: Ipv4Net) -> Result<(), OpError> {
+        let cidr = cidr.trunc();
+        if !self
+            .view()
+            .vteps
+            .iter()
+            .any(|v| v.network == network && v.cidr == cidr)
+        {
+            return Err(OpError::NoSuchVtep {
+                network: network.to_owned(),
+                cidr,
+            });
+        }
+        let key = Vtep::key(network, cidr);
+        self.write(key.scope, key.kind, key.name, None).await?;
+        Ok(())
     }
 }

@@ -22,13 +22,18 @@
 //!   node list view.
 //! - [`network`]: [`Network`] objects, their validation, deterministic
 //!   conflict resolution and subnet/VNI allocation.
+//! - [`endpoint`]: [`Endpoint`] entries (node-scoped), address allocation and the
+//!   deterministic resolution of address collisions; [`Vtep`] objects (external VXLAN
+//!   endpoints, cluster-scoped).
 
+pub mod endpoint;
 mod hash;
 pub mod network;
 pub mod objects;
 pub mod record;
 pub mod store;
 
+pub use endpoint::{endpoints, overlay_mtu, vteps, Endpoint, EndpointSet, Vtep, ENCAP_OVERHEAD};
 pub use network::{
     valid_networks, validate_network_name, Network, NetworkSet, NetworkSpecError,
     DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX, DEFAULT_VNI_RANGE,

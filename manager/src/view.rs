@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::{
     gossip::Engine,
-    state::{self, Network, NetworkSet, NodeInfo},
+    state::{self, Endpoint, EndpointSet, Network, NetworkSet, NodeInfo, Vtep},
     NodeId,
 };
 
@@ -33,6 +33,12 @@ pub struct ClusterView {
     pub nodes: Vec<NodeStatus>,
     /// Networks after conflict resolution (the same on every node with the same records).
     pub networks: NetworkSet,
+    /// Every endpoint entry (of up and down nodes; see [`ClusterView::live_endpoints`]),
+    /// address collisions resolved.
+    pub endpoints: EndpointSet,
+    pub vteps: Vec<Vtep>,
+    /// Smallest underlay MTU among the up nodes minus VXLAN's 50 bytes.
+    pub overlay_mtu: Option<u32>,
 }
 
 impl ClusterView {
@@ -71,11 +77,21 @@ impl ClusterView {
                 };
                 host(a).cmp(&host(b)).then(a.id.cmp(&b.id))
             });
+            let overlay_mtu = state::overlay_mtu(
+                nodes
+                    .iter()
+                    .filter(|n| n.up)
+                    .filter_map(|n| n.info.as_ref())
+                    .map(|i| i.underlay_mtu),
+            );
             ClusterView {
                 self_id,
                 store_version: store.version(),
                 nodes,
                 networks: state::valid_networks(store),
+                endpoints: state::endpoints(store),
+                vteps: state::vteps(store),
+                overlay_mtu,
             }
         })
     }
@@ -91,6 +107,30 @@ impl ClusterView {
 
     pub fn network(&self, name: &str) -> Option<&Network> {
         self.networks.valid.iter().find(|n| n.name == name)
+    }
+
+    /// Endpoints of up nodes on networks that exist: what the datapath serves.
+    pub fn live_endpoints(&self) -> impl Iterator<Item = &(NodeId, Endpoint)> {
+        self.endpoints.valid.iter().filter(|(node, e)| {
+            self.node(node).is_some_and(|n| n.up)
+                && self.network(&e.network).is_some_and(|n| n.vni == e.vni)
+        })
+    }
+
+    /// This node's own endpoint entries (whatever their address's fate).
+    pub fn own_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints
+            .valid
+            .iter()
+            .filter(|(node, _)| *node == self.self_id)
+            .map(|(_, e)| e)
+            .chain(
+                self.endpoints
+                    .collided
+                    .iter()
+                    .filter(|(node, _, _)| *node == self.self_id)
+                    .map(|(_, e, _)| e),
+            )
     }
 
     /// How many nodes are up, self included.

@@ -215,3 +215,61 @@ async fn wrong_key_and_random_datagrams_change_nothing() {
         rejects.total()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_endpoint_allocations_never_share_an_address() {
+    use manager::ops::EndpointRequest;
+    let token = JoinToken::generate();
+    let a = start(&token, vec![], "a").await;
+    let b = start(&token, vec![addr_of(&a)], "b").await;
+    eventually("2 ready", || {
+        a.view().ready_count() == 2 && b.view().ready_count() == 2
+    })
+    .await;
+    // A /29 leaves 4 endpoint addresses (.2-.5): gateway .1, one VIP, no broadcast.
+    a.create_network("tiny", Some("10.66.0.0/29".parse().unwrap()), None)
+        .await
+        .unwrap();
+    eventually("tiny on b", || b.view().network("tiny").is_some()).await;
+
+    let request = |m: &Manager, n: u32| EndpointRequest {
+        id: format!("{}{n}", m.node().short()),
+        name: format!("ep{n}"),
+        network: "tiny".to_owned(),
+        netns: format!("ns{n}"),
+        host_ifname: format!("if{n}"),
+    };
+    let (a1, b1, a2, b2) = tokio::join!(
+        a.create_endpoint(request(&a, 1)),
+        b.create_endpoint(request(&b, 1)),
+        a.create_endpoint(request(&a, 2)),
+        b.create_endpoint(request(&b, 2)),
+    );
+    let mut ips: Vec<_> = [a1, b1, a2, b2]
+        .into_iter()
+        .map(|r| r.expect("allocated").ip)
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 4, "four distinct addresses: {ips:?}");
+    eventually("both views agree, no collisions left", || {
+        let (va, vb) = (a.view(), b.view());
+        va.endpoints == vb.endpoints
+            && va.endpoints.valid.len() == 4
+            && va.endpoints.collided.is_empty()
+    })
+    .await;
+    // The network is full now, and cannot be removed while endpoints remain.
+    let full = a.create_endpoint(request(&a, 3)).await.unwrap_err();
+    assert!(matches!(full, OpError::NetworkFull { .. }), "{full}");
+    let in_use = a.remove_network("tiny").await;
+    assert!(
+        matches!(in_use, Err(OpError::NetworkInUse { .. })),
+        "{in_use:?}"
+    );
+    a.remove_endpoint("ep1").await.expect("remove");
+    assert!(matches!(
+        a.remove_endpoint("ep1").await,
+        Err(OpError::NoSuchEndpoint { .. })
+    ));
+}

@@ -141,8 +141,11 @@ impl Kind {
     /// (`Some(false)`), or either, for kinds this version does not know (`None`).
     pub fn node_scoped(self) -> Option<bool> {
         match self {
-            Kind::NodeInfo | Kind::Endpoint | Kind::Task | Kind::Vtep => Some(true),
-            Kind::Network | Kind::Service | Kind::PortClaim | Kind::NodeRemoval => Some(false),
+            Kind::NodeInfo | Kind::Endpoint | Kind::Task => Some(true),
+            // External VTEPs are cluster configuration: they outlive whoever added them.
+            Kind::Network | Kind::Service | Kind::PortClaim | Kind::NodeRemoval | Kind::Vtep => {
+                Some(false)
+            }
             Kind::Other(_) => None,
         }
     }
