@@ -96,6 +96,7 @@ pub struct EndpointRequest {
     pub network: String,
     pub netns: String,
     pub host_ifname: String,
+    pub owns_netns: bool,
 }
 
 impl Manager {
@@ -299,6 +300,7 @@ impl Manager {
                     hlc: 0,
                     writer: self.node(),
                 },
+                owns_netns: request.owns_netns,
             };
             let key = Endpoint::key(self.node(), &request.id);
             let stamp = self

@@ -238,6 +238,7 @@ async fn concurrent_endpoint_allocations_never_share_an_address() {
         network: "tiny".to_owned(),
         netns: format!("ns{n}"),
         host_ifname: format!("if{n}"),
+        owns_netns: true,
     };
     let (a1, b1, a2, b2) = tokio::join!(
         a.create_endpoint(request(&a, 1)),

@@ -46,6 +46,9 @@ pub struct Endpoint {
     pub host_ifname: String,
     /// The stamp of the write that allocated `ip`: the earliest claim of an address wins.
     pub created: Stamp,
+    /// Whether the agent created the namespace (`endpoint create`: deleted with the
+    /// endpoint) or was given it (`endpoint attach`: left in place).
+    pub owns_netns: bool,
 }
 
 impl Endpoint {
@@ -244,6 +247,7 @@ mod tests {
             netns: format!("ns-{id}"),
             host_ifname: format!("sk{id}"),
             created,
+            owns_netns: true,
         }
     }
 
