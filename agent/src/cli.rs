@@ -57,6 +57,114 @@ pub enum Command {
     /// Create, list or remove overlay networks.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Attach network namespaces to overlay networks.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Look inside the agent.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointCommand {
+    /// Create a fresh network namespace on this host attached to NET; prints its
+    /// namespace name and address.
+    Create {
+        #[arg(long, value_parser = non_empty("a network name"))]
+        network: String,
+        /// A name for the endpoint (and its namespace); default: its ID.
+        #[arg(long, value_parser = parse_endpoint_name)]
+        name: Option<String>,
+    },
+    /// Attach an existing network namespace (e.g. a container's) to NET.
+    Attach {
+        #[arg(long, value_parser = non_empty("a network name"))]
+        network: String,
+        /// A name under /run/netns, or a path such as /proc/PID/ns/net.
+        #[arg(long, value_name = "NAME|PATH", value_parser = non_empty("a namespace"))]
+        netns: String,
+        #[arg(long, value_parser = parse_endpoint_name)]
+        name: Option<String>,
+    },
+    /// List the cluster's endpoints.
+    Ls(FormatArg),
+    /// Remove an endpoint of this host (a namespace it created is deleted; an attached
+    /// one is only detached).
+    Rm {
+        /// The endpoint's ID or name.
+        #[arg(value_parser = non_empty("an endpoint"))]
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Print the dataplane's maps.
+    Maps,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VtepCommand {
+    /// Put an external VXLAN endpoint (a host outside Skein, e.g. the kernel's VXLAN
+    /// device) on an overlay network: traffic to CIDR goes to it.
+    Add {
+        #[arg(value_parser = non_empty("a network name"))]
+        network: String,
+        /// Its underlay address.
+        #[arg(long, value_name = "IP")]
+        underlay: std::net::Ipv4Addr,
+        /// The MAC its VXLAN device answers to.
+        #[arg(long, value_name = "MAC", value_parser = parse_mac)]
+        mac: String,
+        /// The overlay addresses behind it.
+        #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
+        cidr: Ipv4Net,
+    },
+    /// Remove an external VTEP.
+    Rm {
+        #[arg(value_parser = non_empty("a network name"))]
+        network: String,
+        #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
+        cidr: Ipv4Net,
+    },
+    /// List external VTEPs.
+    Ls {
+        network: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+/// Endpoint names become namespace names: letters, digits, `-`, `_`, `.`, up to 32.
+fn parse_endpoint_name(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 32
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("use 1-32 letters, digits, '-', '_' or '.', starting with a letter or digit".to_owned())
+    }
+}
+
+/// A MAC address `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(value: &str) -> Result<String, String> {
+    let parts: Vec<&str> = value.split(':').collect();
+    if parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+    {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err("not a MAC address; write it like 02:42:ac:11:00:02".to_owned())
+    }
 }
 
 /// `skein agent`: every flag can also be given as an environment variable `SKEIN_*` or
@@ -114,11 +222,14 @@ pub enum NetworkCommand {
     Create(NetworkCreate),
     /// List the overlay networks.
     Ls(FormatArg),
-    /// Remove an overlay network.
+    /// Remove an overlay network (refused while endpoints remain on it).
     Rm {
         #[arg(value_parser = non_empty("a network name"))]
         name: String,
     },
+    /// Manage external VTEPs on a network.
+    #[command(subcommand)]
+    Vtep(VtepCommand),
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +336,50 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Network(NetworkCommand::Rm { name }) => {
             (Request::NetworkRm { name }, Format::Table)
         }
+        Command::Network(NetworkCommand::Vtep(VtepCommand::Add {
+            network,
+            underlay,
+            mac,
+            cidr,
+        })) => (
+            Request::VtepAdd {
+                network,
+                underlay: underlay.to_string(),
+                mac,
+                cidr: cidr.to_string(),
+            },
+            Format::Table,
+        ),
+        Command::Network(NetworkCommand::Vtep(VtepCommand::Rm { network, cidr })) => (
+            Request::VtepRm {
+                network,
+                cidr: cidr.to_string(),
+            },
+            Format::Table,
+        ),
+        Command::Network(NetworkCommand::Vtep(VtepCommand::Ls { network, format })) => {
+            (Request::VtepLs { network }, format.format)
+        }
+        Command::Endpoint(EndpointCommand::Create { network, name }) => {
+            (Request::EndpointCreate { network, name }, Format::Table)
+        }
+        Command::Endpoint(EndpointCommand::Attach {
+            network,
+            netns,
+            name,
+        }) => (
+            Request::EndpointAttach {
+                network,
+                netns,
+                name,
+            },
+            Format::Table,
+        ),
+        Command::Endpoint(EndpointCommand::Ls(f)) => (Request::EndpointLs, f.format),
+        Command::Endpoint(EndpointCommand::Rm { id }) => {
+            (Request::EndpointRm { id }, Format::Table)
+        }
+        Command::Debug(DebugCommand::Maps) => (Request::DebugMaps, Format::Table),
     };
     let socket = socket.unwrap_or_else(|| config::default_paths().socket);
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -29,11 +29,13 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, Backend, Body, NetworkRow, NodeRow, Request, Response},
-    dataplane::{self, Attachments, Dataplane, PinDirs},
-    metrics, netif,
+    api::{self, Backend, Body, EndpointRow, NetworkRow, NodeRow, Request, Response, VtepRow},
+    dataplane::{self, Attachments, Dataplane, OverlayMaps, PinDirs},
+    metrics, netif, netlink,
+    reconcile::{self, Reconciler},
     state_dir::{membership, Membership, StateDir},
 };
+use manager::ops::EndpointRequest;
 
 pub use crate::config::AgentConfig;
 
@@ -170,6 +172,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
 
         let want = Attachments {
             underlay_iface: config.underlay_iface.clone(),
+            underlay_ip: advertise,
             xdp_mode: config.xdp_mode,
             endpoint_ifaces: config.endpoint_ifaces.clone(),
         };
@@ -187,11 +190,24 @@ pub fn run(config: AgentConfig) -> Result<()> {
             Some(manager.clone()),
         ));
 
+        let xdp_attached_mode = dataplane.xdp_attached_mode;
+        let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
+        let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
+        let reconciler = Arc::new(Reconciler::new(
+            manager.clone(),
+            dataplane.clone(),
+            maps,
+            config.endpoint_ifaces.clone(),
+        ));
+        let reconcile_task = tokio::spawn(reconciler.clone().run());
+
         let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
         let backend = Arc::new(AgentBackend {
             manager: manager.clone(),
             token,
             stop: stop_tx.clone(),
+            reconciler: reconciler.clone(),
+            resource_prefix: config.resource_prefix.clone(),
         });
         let api_shutdown = {
             let mut stop_rx = stop_rx.clone();
@@ -203,7 +219,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         let peers = tokio::spawn(remember_peers(manager.clone(), state.clone()));
         info!(
             underlay = %config.underlay_iface,
-            xdp_mode = %dataplane.xdp_attached_mode,
+            xdp_mode = %xdp_attached_mode,
             metrics = %metrics_addr,
             socket = %config.socket.display(),
             bpf_dir = %config.bpf_dir.display(),
@@ -222,8 +238,18 @@ pub fn run(config: AgentConfig) -> Result<()> {
         if let Some(logs) = logs {
             logs.abort();
         }
+        reconcile_task.abort();
+        let _ = reconcile_task.await;
         if stop == Stop::Leave {
-            // Our program fds must close before unpinning, or they keep the links alive.
+            // Remove this node's endpoints' plumbing, then the programs: our program fds
+            // must close before unpinning, or they keep the links alive.
+            let view = manager.view();
+            for endpoint in view.own_endpoints() {
+                if let Err(error) = reconciler.unplumb(endpoint).await {
+                    warn!(endpoint = %endpoint.name, error = %format!("{error:#}"), "could not remove an endpoint");
+                }
+            }
+            drop(reconciler);
             drop(dataplane);
             let removed = dataplane::cleanup(&pins).context("removing the dataplane")?;
             state.forget_cluster()?;
@@ -323,6 +349,8 @@ struct AgentBackend {
     manager: Manager,
     token: JoinToken,
     stop: watch::Sender<Stop>,
+    reconciler: Arc<Reconciler>,
+    resource_prefix: String,
 }
 
 impl Backend for AgentBackend {
@@ -395,7 +423,165 @@ impl AgentBackend {
                 self.manager.remove_network(&name).await?;
                 Body::Done(format!("removed network {name}"))
             }
+            Request::EndpointCreate { network, name } => {
+                Body::Endpoint(self.add_endpoint(network, name, None).await?)
+            }
+            Request::EndpointAttach {
+                network,
+                netns,
+                name,
+            } => Body::Endpoint(self.add_endpoint(network, name, Some(netns)).await?),
+            Request::EndpointLs => Body::Endpoints(endpoint_rows(&self.manager.view())),
+            Request::EndpointRm { id } => {
+                let endpoint = self.manager.remove_endpoint(&id).await?;
+                self.reconciler.unplumb(&endpoint).await?;
+                Body::Done(format!(
+                    "removed endpoint {} ({})",
+                    endpoint.name, endpoint.ip
+                ))
+            }
+            Request::VtepAdd {
+                network,
+                underlay,
+                mac,
+                cidr,
+            } => {
+                let underlay = underlay.parse().map_err(|_| {
+                    anyhow::anyhow!("--underlay {underlay:?} is not an IPv4 address")
+                })?;
+                let mac = parse_mac(&mac)
+                    .ok_or_else(|| anyhow::anyhow!("--mac {mac:?} is not a MAC address"))?;
+                let cidr = cidr
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--cidr {cidr:?} is not an IPv4 CIDR"))?;
+                let vtep = self.manager.add_vtep(&network, underlay, mac, cidr).await?;
+                Body::Vteps(vec![vtep_row(&vtep)])
+            }
+            Request::VtepRm { network, cidr } => {
+                let cidr = cidr
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--cidr {cidr:?} is not an IPv4 CIDR"))?;
+                self.manager.remove_vtep(&network, cidr).await?;
+                Body::Done(format!(
+                    "removed the VTEP for {cidr} from network {network}"
+                ))
+            }
+            Request::VtepLs { network } => Body::Vteps(
+                self.manager
+                    .view()
+                    .vteps
+                    .iter()
+                    .filter(|v| network.as_ref().is_none_or(|n| *n == v.network))
+                    .map(vtep_row)
+                    .collect(),
+            ),
+            Request::DebugMaps => Body::Text(self.reconciler.dump_maps()?),
         })
+    }
+
+    /// `endpoint create` (no `netns`: a fresh namespace) or `endpoint attach`.
+    async fn add_endpoint(
+        &self,
+        network: String,
+        name: Option<String>,
+        netns: Option<String>,
+    ) -> Result<EndpointRow> {
+        let id = random_id();
+        let name = name.unwrap_or_else(|| id.clone());
+        let (netns, owns_netns) = match netns {
+            Some(netns) => {
+                if !reconcile::netns_path(&netns).exists() {
+                    bail!("network namespace {netns:?} does not exist (give a name under /run/netns or a path like /proc/PID/ns/net)");
+                }
+                (netns, false)
+            }
+            None => (format!("{}-{name}", self.resource_prefix), true),
+        };
+        let endpoint = self
+            .manager
+            .create_endpoint(EndpointRequest {
+                id: id.clone(),
+                name,
+                network,
+                netns,
+                host_ifname: netlink::host_ifname(reconcile::IFNAME_HINT, &id),
+                owns_netns,
+            })
+            .await?;
+        let view = self.manager.view();
+        let mtu = view.overlay_mtu.unwrap_or(1450);
+        if let Err(error) = self.reconciler.plumb(&view, &endpoint, mtu).await {
+            // Leave nothing half-made: the entry goes, and with it the plumbing.
+            let _ = self.manager.remove_endpoint(&endpoint.id).await;
+            let _ = self.reconciler.unplumb(&endpoint).await;
+            return Err(error.context("plumbing the endpoint"));
+        }
+        Ok(endpoint_rows(&self.manager.view())
+            .into_iter()
+            .find(|row| row.id == endpoint.id)
+            .unwrap_or_else(|| endpoint_row(&endpoint, self.manager.node(), "ready")))
+    }
+}
+
+fn random_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let value = RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("{:012x}", value & 0xffff_ffff_ffff)
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = text
+        .split(':')
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
+    (parts.len() == 6 && text.split(':').count() == 6)
+        .then(|| [parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]])
+}
+
+fn endpoint_row(
+    endpoint: &manager::state::Endpoint,
+    node: manager::NodeId,
+    status: &str,
+) -> EndpointRow {
+    EndpointRow {
+        id: endpoint.id.clone(),
+        name: endpoint.name.clone(),
+        network: endpoint.network.clone(),
+        ip: endpoint.ip.to_string(),
+        node: node.to_string(),
+        netns: endpoint.netns.clone(),
+        status: status.to_owned(),
+    }
+}
+
+fn endpoint_rows(view: &manager::view::ClusterView) -> Vec<EndpointRow> {
+    let up = |node: &manager::NodeId| view.node(node).is_some_and(|n| n.up);
+    let mut rows: Vec<EndpointRow> = view
+        .endpoints
+        .valid
+        .iter()
+        .map(|(node, e)| endpoint_row(e, *node, if up(node) { "ready" } else { "down" }))
+        .chain(
+            view.endpoints
+                .collided
+                .iter()
+                .map(|(node, e, _)| endpoint_row(e, *node, "collided")),
+        )
+        .collect();
+    rows.sort_by(|a, b| (&a.network, &a.ip).cmp(&(&b.network, &b.ip)));
+    rows
+}
+
+fn vtep_row(vtep: &manager::state::Vtep) -> VtepRow {
+    let m = vtep.mac;
+    VtepRow {
+        network: vtep.network.clone(),
+        cidr: vtep.cidr.to_string(),
+        underlay: vtep.underlay.to_string(),
+        mac: format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        ),
     }
 }
 

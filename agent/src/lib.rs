@@ -14,5 +14,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
 pub mod netif;
+pub mod netlink;
 pub mod output;
+pub mod reconcile;
 pub mod state_dir;

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::api::{Body, NetworkRow, NodeRow};
+use crate::api::{Body, EndpointRow, NetworkRow, NodeRow, VtepRow};
 
 /// How list commands print their rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +40,50 @@ pub fn body(body: &Body, format: Format, now_ms: u64) -> String {
         Body::Network(row) => networks(std::slice::from_ref(row), format, now_ms),
         Body::Token(token) => format!("{}\n", printable(token)),
         Body::Done(message) => format!("{}\n", printable(message)),
+        Body::Endpoints(rows) => endpoints(rows, format),
+        Body::Endpoint(row) => endpoints(std::slice::from_ref(row), format),
+        Body::Vteps(rows) => vteps(rows, format),
+        Body::Text(text) => text.clone(),
     }
+}
+
+/// `endpoint ls`: `ID NAME NETWORK IP NODE NETNS STATUS`.
+pub fn endpoints(rows: &[EndpointRow], format: Format) -> String {
+    if format == Format::Json {
+        return json(rows);
+    }
+    table(
+        ["ID", "NAME", "NETWORK", "IP", "NODE", "NETNS", "STATUS"],
+        rows.iter().map(|row| {
+            [
+                printable(&row.id),
+                printable(&row.name),
+                printable(&row.network),
+                printable(&row.ip),
+                short_id(&row.node),
+                printable(&row.netns),
+                printable(&row.status),
+            ]
+        }),
+    )
+}
+
+/// `network vtep ls`: `NETWORK CIDR UNDERLAY MAC`.
+pub fn vteps(rows: &[VtepRow], format: Format) -> String {
+    if format == Format::Json {
+        return json(rows);
+    }
+    table(
+        ["NETWORK", "CIDR", "UNDERLAY", "MAC"],
+        rows.iter().map(|row| {
+            [
+                printable(&row.network),
+                printable(&row.cidr),
+                printable(&row.underlay),
+                printable(&row.mac),
+            ]
+        }),
+    )
 }
 
 /// `node ls`: `ID HOSTNAME ADDRESS STATUS AGE`, the node the CLI talks to marked `*`.

@@ -79,9 +79,12 @@ impl Verdict {
     pub const MALFORMED: Verdict = Verdict(14);
     /// No route to the destination's host on the underlay: dropped.
     pub const NO_ROUTE: Verdict = Verdict(15);
+    /// Encapsulated, the frame exceeds the underlay's MTU (the endpoint's MTU is not
+    /// the underlay's minus the 50-byte VXLAN overhead): dropped.
+    pub const TOO_BIG: Verdict = Verdict(16);
 
     /// Every verdict, in slot order.
-    pub const ALL: [Verdict; 16] = [
+    pub const ALL: [Verdict; 17] = [
         Verdict::PASS,
         Verdict::DROP,
         Verdict::REDIRECT,
@@ -98,13 +101,14 @@ impl Verdict {
         Verdict::SPOOFED,
         Verdict::MALFORMED,
         Verdict::NO_ROUTE,
+        Verdict::TOO_BIG,
     ];
 
     /// The `verdict` label of this slot in `/metrics`: what happened to the packet.
     pub const fn name(self) -> &'static str {
         match self.0 {
             0 | 9 | 10 => "pass",
-            1 | 11..=15 => "drop",
+            1 | 11..=16 => "drop",
             2 | 5..=7 => "redirect",
             3 | 8 => "tx",
             4 => "error",
@@ -126,6 +130,7 @@ impl Verdict {
             13 => Some("spoofed_source"),
             14 => Some("malformed"),
             15 => Some("no_route"),
+            16 => Some("too_big"),
             _ => None,
         }
     }

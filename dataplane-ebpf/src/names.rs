@@ -30,12 +30,17 @@ pub const OVERLAY_NETWORKS: &str = "OVERLAY_NETWORKS";
 pub const OVERLAY_VTEPS: &str = "OVERLAY_VTEPS";
 /// Array of one [`crate::overlay::UnderlayValue`]: this host's underlay.
 pub const OVERLAY_UNDERLAY: &str = "OVERLAY_UNDERLAY";
+/// LPM trie [`crate::overlay::SubnetKey`] → VNI: every overlay network's subnet, so
+/// traffic to another network is dropped (isolation) rather than routed by the host.
+pub const OVERLAY_SUBNETS: &str = "OVERLAY_SUBNETS";
 
 /// Capacities. Pinned maps keep their size across upgrades, so these are generous.
 pub const MAX_ENDPOINTS: u32 = 65_536;
 pub const MAX_PORTS: u32 = 4_096;
 pub const MAX_NETWORKS: u32 = 4_096;
 pub const MAX_VTEP_ROUTES: u32 = 4_096;
+/// One subnet per network.
+pub const MAX_SUBNETS: u32 = MAX_NETWORKS;
 
 /// Every counters map, with the program it counts for.
 pub const COUNTER_MAPS: &[(&str, &str)] = &[
@@ -54,4 +59,5 @@ pub const PINNED_MAPS: &[&str] = &[
     OVERLAY_NETWORKS,
     OVERLAY_VTEPS,
     OVERLAY_UNDERLAY,
+    OVERLAY_SUBNETS,
 ];

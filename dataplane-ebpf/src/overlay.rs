@@ -104,6 +104,74 @@ pub struct VtepKey {
     pub ip: [u8; 4],
 }
 
+impl VtepKey {
+    /// The trie key for `ip/ip_prefix_len` on network `vni`; host bits are cleared, so
+    /// equal routes always have equal keys.
+    pub const fn new(vni: u32, ip: [u8; 4], ip_prefix_len: u32) -> VtepKey {
+        let ip_prefix_len = if ip_prefix_len > 32 {
+            32
+        } else {
+            ip_prefix_len
+        };
+        VtepKey {
+            prefix_len: 32 + ip_prefix_len,
+            vni_be: vni.to_be_bytes(),
+            ip: (u32::from_be_bytes(ip) & prefix_mask(ip_prefix_len)).to_be_bytes(),
+        }
+    }
+
+    /// The key a program looks an address up with: every bit counts.
+    pub const fn lookup(vni: u32, ip: [u8; 4]) -> VtepKey {
+        VtepKey::new(vni, ip, 32)
+    }
+
+    /// The key's data after `prefix_len`, as the kernel's LPM trie sees it
+    /// (`struct bpf_lpm_trie_key` is `prefix_len` then the data bytes).
+    pub const fn data(&self) -> [u8; 8] {
+        let (v, i) = (self.vni_be, self.ip);
+        [v[0], v[1], v[2], v[3], i[0], i[1], i[2], i[3]]
+    }
+
+    /// The VNI, in host order.
+    pub const fn vni(&self) -> u32 {
+        u32::from_be_bytes(self.vni_be)
+    }
+
+    /// The prefix length of the address part (without the VNI's 32 bits).
+    pub const fn ip_prefix_len(&self) -> u32 {
+        self.prefix_len.saturating_sub(32)
+    }
+}
+
+/// Key of [`crate::names::OVERLAY_SUBNETS`], an LPM trie: every overlay network's subnet
+/// → its VNI, so the endpoint program can tell "another overlay network" (isolated:
+/// dropped) from "outside the overlay" (left to the host to route).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubnetKey {
+    pub prefix_len: u32,
+    pub ip: [u8; 4],
+}
+
+impl SubnetKey {
+    /// The trie key for `ip/prefix_len`, host bits cleared.
+    pub const fn new(ip: [u8; 4], prefix_len: u32) -> SubnetKey {
+        let prefix_len = if prefix_len > 32 { 32 } else { prefix_len };
+        SubnetKey {
+            prefix_len,
+            ip: (u32::from_be_bytes(ip) & prefix_mask(prefix_len)).to_be_bytes(),
+        }
+    }
+
+    /// The key a program looks an address up with.
+    pub const fn lookup(ip: [u8; 4]) -> SubnetKey {
+        SubnetKey::new(ip, 32)
+    }
+}
+
+/// Value of [`crate::names::OVERLAY_SUBNETS`]: the VNI of the network owning the subnet.
+pub type SubnetValue = u32;
+
 /// An external (non-Skein) VXLAN endpoint: where to send and which inner MAC to use.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,6 +197,7 @@ const _: () = {
     assert!(size_of::<PortValue>() == 8);
     assert!(size_of::<NetworkValue>() == 12);
     assert!(size_of::<VtepKey>() == 12);
+    assert!(size_of::<SubnetKey>() == 8);
     assert!(size_of::<VtepValue>() == 12);
     assert!(size_of::<UnderlayValue>() == 16);
 };
@@ -143,6 +212,7 @@ mod pod {
     unsafe impl aya::Pod for PortValue {}
     unsafe impl aya::Pod for NetworkValue {}
     unsafe impl aya::Pod for VtepKey {}
+    unsafe impl aya::Pod for SubnetKey {}
     unsafe impl aya::Pod for VtepValue {}
     unsafe impl aya::Pod for UnderlayValue {}
 }
@@ -186,9 +256,10 @@ pub fn ipv4_checksum(header: &[u8; IPV4_LEN]) -> u16 {
         sum += u16::from_be_bytes([header[i], header[i + 1]]) as u32;
         i += 2;
     }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
+    // Two folds always suffice (ten 16-bit words sum to less than 2^20), and a fixed
+    // count keeps the verifier from exploring a loop whose bound it cannot see.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
 }
 
@@ -205,6 +276,94 @@ pub fn outer_ipv4(src: [u8; 4], dst: [u8; 4], payload_len: u16, id: u16) -> [u8;
     header[10] = checksum[0];
     header[11] = checksum[1];
     header
+}
+
+/// EtherTypes, as they appear on the wire.
+pub const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
+pub const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+
+/// An Ethernet header followed by an ARP packet for IPv4 over Ethernet.
+pub const ARP_FRAME_LEN: usize = ETH_LEN + 28;
+/// ARP operations, as on the wire.
+pub const ARP_OP_REQUEST: [u8; 2] = [0, 1];
+pub const ARP_OP_REPLY: [u8; 2] = [0, 2];
+
+/// The gateway's answer to an endpoint's ARP request "who has `target_ip`? tell
+/// `asker_ip` (`asker_mac`)": Ethernet + ARP reply, "`target_ip` is at [`GATEWAY_MAC`]",
+/// addressed back to the asker. Every overlay address resolves to the gateway: the
+/// overlay is routed, so the endpoint sends everything to the host's program.
+pub const fn arp_reply(
+    asker_mac: [u8; 6],
+    asker_ip: [u8; 4],
+    target_ip: [u8; 4],
+) -> [u8; ARP_FRAME_LEN] {
+    let (a, g, ip, t) = (asker_mac, GATEWAY_MAC, asker_ip, target_ip);
+    #[rustfmt::skip]
+    let frame = [
+        // Ethernet: to the asker, from the gateway, ARP.
+        a[0], a[1], a[2], a[3], a[4], a[5], g[0], g[1], g[2], g[3], g[4], g[5], 0x08, 0x06,
+        // ARP: Ethernet (1), IPv4 (0x0800), 6-byte MACs, 4-byte addresses, reply (2).
+        0, 1, 0x08, 0x00, 6, 4, 0, 2,
+        // Sender: the target address, at the gateway's MAC.
+        g[0], g[1], g[2], g[3], g[4], g[5], t[0], t[1], t[2], t[3],
+        // Target: the asker.
+        a[0], a[1], a[2], a[3], a[4], a[5], ip[0], ip[1], ip[2], ip[3],
+    ];
+    frame
+}
+
+/// What [`encap_headers`] needs to know.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Encap {
+    /// This host's underlay address.
+    pub outer_src: [u8; 4],
+    /// The destination host's (or external VTEP's) underlay address.
+    pub outer_dst: [u8; 4],
+    /// Total length of the outer IPv4 packet (header included), i.e. the frame length
+    /// after encapsulation minus the outer Ethernet header; capped at 65535 (a GSO
+    /// super-packet's segments get their own lengths when the kernel splits it).
+    pub outer_ip_len: u16,
+    pub ip_id: u16,
+    /// See [`vxlan_source_port`].
+    pub udp_src_port: u16,
+    pub vni: u32,
+    pub inner_dst_mac: [u8; 6],
+    pub inner_src_mac: [u8; 6],
+}
+
+/// The [`ENCAP_LEN`] bytes that encapsulation inserts after the (then outer) Ethernet
+/// header: outer IPv4, UDP (checksum 0, allowed for IPv4 and what the kernel's VXLAN
+/// device sends by default), VXLAN, and the inner Ethernet header of an IPv4 frame.
+pub fn encap_headers(e: &Encap) -> [u8; ENCAP_LEN] {
+    let mut out = [0u8; ENCAP_LEN];
+    let udp_len = e.outer_ip_len.saturating_sub(IPV4_LEN as u16);
+    let ip = outer_ipv4(e.outer_src, e.outer_dst, udp_len, e.ip_id);
+    let mut i = 0;
+    while i < IPV4_LEN {
+        out[i] = ip[i];
+        i += 1;
+    }
+    let sport = e.udp_src_port.to_be_bytes();
+    let dport = VXLAN_PORT.to_be_bytes();
+    let len = udp_len.to_be_bytes();
+    let udp = [sport[0], sport[1], dport[0], dport[1], len[0], len[1], 0, 0];
+    let vxlan = vxlan_header(e.vni);
+    let mut j = 0;
+    while j < UDP_LEN {
+        out[IPV4_LEN + j] = udp[j];
+        out[IPV4_LEN + UDP_LEN + j] = vxlan[j];
+        j += 1;
+    }
+    let inner = IPV4_LEN + UDP_LEN + VXLAN_LEN;
+    let mut k = 0;
+    while k < 6 {
+        out[inner + k] = e.inner_dst_mac[k];
+        out[inner + 6 + k] = e.inner_src_mac[k];
+        k += 1;
+    }
+    out[inner + 12] = ETH_P_IPV4[0];
+    out[inner + 13] = ETH_P_IPV4[1];
+    out
 }
 
 #[cfg(test)]
@@ -289,6 +448,73 @@ mod tests {
             assert_eq!(m[0] & 0x02, 0x02, "locally administered");
         }
         assert_ne!(endpoint_mac([0, 0, 0, 1]), GATEWAY_MAC);
+    }
+
+    #[test]
+    fn arp_reply_answers_with_the_gateway_mac() {
+        let asker = [0x02, 0x53, 10, 10, 1, 5];
+        let frame = arp_reply(asker, [10, 10, 1, 5], [10, 10, 1, 1]);
+        assert_eq!(&frame[0..6], &asker, "to the asker");
+        assert_eq!(&frame[6..12], &GATEWAY_MAC, "from the gateway");
+        assert_eq!(&frame[12..14], &ETH_P_ARP);
+        assert_eq!(
+            &frame[14..22],
+            &[0, 1, 8, 0, 6, 4, 0, 2],
+            "IPv4-over-Ethernet reply"
+        );
+        assert_eq!(&frame[22..28], &GATEWAY_MAC, "sender MAC");
+        assert_eq!(
+            &frame[28..32],
+            &[10, 10, 1, 1],
+            "sender IP: the address asked for"
+        );
+        assert_eq!(&frame[32..38], &asker, "target MAC");
+        assert_eq!(&frame[38..42], &[10, 10, 1, 5], "target IP");
+    }
+
+    #[test]
+    fn encap_headers_are_ipv4_udp_vxlan_ethernet() {
+        let e = Encap {
+            outer_src: [10, 200, 0, 11],
+            outer_dst: [10, 200, 0, 12],
+            outer_ip_len: 20 + 8 + 8 + 14 + 84,
+            ip_id: 0x1234,
+            udp_src_port: 50000,
+            vni: 4097,
+            inner_dst_mac: endpoint_mac([10, 10, 1, 7]),
+            inner_src_mac: endpoint_mac([10, 10, 1, 5]),
+        };
+        let h = encap_headers(&e);
+        let ip: [u8; IPV4_LEN] = h[..20].try_into().unwrap();
+        assert_eq!(
+            ip,
+            outer_ipv4(e.outer_src, e.outer_dst, 8 + 8 + 14 + 84, 0x1234)
+        );
+        assert_eq!(ipv4_checksum(&ip), 0);
+        assert_eq!(
+            &h[20..28],
+            &[0xc3, 0x50, 0x12, 0xb5, 0, 114, 0, 0],
+            "UDP 50000 -> 4789, len, csum 0"
+        );
+        assert_eq!(&h[28..36], &vxlan_header(4097));
+        assert_eq!(&h[36..42], &e.inner_dst_mac);
+        assert_eq!(&h[42..48], &e.inner_src_mac);
+        assert_eq!(&h[48..50], &ETH_P_IPV4);
+    }
+
+    #[test]
+    fn lpm_keys_clear_host_bits_and_count_the_vni() {
+        let k = VtepKey::new(4096, [192, 168, 7, 99], 24);
+        assert_eq!(k.prefix_len, 56);
+        assert_eq!(k.vni_be, [0, 0, 0x10, 0]);
+        assert_eq!(k.ip, [192, 168, 7, 0]);
+        assert_eq!(k.data(), [0, 0, 0x10, 0, 192, 168, 7, 0]);
+        assert_eq!((k.vni(), k.ip_prefix_len()), (4096, 24));
+        assert_eq!(VtepKey::lookup(1, [1, 2, 3, 4]).prefix_len, 64);
+        let s = SubnetKey::new([10, 10, 1, 77], 24);
+        assert_eq!((s.prefix_len, s.ip), (24, [10, 10, 1, 0]));
+        assert_eq!(SubnetKey::new([10, 0, 0, 1], 40).prefix_len, 32);
+        assert_eq!(core::mem::offset_of!(SubnetKey, ip), 4);
     }
 
     #[test]

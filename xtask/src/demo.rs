@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: a 3-host Skein cluster in network namespaces — one agent creates
-//! it, two join with its token — `node ls`, a network created on one node and listed on
-//! another, real traffic between the hosts, the counters moving, an agent killed (its
-//! node shown down) and restarted without losing a packet; then everything is removed.
+//! it, two join with its token — `node ls`, an overlay network created on one node, an
+//! endpoint on every host, traffic between the endpoints over VXLAN (ping, iperf3) with
+//! the encap/decap counters moving, an agent killed and restarted without losing a packet,
+//! a host's death leaving no stale entry; then everything is removed.
 //!
 //! (The overlay, services and the routing mesh join the demo as they land: the goal is
 //! `curl` on every node's published port, answers rotating across replicas.)
@@ -10,7 +11,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use xtask::{
-    scrape::{sample, scrape, XDP_PASS_BYTES, XDP_PASS_PACKETS},
+    scrape::{sample, scrape},
     testbed::{sweep_dead_runs, wait_until, Host, Testbed, TestbedConfig},
     toolchain::{ensure_debian_packages, ensure_ebpf_toolchain, run_checked, say},
 };
@@ -95,55 +96,96 @@ pub fn run() -> Result<()> {
         println!("   {}: eth0 {}", host.name(), attached.trim());
     }
 
+    say("`skein endpoint create --network web --name app` on every host (a namespace each)");
+    let mut endpoints = Vec::new();
+    for host in bed.hosts() {
+        skein_out(
+            host,
+            &["endpoint", "create", "--network", "web", "--name", "app"],
+        )
+        .with_context(|| format!("`skein endpoint create` on {} failed", host.name()))?;
+    }
+    let listing = skein_out(h1, &["endpoint", "ls", "--format", "json"]).unwrap_or_default();
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&listing).context("endpoint ls json")?;
+    for host in bed.hosts() {
+        let row = rows
+            .iter()
+            .find(|r| {
+                r["netns"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(host.netns()))
+            })
+            .with_context(|| format!("{}'s endpoint is not listed", host.name()))?;
+        endpoints.push((
+            row["netns"].as_str().unwrap_or_default().to_owned(),
+            row["ip"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    print!(
+        "{}",
+        indent(&skein_out(h1, &["endpoint", "ls"]).unwrap_or_default())
+    );
+
     let before = counters(&bed)?;
-    say("traffic: every host pings every other host 20 times, then iperf3 h1 -> h3 for 2 s");
-    for from in bed.hosts() {
-        for to in bed.hosts().iter().filter(|h| h.name() != from.name()) {
-            let out = from.run(
-                "ping",
-                [
-                    "-n",
-                    "-q",
-                    "-c",
-                    "20",
-                    "-i",
-                    "0.01",
-                    &to.underlay_ip().to_string(),
+    say("overlay traffic: every endpoint pings the others (VXLAN between hosts), then iperf3 h1's endpoint -> h3's for 2 s");
+    for (i, (from_ns, _)) in endpoints.iter().enumerate() {
+        for (j, (_, to_ip)) in endpoints.iter().enumerate().filter(|(j, _)| *j != i) {
+            let out = in_netns(
+                from_ns,
+                &[
+                    "ping", "-n", "-q", "-c", "20", "-i", "0.01", "-W", "2", to_ip,
                 ],
             )?;
             let summary = out
                 .lines()
                 .find(|l| l.contains("transmitted"))
-                .unwrap_or("");
-            println!("   {} -> {}: {summary}", from.name(), to.name());
+                .unwrap_or("no answer")
+                .to_owned();
+            println!(
+                "   h{}'s app -> h{}'s app ({to_ip}): {summary}",
+                i + 1,
+                j + 1
+            );
         }
     }
     let h3 = bed.host(2);
     let mut server = h3.spawn(
         {
-            let mut cmd = h3.command("iperf3");
-            cmd.args(["-s", "-1"]);
+            let mut cmd = h3.command("ip");
+            cmd.args(["netns", "exec", &endpoints[2].0, "iperf3", "-s", "-1"]);
             cmd
         },
         "iperf3-server",
     )?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = bed.host(0).run(
-        "iperf3",
-        ["-c", &h3.underlay_ip().to_string(), "-t", "2", "-f", "g"],
+    std::thread::sleep(Duration::from_millis(400));
+    let out = in_netns(
+        &endpoints[0].0,
+        &["iperf3", "-c", &endpoints[2].1, "-t", "2", "-f", "g"],
     )?;
     if let Some(line) = out.lines().rev().find(|l| l.contains("receiver")) {
-        println!("   iperf3 h1 -> h3: {}", line.trim());
+        println!("   iperf3 over the overlay: {}", line.trim());
     }
     let _ = server.wait(Duration::from_secs(5));
     print_counters(&bed, &before, &counters(&bed)?);
 
-    say("kill -9 the agent on h2 while h1 pings it 300 times; then start a new agent");
-    let mut pinger = bed.host(0).spawn(
+    say("kill -9 the agent on h2 while h1's endpoint pings h2's 300 times; then start a new agent");
+    let mut pinger = h1.spawn(
         {
-            let mut cmd = bed.host(0).command("ping");
-            cmd.args(["-n", "-q", "-c", "300", "-i", "0.01"])
-                .arg(h2.underlay_ip().to_string());
+            let mut cmd = h1.command("ip");
+            cmd.args([
+                "netns",
+                "exec",
+                &endpoints[0].0,
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                "300",
+                "-i",
+                "0.01",
+            ])
+            .arg(&endpoints[1].1);
             cmd
         },
         "ping-restart",
@@ -151,14 +193,9 @@ pub fn run() -> Result<()> {
     let before_restart = counters(&bed)?;
     std::thread::sleep(Duration::from_millis(800));
     agents[1].kill9()?;
-    wait_until("h2 down on h1", Duration::from_secs(20), || {
-        node_ls(h1).is_some_and(|t| t.contains(" down "))
-    })?;
-    println!("   h1's view with h2's agent dead:");
-    print!("{}", indent(&node_ls(h1).unwrap_or_default()));
     let link = h2.run("ip", ["link", "show", "dev", "eth0"])?;
     println!(
-        "   h2 agent killed; eth0 still has: {}",
+        "   h2's agent killed; eth0 still has: {}",
         link.lines()
             .find(|l| l.contains("prog/xdp"))
             .unwrap_or("(nothing)")
@@ -172,7 +209,7 @@ pub fn run() -> Result<()> {
     pinger.wait(Duration::from_secs(20))?;
     let summary = pinger.log();
     println!(
-        "   ping h1 -> h2 across the restart: {}",
+        "   overlay ping across the restart: {}",
         summary
             .lines()
             .find(|l| l.contains("transmitted"))
@@ -185,6 +222,17 @@ pub fn run() -> Result<()> {
     println!("   h1's view after the restart (same node ID):");
     print!("{}", indent(&node_ls(h1).unwrap_or_default()));
 
+    say("kill -9 h3's agent for good: its endpoint leaves every other host's maps");
+    agents[2].kill9()?;
+    let h3_ip = endpoints[2].1.clone();
+    wait_until(
+        "h3's endpoint gone from h1's maps",
+        Duration::from_secs(20),
+        || skein_out(h1, &["debug", "maps"]).is_some_and(|m| !m.contains(&format!("ip {h3_ip} "))),
+    )?;
+    print!("{}", indent(&node_ls(h1).unwrap_or_default()));
+    println!("   h1's maps no longer hold {h3_ip}");
+
     say("removing the testbed: agents, namespaces, bpffs mounts");
     drop(agents);
     drop(bed);
@@ -192,6 +240,7 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// Per host: (packets encapsulated, packets decapsulated).
 type Counts = BTreeMap<String, (u64, u64)>;
 
 fn counters(bed: &Testbed) -> Result<Counts> {
@@ -201,7 +250,7 @@ fn counters(bed: &Testbed) -> Result<Counts> {
             let m = scrape(host)?;
             Ok((
                 host.name().to_owned(),
-                (sample(&m, XDP_PASS_PACKETS)?, sample(&m, XDP_PASS_BYTES)?),
+                (sample(&m, ENCAP_PACKETS)?, sample(&m, DECAP_PACKETS)?),
             ))
         })
         .collect()
@@ -209,17 +258,16 @@ fn counters(bed: &Testbed) -> Result<Counts> {
 
 fn print_counters(bed: &Testbed, before: &Counts, after: &Counts) {
     println!(
-        "   {:<6} {:>14} {:>14} {:>16}",
-        "host", "xdp pass pkts", "(+ since)", "(+ bytes since)"
+        "   {:<6} {:>22} {:>22}",
+        "host", "VXLAN encapsulated", "VXLAN decapsulated"
     );
     for host in bed.hosts() {
         let (b, a) = (before[host.name()], after[host.name()]);
         println!(
-            "   {:<6} {:>14} {:>14} {:>16}",
+            "   {:<6} {:>22} {:>22}",
             host.name(),
-            a.0,
-            format!("+{}", a.0 - b.0),
-            format!("+{}", a.1 - b.1)
+            format!("{} (+{})", a.0, a.0 - b.0),
+            format!("{} (+{})", a.1, a.1 - b.1)
         );
     }
 }
@@ -238,4 +286,19 @@ fn node_ls(host: &Host) -> Option<String> {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("   {l}\n")).collect()
+}
+
+const ENCAP_PACKETS: &str =
+    "skein_tc_endpoint_ingress_packets_total{verdict=\"redirect\",reason=\"encap\"}";
+const DECAP_PACKETS: &str =
+    "skein_tc_underlay_ingress_packets_total{verdict=\"redirect\",reason=\"decap\"}";
+
+/// Runs `args` inside the network namespace `netns`; its stdout.
+fn in_netns(netns: &str, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()
+        .context("running ip netns exec")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

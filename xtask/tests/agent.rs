@@ -240,11 +240,18 @@ fn graceful_exit_keeps_the_dataplane_and_cleanup_removes_only_its_own() {
     let mut a2 = h2.start_agent(&["--init"]).expect("agent 2 starts");
     wait_for_metrics(h1);
     wait_for_metrics(h2);
-    let expected = [
-        "links/xdp_underlay@eth0",
-        "maps/TC_ENDPOINT_COUNTERS",
-        "maps/XDP_UNDERLAY_COUNTERS",
-    ];
+    // Every map and link of the agent is pinned (as many as the object has maps).
+    let expected: Vec<String> = ["links/xdp_underlay@eth0", "links/tc_underlay_ingress@eth0"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(
+            dataplane_ebpf::names::PINNED_MAPS
+                .iter()
+                .map(|m| format!("maps/{m}")),
+        )
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     assert_eq!(pins(h1), expected);
 
     let status = a1.terminate(Duration::from_secs(10)).expect("SIGTERM");

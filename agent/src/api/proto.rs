@@ -28,6 +28,34 @@ pub enum Request {
     NetworkLs,
     /// `skein network rm NAME`
     NetworkRm { name: String },
+    /// `skein endpoint create --network NET [--name NAME]`: a fresh namespace.
+    EndpointCreate {
+        network: String,
+        name: Option<String>,
+    },
+    /// `skein endpoint attach --network NET --netns NAME|PATH [--name NAME]`
+    EndpointAttach {
+        network: String,
+        netns: String,
+        name: Option<String>,
+    },
+    /// `skein endpoint ls`
+    EndpointLs,
+    /// `skein endpoint rm ID|NAME`
+    EndpointRm { id: String },
+    /// `skein network vtep add NET --underlay IP --mac MAC --cidr CIDR`
+    VtepAdd {
+        network: String,
+        underlay: String,
+        mac: String,
+        cidr: String,
+    },
+    /// `skein network vtep rm NET --cidr CIDR`
+    VtepRm { network: String, cidr: String },
+    /// `skein network vtep ls [NET]`
+    VtepLs { network: Option<String> },
+    /// `skein debug maps`: the dataplane's maps, human-readable.
+    DebugMaps,
 }
 
 /// The agent's answer: a result or one clear sentence saying what went wrong.
@@ -47,6 +75,35 @@ pub enum Body {
     Token(String),
     /// A short confirmation, e.g. `removed node 3f2a…`.
     Done(String),
+    Endpoints(Vec<EndpointRow>),
+    Endpoint(EndpointRow),
+    Vteps(Vec<VtepRow>),
+    /// Preformatted text (debug output).
+    Text(String),
+}
+
+/// One row of `endpoint ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRow {
+    pub id: String,
+    pub name: String,
+    pub network: String,
+    pub ip: String,
+    /// Short ID of the node it runs on.
+    pub node: String,
+    /// The namespace on that node.
+    pub netns: String,
+    /// `ready`, `down` (its node is down) or `collided` (lost its address; reallocating).
+    pub status: String,
+}
+
+/// One row of `network vtep ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VtepRow {
+    pub network: String,
+    pub cidr: String,
+    pub underlay: String,
+    pub mac: String,
 }
 
 /// One row of `node ls`.

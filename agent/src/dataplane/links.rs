@@ -1,9 +1,10 @@
 //! Attachments as pinned bpf_links: adopt an existing one by swapping the new program
 //! into it atomically, or create and pin a new one.
 //!
-//! Pin names say what is attached where: `xdp_underlay@<iface>` and
-//! `tc_endpoint_ingress@<iface>`. A link whose interface disappeared is defunct: the
-//! swap fails, and the pin is replaced by a fresh attachment.
+//! Pin names say what is attached where: `xdp_underlay@<iface>`,
+//! `tc_underlay_ingress@<iface>` and `tc_endpoint_ingress@<iface>`. A link whose
+//! interface disappeared is defunct: the swap fails, and the pin is replaced by a fresh
+//! attachment.
 
 use std::{ffi::CString, fmt, fs, path::Path};
 
@@ -53,8 +54,46 @@ pub fn xdp_pin_name(iface: &str) -> String {
     format!("{}@{iface}", names::XDP_UNDERLAY)
 }
 
-pub fn tc_pin_name(iface: &str) -> String {
-    format!("{}@{iface}", names::TC_ENDPOINT_INGRESS)
+/// The pin of tc program `program` on `iface`'s ingress.
+pub fn tc_pin_name(program: &str, iface: &str) -> String {
+    format!("{program}@{iface}")
+}
+
+/// The interfaces that have a pinned `program` link in `dir`, sorted.
+pub fn pinned_ifaces(dir: &Path, program: &str) -> Vec<String> {
+    let prefix = format!("{program}@");
+    let mut ifaces: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.strip_prefix(&prefix))
+                .map(str::to_owned)
+        })
+        .collect();
+    ifaces.sort();
+    ifaces
+}
+
+/// Unpins (and so detaches) the link pinned as `name` in `dir`; `Ok(false)` if there
+/// was none.
+pub fn unpin(dir: &Path, name: &str) -> Result<bool, DataplaneError> {
+    let path = dir.join(name);
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            info!(link = %name, "detached");
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DataplaneError::Pin {
+            what: "unpinning a link",
+            path,
+            source: Box::new(e),
+        }),
+    }
 }
 
 /// The interface's index in this network namespace, or a clear error naming it.
@@ -187,16 +226,17 @@ pub fn attach_xdp(
     )))
 }
 
-/// Adopts the pinned tcx link on `iface`'s ingress (swapping in `program`) or attaches
-/// afresh.
+/// Adopts the pinned tcx link of `name` on `iface`'s ingress (swapping in `program`) or
+/// attaches afresh. Returns whether an existing link was adopted.
 pub fn attach_tc_ingress(
     program: &mut SchedClassifier,
+    name: &'static str,
     links_dir: &Path,
     iface: &str,
-) -> Result<(), DataplaneError> {
-    let pin = links_dir.join(tc_pin_name(iface));
+) -> Result<bool, DataplaneError> {
+    let pin = links_dir.join(tc_pin_name(name, iface));
     let attach_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Attach {
-        program: names::TC_ENDPOINT_INGRESS,
+        program: name,
         iface: iface.to_owned(),
         source,
     };
@@ -208,8 +248,8 @@ pub fn attach_tc_ingress(
                         .take_link(id)
                         .map_err(|e| attach_error(Box::new(e)))?;
                     drop(FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?);
-                    debug!(%iface, "swapped the new program into the pinned tcx link");
-                    return Ok(());
+                    debug!(%iface, program = name, "swapped the new program into the pinned tcx link");
+                    return Ok(true);
                 }
                 Err(e) => discard_pin(&pin, &e)?,
             },
@@ -227,5 +267,6 @@ pub fn attach_tc_ingress(
         .take_link(id)
         .map_err(|e| attach_error(Box::new(e)))?;
     let fd_link = FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?;
-    pin_link(fd_link, &pin)
+    pin_link(fd_link, &pin)?;
+    Ok(false)
 }

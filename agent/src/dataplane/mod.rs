@@ -12,28 +12,45 @@
 //!   are unpinned, which detaches them;
 //! - [`cleanup`] unpins everything under the agent's own `bpf-dir` and nothing else, so
 //!   several agents on one kernel (one per host namespace) never touch each other.
+//!
+//! Endpoint attachments are dynamic: [`Dataplane::attach_endpoint`] and
+//! [`Dataplane::detach_endpoint`] converge them, [`Dataplane::attached_endpoints`] lists
+//! them. A new agent adopts every endpoint link a previous one pinned (whose interface
+//! still exists), so a restart never detaches an endpoint the reconciler still wants;
+//! the reconciler detaches the ones it does not. [`OverlayMaps`] is typed access to the
+//! overlay's maps.
+//!
+//! Layout: `links` (pinned bpf_links: adopt, attach, unpin), `overlay` ([`OverlayMaps`]),
+//! `bpffs` (mounting the pin directory's filesystem), [`test_run`] (`BPF_PROG_TEST_RUN`).
 
 mod bpffs;
 mod links;
+mod overlay;
 pub mod test_run;
 
 use std::{
     fs, io,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{MapData, MapInfo, MapType, PerCpuArray},
+    maps::{MapData, MapError, MapInfo, MapType, PerCpuArray},
     programs::{SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use dataplane_ebpf::{
     counters::{Counter, Verdict, COUNTER_SLOTS},
     names,
+    overlay::{
+        EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, SubnetValue, UnderlayValue,
+        VtepKey, VtepValue,
+    },
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-pub use links::{if_index, XdpMode};
+pub use links::{if_index, AttachedMode, XdpMode};
+pub use overlay::{interface_mac, OverlayMaps};
 
 /// The eBPF object, built by `build.rs` through the same function as
 /// `cargo xtask build-ebpf`, embedded so the agent is one self-contained binary.
@@ -78,6 +95,19 @@ pub enum DataplaneError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("{what} the pinned map {map} failed")]
+    Map {
+        map: &'static str,
+        what: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("could not read {path}")]
+    Sysfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what} at {path}")]
     Pin {
         what: &'static str,
@@ -105,12 +135,16 @@ impl PinDirs {
     }
 }
 
-/// What the agent wants attached.
+/// What the agent wants attached at start.
 #[derive(Clone, Debug)]
 pub struct Attachments {
     pub underlay_iface: String,
+    /// This host's address on the underlay (the agent's advertise address): the outer
+    /// source of the VXLAN it sends, and the destination of the VXLAN it accepts.
+    pub underlay_ip: Ipv4Addr,
     pub xdp_mode: XdpMode,
-    /// Host-side veths of endpoints.
+    /// Host-side veths of endpoints, attached at start (more come and go through
+    /// [`Dataplane::attach_endpoint`]).
     pub endpoint_ifaces: Vec<String>,
 }
 
@@ -159,24 +193,82 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
         name: names::XDP_UNDERLAY,
         source,
     })?;
-    let tc: &mut SchedClassifier = program_mut(&mut ebpf, names::TC_ENDPOINT_INGRESS)?;
-    tc.load().map_err(|source| DataplaneError::Verify {
-        name: names::TC_ENDPOINT_INGRESS,
-        source,
-    })?;
+    for name in [names::TC_ENDPOINT_INGRESS, names::TC_UNDERLAY_INGRESS] {
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+        tc.load()
+            .map_err(|source| DataplaneError::Verify { name, source })?;
+    }
     Ok(ebpf)
+}
+
+/// The layout every pinned map must have: (name, type, key size, value size, entries).
+pub fn expected_map_layouts() -> Vec<(&'static str, MapType, u32, u32, u32)> {
+    fn size<T>() -> u32 {
+        size_of::<T>() as u32
+    }
+    let mut layouts: Vec<_> = names::COUNTER_MAPS
+        .iter()
+        .map(|(_, map)| {
+            (
+                *map,
+                MapType::PerCpuArray,
+                size::<u32>(),
+                size::<Counter>(),
+                COUNTER_SLOTS,
+            )
+        })
+        .collect();
+    layouts.extend([
+        (
+            names::OVERLAY_ENDPOINTS,
+            MapType::Hash,
+            size::<EndpointKey>(),
+            size::<EndpointValue>(),
+            names::MAX_ENDPOINTS,
+        ),
+        (
+            names::OVERLAY_PORTS,
+            MapType::Hash,
+            size::<u32>(),
+            size::<PortValue>(),
+            names::MAX_PORTS,
+        ),
+        (
+            names::OVERLAY_NETWORKS,
+            MapType::Hash,
+            size::<u32>(),
+            size::<NetworkValue>(),
+            names::MAX_NETWORKS,
+        ),
+        (
+            names::OVERLAY_VTEPS,
+            MapType::LpmTrie,
+            size::<VtepKey>(),
+            size::<VtepValue>(),
+            names::MAX_VTEP_ROUTES,
+        ),
+        (
+            names::OVERLAY_SUBNETS,
+            MapType::LpmTrie,
+            size::<SubnetKey>(),
+            size::<SubnetValue>(),
+            names::MAX_SUBNETS,
+        ),
+        (
+            names::OVERLAY_UNDERLAY,
+            MapType::Array,
+            size::<u32>(),
+            size::<UnderlayValue>(),
+            1,
+        ),
+    ]);
+    layouts
 }
 
 /// Refuses to adopt pinned maps whose layout differs from this build's ABI: the new
 /// programs would read them with the wrong types.
 fn check_pinned_maps(maps_dir: &Path) -> Result<(), DataplaneError> {
-    let expected = (
-        MapType::PerCpuArray,
-        4u32,
-        size_of::<Counter>() as u32,
-        COUNTER_SLOTS,
-    );
-    for name in names::PINNED_MAPS {
+    for (name, map_type, key, value, entries) in expected_map_layouts() {
         let path = maps_dir.join(name);
         if !path.exists() {
             continue;
@@ -188,7 +280,7 @@ fn check_pinned_maps(maps_dir: &Path) -> Result<(), DataplaneError> {
         })?;
         let found_type = info.map_type().ok();
         let found = (info.key_size(), info.value_size(), info.max_entries());
-        if found_type != Some(expected.0) || found != (expected.1, expected.2, expected.3) {
+        if found_type != Some(map_type) || found != (key, value, entries) {
             return Err(DataplaneError::IncompatiblePin {
                 path,
                 found_type: format!("{found_type:?}"),
@@ -211,19 +303,52 @@ where
 }
 
 impl Dataplane {
-    /// Loads the programs, then adopts or creates every wanted attachment and drops the
-    /// unwanted ones. Validates interface names before anything is attached, so a bad
-    /// name leaves the kernel untouched.
+    /// Loads the programs, fills in the underlay, then adopts or creates every wanted
+    /// attachment and drops the unwanted ones. Validates interface names before anything
+    /// is attached, so a bad name leaves the kernel untouched.
+    ///
+    /// Endpoint links pinned by a previous agent are adopted (the new program swapped
+    /// in) when their interface still exists, and dropped otherwise; links on another
+    /// underlay interface are dropped.
     pub fn start(pins: PinDirs, want: &Attachments) -> Result<Dataplane, DataplaneError> {
         for iface in std::iter::once(&want.underlay_iface).chain(&want.endpoint_ifaces) {
             links::if_index(iface)?;
         }
+        let underlay_ifindex = links::if_index(&want.underlay_iface)?;
+        let underlay_mac =
+            interface_mac(&want.underlay_iface).map_err(|source| DataplaneError::Sysfs {
+                path: PathBuf::from(format!("/sys/class/net/{}/address", want.underlay_iface)),
+                source,
+            })?;
         let mut ebpf = load(&pins)?;
         let links_dir = pins.links();
-        let wanted: Vec<String> = std::iter::once(links::xdp_pin_name(&want.underlay_iface))
-            .chain(want.endpoint_ifaces.iter().map(|i| links::tc_pin_name(i)))
-            .collect();
+
+        let mut endpoints = want.endpoint_ifaces.clone();
+        for iface in links::pinned_ifaces(&links_dir, names::TC_ENDPOINT_INGRESS) {
+            if !endpoints.contains(&iface) && links::if_index(&iface).is_ok() {
+                endpoints.push(iface);
+            }
+        }
+        let wanted: Vec<String> = [
+            links::xdp_pin_name(&want.underlay_iface),
+            links::tc_pin_name(names::TC_UNDERLAY_INGRESS, &want.underlay_iface),
+        ]
+        .into_iter()
+        .chain(
+            endpoints
+                .iter()
+                .map(|i| links::tc_pin_name(names::TC_ENDPOINT_INGRESS, i)),
+        )
+        .collect();
         links::unpin_unwanted(&links_dir, &wanted)?;
+
+        // Before the decapsulating program runs: it accepts VXLAN only for this address.
+        OverlayMaps::open(&pins)?.set_underlay(UnderlayValue {
+            ifindex: underlay_ifindex,
+            ip: want.underlay_ip.octets(),
+            mac: underlay_mac,
+            _pad: [0; 2],
+        })?;
 
         let xdp: &mut Xdp = program_mut(&mut ebpf, names::XDP_UNDERLAY)?;
         let xdp_attached_mode =
@@ -234,16 +359,61 @@ impl Dataplane {
             program = names::XDP_UNDERLAY,
             "underlay program attached"
         );
-        let tc: &mut SchedClassifier = program_mut(&mut ebpf, names::TC_ENDPOINT_INGRESS)?;
-        for iface in &want.endpoint_ifaces {
-            links::attach_tc_ingress(tc, &links_dir, iface)?;
-            info!(%iface, program = names::TC_ENDPOINT_INGRESS, "endpoint program attached");
-        }
-        Ok(Dataplane {
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, names::TC_UNDERLAY_INGRESS)?;
+        let adopted = links::attach_tc_ingress(
+            tc,
+            names::TC_UNDERLAY_INGRESS,
+            &links_dir,
+            &want.underlay_iface,
+        )?;
+        info!(
+            iface = %want.underlay_iface,
+            ip = %want.underlay_ip,
+            adopted,
+            program = names::TC_UNDERLAY_INGRESS,
+            "underlay program attached"
+        );
+        let mut dataplane = Dataplane {
             ebpf,
             pins,
             xdp_attached_mode,
-        })
+        };
+        for iface in &endpoints {
+            dataplane.attach_endpoint(iface)?;
+        }
+        Ok(dataplane)
+    }
+
+    /// Attaches the endpoint program to the host-side veth `iface` (tcx ingress, pinned
+    /// as `tc_endpoint_ingress@<iface>`); if it is attached already, the running program
+    /// is swapped in again, which changes nothing. Idempotent.
+    pub fn attach_endpoint(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        links::if_index(iface)?;
+        let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, names::TC_ENDPOINT_INGRESS)?;
+        let adopted =
+            links::attach_tc_ingress(tc, names::TC_ENDPOINT_INGRESS, &self.pins.links(), iface)?;
+        // A reconciler calls this on every pass: only a new attachment is news.
+        if adopted {
+            debug!(%iface, program = names::TC_ENDPOINT_INGRESS, "endpoint program adopted");
+        } else {
+            info!(%iface, program = names::TC_ENDPOINT_INGRESS, "endpoint program attached");
+        }
+        Ok(())
+    }
+
+    /// Detaches the endpoint program from `iface` by unpinning its link. Returns whether
+    /// there was one; idempotent. (A veth that is deleted takes its attachment with it;
+    /// the pin then lingers until this is called or the next agent starts.)
+    pub fn detach_endpoint(&mut self, iface: &str) -> Result<bool, DataplaneError> {
+        links::unpin(
+            &self.pins.links(),
+            &links::tc_pin_name(names::TC_ENDPOINT_INGRESS, iface),
+        )
+    }
+
+    /// The interfaces with a pinned endpoint link, sorted.
+    pub fn attached_endpoints(&self) -> Vec<String> {
+        links::pinned_ifaces(&self.pins.links(), names::TC_ENDPOINT_INGRESS)
     }
 
     /// Starts forwarding the programs' aya-log records into `tracing`. Returns the
@@ -262,6 +432,16 @@ impl Dataplane {
     pub fn counters(&mut self) -> Result<Counters, DataplaneError> {
         Counters::open(&self.pins)
     }
+
+    /// Typed handles on the overlay's maps, for the reconciler.
+    pub fn overlay_maps(&self) -> Result<OverlayMaps, DataplaneError> {
+        OverlayMaps::open(&self.pins)
+    }
+
+    /// Where this dataplane keeps its pins.
+    pub fn pins(&self) -> &PinDirs {
+        &self.pins
+    }
 }
 
 /// The per-program, per-verdict counters, opened from their pins so the reader does not
@@ -273,10 +453,7 @@ pub struct Counters {
 impl Counters {
     pub fn open(pins: &PinDirs) -> Result<Counters, DataplaneError> {
         let mut programs = Vec::new();
-        for (program, map) in [
-            (names::XDP_UNDERLAY, names::XDP_UNDERLAY_COUNTERS),
-            (names::TC_ENDPOINT_INGRESS, names::TC_ENDPOINT_COUNTERS),
-        ] {
+        for &(program, map) in names::COUNTER_MAPS {
             let path = pins.maps().join(map);
             let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Pin {
                 what: "opening a pinned counters map",
@@ -327,4 +504,23 @@ pub fn cleanup(pins: &PinDirs) -> Result<usize, DataplaneError> {
         let _ = fs::remove_dir(dir);
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pinned_map_has_one_expected_layout() {
+        let layouts = expected_map_layouts();
+        for name in names::PINNED_MAPS {
+            assert_eq!(layouts.iter().filter(|l| l.0 == *name).count(), 1, "{name}");
+        }
+        assert_eq!(layouts.len(), names::PINNED_MAPS.len());
+        let ports = layouts
+            .iter()
+            .find(|l| l.0 == names::OVERLAY_PORTS)
+            .unwrap();
+        assert_eq!((ports.1, ports.2, ports.3), (MapType::Hash, 4, 8));
+    }
 }

@@ -1,0 +1,355 @@
+//! `tc_endpoint_ingress`: what an endpoint sends, seen at tc ingress of its host-side
+//! veth (DESIGN.md paths 1 and 2).
+//!
+//! - ARP: requests for other addresses of the endpoint's network are answered in place
+//!   with the gateway's MAC (the overlay is routed: nothing is ever bridged); replies
+//!   the endpoint gives about itself go to the host (which resolves the endpoint to
+//!   reach it); any other ARP is dropped.
+//! - IPv4 inside the endpoint's network: the gateway → the host; a local endpoint →
+//!   redirected to its veth; a remote one → VXLAN to its host; an external VTEP's
+//!   prefix → VXLAN to the VTEP; anything else → dropped.
+//! - IPv4 to another overlay network's subnet → dropped (networks are isolated); to
+//!   anywhere else → the host, which routes (and NATs) it.
+//! - Everything else from an endpoint (IPv6, other EtherTypes) → dropped.
+//! - Packets from a veth that is not a port (no `OVERLAY_PORTS` entry) are not ours:
+//!   passed unchanged.
+//!
+//! Encapsulation happens on the skb (`bpf_skb_adjust_room` with the tunnel flags), so
+//! a TCP super-packet stays one GSO skb with a partial checksum: the kernel segments it
+//! and completes the inner checksums later, on the underlay (KERNEL-NOTES: native XDP
+//! loses both).
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+    },
+    helpers::generated::{
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect,
+        bpf_redirect_neigh,
+    },
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use dataplane_ebpf::{
+    counters::Verdict,
+    overlay::{
+        arp_reply, encap_headers, endpoint_mac, vxlan_source_port, Encap, EndpointKey, PortValue,
+        SubnetKey, UnderlayValue, VtepKey, ARP_OP_REPLY, ARP_OP_REQUEST, ENCAP_LEN, ETH_LEN,
+        GATEWAY_MAC,
+    },
+};
+
+use crate::{
+    lookup, network, parse::*, underlay_config, Outcome, OVERLAY_ENDPOINTS, OVERLAY_PORTS,
+    OVERLAY_SUBNETS, OVERLAY_VTEPS,
+};
+
+const AF_INET: u8 = 2;
+/// `skb->pkt_type` of a frame for this host (include/uapi/linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
+
+/// Flags of the encapsulating `bpf_skb_adjust_room`: the 50 bytes inserted after the
+/// Ethernet header are outer IPv4 + UDP + VXLAN + a 14-byte inner Ethernet header. The
+/// kernel then marks the skb as a UDP tunnel (inner header offsets, `SKB_GSO_UDP_TUNNEL`)
+/// so GSO segments it correctly. `FIXED_GSO` keeps the MSS: the endpoint's MTU already
+/// leaves room for the 50 bytes, so segments need no shrinking (without it the kernel
+/// would lower the MSS by 50 and every segment would be 50 bytes short of the MTU).
+const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
+    | ((ETH_LEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT)
+    | BPF_F_ADJ_ROOM_FIXED_GSO as u64;
+
+pub fn handle(ctx: &TcContext) -> Outcome {
+    // SAFETY: the kernel hands every program a valid `__sk_buff`; at tc ingress
+    // `ifindex` is the device the packet arrived on.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(port) = lookup(&OVERLAY_PORTS, &ifindex) else {
+        return Outcome::pass(Verdict::PASS);
+    };
+    pull_headers(ctx, (ETH_LEN + size_of::<ArpHdr>()) as u32);
+    let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
+        return Outcome::drop(Verdict::MALFORMED);
+    };
+    match be16(eth.ether_type) {
+        ETHERTYPE_IPV4 => ipv4(ctx, &port),
+        ETHERTYPE_ARP => arp(ctx, ifindex, &port),
+        _ => Outcome::drop(Verdict::DROP),
+    }
+}
+
+fn arp(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
+    let Some(arp) = read_at::<ArpHdr>(ctx, ETH_LEN) else {
+        return Outcome::drop(Verdict::MALFORMED);
+    };
+    if be16(arp.htype) != 1 || be16(arp.ptype) != ETHERTYPE_IPV4 || arp.hlen != 6 || arp.plen != 4 {
+        return Outcome::drop(Verdict::DROP);
+    }
+    let op = be16(arp.op);
+    if op == be16(ARP_OP_REPLY) && be32(arp.spa) == be32(port.ip) {
+        // The endpoint telling the host where it is (the host asked, to reach it).
+        return Outcome::pass(Verdict::PASS);
+    }
+    if op != be16(ARP_OP_REQUEST) {
+        return Outcome::drop(Verdict::DROP);
+    }
+    let Some(net) = network(port.vni) else {
+        return Outcome::drop(Verdict::DROP);
+    };
+    // Not for addresses outside the network (the endpoint routes those via the
+    // gateway), nor its own (gratuitous ARP, duplicate address detection).
+    let tpa = arp.tpa;
+    if !net.contains(tpa) || be32(tpa) == be32(arp.spa) || be32(tpa) == be32(port.ip) {
+        return Outcome::drop(Verdict::DROP);
+    }
+    let reply = arp_reply(arp.sha, arp.spa, tpa);
+    if ctx.store(0, &reply, 0).is_err() {
+        return Outcome::error();
+    }
+    Outcome::redirect(Verdict::ARP_REPLY, ifindex)
+}
+
+fn ipv4(ctx: &TcContext, port: &PortValue) -> Outcome {
+    let Some(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Outcome::drop(Verdict::MALFORMED);
+    };
+    if ip.version_ihl >> 4 != 4 {
+        return Outcome::drop(Verdict::MALFORMED);
+    }
+    let (src, dst) = (ip.src, ip.dst);
+    if be32(src) != be32(port.ip) {
+        debug!(ctx, "endpoint {:i} sent from {:i}: dropped", port.ip, src);
+        return Outcome::drop(Verdict::SPOOFED);
+    }
+    let Some(net) = network(port.vni) else {
+        debug!(
+            ctx,
+            "port of {:i} has no network {}: dropped", port.ip, port.vni
+        );
+        return Outcome::drop(Verdict::DROP);
+    };
+
+    if !net.contains(dst) {
+        let subnet = SubnetKey::lookup(dst);
+        if let Some(vni) = OVERLAY_SUBNETS.get(Key::new(subnet.prefix_len, subnet.ip)) {
+            if *vni != port.vni {
+                debug!(
+                    ctx,
+                    "{:i} -> {:i}: other network {}: dropped", src, dst, *vni
+                );
+                return Outcome::drop(Verdict::OTHER_NETWORK);
+            }
+        }
+        // Outside the overlay: the host routes it (egress, NAT).
+        return to_host(ctx);
+    }
+    if be32(dst) == be32(net.gateway) {
+        return to_host(ctx);
+    }
+    let key = EndpointKey {
+        vni: port.vni,
+        ip: dst,
+    };
+    if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &key) {
+        if ep.ifindex != 0 {
+            return local(ctx, ep.ifindex, dst);
+        }
+        return encap(
+            ctx,
+            &Tunnel {
+                vni: port.vni,
+                src,
+                dst,
+                remote: ep.host_ip,
+                inner_dst_mac: endpoint_mac(dst),
+            },
+        );
+    }
+    let vtep = VtepKey::lookup(port.vni, dst);
+    if let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) {
+        return encap(
+            ctx,
+            &Tunnel {
+                vni: port.vni,
+                src,
+                dst,
+                remote: v.underlay_ip,
+                inner_dst_mac: v.mac,
+            },
+        );
+    }
+    debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
+    Outcome::drop(Verdict::UNKNOWN_ENDPOINT)
+}
+
+/// To the host's stack. The endpoint addressed the frame to the gateway's MAC (its
+/// ARP answer), which need not be the host-side veth's own, so the kernel has already
+/// marked it as for another host and IPv4 would drop it: mark it as for this host.
+fn to_host(ctx: &TcContext) -> Outcome {
+    let _ = ctx.change_type(PACKET_HOST);
+    Outcome::pass(Verdict::TO_HOST)
+}
+
+/// Another endpoint on this host: new MACs (from the gateway, to the endpoint's
+/// IP-derived MAC), then out of its veth.
+fn local(ctx: &TcContext, ifindex: u32, dst: [u8; 4]) -> Outcome {
+    let mac = endpoint_mac(dst);
+    let g = GATEWAY_MAC;
+    let macs = [
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], g[0], g[1], g[2], g[3], g[4], g[5],
+    ];
+    if ctx.store(0, &macs, 0).is_err() {
+        return Outcome::error();
+    }
+    Outcome::redirect(Verdict::LOCAL, ifindex)
+}
+
+/// Where an encapsulated packet goes. (A struct because BPF functions take at most five
+/// arguments, all in registers.)
+struct Tunnel {
+    vni: u32,
+    /// Inner source and destination (the endpoints' overlay addresses).
+    src: [u8; 4],
+    dst: [u8; 4],
+    /// Underlay address of the destination's host or external VTEP.
+    remote: [u8; 4],
+    inner_dst_mac: [u8; 6],
+}
+
+/// VXLAN to `t.remote` (a Skein host or an external VTEP), then out of the underlay.
+fn encap(ctx: &TcContext, t: &Tunnel) -> Outcome {
+    let Some(underlay) = underlay_config() else {
+        return Outcome::drop(Verdict::NO_ROUTE);
+    };
+    if underlay.ifindex == 0 {
+        debug!(ctx, "no underlay configured: dropped");
+        return Outcome::drop(Verdict::NO_ROUTE);
+    }
+    // The inner flow's hash, taken before the outer headers exist, so each flow keeps
+    // one UDP source port (and so one ECMP path) and flows spread across ports.
+    // SAFETY: plain helper calls on our own skb.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let ip_id = unsafe { bpf_get_prandom_u32() } as u16;
+    if ctx
+        .adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .is_err()
+    {
+        debug!(
+            ctx,
+            "{:i} -> {:i}: adjust_room failed: dropped", t.src, t.dst
+        );
+        return Outcome::error();
+    }
+    let outer_ip_len = ctx.len().saturating_sub(ETH_LEN as u32);
+    let headers = encap_headers(&Encap {
+        outer_src: underlay.ip,
+        outer_dst: t.remote,
+        outer_ip_len: if outer_ip_len > 0xffff {
+            0xffff
+        } else {
+            outer_ip_len as u16
+        },
+        ip_id,
+        udp_src_port: vxlan_source_port(hash),
+        vni: t.vni,
+        inner_dst_mac: t.inner_dst_mac,
+        inner_src_mac: endpoint_mac(t.src),
+    });
+    if ctx.store(ETH_LEN, &headers, 0).is_err() {
+        return Outcome::error();
+    }
+    to_underlay(ctx, &underlay, t.remote)
+}
+
+/// Sends the encapsulated frame towards `remote`, next hop from the kernel's FIB (so a
+/// host on another underlay subnet, behind a router, is reached through it).
+fn to_underlay(ctx: &TcContext, underlay: &UnderlayValue, remote: [u8; 4]) -> Outcome {
+    // SAFETY: an all-zero `bpf_fib_lookup` is valid (plain integers and unions of them).
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = IPPROTO_UDP;
+    fib.ifindex = underlay.ifindex;
+    // `__be32` fields: the address's wire bytes as they lie in memory.
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(underlay.ip);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(remote);
+    // With `tot_len` 0 the kernel checks the skb itself against the egress MTU (GSO skbs
+    // pass: they are segmented to size later).
+    // SAFETY: `fib` is a stack struct of the size we pass.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc < 0 {
+        debug!(ctx, "fib lookup for {:i} failed: {}", remote, rc);
+        return Outcome::drop(Verdict::NO_ROUTE);
+    }
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let (d, s) = (fib.dmac, fib.smac);
+            let macs = [
+                d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5],
+            ];
+            if ctx.store(0, &macs, 0).is_err() {
+                return Outcome::error();
+            }
+            // SAFETY: plain helper call.
+            let action = unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+            Outcome {
+                verdict: Verdict::ENCAP,
+                action,
+            }
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            // The route is known but the next hop's MAC is not (yet): let the kernel
+            // resolve it (and queue the frame meanwhile).
+            // SAFETY: zeroed is valid for this plain struct.
+            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+            nh.nh_family = u32::from(AF_INET);
+            // After the lookup, `ipv4_dst` holds the next hop (the gateway if routed).
+            // SAFETY: union fields of plain integers.
+            nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+            // SAFETY: `nh` is a stack struct of the size we pass.
+            let action = unsafe {
+                bpf_redirect_neigh(fib.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
+            } as i32;
+            Outcome {
+                verdict: Verdict::ENCAP,
+                action,
+            }
+        }
+        BPF_FIB_LKUP_RET_FWD_DISABLED => {
+            // `bpf_fib_lookup` answers only where IPv4 forwarding is enabled on the
+            // underlay (it models a forwarded packet). Without it, let the kernel do the
+            // whole output route and neighbour lookup itself: `bpf_redirect_neigh` with
+            // no next hop routes the (outer) packet as if sent locally from the
+            // underlay. An unroutable destination is then dropped by the kernel,
+            // uncounted.
+            // SAFETY: a null next hop is the documented "look it up" form.
+            let action =
+                unsafe { bpf_redirect_neigh(underlay.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+            Outcome {
+                verdict: Verdict::ENCAP,
+                action,
+            }
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            debug!(
+                ctx,
+                "to {:i}: frame exceeds the underlay MTU: dropped", remote
+            );
+            Outcome::drop(Verdict::TOO_BIG)
+        }
+        _ => {
+            debug!(ctx, "no route to {:i} ({}): dropped", remote, rc);
+            Outcome::drop(Verdict::NO_ROUTE)
+        }
+    }
+}
