@@ -144,6 +144,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             underlay_mtu,
             tuning: Tuning::default(),
             rng_seed: rand_seed(),
+            initial_records: if created { Vec::new() } else { state.records() },
         };
         // Only a first join must prove the token and the address: a restarted member
         // keeps running even if the peers it knew are down too.
@@ -217,6 +218,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         };
         let api = tokio::spawn(api::serve(api_listener, backend, api_shutdown));
         let peers = tokio::spawn(remember_peers(manager.clone(), state.clone()));
+        let saver = tokio::spawn(save_store(manager.clone(), state.clone()));
         info!(
             underlay = %config.underlay_iface,
             xdp_mode = %xdp_attached_mode,
@@ -235,6 +237,13 @@ pub fn run(config: AgentConfig) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
         metrics.abort();
         peers.abort();
+        saver.abort();
+        if stop != Stop::Leave {
+            // The latest state, for the next start.
+            if let Ok(records) = manager.records().await {
+                let _ = state.save_records(&records);
+            }
+        }
         if let Some(logs) = logs {
             logs.abort();
         }
@@ -338,6 +347,30 @@ async fn remember_peers(manager: Manager, state: Arc<StateDir>) {
             saved = peers;
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
+        if views.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Saves the store to the state directory when it changes (at most once a second).
+async fn save_store(manager: Manager, state: Arc<StateDir>) {
+    let mut views = manager.subscribe();
+    let mut saved_version = None;
+    loop {
+        let version = views.borrow_and_update().store_version;
+        if saved_version != Some(version) {
+            match manager.records().await {
+                Ok(records) => match state.save_records(&records) {
+                    Ok(()) => saved_version = Some(version),
+                    Err(error) => {
+                        warn!(error = %format!("{error:#}"), "could not save the cluster state")
+                    }
+                },
+                Err(_) => return,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
         if views.changed().await.is_err() {
             return;
         }

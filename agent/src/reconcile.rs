@@ -124,7 +124,14 @@ pub struct Reconciler {
     maps: std::sync::Mutex<OverlayMaps>,
     /// Serializes syncs with the API's endpoint plumbing.
     busy: Mutex<()>,
+    /// Until then, syncs add and update but remove nothing: right after a restart this
+    /// node does not know yet which peers are alive, and tearing down their endpoints'
+    /// entries (or local plumbing) would drop the traffic the adopted dataplane carries.
+    removals_from: std::time::Instant,
 }
+
+/// How long after start the reconciler only adds: membership converges in a second or two.
+const WARMUP: Duration = Duration::from_secs(10);
 
 impl Reconciler {
     pub fn new(
@@ -139,6 +146,7 @@ impl Reconciler {
             dataplane,
             maps: std::sync::Mutex::new(maps),
             busy: Mutex::new(()),
+            removals_from: std::time::Instant::now() + WARMUP,
         }
     }
 
@@ -150,9 +158,17 @@ impl Reconciler {
             if let Err(error) = self.sync(&view).await {
                 warn!(error = %format!("{error:#}"), "reconcile failed; retrying on the next change");
             }
+            // Resync periodically, and once right after the warm-up so removals held back
+            // during it happen at once.
+            let now = std::time::Instant::now();
+            let next = if now < self.removals_from {
+                self.removals_from - now
+            } else {
+                RESYNC
+            };
             tokio::select! {
                 changed = views.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(RESYNC) => {}
+                _ = tokio::time::sleep(next) => {}
             }
         }
     }
@@ -178,9 +194,12 @@ impl Reconciler {
                 }
             }
         }
-        self.remove_unwanted(&wanted).await?;
+        let removals = std::time::Instant::now() >= self.removals_from;
+        if removals {
+            self.remove_unwanted(&wanted).await?;
+        }
         let desired = desired_maps(view, |e| local.get(&e.id).copied());
-        let changes = self.apply_maps(&desired)?;
+        let changes = self.apply_maps(&desired, removals)?;
         if changes > 0 {
             debug!(changes, "overlay maps updated");
         }
@@ -267,7 +286,7 @@ impl Reconciler {
 
     /// Writes the difference between the maps and `desired`; returns how many entries
     /// changed.
-    fn apply_maps(&self, desired: &DesiredMaps) -> Result<usize> {
+    fn apply_maps(&self, desired: &DesiredMaps, removals: bool) -> Result<usize> {
         let mut maps = self.maps.lock().expect("maps lock");
         let mut changes = 0;
 
@@ -284,7 +303,7 @@ impl Reconciler {
         }
         for &(vni, ip) in current
             .keys()
-            .filter(|k| !desired.endpoints.contains_key(k))
+            .filter(|k| removals && !desired.endpoints.contains_key(k))
         {
             maps.remove_endpoint(EndpointKey { vni, ip })?;
             changes += 1;
@@ -301,7 +320,10 @@ impl Reconciler {
                 changes += 1;
             }
         }
-        for &ifindex in current.keys().filter(|k| !desired.ports.contains_key(k)) {
+        for &ifindex in current
+            .keys()
+            .filter(|k| removals && !desired.ports.contains_key(k))
+        {
             maps.remove_port(ifindex)?;
             changes += 1;
         }
@@ -313,7 +335,10 @@ impl Reconciler {
                 changes += 1;
             }
         }
-        for &vni in current.keys().filter(|k| !desired.networks.contains_key(k)) {
+        for &vni in current
+            .keys()
+            .filter(|k| removals && !desired.networks.contains_key(k))
+        {
             maps.remove_network(vni)?;
             changes += 1;
         }
@@ -329,7 +354,10 @@ impl Reconciler {
                 changes += 1;
             }
         }
-        for &(prefix_len, ip) in current.keys().filter(|k| !desired.subnets.contains_key(k)) {
+        for &(prefix_len, ip) in current
+            .keys()
+            .filter(|k| removals && !desired.subnets.contains_key(k))
+        {
             maps.remove_subnet(SubnetKey { prefix_len, ip })?;
             changes += 1;
         }
@@ -345,7 +373,10 @@ impl Reconciler {
                 changes += 1;
             }
         }
-        for &(prefix_len, vni, ip) in current.keys().filter(|k| !desired.vteps.contains_key(k)) {
+        for &(prefix_len, vni, ip) in current
+            .keys()
+            .filter(|k| removals && !desired.vteps.contains_key(k))
+        {
             maps.remove_vtep(vtep_key(prefix_len, vni, ip))?;
             changes += 1;
         }

@@ -12,7 +12,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use manager::{secure::JoinToken, NodeId};
+use manager::{
+    secure::JoinToken,
+    state::{decode_snapshot, encode_snapshot, Record},
+    NodeId,
+};
 
 pub struct StateDir {
     dir: PathBuf,
@@ -92,10 +96,22 @@ impl StateDir {
         )
     }
 
+    /// The cluster state this node saved last (empty if none).
+    pub fn records(&self) -> Vec<Record> {
+        fs::read(self.dir.join("store"))
+            .map(|bytes| decode_snapshot(&bytes))
+            .unwrap_or_default()
+    }
+
+    /// Saves the cluster state, so a restart (even of every node at once) keeps it.
+    pub fn save_records(&self, records: &[Record]) -> Result<()> {
+        write_atomically(&self.dir.join("store"), &encode_snapshot(records), 0o600)
+    }
+
     /// Forgets the cluster (after `skein agent leave`): the next start needs `--init` or
     /// `--join` again. The node ID stays.
     pub fn forget_cluster(&self) -> Result<()> {
-        for file in ["join-token", "peers"] {
+        for file in ["join-token", "peers", "store"] {
             match fs::remove_file(self.dir.join(file)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     return Err(e)

@@ -56,6 +56,9 @@ enum Command {
     HeardFromCluster {
         reply: oneshot::Sender<bool>,
     },
+    Records {
+        reply: oneshot::Sender<Vec<crate::state::Record>>,
+    },
 }
 
 /// Why the manager could not do something.
@@ -151,6 +154,17 @@ impl Manager {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Counters { reply })
+            .await
+            .map_err(|_| ManagerError::Stopped)?;
+        rx.await.map_err(|_| ManagerError::Stopped)
+    }
+
+    /// Every record of the store, tombstones included, to save across restarts (see
+    /// [`crate::state::encode_snapshot`]).
+    pub async fn records(&self) -> Result<Vec<crate::state::Record>, ManagerError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Records { reply })
             .await
             .map_err(|_| ManagerError::Stopped)?;
         rx.await.map_err(|_| ManagerError::Stopped)
@@ -273,6 +287,9 @@ async fn run(
                 }
                 Some(Command::HeardFromCluster { reply }) => {
                     let _ = reply.send(engine.heard_from_cluster());
+                }
+                Some(Command::Records { reply }) => {
+                    let _ = reply.send(engine.records());
                 }
                 None => return,
             },

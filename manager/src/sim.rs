@@ -178,6 +178,7 @@ impl Sim {
             underlay_mtu: self.model.mtu,
             tuning: self.tuning.clone(),
             rng_seed: self.rng.random(),
+            initial_records: Vec::new(),
         };
         let wall = self.wall_ms_of(i);
         let (engine, outputs) = Engine::new(config, wall);

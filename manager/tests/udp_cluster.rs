@@ -26,6 +26,7 @@ async fn start(token: &JoinToken, seeds: Vec<SocketAddr>, hostname: &str) -> Man
         underlay_mtu: 1500,
         tuning: Tuning::default(),
         rng_seed: rand::random(),
+        initial_records: Vec::new(),
     };
     let manager = Manager::start(config, socket, seeds);
     manager

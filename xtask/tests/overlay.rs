@@ -229,3 +229,160 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
         .unwrap();
     }
 }
+
+/// A TCP receiver in `netns` on port 5001 that prints "<bytes> <sha256>" when the sender
+/// closes.
+fn tcp_sink(host: &Host, netns: &str, log: &str) -> Process {
+    let mut cmd = host.command("ip");
+    cmd.args(["netns", "exec", netns, "python3", "-c"]).arg(
+        "import socket,hashlib\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', 5001)); s.listen(1); c,_=s.accept(); h=hashlib.sha256(); n=0\n\
+         while True:\n\
+         \x20   b=c.recv(1<<16)\n\
+         \x20   if not b: break\n\
+         \x20   h.update(b); n+=len(b)\n\
+         print(n, h.hexdigest())\n",
+    );
+    host.spawn(cmd, log).expect("tcp sink")
+}
+
+#[test]
+fn a_transfer_survives_agent_restarts_and_the_kernel_vxlan_device_is_a_vtep() {
+    let bed = Testbed::new("overlay-restart", TestbedConfig::with_hosts(2)).expect("testbed");
+    let mut agents = start_cluster(&bed);
+    skein_ok(
+        bed.host(0),
+        &["network", "create", "net1", "--subnet", "10.44.0.0/24"],
+    );
+    wait_until("net1 on h2", DEADLINE, || {
+        skein_ok(bed.host(1), &["network", "ls"]).contains("net1")
+    })
+    .unwrap();
+    let (a_ns, _) = create_endpoint(bed.host(0), "net1", "a");
+    let (b_ns, b_ip) = create_endpoint(bed.host(1), "net1", "b");
+    wait_until("a -> b", DEADLINE, || ping(&a_ns, &b_ip)).unwrap();
+
+    // A paced 60 MB transfer (~6 s) while both agents are killed and restarted.
+    let mut sink = tcp_sink(bed.host(1), &b_ns, "sink");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut sender = bed
+        .host(0)
+        .spawn(
+            {
+                let mut cmd = bed.host(0).command("ip");
+                cmd.args(["netns", "exec", &a_ns, "python3", "-c"])
+                    .arg(format!(
+                        "import socket,hashlib,time\n\
+                     data=bytes(range(256))*4096\n\
+                     h=hashlib.sha256(); s=socket.create_connection(('{b_ip}', 5001))\n\
+                     for i in range(60):\n\
+                     \x20   s.sendall(data); h.update(data); time.sleep(0.1)\n\
+                     s.close(); print(60*len(data), h.hexdigest())\n"
+                    ));
+                cmd
+            },
+            "sender",
+        )
+        .unwrap();
+    let token = skein_ok(bed.host(0), &["join-token"]).trim().to_owned();
+    let seed = bed.host(0).underlay_ip().to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    agents[1].kill9().unwrap();
+    agents[0].kill9().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    agents[0] = bed.host(0).start_agent(&["--init"]).unwrap();
+    agents[1] = bed
+        .host(1)
+        .start_agent(&["--join", &seed, "--token", &token])
+        .unwrap();
+    let status = sender
+        .wait(Duration::from_secs(60))
+        .expect("sender finishes");
+    assert!(status.success(), "sender failed:\n{}", sender.log());
+    sink.wait(Duration::from_secs(30)).expect("sink finishes");
+    let (sent, received) = (sender.log().trim().to_owned(), sink.log().trim().to_owned());
+    assert!(sent.starts_with("62914560 "), "{sent}");
+    assert_eq!(
+        received, sent,
+        "the transfer arrived intact across both agents' restarts"
+    );
+    // The restarted agents adopted everything: the endpoint still answers.
+    wait_until("a -> b after the restarts", DEADLINE, || ping(&a_ns, &b_ip)).unwrap();
+
+    // The kernel's own VXLAN device in the client namespace, registered with
+    // `skein network vtep add`, talks to a Skein endpoint both ways.
+    let client = bed.client();
+    let a_ip = {
+        let rows: Vec<Value> = serde_json::from_str(&skein_ok(
+            bed.host(0),
+            &["endpoint", "ls", "--format", "json"],
+        ))
+        .unwrap();
+        rows.iter().find(|r| r["name"] == "a").unwrap()["ip"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let octets: Vec<u8> = a_ip.split('.').map(|o| o.parse().unwrap()).collect();
+    let a_mac = format!(
+        "02:53:{:02x}:{:02x}:{:02x}:{:02x}",
+        octets[0], octets[1], octets[2], octets[3]
+    );
+    let vni = {
+        let rows: Vec<Value> = serde_json::from_str(&skein_ok(
+            bed.host(0),
+            &["network", "ls", "--format", "json"],
+        ))
+        .unwrap();
+        rows[0]["vni"].as_u64().unwrap()
+    };
+    let client_ul = client.underlay_ip().to_string();
+    let h1_ul = bed.host(0).underlay_ip().to_string();
+    for line in [
+        format!("ip link add vx0 type vxlan id {vni} dstport 4789 local {client_ul} dev eth0 nolearning"),
+        "ip link set vx0 address 02:aa:00:00:00:01 mtu 1450 up".to_owned(),
+        "ip addr add 10.44.0.250/24 dev vx0".to_owned(),
+        format!("bridge fdb add {a_mac} dev vx0 dst {h1_ul}"),
+        format!("ip neigh add {a_ip} lladdr {a_mac} dev vx0 nud permanent"),
+    ] {
+        let args: Vec<&str> = line.split(' ').collect();
+        client.run(args[0], &args[1..]).unwrap_or_else(|e| panic!("{line}: {e:#}"));
+    }
+    skein_ok(
+        bed.host(1),
+        &[
+            "network",
+            "vtep",
+            "add",
+            "net1",
+            "--underlay",
+            &client_ul,
+            "--mac",
+            "02:aa:00:00:00:01",
+            "--cidr",
+            "10.44.0.250/32",
+        ],
+    );
+    wait_until("the VTEP listed on h1", DEADLINE, || {
+        skein_ok(bed.host(0), &["network", "vtep", "ls"]).contains("10.44.0.250/32")
+    })
+    .unwrap();
+    wait_until("endpoint -> kernel VTEP", DEADLINE, || {
+        ping(&a_ns, "10.44.0.250")
+    })
+    .unwrap();
+    let back = client.run(
+        "ping",
+        ["-n", "-q", "-c", "3", "-i", "0.1", "-W", "2", &a_ip],
+    );
+    assert!(back.is_ok(), "kernel VTEP -> endpoint: {back:?}");
+    skein_ok(
+        bed.host(0),
+        &["network", "vtep", "rm", "net1", "--cidr", "10.44.0.250/32"],
+    );
+    wait_until("the VTEP gone from the maps", DEADLINE, || {
+        !skein_ok(bed.host(0), &["debug", "maps"]).contains("vtep 10.200.0.2")
+    })
+    .unwrap();
+}

@@ -103,6 +103,10 @@ pub struct EngineConfig {
     pub tuning: Tuning,
     /// Seeds the engine's randomness (member choice), so simulations reproduce.
     pub rng_seed: u64,
+    /// The store as this node last saved it: after a restart, the node knows its own
+    /// entries and the cluster's objects at once, and a cluster whose nodes all restarted
+    /// keeps its state.
+    pub initial_records: Vec<Record>,
 }
 
 /// A timer the driver must deliver back to [`Engine::handle_timer`].
@@ -315,12 +319,19 @@ impl Engine {
                 num_members: NonZeroUsize::new(tuning.gossip_fanout.max(1)).expect("max(1)"),
             }),
         };
+        let mut store = Store::new();
+        let mut hlc = Hlc::new();
+        for record in config.initial_records {
+            // Our clock must run ahead of everything we wrote before the restart.
+            let _ = hlc.observe(record.stamp.hlc, wall_ms);
+            store.merge(record);
+        }
         let shared = Arc::new(Mutex::new(Shared {
             node: config.node,
             own_writes: HashMap::new(),
             rewrites: Vec::new(),
-            store: Store::new(),
-            hlc: Hlc::new(),
+            store,
+            hlc,
             wall_ms,
             counters: GossipCounters::default(),
         }));
@@ -620,6 +631,11 @@ impl Engine {
     /// The members declared down (and not up again).
     pub fn down_members(&self) -> impl Iterator<Item = &Member> {
         self.down.values()
+    }
+
+    /// Every record of the store, tombstones included (to save it).
+    pub fn records(&self) -> Vec<Record> {
+        self.with_store(|store| store.iter().cloned().collect())
     }
 
     /// Runs `f` with read access to the store.
