@@ -41,6 +41,9 @@ pub use crate::config::AgentConfig;
 
 /// `skein agent cleanup`.
 pub fn cleanup(bpf_dir: &Path) -> Result<()> {
+    if let Err(error) = crate::egress::remove() {
+        warn!(error = %format!("{error:#}"), "could not remove the egress NAT rule");
+    }
     let removed = dataplane::cleanup(&PinDirs::new(bpf_dir))
         .with_context(|| format!("cleaning up {}", bpf_dir.display()))?;
     println!("removed {removed} pins under {}", bpf_dir.display());
@@ -261,6 +264,9 @@ pub fn run(config: AgentConfig) -> Result<()> {
             drop(reconciler);
             drop(dataplane);
             let removed = dataplane::cleanup(&pins).context("removing the dataplane")?;
+            if let Err(error) = crate::egress::remove() {
+                warn!(error = %format!("{error:#}"), "could not remove the egress NAT rule");
+            }
             state.forget_cluster()?;
             info!(removed, "left the cluster; dataplane removed");
         } else {

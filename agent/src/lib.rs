@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod egress;
 pub mod metrics;
 pub mod netif;
 pub mod netlink;

@@ -128,6 +128,8 @@ pub struct Reconciler {
     /// node does not know yet which peers are alive, and tearing down their endpoints'
     /// entries (or local plumbing) would drop the traffic the adopted dataplane carries.
     removals_from: std::time::Instant,
+    /// The overlay subnets the egress NAT rule was last written for.
+    egress: std::sync::Mutex<Option<Vec<ipnet::Ipv4Net>>>,
 }
 
 /// How long after start the reconciler only adds: membership converges in a second or two.
@@ -147,6 +149,7 @@ impl Reconciler {
             maps: std::sync::Mutex::new(maps),
             busy: Mutex::new(()),
             removals_from: std::time::Instant::now() + WARMUP,
+            egress: std::sync::Mutex::new(None),
         }
     }
 
@@ -198,6 +201,7 @@ impl Reconciler {
         if removals {
             self.remove_unwanted(&wanted).await?;
         }
+        self.sync_egress(view);
         let desired = desired_maps(view, |e| local.get(&e.id).copied());
         let changes = self.apply_maps(&desired, removals)?;
         if changes > 0 {
@@ -277,6 +281,24 @@ impl Reconciler {
             netlink::delete_netns(&endpoint.netns).await?;
         }
         Ok(())
+    }
+
+    /// Keeps the egress NAT rule in step with the overlay subnets (only when they change).
+    fn sync_egress(&self, view: &ClusterView) {
+        let mut subnets: Vec<ipnet::Ipv4Net> =
+            view.networks.valid.iter().map(|n| n.subnet).collect();
+        subnets.sort();
+        let mut applied = self.egress.lock().expect("egress lock");
+        if applied.as_ref() == Some(&subnets) {
+            return;
+        }
+        match crate::egress::apply(&subnets) {
+            Ok(()) => {
+                debug!(subnets = subnets.len(), "egress NAT updated");
+                *applied = Some(subnets);
+            }
+            Err(error) => warn!(error = %format!("{error:#}"), "endpoints have no egress"),
+        }
     }
 
     /// `skein debug maps`.

@@ -89,6 +89,7 @@ fn install_bpf_linker(nightly: &Nightly) -> Result<()> {
 pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
+    ("nft", "nftables"),
     ("ethtool", "ethtool"),
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),

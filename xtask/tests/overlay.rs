@@ -187,6 +187,53 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
     assert_eq!(received, sent, "100 MB arrived intact");
     assert!(sent.starts_with("104857600 "), "{sent}");
 
+    // Egress: an endpoint reaches a host outside the overlay (the client namespace, on
+    // the underlay) through its host, source-NATed to the host's address.
+    let client = bed.client();
+    let mut peer_logger = client
+        .spawn(
+            {
+                let mut cmd = client.command("python3");
+                cmd.arg("-c").arg(
+                    "import socket\n\
+                     s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                     s.bind(('0.0.0.0', 5002)); s.listen(1); c,a=s.accept(); print(a[0]); c.close()\n",
+                );
+                cmd
+            },
+            "egress-peer",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let client_ip = client.underlay_ip().to_string();
+    wait_until("endpoint -> client (egress)", DEADLINE, || {
+        ping(&endpoints[0].1 .0, &client_ip)
+    })
+    .unwrap();
+    let connect = in_netns(
+        &endpoints[0].1 .0,
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket; socket.create_connection(('{client_ip}', 5002), timeout=5).close()"
+            ),
+        ],
+    );
+    assert!(
+        connect.status.success(),
+        "egress TCP: {}",
+        String::from_utf8_lossy(&connect.stderr)
+    );
+    peer_logger
+        .wait(Duration::from_secs(10))
+        .expect("peer saw the connection");
+    assert_eq!(
+        peer_logger.log().trim(),
+        bed.host(0).underlay_ip().to_string(),
+        "egress is source-NATed to the host's address"
+    );
+
     // Networks are isolated: an endpoint on net2 cannot reach net1's.
     let (other_ns, _) = create_endpoint(bed.host(1), "net2", "iso");
     assert!(!ping(&other_ns, &endpoints[0].1 .1), "net2 reached net1");
