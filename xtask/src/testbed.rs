@@ -103,6 +103,10 @@ pub struct TestbedConfig {
     pub hosts: usize,
     /// MTU of every underlay link: both veth ends and the bridge.
     pub underlay_mtu: u32,
+    /// Two underlay subnets joined by a router namespace: hosts h1, h3, ... (and the
+    /// client) on 10.200.0.0/24, hosts h2, h4, ... on 10.201.0.0/24, each with a default
+    /// route via the router (`.1` on its subnet). Otherwise one flat subnet.
+    pub routed: bool,
 }
 
 impl TestbedConfig {
@@ -111,9 +115,14 @@ impl TestbedConfig {
         TestbedConfig {
             hosts,
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
+            routed: false,
         }
     }
 }
+
+/// The second underlay subnet of a routed testbed, and the bridge it hangs off.
+const ROUTED_SECOND_OCTET: u8 = 201;
+const SECOND_BRIDGE: &str = "br1";
 
 impl Default for TestbedConfig {
     /// Two hosts, the smallest testbed where traffic crosses the underlay.
@@ -131,6 +140,7 @@ pub struct Testbed {
     run_dir: PathBuf,
     underlay_netns: String,
     underlay_mtu: u32,
+    routed: bool,
     hosts: Vec<Host>,
     client: Host,
     registry: Arc<Registry>,
@@ -172,7 +182,12 @@ impl Testbed {
         };
         let hosts = (0..config.hosts)
             .map(|i| {
-                let ip = Ipv4Addr::new(10, 200, 0, FIRST_HOST_OCTET + i as u8);
+                let third = if config.routed && i % 2 == 1 {
+                    ROUTED_SECOND_OCTET
+                } else {
+                    200
+                };
+                let ip = Ipv4Addr::new(10, third, 0, FIRST_HOST_OCTET + i as u8);
                 host(format!("h{}", i + 1), ip)
             })
             .collect();
@@ -183,6 +198,7 @@ impl Testbed {
             label: label.replace(['\n', '/'], "_"),
             underlay_netns: format!("{prefix}-ul"),
             underlay_mtu: config.underlay_mtu,
+            routed: config.routed,
             prefix,
             run_dir,
             hosts,
@@ -256,21 +272,76 @@ impl Testbed {
                         &mtu,
                     ]),
             )?;
-            ip_batch(
-                &host.netns,
-                &format!(
-                    "link set lo up\naddr add {}/{UNDERLAY_PREFIX_LEN} dev {UNDERLAY_IFACE}\n\
-                     link set {UNDERLAY_IFACE} up\n",
-                    host.underlay_ip
-                ),
-            )?;
-            bridge_batch += &format!(
-                "link set {} master {UNDERLAY_BRIDGE} up\n",
-                host.bridge_port()
+            let on_second = host.underlay_ip.octets()[1] == ROUTED_SECOND_OCTET;
+            let mut host_batch = format!(
+                "link set lo up\naddr add {}/{UNDERLAY_PREFIX_LEN} dev {UNDERLAY_IFACE}\n\
+                 link set {UNDERLAY_IFACE} up\n",
+                host.underlay_ip
             );
+            if self.routed {
+                let third = if on_second { ROUTED_SECOND_OCTET } else { 200 };
+                host_batch += &format!("route add default via 10.{third}.0.1\n");
+            }
+            ip_batch(&host.netns, &host_batch)?;
+            let bridge = if on_second {
+                SECOND_BRIDGE
+            } else {
+                UNDERLAY_BRIDGE
+            };
+            bridge_batch += &format!("link set {} master {bridge} up\n", host.bridge_port());
+        }
+        if self.routed {
+            self.build_router(&mut bridge_batch)?;
         }
         ip_batch(ul, &bridge_batch)?;
         Ok(())
+    }
+
+    /// The router of a routed testbed: a namespace with a leg on each underlay bridge
+    /// (`.1` on each subnet) that forwards between them.
+    fn build_router(&self, bridge_batch: &mut String) -> Result<()> {
+        let (mtu, ul, rt) = (
+            self.underlay_mtu.to_string(),
+            self.underlay_netns.as_str(),
+            self.router_netns(),
+        );
+        run_command(Command::new("ip").args(["netns", "add", &rt]))?;
+        run_command(Command::new("ip").args(["netns", "exec", &rt]).args([
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv4.ip_forward=1",
+        ]))?;
+        run_command(
+            Command::new("ip")
+                .args(["-n", ul, "link", "add", SECOND_BRIDGE])
+                .args(["mtu", &mtu, "type", "bridge"]),
+        )?;
+        for (leg, third, bridge) in [
+            (0, 200, UNDERLAY_BRIDGE),
+            (1, ROUTED_SECOND_OCTET, SECOND_BRIDGE),
+        ] {
+            let (inside, port) = (format!("eth{leg}"), format!("rt{leg}"));
+            run_command(
+                Command::new("ip")
+                    .args(["-n", &rt, "link", "add", &inside, "mtu", &mtu])
+                    .args([
+                        "type", "veth", "peer", "name", &port, "netns", ul, "mtu", &mtu,
+                    ]),
+            )?;
+            ip_batch(
+                &rt,
+                &format!("link set lo up\naddr add 10.{third}.0.1/{UNDERLAY_PREFIX_LEN} dev {inside}\nlink set {inside} up\n"),
+            )?;
+            *bridge_batch +=
+                &format!("link set {SECOND_BRIDGE} up\nlink set {port} master {bridge} up\n");
+        }
+        Ok(())
+    }
+
+    /// The router namespace of a routed testbed.
+    pub fn router_netns(&self) -> String {
+        format!("{}-rt", self.prefix)
     }
 
     /// The hosts, in order `h1`, `h2`, ... (without the client).

@@ -433,3 +433,57 @@ fn a_transfer_survives_agent_restarts_and_the_kernel_vxlan_device_is_a_vtep() {
     })
     .unwrap();
 }
+
+#[test]
+fn hosts_on_different_underlay_subnets_behind_a_router() {
+    let config = TestbedConfig {
+        routed: true,
+        ..TestbedConfig::with_hosts(2)
+    };
+    let bed = Testbed::new("overlay-routed", config).expect("testbed");
+    assert_ne!(
+        bed.host(0).underlay_ip().octets()[1],
+        bed.host(1).underlay_ip().octets()[1],
+        "the hosts are on different underlay subnets"
+    );
+    let _agents = start_cluster(&bed);
+    skein_ok(bed.host(0), &["network", "create", "net1"]);
+    wait_until("net1 on h2", DEADLINE, || {
+        skein_ok(bed.host(1), &["network", "ls"]).contains("net1")
+    })
+    .unwrap();
+    let (a_ns, a_ip) = create_endpoint(bed.host(0), "net1", "a");
+    let (b_ns, b_ip) = create_endpoint(bed.host(1), "net1", "b");
+    wait_until("a -> b through the router", DEADLINE, || ping(&a_ns, &b_ip)).unwrap();
+    wait_until("b -> a through the router", DEADLINE, || ping(&b_ns, &a_ip)).unwrap();
+
+    // 20 MB of TCP across the router arrives intact.
+    let mut sink = tcp_sink(bed.host(1), &b_ns, "sink");
+    std::thread::sleep(Duration::from_millis(400));
+    let sender = in_netns(
+        &a_ns,
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket,hashlib\n\
+                 data=bytes(range(256))*4096\n\
+                 h=hashlib.sha256(); s=socket.create_connection(('{b_ip}', 5001))\n\
+                 for i in range(20):\n\
+                 \x20   s.sendall(data); h.update(data)\n\
+                 s.close(); print(20*len(data), h.hexdigest())\n"
+            ),
+        ],
+    );
+    assert!(
+        sender.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&sender.stderr)
+    );
+    sink.wait(Duration::from_secs(30)).expect("sink finishes");
+    assert_eq!(
+        sink.log().trim(),
+        String::from_utf8_lossy(&sender.stdout).trim(),
+        "intact across the router"
+    );
+}
