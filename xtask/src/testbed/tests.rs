@@ -87,6 +87,7 @@ fn hosts_reach_each_other_and_drop_removes_everything() {
         TestbedConfig {
             hosts: 2,
             underlay_mtu: 1400,
+            routed: false,
         },
     )
     .unwrap();
