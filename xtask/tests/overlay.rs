@@ -138,42 +138,9 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
     // A 100 MB TCP transfer across hosts arrives intact.
     let (server_ns, server_ip) = &endpoints[5].1; // on h3
     let (client_ns, _) = &endpoints[0].1; // on h1
-    let mut server = bed
-        .host(2)
-        .spawn(
-            {
-                let mut cmd = bed.host(2).command("ip");
-                cmd.args(["netns", "exec", server_ns, "python3", "-c"]).arg(
-                    "import socket,hashlib\n\
-                     s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                     s.bind(('0.0.0.0', 5001)); s.listen(1); c,_=s.accept(); h=hashlib.sha256(); n=0\n\
-                     while True:\n\
-                     \x20   b=c.recv(1<<16)\n\
-                     \x20   if not b: break\n\
-                     \x20   h.update(b); n+=len(b)\n\
-                     print(n, h.hexdigest())\n",
-                );
-                cmd
-            },
-            "tcp-server",
-        )
-        .unwrap();
+    let mut server = tcp_sink(bed.host(2), server_ns, "tcp-server");
     std::thread::sleep(Duration::from_millis(500));
-    let sender = in_netns(
-        client_ns,
-        &[
-            "python3",
-            "-c",
-            &format!(
-                "import socket,hashlib\n\
-                 data=bytes(range(256))*4096\n\
-                 h=hashlib.sha256(); s=socket.create_connection(('{server_ip}', 5001))\n\
-                 for i in range(100):\n\
-                 \x20   s.sendall(data); h.update(data)\n\
-                 s.close(); print(100*len(data), h.hexdigest())\n"
-            ),
-        ],
-    );
+    let sender = send_tcp(client_ns, &server_ip, 100);
     assert!(
         sender.status.success(),
         "sender: {}",
@@ -275,6 +242,26 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
         })
         .unwrap();
     }
+}
+
+/// Sends `megabytes` × 1 MiB over TCP from `netns` to `ip:5001` (a [`tcp_sink`]); prints
+/// "<bytes> <sha256>" like the sink does.
+fn send_tcp(netns: &str, ip: &str, megabytes: u32) -> Output {
+    in_netns(
+        netns,
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket,hashlib\n\
+                 data=bytes(range(256))*4096\n\
+                 h=hashlib.sha256(); s=socket.create_connection(('{ip}', 5001))\n\
+                 for i in range({megabytes}):\n\
+                 \x20   s.sendall(data); h.update(data)\n\
+                 s.close(); print({megabytes}*len(data), h.hexdigest())\n"
+            ),
+        ],
+    )
 }
 
 /// A TCP receiver in `netns` on port 5001 that prints "<bytes> <sha256>" when the sender
@@ -460,21 +447,7 @@ fn hosts_on_different_underlay_subnets_behind_a_router() {
     // 20 MB of TCP across the router arrives intact.
     let mut sink = tcp_sink(bed.host(1), &b_ns, "sink");
     std::thread::sleep(Duration::from_millis(400));
-    let sender = in_netns(
-        &a_ns,
-        &[
-            "python3",
-            "-c",
-            &format!(
-                "import socket,hashlib\n\
-                 data=bytes(range(256))*4096\n\
-                 h=hashlib.sha256(); s=socket.create_connection(('{b_ip}', 5001))\n\
-                 for i in range(20):\n\
-                 \x20   s.sendall(data); h.update(data)\n\
-                 s.close(); print(20*len(data), h.hexdigest())\n"
-            ),
-        ],
-    );
+    let sender = send_tcp(&a_ns, &b_ip, 20);
     assert!(
         sender.status.success(),
         "sender: {}",
