@@ -140,7 +140,7 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
     let (client_ns, _) = &endpoints[0].1; // on h1
     let mut server = tcp_sink(bed.host(2), server_ns, "tcp-server");
     std::thread::sleep(Duration::from_millis(500));
-    let sender = send_tcp(client_ns, &server_ip, 100);
+    let sender = send_tcp(client_ns, server_ip, 100);
     assert!(
         sender.status.success(),
         "sender: {}",
