@@ -422,3 +422,140 @@ pub fn netns_path(netns: &str) -> std::path::PathBuf {
         netlink::netns_path(netns)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use manager::{
+        state::{EndpointSet, Network, NetworkSet, NodeInfo, Stamp, Vtep},
+        view::{ClusterView, NodeStatus},
+        NodeId,
+    };
+
+    use super::*;
+
+    fn node(id: u8, up: bool, ip: [u8; 4]) -> NodeStatus {
+        NodeStatus {
+            id: NodeId([id; 16]),
+            info: Some(NodeInfo {
+                hostname: format!("h{id}"),
+                addr: (ip, 7946).into(),
+                underlay_ip: Ipv4Addr::from(ip),
+                underlay_mtu: 1500,
+                boot_epoch: 1,
+                started_at_ms: 1,
+                version: "t".into(),
+                leaving: false,
+            }),
+            addr: Some((ip, 7946).into()),
+            up,
+            is_self: id == 1,
+        }
+    }
+
+    fn endpoint(id: &str, ip: [u8; 4], vni: u32, network: &str) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            name: id.into(),
+            network: network.into(),
+            vni,
+            ip: Ipv4Addr::from(ip),
+            netns: id.into(),
+            host_ifname: format!("sk{id}"),
+            created: Stamp {
+                hlc: 1,
+                writer: NodeId([1; 16]),
+            },
+            owns_netns: true,
+        }
+    }
+
+    fn view() -> ClusterView {
+        let stamp = Stamp {
+            hlc: 1,
+            writer: NodeId([1; 16]),
+        };
+        ClusterView {
+            self_id: NodeId([1; 16]),
+            store_version: 1,
+            nodes: vec![
+                node(1, true, [10, 200, 0, 11]),
+                node(2, true, [10, 200, 0, 12]),
+                node(3, false, [10, 200, 0, 13]),
+            ],
+            networks: NetworkSet {
+                valid: vec![Network {
+                    name: "web".into(),
+                    subnet: "10.10.0.0/24".parse().unwrap(),
+                    vni: 4096,
+                    created: stamp,
+                }],
+                conflicted: Vec::new(),
+            },
+            endpoints: EndpointSet {
+                valid: vec![
+                    (
+                        NodeId([1; 16]),
+                        endpoint("local", [10, 10, 0, 2], 4096, "web"),
+                    ),
+                    (
+                        NodeId([1; 16]),
+                        endpoint("unplumbed", [10, 10, 0, 3], 4096, "web"),
+                    ),
+                    (
+                        NodeId([2; 16]),
+                        endpoint("remote", [10, 10, 0, 4], 4096, "web"),
+                    ),
+                    (
+                        NodeId([3; 16]),
+                        endpoint("on-a-down-node", [10, 10, 0, 5], 4096, "web"),
+                    ),
+                    (
+                        NodeId([2; 16]),
+                        endpoint("orphan", [10, 20, 0, 2], 7777, "gone"),
+                    ),
+                ],
+                collided: Vec::new(),
+            },
+            vteps: vec![Vtep {
+                network: "web".into(),
+                underlay: Ipv4Addr::new(10, 200, 0, 99),
+                mac: [2, 0, 0, 0, 0, 9],
+                cidr: "10.10.0.248/29".parse().unwrap(),
+            }],
+            overlay_mtu: Some(1450),
+        }
+    }
+
+    #[test]
+    fn desired_maps_serve_live_plumbed_endpoints_of_existing_networks() {
+        let desired = desired_maps(&view(), |e| (e.id == "local").then_some(7));
+        let keys: Vec<_> = desired.endpoints.keys().copied().collect();
+        // The unplumbed local one, the down node's and the one whose network is gone are out.
+        assert_eq!(keys, vec![(4096, [10, 10, 0, 2]), (4096, [10, 10, 0, 4])]);
+        assert_eq!(
+            desired.endpoints[&(4096, [10, 10, 0, 2])],
+            EndpointValue {
+                host_ip: [10, 200, 0, 11],
+                ifindex: 7
+            }
+        );
+        assert_eq!(
+            desired.endpoints[&(4096, [10, 10, 0, 4])],
+            EndpointValue {
+                host_ip: [10, 200, 0, 12],
+                ifindex: 0
+            }
+        );
+        assert_eq!(desired.ports, BTreeMap::from([(7, (4096, [10, 10, 0, 2]))]));
+        assert_eq!(desired.networks[&4096].gateway, [10, 10, 0, 1]);
+        assert_eq!(
+            desired.subnets,
+            BTreeMap::from([((24, [10, 10, 0, 0]), 4096)])
+        );
+        let (&(prefix_len, vni, ip), vtep) = desired.vteps.iter().next().unwrap();
+        assert_eq!((prefix_len, vni, ip), (32 + 29, 4096, [10, 10, 0, 248]));
+        assert_eq!(vtep.underlay_ip, [10, 200, 0, 99]);
+    }
+}
