@@ -2,15 +2,19 @@
 //! there is one, printed for the issue notes; never asserted (the machine is shared).
 
 pub mod gossip;
+pub mod overlay;
 
 #[derive(clap::Subcommand)]
 pub enum Bench {
     /// Control plane: change propagation, failure detection, false downs, RSS, bandwidth.
     Gossip(gossip::Args),
+    /// Overlay dataplane vs the kernel VXLAN + bridge reference, same testbed, side by side.
+    Overlay(overlay::Args),
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Gossip(args) => gossip::run(args),
+        Bench::Overlay(args) => overlay::run(args),
     }
 }

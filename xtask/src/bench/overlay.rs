@@ -1,0 +1,623 @@
+//! `cargo xtask bench overlay`: the overlay dataplane next to the kernel's own VXLAN + bridge,
+//! measured in one run on one 3-host testbed, side by side. Needs root.
+//!
+//! - Skein: a cluster (h1 `--init`, h2/h3 `--join`), `skein network create bench`, endpoints
+//!   `a`, `a2` on h1 and `b` on h2.
+//! - Kernel reference on the same hosts: per host a VXLAN device `vxr` (VNI 77, outside Skein's
+//!   VNI range) enslaved to a bridge `brr` with a veth to a reference endpoint namespace;
+//!   10.77.0.1 (h1), 10.77.0.2 (h2), and 10.77.0.3 (h1 again, for the same-host comparison).
+//!
+//! Why the same testbed is the fair comparison (KERNEL-NOTES, "XDP on a veth costs its peer
+//! TSO"): the agents' pass-through XDP program sits on each host's underlay `eth0`, which turns
+//! TSO off on its peer, so only MTU-sized frames cross the "wire" — for Skein's packets and for
+//! the reference's alike (Skein's TC underlay program passes VXLAN of VNIs it does not know).
+//! Both sides are therefore measured on the same wire-like underlay.
+//!
+//! Figures only: no thresholds (the machine is shared and noisy; compare only figures from one
+//! run). iperf3 is the load generator; every run is bounded by `-t` and by `timeout`.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use xtask::{
+    testbed::{run_command, wait_until, Host, Process, Testbed, TestbedConfig},
+    toolchain::say,
+};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+/// The reference's VNI: Skein allocates from 4096 up, so 77 never collides with its networks.
+const REF_VNI: &str = "77";
+/// Bytes the VXLAN encapsulation adds (outer Ethernet/IPv4/UDP/VXLAN header).
+const VXLAN_OVERHEAD: u32 = 50;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds of each TCP throughput run.
+    #[arg(long, default_value_t = 10)]
+    tcp_seconds: u32,
+    /// Seconds of each 64-byte UDP run.
+    #[arg(long, default_value_t = 5)]
+    udp_seconds: u32,
+}
+
+/// One row of the final table: metric, Skein, reference, Skein/reference.
+struct Row {
+    metric: String,
+    skein: String,
+    reference: String,
+    ratio: String,
+}
+
+impl Row {
+    fn new(metric: &str, skein: Option<f64>, reference: Option<f64>, precision: usize) -> Row {
+        let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.precision$}"));
+        let ratio = match (skein, reference) {
+            (Some(s), Some(r)) if r != 0.0 => format!("{:.2}", s / r),
+            _ => "n/a".to_owned(),
+        };
+        Row {
+            metric: metric.to_owned(),
+            skein: show(skein),
+            reference: show(reference),
+            ratio,
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    say("overlay: 3-host netns testbed, Skein cluster and the kernel VXLAN reference side by side");
+    let bed = Testbed::new("bench-overlay", TestbedConfig::with_hosts(3))?;
+    // Kept alive until the end: dropping a Process does not stop it, but holding them makes
+    // the ownership obvious; the Testbed's Drop terminates them.
+    let _agents = start_cluster(&bed)?;
+
+    say("skein network create bench; endpoints a, a2 on h1 and b on h2");
+    skein_ok(bed.host(0), &["network", "create", "bench"])?;
+    for host in &bed.hosts()[..2] {
+        wait_until("network bench on h1 and h2", DEADLINE, || {
+            skein_ok(host, &["network", "ls"]).is_ok_and(|ls| ls.contains("bench"))
+        })?;
+    }
+    let a = create_endpoint(bed.host(0), "bench", "a")?;
+    let a2 = create_endpoint(bed.host(0), "bench", "a2")?;
+    let b = create_endpoint(bed.host(1), "bench", "b")?;
+
+    say("kernel reference: vxlan id 77 + bridge brr on h1 and h2, endpoints 10.77.0.1/.2 (+.3 on h1)");
+    let overlay_mtu = bed.underlay_mtu() - VXLAN_OVERHEAD;
+    let (h1, h2) = (bed.host(0), bed.host(1));
+    build_reference_host(h1, h2, overlay_mtu)?;
+    build_reference_host(h2, h1, overlay_mtu)?;
+    let ref1 = reference_endpoint(h1, "ref", "10.77.0.1", overlay_mtu)?;
+    let ref2 = reference_endpoint(h2, "ref", "10.77.0.2", overlay_mtu)?;
+    let ref3 = reference_endpoint(h1, "ref2", "10.77.0.3", overlay_mtu)?;
+
+    say("checking that every pair pings before measuring");
+    for (from, to) in [(&a, &b), (&a, &a2), (&ref1, &ref2), (&ref1, &ref3)] {
+        wait_until(&format!("{} -> {}", from.0, to.1), DEADLINE, || {
+            ping_once(&from.0, &to.1)
+        })?;
+    }
+
+    underlay_notes(&bed);
+
+    let mut rows = Vec::new();
+
+    // Across hosts, TCP. Skein first, then the kernel, back to back so they share conditions.
+    say(&format!(
+        "TCP across hosts, {} s each: Skein a -> b, kernel ref h1 -> ref h2",
+        args.tcp_seconds
+    ));
+    let tcp_s = iperf_tcp(h2, &b, &a, args.tcp_seconds)?;
+    let tcp_k = iperf_tcp(h2, &ref2, &ref1, args.tcp_seconds)?;
+    println!("   Skein : {}", tcp_s.describe());
+    println!("   kernel: {}", tcp_k.describe());
+    rows.push(Row::new(
+        "TCP across hosts (Gbit/s)",
+        Some(tcp_s.gbits),
+        Some(tcp_k.gbits),
+        2,
+    ));
+    rows.push(Row::new(
+        "  CPU-s/GB, iperf3 host+remote",
+        tcp_s.cpu_s_per_gb(),
+        tcp_k.cpu_s_per_gb(),
+        2,
+    ));
+
+    // Across hosts, 64-byte UDP.
+    say(&format!(
+        "64-byte UDP across hosts, {} s each (iperf3 is the generator and likely the bottleneck)",
+        args.udp_seconds
+    ));
+    let udp_s = iperf_udp(h2, &b, &a, args.udp_seconds)?;
+    let udp_k = iperf_udp(h2, &ref2, &ref1, args.udp_seconds)?;
+    println!("   Skein : {}", udp_s.describe());
+    println!("   kernel: {}", udp_k.describe());
+    rows.push(Row::new(
+        "UDP 64 B across hosts, received kpps",
+        Some(udp_s.received_pps / 1e3),
+        Some(udp_k.received_pps / 1e3),
+        1,
+    ));
+    rows.push(Row::new(
+        "  loss %",
+        Some(udp_s.loss_percent),
+        Some(udp_k.loss_percent),
+        2,
+    ));
+
+    // Same host: Skein a -> a2 vs two veths on one Linux bridge.
+    say(&format!(
+        "TCP on one host, {} s each: Skein a -> a2, kernel ref -> ref2 on h1's bridge",
+        args.tcp_seconds
+    ));
+    let same_s = iperf_tcp(h1, &a2, &a, args.tcp_seconds)?;
+    let same_k = iperf_tcp(h1, &ref3, &ref1, args.tcp_seconds)?;
+    println!("   Skein : {}", same_s.describe());
+    println!("   bridge: {}", same_k.describe());
+    rows.push(Row::new(
+        "TCP same host (Gbit/s)",
+        Some(same_s.gbits),
+        Some(same_k.gbits),
+        2,
+    ));
+    rows.push(Row::new(
+        "  CPU-s/GB, iperf3 host+remote",
+        same_s.cpu_s_per_gb(),
+        same_k.cpu_s_per_gb(),
+        2,
+    ));
+
+    // Latency: ping round trips, same host and across hosts, for both sides.
+    say("latency: ping -c 200 -i 0.005 (rtt avg / mdev)");
+    for (label, (sf, st), (kf, kt)) in [
+        ("ping same host", (&a, &a2), (&ref1, &ref3)),
+        ("ping across hosts", (&a, &b), (&ref1, &ref2)),
+    ] {
+        let s = ping_rtt(&sf.0, &st.1)?;
+        let k = ping_rtt(&kf.0, &kt.1)?;
+        println!(
+            "   {label}: Skein {}; kernel {}",
+            s.describe(),
+            k.describe()
+        );
+        rows.push(Row::new(
+            &format!("{label}, rtt avg (µs)"),
+            Some(s.avg_ms * 1e3),
+            Some(k.avg_ms * 1e3),
+            0,
+        ));
+        rows.push(Row::new(
+            "  rtt mdev (µs)",
+            Some(s.mdev_ms * 1e3),
+            Some(k.mdev_ms * 1e3),
+            0,
+        ));
+    }
+
+    print_table(&rows);
+    println!(
+        "   (both sides cross the same underlay with the agents' pass-through XDP on every eth0: \
+         wire-like, MTU-sized frames; UDP figures are bounded by iperf3 as generator; \
+         one run each on a shared machine — compare within this table only)"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster and endpoints, through the CLI as a user drives them (as xtask/tests/overlay.rs does).
+
+fn skein_ok(host: &Host, args: &[&str]) -> Result<String> {
+    let out = host.skein()?.args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "skein {args:?} on {} failed: {}",
+            host.name(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn start_cluster(bed: &Testbed) -> Result<Vec<Process>> {
+    say("starting agents: h1 --init, h2 and h3 --join");
+    let first = bed.host(0);
+    let mut agents = vec![first.start_agent(&["--init"])?];
+    let token = wait_until("the join token", DEADLINE, || {
+        skein_ok(first, &["join-token"]).map(|t| t.trim().to_owned())
+    })?;
+    let seed = first.underlay_ip().to_string();
+    for host in &bed.hosts()[1..] {
+        agents.push(host.start_agent(&["--join", &seed, "--token", &token])?);
+    }
+    let n = bed.hosts().len();
+    for host in bed.hosts() {
+        wait_until("every node ready", DEADLINE, || {
+            skein_ok(host, &["node", "ls", "--format", "json"])
+                .ok()
+                .and_then(|s| serde_json::from_str::<Vec<Value>>(&s).ok())
+                .is_some_and(|rows| rows.iter().filter(|r| r["status"] == "ready").count() == n)
+        })?;
+    }
+    Ok(agents)
+}
+
+/// An endpoint as (namespace, IP).
+type Endpoint = (String, String);
+
+fn create_endpoint(host: &Host, network: &str, name: &str) -> Result<Endpoint> {
+    skein_ok(
+        host,
+        &["endpoint", "create", "--network", network, "--name", name],
+    )?;
+    let rows: Vec<Value> =
+        serde_json::from_str(&skein_ok(host, &["endpoint", "ls", "--format", "json"])?)?;
+    let row = rows
+        .iter()
+        .find(|r| {
+            r["name"] == name
+                && r["netns"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(host.netns()))
+        })
+        .with_context(|| format!("endpoint {name} not listed after create"))?;
+    Ok((
+        row["netns"].as_str().context("netns")?.to_owned(),
+        row["ip"].as_str().context("ip")?.to_owned(),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel reference.
+
+/// On `host`: `vxr` (kernel VXLAN on the underlay eth0) enslaved to bridge `brr`, flooding
+/// unknown destinations to `peer` through a static all-zeros FDB entry (no learning on vxr, so
+/// nothing but this entry decides where frames go).
+fn build_reference_host(host: &Host, peer: &Host, mtu: u32) -> Result<()> {
+    let (mtu, local, remote) = (
+        mtu.to_string(),
+        host.underlay_ip().to_string(),
+        peer.underlay_ip().to_string(),
+    );
+    let ns = host.netns();
+    for args in [
+        &[
+            "link",
+            "add",
+            "vxr",
+            "type",
+            "vxlan",
+            "id",
+            REF_VNI,
+            "dstport",
+            "4789",
+            "local",
+            &local,
+            "dev",
+            "eth0",
+            "nolearning",
+        ][..],
+        &["link", "set", "vxr", "mtu", &mtu],
+        &["link", "add", "brr", "type", "bridge"],
+        &["link", "set", "vxr", "master", "brr", "up"],
+        &["link", "set", "brr", "up"],
+    ] {
+        run_command(Command::new("ip").args(["-n", ns]).args(args))?;
+    }
+    run_command(Command::new("bridge").args(["-n", ns]).args([
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "vxr",
+        "dst",
+        &remote,
+    ]))?;
+    Ok(())
+}
+
+/// A reference endpoint namespace `<host prefix>-<suffix>` with `eth0` = `ip`/24, its veth
+/// peer on `host`'s bridge `brr`. Created with `ip netns add` from this process so its name
+/// carries the testbed's prefix and the testbed's cleanup removes it.
+fn reference_endpoint(host: &Host, suffix: &str, ip: &str, mtu: u32) -> Result<Endpoint> {
+    let ns = format!("{}-{suffix}", host.resource_prefix());
+    let mtu = mtu.to_string();
+    let port = format!("v{suffix}");
+    run_command(Command::new("ip").args(["netns", "add", &ns]))?;
+    run_command(Command::new("ip").args(["netns", "exec", &ns]).args([
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+    ]))?;
+    run_command(Command::new("ip").args(["-n", host.netns()]).args([
+        "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        "mtu", &mtu,
+    ]))?;
+    run_command(
+        Command::new("ip")
+            .args(["-n", host.netns()])
+            .args(["link", "set", &port, "master", "brr", "up"]),
+    )?;
+    for args in [
+        &["addr", "add", &format!("{ip}/24"), "dev", "eth0"][..],
+        &["link", "set", "eth0", "up"],
+        &["link", "set", "lo", "up"],
+    ] {
+        run_command(Command::new("ip").args(["-n", &ns]).args(args))?;
+    }
+    Ok((ns, ip.to_owned()))
+}
+
+/// What the underlay looks like for both sides: is XDP on eth0, and is TSO off on its peer?
+/// ethtool may be absent; then the line says so and the bench goes on.
+fn underlay_notes(bed: &Testbed) {
+    let h = bed.host(1);
+    let xdp = run_command(Command::new("ip").args(["-n", h.netns(), "link", "show", "eth0"]))
+        .map(|s| {
+            if s.contains("xdp") {
+                "XDP attached"
+            } else {
+                "no XDP seen"
+            }
+        })
+        .unwrap_or("ip link failed");
+    // The peer of h's eth0 is the port named after the host in the underlay namespace.
+    let tso = |netns: &str, dev: &str| {
+        run_command(Command::new("ip").args(["netns", "exec", netns, "ethtool", "-k", dev]))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("tcp-segmentation-offload:"))
+                    .map(|l| l.trim().to_owned())
+            })
+            .unwrap_or_else(|| "ethtool unavailable".to_owned())
+    };
+    println!(
+        "   underlay of {}: eth0 {xdp}; eth0 {}; its peer (switch port) {}",
+        h.name(),
+        tso(h.netns(), "eth0"),
+        tso(bed.underlay_netns(), h.name())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements.
+
+fn ping_once(ns: &str, ip: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "1", ip,
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Starts `iperf3 -s -1 --json` in endpoint namespace `ns` (through `host.spawn`, so the
+/// testbed stops it if anything goes wrong) and waits until it listens. `--json` so that the
+/// client's `--get-server-output` carries the receiver's figures as JSON; a JSON server prints
+/// nothing until the end, hence readiness from `ss` rather than from its log.
+fn iperf_server(host: &Host, ns: &str) -> Result<Process> {
+    let mut cmd = host.command("ip");
+    cmd.args(["netns", "exec", ns, "iperf3", "-s", "-1", "--json"]);
+    let server = host.spawn(cmd, "iperf3-server")?;
+    wait_until("iperf3 server listening", Duration::from_secs(10), || {
+        run_command(Command::new("ip").args(["netns", "exec", ns, "ss", "-Hltn", "sport = :5201"]))
+            .is_ok_and(|s| !s.trim().is_empty())
+    })?;
+    Ok(server)
+}
+
+/// Runs an iperf3 client in `ns` against `server_ip` with `extra` flags and returns its JSON.
+/// `timeout` bounds it even if the server vanished mid-run.
+fn iperf_client(ns: &str, server_ip: &str, seconds: u32, extra: &[&str]) -> Result<Value> {
+    let limit = (seconds + 20).to_string();
+    let out = run_command(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "timeout", &limit])
+            .args([
+                "iperf3",
+                "-c",
+                server_ip,
+                "-t",
+                &seconds.to_string(),
+                "--json",
+            ])
+            .args(extra),
+    )?;
+    let json: Value = serde_json::from_str(&out).context("parsing iperf3 --json")?;
+    if let Some(err) = json["error"].as_str() {
+        bail!("iperf3 in {ns}: {err}");
+    }
+    Ok(json)
+}
+
+fn finish_server(mut server: Process) {
+    // `-1` makes it exit after its one test; if it does not, stop it rather than leak it.
+    if server.wait(Duration::from_secs(5)).is_err() {
+        let _ = server.terminate(Duration::from_secs(2));
+    }
+}
+
+struct Tcp {
+    gbits: f64,
+    bytes: f64,
+    seconds: f64,
+    /// iperf3's `cpu_utilization_percent` host_total / remote_total (percent of one CPU).
+    cpu: Option<(f64, f64)>,
+    retransmits: Option<u64>,
+}
+
+impl Tcp {
+    /// CPU seconds (sender + receiver iperf3 processes, as iperf3 reports them, which includes
+    /// the kernel work done in their context) per GB received.
+    fn cpu_s_per_gb(&self) -> Option<f64> {
+        let (h, r) = self.cpu?;
+        Some((h + r) / 100.0 * self.seconds / (self.bytes / 1e9))
+    }
+
+    fn describe(&self) -> String {
+        let cpu = match self.cpu {
+            Some((h, r)) => format!(
+                ", CPU host {h:.0}% + remote {r:.0}% = {:.2} CPU-s/GB",
+                self.cpu_s_per_gb().unwrap_or(f64::NAN)
+            ),
+            None => String::new(),
+        };
+        let retr = self
+            .retransmits
+            .map_or(String::new(), |r| format!(", {r} retransmits"));
+        format!("{:.2} Gbit/s{retr}{cpu}", self.gbits)
+    }
+}
+
+/// TCP from `client` to `server` (endpoints), the server living on `server_host`.
+fn iperf_tcp(
+    server_host: &Host,
+    server: &Endpoint,
+    client: &Endpoint,
+    seconds: u32,
+) -> Result<Tcp> {
+    let srv = iperf_server(server_host, &server.0)?;
+    let json = iperf_client(&client.0, &server.1, seconds, &[]);
+    finish_server(srv);
+    let json = json?;
+    let end = &json["end"];
+    let recv = &end["sum_received"];
+    let cpu = &end["cpu_utilization_percent"];
+    Ok(Tcp {
+        gbits: recv["bits_per_second"]
+            .as_f64()
+            .context("bits_per_second")?
+            / 1e9,
+        bytes: recv["bytes"].as_f64().context("bytes")?,
+        seconds: recv["seconds"].as_f64().context("seconds")?,
+        cpu: cpu["host_total"].as_f64().zip(cpu["remote_total"].as_f64()),
+        retransmits: end["sum_sent"]["retransmits"].as_u64(),
+    })
+}
+
+struct Udp {
+    received_pps: f64,
+    sent_pps: f64,
+    loss_percent: f64,
+}
+
+impl Udp {
+    fn describe(&self) -> String {
+        format!(
+            "received {:.1} kpps of {:.1} kpps sent, {:.2}% lost",
+            self.received_pps / 1e3,
+            self.sent_pps / 1e3,
+            self.loss_percent
+        )
+    }
+}
+
+/// `iperf3 -u -b 0 -l 64`: the receiver's packet count comes from the server's own report
+/// (`--get-server-output`), so loss is what actually arrived, not what was sent.
+fn iperf_udp(
+    server_host: &Host,
+    server: &Endpoint,
+    client: &Endpoint,
+    seconds: u32,
+) -> Result<Udp> {
+    let srv = iperf_server(server_host, &server.0)?;
+    let json = iperf_client(
+        &client.0,
+        &server.1,
+        seconds,
+        &["-u", "-b", "0", "-l", "64", "--get-server-output"],
+    );
+    finish_server(srv);
+    let json = json?;
+    let sent = &json["end"]["sum"];
+    let sent_packets = sent["packets"].as_f64().context("client packets")?;
+    let sent_seconds = sent["seconds"].as_f64().context("client seconds")?;
+    // The server's view: `packets` is what it expected (highest sequence seen), `lost_packets`
+    // the gaps; what arrived is the difference.
+    let srv_sum = &json["server_output_json"]["end"]["sum"];
+    if srv_sum.is_null() {
+        bail!(
+            "no server_output_json.end.sum in iperf3's output; end has: {}",
+            json["server_output_json"]["end"]
+        );
+    }
+    let (expected, lost, srv_seconds) = (
+        srv_sum["packets"].as_f64().context("server packets")?,
+        srv_sum["lost_packets"]
+            .as_f64()
+            .context("server lost_packets")?,
+        srv_sum["seconds"].as_f64().context("server seconds")?,
+    );
+    Ok(Udp {
+        received_pps: (expected - lost) / srv_seconds,
+        sent_pps: sent_packets / sent_seconds,
+        loss_percent: srv_sum["lost_percent"].as_f64().unwrap_or(0.0),
+    })
+}
+
+struct Rtt {
+    avg_ms: f64,
+    mdev_ms: f64,
+    loss: String,
+}
+
+impl Rtt {
+    fn describe(&self) -> String {
+        format!(
+            "avg {:.0} µs, mdev {:.0} µs, {}",
+            self.avg_ms * 1e3,
+            self.mdev_ms * 1e3,
+            self.loss
+        )
+    }
+}
+
+/// `ping -c 200 -i 0.005 -q` and its summary: `rtt min/avg/max/mdev = a/b/c/d ms`.
+fn ping_rtt(ns: &str, ip: &str) -> Result<Rtt> {
+    let out = run_command(Command::new("ip").args([
+        "netns", "exec", ns, "timeout", "30", "ping", "-n", "-q", "-c", "200", "-i", "0.005", "-W",
+        "1", ip,
+    ]))?;
+    let loss = out
+        .lines()
+        .find(|l| l.contains("packet loss"))
+        .and_then(|l| l.split(", ").find(|p| p.contains("packet loss")))
+        .unwrap_or("loss unknown")
+        .to_owned();
+    let numbers: Vec<f64> = out
+        .lines()
+        .find(|l| l.starts_with("rtt ") || l.starts_with("round-trip"))
+        .and_then(|l| l.split(" = ").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .map(|v| v.split('/').filter_map(|x| x.parse().ok()).collect())
+        .with_context(|| format!("no rtt summary in ping output:\n{out}"))?;
+    if numbers.len() != 4 {
+        bail!("unexpected rtt summary in ping output:\n{out}");
+    }
+    Ok(Rtt {
+        avg_ms: numbers[1],
+        mdev_ms: numbers[3],
+        loss,
+    })
+}
+
+fn print_table(rows: &[Row]) {
+    let width = rows
+        .iter()
+        .map(|r| r.metric.chars().count())
+        .max()
+        .unwrap_or(0);
+    println!();
+    println!(
+        "   {:<width$}  {:>10}  {:>14}  {:>7}",
+        "metric", "Skein", "kernel ref", "ratio"
+    );
+    for r in rows {
+        println!(
+            "   {:<width$}  {:>10}  {:>14}  {:>7}",
+            r.metric, r.skein, r.reference, r.ratio
+        );
+    }
+}
