@@ -155,16 +155,9 @@ fn parse_endpoint_name(value: &str) -> Result<String, String> {
 
 /// A MAC address `aa:bb:cc:dd:ee:ff`.
 fn parse_mac(value: &str) -> Result<String, String> {
-    let parts: Vec<&str> = value.split(':').collect();
-    if parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
-    {
-        Ok(value.to_ascii_lowercase())
-    } else {
-        Err("not a MAC address; write it like 02:42:ac:11:00:02".to_owned())
-    }
+    crate::netif::parse_mac(value)
+        .map(crate::netif::format_mac)
+        .ok_or_else(|| "not a MAC address; write it like 02:42:ac:11:00:02".to_owned())
 }
 
 /// `skein agent`: every flag can also be given as an environment variable `SKEIN_*` or

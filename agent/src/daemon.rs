@@ -122,21 +122,21 @@ pub fn run(config: AgentConfig) -> Result<()> {
         let api_listener = api::bind(&config.socket)
             .with_context(|| format!("could not serve the API on {}", config.socket.display()))?;
 
-        let (token, seeds, created) = match membership {
+        let (token, seeds, created, first_join) = match membership {
             Membership::Create(token) => {
                 state.save_token(&token)?;
-                (token, Vec::new(), true)
+                (token, Vec::new(), true, false)
             }
-            Membership::Join { token, seeds } => {
+            Membership::Join { token, seeds, first } => {
                 let mut seeds = resolve_seeds(&seeds)?;
                 for peer in state.peers() {
                     if !seeds.contains(&peer) {
                         seeds.push(peer);
                     }
                 }
-                (token, seeds, false)
+                (token, seeds, false, first)
             }
-            Membership::Rejoin { token, peers } => (token, peers, false),
+            Membership::Rejoin { token, peers } => (token, peers, false, false),
         };
         let boot_epoch = state.next_boot_epoch(manager::driver::wall_ms())?;
         let engine = EngineConfig {
@@ -149,9 +149,6 @@ pub fn run(config: AgentConfig) -> Result<()> {
             rng_seed: rand_seed(),
             initial_records: if created { Vec::new() } else { state.records() },
         };
-        // Only a first join must prove the token and the address: a restarted member
-        // keeps running even if the peers it knew are down too.
-        let joining = !seeds.is_empty() && state.token()?.as_ref() != Some(&token);
         let manager = Manager::start(engine, gossip_socket, seeds.clone());
         let info = NodeInfo {
             hostname: config.hostname.clone(),
@@ -165,7 +162,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         };
         manager.publish_self(&info).await?;
 
-        if joining {
+        if first_join {
             wait_for_cluster(&manager, &seeds, config.join_timeout).await?;
             state.save_token(&token)?;
         }
@@ -488,7 +485,7 @@ impl AgentBackend {
                 let underlay = underlay.parse().map_err(|_| {
                     anyhow::anyhow!("--underlay {underlay:?} is not an IPv4 address")
                 })?;
-                let mac = parse_mac(&mac)
+                let mac = netif::parse_mac(&mac)
                     .ok_or_else(|| anyhow::anyhow!("--mac {mac:?} is not a MAC address"))?;
                 let cidr = cidr
                     .parse()
@@ -568,15 +565,6 @@ fn random_id() -> String {
     format!("{:012x}", value & 0xffff_ffff_ffff)
 }
 
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = text
-        .split(':')
-        .filter_map(|p| u8::from_str_radix(p, 16).ok())
-        .collect();
-    (parts.len() == 6 && text.split(':').count() == 6)
-        .then(|| [parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]])
-}
-
 fn endpoint_row(
     endpoint: &manager::state::Endpoint,
     node: manager::NodeId,
@@ -612,15 +600,11 @@ fn endpoint_rows(view: &manager::view::ClusterView) -> Vec<EndpointRow> {
 }
 
 fn vtep_row(vtep: &manager::state::Vtep) -> VtepRow {
-    let m = vtep.mac;
     VtepRow {
         network: vtep.network.clone(),
         cidr: vtep.cidr.to_string(),
         underlay: vtep.underlay.to_string(),
-        mac: format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        ),
+        mac: netif::format_mac(vtep.mac),
     }
 }
 

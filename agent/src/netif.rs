@@ -1,4 +1,5 @@
-//! What the agent reads about the host's interfaces: IPv4 addresses and MTU.
+//! What the agent reads about the host's interfaces: IPv4 addresses, MTU, MAC; and MAC
+//! addresses as text.
 //! (The netlink module that creates interfaces comes with the overlay.)
 
 use std::{ffi::CStr, fs, io, net::Ipv4Addr};
@@ -46,9 +47,65 @@ pub fn mtu(iface: &str) -> io::Result<u32> {
     })
 }
 
+/// The MAC address of `iface` in this network namespace.
+pub fn mac(iface: &str) -> io::Result<[u8; 6]> {
+    let text = fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
+    parse_mac(text.trim()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unreadable MAC address {text:?}"),
+        )
+    })
+}
+
+/// `aa:bb:cc:dd:ee:ff` (hex digits of either case) as bytes.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Bytes as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_and_print() {
+        assert_eq!(
+            parse_mac("02:53:4b:00:00:01"),
+            Some([0x02, 0x53, 0x4b, 0, 0, 1])
+        );
+        assert_eq!(
+            parse_mac("02:53:4B:00:00:0A"),
+            Some([0x02, 0x53, 0x4b, 0, 0, 0x0a])
+        );
+        assert_eq!(format_mac([0x02, 0x53, 0x4b, 0, 0, 1]), "02:53:4b:00:00:01");
+        for bad in [
+            "",
+            "02:53",
+            "02:53:4b:00:00:01:07",
+            "zz:53:4b:00:00:01",
+            "2:53:4b:00:00:01",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        assert_eq!(mac("lo").unwrap(), [0; 6]);
+    }
 
     #[test]
     fn loopback_has_127_0_0_1_and_an_mtu() {

@@ -163,6 +163,9 @@ pub enum Membership {
     Join {
         token: JoinToken,
         seeds: Vec<String>,
+        /// No cluster saved yet: the join must prove the token and the seeds (a restarted
+        /// member keeps running even if the peers it knew are down too).
+        first: bool,
     },
     /// A restarted node: the saved cluster, through the peers it last saw (maybe none:
     /// it then waits to be contacted).
@@ -203,12 +206,14 @@ pub fn membership(
         });
     }
     if !join.is_empty() {
+        let first = saved.is_none();
         let token = given.or(saved).context(
             "--join needs the cluster's --token (print it with `skein join-token` on a member)",
         )?;
         return Ok(Membership::Join {
             token,
             seeds: join.to_vec(),
+            first,
         });
     }
     match saved {

@@ -7,7 +7,7 @@
 //! the earliest creation stamp ([`crate::state::valid_networks`]). The losing command
 //! withdraws its record and reports the conflict.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use ipnet::Ipv4Net;
 
@@ -18,6 +18,7 @@ use crate::{
         RecordKey, Scope, Stamp, Vtep, DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX,
         DEFAULT_VNI_RANGE,
     },
+    view::ClusterView,
     Manager, NodeId,
 };
 
@@ -100,6 +101,27 @@ pub struct EndpointRequest {
 }
 
 impl Manager {
+    /// Writes a claim (a create that may collide with a concurrent one elsewhere) whose
+    /// payload records its own stamp, then waits [`CONFLICT_SETTLE`] for competing claims to
+    /// arrive; returns the claim's stamp and the settled view, in which the caller checks
+    /// whether its claim won.
+    async fn claim(
+        &self,
+        key: RecordKey,
+        payload: impl FnOnce(Stamp) -> Vec<u8> + Send + 'static,
+    ) -> Result<(Stamp, Arc<ClusterView>), ManagerError> {
+        let stamp = self
+            .write_with(
+                key.scope,
+                key.kind,
+                key.name,
+                Box::new(move |stamp| Some(payload(stamp))),
+            )
+            .await?;
+        tokio::time::sleep(CONFLICT_SETTLE).await;
+        Ok((stamp, self.view()))
+    }
+
     /// Publishes (or refreshes) this node's own record.
     pub async fn publish_self(&self, info: &NodeInfo) -> Result<Stamp, ManagerError> {
         let key = NodeInfo::key(self.node());
@@ -152,25 +174,15 @@ impl Manager {
         }
 
         let template = candidate.clone();
-        let stamp = self
-            .write_with(
-                Scope::Cluster,
-                Kind::Network,
-                name.to_owned(),
-                Box::new(move |stamp| {
-                    Some(
-                        Network {
-                            created: stamp,
-                            ..template
-                        }
-                        .encode(),
-                    )
-                }),
-            )
+        let (stamp, view) = self
+            .claim(Network::key(name), move |stamp| {
+                Network {
+                    created: stamp,
+                    ..template
+                }
+                .encode()
+            })
             .await?;
-
-        tokio::time::sleep(CONFLICT_SETTLE).await;
-        let view = self.view();
         if let Some(network) = view
             .networks
             .valid
@@ -302,25 +314,15 @@ impl Manager {
                 },
                 owns_netns: request.owns_netns,
             };
-            let key = Endpoint::key(self.node(), &request.id);
-            let stamp = self
-                .write_with(
-                    key.scope,
-                    key.kind,
-                    key.name,
-                    Box::new(move |stamp| {
-                        Some(
-                            Endpoint {
-                                created: stamp,
-                                ..template
-                            }
-                            .encode(),
-                        )
-                    }),
-                )
+            let (stamp, view) = self
+                .claim(Endpoint::key(self.node(), &request.id), move |stamp| {
+                    Endpoint {
+                        created: stamp,
+                        ..template
+                    }
+                    .encode()
+                })
                 .await?;
-            tokio::time::sleep(CONFLICT_SETTLE).await;
-            let view = self.view();
             if let Some((_, endpoint)) = view
                 .endpoints
                 .valid

@@ -57,6 +57,18 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Two managers of one cluster, both seeing both ready.
+async fn two_nodes() -> (Manager, Manager) {
+    let token = JoinToken::generate();
+    let a = start(&token, vec![], "a").await;
+    let b = start(&token, vec![addr_of(&a)], "b").await;
+    eventually("2 ready", || {
+        a.view().ready_count() == 2 && b.view().ready_count() == 2
+    })
+    .await;
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_managers_agree_on_nodes_and_networks() {
     let token = JoinToken::generate();
@@ -142,13 +154,7 @@ async fn three_managers_agree_on_nodes_and_networks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_conflicting_creates_have_exactly_one_winner() {
-    let token = JoinToken::generate();
-    let a = start(&token, vec![], "a").await;
-    let b = start(&token, vec![addr_of(&a)], "b").await;
-    eventually("2 ready", || {
-        a.view().ready_count() == 2 && b.view().ready_count() == 2
-    })
-    .await;
+    let (a, b) = two_nodes().await;
 
     // Same name at once.
     let subnet = "10.77.0.0/24".parse().unwrap();
@@ -220,13 +226,7 @@ async fn wrong_key_and_random_datagrams_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_endpoint_allocations_never_share_an_address() {
     use manager::ops::EndpointRequest;
-    let token = JoinToken::generate();
-    let a = start(&token, vec![], "a").await;
-    let b = start(&token, vec![addr_of(&a)], "b").await;
-    eventually("2 ready", || {
-        a.view().ready_count() == 2 && b.view().ready_count() == 2
-    })
-    .await;
+    let (a, b) = two_nodes().await;
     // A /29 leaves 4 endpoint addresses (.2-.5): gateway .1, one VIP, no broadcast.
     a.create_network("tiny", Some("10.66.0.0/29".parse().unwrap()), None)
         .await

@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use xtask::{
+    cluster::{create_endpoint, in_netns, skein_ok},
     scrape::{sample, scrape},
     testbed::{sweep_dead_runs, wait_until, Host, Testbed, TestbedConfig},
     toolchain::{ensure_debian_packages, ensure_ebpf_toolchain, run_checked, say},
@@ -49,11 +50,7 @@ pub fn run() -> Result<()> {
     ));
     agents.push(h1.start_agent(&["--init"])?);
     let token = wait_until("the join token", Duration::from_secs(20), || {
-        h1.skein()
-            .and_then(|mut cmd| Ok(cmd.arg("join-token").output()?))
-            .ok()
-            .filter(|out| out.status.success())
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        skein_ok(h1, &["join-token"]).map(|t| t.trim().to_owned())
     })?;
     println!("   join token: {token}");
     let seed = h1.underlay_ip().to_string();
@@ -73,15 +70,17 @@ pub fn run() -> Result<()> {
     say("`skein node ls` on h2");
     print!("{}", indent(&node_ls(h2).unwrap_or_default()));
     say("`skein network create web` on h3, then `skein network ls` on h1");
-    let created = skein_out(bed.host(2), &["network", "create", "web"])
+    let created = skein_ok(bed.host(2), &["network", "create", "web"])
         .context("`skein network create web` on h3 failed")?;
     print!("{}", indent(&created));
     wait_until("web on h1", Duration::from_secs(20), || {
-        skein_out(h1, &["network", "ls"]).is_some_and(|t| t.contains("web"))
+        skein_ok(h1, &["network", "ls"])
+            .ok()
+            .is_some_and(|t| t.contains("web"))
     })?;
     print!(
         "{}",
-        indent(&skein_out(h1, &["network", "ls"]).unwrap_or_default())
+        indent(&skein_ok(h1, &["network", "ls"]).ok().unwrap_or_default())
     );
     for host in bed.hosts() {
         wait_until("the agent's /metrics", Duration::from_secs(20), || {
@@ -99,39 +98,21 @@ pub fn run() -> Result<()> {
     say("`skein endpoint create --network web --name app` on every host (a namespace each)");
     let mut endpoints = Vec::new();
     for host in bed.hosts() {
-        skein_out(
-            host,
-            &["endpoint", "create", "--network", "web", "--name", "app"],
-        )
-        .with_context(|| format!("`skein endpoint create` on {} failed", host.name()))?;
-    }
-    let listing = skein_out(h1, &["endpoint", "ls", "--format", "json"]).unwrap_or_default();
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&listing).context("endpoint ls json")?;
-    for host in bed.hosts() {
-        let row = rows
-            .iter()
-            .find(|r| {
-                r["netns"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with(host.netns()))
-            })
-            .with_context(|| format!("{}'s endpoint is not listed", host.name()))?;
-        endpoints.push((
-            row["netns"].as_str().unwrap_or_default().to_owned(),
-            row["ip"].as_str().unwrap_or_default().to_owned(),
-        ));
+        endpoints.push(
+            create_endpoint(host, "web", "app")
+                .with_context(|| format!("`skein endpoint create` on {}", host.name()))?,
+        );
     }
     print!(
         "{}",
-        indent(&skein_out(h1, &["endpoint", "ls"]).unwrap_or_default())
+        indent(&skein_ok(h1, &["endpoint", "ls"]).ok().unwrap_or_default())
     );
 
     let before = counters(&bed)?;
     say("overlay traffic: every endpoint pings the others (VXLAN between hosts), then iperf3 h1's endpoint -> h3's for 2 s");
     for (i, (from_ns, _)) in endpoints.iter().enumerate() {
         for (j, (_, to_ip)) in endpoints.iter().enumerate().filter(|(j, _)| *j != i) {
-            let out = in_netns(
+            let out = stdout_in(
                 from_ns,
                 &[
                     "ping", "-n", "-q", "-c", "20", "-i", "0.01", "-W", "2", to_ip,
@@ -159,7 +140,7 @@ pub fn run() -> Result<()> {
         "iperf3-server",
     )?;
     std::thread::sleep(Duration::from_millis(400));
-    let out = in_netns(
+    let out = stdout_in(
         &endpoints[0].0,
         &["iperf3", "-c", &endpoints[2].1, "-t", "2", "-f", "g"],
     )?;
@@ -228,7 +209,11 @@ pub fn run() -> Result<()> {
     wait_until(
         "h3's endpoint gone from h1's maps",
         Duration::from_secs(20),
-        || skein_out(h1, &["debug", "maps"]).is_some_and(|m| !m.contains(&format!("ip {h3_ip} "))),
+        || {
+            skein_ok(h1, &["debug", "maps"])
+                .ok()
+                .is_some_and(|m| !m.contains(&format!("ip {h3_ip} ")))
+        },
     )?;
     print!("{}", indent(&node_ls(h1).unwrap_or_default()));
     println!("   h1's maps no longer hold {h3_ip}");
@@ -272,16 +257,8 @@ fn print_counters(bed: &Testbed, before: &Counts, after: &Counts) {
     }
 }
 
-/// `skein ARGS` in `host`, its stdout if it succeeded.
-fn skein_out(host: &Host, args: &[&str]) -> Option<String> {
-    let out = host.skein().ok()?.args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn node_ls(host: &Host) -> Option<String> {
-    skein_out(host, &["node", "ls"])
+    skein_ok(host, &["node", "ls"]).ok()
 }
 
 fn indent(text: &str) -> String {
@@ -293,12 +270,7 @@ const ENCAP_PACKETS: &str =
 const DECAP_PACKETS: &str =
     "skein_tc_underlay_ingress_packets_total{verdict=\"redirect\",reason=\"decap\"}";
 
-/// Runs `args` inside the network namespace `netns`; its stdout.
-fn in_netns(netns: &str, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(args)
-        .output()
-        .context("running ip netns exec")?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// Stdout of `args` run inside the network namespace `netns`.
+fn stdout_in(netns: &str, args: &[&str]) -> Result<String> {
+    Ok(String::from_utf8_lossy(&in_netns(netns, args)?.stdout).into_owned())
 }

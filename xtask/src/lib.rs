@@ -2,10 +2,12 @@
 //! `test`, `demo`, and the netns testbed that the privileged tests and the demo share.
 //!
 //! Layout:
+//! - [`cluster`]: drives Skein through its CLI inside a testbed (cluster, endpoints).
 //! - [`toolchain`]: installs what is missing (nightly rust-src, bpf-linker, Debian packages).
 //! - [`testbed`]: RAII multi-host testbeds in network namespaces.
 //! - [`scrape`]: reads an agent's `/metrics` from inside its host.
 
+pub mod cluster;
 pub mod scrape;
 pub mod testbed;
 pub mod toolchain;

@@ -4,40 +4,18 @@
 //!
 //! Deadlines are generous (the figures live in `cargo xtask bench gossip`).
 
-use std::{collections::BTreeMap, process::Output, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
 use xtask::{
+    cluster::{skein, skein_ok, start_cluster, DEADLINE},
     scrape::scrape,
-    testbed::{wait_until, Host, Process, Testbed, TestbedConfig},
+    testbed::{wait_until, Host, Testbed, TestbedConfig},
 };
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Runs `skein ARGS` in `host` (default socket: the host's namespace-scoped one).
-fn skein(host: &Host, args: &[&str]) -> Output {
-    host.skein()
-        .expect("skein binary")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("running skein")
-}
-
-fn skein_ok(host: &Host, args: &[&str]) -> String {
-    let out = skein(host, args);
-    assert!(
-        out.status.success(),
-        "skein {args:?} on {} failed: {}",
-        host.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
 
 /// `node ls` on `host` as (hostname -> (id, status)); None while the agent is not up.
 fn node_ls(host: &Host) -> Option<BTreeMap<String, (String, String)>> {
-    let out = skein(host, &["node", "ls", "--format", "json"]);
+    let out = skein(host, &["node", "ls", "--format", "json"]).unwrap();
     if !out.status.success() {
         return None;
     }
@@ -62,7 +40,7 @@ fn statuses(host: &Host) -> Option<BTreeMap<String, String>> {
 }
 
 fn networks(host: &Host) -> Vec<String> {
-    let out = skein_ok(host, &["network", "ls", "--format", "json"]);
+    let out = skein_ok(host, &["network", "ls", "--format", "json"]).unwrap();
     let rows: Vec<Value> = serde_json::from_str(&out).expect("network ls json");
     rows.iter()
         .map(|r| r["name"].as_str().unwrap().to_owned())
@@ -85,32 +63,11 @@ fn expect_all(bed: &Testbed, ready: &[usize], down: &[usize]) -> BTreeMap<String
     expected
 }
 
-/// Starts h1 with `--init` and every other host joining it; returns the agents and token.
-fn start_cluster(bed: &Testbed) -> (Vec<Process>, String) {
-    let first = bed.host(0);
-    let mut agents = vec![first.start_agent(&["--init"]).expect("first agent")];
-    let token = wait_until("the join token", DEADLINE, || {
-        let out = skein(first, &["join-token"]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    })
-    .expect("join token");
-    assert!(token.starts_with("SKEIN-1-"), "token {token:?}");
-    let seed = first.underlay_ip().to_string();
-    for host in &bed.hosts()[1..] {
-        agents.push(
-            host.start_agent(&["--join", &seed, "--token", &token])
-                .expect("joining agent"),
-        );
-    }
-    (agents, token)
-}
-
 #[test]
 fn five_agents_agree_survive_kills_and_partitions() {
     let bed = Testbed::new("cluster-five", TestbedConfig::with_hosts(5)).expect("testbed");
-    let (mut agents, token) = start_cluster(&bed);
+    let (mut agents, token) = start_cluster(&bed).unwrap();
+    assert!(token.starts_with("SKEIN-1-"), "token {token:?}");
     let all: Vec<usize> = (0..5).collect();
     for host in bed.hosts() {
         wait_until(
@@ -123,7 +80,7 @@ fn five_agents_agree_survive_kills_and_partitions() {
     let ids_before = node_ls(bed.host(0)).unwrap();
 
     // A network created on h2 is listed everywhere.
-    skein_ok(bed.host(1), &["network", "create", "net1"]);
+    skein_ok(bed.host(1), &["network", "create", "net1"]).unwrap();
     for host in bed.hosts() {
         wait_until("net1 everywhere", DEADLINE, || {
             networks(host).contains(&"net1".to_owned())
@@ -162,7 +119,7 @@ fn five_agents_agree_survive_kills_and_partitions() {
     );
 
     // A network whose creator dies stays listed everywhere.
-    skein_ok(bed.host(3), &["network", "create", "orphan"]);
+    skein_ok(bed.host(3), &["network", "create", "orphan"]).unwrap();
     for host in bed.hosts() {
         wait_until("orphan everywhere", DEADLINE, || {
             networks(host).contains(&"orphan".to_owned())
@@ -204,9 +161,10 @@ fn five_agents_agree_survive_kills_and_partitions() {
     let refused = skein(
         bed.host(0),
         &["node", "rm", &bed.host(1).netns().replace('-', "")],
-    );
+    )
+    .unwrap();
     assert!(!refused.status.success(), "a bogus ID is refused");
-    skein_ok(bed.host(0), &["node", "rm", h4_id]);
+    skein_ok(bed.host(0), &["node", "rm", h4_id]).unwrap();
     for &i in &[0, 1, 2, 4] {
         wait_until("h4 forgotten", DEADLINE, || {
             statuses(bed.host(i)) == Some(expect_all(&bed, &[0, 1, 2, 4], &[]))
@@ -220,7 +178,10 @@ fn a_wrong_token_cannot_join_and_says_so() {
     let bed = Testbed::new("cluster-token", TestbedConfig::with_hosts(2)).expect("testbed");
     let _first = bed.host(0).start_agent(&["--init"]).expect("first agent");
     wait_until("first agent up", DEADLINE, || {
-        skein(bed.host(0), &["join-token"]).status.success()
+        skein(bed.host(0), &["join-token"])
+            .unwrap()
+            .status
+            .success()
     })
     .unwrap();
     // A well-formed token of another cluster.
@@ -261,7 +222,8 @@ fn a_wrong_token_cannot_join_and_says_so() {
             "--token",
             "SKEIN-1-garbage",
         ],
-    );
+    )
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("join token is malformed"), "{stderr}");
@@ -270,7 +232,7 @@ fn a_wrong_token_cannot_join_and_says_so() {
 #[test]
 fn random_datagrams_change_nothing_and_are_counted_and_nothing_is_plaintext() {
     let bed = Testbed::new("cluster-fuzz", TestbedConfig::with_hosts(3)).expect("testbed");
-    let (mut agents, _token) = start_cluster(&bed);
+    let (mut agents, _token) = start_cluster(&bed).unwrap();
     let all = [0, 1, 2];
     for host in bed.hosts() {
         wait_until("3 ready", DEADLINE, || {
@@ -304,7 +266,8 @@ fn random_datagrams_change_nothing_and_are_counted_and_nothing_is_plaintext() {
             "--subnet",
             "10.99.77.0/24",
         ],
-    );
+    )
+    .unwrap();
     for host in bed.hosts() {
         wait_until("canary everywhere", DEADLINE, || {
             networks(host).contains(&"plaintextcanary".to_owned())
@@ -368,7 +331,7 @@ fn random_datagrams_change_nothing_and_are_counted_and_nothing_is_plaintext() {
 #[test]
 fn leave_announces_departure_and_removes_the_dataplane() {
     let bed = Testbed::new("cluster-leave", TestbedConfig::with_hosts(3)).expect("testbed");
-    let (mut agents, _token) = start_cluster(&bed);
+    let (mut agents, _token) = start_cluster(&bed).unwrap();
     for host in bed.hosts() {
         wait_until("3 ready", DEADLINE, || {
             statuses(host) == Some(expect_all(&bed, &[0, 1, 2], &[]))
@@ -376,7 +339,7 @@ fn leave_announces_departure_and_removes_the_dataplane() {
         .unwrap();
     }
     let h3 = bed.host(2);
-    let reply = skein_ok(h3, &["agent", "leave"]);
+    let reply = skein_ok(h3, &["agent", "leave"]).unwrap();
     assert!(reply.contains("left the cluster"), "{reply}");
     let status = agents[2]
         .wait(Duration::from_secs(20))
@@ -412,7 +375,8 @@ fn leave_announces_departure_and_removes_the_dataplane() {
             "--bpf-dir",
             &h3.bpf_dir().to_string_lossy(),
         ],
-    );
+    )
+    .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to no cluster"));
     // The others see it down (announced, not timed out: well within the deadline).

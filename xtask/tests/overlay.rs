@@ -9,95 +9,17 @@ use std::{
 };
 
 use serde_json::Value;
-use xtask::testbed::{wait_until, Host, Process, Testbed, TestbedConfig};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn skein(host: &Host, args: &[&str]) -> Output {
-    host.skein()
-        .expect("skein binary")
-        .args(args)
-        .output()
-        .expect("running skein")
-}
-
-fn skein_ok(host: &Host, args: &[&str]) -> String {
-    let out = skein(host, args);
-    assert!(
-        out.status.success(),
-        "skein {args:?} on {} failed: {}",
-        host.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-/// Runs `cmd args` inside the network namespace `netns`.
-fn in_netns(netns: &str, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(args)
-        .output()
-        .expect("ip netns exec")
-}
-
-fn start_cluster(bed: &Testbed) -> Vec<Process> {
-    let first = bed.host(0);
-    let mut agents = vec![first.start_agent(&["--init"]).expect("first agent")];
-    let token = wait_until("the join token", DEADLINE, || {
-        let out = skein(first, &["join-token"]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    })
-    .unwrap();
-    let seed = first.underlay_ip().to_string();
-    for host in &bed.hosts()[1..] {
-        agents.push(
-            host.start_agent(&["--join", &seed, "--token", &token])
-                .expect("agent"),
-        );
-    }
-    let n = bed.hosts().len();
-    for host in bed.hosts() {
-        wait_until("every node ready", DEADLINE, || {
-            let out = skein(host, &["node", "ls", "--format", "json"]);
-            serde_json::from_slice::<Vec<Value>>(&out.stdout)
-                .is_ok_and(|rows| rows.iter().filter(|r| r["status"] == "ready").count() == n)
-        })
-        .unwrap();
-    }
-    agents
-}
-
-/// An endpoint made by `skein endpoint create`: (namespace, IP).
-fn create_endpoint(host: &Host, network: &str, name: &str) -> (String, String) {
-    let out = skein_ok(
-        host,
-        &["endpoint", "create", "--network", network, "--name", name],
-    );
-    let rows = skein_ok(host, &["endpoint", "ls", "--format", "json"]);
-    let rows: Vec<Value> = serde_json::from_str(&rows).unwrap();
-    let row = rows
-        .iter()
-        .find(|r| {
-            r["name"] == name
-                && r["netns"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with(host.netns()))
-        })
-        .unwrap_or_else(|| panic!("endpoint {name} not listed after create:\n{out}"));
-    (
-        row["netns"].as_str().unwrap().to_owned(),
-        row["ip"].as_str().unwrap().to_owned(),
-    )
-}
+use xtask::{
+    cluster::{create_endpoint, in_netns, skein_ok, start_cluster, DEADLINE},
+    testbed::{wait_until, Host, Process, Testbed, TestbedConfig},
+};
 
 fn ping(netns: &str, ip: &str) -> bool {
     in_netns(
         netns,
         &["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", ip],
     )
+    .unwrap()
     .status
     .success()
 }
@@ -105,12 +27,12 @@ fn ping(netns: &str, ip: &str) -> bool {
 #[test]
 fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
     let bed = Testbed::new("overlay-mesh", TestbedConfig::with_hosts(3)).expect("testbed");
-    let mut agents = start_cluster(&bed);
-    skein_ok(bed.host(0), &["network", "create", "net1"]);
-    skein_ok(bed.host(1), &["network", "create", "net2"]);
+    let (mut agents, _token) = start_cluster(&bed).unwrap();
+    skein_ok(bed.host(0), &["network", "create", "net1"]).unwrap();
+    skein_ok(bed.host(1), &["network", "create", "net2"]).unwrap();
     for host in bed.hosts() {
         wait_until("networks everywhere", DEADLINE, || {
-            let ls = skein_ok(host, &["network", "ls"]);
+            let ls = skein_ok(host, &["network", "ls"]).unwrap();
             ls.contains("net1") && ls.contains("net2")
         })
         .unwrap();
@@ -118,12 +40,17 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
     let mut endpoints = Vec::new();
     for (i, host) in bed.hosts().iter().enumerate() {
         for k in 0..2 {
-            endpoints.push((i, create_endpoint(host, "net1", &format!("e{i}{k}"))));
+            endpoints.push((
+                i,
+                create_endpoint(host, "net1", &format!("e{i}{k}")).unwrap(),
+            ));
         }
     }
     // The overlay MTU is derived from the underlay (1500 - 50).
     let link = String::from_utf8_lossy(
-        &in_netns(&endpoints[0].1 .0, &["ip", "link", "show", "eth0"]).stdout,
+        &in_netns(&endpoints[0].1 .0, &["ip", "link", "show", "eth0"])
+            .unwrap()
+            .stdout,
     )
     .into_owned();
     assert!(link.contains("mtu 1450"), "endpoint MTU:\n{link}");
@@ -186,7 +113,8 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
                 "import socket; socket.create_connection(('{client_ip}', 5002), timeout=5).close()"
             ),
         ],
-    );
+    )
+    .unwrap();
     assert!(
         connect.status.success(),
         "egress TCP: {}",
@@ -202,12 +130,12 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
     );
 
     // Networks are isolated: an endpoint on net2 cannot reach net1's.
-    let (other_ns, _) = create_endpoint(bed.host(1), "net2", "iso");
+    let (other_ns, _) = create_endpoint(bed.host(1), "net2", "iso").unwrap();
     assert!(!ping(&other_ns, &endpoints[0].1 .1), "net2 reached net1");
 
     // Removing an endpoint removes it everywhere.
     let (gone_ns, gone_ip) = endpoints.pop().unwrap().1;
-    skein_ok(bed.host(2), &["endpoint", "rm", "e21"]);
+    skein_ok(bed.host(2), &["endpoint", "rm", "e21"]).unwrap();
     let namespaces = String::from_utf8(
         Command::new("ip")
             .args(["netns", "list"])
@@ -222,7 +150,9 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
     );
     for host in bed.hosts() {
         wait_until("the removed endpoint gone from the maps", DEADLINE, || {
-            !skein_ok(host, &["debug", "maps"]).contains(&format!("{gone_ip} "))
+            !skein_ok(host, &["debug", "maps"])
+                .unwrap()
+                .contains(&format!("{gone_ip} "))
         })
         .unwrap();
     }
@@ -237,7 +167,7 @@ fn endpoints_on_three_hosts_reach_each_other_and_nothing_stale_remains() {
     agents[2].kill9().unwrap();
     for host in &bed.hosts()[..2] {
         wait_until("h3's endpoints gone from the maps", DEADLINE, || {
-            let maps = skein_ok(host, &["debug", "maps"]);
+            let maps = skein_ok(host, &["debug", "maps"]).unwrap();
             h3_ips.iter().all(|ip| !maps.contains(&format!("{ip} ")))
         })
         .unwrap();
@@ -262,6 +192,7 @@ fn send_tcp(netns: &str, ip: &str, megabytes: u32) -> Output {
             ),
         ],
     )
+    .unwrap()
 }
 
 /// A TCP receiver in `netns` on port 5001 that prints "<bytes> <sha256>" when the sender
@@ -284,17 +215,20 @@ fn tcp_sink(host: &Host, netns: &str, log: &str) -> Process {
 #[test]
 fn a_transfer_survives_agent_restarts_and_the_kernel_vxlan_device_is_a_vtep() {
     let bed = Testbed::new("overlay-restart", TestbedConfig::with_hosts(2)).expect("testbed");
-    let mut agents = start_cluster(&bed);
+    let (mut agents, _token) = start_cluster(&bed).unwrap();
     skein_ok(
         bed.host(0),
         &["network", "create", "net1", "--subnet", "10.44.0.0/24"],
-    );
+    )
+    .unwrap();
     wait_until("net1 on h2", DEADLINE, || {
-        skein_ok(bed.host(1), &["network", "ls"]).contains("net1")
+        skein_ok(bed.host(1), &["network", "ls"])
+            .unwrap()
+            .contains("net1")
     })
     .unwrap();
-    let (a_ns, _) = create_endpoint(bed.host(0), "net1", "a");
-    let (b_ns, b_ip) = create_endpoint(bed.host(1), "net1", "b");
+    let (a_ns, _) = create_endpoint(bed.host(0), "net1", "a").unwrap();
+    let (b_ns, b_ip) = create_endpoint(bed.host(1), "net1", "b").unwrap();
     wait_until("a -> b", DEADLINE, || ping(&a_ns, &b_ip)).unwrap();
 
     // A paced 60 MB transfer (~6 s) while both agents are killed and restarted.
@@ -319,7 +253,10 @@ fn a_transfer_survives_agent_restarts_and_the_kernel_vxlan_device_is_a_vtep() {
             "sender",
         )
         .unwrap();
-    let token = skein_ok(bed.host(0), &["join-token"]).trim().to_owned();
+    let token = skein_ok(bed.host(0), &["join-token"])
+        .unwrap()
+        .trim()
+        .to_owned();
     let seed = bed.host(0).underlay_ip().to_string();
     std::thread::sleep(Duration::from_millis(1500));
     agents[1].kill9().unwrap();
@@ -348,10 +285,9 @@ fn a_transfer_survives_agent_restarts_and_the_kernel_vxlan_device_is_a_vtep() {
     // `skein network vtep add`, talks to a Skein endpoint both ways.
     let client = bed.client();
     let a_ip = {
-        let rows: Vec<Value> = serde_json::from_str(&skein_ok(
-            bed.host(0),
-            &["endpoint", "ls", "--format", "json"],
-        ))
+        let rows: Vec<Value> = serde_json::from_str(
+            &skein_ok(bed.host(0), &["endpoint", "ls", "--format", "json"]).unwrap(),
+        )
         .unwrap();
         rows.iter().find(|r| r["name"] == "a").unwrap()["ip"]
             .as_str()
@@ -364,10 +300,9 @@ fn a_transfer_survives_agent_restarts_and_the_kernel_vxlan_device_is_a_vtep() {
         octets[0], octets[1], octets[2], octets[3]
     );
     let vni = {
-        let rows: Vec<Value> = serde_json::from_str(&skein_ok(
-            bed.host(0),
-            &["network", "ls", "--format", "json"],
-        ))
+        let rows: Vec<Value> = serde_json::from_str(
+            &skein_ok(bed.host(0), &["network", "ls", "--format", "json"]).unwrap(),
+        )
         .unwrap();
         rows[0]["vni"].as_u64().unwrap()
     };
@@ -397,9 +332,12 @@ fn a_transfer_survives_agent_restarts_and_the_kernel_vxlan_device_is_a_vtep() {
             "--cidr",
             "10.44.0.250/32",
         ],
-    );
+    )
+    .unwrap();
     wait_until("the VTEP listed on h1", DEADLINE, || {
-        skein_ok(bed.host(0), &["network", "vtep", "ls"]).contains("10.44.0.250/32")
+        skein_ok(bed.host(0), &["network", "vtep", "ls"])
+            .unwrap()
+            .contains("10.44.0.250/32")
     })
     .unwrap();
     wait_until("endpoint -> kernel VTEP", DEADLINE, || {
@@ -414,9 +352,12 @@ fn a_transfer_survives_agent_restarts_and_the_kernel_vxlan_device_is_a_vtep() {
     skein_ok(
         bed.host(0),
         &["network", "vtep", "rm", "net1", "--cidr", "10.44.0.250/32"],
-    );
+    )
+    .unwrap();
     wait_until("the VTEP gone from the maps", DEADLINE, || {
-        !skein_ok(bed.host(0), &["debug", "maps"]).contains("vtep 10.200.0.2")
+        !skein_ok(bed.host(0), &["debug", "maps"])
+            .unwrap()
+            .contains("vtep 10.200.0.2")
     })
     .unwrap();
 }
@@ -433,14 +374,16 @@ fn hosts_on_different_underlay_subnets_behind_a_router() {
         bed.host(1).underlay_ip().octets()[1],
         "the hosts are on different underlay subnets"
     );
-    let _agents = start_cluster(&bed);
-    skein_ok(bed.host(0), &["network", "create", "net1"]);
+    let (_agents, _token) = start_cluster(&bed).unwrap();
+    skein_ok(bed.host(0), &["network", "create", "net1"]).unwrap();
     wait_until("net1 on h2", DEADLINE, || {
-        skein_ok(bed.host(1), &["network", "ls"]).contains("net1")
+        skein_ok(bed.host(1), &["network", "ls"])
+            .unwrap()
+            .contains("net1")
     })
     .unwrap();
-    let (a_ns, a_ip) = create_endpoint(bed.host(0), "net1", "a");
-    let (b_ns, b_ip) = create_endpoint(bed.host(1), "net1", "b");
+    let (a_ns, a_ip) = create_endpoint(bed.host(0), "net1", "a").unwrap();
+    let (b_ns, b_ip) = create_endpoint(bed.host(1), "net1", "b").unwrap();
     wait_until("a -> b through the router", DEADLINE, || ping(&a_ns, &b_ip)).unwrap();
     wait_until("b -> a through the router", DEADLINE, || ping(&b_ns, &a_ip)).unwrap();
 
@@ -477,15 +420,16 @@ fn reason_count(host: &Host, program: &str, reason: &str) -> u64 {
 #[test]
 fn malformed_underlay_traffic_is_dropped_or_passed_with_a_counter_never_misdelivered() {
     let bed = Testbed::new("overlay-malformed", TestbedConfig::with_hosts(2)).expect("testbed");
-    let _agents = start_cluster(&bed);
-    skein_ok(bed.host(0), &["network", "create", "net1", "--vni", "5000"]);
-    let (ep_ns, ep_ip) = create_endpoint(bed.host(0), "net1", "victim");
+    let (_agents, _token) = start_cluster(&bed).unwrap();
+    skein_ok(bed.host(0), &["network", "create", "net1", "--vni", "5000"]).unwrap();
+    let (ep_ns, ep_ip) = create_endpoint(bed.host(0), "net1", "victim").unwrap();
     let rx = || -> u64 {
         String::from_utf8_lossy(
             &in_netns(
                 &ep_ns,
                 &["cat", "/sys/class/net/eth0/statistics/rx_packets"],
             )
+            .unwrap()
             .stdout,
         )
         .trim()
@@ -575,7 +519,7 @@ print("sent")
     );
     assert_eq!(rx(), rx_before, "nothing was delivered to the endpoint");
     // And the agent and the overlay are fine afterwards.
-    let (other_ns, _) = create_endpoint(bed.host(1), "net1", "peer");
+    let (other_ns, _) = create_endpoint(bed.host(1), "net1", "peer").unwrap();
     wait_until("the overlay still works", DEADLINE, || {
         ping(&other_ns, &ep_ip)
     })

@@ -50,7 +50,7 @@ use dataplane_ebpf::{
 use tracing::{debug, info, warn};
 
 pub use links::{if_index, AttachedMode, XdpMode};
-pub use overlay::{interface_mac, OverlayMaps};
+pub use overlay::OverlayMaps;
 
 /// The eBPF object, built by `build.rs` through the same function as
 /// `cargo xtask build-ebpf`, embedded so the agent is one self-contained binary.
@@ -316,7 +316,7 @@ impl Dataplane {
         }
         let underlay_ifindex = links::if_index(&want.underlay_iface)?;
         let underlay_mac =
-            interface_mac(&want.underlay_iface).map_err(|source| DataplaneError::Sysfs {
+            crate::netif::mac(&want.underlay_iface).map_err(|source| DataplaneError::Sysfs {
                 path: PathBuf::from(format!("/sys/class/net/{}/address", want.underlay_iface)),
                 source,
             })?;

@@ -5,7 +5,7 @@
 //! whatever it writes is what the running programs read at once. Every `put_*` inserts
 //! or replaces; every `remove_*` is idempotent and says whether there was an entry.
 
-use std::{fmt::Write as _, io, net::Ipv4Addr};
+use std::{fmt::Write as _, net::Ipv4Addr};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError},
@@ -18,6 +18,8 @@ use dataplane_ebpf::{
         VtepValue,
     },
 };
+
+use crate::netif::format_mac;
 
 use super::{DataplaneError, PinDirs};
 
@@ -245,7 +247,7 @@ impl OverlayMaps {
                     "underlay: ifindex {} ip {} mac {}",
                     u.ifindex,
                     Ipv4Addr::from(u.ip),
-                    mac(u.mac)
+                    format_mac(u.mac)
                 );
             }
             Err(e) => {
@@ -285,7 +287,7 @@ impl OverlayMaps {
                 Ipv4Addr::from(k.ip),
                 k.ip_prefix_len(),
                 Ipv4Addr::from(v.underlay_ip),
-                mac(v.mac)
+                format_mac(v.mac)
             )
         });
         out
@@ -313,13 +315,6 @@ fn section<T>(
     }
 }
 
-fn mac(m: [u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -329,42 +324,4 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// The MAC address of `iface` in this network namespace, from sysfs.
-pub fn interface_mac(iface: &str) -> io::Result<[u8; 6]> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
-    parse_mac(text.trim()).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unreadable MAC address {text:?}"),
-        )
-    })
-}
-
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_parse_and_print() {
-        assert_eq!(
-            parse_mac("02:53:4b:00:00:01"),
-            Some([0x02, 0x53, 0x4b, 0, 0, 1])
-        );
-        assert_eq!(mac([0x02, 0x53, 0x4b, 0, 0, 1]), "02:53:4b:00:00:01");
-        for bad in ["", "02:53", "02:53:4b:00:00:01:07", "zz:53:4b:00:00:01"] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
-        }
-        assert_eq!(interface_mac("lo").unwrap(), [0; 6]);
-    }
 }

@@ -22,8 +22,9 @@ use manager::{
     state::{Kind, RecordKey, Scope},
 };
 use xtask::{
+    cluster::{node_rows, ready_count, skein_ok, start_cluster},
     scrape::scrape,
-    testbed::{wait_until, Host, Process, Testbed, TestbedConfig},
+    testbed::{wait_until, Host, Testbed, TestbedConfig},
     toolchain::say,
 };
 
@@ -192,21 +193,9 @@ fn simulated_false_downs(node_hours: f64) -> Result<()> {
 fn real_agents() -> Result<()> {
     say("5 real agents in a netns testbed (real UDP, real clocks)");
     let bed = Testbed::new("bench-gossip", TestbedConfig::with_hosts(5))?;
-    let first = bed.host(0);
-    let mut agents: Vec<Process> = vec![first.start_agent(&["--init"])?];
-    let token = wait_until("the join token", Duration::from_secs(20), || {
-        skein_stdout(first, &["join-token"]).map(|t| t.trim().to_owned())
-    })?;
-    let seed = first.underlay_ip().to_string();
+    let (mut agents, token) = start_cluster(&bed)?;
+    let seed = bed.host(0).underlay_ip().to_string();
     let join = ["--join", seed.as_str(), "--token", token.as_str()];
-    for host in &bed.hosts()[1..] {
-        agents.push(host.start_agent(&join)?);
-    }
-    for host in bed.hosts() {
-        wait_until("5 ready", Duration::from_secs(30), || {
-            ready_count(host) == Some(5)
-        })?;
-    }
 
     let mut spread = Vec::new();
     for i in 0..20 {
@@ -229,7 +218,9 @@ fn real_agents() -> Result<()> {
         while seen.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(30) {
             for (k, host) in others.iter().enumerate() {
                 if seen[k].is_none()
-                    && skein_stdout(host, &["network", "ls"]).is_some_and(|t| t.contains(&name))
+                    && skein_ok(host, &["network", "ls"])
+                        .ok()
+                        .is_some_and(|t| t.contains(&name))
                 {
                     seen[k] = Some(start.elapsed());
                 }
@@ -305,26 +296,6 @@ fn real_agents() -> Result<()> {
         percentiles(&mut detection)
     );
     Ok(())
-}
-
-fn skein_stdout(host: &Host, args: &[&str]) -> Option<String> {
-    let out = host.skein().ok()?.args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn node_rows(host: &Host) -> Option<Vec<serde_json::Value>> {
-    serde_json::from_str(&skein_stdout(host, &["node", "ls", "--format", "json"])?).ok()
-}
-
-fn ready_count(host: &Host) -> Option<usize> {
-    Some(
-        node_rows(host)?
-            .iter()
-            .filter(|r| r["status"] == "ready")
-            .count(),
-    )
 }
 
 fn shows_down(host: &Host, hostname: &str) -> bool {

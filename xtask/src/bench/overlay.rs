@@ -21,11 +21,10 @@ use std::{process::Command, time::Duration};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use xtask::{
+    cluster::{create_endpoint, skein_ok, start_cluster, DEADLINE},
     testbed::{run_command, wait_until, Host, Process, Testbed, TestbedConfig},
     toolchain::say,
 };
-
-const DEADLINE: Duration = Duration::from_secs(30);
 /// The reference's VNI: Skein allocates from 4096 up, so 77 never collides with its networks.
 const REF_VNI: &str = "77";
 /// Bytes the VXLAN encapsulation adds (outer Ethernet/IPv4/UDP/VXLAN header).
@@ -70,7 +69,8 @@ pub fn run(args: Args) -> Result<()> {
     let bed = Testbed::new("bench-overlay", TestbedConfig::with_hosts(3))?;
     // Kept alive until the end: dropping a Process does not stop it, but holding them makes
     // the ownership obvious; the Testbed's Drop terminates them.
-    let _agents = start_cluster(&bed)?;
+    say("starting agents: h1 --init, h2 and h3 --join");
+    let (_agents, _token) = start_cluster(&bed)?;
 
     say("skein network create bench; endpoints a, a2 on h1 and b on h2");
     skein_ok(bed.host(0), &["network", "create", "bench"])?;
@@ -205,68 +205,9 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Cluster and endpoints, through the CLI as a user drives them (as xtask/tests/overlay.rs does).
-
-fn skein_ok(host: &Host, args: &[&str]) -> Result<String> {
-    let out = host.skein()?.args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "skein {args:?} on {} failed: {}",
-            host.name(),
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn start_cluster(bed: &Testbed) -> Result<Vec<Process>> {
-    say("starting agents: h1 --init, h2 and h3 --join");
-    let first = bed.host(0);
-    let mut agents = vec![first.start_agent(&["--init"])?];
-    let token = wait_until("the join token", DEADLINE, || {
-        skein_ok(first, &["join-token"]).map(|t| t.trim().to_owned())
-    })?;
-    let seed = first.underlay_ip().to_string();
-    for host in &bed.hosts()[1..] {
-        agents.push(host.start_agent(&["--join", &seed, "--token", &token])?);
-    }
-    let n = bed.hosts().len();
-    for host in bed.hosts() {
-        wait_until("every node ready", DEADLINE, || {
-            skein_ok(host, &["node", "ls", "--format", "json"])
-                .ok()
-                .and_then(|s| serde_json::from_str::<Vec<Value>>(&s).ok())
-                .is_some_and(|rows| rows.iter().filter(|r| r["status"] == "ready").count() == n)
-        })?;
-    }
-    Ok(agents)
-}
-
-/// An endpoint as (namespace, IP).
+/// An endpoint (Skein's, from `xtask::cluster::create_endpoint`, or the reference's) as
+/// (namespace, IP).
 type Endpoint = (String, String);
-
-fn create_endpoint(host: &Host, network: &str, name: &str) -> Result<Endpoint> {
-    skein_ok(
-        host,
-        &["endpoint", "create", "--network", network, "--name", name],
-    )?;
-    let rows: Vec<Value> =
-        serde_json::from_str(&skein_ok(host, &["endpoint", "ls", "--format", "json"])?)?;
-    let row = rows
-        .iter()
-        .find(|r| {
-            r["name"] == name
-                && r["netns"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with(host.netns()))
-        })
-        .with_context(|| format!("endpoint {name} not listed after create"))?;
-    Ok((
-        row["netns"].as_str().context("netns")?.to_owned(),
-        row["ip"].as_str().context("ip")?.to_owned(),
-    ))
-}
 
 // ---------------------------------------------------------------------------------------------
 // The kernel reference.
