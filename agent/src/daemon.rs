@@ -159,6 +159,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             started_at_ms: manager::driver::wall_ms(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             leaving: false,
+            restart_grace_until_ms: 0,
         };
         manager.publish_self(&info).await?;
 

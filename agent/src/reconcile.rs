@@ -447,6 +447,7 @@ mod tests {
                 started_at_ms: 1,
                 version: "t".into(),
                 leaving: false,
+                restart_grace_until_ms: 0,
             }),
             addr: Some((ip, 7946).into()),
             up,

@@ -14,6 +14,7 @@
 //! - [`view`]: consistent snapshots of the cluster for subscribers.
 //! - [`driver`]: the engine on a UDP socket under tokio; the [`Manager`] handle.
 //! - [`ops`]: the cluster operations behind the CLI (network create, node rm, ...).
+//! - [`placement`]: which node runs which task, computed alike on every node.
 //! - [`sim`]: whole clusters simulated in one process with virtual time.
 
 pub mod driver;
@@ -21,6 +22,7 @@ pub mod gossip;
 pub mod hlc;
 pub mod id;
 pub mod ops;
+pub mod placement;
 pub mod secure;
 pub mod sim;
 pub mod state;

@@ -14,8 +14,9 @@ use ipnet::Ipv4Net;
 use crate::{
     driver::ManagerError,
     state::{
-        self, endpoint::pick_free_ip, Endpoint, Kind, Network, NetworkSpecError, NodeInfo,
-        RecordKey, Scope, Stamp, Vtep, DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX,
+        self, endpoint::pick_free_ip, service::pick_free_vip, Endpoint, EndpointMode, HealthCheck,
+        Kind, Mode, Network, NetworkSpecError, NodeInfo, PublishMode, PublishedPort, RecordKey,
+        Scope, Service, ServiceSpecError, Stamp, Vtep, DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX,
         DEFAULT_VNI_RANGE,
     },
     view::ClusterView,
@@ -86,7 +87,46 @@ pub enum OpError {
         subnet: ipnet::Ipv4Net,
     },
     #[error(transparent)]
+    ServiceSpec(#[from] ServiceSpecError),
+    #[error("service {name:?} already exists")]
+    ServiceExists { name: String },
+    #[error("service {name:?} does not exist")]
+    NoSuchService { name: String },
+    #[error("{reason}")]
+    ServiceClaim { reason: String },
+    #[error("service {name:?} was created concurrently on another node, which won: {reason}")]
+    ServiceLostConflict { name: String, reason: String },
+    #[error("service {name:?} is global (one task per node); it cannot be scaled")]
+    GlobalNotScalable { name: String },
+    #[error(
+        "network {network:?} has no free VIP left; use --endpoint-mode dnsrr or another network"
+    )]
+    VipPoolExhausted { network: String },
+    #[error("network {name:?} is used by services {services}; remove them first")]
+    NetworkUsedByServices { name: String, services: String },
+    #[error(transparent)]
     Manager(#[from] ManagerError),
+}
+
+/// The network services join when created without `--network`; created on first use.
+pub const DEFAULT_SERVICE_NETWORK: &str = "skein";
+
+/// What `service create` asks for: a [`Service`] without the parts the cluster assigns
+/// (VIP, creation stamp).
+#[derive(Clone, Debug)]
+pub struct ServiceRequest {
+    pub name: String,
+    pub mode: Mode,
+    /// `None`: [`DEFAULT_SERVICE_NETWORK`].
+    pub network: Option<String>,
+    pub ports: Vec<PublishedPort>,
+    pub publish_mode: PublishMode,
+    pub endpoint_mode: EndpointMode,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub user: Option<String>,
+    pub health: Option<HealthCheck>,
+    pub restart_delay_ms: u64,
 }
 
 /// What `endpoint create`/`attach` asks for.
@@ -221,6 +261,20 @@ impl Manager {
         if view.networks.get(name).is_none() {
             return Err(OpError::NoSuchNetwork {
                 name: name.to_owned(),
+            });
+        }
+        let users: Vec<&str> = view
+            .services
+            .valid
+            .iter()
+            .chain(view.services.conflicted.iter().map(|(s, _)| s))
+            .filter(|s| s.network == name)
+            .map(|s| s.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(OpError::NetworkUsedByServices {
+                name: name.to_owned(),
+                services: users.join(", "),
             });
         }
         let count = view.endpoints.used_ips(name).len();
@@ -417,5 +471,163 @@ impl Manager {
         let key = Vtep::key(network, cidr);
         self.write(key.scope, key.kind, key.name, None).await?;
         Ok(())
+    }
+}
+
+impl Manager {
+    /// `service create`: validates, claims the name, its published ports and its VIP, and
+    /// waits for concurrent claims to settle; the losing create withdraws and says why.
+    pub async fn create_service(&self, request: ServiceRequest) -> Result<Service, OpError> {
+        state::service::validate_service_name(&request.name)?;
+        if self.view().services.get(&request.name).is_some() {
+            return Err(OpError::ServiceExists { name: request.name });
+        }
+        let network = match &request.network {
+            Some(name) => self
+                .view()
+                .network(name)
+                .cloned()
+                .ok_or_else(|| OpError::NoSuchNetwork { name: name.clone() })?,
+            None => self.default_service_network().await?,
+        };
+        let view = self.view();
+        let vip = match request.endpoint_mode {
+            EndpointMode::Dnsrr => None,
+            EndpointMode::Vip => Some(
+                pick_free_vip(
+                    network.subnet,
+                    &view.services.vips_on(&network.name),
+                    rand::random::<u32>,
+                )
+                .ok_or_else(|| OpError::VipPoolExhausted {
+                    network: network.name.clone(),
+                })?,
+            ),
+        };
+        let candidate = Service {
+            name: request.name.clone(),
+            mode: request.mode,
+            network: network.name.clone(),
+            ports: request.ports,
+            publish_mode: request.publish_mode,
+            endpoint_mode: request.endpoint_mode,
+            vip,
+            command: request.command,
+            env: request.env,
+            user: request.user,
+            health: request.health,
+            restart_delay_ms: request.restart_delay_ms,
+            created: Stamp {
+                hlc: u64::MAX,
+                writer: self.node(),
+            },
+        };
+        candidate.validate()?;
+        if let Some(reason) = view.services.conflicts_with(&candidate) {
+            return Err(OpError::ServiceClaim { reason });
+        }
+        let name = request.name;
+        let template = candidate;
+        let (stamp, view) = self
+            .claim(Service::key(&name), move |stamp| {
+                Service {
+                    created: stamp,
+                    ..template
+                }
+                .encode()
+            })
+            .await?;
+        if let Some(service) = view.services.get(&name).filter(|s| s.created == stamp) {
+            return Ok(service.clone());
+        }
+        let reason = match view
+            .services
+            .conflicted
+            .iter()
+            .find(|(s, _)| s.name == name && s.created == stamp)
+        {
+            Some((_, reason)) => {
+                self.write(Scope::Cluster, Kind::Service, name.clone(), None)
+                    .await?;
+                reason.clone()
+            }
+            None => match view.services.get(&name) {
+                Some(winner) => format!("it was created by node {}", winner.created.writer.short()),
+                None => "it was removed meanwhile".to_owned(),
+            },
+        };
+        Err(OpError::ServiceLostConflict { name, reason })
+    }
+
+    /// The network of services created without `--network`, created on first use (by
+    /// whichever node gets there first; a concurrent create of it elsewhere is just as good).
+    async fn default_service_network(&self) -> Result<Network, OpError> {
+        if let Some(network) = self.view().network(DEFAULT_SERVICE_NETWORK) {
+            return Ok(network.clone());
+        }
+        match self
+            .create_network(DEFAULT_SERVICE_NETWORK, None, None)
+            .await
+        {
+            Ok(network) => Ok(network),
+            Err(OpError::NetworkExists { .. } | OpError::LostConflict { .. }) => self
+                .view()
+                .network(DEFAULT_SERVICE_NETWORK)
+                .cloned()
+                .ok_or_else(|| OpError::NoSuchNetwork {
+                    name: DEFAULT_SERVICE_NETWORK.to_owned(),
+                }),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `service scale NAME=N`: rewrites the service with the new count, keeping its
+    /// identity (`created`), so running tasks stay.
+    pub async fn scale_service(&self, name: &str, replicas: u32) -> Result<Service, OpError> {
+        let mut service =
+            self.view()
+                .services
+                .get(name)
+                .cloned()
+                .ok_or_else(|| OpError::NoSuchService {
+                    name: name.to_owned(),
+                })?;
+        if service.mode == Mode::Global {
+            return Err(OpError::GlobalNotScalable {
+                name: name.to_owned(),
+            });
+        }
+        service.mode = Mode::Replicated { replicas };
+        service.validate()?;
+        self.write(
+            Scope::Cluster,
+            Kind::Service,
+            name.to_owned(),
+            Some(service.encode()),
+        )
+        .await?;
+        Ok(service)
+    }
+
+    /// `service rm`: every node stops the service's tasks when the removal reaches it.
+    pub async fn remove_service(&self, name: &str) -> Result<Service, OpError> {
+        let view = self.view();
+        let service = view
+            .services
+            .get(name)
+            .or_else(|| {
+                view.services
+                    .conflicted
+                    .iter()
+                    .map(|(s, _)| s)
+                    .find(|s| s.name == name)
+            })
+            .cloned()
+            .ok_or_else(|| OpError::NoSuchService {
+                name: name.to_owned(),
+            })?;
+        self.write(Scope::Cluster, Kind::Service, name.to_owned(), None)
+            .await?;
+        Ok(service)
     }
 }

@@ -25,12 +25,15 @@
 //! - [`endpoint`]: [`Endpoint`] entries (node-scoped), address allocation and the
 //!   deterministic resolution of address collisions; [`Vtep`] objects (external VXLAN
 //!   endpoints, cluster-scoped).
+//! - [`service`]: [`Service`] objects (cluster-scoped; published-port and VIP claims
+//!   resolved by the earliest creation) and [`Task`] entries (node-scoped).
 
 pub mod endpoint;
 mod hash;
 pub mod network;
 pub mod objects;
 pub mod record;
+pub mod service;
 pub mod store;
 
 pub use endpoint::{endpoints, overlay_mtu, vteps, Endpoint, EndpointSet, Vtep, ENCAP_OVERHEAD};
@@ -43,7 +46,13 @@ pub use record::{
     decode_record, encode_record, DecodeError, Kind, Record, RecordKey, Scope, Stamp,
     MAX_NAME_BYTES, MAX_RECORD_BYTES, MAX_VALUE_BYTES,
 };
+pub use service::{
+    tasks, valid_services, EndpointMode, HealthCheck, Mode, Protocol, PublishMode, PublishedPort,
+    Service, ServiceSet, ServiceSpecError, Task, TaskState,
+};
 pub use store::{MergeOutcome, RejectReason, Store, BUCKETS};
+
+pub(crate) use hash::placement_weight;
 
 /// A saved store: every record encoded as on the wire, each prefixed by its u32 length.
 pub fn encode_snapshot(records: &[Record]) -> Vec<u8> {

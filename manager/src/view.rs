@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::{
     gossip::Engine,
-    state::{self, Endpoint, EndpointSet, Network, NetworkSet, NodeInfo, Vtep},
+    state::{self, Endpoint, EndpointSet, Network, NetworkSet, NodeInfo, ServiceSet, Task, Vtep},
     NodeId,
 };
 
@@ -37,6 +37,10 @@ pub struct ClusterView {
     /// address collisions resolved.
     pub endpoints: EndpointSet,
     pub vteps: Vec<Vtep>,
+    /// Services after claim resolution.
+    pub services: ServiceSet,
+    /// Every task entry (of up and down nodes; see [`ClusterView::live_tasks`]).
+    pub tasks: Vec<(NodeId, Task)>,
     /// Smallest underlay MTU among the up nodes minus VXLAN's 50 bytes.
     pub overlay_mtu: Option<u32>,
 }
@@ -91,6 +95,8 @@ impl ClusterView {
                 networks: state::valid_networks(store),
                 endpoints: state::endpoints(store),
                 vteps: state::vteps(store),
+                services: state::valid_services(store),
+                tasks: state::tasks(store),
                 overlay_mtu,
             }
         })
@@ -115,6 +121,21 @@ impl ClusterView {
             self.node(node).is_some_and(|n| n.up)
                 && self.network(&e.network).is_some_and(|n| n.vni == e.vni)
         })
+    }
+
+    /// Tasks of up nodes.
+    pub fn live_tasks(&self) -> impl Iterator<Item = &(NodeId, Task)> {
+        self.tasks
+            .iter()
+            .filter(|(node, _)| self.node(node).is_some_and(|n| n.up))
+    }
+
+    /// This node's own task entries.
+    pub fn own_tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks
+            .iter()
+            .filter(|(node, _)| *node == self.self_id)
+            .map(|(_, t)| t)
     }
 
     /// This node's own endpoint entries (whatever their address's fate).

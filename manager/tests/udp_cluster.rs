@@ -39,6 +39,7 @@ async fn start(token: &JoinToken, seeds: Vec<SocketAddr>, hostname: &str) -> Man
             started_at_ms: manager::driver::wall_ms(),
             version: "test".to_owned(),
             leaving: false,
+            restart_grace_until_ms: 0,
         })
         .await
         .expect("publish self");

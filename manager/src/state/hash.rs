@@ -62,6 +62,19 @@ fn write_key(h: &mut Fnv1a, key: &RecordKey) {
     h.write(key.name.as_bytes());
 }
 
+/// The rendezvous weight of running `slot` of the service `(name, created)` on `node`: the
+/// same on every node, process and architecture.
+pub(crate) fn placement_weight(service: &str, created: Stamp, slot: u32, node: &[u8; 16]) -> u64 {
+    let mut h = Fnv1a::new();
+    h.write_u64(service.len() as u64);
+    h.write(service.as_bytes());
+    h.write_u64(created.hlc);
+    h.write(&created.writer.0);
+    h.write(&slot.to_le_bytes());
+    h.write(node);
+    h.finish()
+}
+
 /// A stable hash of a key; decides its bucket.
 pub(super) fn key_hash(key: &RecordKey) -> u64 {
     let mut h = Fnv1a::new();

@@ -66,6 +66,9 @@ pub struct NodeInfo {
     pub version: String,
     /// Set while the node drains before a graceful leave.
     pub leaving: bool,
+    /// Set by a graceful stop (ms since the Unix epoch): until then peers keep this down
+    /// node's tasks placed on it, because it is expected back; 0 while it runs.
+    pub restart_grace_until_ms: u64,
 }
 
 impl NodeInfo {
@@ -132,6 +135,7 @@ mod tests {
             started_at_ms: 1_700_000_000_000,
             version: "0.1.0".into(),
             leaving: false,
+            restart_grace_until_ms: 0,
         }
     }
 
