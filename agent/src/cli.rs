@@ -60,6 +60,9 @@ pub enum Command {
     /// Attach network namespaces to overlay networks.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Create and manage services: replicated or global tasks across the cluster.
+    #[command(subcommand)]
+    Service(crate::service_cli::ServiceCommand),
     /// Look inside the agent.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -373,6 +376,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             (Request::EndpointRm { id }, Format::Table)
         }
         Command::Debug(DebugCommand::Maps) => (Request::DebugMaps, Format::Table),
+        Command::Service(command) => {
+            let socket = socket.unwrap_or_else(|| config::default_paths().socket);
+            return crate::service_cli::run(command, &socket);
+        }
     };
     let socket = socket.unwrap_or_else(|| config::default_paths().socket);
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -34,6 +34,7 @@ use crate::{
     metrics, netif, netlink,
     reconcile::{self, Reconciler},
     state_dir::{membership, Membership, StateDir},
+    tasks::{self, supervisor::Supervisor},
 };
 use manager::ops::EndpointRequest;
 
@@ -202,6 +203,13 @@ pub fn run(config: AgentConfig) -> Result<()> {
             config.endpoint_ifaces.clone(),
         ));
         let reconcile_task = tokio::spawn(reconciler.clone().run());
+        let supervisor = Arc::new(Supervisor::new(
+            manager.clone(),
+            reconciler.clone(),
+            state.path().join("tasks"),
+            config.resource_prefix.clone(),
+        ));
+        let supervise_task = tokio::spawn(supervisor.clone().run());
 
         let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
         let backend = Arc::new(AgentBackend {
@@ -209,6 +217,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             token,
             stop: stop_tx.clone(),
             reconciler: reconciler.clone(),
+            supervisor: supervisor.clone(),
             resource_prefix: config.resource_prefix.clone(),
         });
         let api_shutdown = {
@@ -239,6 +248,20 @@ pub fn run(config: AgentConfig) -> Result<()> {
         metrics.abort();
         peers.abort();
         saver.abort();
+        supervise_task.abort();
+        let _ = supervise_task.await;
+        if stop == Stop::Signal {
+            // Tell peers to keep this node's tasks placed here while it restarts; the tasks
+            // keep running meanwhile, and the next agent adopts them.
+            let grace = NodeInfo {
+                restart_grace_until_ms: manager::driver::wall_ms()
+                    + manager::placement::RESTART_GRACE_MS,
+                ..info.clone()
+            };
+            if manager.publish_self(&grace).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
         if stop != Stop::Leave {
             // The latest state, for the next start.
             if let Ok(records) = manager.records().await {
@@ -251,6 +274,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         reconcile_task.abort();
         let _ = reconcile_task.await;
         if stop == Stop::Leave {
+            supervisor.stop_all().await;
             // Remove this node's endpoints' plumbing, then the programs: our program fds
             // must close before unpinning, or they keep the links alive.
             let view = manager.view();
@@ -387,6 +411,7 @@ struct AgentBackend {
     token: JoinToken,
     stop: watch::Sender<Stop>,
     reconciler: Arc<Reconciler>,
+    supervisor: Arc<Supervisor>,
     resource_prefix: String,
 }
 
@@ -513,7 +538,63 @@ impl AgentBackend {
                     .collect(),
             ),
             Request::DebugMaps => Body::Text(self.reconciler.dump_maps()?),
+            Request::ServiceCreate(spec) => tasks::api::create(&self.manager, spec).await?,
+            Request::ServiceLs => tasks::api::ls(&self.manager.view()),
+            Request::ServicePs { name } => tasks::api::ps(&self.manager.view(), &name)?,
+            Request::ServiceInspect { name } => {
+                tasks::api::inspect(&self.manager.view(), &name)?
+            }
+            Request::ServiceScale { name, replicas } => {
+                tasks::api::scale(&self.manager, &name, replicas).await?
+            }
+            Request::ServiceRm { name } => tasks::api::rm(&self.manager, &name).await?,
+            Request::ServiceLogs { name, from } => {
+                tasks::api::logs(&self.manager.view(), &self.supervisor, &name, &from)?
+            }
+            Request::ServiceAttach { name, netns } => self.attach_to_service(&name, netns).await?,
         })
+    }
+
+    /// `service attach`: an existing namespace becomes an endpoint on the service's network
+    /// and a task of the service (counted as one replica, never moved).
+    async fn attach_to_service(&self, name: &str, netns: String) -> Result<Body> {
+        let service = tasks::api::find(&self.manager.view(), name)?.clone();
+        let row = self
+            .add_endpoint(service.network.clone(), None, Some(netns))
+            .await?;
+        let endpoint = self
+            .manager
+            .view()
+            .own_endpoints()
+            .find(|e| e.id == row.id)
+            .cloned()
+            .context("the endpoint vanished while attaching")?;
+        let task = manager::state::Task {
+            id: endpoint.id.clone(),
+            service: service.name.clone(),
+            service_created: service.created,
+            slot: 0,
+            endpoint: endpoint.id.clone(),
+            ip: endpoint.ip,
+            state: manager::state::TaskState::Running,
+            since_ms: manager::driver::wall_ms(),
+            message: String::new(),
+            restarts: 0,
+            created: endpoint.created,
+            attached: true,
+        };
+        self.manager
+            .write(
+                manager::state::Scope::Node(self.manager.node()),
+                manager::state::Kind::Task,
+                task.id.clone(),
+                Some(task.encode()),
+            )
+            .await?;
+        Ok(Body::Done(format!(
+            "attached {} to service {} as task {} ({})",
+            endpoint.netns, service.name, task.id, endpoint.ip
+        )))
     }
 
     /// `endpoint create` (no `netns`: a fresh namespace) or `endpoint attach`.
@@ -523,7 +604,7 @@ impl AgentBackend {
         name: Option<String>,
         netns: Option<String>,
     ) -> Result<EndpointRow> {
-        let id = random_id();
+        let id = crate::random_id();
         let name = name.unwrap_or_else(|| id.clone());
         let (netns, owns_netns) = match netns {
             Some(netns) => {
@@ -543,6 +624,7 @@ impl AgentBackend {
                 netns,
                 host_ifname: netlink::host_ifname(reconcile::IFNAME_HINT, &id),
                 owns_netns,
+                settle: true,
             })
             .await?;
         let view = self.manager.view();
@@ -560,11 +642,6 @@ impl AgentBackend {
     }
 }
 
-fn random_id() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    let value = RandomState::new().hash_one(std::time::SystemTime::now());
-    format!("{:012x}", value & 0xffff_ffff_ffff)
-}
 
 fn endpoint_row(
     endpoint: &manager::state::Endpoint,

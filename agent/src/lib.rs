@@ -6,6 +6,7 @@
 //! - [`daemon`]: `skein agent`: wires the dataplane, metrics and shutdown together.
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`tasks`]: services' tasks on this node (processes, supervision, `service` answers).
 
 pub mod api;
 pub mod cli;
@@ -18,4 +19,13 @@ pub mod netif;
 pub mod netlink;
 pub mod output;
 pub mod reconcile;
+pub mod service_cli;
 pub mod state_dir;
+pub mod tasks;
+
+/// A fresh random ID: 12 hex digits, like Docker's short IDs (endpoints, tasks).
+pub fn random_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let value = RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("{:012x}", value & 0xffff_ffff_ffff)
+}

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::api::{Body, EndpointRow, NetworkRow, NodeRow, VtepRow};
+use crate::api::{Body, EndpointRow, LogChunk, NetworkRow, NodeRow, ServiceRow, ServiceStatus, VtepRow};
 
 /// How list commands print their rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -44,7 +44,68 @@ pub fn body(body: &Body, format: Format, now_ms: u64) -> String {
         Body::Endpoint(row) => endpoints(std::slice::from_ref(row), format),
         Body::Vteps(rows) => vteps(rows, format),
         Body::Text(text) => text.clone(),
+        Body::Services(rows) => services(rows, format),
+        Body::ServiceStatus(status) => service_tasks(status, format, now_ms),
+        Body::Json(value) => {
+            let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+        Body::Logs(chunk) => logs(chunk),
     }
+}
+
+/// `service ls`: `NAME MODE REPLICAS NETWORK VIP PORTS COMMAND`.
+pub fn services(rows: &[ServiceRow], format: Format) -> String {
+    if format == Format::Json {
+        return json(rows);
+    }
+    table(
+        ["NAME", "MODE", "REPLICAS", "NETWORK", "VIP", "PORTS", "COMMAND"],
+        rows.iter().map(|row| {
+            [
+                printable(&row.name),
+                printable(&row.mode),
+                printable(&row.replicas),
+                printable(&row.network),
+                printable(&row.vip),
+                printable(&row.ports.join(",")),
+                printable(&row.command),
+            ]
+        }),
+    )
+}
+
+/// `service ps`: `NAME ID NODE IP STATE SINCE MESSAGE`, one task per row.
+pub fn service_tasks(status: &ServiceStatus, format: Format, now_ms: u64) -> String {
+    if format == Format::Json {
+        return json(&status.tasks);
+    }
+    table(
+        ["NAME", "ID", "NODE", "IP", "STATE", "SINCE", "MESSAGE"],
+        status.tasks.iter().map(|row| {
+            [
+                printable(&row.name),
+                printable(&row.id),
+                printable(&row.hostname),
+                printable(&row.ip),
+                printable(&row.state),
+                age(row.since_ms, now_ms),
+                printable(&row.message),
+            ]
+        }),
+    )
+}
+
+/// `service logs`: each line prefixed with its task, like `docker service logs`.
+pub fn logs(chunk: &LogChunk) -> String {
+    let mut out = String::new();
+    for entry in &chunk.entries {
+        for line in entry.text.lines() {
+            out.push_str(&format!("{}.{}    | {}\n", printable(&entry.task), printable(&entry.id), printable(line)));
+        }
+    }
+    out
 }
 
 /// `endpoint ls`: `ID NAME NETWORK IP NODE NETNS STATUS`.

@@ -494,6 +494,8 @@ mod tests {
                 }],
                 conflicted: Vec::new(),
             },
+            services: Default::default(),
+            tasks: Vec::new(),
             endpoints: EndpointSet {
                 valid: vec![
                     (

@@ -138,6 +138,10 @@ pub struct EndpointRequest {
     pub netns: String,
     pub host_ifname: String,
     pub owns_netns: bool,
+    /// Wait for concurrent claims of the address to settle before returning (`endpoint
+    /// create`). Tasks do not wait: a task whose address turns out to be taken later is
+    /// replaced by a new one, which is faster in the common case of no collision.
+    pub settle: bool,
 }
 
 impl Manager {
@@ -368,6 +372,32 @@ impl Manager {
                 },
                 owns_netns: request.owns_netns,
             };
+            if !request.settle {
+                let key = Endpoint::key(self.node(), &request.id);
+                let stamp = self
+                    .write_with(
+                        key.scope,
+                        key.kind,
+                        key.name,
+                        Box::new({
+                            let template = template.clone();
+                            move |stamp| {
+                                Some(
+                                    Endpoint {
+                                        created: stamp,
+                                        ..template
+                                    }
+                                    .encode(),
+                                )
+                            }
+                        }),
+                    )
+                    .await?;
+                return Ok(Endpoint {
+                    created: stamp,
+                    ..template
+                });
+            }
             let (stamp, view) = self
                 .claim(Endpoint::key(self.node(), &request.id), move |stamp| {
                     Endpoint {

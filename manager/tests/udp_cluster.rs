@@ -241,6 +241,7 @@ async fn concurrent_endpoint_allocations_never_share_an_address() {
         netns: format!("ns{n}"),
         host_ifname: format!("if{n}"),
         owns_netns: true,
+        settle: true,
     };
     let (a1, b1, a2, b2) = tokio::join!(
         a.create_endpoint(request(&a, 1)),

@@ -56,6 +56,50 @@ pub enum Request {
     VtepLs { network: Option<String> },
     /// `skein debug maps`: the dataplane's maps, human-readable.
     DebugMaps,
+    /// `skein service create ...`
+    ServiceCreate(ServiceSpec),
+    /// `skein service ls`
+    ServiceLs,
+    /// `skein service ps NAME`; also what `service create`/`scale` poll for progress.
+    ServicePs { name: String },
+    /// `skein service inspect NAME`
+    ServiceInspect { name: String },
+    /// `skein service scale NAME=N`
+    ServiceScale { name: String, replicas: u32 },
+    /// `skein service rm NAME`
+    ServiceRm { name: String },
+    /// `skein service attach NAME --netns NAME|PATH`
+    ServiceAttach { name: String, netns: String },
+    /// `skein service logs NAME`: what this node's tasks of NAME wrote after `from` (per
+    /// task ID, a byte offset into its log; absent: from the start). `--follow` asks again
+    /// with the offsets returned.
+    ServiceLogs {
+        name: String,
+        from: std::collections::BTreeMap<String, u64>,
+    },
+}
+
+/// `service create`'s arguments, checked for syntax by the CLI and for meaning by the
+/// agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// `None`: global mode.
+    pub replicas: Option<u32>,
+    pub network: Option<String>,
+    /// `PUBLISHED:TARGET[/PROTO]` each.
+    pub publish: Vec<String>,
+    /// `ingress` or `host`.
+    pub publish_mode: String,
+    /// `vip` or `dnsrr`.
+    pub endpoint_mode: String,
+    /// `KEY=VALUE` each.
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub health_cmd: Option<String>,
+    pub health_interval_ms: u64,
+    pub restart_delay_ms: u64,
+    pub command: Vec<String>,
 }
 
 /// The agent's answer: a result or one clear sentence saying what went wrong.
@@ -80,6 +124,76 @@ pub enum Body {
     Vteps(Vec<VtepRow>),
     /// Preformatted text (debug output).
     Text(String),
+    Services(Vec<ServiceRow>),
+    ServiceStatus(Box<ServiceStatus>),
+    /// `service inspect`: the service as stored, as JSON.
+    Json(serde_json::Value),
+    Logs(LogChunk),
+}
+
+/// One row of `service ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub name: String,
+    /// `replicated` or `global`.
+    pub mode: String,
+    /// Tasks running (healthy) / tasks wanted, like `3/3`.
+    pub replicas: String,
+    pub network: String,
+    /// `PUBLISHED:TARGET/PROTO` each.
+    pub ports: Vec<String>,
+    /// The VIP, or empty in dnsrr mode.
+    pub vip: String,
+    pub command: String,
+}
+
+/// `service ps`: the service's tasks and whether it has converged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub service: ServiceRow,
+    pub tasks: Vec<TaskRow>,
+    /// Tasks the service wants now.
+    pub wanted: usize,
+    /// Tasks running and healthy, on the node placement gives them.
+    pub running: usize,
+    /// `running == wanted` and no task is left over.
+    pub converged: bool,
+    /// Why tasks are not running, one line each (failed starts, exits).
+    pub problems: Vec<String>,
+}
+
+/// One row of `service ps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRow {
+    /// `web.1` (replicated), `web.<node>` (global) or `web.attached-<id>`.
+    pub name: String,
+    pub id: String,
+    /// Full node ID; tables show the hostname.
+    pub node: String,
+    pub hostname: String,
+    pub ip: String,
+    /// `starting`, `running`, `unhealthy`, `exited`, `failed`, or `down` (its node is).
+    pub state: String,
+    pub since_ms: u64,
+    pub message: String,
+}
+
+/// Log bytes of one node's tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// Per task: its name, ID and the new bytes (lossy UTF-8).
+    pub entries: Vec<LogEntry>,
+    /// Tasks of the service on other nodes, whose logs are kept there.
+    pub elsewhere: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub task: String,
+    pub id: String,
+    pub text: String,
+    /// Where the next read starts.
+    pub next: u64,
 }
 
 /// One row of `endpoint ls`.

@@ -428,6 +428,9 @@ pub struct Task {
     /// The stamp of the write that created it: of two tasks of one slot, the older keeps it
     /// while the newer starts.
     pub created: Stamp,
+    /// An existing namespace attached by `service attach`: no process, never moved; it
+    /// counts as one of the replicas.
+    pub attached: bool,
 }
 
 impl Task {
@@ -626,6 +629,7 @@ mod tests {
             message: String::new(),
             restarts: 0,
             created: stamp(2, 2),
+            attached: false,
         };
         assert_eq!(Task::decode(&task.encode()).unwrap(), task);
         let mut store = Store::new();

@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::percentiles;
 use anyhow::{Context, Result};
 use manager::{
     gossip::Tuning,
@@ -54,23 +55,6 @@ pub fn run(args: Args) -> Result<()> {
         real_agents()?;
     }
     Ok(())
-}
-
-/// p50 and p99 of durations, as "p50 X ms, p99 Y ms (n)".
-fn percentiles(samples: &mut [Duration]) -> String {
-    if samples.is_empty() {
-        return "no samples".to_owned();
-    }
-    samples.sort();
-    let at =
-        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
-    format!(
-        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (n={})",
-        at(0.50).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3,
-        samples[samples.len() - 1].as_secs_f64() * 1e3,
-        samples.len()
-    )
 }
 
 fn simulated_spread_and_detection(args: &Args) -> Result<()> {

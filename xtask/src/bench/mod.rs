@@ -1,8 +1,11 @@
 //! `cargo xtask bench <what>`: figures measured side by side with their reference where
 //! there is one, printed for the issue notes; never asserted (the machine is shared).
 
+use std::time::Duration;
+
 pub mod gossip;
 pub mod overlay;
+pub mod services;
 
 #[derive(clap::Subcommand)]
 pub enum Bench {
@@ -10,11 +13,31 @@ pub enum Bench {
     Gossip(gossip::Args),
     /// Overlay dataplane vs the kernel VXLAN + bridge reference, same testbed, side by side.
     Overlay(overlay::Args),
+    /// Services: create → converged, and a host's death → its tasks running elsewhere.
+    Services(services::Args),
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Gossip(args) => gossip::run(args),
         Bench::Overlay(args) => overlay::run(args),
+        Bench::Services(args) => services::run(args),
     }
+}
+
+/// p50 and p99 of durations, as "p50 X ms, p99 Y ms, max Z ms (n)".
+pub fn percentiles(samples: &mut [Duration]) -> String {
+    if samples.is_empty() {
+        return "no samples".to_owned();
+    }
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (n={})",
+        at(0.50).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3,
+        samples.len()
+    )
 }

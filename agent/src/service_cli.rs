@@ -1,0 +1,415 @@
+//! `skein service ...`: the arguments, and the client side of the commands that do more
+//! than one request (create and scale follow progress until the service converges; logs
+//! can follow).
+
+use std::{collections::BTreeMap, io::Write, path::Path, process::ExitCode, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use manager::state::PublishedPort;
+
+use crate::{
+    api::{self, Body, Request, Response, ServiceSpec, ServiceStatus},
+    cli::{FormatArg, CLIENT_TIMEOUT},
+    output::{self, Format},
+};
+
+/// How often progress is polled.
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Create a service: N replicas (or one per node) of a command, each in its own
+    /// network namespace on the service's overlay network.
+    Create(ServiceCreate),
+    /// List services.
+    Ls(FormatArg),
+    /// List a service's tasks: node, overlay IP, state.
+    Ps {
+        #[arg(value_parser = non_empty)]
+        name: String,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Print a service's definition as JSON.
+    Inspect {
+        #[arg(value_parser = non_empty)]
+        name: String,
+    },
+    /// Print the output of a service's tasks on this node.
+    Logs {
+        #[arg(value_parser = non_empty)]
+        name: String,
+        /// Keep printing new output until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Change the number of replicas: `skein service scale web=5`.
+    Scale {
+        /// NAME=REPLICAS
+        #[arg(value_parser = parse_scale, value_name = "NAME=N")]
+        target: (String, u32),
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove a service; its tasks stop on every node.
+    Rm {
+        #[arg(value_parser = non_empty)]
+        name: String,
+    },
+    /// Attach an existing network namespace (e.g. a container's) as one replica.
+    Attach {
+        #[arg(value_parser = non_empty)]
+        name: String,
+        /// A name under /run/netns, or a path such as /proc/PID/ns/net.
+        #[arg(long, value_name = "NAME|PATH", value_parser = non_empty)]
+        netns: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Replicated,
+    Global,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PublishModeArg {
+    Ingress,
+    Host,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EndpointModeArg {
+    Vip,
+    Dnsrr,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Give up waiting for the service to converge after this long (exit status 1).
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Do not wait for the service to converge.
+    #[arg(long, short)]
+    pub detach: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceCreate {
+    /// The service's name (a DNS label: lowercase letters, digits, '-').
+    #[arg(value_parser = non_empty)]
+    pub name: String,
+    /// Number of tasks (replicated mode).
+    #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true, value_name = "N")]
+    pub replicas: Option<u32>,
+    /// `replicated` (--replicas tasks, default 1) or `global` (one task per node).
+    #[arg(long, value_enum, default_value_t = ModeArg::Replicated)]
+    pub mode: ModeArg,
+    /// The overlay network of its tasks [default: `skein`, created on first use].
+    #[arg(long, value_parser = non_empty)]
+    pub network: Option<String>,
+    /// Publish a port: PUBLISHED:TARGET[/tcp|/udp]. Repeatable.
+    #[arg(long, short, value_parser = parse_publish, value_name = "PUBLISHED:TARGET[/PROTO]")]
+    pub publish: Vec<PublishedPort>,
+    /// Where published ports open: on every node (`ingress`) or only where a task runs.
+    #[arg(long, value_enum, default_value_t = PublishModeArg::Ingress)]
+    pub publish_mode: PublishModeArg,
+    /// `vip`: a virtual IP balanced across the tasks; `dnsrr`: DNS answers task IPs.
+    #[arg(long, value_enum, default_value_t = EndpointModeArg::Vip)]
+    pub endpoint_mode: EndpointModeArg,
+    /// Set an environment variable in the tasks: KEY=VALUE. Repeatable.
+    #[arg(long, short, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Run the command as this user: NAME, UID or UID:GID [default: root].
+    #[arg(long, short, value_parser = non_empty)]
+    pub user: Option<String>,
+    /// A command run in each task (with `sh -c`); the task counts as running only while it
+    /// succeeds.
+    #[arg(long, value_parser = non_empty)]
+    pub health_cmd: Option<String>,
+    /// Time between health checks.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub health_interval: Duration,
+    /// Time to wait before restarting a task whose process exited.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub restart_delay: Duration,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// The command each task runs, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("cannot be empty".to_owned())
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+fn parse_replicas(value: &str) -> Result<u32, String> {
+    match value.parse::<i64>() {
+        Ok(n) if n < 0 => Err(format!("{n} is negative; give 0 or more replicas")),
+        Ok(n) => u32::try_from(n).map_err(|_| format!("{n} is too many replicas")),
+        Err(_) => Err(format!("{value:?} is not a number of replicas")),
+    }
+}
+
+fn parse_publish(value: &str) -> Result<PublishedPort, String> {
+    value.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_scale(value: &str) -> Result<(String, u32), String> {
+    let (name, replicas) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=REPLICAS, e.g. web=5"))?;
+    if name.is_empty() {
+        return Err(format!("{value:?} has no service name"));
+    }
+    Ok((name.to_owned(), parse_replicas(replicas)?))
+}
+
+/// `500ms`, `5s`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let bad = || format!("{value:?} is not a duration; write it like 500ms, 5s, 2m or 1h");
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => number,
+        "" | "s" => number.checked_mul(1000).ok_or_else(bad)?,
+        "m" => number.checked_mul(60_000).ok_or_else(bad)?,
+        "h" => number.checked_mul(3_600_000).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// Runs a `service` command against the agent on `socket`.
+pub fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match command {
+            ServiceCommand::Create(create) => {
+                if create.replicas.is_some() && create.mode == ModeArg::Global {
+                    bail!("--replicas cannot be combined with --mode global");
+                }
+                let spec = ServiceSpec {
+                    name: create.name.clone(),
+                    replicas: match create.mode {
+                        ModeArg::Replicated => Some(create.replicas.unwrap_or(1)),
+                        ModeArg::Global => None,
+                    },
+                    network: create.network,
+                    publish: create.publish.iter().map(|p| p.to_string()).collect(),
+                    publish_mode: match create.publish_mode {
+                        PublishModeArg::Ingress => "ingress",
+                        PublishModeArg::Host => "host",
+                    }
+                    .to_owned(),
+                    endpoint_mode: match create.endpoint_mode {
+                        EndpointModeArg::Vip => "vip",
+                        EndpointModeArg::Dnsrr => "dnsrr",
+                    }
+                    .to_owned(),
+                    env: create.env,
+                    user: create.user,
+                    health_cmd: create.health_cmd,
+                    health_interval_ms: millis(create.health_interval),
+                    restart_delay_ms: millis(create.restart_delay),
+                    command: create.command,
+                };
+                let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
+                println!("{}", status.service.name);
+                follow_progress(socket, &create.name, &create.wait).await
+            }
+            ServiceCommand::Scale {
+                target: (name, replicas),
+                wait,
+            } => {
+                expect_status(call(socket, &Request::ServiceScale { name: name.clone(), replicas }).await?)?;
+                println!("{name} scaled to {replicas}");
+                follow_progress(socket, &name, &wait).await
+            }
+            ServiceCommand::Logs { name, follow } => logs(socket, &name, follow).await,
+            ServiceCommand::Ls(f) => print(call(socket, &Request::ServiceLs).await?, f.format),
+            ServiceCommand::Ps { name, format } => {
+                print(call(socket, &Request::ServicePs { name }).await?, format.format)
+            }
+            ServiceCommand::Inspect { name } => {
+                print(call(socket, &Request::ServiceInspect { name }).await?, Format::Table)
+            }
+            ServiceCommand::Rm { name } => {
+                print(call(socket, &Request::ServiceRm { name }).await?, Format::Table)
+            }
+            ServiceCommand::Attach { name, netns } => print(
+                call(socket, &Request::ServiceAttach { name, netns }).await?,
+                Format::Table,
+            ),
+        }
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn call(socket: &Path, request: &Request) -> Result<Response> {
+    api::call(socket, request, CLIENT_TIMEOUT).await
+}
+
+fn print(response: Response, format: Format) -> Result<ExitCode> {
+    match response {
+        Response::Ok { body } => {
+            let text = output::body(&body, format, output::now_ms());
+            match std::io::stdout().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing to stdout")
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Response::Error { message } => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn expect_status(response: Response) -> Result<ServiceStatus> {
+    match response {
+        Response::Ok {
+            body: Body::ServiceStatus(status),
+        } => Ok(*status),
+        Response::Ok { body } => bail!("unexpected answer from the agent: {body:?}"),
+        Response::Error { message } => bail!("{message}"),
+    }
+}
+
+/// Prints `overall progress: N out of M tasks` as it changes, then `verify: Service
+/// converged`; fails with the reasons if the service does not converge within the timeout.
+async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<ExitCode> {
+    if wait.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = tokio::time::Instant::now() + wait.timeout;
+    let mut shown = None;
+    loop {
+        let status = expect_status(
+            call(
+                socket,
+                &Request::ServicePs {
+                    name: name.to_owned(),
+                },
+            )
+            .await?,
+        )?;
+        if shown != Some((status.running, status.wanted)) {
+            println!(
+                "overall progress: {} out of {} tasks",
+                status.running, status.wanted
+            );
+            shown = Some((status.running, status.wanted));
+        }
+        if status.converged {
+            println!("verify: Service converged");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let mut reason = format!(
+                "service {name} did not converge within {:?}: {} out of {} tasks running",
+                wait.timeout, status.running, status.wanted
+            );
+            for problem in &status.problems {
+                reason.push_str("; ");
+                reason.push_str(problem);
+            }
+            eprintln!("error: {reason}");
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `service logs [--follow]`.
+async fn logs(socket: &Path, name: &str, follow: bool) -> Result<ExitCode> {
+    let mut from: BTreeMap<String, u64> = BTreeMap::new();
+    let mut noted = false;
+    loop {
+        let response = call(
+            socket,
+            &Request::ServiceLogs {
+                name: name.to_owned(),
+                from: from.clone(),
+            },
+        )
+        .await?;
+        let chunk = match response {
+            Response::Ok {
+                body: Body::Logs(chunk),
+            } => chunk,
+            Response::Ok { body } => bail!("unexpected answer from the agent: {body:?}"),
+            Response::Error { message } => {
+                eprintln!("error: {message}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        if !noted && !chunk.elsewhere.is_empty() {
+            eprintln!(
+                "note: {} run on other nodes; their output is kept there (run `skein service logs {name}` on them)",
+                chunk.elsewhere.join(", ")
+            );
+            noted = true;
+        }
+        let text = output::logs(&chunk);
+        let _ = std::io::stdout().write_all(text.as_bytes());
+        let _ = std::io::stdout().flush();
+        let more = chunk
+            .entries
+            .iter()
+            .any(|e| e.next > from.get(&e.id).copied().unwrap_or(0) && !e.text.is_empty());
+        for entry in chunk.entries {
+            from.insert(entry.id, entry.next);
+        }
+        if !more && !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !more {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "s", "5x", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replicas_and_scale() {
+        assert_eq!(parse_replicas("3"), Ok(3));
+        assert!(parse_replicas("-1").unwrap_err().contains("negative"));
+        assert!(parse_replicas("x").is_err());
+        assert_eq!(parse_scale("web=6"), Ok(("web".into(), 6)));
+        assert!(parse_scale("web").is_err());
+        assert!(parse_scale("=3").is_err());
+        assert!(parse_scale("web=-2").is_err());
+    }
+}
