@@ -6,6 +6,7 @@
 //! - [`daemon`]: `skein agent`: wires the dataplane, metrics and shutdown together.
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`tasks`]: the processes of service tasks, in their endpoints' namespaces.
 
 pub mod api;
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod netlink;
 pub mod output;
 pub mod reconcile;
 pub mod state_dir;
+pub mod tasks;
