@@ -63,6 +63,9 @@ pub enum Command {
     /// Look inside the agent.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Serve HTTP (and UDP) answers saying which task, service and node answered; a
+    /// diagnostic to run as a service.
+    Whoami(crate::whoami::WhoamiArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -373,6 +376,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             (Request::EndpointRm { id }, Format::Table)
         }
         Command::Debug(DebugCommand::Maps) => (Request::DebugMaps, Format::Table),
+        Command::Whoami(args) => {
+            crate::whoami::main(&args)?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let socket = socket.unwrap_or_else(|| config::default_paths().socket);
     let runtime = tokio::runtime::Builder::new_current_thread()

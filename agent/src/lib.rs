@@ -7,6 +7,7 @@
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`tasks`]: the processes of service tasks, in their endpoints' namespaces.
+//! - [`whoami`]: `skein whoami`, a diagnostic HTTP/UDP server to run as a task.
 
 pub mod api;
 pub mod cli;
@@ -21,3 +22,4 @@ pub mod output;
 pub mod reconcile;
 pub mod state_dir;
 pub mod tasks;
+pub mod whoami;
