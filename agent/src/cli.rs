@@ -66,6 +66,9 @@ pub enum Command {
     /// Look inside the agent.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Serve HTTP (and UDP) answers saying which task, service and node answered; a
+    /// diagnostic to run as a service.
+    Whoami(crate::whoami::WhoamiArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -379,6 +382,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Service(command) => {
             let socket = socket.unwrap_or_else(|| config::default_paths().socket);
             return crate::service_cli::run(command, &socket);
+        }
+        Command::Whoami(args) => {
+            crate::whoami::main(&args)?;
+            return Ok(ExitCode::SUCCESS);
         }
     };
     let socket = socket.unwrap_or_else(|| config::default_paths().socket);

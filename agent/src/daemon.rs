@@ -541,9 +541,7 @@ impl AgentBackend {
             Request::ServiceCreate(spec) => tasks::api::create(&self.manager, spec).await?,
             Request::ServiceLs => tasks::api::ls(&self.manager.view()),
             Request::ServicePs { name } => tasks::api::ps(&self.manager.view(), &name)?,
-            Request::ServiceInspect { name } => {
-                tasks::api::inspect(&self.manager.view(), &name)?
-            }
+            Request::ServiceInspect { name } => tasks::api::inspect(&self.manager.view(), &name)?,
             Request::ServiceScale { name, replicas } => {
                 tasks::api::scale(&self.manager, &name, replicas).await?
             }
@@ -641,7 +639,6 @@ impl AgentBackend {
             .unwrap_or_else(|| endpoint_row(&endpoint, self.manager.node(), "ready")))
     }
 }
-
 
 fn endpoint_row(
     endpoint: &manager::state::Endpoint,

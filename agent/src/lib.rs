@@ -7,6 +7,7 @@
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`tasks`]: services' tasks on this node (processes, supervision, `service` answers).
+//! - [`whoami`]: `skein whoami`, a diagnostic HTTP/UDP server to run as a task.
 
 pub mod api;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod reconcile;
 pub mod service_cli;
 pub mod state_dir;
 pub mod tasks;
+pub mod whoami;
 
 /// A fresh random ID: 12 hex digits, like Docker's short IDs (endpoints, tasks).
 pub fn random_id() -> String {

@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::api::{Body, EndpointRow, LogChunk, NetworkRow, NodeRow, ServiceRow, ServiceStatus, VtepRow};
+use crate::api::{
+    Body, EndpointRow, LogChunk, NetworkRow, NodeRow, ServiceRow, ServiceStatus, VtepRow,
+};
 
 /// How list commands print their rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -61,7 +63,9 @@ pub fn services(rows: &[ServiceRow], format: Format) -> String {
         return json(rows);
     }
     table(
-        ["NAME", "MODE", "REPLICAS", "NETWORK", "VIP", "PORTS", "COMMAND"],
+        [
+            "NAME", "MODE", "REPLICAS", "NETWORK", "VIP", "PORTS", "COMMAND",
+        ],
         rows.iter().map(|row| {
             [
                 printable(&row.name),
@@ -102,7 +106,12 @@ pub fn logs(chunk: &LogChunk) -> String {
     let mut out = String::new();
     for entry in &chunk.entries {
         for line in entry.text.lines() {
-            out.push_str(&format!("{}.{}    | {}\n", printable(&entry.task), printable(&entry.id), printable(line)));
+            out.push_str(&format!(
+                "{}.{}    | {}\n",
+                printable(&entry.task),
+                printable(&entry.id),
+                printable(line)
+            ));
         }
     }
     out

@@ -234,21 +234,33 @@ pub fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                 target: (name, replicas),
                 wait,
             } => {
-                expect_status(call(socket, &Request::ServiceScale { name: name.clone(), replicas }).await?)?;
+                expect_status(
+                    call(
+                        socket,
+                        &Request::ServiceScale {
+                            name: name.clone(),
+                            replicas,
+                        },
+                    )
+                    .await?,
+                )?;
                 println!("{name} scaled to {replicas}");
                 follow_progress(socket, &name, &wait).await
             }
             ServiceCommand::Logs { name, follow } => logs(socket, &name, follow).await,
             ServiceCommand::Ls(f) => print(call(socket, &Request::ServiceLs).await?, f.format),
-            ServiceCommand::Ps { name, format } => {
-                print(call(socket, &Request::ServicePs { name }).await?, format.format)
-            }
-            ServiceCommand::Inspect { name } => {
-                print(call(socket, &Request::ServiceInspect { name }).await?, Format::Table)
-            }
-            ServiceCommand::Rm { name } => {
-                print(call(socket, &Request::ServiceRm { name }).await?, Format::Table)
-            }
+            ServiceCommand::Ps { name, format } => print(
+                call(socket, &Request::ServicePs { name }).await?,
+                format.format,
+            ),
+            ServiceCommand::Inspect { name } => print(
+                call(socket, &Request::ServiceInspect { name }).await?,
+                Format::Table,
+            ),
+            ServiceCommand::Rm { name } => print(
+                call(socket, &Request::ServiceRm { name }).await?,
+                Format::Table,
+            ),
             ServiceCommand::Attach { name, netns } => print(
                 call(socket, &Request::ServiceAttach { name, netns }).await?,
                 Format::Table,

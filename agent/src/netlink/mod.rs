@@ -45,7 +45,10 @@ pub use endpoint::{
 };
 pub use link::{link_index, links_with_prefix, set_mtu};
 pub use names::{host_ifname, validate_ifname, IFNAMSIZ_MAX};
-pub use netns::{create_netns, delete_netns, netns_exists, netns_path, open_netns, NETNS_RUN_DIR};
+pub use netns::{
+    create_netns, delete_netns, netns_exists, netns_path, open_netns, open_netns_blocking,
+    NETNS_RUN_DIR,
+};
 
 /// Errors from namespaces and netlink. Those a caller can cause name the bad value and
 /// the fix; the kernel's own reasons are in the source.

@@ -126,8 +126,9 @@ pub async fn open_netns(path: &Path) -> Result<OwnedFd> {
     .await
 }
 
-/// The blocking twin of [`open_netns`], for code that runs outside the runtime.
-pub(super) fn open_netns_blocking(path: &Path) -> Result<OwnedFd> {
+/// The blocking twin of [`open_netns`], for code that runs outside the runtime or must
+/// not await (task spawning).
+pub fn open_netns_blocking(path: &Path) -> Result<OwnedFd> {
     if let Some(fd) = open_net_nsfs(path)? {
         return Ok(fd);
     }

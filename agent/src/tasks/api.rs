@@ -11,8 +11,7 @@ use manager::{
     driver::wall_ms,
     ops::ServiceRequest,
     state::{
-        service::parse_env, EndpointMode, HealthCheck, Mode, PublishMode, PublishedPort,
-        Service,
+        service::parse_env, EndpointMode, HealthCheck, Mode, PublishMode, PublishedPort, Service,
     },
     view::ClusterView,
     Manager,

@@ -70,8 +70,16 @@ struct Local {
 }
 
 enum Event {
-    Exited { id: String, pid: u32, code: Option<i32> },
-    Health { id: String, pid: u32, ok: bool },
+    Exited {
+        id: String,
+        pid: u32,
+        code: Option<i32>,
+    },
+    Health {
+        id: String,
+        pid: u32,
+        ok: bool,
+    },
 }
 
 pub struct Supervisor {
@@ -281,7 +289,10 @@ impl Supervisor {
             for (id, reason) in doomed {
                 if let Some(local) = tasks.remove(&id) {
                     info!(task = %id, service = %local.task.service, slot = local.task.slot + 1, reason, "stopping a task");
-                    self.stopping.lock().expect("stopping lock").insert(id.clone());
+                    self.stopping
+                        .lock()
+                        .expect("stopping lock")
+                        .insert(id.clone());
                     self.teardown_in_background(local);
                 }
             }
@@ -302,7 +313,9 @@ impl Supervisor {
                             Ok(local) => {
                                 tasks.insert(local.task.id.clone(), local);
                             }
-                            Err(error) => warn!(service = %service.name, slot = slot + 1, error = %format!("{error:#}"), "could not create a task"),
+                            Err(error) => {
+                                warn!(service = %service.name, slot = slot + 1, error = %format!("{error:#}"), "could not create a task")
+                            }
                         }
                     }
                 }
@@ -344,7 +357,10 @@ impl Supervisor {
             if tasks.contains_key(&task.id) || stopping.contains(&task.id) {
                 continue;
             }
-            let endpoint = view.own_endpoints().find(|e| e.id == task.endpoint).cloned();
+            let endpoint = view
+                .own_endpoints()
+                .find(|e| e.id == task.endpoint)
+                .cloned();
             let service = view
                 .services
                 .valid
@@ -356,7 +372,10 @@ impl Supervisor {
                 // Its service or endpoint is gone: nothing to adopt, only to clean up.
                 let task = task.clone();
                 let id = task.id.clone();
-                self.stopping.lock().expect("stopping lock").insert(id.clone());
+                self.stopping
+                    .lock()
+                    .expect("stopping lock")
+                    .insert(id.clone());
                 let manager = self.manager.clone();
                 let dir = self.task_dir(&id);
                 tokio::spawn(async move {
@@ -379,7 +398,9 @@ impl Supervisor {
             let restart_at = (!attached && process.is_none()).then(Instant::now);
             match &process {
                 Some(p) => info!(task = %task.id, pid = p.pid(), "adopted a running task"),
-                None if !attached => info!(task = %task.id, "a task's process is gone; restarting it"),
+                None if !attached => {
+                    info!(task = %task.id, "a task's process is gone; restarting it")
+                }
                 None => {}
             }
             let local = Local {
@@ -533,9 +554,10 @@ impl Supervisor {
             let interval = Duration::from_millis(health.interval_ms.max(100));
             tokio::spawn(async move {
                 loop {
-                    let ok = health_check(&process, &health.cmd, interval.max(Duration::from_secs(1)))
-                        .await
-                        .unwrap_or(false);
+                    let ok =
+                        health_check(&process, &health.cmd, interval.max(Duration::from_secs(1)))
+                            .await
+                            .unwrap_or(false);
                     if events
                         .send(Event::Health {
                             id: id.clone(),
@@ -576,7 +598,9 @@ impl Supervisor {
             .await
         {
             Ok(_) => local.task = task,
-            Err(error) => warn!(task = %task.id, error = %error, "could not publish a task's state"),
+            Err(error) => {
+                warn!(task = %task.id, error = %error, "could not publish a task's state")
+            }
         }
     }
 
@@ -659,4 +683,3 @@ fn new_holder_runs(view: &ClusterView, layout: &Layout, local: &Local) -> bool {
             && layout.holds(*node, t.slot)
     })
 }
-
