@@ -188,7 +188,7 @@ impl Reconciler {
             .cloned()
             .collect();
         for endpoint in &wanted {
-            match self.plumb(view, endpoint, mtu).await {
+            match self.plumb_unlocked(view, endpoint, mtu).await {
                 Ok(ifindex) => {
                     local.insert(endpoint.id.clone(), ifindex);
                 }
@@ -211,8 +211,19 @@ impl Reconciler {
     }
 
     /// Creates (or checks) one local endpoint's namespace, veth and attached program;
-    /// returns the host-side ifindex.
+    /// returns the host-side ifindex. Serialized with syncs, which plumb the same endpoints
+    /// as soon as their records appear.
     pub async fn plumb(&self, view: &ClusterView, endpoint: &Endpoint, mtu: u32) -> Result<u32> {
+        let _busy = self.busy.lock().await;
+        self.plumb_unlocked(view, endpoint, mtu).await
+    }
+
+    async fn plumb_unlocked(
+        &self,
+        view: &ClusterView,
+        endpoint: &Endpoint,
+        mtu: u32,
+    ) -> Result<u32> {
         let network = view
             .network(&endpoint.network)
             .context("the endpoint's network is gone")?;
@@ -270,16 +281,24 @@ impl Reconciler {
     }
 
     /// Takes down a removed endpoint's plumbing at once (the next sync would too).
+    /// Every step is tried even if an earlier one fails (half-made plumbing is removed
+    /// too); the first error is returned.
     pub async fn unplumb(&self, endpoint: &Endpoint) -> Result<()> {
         let _busy = self.busy.lock().await;
-        self.dataplane
+        let detached = self
+            .dataplane
             .lock()
             .expect("dataplane lock")
-            .detach_endpoint(&endpoint.host_ifname)?;
-        netlink::remove_endpoint_link(&endpoint.host_ifname).await?;
-        if endpoint.owns_netns {
-            netlink::delete_netns(&endpoint.netns).await?;
-        }
+            .detach_endpoint(&endpoint.host_ifname);
+        let link = netlink::remove_endpoint_link(&endpoint.host_ifname).await;
+        let netns = if endpoint.owns_netns {
+            netlink::delete_netns(&endpoint.netns).await
+        } else {
+            Ok(())
+        };
+        detached?;
+        link?;
+        netns?;
         Ok(())
     }
 

@@ -75,6 +75,14 @@ fn create(host: &Host, name: &str, args: &[&str]) -> std::process::Output {
     skein(host, &all).unwrap()
 }
 
+fn run_ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
 fn curl(netns: &str, ip: &str) -> Option<String> {
     let out = in_netns(
         netns,
@@ -290,15 +298,21 @@ fn services_converge_answer_scale_attach_and_refuse_bad_input() {
             && bed.hosts().iter().map(|h| leftovers(h).0).sum::<usize>() == 2 + 3
         // 2 tasks + 3 probes
     })
-    .unwrap();
+    .unwrap_or_else(|e| {
+        let left: Vec<_> = bed.hosts().iter().map(leftovers).collect();
+        let names = bed.host(0).run("ip", ["netns", "list"]).unwrap_or_default();
+        panic!(
+            "{e}: tasks {:?}, namespaces and veths per host {left:?}, namespaces:\n{names}",
+            tasks(h1, "web")
+        )
+    });
     let processes: usize = bed.hosts().iter().map(whoami_processes).sum();
     assert_eq!(processes, 2, "whoami processes after scaling to 2");
 
     // Attach: an existing namespace counts as a replica.
     let attached_ns = format!("{}-attached", bed.host(1).resource_prefix());
-    bed.host(1)
-        .run("ip", ["netns", "add", &attached_ns])
-        .unwrap();
+    // In the machine's mount namespace (not under `ip netns exec`), so the agent sees it.
+    run_ip(&["netns", "add", &attached_ns]);
     skein_ok(
         bed.host(1),
         &["service", "attach", "web", "--netns", &attached_ns],
@@ -332,9 +346,7 @@ fn services_converge_answer_scale_attach_and_refuse_bad_input() {
         .run("ip", ["netns", "list"])
         .unwrap()
         .contains(&attached_ns));
-    bed.host(1)
-        .run("ip", ["netns", "del", &attached_ns])
-        .unwrap();
+    run_ip(&["netns", "del", &attached_ns]);
 }
 
 #[test]

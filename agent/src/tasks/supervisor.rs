@@ -43,6 +43,10 @@ const TICK: Duration = Duration::from_millis(500);
 /// settled: a restarted node that does not see its peers yet would otherwise take their
 /// slots.
 const WARMUP: Duration = Duration::from_secs(3);
+/// Slots are taken over only once the set of up nodes has been stable this long. A node
+/// cut off from the others sees them go down one by one; in between it would still see
+/// enough of the cluster to take over, and start tasks it must stop again when it returns.
+const STABLE_MEMBERSHIP: Duration = Duration::from_secs(1);
 /// How long a task whose slot moved elsewhere keeps running while the new one starts.
 const HANDOVER: Duration = Duration::from_secs(10);
 /// SIGTERM → SIGKILL.
@@ -95,6 +99,8 @@ pub struct Supervisor {
     stopping: Arc<std::sync::Mutex<BTreeSet<String>>>,
     events: mpsc::UnboundedSender<Event>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    /// The up nodes in the last pass, and since when they have been up.
+    membership: std::sync::Mutex<(Vec<manager::NodeId>, Instant)>,
 }
 
 impl Supervisor {
@@ -115,6 +121,7 @@ impl Supervisor {
             stopping: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
             events,
             events_rx: Mutex::new(Some(events_rx)),
+            membership: std::sync::Mutex::new((Vec::new(), Instant::now())),
         }
     }
 
@@ -215,7 +222,7 @@ impl Supervisor {
         let settled = self.started.elapsed() >= WARMUP;
         let now_ms = wall_ms();
         let eligible = placement::eligible_nodes(view, now_ms);
-        let take_over = placement::may_take_over(view);
+        let take_over = placement::may_take_over(view) && self.membership_stable(view);
         let layouts: BTreeMap<&str, (&Service, Layout)> = view
             .services
             .valid
@@ -347,6 +354,16 @@ impl Supervisor {
                 self.teardown_in_background(local);
             }
         }
+    }
+
+    /// Whether the set of up nodes has not changed for [`STABLE_MEMBERSHIP`].
+    fn membership_stable(&self, view: &ClusterView) -> bool {
+        let up: Vec<manager::NodeId> = view.nodes.iter().filter(|n| n.up).map(|n| n.id).collect();
+        let mut last = self.membership.lock().expect("membership lock");
+        if last.0 != up {
+            *last = (up, Instant::now());
+        }
+        last.1.elapsed() >= STABLE_MEMBERSHIP
     }
 
     /// Takes in this node's task records that the supervisor does not know yet: after a
@@ -642,10 +659,11 @@ impl Teardown {
         if let Some(process) = &local.process {
             process.stop(STOP_GRACE).await;
         }
+        // The record first: while it exists, a sync would plumb the endpoint again.
+        let _ = self.manager.remove_endpoint(&local.endpoint.id).await;
         if let Err(error) = self.reconciler.unplumb(&local.endpoint).await {
             warn!(task = %local.task.id, error = %format!("{error:#}"), "could not remove a task's endpoint");
         }
-        let _ = self.manager.remove_endpoint(&local.endpoint.id).await;
         let node = self.manager.node();
         if let Err(error) = self
             .manager
