@@ -3,6 +3,7 @@
 
 pub mod gossip;
 pub mod overlay;
+pub mod pktgen;
 
 #[derive(clap::Subcommand)]
 pub enum Bench {
