@@ -1,4 +1,4 @@
-//! A 64-byte UDP packet generator for the overlay bench that the generator does not bound:
+//! A 64-byte UDP packet generator for the overlay bench that is not itself the bottleneck:
 //! `BPF_PROG_TEST_RUN` in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, Linux ≥ 5.18, what
 //! `xdp-trafficgen` uses), fed into a sender endpoint's `eth0` as if that interface had
 //! received the frames, with a two-instruction XDP program (`r0 = XDP_TX; exit`) that sends
@@ -8,10 +8,13 @@
 //!
 //! How a run works ([`measure`]):
 //! - Frames: Ethernet/IPv4/UDP with a 64-byte payload ([`udp_frame`]), one per flow (UDP
-//!   source ports `FIRST_SRC_PORT..+flows`, destination port [`SINK_PORT`]); MACs are the
-//!   sender's `eth0` MAC and the neighbour entry it holds for the receiver's IP (Skein's
+//!   source ports `FIRST_SRC_PORT..+flows`, destination port [`SINK_PORT`]), addressed as the
+//!   sender's own stack would ([`addressing`]: its route to the receiver, its `eth0` MAC, and
+//!   its neighbour entry for the next hop, read after a ping so the entry exists — Skein's
 //!   gateway MAC `02:53:4b:00:00:01`, which the endpoint program answers ARP with; the
-//!   reference receiver's own MAC), read after a ping so the entry exists.
+//!   reference receiver's own MAC). The source port changes per call (every [`CHUNK`]
+//!   frames), not per packet: live mode sends `data_in` unchanged unless the program edits
+//!   it, and this program does not.
 //! - Sending: a thread `setns()`s into the sender's namespace (the test run looks
 //!   `ingress_ifindex` up in the caller's namespace) and calls `BPF_PROG_TEST_RUN` with
 //!   `data_in` = one flow's frame, `ctx_in` = `xdp_md { ingress_ifindex: eth0 }`,
@@ -645,24 +648,14 @@ fn ksoftirqd_cpu() -> Result<Duration> {
     Ok(Duration::from_nanos(total))
 }
 
-/// The frames one side sends: `flows` flows, same payload and ports for every side.
-fn frames_for(side: &Side, flows: u16) -> Result<Vec<[u8; FRAME_LEN]>> {
-    let eth0 = ip_json(side.sender_netns, &["link", "show", "eth0"])?;
-    let src_mac = eth0[0]["address"]
-        .as_str()
-        .and_then(parse_mac)
-        .with_context(|| format!("no MAC on eth0 of {}: {eth0}", side.sender_netns))?;
-    let src_ip: Ipv4Addr = ip_json(side.sender_netns, &["-4", "addr", "show", "eth0"])?[0]
-        ["addr_info"][0]["local"]
-        .as_str()
-        .context("no IPv4 address on the sender's eth0")?
-        .parse()?;
-    let dst_ip: Ipv4Addr = side.receiver_ip.parse()?;
-    // The neighbour entry the sender's stack uses; a ping makes sure it is there.
-    let _ = run_command(Command::new("ip").args([
-        "netns",
-        "exec",
-        side.sender_netns,
+/// How the sender's own stack would address a packet to the receiver: its route to the
+/// receiver's IP (source address, next hop: the receiver itself or a gateway) and the
+/// neighbour entry for that next hop, which a ping first makes sure exists. For a Skein
+/// endpoint that entry is the gateway MAC its endpoint program answers ARP with; for the
+/// reference it is the receiving endpoint's own MAC, learnt across the bridges and VXLAN.
+fn addressing(side: &Side) -> Result<Addressing> {
+    let ns = side.sender_netns;
+    let _ = run_command(Command::new("ip").args(["netns", "exec", ns]).args([
         "ping",
         "-n",
         "-q",
@@ -672,28 +665,45 @@ fn frames_for(side: &Side, flows: u16) -> Result<Vec<[u8; FRAME_LEN]>> {
         "1",
         side.receiver_ip,
     ]));
-    let neigh = ip_json(
-        side.sender_netns,
-        &["neigh", "show", "to", side.receiver_ip, "dev", "eth0"],
-    )?;
+    let route = ip_json(ns, &["route", "get", side.receiver_ip])?;
+    let route = &route[0];
+    ensure!(
+        route["dev"] == "eth0",
+        "the route from {ns} to {} is not via eth0: {route}",
+        side.receiver_ip
+    );
+    let next_hop = route["gateway"].as_str().unwrap_or(side.receiver_ip);
+    let src_ip: Ipv4Addr = route["prefsrc"]
+        .as_str()
+        .with_context(|| format!("no prefsrc in the route from {ns}: {route}"))?
+        .parse()?;
+    let eth0 = ip_json(ns, &["link", "show", "eth0"])?;
+    let src_mac = eth0[0]["address"]
+        .as_str()
+        .and_then(parse_mac)
+        .with_context(|| format!("no MAC on eth0 of {ns}: {eth0}"))?;
+    let neigh = ip_json(ns, &["neigh", "show", "to", next_hop, "dev", "eth0"])?;
     let dst_mac = neigh[0]["lladdr"]
         .as_str()
         .and_then(parse_mac)
-        .with_context(|| {
-            format!(
-                "no neighbour entry for {} in {}",
-                side.receiver_ip, side.sender_netns
-            )
-        })?;
-    let addr = Addressing {
+        .with_context(|| format!("no neighbour entry for {next_hop} in {ns}: {neigh}"))?;
+    Ok(Addressing {
         src_mac,
         dst_mac,
         src_ip,
-        dst_ip,
-    };
-    Ok((0..flows)
-        .map(|i| udp_frame(&addr, FIRST_SRC_PORT + i, SINK_PORT))
-        .collect())
+        dst_ip: side.receiver_ip.parse()?,
+    })
+}
+
+/// `flows` frames, one per UDP source port, all to [`SINK_PORT`]: the same set for every side.
+fn frames(addr: &Addressing, flows: u16) -> Vec<[u8; FRAME_LEN]> {
+    (0..flows)
+        .map(|i| udp_frame(addr, FIRST_SRC_PORT + i, SINK_PORT))
+        .collect()
+}
+
+fn format_mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -707,7 +717,7 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// One bounded run of `duration` for `side`: GRO on the sender's host-side veth, a counting
 /// sink in the receiver, the generator, the counter after a short drain, and the CPU time.
 pub fn measure(prog: &XdpTx, side: &Side, flows: u16, duration: Duration) -> Result<Figures> {
-    let frames = frames_for(side, flows)?;
+    let frames = frames(&addressing(side)?, flows);
     let _gro = PeerGro::enable(side.sender_netns, side.sender_host_netns)?;
     let sink = Sink::install(side.receiver_netns)?;
     let before = sink.packets()?;
@@ -777,6 +787,20 @@ pub fn compare(
     duration: Duration,
 ) -> Result<Vec<Vec<Figures>>> {
     let prog = XdpTx::load()?;
+    for (label, side) in sides {
+        let a = addressing(side)?;
+        println!(
+            "   {label}: {FRAME_LEN}-byte frames {} {} -> {} {}, UDP {}..{} -> {SINK_PORT}, \
+             {CHUNK} per run, fed into eth0 of {}",
+            format_mac(a.src_mac),
+            a.src_ip,
+            format_mac(a.dst_mac),
+            a.dst_ip,
+            FIRST_SRC_PORT,
+            FIRST_SRC_PORT + flows.saturating_sub(1),
+            side.sender_netns
+        );
+    }
     let mut runs = vec![Vec::new(); sides.len()];
     for round in 1..=rounds {
         for ((label, side), runs) in sides.iter().zip(&mut runs) {
