@@ -5,6 +5,7 @@ use std::time::Duration;
 
 pub mod gossip;
 pub mod overlay;
+pub mod pktgen;
 pub mod services;
 
 #[derive(clap::Subcommand)]
