@@ -324,6 +324,11 @@ fn services_converge_answer_scale_attach_and_refuse_bad_input() {
             .any(|t| t.name.starts_with("web.attached") && t.state == "running")
     })
     .unwrap();
+    // It replaces one of the two started tasks.
+    wait_until("one started task left", DEADLINE, || {
+        bed.hosts().iter().map(whoami_processes).sum::<usize>() == 1
+    })
+    .unwrap();
     let ls = skein_ok(h1, &["service", "ls", "--format", "json"]).unwrap();
     assert!(
         ls.contains("\"replicas\": \"2/2\""),
@@ -333,13 +338,17 @@ fn services_converge_answer_scale_attach_and_refuse_bad_input() {
     // rm: every task's namespace, veth and process goes; the attached namespace stays.
     skein_ok(h1, &["service", "rm", "web"]).unwrap();
     wait_until("everything of web removed", DEADLINE, || {
-        bed.hosts().iter().map(|h| leftovers(h).0).sum::<usize>() == 3
+        // 3 probes and the attached namespace
+        bed.hosts().iter().map(|h| leftovers(h).0).sum::<usize>() == 4
             && bed.hosts().iter().map(whoami_processes).sum::<usize>() == 0
     })
     .unwrap();
     for (i, host) in bed.hosts().iter().enumerate() {
         let (_, veths) = leftovers(host);
-        assert_eq!(veths, 1, "host {i}: only the probe's veth is left");
+        assert_eq!(
+            veths, 1,
+            "host {i}: only the probe's veth is left (attached: detached)"
+        );
     }
     assert!(bed
         .host(1)
