@@ -56,6 +56,9 @@ pub fn run(args: Args) -> Result<()> {
     ));
     let bed = Testbed::new("bench-services", TestbedConfig::with_hosts(args.hosts))?;
     let (mut agents, token) = start_cluster(&bed)?;
+    // Agents adopt only, and start nothing, for their first seconds: measure the steady
+    // state.
+    std::thread::sleep(Duration::from_secs(5));
     let h1 = bed.host(0);
     let whoami = skein_binary()?.display().to_string();
 
