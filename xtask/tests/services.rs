@@ -356,6 +356,82 @@ fn services_converge_answer_scale_attach_and_refuse_bad_input() {
         .unwrap()
         .contains(&attached_ns));
     run_ip(&["netns", "del", &attached_ns]);
+
+    // Global mode with a health check: one healthy task per node.
+    let whoami = whoami_command();
+    let mut args = vec![
+        "service",
+        "create",
+        "everywhere",
+        "--mode",
+        "global",
+        "--health-cmd",
+        "curl -sf -o /dev/null http://127.0.0.1:81/",
+        "--health-interval",
+        "300ms",
+        "--",
+        whoami[0].as_str(),
+        "whoami",
+        "--port",
+        "81",
+    ];
+    let out = skein(h1, &args).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let global = running(h1, "everywhere");
+    assert_eq!(per_host(&global).len(), 3, "{global:?}");
+    skein_ok(h1, &["service", "rm", "everywhere"]).unwrap();
+
+    // A service that cannot converge: the CLI gives up after --timeout with the reason.
+    args = vec![
+        "service",
+        "create",
+        "crashing",
+        "--restart-delay",
+        "200ms",
+        "--timeout",
+        "3s",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ];
+    let out = skein(h1, &args).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("did not converge") && stderr.contains("exited with code 3"),
+        "{stderr}"
+    );
+    let unhealthy = skein(
+        h1,
+        &[
+            "service",
+            "create",
+            "never-healthy",
+            "--health-cmd",
+            "false",
+            "--health-interval",
+            "200ms",
+            "--timeout",
+            "2s",
+            "--",
+            whoami[0].as_str(),
+            "whoami",
+            "--port",
+            "82",
+        ],
+    )
+    .unwrap();
+    assert!(!unhealthy.status.success(), "a never-healthy service does not converge");
+    let states: Vec<String> = tasks(h1, "never-healthy").into_iter().map(|t| t.state).collect();
+    assert_eq!(states, ["starting"], "its task is not counted as running");
+    for name in ["crashing", "never-healthy"] {
+        skein_ok(h1, &["service", "rm", name]).unwrap();
+    }
 }
 
 #[test]
