@@ -2,10 +2,12 @@
 //! it, two join with its token — `node ls`, an overlay network created on one node, an
 //! endpoint on every host, traffic between the endpoints over VXLAN (ping, iperf3) with
 //! the encap/decap counters moving, an agent killed and restarted without losing a packet,
-//! a host's death leaving no stale entry; then everything is removed.
+//! a replicated service (`skein whoami` tasks, one per host) answering curl on its tasks'
+//! overlay IPs, a host's death leaving no stale entry and its task moving elsewhere; then
+//! everything is removed.
 //!
-//! (The overlay, services and the routing mesh join the demo as they land: the goal is
-//! `curl` on every node's published port, answers rotating across replicas.)
+//! (The routing mesh joins the demo next: the goal is `curl` on every node's published
+//! port, answers rotating across replicas.)
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
@@ -203,7 +205,60 @@ pub fn run() -> Result<()> {
     println!("   h1's view after the restart (same node ID):");
     print!("{}", indent(&node_ls(h1).unwrap_or_default()));
 
-    say("kill -9 h3's agent for good: its endpoint leaves every other host's maps");
+    let whoami = root.join("target/debug/skein").display().to_string();
+    say("`skein service create web --network web --replicas 3 --publish 8080:80 -- skein whoami --port 80` on h1");
+    let created = skein_ok(
+        h1,
+        &[
+            "service",
+            "create",
+            "web",
+            "--network",
+            "web",
+            "--replicas",
+            "3",
+            "--publish",
+            "8080:80",
+            "--",
+            &whoami,
+            "whoami",
+            "--port",
+            "80",
+        ],
+    )
+    .context("`skein service create` failed")?;
+    print!("{}", indent(&created));
+    say("`skein service ps web` on h2: one task per host, each in its own namespace");
+    let ps = skein_ok(h2, &["service", "ps", "web"])?;
+    print!("{}", indent(&ps));
+    say("h1's endpoint curls every task by its overlay IP (across hosts for two of them)");
+    for ip in task_ips(h1)? {
+        let body = stdout_in(
+            &endpoints[0].0,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                &format!("http://{ip}:80/"),
+            ],
+        )?;
+        let field = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .unwrap_or("?")
+                .to_owned()
+        };
+        println!(
+            "   curl http://{ip}:80/ -> Hostname: {}, Node: {}, RemoteAddr: {}",
+            field("Hostname"),
+            short(&field("Node")),
+            field("RemoteAddr")
+        );
+    }
+    println!("   (the routing mesh that opens 8080 on every node comes next)");
+
+    say("kill -9 h3's agent for good: its endpoint leaves every other host's maps, its task moves");
     agents[2].kill9()?;
     let h3_ip = endpoints[2].1.clone();
     wait_until(
@@ -217,12 +272,48 @@ pub fn run() -> Result<()> {
     )?;
     print!("{}", indent(&node_ls(h1).unwrap_or_default()));
     println!("   h1's maps no longer hold {h3_ip}");
+    let h3_name = h3.netns().to_owned();
+    wait_until(
+        "h3's task running elsewhere",
+        Duration::from_secs(20),
+        || {
+            skein_ok(h1, &["service", "ps", "web", "--format", "json"])
+                .ok()
+                .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+                .is_some_and(|rows| {
+                    rows.iter()
+                        .filter(|r| r["state"] == "running" && r["hostname"] != h3_name.as_str())
+                        .count()
+                        == 3
+                })
+        },
+    )?;
+    say("`skein service ps web` on h1: h3's task is down, a new one runs on h1 or h2");
+    print!("{}", indent(&skein_ok(h1, &["service", "ps", "web"])?));
 
     say("removing the testbed: agents, namespaces, bpffs mounts");
     drop(agents);
     drop(bed);
     say("done");
     Ok(())
+}
+
+/// The overlay IPs of web's running tasks, as `service ps` lists them on `host`.
+fn task_ips(host: &Host) -> Result<Vec<String>> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&skein_ok(
+        host,
+        &["service", "ps", "web", "--format", "json"],
+    )?)?;
+    Ok(rows
+        .iter()
+        .filter(|r| r["state"] == "running")
+        .filter_map(|r| r["ip"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The first 12 hex digits of a node ID, as tables show it.
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 /// Per host: (packets encapsulated, packets decapsulated).
