@@ -53,6 +53,9 @@ const HANDOVER: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A failed start is retried no faster than this, whatever the restart delay.
 const MIN_RETRY: Duration = Duration::from_secs(1);
+/// After a task could not be created (no free address, plumbing failed), its slot waits
+/// this long before the next attempt.
+const CREATE_BACKOFF: Duration = Duration::from_secs(5);
 /// Consecutive failed health checks before a running task counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
 
@@ -99,6 +102,8 @@ pub struct Supervisor {
     stopping: Arc<std::sync::Mutex<BTreeSet<String>>>,
     events: mpsc::UnboundedSender<Event>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    /// Slots whose task could not be created, and when to try again.
+    create_backoff: std::sync::Mutex<BTreeMap<(String, u32), Instant>>,
     /// The up nodes in the last pass, and since when they have been up.
     membership: std::sync::Mutex<(Vec<manager::NodeId>, Instant)>,
 }
@@ -121,6 +126,7 @@ impl Supervisor {
             stopping: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
             events,
             events_rx: Mutex::new(Some(events_rx)),
+            create_backoff: std::sync::Mutex::new(BTreeMap::new()),
             membership: std::sync::Mutex::new((Vec::new(), Instant::now())),
         }
     }
@@ -315,13 +321,28 @@ impl Supervisor {
                             && l.task.service_created == service.created
                             && l.task.slot == slot
                     });
-                    if !present {
+                    let key = (service.name.clone(), slot);
+                    let backing_off = self
+                        .create_backoff
+                        .lock()
+                        .expect("backoff lock")
+                        .get(&key)
+                        .is_some_and(|until| Instant::now() < *until);
+                    if !present && !backing_off {
                         match self.start(view, service, slot).await {
                             Ok(local) => {
                                 tasks.insert(local.task.id.clone(), local);
+                                self.create_backoff
+                                    .lock()
+                                    .expect("backoff lock")
+                                    .remove(&key);
                             }
                             Err(error) => {
-                                warn!(service = %service.name, slot = slot + 1, error = %format!("{error:#}"), "could not create a task")
+                                warn!(service = %service.name, slot = slot + 1, error = %format!("{error:#}"), "could not create a task; retrying in 5 s");
+                                self.create_backoff
+                                    .lock()
+                                    .expect("backoff lock")
+                                    .insert(key, Instant::now() + CREATE_BACKOFF);
                             }
                         }
                     }
@@ -385,25 +406,25 @@ impl Supervisor {
                 .find(|s| s.name == task.service && s.created == task.service_created)
                 .cloned();
             let attached = task_is_attached(task);
-            let (Some(endpoint), Some(service)) = (endpoint, service) else {
+            let (Some(endpoint), Some(service)) = (endpoint.clone(), service) else {
                 // Its service or endpoint is gone: nothing to adopt, only to clean up.
-                let task = task.clone();
                 let id = task.id.clone();
                 self.stopping
                     .lock()
                     .expect("stopping lock")
                     .insert(id.clone());
-                let manager = self.manager.clone();
-                let dir = self.task_dir(&id);
+                let teardown = Teardown {
+                    manager: self.manager.clone(),
+                    reconciler: self.reconciler.clone(),
+                    dir: self.task_dir(&id),
+                };
+                let (task, stopping) = (task.clone(), self.stopping.clone());
                 tokio::spawn(async move {
-                    if let Some(process) = TaskProcess::adopt(&dir) {
-                        process.stop(STOP_GRACE).await;
-                    }
-                    let _ = manager
-                        .write(Scope::Node(manager.node()), Kind::Task, id, None)
+                    let process = TaskProcess::adopt(&teardown.dir).map(Arc::new);
+                    teardown
+                        .run(&task, endpoint.as_ref(), process.as_deref())
                         .await;
-                    let _ = std::fs::remove_dir_all(&dir);
-                    info!(task = %task.id, service = %task.service, "removed a task whose service or endpoint is gone");
+                    stopping.lock().expect("stopping lock").remove(&id);
                 });
                 continue;
             };
@@ -626,13 +647,17 @@ impl Supervisor {
         let stopping = self.stopping.clone();
         tokio::spawn(async move {
             let id = local.task.id.clone();
-            teardown.run(local).await;
+            teardown
+                .run(&local.task, Some(&local.endpoint), local.process.as_deref())
+                .await;
             stopping.lock().expect("stopping lock").remove(&id);
         });
     }
 
     async fn teardown(&self, local: Local) {
-        self.teardown_ctx(&local).run(local).await;
+        self.teardown_ctx(&local)
+            .run(&local.task, Some(&local.endpoint), local.process.as_deref())
+            .await;
     }
 
     fn teardown_ctx(&self, local: &Local) -> Teardown {
@@ -655,25 +680,27 @@ struct Teardown {
 impl Teardown {
     /// Stops the process, removes the endpoint (an attached namespace is only detached)
     /// and the records, and deletes the task's directory.
-    async fn run(self, local: Local) {
-        if let Some(process) = &local.process {
+    async fn run(&self, task: &Task, endpoint: Option<&Endpoint>, process: Option<&TaskProcess>) {
+        if let Some(process) = process {
             process.stop(STOP_GRACE).await;
         }
-        // The record first: while it exists, a sync would plumb the endpoint again.
-        let _ = self.manager.remove_endpoint(&local.endpoint.id).await;
-        if let Err(error) = self.reconciler.unplumb(&local.endpoint).await {
-            warn!(task = %local.task.id, error = %format!("{error:#}"), "could not remove a task's endpoint");
+        if let Some(endpoint) = endpoint {
+            // The record first: while it exists, a sync would plumb the endpoint again.
+            let _ = self.manager.remove_endpoint(&endpoint.id).await;
+            if let Err(error) = self.reconciler.unplumb(endpoint).await {
+                warn!(task = %task.id, error = %format!("{error:#}"), "could not remove a task's endpoint");
+            }
         }
         let node = self.manager.node();
         if let Err(error) = self
             .manager
-            .write(Scope::Node(node), Kind::Task, local.task.id.clone(), None)
+            .write(Scope::Node(node), Kind::Task, task.id.clone(), None)
             .await
         {
-            warn!(task = %local.task.id, error = %error, "could not remove a task's record");
+            warn!(task = %task.id, error = %error, "could not remove a task's record");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        info!(task = %local.task.id, service = %local.task.service, "task removed");
+        info!(task = %task.id, service = %task.service, "task removed");
     }
 }
 
