@@ -143,3 +143,159 @@ pub fn service_row(view: &ClusterView, service: &Service, now_ms: u64) -> Servic
         command: service.command.join(" "),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use manager::{
+        state::{EndpointMode, NodeInfo, PublishMode, ServiceSet, Stamp, TaskState},
+        view::NodeStatus,
+    };
+
+    use super::*;
+
+    fn node(id: u8, up: bool) -> NodeStatus {
+        NodeStatus {
+            id: NodeId([id; 16]),
+            info: Some(NodeInfo {
+                hostname: format!("h{id}"),
+                addr: ([10, 0, 0, id], 7946).into(),
+                underlay_ip: Ipv4Addr::new(10, 0, 0, id),
+                underlay_mtu: 1500,
+                boot_epoch: 1,
+                started_at_ms: 1,
+                version: "t".into(),
+                leaving: false,
+                restart_grace_until_ms: 0,
+            }),
+            addr: None,
+            up,
+            is_self: id == 1,
+        }
+    }
+
+    fn service() -> Service {
+        Service {
+            name: "web".into(),
+            mode: Mode::Replicated { replicas: 3 },
+            network: "net".into(),
+            ports: vec![],
+            publish_mode: PublishMode::Ingress,
+            endpoint_mode: EndpointMode::Vip,
+            vip: None,
+            command: vec!["true".into()],
+            env: vec![],
+            user: None,
+            health: None,
+            restart_delay_ms: 0,
+            created: Stamp {
+                hlc: 1,
+                writer: NodeId([1; 16]),
+            },
+        }
+    }
+
+    fn view(up: [bool; 3], tasks: Vec<(NodeId, Task)>) -> ClusterView {
+        ClusterView {
+            self_id: NodeId([1; 16]),
+            store_version: 1,
+            nodes: (1..=3).map(|i| node(i, up[i as usize - 1])).collect(),
+            networks: Default::default(),
+            endpoints: Default::default(),
+            vteps: vec![],
+            services: ServiceSet {
+                valid: vec![service()],
+                conflicted: vec![],
+            },
+            tasks,
+            overlay_mtu: Some(1450),
+        }
+    }
+
+    fn task(slot: u32, state: TaskState) -> Task {
+        Task {
+            id: format!("t{slot}"),
+            service: "web".into(),
+            service_created: service().created,
+            slot,
+            endpoint: format!("e{slot}"),
+            ip: Ipv4Addr::new(10, 10, 0, 10 + slot as u8),
+            state,
+            since_ms: 1,
+            message: if state == TaskState::Failed {
+                "command \"x\" not found".into()
+            } else {
+                String::new()
+            },
+            restarts: 0,
+            created: Stamp {
+                hlc: 10 + u64::from(slot),
+                writer: NodeId([1; 16]),
+            },
+            attached: false,
+        }
+    }
+
+    /// Tasks where placement puts them, in the given states.
+    fn placed(states: [TaskState; 3]) -> Vec<(NodeId, Task)> {
+        let empty = view([true; 3], vec![]);
+        let Layout::Replicated(slots) = layout(&empty, &service(), 0) else {
+            panic!("replicated");
+        };
+        slots
+            .iter()
+            .enumerate()
+            .map(|(slot, node)| (*node, task(slot as u32, states[slot])))
+            .collect()
+    }
+
+    #[test]
+    fn converged_only_when_every_slot_runs_where_placed() {
+        let running = [TaskState::Running; 3];
+        let status = service_status(&view([true; 3], placed(running)), &service(), 0);
+        assert_eq!(
+            (status.running, status.wanted, status.converged),
+            (3, 3, true)
+        );
+        assert_eq!(
+            service_row(&view([true; 3], placed(running)), &service(), 0).replicas,
+            "3/3"
+        );
+
+        let failing = [TaskState::Running, TaskState::Failed, TaskState::Starting];
+        let status = service_status(&view([true; 3], placed(failing)), &service(), 0);
+        assert_eq!((status.running, status.converged), (1, false));
+        assert_eq!(status.problems.len(), 1, "{:?}", status.problems);
+        assert!(status.problems[0].contains("web.2") && status.problems[0].contains("not found"));
+
+        // A task left over on a node placement no longer uses: not converged.
+        let mut extra = placed(running);
+        let mut dup = extra[0].1.clone();
+        dup.id = "dup".into();
+        let other = [1u8, 2, 3]
+            .map(|i| NodeId([i; 16]))
+            .into_iter()
+            .find(|n| *n != extra[0].0)
+            .unwrap();
+        extra.push((other, dup));
+        let status = service_status(&view([true; 3], extra), &service(), 0);
+        assert!(!status.converged);
+    }
+
+    #[test]
+    fn tasks_of_down_nodes_are_listed_down_and_not_counted() {
+        let tasks = placed([TaskState::Running; 3]);
+        let down = tasks[0].0;
+        let up = [1u8, 2, 3].map(|i| NodeId([i; 16]) != down);
+        let status = service_status(&view(up, tasks), &service(), 0);
+        let row = status
+            .tasks
+            .iter()
+            .find(|r| r.node == down.to_string())
+            .unwrap();
+        assert_eq!(row.state, "down");
+        assert!(!status.converged);
+        assert_eq!(status.running, 2);
+    }
+}
