@@ -8,7 +8,6 @@ use manager::{
     NodeId,
 };
 
-use super::supervisor::attached_count;
 use crate::api::{ServiceRow, ServiceStatus, TaskRow};
 
 /// The display name of a task: `web.2` (replicated), `web.<host>` (global), or
@@ -28,6 +27,15 @@ fn hostname(view: &ClusterView, node: NodeId) -> String {
         .and_then(|n| n.info.as_ref())
         .map(|i| i.hostname.clone())
         .unwrap_or_else(|| node.short())
+}
+
+/// Live attached tasks of `service`: each counts as one replica.
+pub fn attached_count(view: &ClusterView, service: &Service) -> u32 {
+    view.live_tasks()
+        .filter(|(_, t)| {
+            t.attached && t.service == service.name && t.service_created == service.created
+        })
+        .count() as u32
 }
 
 /// The layout placement gives `service` now (attached replicas reduce the placed count).

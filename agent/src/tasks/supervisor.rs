@@ -227,25 +227,12 @@ impl Supervisor {
         self.adopt(view, &mut tasks).await;
         let settled = self.started.elapsed() >= WARMUP;
         let now_ms = wall_ms();
-        let eligible = placement::eligible_nodes(view, now_ms);
         let take_over = placement::may_take_over(view) && self.membership_stable(view);
         let layouts: BTreeMap<&str, (&Service, Layout)> = view
             .services
             .valid
             .iter()
-            .map(|s| {
-                let attached = attached_count(view, s);
-                let mut placed = s.clone();
-                if let Mode::Replicated { replicas } = s.mode {
-                    placed.mode = Mode::Replicated {
-                        replicas: replicas.saturating_sub(attached),
-                    };
-                }
-                (
-                    s.name.as_str(),
-                    (s, placement::layout(&placed, &eligible, view.live_tasks())),
-                )
-            })
+            .map(|s| (s.name.as_str(), (s, super::status::layout(view, s, now_ms))))
             .collect();
 
         // Stop what no longer belongs here.
@@ -405,7 +392,7 @@ impl Supervisor {
                 .iter()
                 .find(|s| s.name == task.service && s.created == task.service_created)
                 .cloned();
-            let attached = task_is_attached(task);
+            let attached = task.attached;
             let (Some(endpoint), Some(service)) = (endpoint.clone(), service) else {
                 // Its service or endpoint is gone: nothing to adopt, only to clean up.
                 let id = task.id.clone();
@@ -702,20 +689,6 @@ impl Teardown {
         let _ = std::fs::remove_dir_all(&self.dir);
         info!(task = %task.id, service = %task.service, "task removed");
     }
-}
-
-/// Whether the task was attached by `service attach` rather than started here.
-fn task_is_attached(task: &Task) -> bool {
-    task.attached
-}
-
-/// Live attached tasks of `service`: each counts as one replica.
-pub fn attached_count(view: &ClusterView, service: &Service) -> u32 {
-    view.live_tasks()
-        .filter(|(_, t)| {
-            t.attached && t.service == service.name && t.service_created == service.created
-        })
-        .count() as u32
 }
 
 /// Whether the node `layout` now gives `local`'s slot runs a task for it.
