@@ -16,6 +16,8 @@ use crate::{
 
 /// How often progress is polled.
 const POLL: Duration = Duration::from_millis(100);
+/// How long every task must have been running before a service counts as converged.
+const STABLE: Duration = Duration::from_secs(1);
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
@@ -313,6 +315,7 @@ async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<E
     }
     let deadline = tokio::time::Instant::now() + wait.timeout;
     let mut shown = None;
+    let mut verifying = false;
     loop {
         let status = expect_status(
             call(
@@ -331,8 +334,22 @@ async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<E
             shown = Some((status.running, status.wanted));
         }
         if status.converged {
-            println!("verify: Service converged");
-            return Ok(ExitCode::SUCCESS);
+            // Like `docker service create`: a task that crashes right after starting must
+            // not count, so every task must have run for a while.
+            let stable_for = output::now_ms().saturating_sub(status.running_since_ms);
+            if stable_for >= millis(STABLE) {
+                println!("verify: Service converged");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !verifying {
+                println!(
+                    "verify: Waiting {} seconds to verify that tasks are stable...",
+                    STABLE.as_secs()
+                );
+                verifying = true;
+            }
+        } else {
+            verifying = false;
         }
         if tokio::time::Instant::now() >= deadline {
             let mut reason = format!(

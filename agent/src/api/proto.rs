@@ -158,6 +158,9 @@ pub struct ServiceStatus {
     pub running: usize,
     /// `running == wanted` and no task is left over.
     pub converged: bool,
+    /// When the last of the running tasks started running (ms since the Unix epoch, its
+    /// node's clock): `service create` waits until they have all run for a while.
+    pub running_since_ms: u64,
     /// Why tasks are not running, one line each (failed starts, exits).
     pub problems: Vec<String>,
 }

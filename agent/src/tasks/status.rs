@@ -61,6 +61,7 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
     let mut rows = Vec::new();
     let mut problems = Vec::new();
     let mut running_slots = std::collections::BTreeSet::new();
+    let mut running_since_ms = 0;
     let mut running_attached = 0;
     let mut live_placed_tasks = 0;
     for (node, task) in view
@@ -77,6 +78,7 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
                 live_placed_tasks += 1;
                 if task.serves() && layout.holds(*node, task.slot) {
                     running_slots.insert((task.slot, *node));
+                    running_since_ms = running_since_ms.max(task.since_ms);
                 }
             }
             if matches!(task.state, TaskState::Failed | TaskState::Exited) {
@@ -117,6 +119,7 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
         wanted,
         running,
         converged: running == wanted && live_placed_tasks == placed,
+        running_since_ms,
         problems,
     }
 }
