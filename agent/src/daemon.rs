@@ -32,6 +32,7 @@ use crate::{
     api::{self, Backend, Body, EndpointRow, NetworkRow, NodeRow, Request, Response, VtepRow},
     dataplane::{self, Attachments, Dataplane, OverlayMaps, PinDirs},
     metrics, netif, netlink,
+    peer::{self, PeerRequest, PeerResponse, Peers},
     reconcile::{self, Reconciler},
     state_dir::{membership, Membership, StateDir},
     tasks::{self, supervisor::Supervisor},
@@ -112,6 +113,10 @@ pub fn run(config: AgentConfig) -> Result<()> {
         let gossip_socket = UdpSocket::bind(gossip_addr).await.with_context(|| {
             format!("could not bind the gossip port {gossip_addr} (--gossip-port)")
         })?;
+        // The peer RPC (remote `service logs`) on the same address and port, over TCP.
+        let peer_listener = TcpListener::bind(gossip_addr).await.with_context(|| {
+            format!("could not listen on {gossip_addr}/tcp for peer requests (--gossip-port)")
+        })?;
         let metrics_listener = TcpListener::bind(config.metrics_addr)
             .await
             .with_context(|| {
@@ -186,11 +191,13 @@ pub fn run(config: AgentConfig) -> Result<()> {
             .take_logger()
             .map(|logger| tokio::spawn(forward_ebpf_logs(logger)));
         let counters = Arc::new(Mutex::new(dataplane.counters()?));
+        let peer_rpc = Peers::new(&token);
         let metrics_addr = metrics_listener.local_addr()?;
         let metrics = tokio::spawn(metrics::serve(
             metrics_listener,
             counters,
             Some(manager.clone()),
+            Some(peer_rpc.clone()),
         ));
 
         let xdp_attached_mode = dataplane.xdp_attached_mode;
@@ -210,6 +217,13 @@ pub fn run(config: AgentConfig) -> Result<()> {
             config.resource_prefix.clone(),
         ));
         let supervise_task = tokio::spawn(supervisor.clone().run());
+        let peer_server = tokio::spawn(peer_rpc.clone().serve(
+            peer_listener,
+            Arc::new(PeerHandler {
+                manager: manager.clone(),
+                supervisor: supervisor.clone(),
+            }),
+        ));
 
         let (stop_tx, mut stop_rx) = watch::channel(Stop::Running);
         let backend = Arc::new(AgentBackend {
@@ -218,6 +232,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             stop: stop_tx.clone(),
             reconciler: reconciler.clone(),
             supervisor: supervisor.clone(),
+            peers: peer_rpc,
             resource_prefix: config.resource_prefix.clone(),
         });
         let api_shutdown = {
@@ -246,6 +261,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         // Let the API answer the request that stopped us.
         let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
         metrics.abort();
+        peer_server.abort();
         peers.abort();
         saver.abort();
         supervise_task.abort();
@@ -412,7 +428,32 @@ struct AgentBackend {
     stop: watch::Sender<Stop>,
     reconciler: Arc<Reconciler>,
     supervisor: Arc<Supervisor>,
+    peers: Arc<Peers>,
     resource_prefix: String,
+}
+
+/// Answers other agents' peer requests from this node's task log files.
+struct PeerHandler {
+    manager: Manager,
+    supervisor: Arc<Supervisor>,
+}
+
+impl peer::Handler for PeerHandler {
+    fn handle(&self, request: PeerRequest) -> PeerResponse {
+        match request {
+            PeerRequest::Logs {
+                service,
+                created,
+                from,
+            } => PeerResponse::Logs(tasks::api::answer_peer_logs(
+                &self.manager.view(),
+                &self.supervisor,
+                &service,
+                created,
+                &from,
+            )),
+        }
+    }
 }
 
 impl Backend for AgentBackend {
@@ -547,7 +588,14 @@ impl AgentBackend {
             }
             Request::ServiceRm { name } => tasks::api::rm(&self.manager, &name).await?,
             Request::ServiceLogs { name, from } => {
-                tasks::api::logs(&self.manager.view(), &self.supervisor, &name, &from)?
+                tasks::api::logs(
+                    &self.manager.view(),
+                    &self.supervisor,
+                    &self.peers,
+                    &name,
+                    &from,
+                )
+                .await?
             }
             Request::ServiceAttach { name, netns } => self.attach_to_service(&name, netns).await?,
         })

@@ -6,6 +6,7 @@
 //! - [`daemon`]: `skein agent`: wires the dataplane, metrics and shutdown together.
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`peer`]: the sealed peer RPC between agents (TCP on the gossip port): remote logs.
 //! - [`tasks`]: services' tasks on this node (processes, supervision, `service` answers).
 //! - [`whoami`]: `skein whoami`, a diagnostic HTTP/UDP server to run as a task.
 
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod netif;
 pub mod netlink;
 pub mod output;
+pub mod peer;
 pub mod reconcile;
 pub mod service_cli;
 pub mod state_dir;

@@ -16,7 +16,10 @@ use dataplane_ebpf::counters::{Counter, Verdict};
 
 use manager::{gossip::GossipCounters, secure::RejectCounters, Manager};
 
-use crate::dataplane::Counters;
+use crate::{
+    dataplane::Counters,
+    peer::{Peers, RejectedCounters},
+};
 
 /// Longest request head we read; `GET /metrics` needs far less.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -134,11 +137,29 @@ pub fn render_gossip(
     out
 }
 
+/// Renders the peer RPC's refused frames by reason.
+pub fn render_peer(rejected: &RejectedCounters) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP skein_peer_rejected_total Peer RPC frames refused (connection closed), by reason."
+    );
+    let _ = writeln!(out, "# TYPE skein_peer_rejected_total counter");
+    for (reason, value) in rejected.iter() {
+        let _ = writeln!(
+            out,
+            "skein_peer_rejected_total{{reason=\"{reason}\"}} {value}"
+        );
+    }
+    out
+}
+
 /// Serves `/metrics` on `listener` until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     counters: Arc<Mutex<Counters>>,
     manager: Option<Manager>,
+    peers: Option<Arc<Peers>>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -151,9 +172,11 @@ pub async fn serve(
         };
         let counters = counters.clone();
         let manager = manager.clone();
+        let peers = peers.clone();
         tokio::spawn(async move {
             if let Err(error) =
-                tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, counters, manager)).await
+                tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, counters, manager, peers))
+                    .await
             {
                 debug!(%peer, %error, "metrics request timed out");
             }
@@ -161,7 +184,12 @@ pub async fn serve(
     }
 }
 
-async fn respond(mut stream: TcpStream, counters: Arc<Mutex<Counters>>, manager: Option<Manager>) {
+async fn respond(
+    mut stream: TcpStream,
+    counters: Arc<Mutex<Counters>>,
+    manager: Option<Manager>,
+    peers: Option<Arc<Peers>>,
+) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -193,6 +221,9 @@ async fn respond(mut stream: TcpStream, counters: Arc<Mutex<Counters>>, manager:
                     let view = manager.view();
                     body += &render_gossip(&gossip, &rejects, view.ready_count(), view.nodes.len());
                 }
+            }
+            if let Some(peers) = &peers {
+                body += &render_peer(peers.rejected());
             }
             ("200 OK", body)
         }
@@ -247,5 +278,25 @@ mod tests {
         assert!(text.contains("skein_xdp_underlay_packets_total{verdict=\"drop\"} 0\n"));
         assert!(text.contains("skein_tc_endpoint_ingress_bytes_total{verdict=\"pass\"} 60\n"));
         assert_eq!(text.matches("# TYPE").count(), 4);
+    }
+
+    #[test]
+    fn renders_peer_rejections_by_reason() {
+        let text = render_peer(&RejectedCounters::default());
+        assert!(text.contains("# TYPE skein_peer_rejected_total counter\n"));
+        for reason in [
+            "forged",
+            "oversized",
+            "truncated",
+            "wrong_direction",
+            "malformed",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "skein_peer_rejected_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{text}"
+            );
+        }
     }
 }

@@ -38,7 +38,7 @@ pub enum ServiceCommand {
         #[arg(value_parser = non_empty)]
         name: String,
     },
-    /// Print the output of a service's tasks on this node.
+    /// Print the output of a service's tasks, on every node (gathered by this node's agent).
     Logs {
         #[arg(value_parser = non_empty)]
         name: String,
@@ -370,7 +370,7 @@ async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<E
 /// `service logs [--follow]`.
 async fn logs(socket: &Path, name: &str, follow: bool) -> Result<ExitCode> {
     let mut from: BTreeMap<String, u64> = BTreeMap::new();
-    let mut noted = false;
+    let mut noted = std::collections::BTreeSet::new();
     loop {
         let response = call(
             socket,
@@ -390,12 +390,11 @@ async fn logs(socket: &Path, name: &str, follow: bool) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         };
-        if !noted && !chunk.elsewhere.is_empty() {
-            eprintln!(
-                "note: {} run on other nodes; their output is kept there (run `skein service logs {name}` on them)",
-                chunk.elsewhere.join(", ")
-            );
-            noted = true;
+        // Once per task and reason, so --follow says when a node goes away, not every poll.
+        for unavailable in &chunk.elsewhere {
+            if noted.insert(unavailable.clone()) {
+                eprintln!("note: no output from {unavailable}");
+            }
         }
         let text = output::logs(&chunk);
         let _ = std::io::stdout().write_all(text.as_bytes());

@@ -6,6 +6,8 @@
 //! - this file: [`ClusterKey`], the wire format, [`Sealer`], [`Opener`], [`Reject`],
 //!   [`RejectCounters`].
 //! - [`token`]: [`JoinToken`] and its text form.
+//! - [`frame`]: [`FrameKey`], sealed request/response frames for the agents' peer RPC
+//!   over TCP (same key and cipher, bound to one exchange instead of a replay window).
 //! - `replay`: the per-peer sliding counter window and the bounded peer table.
 //!
 //! # Wire format (version 1)
@@ -62,9 +64,11 @@ use chacha20poly1305::{
 
 use crate::NodeId;
 
+pub mod frame;
 mod replay;
 pub mod token;
 
+pub use frame::{Direction, FrameKey, FrameReject, RequestId, MAX_FRAME};
 pub use replay::REPLAY_WINDOW;
 pub use token::{JoinToken, ParseJoinTokenError};
 

@@ -1,6 +1,7 @@
 //! Services end to end on three hosts, driven through `skein service ...` as a user does:
 //! create converges with one task per host and every task answers on its overlay IP from
-//! another host; scale and rm leave nothing behind; attach counts a namespace as a replica;
+//! another host; `service logs` on one host shows every task's output, and notes the
+//! tasks of a host that is down; scale and rm leave nothing behind; attach counts a namespace as a replica;
 //! bad input is refused with one clear error and creates nothing; a host cut off or killed
 //! has its task run elsewhere, and its return rebalances with one move; an agent restart
 //! adopts its tasks without duplicating them. Needs root.
@@ -207,6 +208,31 @@ fn services_converge_answer_scale_attach_and_refuse_bad_input() {
         assert!(body.contains(&format!("IP: {}", task.ip)), "{body}");
         assert!(body.contains("Service: web"), "{body}");
     }
+
+    // Logs, cluster-wide from h1: every task's startup line, whichever host runs it.
+    let out = skein(h1, &["service", "logs", "web"]).unwrap();
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "service logs failed: {logs}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for task in &web {
+        let prefix = format!("{}.{}    | ", task.name, task.id);
+        assert!(
+            logs.lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("whoami listening")),
+            "no startup line of {} (on {}) in:\n{logs}\nstderr: {}",
+            task.name,
+            task.host,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("note:"),
+        "no task is unavailable: {stderr}"
+    );
 
     // Bad input: one clear error each, nothing created.
     let before = skein_ok(h1, &["service", "ls"]).unwrap();
@@ -530,6 +556,34 @@ fn a_lost_host_has_its_task_moved_and_its_return_moves_one_back() {
         tasks(h1, "web").iter().any(|t| t.state == "down")
     })
     .unwrap();
+    // `service logs` does not wait for it: the others' output, and a note for its task.
+    let started = std::time::Instant::now();
+    let out = skein(h1, &["service", "logs", "web"]).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "service logs took {:?}",
+        started.elapsed()
+    );
+    for task in tasks(h1, "web") {
+        let shown = stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{}.{}    | ", task.name, task.id)));
+        if task.state == "down" {
+            assert!(!shown, "{stdout}");
+            assert!(
+                stderr.contains(&format!("note: no output from {} on ", task.name))
+                    && stderr.contains("node is down"),
+                "{stderr}"
+            );
+        } else {
+            assert!(shown, "output of {} missing: {stdout}", task.name);
+        }
+    }
     // Well past failure detection and the take-over delay, but inside the 15 s grace.
     std::thread::sleep(std::time::Duration::from_secs(4));
     let now: BTreeSet<String> = tasks(h1, "web").into_iter().map(|t| t.id).collect();

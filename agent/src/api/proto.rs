@@ -70,9 +70,10 @@ pub enum Request {
     ServiceRm { name: String },
     /// `skein service attach NAME --netns NAME|PATH`
     ServiceAttach { name: String, netns: String },
-    /// `skein service logs NAME`: what this node's tasks of NAME wrote after `from` (per
-    /// task ID, a byte offset into its log; absent: from the start). `--follow` asks again
-    /// with the offsets returned.
+    /// `skein service logs NAME`: what the tasks of NAME, on every node, wrote after `from`
+    /// (per task ID, a byte offset into its log; absent: from the start). The agent reads
+    /// its own tasks' logs and asks the other nodes for theirs (peer RPC). `--follow` asks
+    /// again with the offsets returned.
     ServiceLogs {
         name: String,
         from: std::collections::BTreeMap<String, u64>,
@@ -181,12 +182,12 @@ pub struct TaskRow {
     pub message: String,
 }
 
-/// Log bytes of one node's tasks.
+/// Log bytes of a service's tasks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
     /// Per task: its name, ID and the new bytes (lossy UTF-8).
     pub entries: Vec<LogEntry>,
-    /// Tasks of the service on other nodes, whose logs are kept there.
+    /// Tasks whose output could not be read, with why: `web.2 on host2: node is down`.
     pub elsewhere: Vec<String>,
 }
 

@@ -1,5 +1,6 @@
 //! The agent's side of the `service` commands: turns requests into cluster operations and
-//! answers from the cluster view (and, for logs, this node's task directories).
+//! answers from the cluster view (and, for logs, the task log files of this node and,
+//! through the peer RPC, of the others).
 
 use std::{
     collections::BTreeMap,
@@ -12,9 +13,10 @@ use manager::{
     ops::ServiceRequest,
     state::{
         service::parse_env, EndpointMode, HealthCheck, Mode, PublishMode, PublishedPort, Service,
+        Stamp, Task,
     },
     view::ClusterView,
-    Manager,
+    Manager, NodeId,
 };
 
 use super::{
@@ -22,11 +24,18 @@ use super::{
     status::{service_row, service_status, task_name},
     supervisor::Supervisor,
 };
-use crate::api::{Body, LogChunk, LogEntry, ServiceSpec};
+use crate::{
+    api::{Body, LogChunk, LogEntry, ServiceSpec},
+    peer::{PeerRequest, PeerResponse, Peers},
+};
 
 /// The most log bytes one `service logs` answer carries per task; `--follow` and repeated
 /// calls page through the rest.
 const MAX_LOG_CHUNK: u64 = 256 * 1024;
+/// The most log bytes a peer's answer carries in all: lossy UTF-8 can triple them (each
+/// invalid byte becomes U+FFFD), which still fits in one peer frame.
+const MAX_PEER_LOG_BYTES: u64 = 256 * 1024;
+const _: () = assert!(3 * MAX_PEER_LOG_BYTES < manager::secure::MAX_FRAME as u64 - 64 * 1024);
 
 /// `service create`: checks the request (including, on this node, that the command and
 /// user exist), creates the service, and answers its first status.
@@ -135,62 +144,215 @@ pub async fn rm(manager: &Manager, name: &str) -> Result<Body> {
     )))
 }
 
-/// `service logs`: new bytes of this node's tasks of `name` since `from`, and the names of
-/// its tasks elsewhere.
-pub fn logs(
+/// `service logs`: new bytes of every task of `name` since `from`, wherever it runs: this
+/// node's tasks read here, the others asked of their nodes over the peer RPC, all nodes in
+/// parallel. Tasks whose node is down or does not answer are listed in `elsewhere` with
+/// the reason; an unreachable node costs at most the peer timeouts, never a hang.
+pub async fn logs(
     view: &ClusterView,
     supervisor: &Supervisor,
+    peers: &Peers,
     name: &str,
     from: &BTreeMap<String, u64>,
 ) -> Result<Body> {
     let service = find(view, name)?;
-    let mut chunk = LogChunk {
-        entries: Vec::new(),
-        elsewhere: Vec::new(),
-    };
-    for (node, task) in view
+    let tasks: Vec<(usize, NodeId, &Task)> = view
         .tasks
         .iter()
-        .filter(|(_, t)| t.service == service.name && t.service_created == service.created)
-    {
-        let label = task_name(view, *node, task, service);
+        .enumerate()
+        .filter(|(_, (_, t))| {
+            t.service == service.name && t.service_created == service.created && !t.attached
+        })
+        .map(|(i, (node, task))| (i, *node, task))
+        .collect();
+    // The view's order, so the output's is stable.
+    let order: BTreeMap<&str, usize> = tasks.iter().map(|(i, _, t)| (t.id.as_str(), *i)).collect();
+    let mut chunk = LogChunk {
+        entries: own_log_entries(
+            view,
+            supervisor,
+            &service.name,
+            service.created,
+            from,
+            u64::MAX,
+        ),
+        elsewhere: Vec::new(),
+    };
+
+    let mut remote: BTreeMap<NodeId, Vec<&Task>> = BTreeMap::new();
+    for (_, node, task) in &tasks {
         if *node != view.self_id {
-            chunk.elsewhere.push(label);
-            continue;
+            remote.entry(*node).or_default().push(task);
         }
-        if task.attached {
-            continue;
-        }
-        let start = from.get(&task.id).copied().unwrap_or(0);
-        let (text, next) = read_from(&log_path(&supervisor.task_dir(&task.id)), start);
-        chunk.entries.push(LogEntry {
-            task: label,
-            id: task.id.clone(),
-            text,
-            next,
+    }
+    let mut calls = Vec::new();
+    for (node, node_tasks) in &remote {
+        let status = view.node(node);
+        let host = status
+            .and_then(|n| n.info.as_ref())
+            .map(|i| i.hostname.clone())
+            .unwrap_or_else(|| node.short());
+        let unavailable = |reason: &str| -> Vec<String> {
+            node_tasks
+                .iter()
+                .map(|t| format!("{} on {host}: {reason}", task_name(view, *node, t, service)))
+                .collect()
+        };
+        let addr = match status {
+            Some(n) if !n.up => {
+                chunk.elsewhere.extend(unavailable("node is down"));
+                continue;
+            }
+            None => {
+                chunk.elsewhere.extend(unavailable("node is unknown"));
+                continue;
+            }
+            Some(n) => match n.info.as_ref().map(|i| i.addr).or(n.addr) {
+                Some(addr) => addr,
+                None => {
+                    chunk.elsewhere.extend(unavailable("node address unknown"));
+                    continue;
+                }
+            },
+        };
+        let request = PeerRequest::Logs {
+            service: service.name.clone(),
+            created: service.created,
+            from: node_tasks
+                .iter()
+                .filter_map(|t| from.get(&t.id).map(|offset| (t.id.clone(), *offset)))
+                .collect(),
+        };
+        calls.push(async move {
+            let answer = peers.call(addr, &request).await;
+            (node, node_tasks, host, answer)
         });
     }
+    for (node, node_tasks, host, answer) in futures::future::join_all(calls).await {
+        let reason = match answer {
+            Ok(PeerResponse::Logs(entries)) => {
+                for mut entry in entries {
+                    // Only the tasks this view gives that node, named as this view names them.
+                    let Some(task) = node_tasks.iter().find(|t| t.id == entry.id) else {
+                        continue;
+                    };
+                    entry.task = task_name(view, *node, task, service);
+                    chunk.entries.push(entry);
+                }
+                continue;
+            }
+            Ok(PeerResponse::Error(message)) => message,
+            Err(error) => error.to_string(),
+        };
+        chunk.elsewhere.extend(
+            node_tasks
+                .iter()
+                .map(|t| format!("{} on {host}: {reason}", task_name(view, *node, t, service))),
+        );
+    }
+    chunk
+        .entries
+        .sort_by_key(|e| order.get(e.id.as_str()).copied().unwrap_or(usize::MAX));
     Ok(Body::Logs(chunk))
 }
 
-/// Up to [`MAX_LOG_CHUNK`] bytes of `path` from `start`, and the offset after them. A
-/// missing file reads as empty; a file that shrank (replaced) is read from its start.
-fn read_from(path: &std::path::Path, start: u64) -> (String, u64) {
+/// The peer RPC's side of `service logs`: new bytes of this node's tasks of the service
+/// `name` created at `created`.
+pub fn answer_peer_logs(
+    view: &ClusterView,
+    supervisor: &Supervisor,
+    name: &str,
+    created: Stamp,
+    from: &BTreeMap<String, u64>,
+) -> Vec<LogEntry> {
+    own_log_entries(view, supervisor, name, created, from, MAX_PEER_LOG_BYTES)
+}
+
+/// New bytes of this node's (started, not attached) tasks of the service `name` created at
+/// `created`, from the offsets in `from`: at most [`MAX_LOG_CHUNK`] per task and `budget`
+/// in all. A task left out by the budget gets an entry with no text at its offset, so the
+/// next call reads it.
+fn own_log_entries(
+    view: &ClusterView,
+    supervisor: &Supervisor,
+    name: &str,
+    created: Stamp,
+    from: &BTreeMap<String, u64>,
+    budget: u64,
+) -> Vec<LogEntry> {
+    // Named as the service names them, if this node knows it yet; by ID otherwise (the
+    // asking node renames them anyway).
+    let service = view.services.get(name).filter(|s| s.created == created);
+    let mut left = budget;
+    view.own_tasks()
+        .filter(|t| t.service == name && t.service_created == created && !t.attached)
+        .map(|task| {
+            let label = match service {
+                Some(service) => task_name(view, view.self_id, task, service),
+                None => task.id.clone(),
+            };
+            let start = from.get(&task.id).copied().unwrap_or(0);
+            let (text, next) = read_from(
+                &log_path(&supervisor.task_dir(&task.id)),
+                start,
+                left.min(MAX_LOG_CHUNK),
+            );
+            left = left.saturating_sub(next - start);
+            LogEntry {
+                task: label,
+                id: task.id.clone(),
+                text,
+                next,
+            }
+        })
+        .collect()
+}
+
+/// Up to `limit` bytes of `path` from `start`, and the offset after them. A missing file
+/// reads as empty; a file that shrank (replaced) is read from its start. A UTF-8 character
+/// cut by the limit (or still being written) is left for the next read.
+fn read_from(path: &std::path::Path, start: u64, limit: u64) -> (String, u64) {
     let Ok(mut file) = std::fs::File::open(path) else {
         return (String::new(), start);
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let start = if start > len { 0 } else { start };
-    if file.seek(SeekFrom::Start(start)).is_err() {
+    if limit == 0 || file.seek(SeekFrom::Start(start)).is_err() {
         return (String::new(), start);
     }
     let mut bytes = Vec::new();
-    let read = file
-        .take(MAX_LOG_CHUNK)
-        .read_to_end(&mut bytes)
-        .unwrap_or(0);
-    (
-        String::from_utf8_lossy(&bytes).into_owned(),
-        start + read as u64,
-    )
+    let _ = file.take(limit).read_to_end(&mut bytes);
+    if let Err(error) = std::str::from_utf8(&bytes) {
+        if error.error_len().is_none() && error.valid_up_to() > 0 {
+            bytes.truncate(error.valid_up_to());
+        }
+    }
+    let read = bytes.len() as u64;
+    (String::from_utf8_lossy(&bytes).into_owned(), start + read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_from_offsets_within_limits_and_keeps_characters_whole() {
+        let dir = std::env::temp_dir().join(format!("skein-logs-{}", crate::random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("task.log");
+        std::fs::write(&path, "héllo\nwörld\n").unwrap();
+        assert_eq!(read_from(&path, 0, 100), ("héllo\nwörld\n".into(), 14));
+        assert_eq!(read_from(&path, 7, 100), ("wörld\n".into(), 14));
+        // "hé" is 3 bytes; a limit of 2 cuts the é: only "h" is read.
+        assert_eq!(read_from(&path, 0, 2), ("h".into(), 1));
+        assert_eq!(read_from(&path, 1, 2), ("é".into(), 3));
+        assert_eq!(read_from(&path, 3, 0), (String::new(), 3));
+        // Shrunk (replaced): from the start.
+        assert_eq!(read_from(&path, 99, 5), ("héll".into(), 5));
+        // Invalid bytes are replaced, not stuck on.
+        std::fs::write(&path, b"a\xffb").unwrap();
+        assert_eq!(read_from(&path, 0, 10), ("a\u{fffd}b".into(), 3));
+        assert_eq!(read_from(&dir.join("missing"), 4, 10), (String::new(), 4));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
