@@ -191,6 +191,24 @@ pub struct UnderlayValue {
     pub _pad: [u8; 2],
 }
 
+/// What `xdp_underlay` leaves in front of a frame it decapsulated (XDP metadata, which
+/// the kernel carries into the skb as `data_meta`), for `tc_underlay_ingress` to deliver
+/// it without parsing again. Only our XDP program writes metadata on the underlay, and
+/// the tc program trusts it only with [`DECAP_META_MAGIC`] and only after checking that
+/// the port `ifindex` is an endpoint of `vni` whose address is the frame's destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapMeta {
+    pub magic: u32,
+    /// The endpoint's host-side veth.
+    pub ifindex: u32,
+    /// The VNI the frame arrived with.
+    pub vni: u32,
+}
+
+/// [`DecapMeta::magic`]: "SKDC".
+pub const DECAP_META_MAGIC: u32 = 0x534b_4443;
+
 const _: () = {
     assert!(size_of::<EndpointKey>() == 8);
     assert!(size_of::<EndpointValue>() == 8);
@@ -200,6 +218,8 @@ const _: () = {
     assert!(size_of::<SubnetKey>() == 8);
     assert!(size_of::<VtepValue>() == 12);
     assert!(size_of::<UnderlayValue>() == 16);
+    // XDP metadata: a multiple of 4 bytes, at most 32.
+    assert!(size_of::<DecapMeta>() == 12);
 };
 
 #[cfg(feature = "user")]

@@ -16,8 +16,9 @@ use dataplane_ebpf::{
     counters::{Counter, Verdict},
     names,
     overlay::{
-        endpoint_mac, ipv4_checksum, vxlan_header, EndpointKey, EndpointValue, NetworkValue,
-        PortValue, SubnetKey, UnderlayValue, VtepKey, VtepValue, GATEWAY_MAC,
+        endpoint_mac, ipv4_checksum, vxlan_header, DecapMeta, EndpointKey, EndpointValue,
+        NetworkValue, PortValue, SubnetKey, UnderlayValue, VtepKey, VtepValue, DECAP_META_MAGIC,
+        GATEWAY_MAC,
     },
 };
 use etherparse::PacketBuilder;
@@ -916,6 +917,92 @@ fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vx
             frame,
             "{what} untouched"
         );
+    }
+}
+
+#[test]
+fn underlay_xdp_decapsulates_for_local_endpoints_only_and_marks_what_it_did() {
+    let bed = Testbed::new("progrun-xdp", TestbedConfig::with_hosts(1)).expect("testbed");
+    let host = bed.host(0);
+    let pins = PinDirs::new(host.bpf_dir());
+    let mut ebpf = dataplane::load(&pins).expect("object loads");
+    program_overlay(&pins, host);
+    let counters = Counters::open(&pins).unwrap();
+    let xdp: &mut Xdp = ebpf
+        .program_mut(names::XDP_UNDERLAY)
+        .expect("xdp program")
+        .try_into()
+        .expect("xdp type");
+    let fd = xdp.fd().expect("loaded").as_fd();
+    let slot = |v: Verdict| {
+        counters
+            .read()
+            .into_iter()
+            .filter(|(p, w, _)| *p == names::XDP_UNDERLAY && *w == v)
+            .map(|(_, _, c)| c.packets)
+            .sum::<u64>()
+    };
+    let me = host.underlay_ip().octets();
+    let inner_to =
+        |dst: [u8; 4]| udp_frame(endpoint_mac(REMOTE), endpoint_mac(dst), REMOTE, dst, 6000);
+
+    // For a local endpoint: the output is the metadata (what tc trusts: magic, the
+    // endpoint's port, the VNI) followed by the inner frame with its new Ethernet header.
+    let inner = inner_to(LOCAL);
+    let before = slot(Verdict::DECAP);
+    let out = test_run(fd, &vxlan_frame(me, &vxlan_header(VNI_A), &inner), 1).unwrap();
+    assert_eq!(out.retval, XDP_PASS);
+    let meta = DecapMeta {
+        magic: DECAP_META_MAGIC,
+        ifindex: LOCAL_IFINDEX,
+        vni: VNI_A,
+    };
+    let mut expected = [meta.magic, meta.ifindex, meta.vni]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect::<Vec<u8>>();
+    expected.extend_from_slice(&endpoint_mac(LOCAL));
+    expected.extend_from_slice(&GATEWAY_MAC);
+    expected.extend_from_slice(&[0x08, 0x00]);
+    expected.extend_from_slice(&inner[14..]);
+    assert_eq!(out.data_out, expected, "metadata + decapsulated frame");
+    assert_eq!(slot(Verdict::DECAP) - before, 1, "counted as decap");
+
+    // Everything else is left whole for tc to judge (and count): no metadata, no change.
+    let good = vxlan_frame(me, &vxlan_header(VNI_A), &inner);
+    for (what, frame) in [
+        (
+            "A's endpoint under B's VNI",
+            vxlan_frame(me, &vxlan_header(VNI_B), &inner),
+        ),
+        (
+            "a remote endpoint",
+            vxlan_frame(me, &vxlan_header(VNI_A), &inner_to(REMOTE)),
+        ),
+        (
+            "an unknown vni",
+            vxlan_frame(me, &vxlan_header(5000), &inner),
+        ),
+        (
+            "another host's vxlan",
+            vxlan_frame([10, 200, 0, 13], &vxlan_header(VNI_A), &inner),
+        ),
+        (
+            "wrong flags",
+            vxlan_frame(me, &[0, 0, 0, 0, 0, 0x10, 0, 0], &inner),
+        ),
+        (
+            "truncated inner frame",
+            vxlan_frame(me, &vxlan_header(VNI_A), &inner[..20]),
+        ),
+        ("ip options", with_ip_options(&good)),
+        ("first fragment", with_frag(good.clone(), 0x2000)),
+    ] {
+        let before = slot(Verdict::PASS);
+        let out = test_run(fd, &frame, 1).unwrap();
+        assert_eq!(out.retval, XDP_PASS, "{what}");
+        assert_eq!(out.data_out, frame, "{what} untouched");
+        assert_eq!(slot(Verdict::PASS) - before, 1, "{what} counted as pass");
     }
 }
 

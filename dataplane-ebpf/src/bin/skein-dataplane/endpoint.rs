@@ -205,7 +205,7 @@ fn local(ctx: &TcContext, ifindex: u32, dst: [u8; 4]) -> Outcome {
     if ctx.store(0, &macs, 0).is_err() {
         return Outcome::error();
     }
-    Outcome::redirect(Verdict::LOCAL, ifindex)
+    Outcome::redirect_peer(Verdict::LOCAL, ifindex)
 }
 
 /// Where an encapsulated packet goes. (A struct because BPF functions take at most five
