@@ -24,6 +24,7 @@ use dataplane_ebpf::{
 use etherparse::PacketBuilder;
 use xtask::testbed::{Host, Testbed, TestbedConfig};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -243,6 +244,8 @@ const REMOTE: [u8; 4] = [10, 0, 1, 4];
 const REMOTE_HOST: [u8; 4] = [10, 200, 0, 12];
 /// A local endpoint of B, on ifindex 8.
 const B_LOCAL: [u8; 4] = [10, 0, 2, 3];
+/// Network B's endpoint on `REMOTE_HOST`.
+const B_REMOTE: [u8; 4] = [10, 0, 2, 4];
 /// An external VTEP for 10.0.1.128/25 of A.
 const VTEP_HOST: [u8; 4] = [10, 200, 0, 50];
 const VTEP_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x50];
@@ -317,6 +320,7 @@ fn program_overlay(pins: &PinDirs, host: &Host) {
         (VNI_A, LOCAL, host.underlay_ip().octets(), LOCAL_IFINDEX),
         (VNI_A, REMOTE, REMOTE_HOST, 0),
         (VNI_B, B_LOCAL, host.underlay_ip().octets(), 8),
+        (VNI_B, B_REMOTE, REMOTE_HOST, 0),
     ] {
         maps.put_endpoint(EndpointKey { vni, ip }, EndpointValue { host_ip, ifindex })
             .unwrap();
@@ -380,11 +384,16 @@ fn arp_frame(
 /// VXLAN from `REMOTE_HOST` to `to`: outer Ethernet/IPv4/UDP 4789, then `vxlan` (the
 /// 8-byte header, or whatever a test puts there) and `inner`.
 fn vxlan_frame(to: [u8; 4], vxlan: &[u8], inner: &[u8]) -> Vec<u8> {
+    vxlan_frame_from(REMOTE_HOST, to, vxlan, inner)
+}
+
+/// VXLAN as [`vxlan_frame`], from the underlay address `from`.
+fn vxlan_frame_from(from: [u8; 4], to: [u8; 4], vxlan: &[u8], inner: &[u8]) -> Vec<u8> {
     let mut payload = vxlan.to_vec();
     payload.extend_from_slice(inner);
     let mut frame = Vec::new();
     PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x12], [0x02, 0, 0, 0, 0, 0x11])
-        .ipv4(REMOTE_HOST, to, 64)
+        .ipv4(from, to, 64)
         .udp(50000, 4789)
         .write(&mut frame, &payload)
         .expect("vxlan frame");
@@ -770,6 +779,53 @@ fn endpoint_program_answers_arp_forwards_encapsulates_and_isolates() {
     );
 }
 
+/// An address inside the external VTEP's prefix (10.0.1.128/25 on VNI A).
+const VTEP_INNER: [u8; 4] = [10, 0, 1, 200];
+
+/// VXLAN for the local endpoint `LOCAL` whose outer source may not send for its inner
+/// source: (what, outer source, VNI, inner frame).
+fn spoof_cases() -> Vec<(&'static str, [u8; 4], u32, Vec<u8>)> {
+    let inner_from = |src: [u8; 4]| udp_frame(endpoint_mac(src), endpoint_mac(LOCAL), src, LOCAL, 6000);
+    vec![
+        (
+            "a remote endpoint's traffic from the vtep's address",
+            VTEP_HOST,
+            VNI_A,
+            inner_from(REMOTE),
+        ),
+        (
+            "a remote endpoint's traffic from an unknown host",
+            [10, 200, 0, 99],
+            VNI_A,
+            inner_from(REMOTE),
+        ),
+        (
+            "a local endpoint's address from another host",
+            REMOTE_HOST,
+            VNI_A,
+            inner_from(ME),
+        ),
+        (
+            "an unknown inner source",
+            REMOTE_HOST,
+            VNI_A,
+            inner_from([10, 0, 1, 77]),
+        ),
+        (
+            "the vtep's prefix from a skein host",
+            REMOTE_HOST,
+            VNI_A,
+            inner_from(VTEP_INNER),
+        ),
+        (
+            "network B's endpoint as source under A's VNI",
+            REMOTE_HOST,
+            VNI_A,
+            inner_from(B_REMOTE),
+        ),
+    ]
+}
+
 #[test]
 fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vxlan() {
     let bed = Testbed::new("progrun-underlay", TestbedConfig::with_hosts(1)).expect("testbed");
@@ -817,9 +873,9 @@ fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vx
     expected.extend_from_slice(&inner[14..]);
     assert_eq!(out, expected, "decapsulated frame");
     let inner_b = udp_frame(
-        endpoint_mac(REMOTE),
+        endpoint_mac(B_REMOTE),
         endpoint_mac(B_LOCAL),
-        [10, 0, 2, 4],
+        B_REMOTE,
         B_LOCAL,
         6000,
     );
@@ -840,6 +896,20 @@ fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vx
         let frame = vxlan_frame(me, &vxlan_header(vni), &inner_to(dst));
         run(what, &frame, TC_ACT_SHOT, Verdict::UNKNOWN_ENDPOINT);
     }
+    // The outer source must be the host of the inner source's endpoint, or the external
+    // VTEP registered for its prefix: anything else is dropped as spoofed.
+    for (what, outer, vni, inner) in spoof_cases() {
+        let frame = vxlan_frame_from(outer, me, &vxlan_header(vni), &inner);
+        run(what, &frame, TC_ACT_SHOT, Verdict::SPOOFED);
+    }
+    let from_vtep = udp_frame(VTEP_MAC, endpoint_mac(LOCAL), VTEP_INNER, LOCAL, 6000);
+    run(
+        "vxlan from the external vtep for its prefix",
+        &vxlan_frame_from(VTEP_HOST, me, &vxlan_header(VNI_A), &from_vtep),
+        TC_ACT_REDIRECT,
+        Verdict::DECAP,
+    );
+
     // A VNI this host does not serve: to the host stack, untouched.
     let frame = vxlan_frame(me, &vxlan_header(5000), &inner);
     assert_eq!(
@@ -967,6 +1037,19 @@ fn underlay_xdp_decapsulates_for_local_endpoints_only_and_marks_what_it_did() {
     expected.extend_from_slice(&inner[14..]);
     assert_eq!(out.data_out, expected, "metadata + decapsulated frame");
     assert_eq!(slot(Verdict::DECAP) - before, 1, "counted as decap");
+    let from_vtep = udp_frame(VTEP_MAC, endpoint_mac(LOCAL), VTEP_INNER, LOCAL, 6000);
+    let before = slot(Verdict::DECAP);
+    let frame = vxlan_frame_from(VTEP_HOST, me, &vxlan_header(VNI_A), &from_vtep);
+    assert_eq!(test_run(fd, &frame, 1).unwrap().retval, XDP_PASS);
+    assert_eq!(slot(Verdict::DECAP) - before, 1, "from the vtep: decap");
+
+    // Spoofed outer sources: dropped right here, counted.
+    for (what, outer, vni, inner) in spoof_cases() {
+        let before = slot(Verdict::SPOOFED);
+        let frame = vxlan_frame_from(outer, me, &vxlan_header(vni), &inner);
+        assert_eq!(test_run(fd, &frame, 1).unwrap().retval, XDP_DROP, "{what}");
+        assert_eq!(slot(Verdict::SPOOFED) - before, 1, "{what} counted");
+    }
 
     // Everything else is left whole for tc to judge (and count): no metadata, no change.
     let good = vxlan_frame(me, &vxlan_header(VNI_A), &inner);

@@ -146,20 +146,21 @@ fn underlay_config() -> Option<UnderlayValue> {
 
 /// Underlay interface, XDP: decapsulates VXLAN for local endpoints in place (marked for
 /// `tc_underlay_ingress`, see `underlay`), so the device's GRO aggregates the inner
-/// packets; counts and passes everything. In section `xdp.frags` so it attaches to
+/// packets; drops VXLAN whose outer source may not send for its inner source; counts
+/// and passes everything else. In section `xdp.frags` so it attaches to
 /// jumbo-MTU veths; `data_end` then covers only the first buffer (enough for the
 /// headers), so the frame length comes from `bpf_xdp_get_buff_len`.
 #[xdp(frags)]
 pub fn xdp_underlay(ctx: XdpContext) -> u32 {
     // SAFETY: the helper only reads the context the kernel handed us.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
-    let verdict = if underlay::xdp_decap(&ctx) {
-        Verdict::DECAP
-    } else {
-        Verdict::PASS
+    let (verdict, action) = match underlay::xdp_decap(&ctx) {
+        underlay::XdpDecap::Decapsulated => (Verdict::DECAP, xdp_action::XDP_PASS),
+        underlay::XdpDecap::Untouched => (Verdict::PASS, xdp_action::XDP_PASS),
+        underlay::XdpDecap::Spoofed => (Verdict::SPOOFED, xdp_action::XDP_DROP),
     };
     count(&XDP_UNDERLAY_COUNTERS, verdict, len);
-    xdp_action::XDP_PASS
+    action
 }
 
 /// Host side of an endpoint's veth, tc ingress: the packets the endpoint sends.

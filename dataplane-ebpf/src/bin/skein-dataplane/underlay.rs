@@ -25,19 +25,21 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use dataplane_ebpf::{
     counters::Verdict,
     overlay::{
-        endpoint_mac, vxlan_vni, DecapMeta, EndpointKey, DECAP_META_MAGIC, ENCAP_LEN, ETH_LEN,
+        endpoint_mac, vxlan_vni, DecapMeta, EndpointKey, VtepKey, DECAP_META_MAGIC, ENCAP_LEN, ETH_LEN,
         GATEWAY_MAC, IPV4_LEN, UDP_LEN, VXLAN_LEN, VXLAN_PORT,
     },
 };
 
 use crate::{
     lookup, network, parse::*, underlay_config, Outcome, OVERLAY_ENDPOINTS, OVERLAY_PORTS,
+    OVERLAY_VTEPS,
 };
 
 /// Offsets into an encapsulated frame with a plain (20-byte) outer IPv4 header.
@@ -74,6 +76,9 @@ enum Vxlan {
     NotIpv4,
     /// Known VNI, but no local endpoint with that address.
     UnknownEndpoint { vni: u32, dst: [u8; 4] },
+    /// For a local endpoint, but the outer source is neither the host of the inner
+    /// source's endpoint nor the external VTEP registered for it.
+    Spoofed { outer: [u8; 4], inner: [u8; 4] },
     /// For the local endpoint behind host-side veth `ifindex`.
     Deliver {
         vni: u32,
@@ -146,12 +151,38 @@ fn classify<P: Packet>(ctx: &P) -> Vxlan {
     };
     let dst = inner_ip.dst;
     match lookup(&OVERLAY_ENDPOINTS, &EndpointKey { vni, ip: dst }) {
-        Some(ep) if ep.ifindex != 0 => Vxlan::Deliver {
-            vni,
-            dst,
-            ifindex: ep.ifindex,
-        },
+        Some(ep) if ep.ifindex != 0 => {
+            if !sent_by_its_host(vni, inner_ip.src, ip.src) {
+                return Vxlan::Spoofed {
+                    outer: ip.src,
+                    inner: inner_ip.src,
+                };
+            }
+            Vxlan::Deliver {
+                vni,
+                dst,
+                ifindex: ep.ifindex,
+            }
+        }
         _ => Vxlan::UnknownEndpoint { vni, dst },
+    }
+}
+
+/// Whether `outer`, the underlay source of a VXLAN frame of `vni`, may speak for the
+/// inner source `inner`: it must be the host of the endpoint with that address (every
+/// endpoint of the cluster is in OVERLAY_ENDPOINTS, with its host's underlay address) or,
+/// for an address outside Skein's endpoints, the external VTEP registered for it. So a
+/// host on the underlay cannot inject traffic that claims to come from another host's
+/// endpoint (which the endpoint program on its own host would refuse as spoofed).
+#[inline(always)]
+fn sent_by_its_host(vni: u32, inner: [u8; 4], outer: [u8; 4]) -> bool {
+    if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &EndpointKey { vni, ip: inner }) {
+        return be32(ep.host_ip) == be32(outer);
+    }
+    let key = VtepKey::lookup(vni, inner);
+    match OVERLAY_VTEPS.get(Key::new(key.prefix_len, key.data())) {
+        Some(vtep) => be32(vtep.underlay_ip) == be32(outer),
+        None => false,
     }
 }
 
@@ -164,13 +195,42 @@ fn inner_ethernet(dst: [u8; 4]) -> [u8; ETH_LEN] {
     ]
 }
 
+/// What `xdp_underlay` did with a frame.
+pub enum XdpDecap {
+    /// Decapsulated and marked.
+    Decapsulated,
+    /// Left whole for tc to judge.
+    Untouched,
+    /// VXLAN for a local endpoint from an underlay source that may not send for its
+    /// inner source: to be dropped right here.
+    Spoofed,
+}
+
 /// `xdp_underlay`'s part: decapsulates a frame for a local endpoint in place and marks it
-/// with a [`DecapMeta`]; true if it did. Anything else is left untouched for tc.
+/// with a [`DecapMeta`]. Spoofed frames are dropped; anything else is left untouched for tc.
 #[inline(always)]
-pub fn xdp_decap(ctx: &XdpContext) -> bool {
-    let Vxlan::Deliver { vni, dst, ifindex } = classify(ctx) else {
-        return false;
+pub fn xdp_decap(ctx: &XdpContext) -> XdpDecap {
+    let (vni, dst, ifindex) = match classify(ctx) {
+        Vxlan::Deliver { vni, dst, ifindex } => (vni, dst, ifindex),
+        Vxlan::Spoofed { outer, inner } => {
+            debug!(
+                ctx,
+                "VXLAN from {:i} claiming inner source {:i}: dropped", outer, inner
+            );
+            return XdpDecap::Spoofed;
+        }
+        _ => return XdpDecap::Untouched,
     };
+    if !xdp_pop(ctx, vni, dst, ifindex) {
+        return XdpDecap::Untouched;
+    }
+    XdpDecap::Decapsulated
+}
+
+/// Pops the outer headers of a frame [`classify`] found deliverable and writes the mark;
+/// false (and no mark) if it could not.
+#[inline(always)]
+fn xdp_pop(ctx: &XdpContext, vni: u32, dst: [u8; 4], ifindex: u32) -> bool {
     let meta_len = size_of::<DecapMeta>() as i32;
     // Room for the metadata first, zeroed at once: should popping the headers fail, no
     // stale bytes there may look like a mark. A driver without metadata support refuses,
@@ -262,6 +322,13 @@ pub fn handle(ctx: &TcContext) -> Outcome {
             );
             Outcome::drop(Verdict::UNKNOWN_ENDPOINT)
         }
+        Vxlan::Spoofed { outer, inner } => {
+            debug!(
+                ctx,
+                "VXLAN from {:i} claiming inner source {:i}: dropped", outer, inner
+            );
+            Outcome::drop(Verdict::SPOOFED)
+        }
         Vxlan::Deliver { dst, ifindex, .. } => decap(ctx, ifindex, dst),
     }
 }
@@ -275,7 +342,7 @@ fn deliver_marked(ctx: &TcContext, meta: &DecapMeta) -> Outcome {
     };
     match lookup(&OVERLAY_PORTS, &meta.ifindex) {
         Some(port) if port.vni == meta.vni && be32(port.ip) == be32(ip.dst) => {
-            Outcome::redirect_peer(Verdict::DECAP, meta.ifindex)
+            into_endpoint(ctx, meta.ifindex)
         }
         _ => {
             // The endpoint went away between the two programs, or the mark is not ours.
@@ -301,5 +368,26 @@ fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4]) -> Outcome {
     if ctx.store(0, &inner_ethernet(dst), 0).is_err() {
         return Outcome::error();
     }
-    Outcome::redirect_peer(Verdict::DECAP, ifindex)
+    into_endpoint(ctx, ifindex)
+}
+
+/// Delivers a decapsulated skb into the endpoint behind host-side veth `ifindex`.
+///
+/// A GRO aggregate (`gso_size` set: the underlay's GRO merged it) goes straight into the
+/// endpoint's namespace with `bpf_redirect_peer`. A single segment goes out of the
+/// host-side veth instead (`bpf_redirect`, its egress), so it crosses the veth into the
+/// endpoint's `eth0`, whose GRO (the agent enables it; a veth with GRO on receives
+/// through NAPI) merges consecutive segments of a flow, as the kernel's VXLAN device does
+/// in its GRO cells. Without it the receiver acknowledges every other segment, and the
+/// sender answers those ACKs from softirq on the other CPU: two transmit streams that
+/// overtake each other in the per-CPU backlogs, reordering, spurious retransmits.
+#[inline(always)]
+fn into_endpoint(ctx: &TcContext, ifindex: u32) -> Outcome {
+    // SAFETY: reading a field of the context the kernel handed us.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size != 0 {
+        Outcome::redirect_peer(Verdict::DECAP, ifindex)
+    } else {
+        Outcome::redirect(Verdict::DECAP, ifindex)
+    }
 }
