@@ -16,9 +16,9 @@ use dataplane_ebpf::{
     counters::{Counter, Verdict},
     names,
     overlay::{
-        endpoint_mac, ipv4_checksum, vxlan_header, DecapMeta, EndpointKey, EndpointValue,
-        NetworkValue, PortValue, SubnetKey, UnderlayValue, VtepKey, VtepValue, DECAP_META_MAGIC,
-        GATEWAY_MAC,
+        endpoint_mac, icmp_frag_needed, ipv4_checksum, vxlan_header, DecapMeta, EndpointKey,
+        EndpointValue, NetworkValue, PortValue, SubnetKey, UnderlayValue, VtepKey, VtepValue,
+        DECAP_META_MAGIC, GATEWAY_MAC, ICMP_QUOTE_LEN,
     },
 };
 use etherparse::PacketBuilder;
@@ -722,6 +722,42 @@ fn endpoint_program_answers_arp_forwards_encapsulates_and_isolates() {
         &underlay_mac(host),
         "outer source MAC: the underlay's"
     );
+    // Too big for the underlay once encapsulated (1500-byte IPv4 + 50 > MTU 1500): with
+    // DF, the endpoint gets ICMP "fragmentation needed" from its gateway, MTU 1450,
+    // quoting its packet's header; without DF, only dropped.
+    let big = |df: bool| {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(endpoint_mac(ME), GATEWAY_MAC)
+            .ipv4(ME, REMOTE, 64)
+            .udp(5000, 7000)
+            .write(&mut frame, &[0x5a; 1472])
+            .unwrap();
+        if df {
+            frame[20] |= 0x40;
+        } else {
+            frame[20] &= !0x40;
+        }
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let header: [u8; 20] = frame[14..34].try_into().unwrap();
+        frame[24..26].copy_from_slice(&ipv4_checksum(&header).to_be_bytes());
+        frame
+    };
+    let frame = big(true);
+    let out = run("too big, DF set", &frame, TC_ACT_REDIRECT, Verdict::TOO_BIG);
+    let mut expected = endpoint_mac(ME).to_vec();
+    expected.extend_from_slice(&GATEWAY_MAC);
+    expected.extend_from_slice(&[0x08, 0x00]);
+    expected.extend_from_slice(&icmp_frag_needed(
+        [10, 0, 1, 1],
+        ME,
+        1450,
+        &frame[14..14 + ICMP_QUOTE_LEN].try_into().unwrap(),
+    ));
+    assert_eq!(
+        out, expected,
+        "ICMP fragmentation needed back to the endpoint"
+    );
+    run("too big, no DF", &big(false), TC_ACT_SHOT, Verdict::TOO_BIG);
     // An unresolved next hop: `bpf_redirect_neigh` resolves it.
     let mut maps = OverlayMaps::open(&pins).unwrap();
     let unresolved = [10, 0, 1, 5];
@@ -785,7 +821,8 @@ const VTEP_INNER: [u8; 4] = [10, 0, 1, 200];
 /// VXLAN for the local endpoint `LOCAL` whose outer source may not send for its inner
 /// source: (what, outer source, VNI, inner frame).
 fn spoof_cases() -> Vec<(&'static str, [u8; 4], u32, Vec<u8>)> {
-    let inner_from = |src: [u8; 4]| udp_frame(endpoint_mac(src), endpoint_mac(LOCAL), src, LOCAL, 6000);
+    let inner_from =
+        |src: [u8; 4]| udp_frame(endpoint_mac(src), endpoint_mac(LOCAL), src, LOCAL, 6000);
     vec![
         (
             "a remote endpoint's traffic from the vtep's address",

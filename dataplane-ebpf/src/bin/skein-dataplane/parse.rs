@@ -67,6 +67,8 @@ const _: () = {
 /// EtherTypes, host order (as [`be16`] reads them).
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// IPv4 `frag_off` bits (host order once read with [`be16`]).
 pub const IP_MF: u16 = 0x2000;

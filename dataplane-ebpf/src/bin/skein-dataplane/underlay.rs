@@ -32,8 +32,8 @@ use aya_log_ebpf::debug;
 use dataplane_ebpf::{
     counters::Verdict,
     overlay::{
-        endpoint_mac, vxlan_vni, DecapMeta, EndpointKey, VtepKey, DECAP_META_MAGIC, ENCAP_LEN, ETH_LEN,
-        GATEWAY_MAC, IPV4_LEN, UDP_LEN, VXLAN_LEN, VXLAN_PORT,
+        endpoint_mac, vxlan_vni, DecapMeta, EndpointKey, VtepKey, DECAP_META_MAGIC, ENCAP_LEN,
+        ETH_LEN, GATEWAY_MAC, IPV4_LEN, UDP_LEN, VXLAN_LEN, VXLAN_PORT,
     },
 };
 
@@ -84,6 +84,8 @@ enum Vxlan {
         vni: u32,
         dst: [u8; 4],
         ifindex: u32,
+        /// The inner IPv4 protocol (see [`into_endpoint`]).
+        protocol: u8,
     },
 }
 
@@ -162,6 +164,7 @@ fn classify<P: Packet>(ctx: &P) -> Vxlan {
                 vni,
                 dst,
                 ifindex: ep.ifindex,
+                protocol: inner_ip.protocol,
             }
         }
         _ => Vxlan::UnknownEndpoint { vni, dst },
@@ -211,7 +214,9 @@ pub enum XdpDecap {
 #[inline(always)]
 pub fn xdp_decap(ctx: &XdpContext) -> XdpDecap {
     let (vni, dst, ifindex) = match classify(ctx) {
-        Vxlan::Deliver { vni, dst, ifindex } => (vni, dst, ifindex),
+        Vxlan::Deliver {
+            vni, dst, ifindex, ..
+        } => (vni, dst, ifindex),
         Vxlan::Spoofed { outer, inner } => {
             debug!(
                 ctx,
@@ -329,7 +334,12 @@ pub fn handle(ctx: &TcContext) -> Outcome {
             );
             Outcome::drop(Verdict::SPOOFED)
         }
-        Vxlan::Deliver { dst, ifindex, .. } => decap(ctx, ifindex, dst),
+        Vxlan::Deliver {
+            dst,
+            ifindex,
+            protocol,
+            ..
+        } => decap(ctx, ifindex, dst, protocol),
     }
 }
 
@@ -342,7 +352,7 @@ fn deliver_marked(ctx: &TcContext, meta: &DecapMeta) -> Outcome {
     };
     match lookup(&OVERLAY_PORTS, &meta.ifindex) {
         Some(port) if port.vni == meta.vni && be32(port.ip) == be32(ip.dst) => {
-            into_endpoint(ctx, meta.ifindex)
+            into_endpoint(ctx, meta.ifindex, ip.protocol)
         }
         _ => {
             // The endpoint went away between the two programs, or the mark is not ours.
@@ -357,7 +367,7 @@ fn deliver_marked(ctx: &TcContext, meta: &DecapMeta) -> Outcome {
 
 /// Removes outer IPv4 + UDP + VXLAN + inner Ethernet (the 50 bytes after the outer
 /// Ethernet header, which stays and is rewritten), then delivers into the endpoint.
-fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4]) -> Outcome {
+fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4], protocol: u8) -> Outcome {
     if ctx
         .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .is_err()
@@ -368,26 +378,30 @@ fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4]) -> Outcome {
     if ctx.store(0, &inner_ethernet(dst), 0).is_err() {
         return Outcome::error();
     }
-    into_endpoint(ctx, ifindex)
+    into_endpoint(ctx, ifindex, protocol)
 }
 
-/// Delivers a decapsulated skb into the endpoint behind host-side veth `ifindex`.
+/// Delivers a decapsulated skb with inner IPv4 `protocol` into the endpoint behind
+/// host-side veth `ifindex`.
 ///
-/// A GRO aggregate (`gso_size` set: the underlay's GRO merged it) goes straight into the
-/// endpoint's namespace with `bpf_redirect_peer`. A single segment goes out of the
-/// host-side veth instead (`bpf_redirect`, its egress), so it crosses the veth into the
-/// endpoint's `eth0`, whose GRO (the agent enables it; a veth with GRO on receives
-/// through NAPI) merges consecutive segments of a flow, as the kernel's VXLAN device does
-/// in its GRO cells. Without it the receiver acknowledges every other segment, and the
-/// sender answers those ACKs from softirq on the other CPU: two transmit streams that
-/// overtake each other in the per-CPU backlogs, reordering, spurious retransmits.
+/// A single TCP segment (no `gso_size`: the underlay's GRO did not merge it) goes out of
+/// the host-side veth (`bpf_redirect`, its egress), so it crosses the veth into the
+/// endpoint's `eth0`, whose GRO (the agent turns it on, and TSO off on the host side, see
+/// `agent/src/netlink/offload.rs`) merges consecutive segments of the flow, as the
+/// kernel's VXLAN device does in its GRO cells. Without that the receiver acknowledges
+/// every other segment, the sender answers those ACKs from softirq on the other CPU, and
+/// its two transmit streams overtake each other in the per-CPU backlogs: reordering,
+/// spurious retransmits, a third less throughput. Everything else — GRO aggregates, UDP,
+/// ICMP — goes straight into the endpoint's namespace with `bpf_redirect_peer`, which
+/// skips the veth's transmit path and its 256-entry ring (64-byte UDP through the ring
+/// arrived at half the rate).
 #[inline(always)]
-fn into_endpoint(ctx: &TcContext, ifindex: u32) -> Outcome {
+fn into_endpoint(ctx: &TcContext, ifindex: u32, protocol: u8) -> Outcome {
     // SAFETY: reading a field of the context the kernel handed us.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size != 0 {
-        Outcome::redirect_peer(Verdict::DECAP, ifindex)
-    } else {
+    if protocol == IPPROTO_TCP && gso_size == 0 {
         Outcome::redirect(Verdict::DECAP, ifindex)
+    } else {
+        Outcome::redirect_peer(Verdict::DECAP, ifindex)
     }
 }
