@@ -725,7 +725,9 @@ fn endpoint_program_answers_arp_forwards_encapsulates_and_isolates() {
     // Too big for the underlay once encapsulated (1500-byte IPv4 + 50 > MTU 1500): with
     // DF, the endpoint gets ICMP "fragmentation needed" from its gateway, MTU 1450,
     // quoting its packet's header; without DF, only dropped.
-    let big = |df: bool| {
+    // A 1500-byte IPv4 packet from the endpoint: UDP (17), or another `protocol` whose
+    // first payload byte is `first` (for ICMP, the type), DF as asked.
+    let big_with = |df: bool, protocol: u8, first: u8| {
         let mut frame = Vec::new();
         PacketBuilder::ethernet2(endpoint_mac(ME), GATEWAY_MAC)
             .ipv4(ME, REMOTE, 64)
@@ -737,24 +739,48 @@ fn endpoint_program_answers_arp_forwards_encapsulates_and_isolates() {
         } else {
             frame[20] &= !0x40;
         }
+        if protocol != 17 {
+            frame[23] = protocol;
+            frame[34] = first;
+        }
         frame[24..26].copy_from_slice(&[0, 0]);
         let header: [u8; 20] = frame[14..34].try_into().unwrap();
         frame[24..26].copy_from_slice(&ipv4_checksum(&header).to_be_bytes());
         frame
     };
+    let big = |df: bool| big_with(df, 17, 0);
+    let icmp_reply = |frame: &[u8]| {
+        let mut expected = endpoint_mac(ME).to_vec();
+        expected.extend_from_slice(&GATEWAY_MAC);
+        expected.extend_from_slice(&[0x08, 0x00]);
+        expected.extend_from_slice(&icmp_frag_needed(
+            [10, 0, 1, 1],
+            ME,
+            1450,
+            &frame[14..14 + ICMP_QUOTE_LEN].try_into().unwrap(),
+        ));
+        expected
+    };
+    // An echo request (ping -M do) learns the MTU too; an ICMP error gets no error.
+    let echo = big_with(true, 1, 8);
+    let out = run(
+        "too big echo request, DF set",
+        &echo,
+        TC_ACT_REDIRECT,
+        Verdict::TOO_BIG,
+    );
+    assert_eq!(out, icmp_reply(&echo), "ICMP about an echo request");
+    run(
+        "too big ICMP error, DF set",
+        &big_with(true, 1, 3),
+        TC_ACT_SHOT,
+        Verdict::TOO_BIG,
+    );
     let frame = big(true);
     let out = run("too big, DF set", &frame, TC_ACT_REDIRECT, Verdict::TOO_BIG);
-    let mut expected = endpoint_mac(ME).to_vec();
-    expected.extend_from_slice(&GATEWAY_MAC);
-    expected.extend_from_slice(&[0x08, 0x00]);
-    expected.extend_from_slice(&icmp_frag_needed(
-        [10, 0, 1, 1],
-        ME,
-        1450,
-        &frame[14..14 + ICMP_QUOTE_LEN].try_into().unwrap(),
-    ));
     assert_eq!(
-        out, expected,
+        out,
+        icmp_reply(&frame),
         "ICMP fragmentation needed back to the endpoint"
     );
     run("too big, no DF", &big(false), TC_ACT_SHOT, Verdict::TOO_BIG);

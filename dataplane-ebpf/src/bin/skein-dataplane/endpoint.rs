@@ -422,10 +422,17 @@ fn frag_needed(ctx: &TcContext, gateway: [u8; 4], underlay_mtu: u16) -> Outcome 
         return dropped;
     };
     // A plain IPv4 header (so the quote is the header + 8 bytes) with DF set: without DF
-    // the sender expects routers to fragment, which this program does not. Never about
-    // an ICMP message (no errors about errors, RFC 1122).
-    if ip.version_ihl != 0x45 || ip.frag_off[0] & 0x40 == 0 || ip.protocol == IPPROTO_ICMP {
+    // the sender expects routers to fragment, which this program does not.
+    if ip.version_ihl != 0x45 || ip.frag_off[0] & 0x40 == 0 {
         return dropped;
+    }
+    // Never about an ICMP error (no errors about errors, RFC 1122 3.2.2); echo requests
+    // and other queries get one, so `ping -M do` learns the MTU too.
+    if ip.protocol == IPPROTO_ICMP {
+        match read_at::<u8>(ctx, QUOTE + IPV4_LEN) {
+            Some(3 | 4 | 5 | 11 | 12) | None => return dropped,
+            Some(_) => {}
+        }
     }
     let Some(endpoint_mac) = read_at::<[u8; 6]>(ctx, 6) else {
         return dropped;
