@@ -14,7 +14,8 @@
 //! Both sides are therefore measured on the same wire-like underlay. Cross-host TCP is measured
 //! twice: with GRO off on every host's underlay `eth0` (how veths come) and on (how real NICs
 //! come), toggled for both sides at once — Skein's XDP decapsulation lets the underlay's GRO
-//! aggregate the inner TCP segments; the kernel's VXLAN device aggregates in its GRO cells
+//! aggregate the inner TCP segments, and single segments cross the endpoint's veth, whose GRO
+//! the agent turns on (part of Skein's own plumbing; the reference's veths stay as they come); the kernel's VXLAN device aggregates in its GRO cells
 //! either way and, with underlay GRO on, also gets UDP-tunnel GRO.
 //!
 //! Figures only: no thresholds (the machine is shared and noisy; compare only figures from one

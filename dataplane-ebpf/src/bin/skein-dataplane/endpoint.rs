@@ -6,7 +6,8 @@
 //!   the endpoint gives about itself go to the host (which resolves the endpoint to
 //!   reach it); any other ARP is dropped.
 //! - IPv4 inside the endpoint's network: the gateway → the host; a local endpoint →
-//!   redirected to its veth; a remote one → VXLAN to its host; an external VTEP's
+//!   redirected to its veth; a remote one → VXLAN to its host (or, if too big for the
+//!   underlay once encapsulated, ICMP "fragmentation needed" back); an external VTEP's
 //!   prefix → VXLAN to the VTEP; anything else → dropped.
 //! - IPv4 to another overlay network's subnet → dropped (networks are isolated); to
 //!   anywhere else → the host, which routes (and NATs) it.

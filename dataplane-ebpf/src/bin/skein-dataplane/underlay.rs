@@ -9,7 +9,8 @@
 //!   veth runs on the skb itself; only a native XDP *redirect* loses it).
 //! - `tc_underlay_ingress` ([`handle`]): a frame with a valid [`DecapMeta`] (possibly a
 //!   GRO aggregate of many) is checked against the maps and delivered with
-//!   `bpf_redirect_peer`. Everything else is classified again and handled on the skb:
+//!   `bpf_redirect_peer` (single TCP segments through the endpoint's veth instead, for its
+//!   GRO: see [`into_endpoint`]). Everything else is classified again and handled on the skb:
 //!   decapsulated with `bpf_skb_adjust_room` (frames XDP could not take: generic XDP,
 //!   headers beyond the first buffer), dropped or passed, each counted.
 //!
@@ -18,7 +19,9 @@
 //! an IPv4 packet for a local endpoint of that VNI; a VNI this host does not know passes
 //! to the host stack untouched (a kernel VXLAN device may own it); malformed VXLAN and
 //! unknown endpoints are dropped. A frame is never delivered to an endpoint of another
-//! VNI: the endpoint is looked up by (VNI, address).
+//! VNI: the endpoint is looked up by (VNI, address). Nor from an underlay source that may
+//! not speak for the inner source (see `sent_by_its_host`): dropped as `spoofed_source`, in
+//! XDP already when XDP sees the frame.
 
 use aya_ebpf::{
     bindings::{
