@@ -191,6 +191,24 @@ pub struct UnderlayValue {
     pub _pad: [u8; 2],
 }
 
+/// What `xdp_underlay` leaves in front of a frame it decapsulated (XDP metadata, which
+/// the kernel carries into the skb as `data_meta`), for `tc_underlay_ingress` to deliver
+/// it without parsing again. Only our XDP program writes metadata on the underlay, and
+/// the tc program trusts it only with [`DECAP_META_MAGIC`] and only after checking that
+/// the port `ifindex` is an endpoint of `vni` whose address is the frame's destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapMeta {
+    pub magic: u32,
+    /// The endpoint's host-side veth.
+    pub ifindex: u32,
+    /// The VNI the frame arrived with.
+    pub vni: u32,
+}
+
+/// [`DecapMeta::magic`]: "SKDC".
+pub const DECAP_META_MAGIC: u32 = 0x534b_4443;
+
 const _: () = {
     assert!(size_of::<EndpointKey>() == 8);
     assert!(size_of::<EndpointValue>() == 8);
@@ -200,6 +218,8 @@ const _: () = {
     assert!(size_of::<SubnetKey>() == 8);
     assert!(size_of::<VtepValue>() == 12);
     assert!(size_of::<UnderlayValue>() == 16);
+    // XDP metadata: a multiple of 4 bytes, at most 32.
+    assert!(size_of::<DecapMeta>() == 12);
 };
 
 #[cfg(feature = "user")]
@@ -275,6 +295,77 @@ pub fn outer_ipv4(src: [u8; 4], dst: [u8; 4], payload_len: u16, id: u16) -> [u8;
     let checksum = ipv4_checksum(&header).to_be_bytes();
     header[10] = checksum[0];
     header[11] = checksum[1];
+    header
+}
+
+/// The Internet checksum (RFC 1071) of `N` bytes, `N` even; fixed size, so the verifier
+/// sees a bounded loop.
+pub fn internet_checksum<const N: usize>(bytes: &[u8; N]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The bytes of a packet an ICMP error quotes: its IPv4 header (no options) and the
+/// first 8 bytes after it (RFC 792).
+pub const ICMP_QUOTE_LEN: usize = IPV4_LEN + 8;
+/// IPv4 header + ICMP header + quote.
+pub const ICMP_FRAG_NEEDED_LEN: usize = IPV4_LEN + 8 + ICMP_QUOTE_LEN;
+
+/// "Destination unreachable: fragmentation needed and DF set" (ICMP type 3 code 4, RFC
+/// 1191) from `from` (the gateway: the router that cannot forward, as the endpoint sees
+/// it) to `to`, announcing `next_hop_mtu`, quoting the packet's first bytes: IPv4 header,
+/// ICMP header, quote. Built from [`icmp_error_ipv4`] and [`icmp_frag_needed_header`],
+/// which the program writes into the packet piece by piece (BPF stacks are small).
+pub fn icmp_frag_needed(
+    from: [u8; 4],
+    to: [u8; 4],
+    next_hop_mtu: u16,
+    quoted: &[u8; ICMP_QUOTE_LEN],
+) -> [u8; ICMP_FRAG_NEEDED_LEN] {
+    let mut out = [0u8; ICMP_FRAG_NEEDED_LEN];
+    let ip = icmp_error_ipv4(from, to);
+    let icmp = icmp_frag_needed_header(next_hop_mtu, quoted);
+    out[..IPV4_LEN].copy_from_slice(&ip);
+    out[IPV4_LEN..IPV4_LEN + 8].copy_from_slice(&icmp);
+    out[IPV4_LEN + 8..].copy_from_slice(quoted);
+    out
+}
+
+/// The IPv4 header of an ICMP error of [`ICMP_FRAG_NEEDED_LEN`] bytes (TTL 64, TOS 0xc0
+/// as the kernel sends its ICMP errors), checksum filled in.
+pub fn icmp_error_ipv4(from: [u8; 4], to: [u8; 4]) -> [u8; IPV4_LEN] {
+    let total = (ICMP_FRAG_NEEDED_LEN as u16).to_be_bytes();
+    let mut ip = [
+        0x45, 0xc0, total[0], total[1], 0, 0, 0, 0, 64, 1, 0, 0, from[0], from[1], from[2],
+        from[3], to[0], to[1], to[2], to[3],
+    ];
+    let sum = ipv4_checksum(&ip).to_be_bytes();
+    ip[10] = sum[0];
+    ip[11] = sum[1];
+    ip
+}
+
+/// The 8-byte ICMP header of "fragmentation needed" with `next_hop_mtu`; its checksum
+/// covers the header and the `quoted` bytes that follow it.
+pub fn icmp_frag_needed_header(next_hop_mtu: u16, quoted: &[u8; ICMP_QUOTE_LEN]) -> [u8; 8] {
+    let mtu = next_hop_mtu.to_be_bytes();
+    let mut header = [3, 4, 0, 0, 0, 0, mtu[0], mtu[1]];
+    // One's complement sums add up piecewise: fold the quote's sum into the header's.
+    let quote_sum = !internet_checksum(quoted) as u32;
+    let header_sum = !internet_checksum(&header) as u32;
+    let mut sum = quote_sum + header_sum;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let check = (!(sum as u16)).to_be_bytes();
+    header[2] = check[0];
+    header[3] = check[1];
     header
 }
 
@@ -500,6 +591,23 @@ mod tests {
         assert_eq!(&h[36..42], &e.inner_dst_mac);
         assert_eq!(&h[42..48], &e.inner_src_mac);
         assert_eq!(&h[48..50], &ETH_P_IPV4);
+    }
+
+    #[test]
+    fn icmp_frag_needed_is_a_valid_type_3_code_4_with_the_mtu_and_the_quote() {
+        let quoted: [u8; ICMP_QUOTE_LEN] = core::array::from_fn(|i| i as u8 + 1);
+        let p = icmp_frag_needed([10, 0, 1, 1], [10, 0, 1, 5], 1450, &quoted);
+        let ip: [u8; IPV4_LEN] = p[..20].try_into().unwrap();
+        assert_eq!(ipv4_checksum(&ip), 0, "IPv4 checksum verifies");
+        assert_eq!(u16::from_be_bytes([p[2], p[3]]), 56, "total length");
+        assert_eq!((p[8], p[9]), (64, 1), "TTL 64, ICMP");
+        assert_eq!(&p[12..16], &[10, 0, 1, 1]);
+        assert_eq!(&p[16..20], &[10, 0, 1, 5]);
+        let icmp: [u8; 36] = p[20..].try_into().unwrap();
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450, "next-hop MTU");
+        assert_eq!(&icmp[8..], &quoted);
+        assert_eq!(internet_checksum(&icmp), 0, "ICMP checksum verifies");
     }
 
     #[test]

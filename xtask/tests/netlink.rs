@@ -161,6 +161,9 @@ fn endpoint_link_is_created_adopted_repaired_changed_and_removed() {
             Change::LoopbackUp,
             Change::EndpointAddress,
             Change::DefaultRoute,
+            // Offloads for the decapsulated path: GRO in the endpoint, TSO off outside.
+            Change::EndpointGro,
+            Change::HostTso,
             Change::HostGatewayAddress,
             Change::HostEndpointRoute,
         ]
@@ -251,6 +254,16 @@ fn endpoint_link_is_created_adopted_repaired_changed_and_removed() {
         !ip(&["-n", h, "route"]).contains("10.9.0.5"),
         "down drops the route"
     );
+    let ethtool = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec"])
+            .args(args)
+            .output()
+            .expect("ethtool runs");
+        assert!(out.status.success(), "ethtool {args:?}: {out:?}");
+    };
+    ethtool(&[&ep_name, "ethtool", "-K", "eth0", "gro", "off"]);
+    ethtool(&[h, "ethtool", "-K", &ifname, "tso", "on"]);
     let repaired = ensure(host, &spec);
     assert_eq!(
         repaired.changes,
@@ -260,6 +273,8 @@ fn endpoint_link_is_created_adopted_repaired_changed_and_removed() {
             Change::EndpointAddress,
             // Removing eth0's last address flushed the routes through it.
             Change::DefaultRoute,
+            Change::EndpointGro,
+            Change::HostTso,
             Change::HostUp,
             Change::HostStaleAddress,
             // Taking the host side down flushed its route.

@@ -16,13 +16,15 @@ use dataplane_ebpf::{
     counters::{Counter, Verdict},
     names,
     overlay::{
-        endpoint_mac, ipv4_checksum, vxlan_header, EndpointKey, EndpointValue, NetworkValue,
-        PortValue, SubnetKey, UnderlayValue, VtepKey, VtepValue, GATEWAY_MAC,
+        endpoint_mac, icmp_frag_needed, ipv4_checksum, vxlan_header, DecapMeta, EndpointKey,
+        EndpointValue, NetworkValue, PortValue, SubnetKey, UnderlayValue, VtepKey, VtepValue,
+        DECAP_META_MAGIC, GATEWAY_MAC, ICMP_QUOTE_LEN,
     },
 };
 use etherparse::PacketBuilder;
 use xtask::testbed::{Host, Testbed, TestbedConfig};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -242,6 +244,8 @@ const REMOTE: [u8; 4] = [10, 0, 1, 4];
 const REMOTE_HOST: [u8; 4] = [10, 200, 0, 12];
 /// A local endpoint of B, on ifindex 8.
 const B_LOCAL: [u8; 4] = [10, 0, 2, 3];
+/// Network B's endpoint on `REMOTE_HOST`.
+const B_REMOTE: [u8; 4] = [10, 0, 2, 4];
 /// An external VTEP for 10.0.1.128/25 of A.
 const VTEP_HOST: [u8; 4] = [10, 200, 0, 50];
 const VTEP_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x50];
@@ -316,6 +320,7 @@ fn program_overlay(pins: &PinDirs, host: &Host) {
         (VNI_A, LOCAL, host.underlay_ip().octets(), LOCAL_IFINDEX),
         (VNI_A, REMOTE, REMOTE_HOST, 0),
         (VNI_B, B_LOCAL, host.underlay_ip().octets(), 8),
+        (VNI_B, B_REMOTE, REMOTE_HOST, 0),
     ] {
         maps.put_endpoint(EndpointKey { vni, ip }, EndpointValue { host_ip, ifindex })
             .unwrap();
@@ -379,11 +384,16 @@ fn arp_frame(
 /// VXLAN from `REMOTE_HOST` to `to`: outer Ethernet/IPv4/UDP 4789, then `vxlan` (the
 /// 8-byte header, or whatever a test puts there) and `inner`.
 fn vxlan_frame(to: [u8; 4], vxlan: &[u8], inner: &[u8]) -> Vec<u8> {
+    vxlan_frame_from(REMOTE_HOST, to, vxlan, inner)
+}
+
+/// VXLAN as [`vxlan_frame`], from the underlay address `from`.
+fn vxlan_frame_from(from: [u8; 4], to: [u8; 4], vxlan: &[u8], inner: &[u8]) -> Vec<u8> {
     let mut payload = vxlan.to_vec();
     payload.extend_from_slice(inner);
     let mut frame = Vec::new();
     PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x12], [0x02, 0, 0, 0, 0, 0x11])
-        .ipv4(REMOTE_HOST, to, 64)
+        .ipv4(from, to, 64)
         .udp(50000, 4789)
         .write(&mut frame, &payload)
         .expect("vxlan frame");
@@ -712,6 +722,68 @@ fn endpoint_program_answers_arp_forwards_encapsulates_and_isolates() {
         &underlay_mac(host),
         "outer source MAC: the underlay's"
     );
+    // Too big for the underlay once encapsulated (1500-byte IPv4 + 50 > MTU 1500): with
+    // DF, the endpoint gets ICMP "fragmentation needed" from its gateway, MTU 1450,
+    // quoting its packet's header; without DF, only dropped.
+    // A 1500-byte IPv4 packet from the endpoint: UDP (17), or another `protocol` whose
+    // first payload byte is `first` (for ICMP, the type), DF as asked.
+    let big_with = |df: bool, protocol: u8, first: u8| {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(endpoint_mac(ME), GATEWAY_MAC)
+            .ipv4(ME, REMOTE, 64)
+            .udp(5000, 7000)
+            .write(&mut frame, &[0x5a; 1472])
+            .unwrap();
+        if df {
+            frame[20] |= 0x40;
+        } else {
+            frame[20] &= !0x40;
+        }
+        if protocol != 17 {
+            frame[23] = protocol;
+            frame[34] = first;
+        }
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let header: [u8; 20] = frame[14..34].try_into().unwrap();
+        frame[24..26].copy_from_slice(&ipv4_checksum(&header).to_be_bytes());
+        frame
+    };
+    let big = |df: bool| big_with(df, 17, 0);
+    let icmp_reply = |frame: &[u8]| {
+        let mut expected = endpoint_mac(ME).to_vec();
+        expected.extend_from_slice(&GATEWAY_MAC);
+        expected.extend_from_slice(&[0x08, 0x00]);
+        expected.extend_from_slice(&icmp_frag_needed(
+            [10, 0, 1, 1],
+            ME,
+            1450,
+            &frame[14..14 + ICMP_QUOTE_LEN].try_into().unwrap(),
+        ));
+        expected
+    };
+    // An echo request (ping -M do) learns the MTU too; an ICMP error gets no error.
+    let echo = big_with(true, 1, 8);
+    let out = run(
+        "too big echo request, DF set",
+        &echo,
+        TC_ACT_REDIRECT,
+        Verdict::TOO_BIG,
+    );
+    assert_eq!(out, icmp_reply(&echo), "ICMP about an echo request");
+    run(
+        "too big ICMP error, DF set",
+        &big_with(true, 1, 3),
+        TC_ACT_SHOT,
+        Verdict::TOO_BIG,
+    );
+    let frame = big(true);
+    let out = run("too big, DF set", &frame, TC_ACT_REDIRECT, Verdict::TOO_BIG);
+    assert_eq!(
+        out,
+        icmp_reply(&frame),
+        "ICMP fragmentation needed back to the endpoint"
+    );
+    run("too big, no DF", &big(false), TC_ACT_SHOT, Verdict::TOO_BIG);
     // An unresolved next hop: `bpf_redirect_neigh` resolves it.
     let mut maps = OverlayMaps::open(&pins).unwrap();
     let unresolved = [10, 0, 1, 5];
@@ -769,6 +841,54 @@ fn endpoint_program_answers_arp_forwards_encapsulates_and_isolates() {
     );
 }
 
+/// An address inside the external VTEP's prefix (10.0.1.128/25 on VNI A).
+const VTEP_INNER: [u8; 4] = [10, 0, 1, 200];
+
+/// VXLAN for the local endpoint `LOCAL` whose outer source may not send for its inner
+/// source: (what, outer source, VNI, inner frame).
+fn spoof_cases() -> Vec<(&'static str, [u8; 4], u32, Vec<u8>)> {
+    let inner_from =
+        |src: [u8; 4]| udp_frame(endpoint_mac(src), endpoint_mac(LOCAL), src, LOCAL, 6000);
+    vec![
+        (
+            "a remote endpoint's traffic from the vtep's address",
+            VTEP_HOST,
+            VNI_A,
+            inner_from(REMOTE),
+        ),
+        (
+            "a remote endpoint's traffic from an unknown host",
+            [10, 200, 0, 99],
+            VNI_A,
+            inner_from(REMOTE),
+        ),
+        (
+            "a local endpoint's address from another host",
+            REMOTE_HOST,
+            VNI_A,
+            inner_from(ME),
+        ),
+        (
+            "an unknown inner source",
+            REMOTE_HOST,
+            VNI_A,
+            inner_from([10, 0, 1, 77]),
+        ),
+        (
+            "the vtep's prefix from a skein host",
+            REMOTE_HOST,
+            VNI_A,
+            inner_from(VTEP_INNER),
+        ),
+        (
+            "network B's endpoint as source under A's VNI",
+            REMOTE_HOST,
+            VNI_A,
+            inner_from(B_REMOTE),
+        ),
+    ]
+}
+
 #[test]
 fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vxlan() {
     let bed = Testbed::new("progrun-underlay", TestbedConfig::with_hosts(1)).expect("testbed");
@@ -816,9 +936,9 @@ fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vx
     expected.extend_from_slice(&inner[14..]);
     assert_eq!(out, expected, "decapsulated frame");
     let inner_b = udp_frame(
-        endpoint_mac(REMOTE),
+        endpoint_mac(B_REMOTE),
         endpoint_mac(B_LOCAL),
-        [10, 0, 2, 4],
+        B_REMOTE,
         B_LOCAL,
         6000,
     );
@@ -839,6 +959,20 @@ fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vx
         let frame = vxlan_frame(me, &vxlan_header(vni), &inner_to(dst));
         run(what, &frame, TC_ACT_SHOT, Verdict::UNKNOWN_ENDPOINT);
     }
+    // The outer source must be the host of the inner source's endpoint, or the external
+    // VTEP registered for its prefix: anything else is dropped as spoofed.
+    for (what, outer, vni, inner) in spoof_cases() {
+        let frame = vxlan_frame_from(outer, me, &vxlan_header(vni), &inner);
+        run(what, &frame, TC_ACT_SHOT, Verdict::SPOOFED);
+    }
+    let from_vtep = udp_frame(VTEP_MAC, endpoint_mac(LOCAL), VTEP_INNER, LOCAL, 6000);
+    run(
+        "vxlan from the external vtep for its prefix",
+        &vxlan_frame_from(VTEP_HOST, me, &vxlan_header(VNI_A), &from_vtep),
+        TC_ACT_REDIRECT,
+        Verdict::DECAP,
+    );
+
     // A VNI this host does not serve: to the host stack, untouched.
     let frame = vxlan_frame(me, &vxlan_header(5000), &inner);
     assert_eq!(
@@ -916,6 +1050,105 @@ fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vx
             frame,
             "{what} untouched"
         );
+    }
+}
+
+#[test]
+fn underlay_xdp_decapsulates_for_local_endpoints_only_and_marks_what_it_did() {
+    let bed = Testbed::new("progrun-xdp", TestbedConfig::with_hosts(1)).expect("testbed");
+    let host = bed.host(0);
+    let pins = PinDirs::new(host.bpf_dir());
+    let mut ebpf = dataplane::load(&pins).expect("object loads");
+    program_overlay(&pins, host);
+    let counters = Counters::open(&pins).unwrap();
+    let xdp: &mut Xdp = ebpf
+        .program_mut(names::XDP_UNDERLAY)
+        .expect("xdp program")
+        .try_into()
+        .expect("xdp type");
+    let fd = xdp.fd().expect("loaded").as_fd();
+    let slot = |v: Verdict| {
+        counters
+            .read()
+            .into_iter()
+            .filter(|(p, w, _)| *p == names::XDP_UNDERLAY && *w == v)
+            .map(|(_, _, c)| c.packets)
+            .sum::<u64>()
+    };
+    let me = host.underlay_ip().octets();
+    let inner_to =
+        |dst: [u8; 4]| udp_frame(endpoint_mac(REMOTE), endpoint_mac(dst), REMOTE, dst, 6000);
+
+    // For a local endpoint: the output is the metadata (what tc trusts: magic, the
+    // endpoint's port, the VNI) followed by the inner frame with its new Ethernet header.
+    let inner = inner_to(LOCAL);
+    let before = slot(Verdict::DECAP);
+    let out = test_run(fd, &vxlan_frame(me, &vxlan_header(VNI_A), &inner), 1).unwrap();
+    assert_eq!(out.retval, XDP_PASS);
+    let meta = DecapMeta {
+        magic: DECAP_META_MAGIC,
+        ifindex: LOCAL_IFINDEX,
+        vni: VNI_A,
+    };
+    let mut expected = [meta.magic, meta.ifindex, meta.vni]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect::<Vec<u8>>();
+    expected.extend_from_slice(&endpoint_mac(LOCAL));
+    expected.extend_from_slice(&GATEWAY_MAC);
+    expected.extend_from_slice(&[0x08, 0x00]);
+    expected.extend_from_slice(&inner[14..]);
+    assert_eq!(out.data_out, expected, "metadata + decapsulated frame");
+    assert_eq!(slot(Verdict::DECAP) - before, 1, "counted as decap");
+    let from_vtep = udp_frame(VTEP_MAC, endpoint_mac(LOCAL), VTEP_INNER, LOCAL, 6000);
+    let before = slot(Verdict::DECAP);
+    let frame = vxlan_frame_from(VTEP_HOST, me, &vxlan_header(VNI_A), &from_vtep);
+    assert_eq!(test_run(fd, &frame, 1).unwrap().retval, XDP_PASS);
+    assert_eq!(slot(Verdict::DECAP) - before, 1, "from the vtep: decap");
+
+    // Spoofed outer sources: dropped right here, counted.
+    for (what, outer, vni, inner) in spoof_cases() {
+        let before = slot(Verdict::SPOOFED);
+        let frame = vxlan_frame_from(outer, me, &vxlan_header(vni), &inner);
+        assert_eq!(test_run(fd, &frame, 1).unwrap().retval, XDP_DROP, "{what}");
+        assert_eq!(slot(Verdict::SPOOFED) - before, 1, "{what} counted");
+    }
+
+    // Everything else is left whole for tc to judge (and count): no metadata, no change.
+    let good = vxlan_frame(me, &vxlan_header(VNI_A), &inner);
+    for (what, frame) in [
+        (
+            "A's endpoint under B's VNI",
+            vxlan_frame(me, &vxlan_header(VNI_B), &inner),
+        ),
+        (
+            "a remote endpoint",
+            vxlan_frame(me, &vxlan_header(VNI_A), &inner_to(REMOTE)),
+        ),
+        (
+            "an unknown vni",
+            vxlan_frame(me, &vxlan_header(5000), &inner),
+        ),
+        (
+            "another host's vxlan",
+            vxlan_frame([10, 200, 0, 13], &vxlan_header(VNI_A), &inner),
+        ),
+        (
+            "wrong flags",
+            vxlan_frame(me, &[0, 0, 0, 0, 0, 0x10, 0, 0], &inner),
+        ),
+        (
+            "truncated inner frame",
+            vxlan_frame(me, &vxlan_header(VNI_A), &inner[..20]),
+        ),
+        ("ip options", with_ip_options(&good)),
+        ("first fragment", with_frag(good.clone(), 0x2000)),
+    ] {
+        let before = slot(Verdict::PASS);
+        let out = test_run(fd, &frame, 1).unwrap();
+        assert_eq!(out.retval, XDP_PASS, "{what}");
+        assert_eq!(out.data_out, frame, "{what} untouched");
+        assert_eq!(slot(Verdict::PASS) - before, 1, "{what} counted as pass");
     }
 }
 

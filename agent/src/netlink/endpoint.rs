@@ -31,7 +31,8 @@ use super::{
         route_destination, route_gateway, route_oif,
     },
     names::validate_ifname,
-    netns::{is_current_netns, open_netns},
+    netns::{enter_netns, is_current_netns, on_dedicated_thread, open_netns},
+    offload::{ensure_feature, Feature},
     Netlink, NetlinkError, Result,
 };
 
@@ -82,6 +83,8 @@ pub enum Change {
     RemovedStrayEndpointLink,
     HostMtu,
     HostUp,
+    /// TSO was turned off on the host side, so the endpoint side's GRO takes what it sends.
+    HostTso,
     /// The gateway /32 was added to the host side.
     HostGatewayAddress,
     /// An address other than the gateway /32 was removed from the host side.
@@ -93,6 +96,9 @@ pub enum Change {
     EndpointMac,
     EndpointMtu,
     EndpointUp,
+    /// GRO was turned on on the endpoint side (see `offload`: decapsulated segments are
+    /// merged there).
+    EndpointGro,
     /// The endpoint's address was added.
     EndpointAddress,
     /// Another IPv4 address was removed from the endpoint side.
@@ -160,6 +166,7 @@ pub async fn ensure_endpoint_link(spec: &EndpointLink) -> Result<EndpointLinkSta
     let host_ifindex = host_link.header.index;
     let endpoint_ifindex = ep_link.header.index;
     converge_endpoint(&ep, &ep_link, spec, &mut changes).await?;
+    converge_offloads(&ep_ns, spec, &mut changes).await?;
     converge_host(&host, &host_link, spec, &mut changes).await?;
 
     if changes.is_empty() {
@@ -384,6 +391,30 @@ async fn converge_endpoint(
         if ep.delete_route(stale, what).await? {
             changes.push(Change::StaleDefaultRoute);
         }
+    }
+    Ok(())
+}
+
+/// GRO on the endpoint side, TSO off on the host side (see `offload` for why).
+async fn converge_offloads(
+    ep_ns: &OwnedFd,
+    spec: &EndpointLink,
+    changes: &mut Vec<Change>,
+) -> Result<()> {
+    let ns = ep_ns
+        .try_clone()
+        .map_err(NetlinkError::io("duplicating a namespace descriptor"))?;
+    let (label, ep_ifname) = (spec.netns.display().to_string(), spec.ep_ifname.clone());
+    let gro = on_dedicated_thread(format!("setting GRO in {label}"), move || {
+        enter_netns(&ns, &label)?;
+        ensure_feature(&ep_ifname, Feature::Gro, true)
+    })
+    .await?;
+    if gro {
+        changes.push(Change::EndpointGro);
+    }
+    if ensure_feature(&spec.host_ifname, Feature::Tso, false)? {
+        changes.push(Change::HostTso);
     }
     Ok(())
 }

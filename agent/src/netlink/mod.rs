@@ -36,6 +36,7 @@ mod endpoint;
 mod link;
 mod names;
 mod netns;
+mod offload;
 
 use std::{io, path::PathBuf};
 

@@ -11,7 +11,12 @@
 //! TSO"): the agents' pass-through XDP program sits on each host's underlay `eth0`, which turns
 //! TSO off on its peer, so only MTU-sized frames cross the "wire" — for Skein's packets and for
 //! the reference's alike (Skein's TC underlay program passes VXLAN of VNIs it does not know).
-//! Both sides are therefore measured on the same wire-like underlay.
+//! Both sides are therefore measured on the same wire-like underlay. Cross-host TCP is measured
+//! twice: with GRO off on every host's underlay `eth0` (how veths come) and on (how real NICs
+//! come), toggled for both sides at once — Skein's XDP decapsulation lets the underlay's GRO
+//! aggregate the inner TCP segments, and single segments cross the endpoint's veth, whose GRO
+//! the agent turns on (part of Skein's own plumbing; the reference's veths stay as they come); the kernel's VXLAN device aggregates in its GRO cells
+//! either way and, with underlay GRO on, also gets UDP-tunnel GRO.
 //!
 //! Figures only: no thresholds (the machine is shared and noisy; compare only figures from one
 //! run). iperf3 is the load generator for TCP (every run bounded by `-t` and by `timeout`);
@@ -47,6 +52,10 @@ pub struct Args {
     /// UDP flows (source ports) the generator cycles through.
     #[arg(long, default_value_t = 8)]
     udp_flows: u16,
+    /// After setting up, print the namespaces and wait this many seconds before measuring
+    /// (to inspect or measure the testbed by hand; it is still removed at the end).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
 }
 
 /// One row of the final table: metric, Skein, reference, Skein/reference.
@@ -109,30 +118,57 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     underlay_notes(&bed);
+    if args.hold > 0 {
+        say(&format!(
+            "holding {} s: Skein a={a:?} a2={a2:?} b={b:?}; reference {ref1:?} {ref2:?} {ref3:?}; \
+             hosts {} {}",
+            args.hold,
+            h1.netns(),
+            h2.netns()
+        ));
+        std::thread::sleep(Duration::from_secs(args.hold));
+    }
 
     let mut rows = Vec::new();
 
-    // Across hosts, TCP. Skein first, then the kernel, back to back so they share conditions.
-    say(&format!(
-        "TCP across hosts, {} s each: Skein a -> b, kernel ref h1 -> ref h2",
-        args.tcp_seconds
-    ));
-    let tcp_s = iperf_tcp(h2, &b, &a, args.tcp_seconds)?;
-    let tcp_k = iperf_tcp(h2, &ref2, &ref1, args.tcp_seconds)?;
-    println!("   Skein : {}", tcp_s.describe());
-    println!("   kernel: {}", tcp_k.describe());
-    rows.push(Row::new(
-        "TCP across hosts (Gbit/s)",
-        Some(tcp_s.gbits),
-        Some(tcp_k.gbits),
-        2,
-    ));
-    rows.push(Row::new(
-        "  CPU-s/GB, iperf3 host+remote",
-        tcp_s.cpu_s_per_gb(),
-        tcp_k.cpu_s_per_gb(),
-        2,
-    ));
+    // Across hosts, TCP, twice: with the testbed's veth underlay as it is (GRO off, as veths
+    // come) and with GRO on every host's eth0 (as real NICs come), the same for both sides.
+    // Skein first, then the kernel, back to back so they share conditions.
+    for gro in [false, true] {
+        set_underlay_gro(&bed, gro)?;
+        let label = if gro {
+            "underlay GRO on"
+        } else {
+            "underlay GRO off"
+        };
+        say(&format!(
+            "TCP across hosts, {label}, {} s each: Skein a -> b, kernel ref h1 -> ref h2",
+            args.tcp_seconds
+        ));
+        let tcp_s = iperf_tcp(h2, &b, &a, args.tcp_seconds)?;
+        let tcp_k = iperf_tcp(h2, &ref2, &ref1, args.tcp_seconds)?;
+        println!("   Skein : {}", tcp_s.describe());
+        println!("   kernel: {}", tcp_k.describe());
+        rows.push(Row::new(
+            &format!("TCP across hosts, {label} (Gbit/s)"),
+            Some(tcp_s.gbits),
+            Some(tcp_k.gbits),
+            2,
+        ));
+        rows.push(Row::new(
+            "  retransmits",
+            tcp_s.retransmits.map(|r| r as f64),
+            tcp_k.retransmits.map(|r| r as f64),
+            0,
+        ));
+        rows.push(Row::new(
+            "  CPU-s/GB, iperf3 host+remote",
+            tcp_s.cpu_s_per_gb(),
+            tcp_k.cpu_s_per_gb(),
+            2,
+        ));
+    }
+    set_underlay_gro(&bed, false)?;
 
     // Across hosts, 64-byte UDP: the live-frames XDP generator (pktgen.rs) into a's and ref1's
     // eth0, counted in b and ref2; rounds alternate the sides. iperf3 stays as a second line.
@@ -249,11 +285,12 @@ pub fn run(args: Args) -> Result<()> {
 
     print_table(&rows);
     println!(
-        "   (both sides cross the same underlay with the agents' pass-through XDP on every eth0: \
-         wire-like, MTU-sized frames; UDP 64 B: medians of the live-frames XDP generator, CPU \
-         per delivered packet = /proc/stat busy time of the whole machine, and of the packets' \
-         own path (generator thread + ksoftirqd), which other load does not reach; the iperf3 \
-         UDP line is bounded by iperf3; a shared machine — compare within this table only)"
+        "   (both sides cross the same underlay with the agents' XDP on every eth0: wire-like, \
+         MTU-sized frames; underlay GRO as labelled, else off; UDP 64 B: medians of the \
+         live-frames XDP generator, CPU per delivered packet = /proc/stat busy time of the whole \
+         machine, and of the packets' own path (generator thread + ksoftirqd), which other load \
+         does not reach; the iperf3 UDP line is bounded by iperf3; a shared machine — compare \
+         within this table only)"
     );
     Ok(())
 }
@@ -341,6 +378,26 @@ fn reference_endpoint(host: &Host, suffix: &str, ip: &str, mtu: u32) -> Result<E
         run_command(Command::new("ip").args(["-n", &ns]).args(args))?;
     }
     Ok((ns, ip.to_owned()))
+}
+
+/// GRO on or off on every host's underlay `eth0` (Skein's and the reference's traffic share
+/// it, so both always see the same setting). Veths come with GRO off; real NICs with it on.
+fn set_underlay_gro(bed: &Testbed, on: bool) -> Result<()> {
+    let state = if on { "on" } else { "off" };
+    for host in bed.hosts() {
+        run_command(Command::new("ip").args([
+            "netns",
+            "exec",
+            host.netns(),
+            "ethtool",
+            "-K",
+            "eth0",
+            "gro",
+            state,
+        ]))
+        .with_context(|| format!("ethtool -K eth0 gro {state} on {}", host.name()))?;
+    }
+    Ok(())
 }
 
 /// What the underlay looks like for both sides: is XDP on eth0, and is TSO off on its peer?

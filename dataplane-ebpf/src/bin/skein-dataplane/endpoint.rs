@@ -6,7 +6,8 @@
 //!   the endpoint gives about itself go to the host (which resolves the endpoint to
 //!   reach it); any other ARP is dropped.
 //! - IPv4 inside the endpoint's network: the gateway → the host; a local endpoint →
-//!   redirected to its veth; a remote one → VXLAN to its host; an external VTEP's
+//!   redirected to its veth; a remote one → VXLAN to its host (or, if too big for the
+//!   underlay once encapsulated, ICMP "fragmentation needed" back); an external VTEP's
 //!   prefix → VXLAN to the VTEP; anything else → dropped.
 //! - IPv4 to another overlay network's subnet → dropped (networks are isolated); to
 //!   anywhere else → the host, which routes (and NATs) it.
@@ -21,14 +22,15 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
-        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED,
+        bpf_fib_lookup, bpf_redir_neigh, BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO,
     },
     helpers::generated::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect,
-        bpf_redirect_neigh,
+        bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
+        bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
     },
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -37,9 +39,9 @@ use aya_log_ebpf::debug;
 use dataplane_ebpf::{
     counters::Verdict,
     overlay::{
-        arp_reply, encap_headers, endpoint_mac, vxlan_source_port, Encap, EndpointKey, PortValue,
-        SubnetKey, UnderlayValue, VtepKey, ARP_OP_REPLY, ARP_OP_REQUEST, ENCAP_LEN, ETH_LEN,
-        GATEWAY_MAC,
+        arp_reply, encap_headers, endpoint_mac, icmp_error_ipv4, vxlan_source_port, Encap,
+        EndpointKey, PortValue, SubnetKey, UnderlayValue, VtepKey, ARP_OP_REPLY, ARP_OP_REQUEST,
+        ENCAP_LEN, ETH_LEN, GATEWAY_MAC, ICMP_QUOTE_LEN, IPV4_LEN,
     },
 };
 
@@ -154,36 +156,42 @@ fn ipv4(ctx: &TcContext, port: &PortValue) -> Outcome {
         vni: port.vni,
         ip: dst,
     };
-    if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &key) {
+    let tunnel = if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &key) {
         if ep.ifindex != 0 {
             return local(ctx, ep.ifindex, dst);
         }
-        return encap(
-            ctx,
-            &Tunnel {
-                vni: port.vni,
-                src,
-                dst,
-                remote: ep.host_ip,
-                inner_dst_mac: endpoint_mac(dst),
-            },
-        );
+        Tunnel {
+            vni: port.vni,
+            src,
+            dst,
+            remote: ep.host_ip,
+            inner_dst_mac: endpoint_mac(dst),
+        }
+    } else {
+        let vtep = VtepKey::lookup(port.vni, dst);
+        let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) else {
+            debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
+            return Outcome::drop(Verdict::UNKNOWN_ENDPOINT);
+        };
+        Tunnel {
+            vni: port.vni,
+            src,
+            dst,
+            remote: v.underlay_ip,
+            inner_dst_mac: v.mac,
+        }
+    };
+    let Some(underlay) = underlay_config() else {
+        return Outcome::drop(Verdict::NO_ROUTE);
+    };
+    if underlay.ifindex == 0 {
+        debug!(ctx, "no underlay configured: dropped");
+        return Outcome::drop(Verdict::NO_ROUTE);
     }
-    let vtep = VtepKey::lookup(port.vni, dst);
-    if let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) {
-        return encap(
-            ctx,
-            &Tunnel {
-                vni: port.vni,
-                src,
-                dst,
-                remote: v.underlay_ip,
-                inner_dst_mac: v.mac,
-            },
-        );
+    if let Some(mtu) = too_big(ctx, underlay.ifindex, &ip) {
+        return frag_needed(ctx, net.gateway, mtu);
     }
-    debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
-    Outcome::drop(Verdict::UNKNOWN_ENDPOINT)
+    encap(ctx, &underlay, &tunnel)
 }
 
 /// To the host's stack. The endpoint addressed the frame to the gateway's MAC (its
@@ -205,7 +213,7 @@ fn local(ctx: &TcContext, ifindex: u32, dst: [u8; 4]) -> Outcome {
     if ctx.store(0, &macs, 0).is_err() {
         return Outcome::error();
     }
-    Outcome::redirect(Verdict::LOCAL, ifindex)
+    Outcome::redirect_peer(Verdict::LOCAL, ifindex)
 }
 
 /// Where an encapsulated packet goes. (A struct because BPF functions take at most five
@@ -221,14 +229,7 @@ struct Tunnel {
 }
 
 /// VXLAN to `t.remote` (a Skein host or an external VTEP), then out of the underlay.
-fn encap(ctx: &TcContext, t: &Tunnel) -> Outcome {
-    let Some(underlay) = underlay_config() else {
-        return Outcome::drop(Verdict::NO_ROUTE);
-    };
-    if underlay.ifindex == 0 {
-        debug!(ctx, "no underlay configured: dropped");
-        return Outcome::drop(Verdict::NO_ROUTE);
-    }
+fn encap(ctx: &TcContext, underlay: &UnderlayValue, t: &Tunnel) -> Outcome {
     // The inner flow's hash, taken before the outer headers exist, so each flow keeps
     // one UDP source port (and so one ECMP path) and flows spread across ports.
     // SAFETY: plain helper calls on our own skb.
@@ -262,7 +263,7 @@ fn encap(ctx: &TcContext, t: &Tunnel) -> Outcome {
     if ctx.store(ETH_LEN, &headers, 0).is_err() {
         return Outcome::error();
     }
-    to_underlay(ctx, &underlay, t.remote)
+    to_underlay(ctx, underlay, t.remote)
 }
 
 /// Sends the encapsulated frame towards `remote`, next hop from the kernel's FIB (so a
@@ -352,4 +353,140 @@ fn to_underlay(ctx: &TcContext, underlay: &UnderlayValue, remote: [u8; 4]) -> Ou
             Outcome::drop(Verdict::NO_ROUTE)
         }
     }
+}
+
+/// The underlay's MTU if `ip`'s packet (the skb) would exceed it once encapsulated: a
+/// single packet by its length, a GSO super-packet by the segments it will be cut into
+/// (headers + `gso_size`; TCP and UDP). `None` if it fits or cannot be told.
+///
+/// The endpoint's MTU leaves room for the 50 bytes, so this happens only when it does
+/// not: an MTU raised inside the endpoint, or a smaller underlay that joined the cluster
+/// before the endpoint's MTU followed. Without the answer, such packets would vanish at
+/// the underlay (a black hole for TCP); with it, the sender learns the path MTU.
+#[inline(always)]
+fn too_big(ctx: &TcContext, underlay_ifindex: u32, ip: &Ipv4Hdr) -> Option<u16> {
+    let mut mtu: u32 = 0;
+    // SAFETY: a plain helper call on our own skb; `mtu` is a stack u32 it writes.
+    let rc = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast(),
+            underlay_ifindex,
+            &mut mtu,
+            ENCAP_LEN as i32,
+            0,
+        )
+    };
+    let mtu16 = if mtu > 0xffff { 0xffff } else { mtu as u16 };
+    if rc == i64::from(BPF_MTU_CHK_RET_FRAG_NEEDED) {
+        return Some(mtu16);
+    }
+    // SAFETY: reading a field of the context the kernel handed us.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if rc != 0 || gso_size == 0 {
+        return None;
+    }
+    // A GSO skb passes the helper whatever its segments' size: work that out.
+    let l3_header = u32::from(ip.version_ihl & 0x0f) * 4;
+    let l4_header = match ip.protocol {
+        IPPROTO_TCP => {
+            let offset = ETH_LEN + l3_header as usize + 12;
+            // The data offset: the high nibble, in 32-bit words.
+            let doff = ctx.load::<u8>(offset).ok()?;
+            u32::from(doff >> 4) * 4
+        }
+        IPPROTO_UDP => 8,
+        _ => return None,
+    };
+    let segment = l3_header + l4_header + gso_size + ENCAP_LEN as u32;
+    (segment > mtu).then_some(mtu16)
+}
+
+/// An IPv4 packet too big for the underlay once encapsulated: with DF set, the endpoint
+/// gets ICMP "fragmentation needed" (type 3 code 4, RFC 1191) from its gateway — the
+/// router that cannot forward, as the endpoint sees it — announcing the MTU that fits
+/// (underlay MTU − 50); the packet itself is dropped either way, counted as `too_big`.
+///
+/// The skb becomes the ICMP in place: cut to 70 bytes (Ethernet, IPv4, ICMP header, the
+/// quoted IPv4 header + 8 bytes), rewritten through direct packet access, and sent back
+/// into the endpoint it came from. Written to need little stack (a separate function,
+/// never inlined, with no buffers beyond one 20-byte header), since the encapsulation
+/// path of this program already uses most of the 512 bytes.
+#[inline(never)]
+fn frag_needed(ctx: &TcContext, gateway: [u8; 4], underlay_mtu: u16) -> Outcome {
+    let dropped = Outcome::drop(Verdict::TOO_BIG);
+    const QUOTE: usize = ETH_LEN;
+    const ICMP: usize = ETH_LEN + IPV4_LEN;
+    const QUOTE_TO: usize = ICMP + 8;
+    const LEN: usize = QUOTE_TO + ICMP_QUOTE_LEN;
+    pull_headers(ctx, LEN as u32);
+    let Some(ip) = read_at::<Ipv4Hdr>(ctx, QUOTE) else {
+        return dropped;
+    };
+    // A plain IPv4 header (so the quote is the header + 8 bytes) with DF set: without DF
+    // the sender expects routers to fragment, which this program does not.
+    if ip.version_ihl != 0x45 || ip.frag_off[0] & 0x40 == 0 {
+        return dropped;
+    }
+    // Never about an ICMP error (no errors about errors, RFC 1122 3.2.2); echo requests
+    // and other queries get one, so `ping -M do` learns the MTU too.
+    if ip.protocol == IPPROTO_ICMP {
+        match read_at::<u8>(ctx, QUOTE + IPV4_LEN) {
+            Some(3 | 4 | 5 | 11 | 12) | None => return dropped,
+            Some(_) => {}
+        }
+    }
+    let Some(endpoint_mac) = read_at::<[u8; 6]>(ctx, 6) else {
+        return dropped;
+    };
+    let sender = ip.src;
+    // SAFETY: plain helper calls on our own skb.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, LEN as u32, 0) } != 0 {
+        return dropped;
+    }
+    if ctx.pull_data(LEN as u32).is_err() {
+        return dropped;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + LEN > end {
+        return dropped;
+    }
+    let p = start as *mut u8;
+    // SAFETY: every offset below is under LEN, and [start, start + LEN) is in the packet.
+    unsafe {
+        // The quote moves behind where the ICMP header goes (the ranges do not overlap).
+        for i in 0..ICMP_QUOTE_LEN {
+            *p.add(QUOTE_TO + i) = *p.add(QUOTE + i);
+        }
+        let mtu = underlay_mtu.saturating_sub(ENCAP_LEN as u16).to_be_bytes();
+        let header = [3u8, 4, 0, 0, 0, 0, mtu[0], mtu[1]];
+        for (i, b) in header.iter().enumerate() {
+            *p.add(ICMP + i) = *b;
+        }
+        // The ICMP checksum covers its header and the quote.
+        let mut sum = 0u32;
+        let mut i = ICMP;
+        while i < LEN {
+            sum += u32::from(u16::from_be_bytes([*p.add(i), *p.add(i + 1)]));
+            i += 2;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let check = (!(sum as u16)).to_be_bytes();
+        *p.add(ICMP + 2) = check[0];
+        *p.add(ICMP + 3) = check[1];
+        let ip = icmp_error_ipv4(gateway, sender);
+        for (i, b) in ip.iter().enumerate() {
+            *p.add(QUOTE + i) = *b;
+        }
+        let (m, g) = (endpoint_mac, GATEWAY_MAC);
+        let eth = [
+            m[0], m[1], m[2], m[3], m[4], m[5], g[0], g[1], g[2], g[3], g[4], g[5], 0x08, 0x00,
+        ];
+        for (i, b) in eth.iter().enumerate() {
+            *p.add(i) = *b;
+        }
+    }
+    // SAFETY: at tc ingress `ifindex` is the endpoint's host-side veth.
+    let port = unsafe { (*ctx.skb.skb).ifindex };
+    Outcome::redirect_peer(Verdict::TOO_BIG, port)
 }

@@ -6,7 +6,8 @@
 //! - `parse`: header layouts and the bounds-checked packet accessor;
 //! - `endpoint`: `tc_endpoint_ingress`, what an endpoint sends (ARP answers, local
 //!   delivery, VXLAN encapsulation, isolation);
-//! - `underlay`: `tc_underlay_ingress`, VXLAN from other hosts (decapsulation).
+//! - `underlay`: `xdp_underlay` and `tc_underlay_ingress`, VXLAN from other hosts
+//!   (decapsulation).
 //!
 //! Every program returns an [`Outcome`]: the action for the kernel and the counter slot
 //! it is counted under. Nothing panics (the verifier would reject the program).
@@ -19,7 +20,7 @@ mod underlay;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_redirect, bpf_xdp_get_buff_len},
+    helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_xdp_get_buff_len},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -101,6 +102,18 @@ impl Outcome {
         let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
         Outcome { verdict, action }
     }
+
+    /// Into the namespace behind the veth `ifindex`: the packet enters the ingress of the
+    /// veth's peer (the endpoint's `eth0`) within this same softirq, without the veth's
+    /// transmit path and the per-CPU backlog queue `bpf_redirect` goes through (Cilium's
+    /// way; valid only from tc ingress). The kernel scrubs the skb (`pkt_type` becomes
+    /// `PACKET_HOST`, route and socket dropped), as crossing a veth would.
+    #[inline(always)]
+    pub fn redirect_peer(verdict: Verdict, ifindex: u32) -> Outcome {
+        // SAFETY: a plain helper call; it only records the target for after we return.
+        let action = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+        Outcome { verdict, action }
+    }
 }
 
 /// Adds one packet of `bytes` bytes to `verdict`'s slot of `map`.
@@ -131,16 +144,23 @@ fn underlay_config() -> Option<UnderlayValue> {
     OVERLAY_UNDERLAY.get(0).copied()
 }
 
-/// Underlay interface, XDP: counts and passes (VXLAN is handled by
-/// `tc_underlay_ingress`, on the skb). In section `xdp.frags` so it attaches to
-/// jumbo-MTU veths; `data_end` then covers only the first buffer, so the frame length
-/// comes from `bpf_xdp_get_buff_len`.
+/// Underlay interface, XDP: decapsulates VXLAN for local endpoints in place (marked for
+/// `tc_underlay_ingress`, see `underlay`), so the device's GRO aggregates the inner
+/// packets; drops VXLAN whose outer source may not send for its inner source; counts
+/// and passes everything else. In section `xdp.frags` so it attaches to
+/// jumbo-MTU veths; `data_end` then covers only the first buffer (enough for the
+/// headers), so the frame length comes from `bpf_xdp_get_buff_len`.
 #[xdp(frags)]
 pub fn xdp_underlay(ctx: XdpContext) -> u32 {
     // SAFETY: the helper only reads the context the kernel handed us.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
-    count(&XDP_UNDERLAY_COUNTERS, Verdict::PASS, len);
-    xdp_action::XDP_PASS
+    let (verdict, action) = match underlay::xdp_decap(&ctx) {
+        underlay::XdpDecap::Decapsulated => (Verdict::DECAP, xdp_action::XDP_PASS),
+        underlay::XdpDecap::Untouched => (Verdict::PASS, xdp_action::XDP_PASS),
+        underlay::XdpDecap::Spoofed => (Verdict::SPOOFED, xdp_action::XDP_DROP),
+    };
+    count(&XDP_UNDERLAY_COUNTERS, verdict, len);
+    action
 }
 
 /// Host side of an endpoint's veth, tc ingress: the packets the endpoint sends.

@@ -5,7 +5,7 @@
 //! below reads them. Arrays are compared through these integer helpers, never with
 //! `==` on arrays, which may lower to a `memcmp` call that does not exist in BPF.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 /// Ethernet II header.
 #[repr(C)]
@@ -67,6 +67,8 @@ const _: () = {
 /// EtherTypes, host order (as [`be16`] reads them).
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// IPv4 `frag_off` bits (host order once read with [`be16`]).
 pub const IP_MF: u16 = 0x2000;
@@ -84,14 +86,44 @@ pub fn be32(field: [u8; 4]) -> u32 {
     u32::from_be_bytes(field)
 }
 
+/// Where a program's packet lies: the bounds the verifier checks reads against. Both
+/// the skb (tc) and the XDP buffer have them, so header parsing is written once.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
 /// A copy of the `T` at `offset` bytes into the packet's linear data, if it is there.
 ///
 /// The verifier allows a packet read only after a comparison against `data_end` that
 /// covers it; this is that comparison, written so LLVM keeps it in the form the
 /// verifier tracks (`data + offset + size > data_end`). Headers beyond the skb's linear
-/// part are not visible here: call [`pull_headers`] first.
+/// part (or an XDP multi-buffer frame's first buffer) are not visible here: on tc, call
+/// [`pull_headers`] first.
 #[inline(always)]
-pub fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+pub fn read_at<T: Copy>(ctx: &impl Packet, offset: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -100,6 +132,19 @@ pub fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     // SAFETY: the bytes [start + offset, start + offset + size) are inside the packet
     // (checked above); `T` is a byte struct with alignment 1, valid for any bytes.
     Some(unsafe { *((start + offset) as *const T) })
+}
+
+/// Overwrites the `T` at `offset` bytes into the packet, if it is there; false if not.
+#[inline(always)]
+pub fn write_at<T: Copy>(ctx: &impl Packet, offset: usize, value: &T) -> bool {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return false;
+    }
+    // SAFETY: as in `read_at`; the packet is writable for both program types.
+    unsafe { *((start + offset) as *mut T) = *value };
+    true
 }
 
 /// Makes the first `len` bytes (or the whole packet if it is shorter) directly
