@@ -15,8 +15,11 @@
 //! twice: with GRO off on every host's underlay `eth0` (how veths come) and on (how real NICs
 //! come), toggled for both sides at once — Skein's XDP decapsulation lets the underlay's GRO
 //! aggregate the inner TCP segments, and single segments cross the endpoint's veth, whose GRO
-//! the agent turns on (part of Skein's own plumbing; the reference's veths stay as they come); the kernel's VXLAN device aggregates in its GRO cells
-//! either way and, with underlay GRO on, also gets UDP-tunnel GRO.
+//! the agent turns on (part of Skein's own plumbing; the reference's veths stay as they
+//! come); the kernel's VXLAN device aggregates in its GRO cells either way and, with underlay
+//! GRO on, also gets UDP-tunnel GRO. Last, the agents are stopped and their dataplane removed,
+//! and the reference alone is measured on the raw veth underlay (no XDP: 64 KB GSO packets
+//! cross whole), the "raw" figure the issue asks for; Skein cannot run without its XDP.
 //!
 //! Figures only: no thresholds (the machine is shared and noisy; compare only figures from one
 //! run). iperf3 is the load generator for TCP (every run bounded by `-t` and by `timeout`);
@@ -88,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
     // Kept alive until the end: dropping a Process does not stop it, but holding them makes
     // the ownership obvious; the Testbed's Drop terminates them.
     say("starting agents: h1 --init, h2 and h3 --join");
-    let (_agents, _token) = start_cluster(&bed)?;
+    let (mut agents, _token) = start_cluster(&bed)?;
 
     say("skein network create bench; endpoints a, a2 on h1 and b on h2");
     skein_ok(bed.host(0), &["network", "create", "bench"])?;
@@ -282,6 +285,31 @@ pub fn run(args: Args) -> Result<()> {
             0,
         ));
     }
+
+    // The raw figure: the reference alone on a veth underlay with no XDP anywhere, so 64 KB
+    // GSO super-packets cross the "wire" whole (no real wire does that). Skein cannot run
+    // without its XDP program on the underlay, so it has no raw figure: stop the agents and
+    // remove their dataplane first.
+    say(&format!(
+        "TCP across hosts, raw veth underlay (agents stopped, no XDP on any eth0), {} s: kernel ref h1 -> ref h2",
+        args.tcp_seconds
+    ));
+    for (agent, host) in agents.iter_mut().zip(bed.hosts()) {
+        agent.terminate(Duration::from_secs(10))?;
+        let bpf_dir = host.bpf_dir().display().to_string();
+        run_command(
+            host.skein()?
+                .args(["agent", "cleanup", "--bpf-dir", &bpf_dir]),
+        )?;
+    }
+    let raw = iperf_tcp(h2, &ref2, &ref1, args.tcp_seconds)?;
+    println!("   kernel: {}", raw.describe());
+    rows.push(Row::new(
+        "TCP across hosts, raw veth underlay, no XDP (Gbit/s)",
+        None,
+        Some(raw.gbits),
+        2,
+    ));
 
     print_table(&rows);
     println!(
