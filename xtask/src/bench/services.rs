@@ -1,6 +1,6 @@
 //! `cargo xtask bench services`: how fast services converge, on real agents in a netns
 //! testbed (3 hosts by default):
-//! - `service create` of 3 replicas → all 3 running, seen by polling `service ps` on the
+//! - `service create` of 3 replicas (on an existing network) → all 3 running, seen by polling `service ps` on the
 //!   creating node (and when the CLI itself reports `verify: Service converged`);
 //! - a host's death (its agent and its tasks killed with SIGKILL) → its tasks running on
 //!   the other hosts, seen by polling `service ps` on a surviving node.
@@ -61,6 +61,10 @@ pub fn run(args: Args) -> Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     let h1 = bed.host(0);
     let whoami = skein_binary()?.display().to_string();
+    // The first service without --network also creates the default network `skein` (one
+    // more 1.5 s conflict-settle wait, once per cluster): create it first, so every round
+    // measures the same thing.
+    skein_ok(h1, &["network", "create", "skein"])?;
 
     let mut polled = Vec::new();
     let mut cli = Vec::new();
