@@ -56,6 +56,8 @@ const MIN_RETRY: Duration = Duration::from_secs(1);
 /// After a task could not be created (no free address, plumbing failed), its slot waits
 /// this long before the next attempt.
 const CREATE_BACKOFF: Duration = Duration::from_secs(5);
+/// A task endpoint without a task record is removed once it is this old.
+const ORPHAN_AGE: Duration = Duration::from_secs(30);
 /// Consecutive failed health checks before a running task counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
 
@@ -235,6 +237,10 @@ impl Supervisor {
             .map(|s| (s.name.as_str(), (s, super::status::layout(view, s, now_ms))))
             .collect();
 
+        if settled {
+            self.remove_orphan_endpoints(view, &tasks);
+        }
+
         // Stop what no longer belongs here.
         if settled {
             let mut doomed = Vec::new();
@@ -361,6 +367,41 @@ impl Supervisor {
                 self.stopping.lock().expect("stopping lock").insert(id);
                 self.teardown_in_background(local);
             }
+        }
+    }
+
+    /// Removes task endpoints no task record refers to: an agent that died between creating
+    /// a task's endpoint and writing its task record left them. A task endpoint is one whose
+    /// name ends in `.<its ID>` (see [`Supervisor::start`]); only those older than
+    /// [`ORPHAN_AGE`] count, so a task being created right now is never mistaken for one.
+    fn remove_orphan_endpoints(&self, view: &ClusterView, tasks: &BTreeMap<String, Local>) {
+        let now = wall_ms();
+        let stopping = self.stopping.lock().expect("stopping lock").clone();
+        for endpoint in view.own_endpoints() {
+            let referenced = view.own_tasks().any(|t| t.endpoint == endpoint.id)
+                || tasks.values().any(|l| l.endpoint.id == endpoint.id)
+                || stopping.contains(&endpoint.id);
+            if referenced || !is_orphan_task_endpoint(endpoint, now) {
+                continue;
+            }
+            warn!(endpoint = %endpoint.name, "removing a task endpoint no task refers to");
+            self.stopping
+                .lock()
+                .expect("stopping lock")
+                .insert(endpoint.id.clone());
+            let (manager, reconciler, stopping) = (
+                self.manager.clone(),
+                self.reconciler.clone(),
+                self.stopping.clone(),
+            );
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                let _ = manager.remove_endpoint(&endpoint.id).await;
+                if let Err(error) = reconciler.unplumb(&endpoint).await {
+                    warn!(endpoint = %endpoint.name, error = %format!("{error:#}"), "could not remove an orphan task endpoint");
+                }
+                stopping.lock().expect("stopping lock").remove(&endpoint.id);
+            });
         }
     }
 
@@ -691,6 +732,18 @@ impl Teardown {
     }
 }
 
+/// Whether `endpoint`, which no task refers to, is a task's endpoint (a namespace the agent
+/// made, named `<service>.<slot>.<its ID>`) old enough to be an orphan at `now_ms`.
+fn is_orphan_task_endpoint(endpoint: &Endpoint, now_ms: u64) -> bool {
+    let is_task_endpoint = endpoint.owns_netns
+        && endpoint
+            .name
+            .strip_suffix(endpoint.id.as_str())
+            .is_some_and(|rest| rest.ends_with('.'));
+    let age = now_ms.saturating_sub(manager::hlc::physical_ms(endpoint.created.hlc));
+    is_task_endpoint && age >= ORPHAN_AGE.as_millis() as u64
+}
+
 /// Whether the node `layout` now gives `local`'s slot runs a task for it.
 fn new_holder_runs(view: &ClusterView, layout: &Layout, local: &Local) -> bool {
     view.live_tasks().any(|(node, t)| {
@@ -700,4 +753,58 @@ fn new_holder_runs(view: &ClusterView, layout: &Layout, local: &Local) -> bool {
             && t.state == TaskState::Running
             && layout.holds(*node, t.slot)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use manager::{hlc, state::Stamp, NodeId};
+
+    use super::*;
+
+    fn endpoint(name: &str, id: &str, owns_netns: bool, created_ms: u64) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            name: name.into(),
+            network: "net".into(),
+            vni: 4096,
+            ip: std::net::Ipv4Addr::new(10, 10, 0, 2),
+            netns: format!("p-{name}"),
+            host_ifname: "skx".into(),
+            created: Stamp {
+                hlc: hlc::compose(created_ms, 0),
+                writer: NodeId([1; 16]),
+            },
+            owns_netns,
+        }
+    }
+
+    #[test]
+    fn only_old_task_endpoints_are_orphans() {
+        let now = 1_000_000;
+        let old = now - 60_000;
+        let id = "0123456789ab";
+        assert!(is_orphan_task_endpoint(
+            &endpoint(&format!("web.1.{id}"), id, true, old),
+            now
+        ));
+        assert!(is_orphan_task_endpoint(
+            &endpoint(&format!("g.h1.{id}"), id, true, old),
+            now
+        ));
+        // Just created: its task record may not be in the view yet.
+        assert!(!is_orphan_task_endpoint(
+            &endpoint(&format!("web.1.{id}"), id, true, now - 1000),
+            now
+        ));
+        // A user's endpoint (`endpoint create --name`), or an attached namespace.
+        assert!(!is_orphan_task_endpoint(
+            &endpoint("app", id, true, old),
+            now
+        ));
+        assert!(!is_orphan_task_endpoint(&endpoint(id, id, true, old), now));
+        assert!(!is_orphan_task_endpoint(
+            &endpoint(&format!("web.1.{id}"), id, false, old),
+            now
+        ));
+    }
 }
