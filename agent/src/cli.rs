@@ -252,7 +252,7 @@ pub struct FormatArg {
 }
 
 /// A value parser refusing empty (or all-blank) strings.
-fn non_empty(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+pub(crate) fn non_empty(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
     move |value| {
         if value.trim().is_empty() {
             Err(format!("{what} cannot be empty"))
@@ -393,7 +393,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match runtime.block_on(api::call(&socket, &request, CLIENT_TIMEOUT))? {
+    print_response(
+        runtime.block_on(api::call(&socket, &request, CLIENT_TIMEOUT))?,
+        format,
+    )
+}
+
+/// Prints the agent's answer (lists in `format`) to stdout, or its error to stderr with a
+/// failing exit status.
+pub(crate) fn print_response(response: Response, format: Format) -> Result<ExitCode> {
+    match response {
         Response::Ok { body } => {
             let text = output::body(&body, format, output::now_ms());
             // `skein node ls | head -1` closes the pipe early; that is not an error.

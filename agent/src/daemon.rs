@@ -662,8 +662,8 @@ impl AgentBackend {
             None => (format!("{}-{name}", self.resource_prefix), true),
         };
         let endpoint = self
-            .manager
-            .create_endpoint(EndpointRequest {
+            .reconciler
+            .add_endpoint(EndpointRequest {
                 id: id.clone(),
                 name,
                 network,
@@ -673,14 +673,6 @@ impl AgentBackend {
                 settle: true,
             })
             .await?;
-        let view = self.manager.view();
-        let mtu = view.overlay_mtu.unwrap_or(1450);
-        if let Err(error) = self.reconciler.plumb(&view, &endpoint, mtu).await {
-            // Leave nothing half-made: the entry goes, and with it the plumbing.
-            let _ = self.manager.remove_endpoint(&endpoint.id).await;
-            let _ = self.reconciler.unplumb(&endpoint).await;
-            return Err(error.context("plumbing the endpoint"));
-        }
         Ok(endpoint_rows(&self.manager.view())
             .into_iter()
             .find(|row| row.id == endpoint.id)

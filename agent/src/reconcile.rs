@@ -18,6 +18,7 @@ use dataplane_ebpf::overlay::{
     endpoint_mac, EndpointKey, EndpointValue, NetworkValue, SubnetKey, VtepKey, VtepValue,
 };
 use manager::{
+    ops::EndpointRequest,
     state::{endpoint::gateway, Endpoint},
     view::ClusterView,
     Manager,
@@ -210,10 +211,25 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Records an endpoint of this node ([`Manager::create_endpoint`]) and plumbs it at once
+    /// (`endpoint create|attach`, tasks); if the plumbing fails, the record and whatever was
+    /// made go again, so nothing is left half-made.
+    pub async fn add_endpoint(&self, request: EndpointRequest) -> Result<Endpoint> {
+        let endpoint = self.manager.create_endpoint(request).await?;
+        let view = self.manager.view();
+        let mtu = view.overlay_mtu.unwrap_or(FALLBACK_MTU);
+        if let Err(error) = self.plumb(&view, &endpoint, mtu).await {
+            let _ = self.manager.remove_endpoint(&endpoint.id).await;
+            let _ = self.unplumb(&endpoint).await;
+            return Err(error.context("plumbing the endpoint"));
+        }
+        Ok(endpoint)
+    }
+
     /// Creates (or checks) one local endpoint's namespace, veth and attached program;
     /// returns the host-side ifindex. Serialized with syncs, which plumb the same endpoints
     /// as soon as their records appear.
-    pub async fn plumb(&self, view: &ClusterView, endpoint: &Endpoint, mtu: u32) -> Result<u32> {
+    async fn plumb(&self, view: &ClusterView, endpoint: &Endpoint, mtu: u32) -> Result<u32> {
         let _busy = self.busy.lock().await;
         self.plumb_unlocked(view, endpoint, mtu).await
     }

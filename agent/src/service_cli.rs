@@ -10,7 +10,7 @@ use manager::state::PublishedPort;
 
 use crate::{
     api::{self, Body, Request, Response, ServiceSpec, ServiceStatus},
-    cli::{FormatArg, CLIENT_TIMEOUT},
+    cli::{non_empty, print_response, FormatArg, CLIENT_TIMEOUT},
     output::{self, Format},
 };
 
@@ -28,19 +28,19 @@ pub enum ServiceCommand {
     Ls(FormatArg),
     /// List a service's tasks: node, overlay IP, state.
     Ps {
-        #[arg(value_parser = non_empty)]
+        #[arg(value_parser = non_empty("a service name"))]
         name: String,
         #[command(flatten)]
         format: FormatArg,
     },
     /// Print a service's definition as JSON.
     Inspect {
-        #[arg(value_parser = non_empty)]
+        #[arg(value_parser = non_empty("a service name"))]
         name: String,
     },
     /// Print the output of a service's tasks, on every node (gathered by this node's agent).
     Logs {
-        #[arg(value_parser = non_empty)]
+        #[arg(value_parser = non_empty("a service name"))]
         name: String,
         /// Keep printing new output until interrupted.
         #[arg(long, short)]
@@ -56,15 +56,15 @@ pub enum ServiceCommand {
     },
     /// Remove a service; its tasks stop on every node.
     Rm {
-        #[arg(value_parser = non_empty)]
+        #[arg(value_parser = non_empty("a service name"))]
         name: String,
     },
     /// Attach an existing network namespace (e.g. a container's) as one replica.
     Attach {
-        #[arg(value_parser = non_empty)]
+        #[arg(value_parser = non_empty("a service name"))]
         name: String,
         /// A name under /run/netns, or a path such as /proc/PID/ns/net.
-        #[arg(long, value_name = "NAME|PATH", value_parser = non_empty)]
+        #[arg(long, value_name = "NAME|PATH", value_parser = non_empty("a namespace"))]
         netns: String,
     },
 }
@@ -100,7 +100,7 @@ pub struct WaitArgs {
 #[derive(Args, Debug)]
 pub struct ServiceCreate {
     /// The service's name (a DNS label: lowercase letters, digits, '-').
-    #[arg(value_parser = non_empty)]
+    #[arg(value_parser = non_empty("a service name"))]
     pub name: String,
     /// Number of tasks (replicated mode).
     #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true, value_name = "N")]
@@ -109,7 +109,7 @@ pub struct ServiceCreate {
     #[arg(long, value_enum, default_value_t = ModeArg::Replicated)]
     pub mode: ModeArg,
     /// The overlay network of its tasks [default: `skein`, created on first use].
-    #[arg(long, value_parser = non_empty)]
+    #[arg(long, value_parser = non_empty("a network name"))]
     pub network: Option<String>,
     /// Publish a port: PUBLISHED:TARGET[/tcp|/udp]. Repeatable.
     #[arg(long, short, value_parser = parse_publish, value_name = "PUBLISHED:TARGET[/PROTO]")]
@@ -124,11 +124,11 @@ pub struct ServiceCreate {
     #[arg(long, short, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Run the command as this user: NAME, UID or UID:GID [default: root].
-    #[arg(long, short, value_parser = non_empty)]
+    #[arg(long, short, value_parser = non_empty("a user"))]
     pub user: Option<String>,
     /// A command run in each task (with `sh -c`); the task counts as running only while it
     /// succeeds.
-    #[arg(long, value_parser = non_empty)]
+    #[arg(long, value_parser = non_empty("a health command"))]
     pub health_cmd: Option<String>,
     /// Time between health checks.
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
@@ -141,14 +141,6 @@ pub struct ServiceCreate {
     /// The command each task runs, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
-}
-
-fn non_empty(value: &str) -> Result<String, String> {
-    if value.trim().is_empty() {
-        Err("cannot be empty".to_owned())
-    } else {
-        Ok(value.to_owned())
-    }
 }
 
 fn parse_replicas(value: &str) -> Result<u32, String> {
@@ -250,20 +242,22 @@ pub fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                 follow_progress(socket, &name, &wait).await
             }
             ServiceCommand::Logs { name, follow } => logs(socket, &name, follow).await,
-            ServiceCommand::Ls(f) => print(call(socket, &Request::ServiceLs).await?, f.format),
-            ServiceCommand::Ps { name, format } => print(
+            ServiceCommand::Ls(f) => {
+                print_response(call(socket, &Request::ServiceLs).await?, f.format)
+            }
+            ServiceCommand::Ps { name, format } => print_response(
                 call(socket, &Request::ServicePs { name }).await?,
                 format.format,
             ),
-            ServiceCommand::Inspect { name } => print(
+            ServiceCommand::Inspect { name } => print_response(
                 call(socket, &Request::ServiceInspect { name }).await?,
                 Format::Table,
             ),
-            ServiceCommand::Rm { name } => print(
+            ServiceCommand::Rm { name } => print_response(
                 call(socket, &Request::ServiceRm { name }).await?,
                 Format::Table,
             ),
-            ServiceCommand::Attach { name, netns } => print(
+            ServiceCommand::Attach { name, netns } => print_response(
                 call(socket, &Request::ServiceAttach { name, netns }).await?,
                 Format::Table,
             ),
@@ -277,24 +271,6 @@ fn millis(d: Duration) -> u64 {
 
 async fn call(socket: &Path, request: &Request) -> Result<Response> {
     api::call(socket, request, CLIENT_TIMEOUT).await
-}
-
-fn print(response: Response, format: Format) -> Result<ExitCode> {
-    match response {
-        Response::Ok { body } => {
-            let text = output::body(&body, format, output::now_ms());
-            match std::io::stdout().write_all(text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(e).context("writing to stdout")
-                }
-                _ => Ok(ExitCode::SUCCESS),
-            }
-        }
-        Response::Error { message } => {
-            eprintln!("error: {message}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
 }
 
 fn expect_status(response: Response) -> Result<ServiceStatus> {

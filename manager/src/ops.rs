@@ -166,6 +166,26 @@ impl Manager {
         Ok((stamp, self.view()))
     }
 
+    /// Why a claim on `key` lost, given the settled view: `conflict` is the reason when our
+    /// record is listed as conflicted (then it is withdrawn — only then is it still the
+    /// current record of the name; a newer write is someone else's and stays), `current` the
+    /// `created` stamp of whatever now holds the name.
+    async fn lost_claim(
+        &self,
+        key: RecordKey,
+        conflict: Option<&str>,
+        current: Option<Stamp>,
+    ) -> Result<String, ManagerError> {
+        Ok(match (conflict, current) {
+            (Some(reason), _) => {
+                self.write(key.scope, key.kind, key.name, None).await?;
+                reason.to_owned()
+            }
+            (None, Some(winner)) => format!("it was created by node {}", winner.writer.short()),
+            (None, None) => "it was removed meanwhile".to_owned(),
+        })
+    }
+
     /// Publishes (or refreshes) this node's own record.
     pub async fn publish_self(&self, info: &NodeInfo) -> Result<Stamp, ManagerError> {
         let key = NodeInfo::key(self.node());
@@ -235,24 +255,17 @@ impl Manager {
         {
             return Ok(network.clone());
         }
-        // We lost. Withdraw our record if it is still the current one (a newer write of the
-        // same name is someone else's and stays).
-        let reason = match view
-            .networks
-            .conflicted
-            .iter()
-            .find(|(n, _)| n.name == name && n.created == stamp)
-        {
-            Some((_, reason)) => {
-                self.write(Scope::Cluster, Kind::Network, name.to_owned(), None)
-                    .await?;
-                reason.clone()
-            }
-            None => match view.networks.get(name) {
-                Some(winner) => format!("it was created by node {}", winner.created.writer.short()),
-                None => "it was removed meanwhile".to_owned(),
-            },
-        };
+        let reason = self
+            .lost_claim(
+                Network::key(name),
+                view.networks
+                    .conflicted
+                    .iter()
+                    .find(|(n, _)| n.name == name && n.created == stamp)
+                    .map(|(_, reason)| reason.as_str()),
+                view.networks.get(name).map(|n| n.created),
+            )
+            .await?;
         Err(OpError::LostConflict {
             name: name.to_owned(),
             reason,
@@ -570,22 +583,17 @@ impl Manager {
         if let Some(service) = view.services.get(&name).filter(|s| s.created == stamp) {
             return Ok(service.clone());
         }
-        let reason = match view
-            .services
-            .conflicted
-            .iter()
-            .find(|(s, _)| s.name == name && s.created == stamp)
-        {
-            Some((_, reason)) => {
-                self.write(Scope::Cluster, Kind::Service, name.clone(), None)
-                    .await?;
-                reason.clone()
-            }
-            None => match view.services.get(&name) {
-                Some(winner) => format!("it was created by node {}", winner.created.writer.short()),
-                None => "it was removed meanwhile".to_owned(),
-            },
-        };
+        let reason = self
+            .lost_claim(
+                Service::key(&name),
+                view.services
+                    .conflicted
+                    .iter()
+                    .find(|(s, _)| s.name == name && s.created == stamp)
+                    .map(|(_, reason)| reason.as_str()),
+                view.services.get(&name).map(|s| s.created),
+            )
+            .await?;
         Err(OpError::ServiceLostConflict { name, reason })
     }
 

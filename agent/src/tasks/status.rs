@@ -114,7 +114,7 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
     let wanted = placed + attached;
     let running = running_slots.len() + running_attached.min(attached);
     ServiceStatus {
-        service: service_row(view, service, now_ms),
+        service: row(service, running, wanted),
         tasks: rows,
         wanted,
         running,
@@ -124,19 +124,12 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
     }
 }
 
-/// `service ls`: one row.
+/// `service ls`: one row, counted as `service ps` counts.
 pub fn service_row(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceRow {
-    let layout = layout(view, service, now_ms);
-    let running = view
-        .live_tasks()
-        .filter(|(node, t)| {
-            t.service == service.name
-                && t.service_created == service.created
-                && t.serves()
-                && (t.attached || layout.holds(*node, t.slot))
-        })
-        .count();
-    let wanted = layout.wanted() + attached_count(view, service) as usize;
+    service_status(view, service, now_ms).service
+}
+
+fn row(service: &Service, running: usize, wanted: usize) -> ServiceRow {
     ServiceRow {
         name: service.name.clone(),
         mode: match service.mode {

@@ -495,8 +495,8 @@ impl Supervisor {
         };
         let name = format!("{}.{label}.{id}", service.name);
         let endpoint = self
-            .manager
-            .create_endpoint(EndpointRequest {
+            .reconciler
+            .add_endpoint(EndpointRequest {
                 id: id.clone(),
                 name: name.clone(),
                 network: service.network.clone(),
@@ -506,13 +506,12 @@ impl Supervisor {
                 settle: false,
             })
             .await
-            .with_context(|| format!("allocating an address on network {}", service.network))?;
-        let mtu = view.overlay_mtu.unwrap_or(1450);
-        if let Err(error) = self.reconciler.plumb(view, &endpoint, mtu).await {
-            let _ = self.manager.remove_endpoint(&endpoint.id).await;
-            let _ = self.reconciler.unplumb(&endpoint).await;
-            return Err(error.context("plumbing the task's endpoint"));
-        }
+            .with_context(|| {
+                format!(
+                    "creating the task's endpoint on network {}",
+                    service.network
+                )
+            })?;
         let template = Task {
             id: id.clone(),
             service: service.name.clone(),
