@@ -21,7 +21,7 @@ use manager::{
 
 use super::{
     process::{log_path, resolve_command, resolve_user},
-    status::{service_row, service_status, task_name},
+    status::{hostname, service_row, service_status, task_name},
     supervisor::Supervisor,
 };
 use crate::{
@@ -188,10 +188,7 @@ pub async fn logs(
     let mut calls = Vec::new();
     for (node, node_tasks) in &remote {
         let status = view.node(node);
-        let host = status
-            .and_then(|n| n.info.as_ref())
-            .map(|i| i.hostname.clone())
-            .unwrap_or_else(|| node.short());
+        let host = hostname(view, *node);
         let unavailable = |reason: &str| -> Vec<String> {
             node_tasks
                 .iter()

@@ -22,7 +22,8 @@ pub fn task_name(view: &ClusterView, node: NodeId, task: &Task, service: &Servic
     }
 }
 
-fn hostname(view: &ClusterView, node: NodeId) -> String {
+/// A node's hostname as the view knows it, else its short ID.
+pub fn hostname(view: &ClusterView, node: NodeId) -> String {
     view.node(&node)
         .and_then(|n| n.info.as_ref())
         .map(|i| i.hostname.clone())
