@@ -24,6 +24,7 @@ pub mod peer;
 pub mod reconcile;
 pub mod service_cli;
 pub mod state_dir;
+pub mod sync_errors;
 pub mod tasks;
 pub mod whoami;
 
