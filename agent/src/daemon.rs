@@ -39,7 +39,7 @@ use crate::{
 };
 use manager::ops::EndpointRequest;
 
-pub use crate::config::AgentConfig;
+pub(crate) use crate::config::AgentConfig;
 
 /// `skein agent cleanup`.
 pub fn cleanup(bpf_dir: &Path) -> Result<()> {

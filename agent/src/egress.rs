@@ -19,7 +19,7 @@ use ipnet::Ipv4Net;
 const TABLE: &str = "skein";
 
 /// The nftables script that makes the masquerade rule for `subnets`.
-pub fn ruleset(subnets: &[Ipv4Net]) -> String {
+fn ruleset(subnets: &[Ipv4Net]) -> String {
     let mut script =
         format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
     script.push_str("  set overlay {\n    type ipv4_addr\n    flags interval\n");
@@ -36,14 +36,14 @@ pub fn ruleset(subnets: &[Ipv4Net]) -> String {
 }
 
 /// Installs (or replaces) the masquerade rule for `subnets` and turns on IPv4 forwarding.
-pub fn apply(subnets: &[Ipv4Net]) -> Result<()> {
+pub(crate) fn apply(subnets: &[Ipv4Net]) -> Result<()> {
     fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling IPv4 forwarding for egress")?;
     nft(&ruleset(subnets))
 }
 
 /// Removes the table (`agent leave` / `cleanup`); absent is fine.
-pub fn remove() -> Result<()> {
+pub(crate) fn remove() -> Result<()> {
     nft(&format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n"))
 }
 

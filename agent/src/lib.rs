@@ -12,12 +12,12 @@
 
 pub mod api;
 pub mod cli;
-pub mod config;
+mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod egress;
+mod egress;
 pub mod metrics;
-pub mod netif;
+mod netif;
 pub mod netlink;
 pub mod output;
 pub mod peer;

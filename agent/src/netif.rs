@@ -1,11 +1,11 @@
 //! What the agent reads about the host's interfaces: IPv4 addresses, MTU, MAC; and MAC
-//! addresses as text.
-//! (The netlink module that creates interfaces comes with the overlay.)
+//! addresses as text. Plain libc and sysfs reads of the agent's own namespace; the
+//! interfaces the agent creates and changes are `netlink`'s.
 
 use std::{ffi::CStr, fs, io, net::Ipv4Addr};
 
 /// The IPv4 addresses of `iface`, in the order the kernel lists them (the primary first).
-pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
+pub(crate) fn ipv4_addrs(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
     let mut addrs = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below; we only read it meanwhile.
@@ -37,7 +37,7 @@ pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
 }
 
 /// The MTU of `iface` in this network namespace.
-pub fn mtu(iface: &str) -> io::Result<u32> {
+pub(crate) fn mtu(iface: &str) -> io::Result<u32> {
     let text = fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))?;
     text.trim().parse().map_err(|_| {
         io::Error::new(
@@ -48,7 +48,7 @@ pub fn mtu(iface: &str) -> io::Result<u32> {
 }
 
 /// The MAC address of `iface` in this network namespace.
-pub fn mac(iface: &str) -> io::Result<[u8; 6]> {
+pub(crate) fn mac(iface: &str) -> io::Result<[u8; 6]> {
     let text = fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
     parse_mac(text.trim()).ok_or_else(|| {
         io::Error::new(
@@ -59,7 +59,7 @@ pub fn mac(iface: &str) -> io::Result<[u8; 6]> {
 }
 
 /// `aa:bb:cc:dd:ee:ff` (hex digits of either case) as bytes.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+pub(crate) fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in &mut mac {
@@ -73,7 +73,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 }
 
 /// Bytes as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(m: [u8; 6]) -> String {
+pub(crate) fn format_mac(m: [u8; 6]) -> String {
     format!(
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]

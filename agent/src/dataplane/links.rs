@@ -6,7 +6,7 @@
 //! interface disappeared is defunct: the swap fails, and the pin is replaced by a fresh
 //! attachment.
 
-use std::{ffi::CString, fmt, fs, path::Path};
+use std::{ffi::CString, fmt, fs, path::Path, str::FromStr};
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
@@ -19,8 +19,10 @@ use tracing::{debug, info, warn};
 
 use super::DataplaneError;
 
-/// `--xdp-mode`: how to attach the underlay program.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// `--xdp-mode`: how to attach the underlay program. Written and parsed as its
+/// [`name`](XdpMode::name); the command line's help for each mode is in `config`, so
+/// this module does not depend on the CLI library.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpMode {
     /// Native where the driver supports it, generic otherwise.
     #[default]
@@ -29,6 +31,46 @@ pub enum XdpMode {
     Native,
     /// Generic (skb) mode: works everywhere, slower.
     Generic,
+}
+
+impl XdpMode {
+    /// Every mode, in the order help and errors list them.
+    pub const ALL: [XdpMode; 3] = [XdpMode::Auto, XdpMode::Native, XdpMode::Generic];
+
+    /// The name `--xdp-mode` and the config file take.
+    pub const fn name(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not one of [`XdpMode::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown XDP mode {:?}; use one of: {}",
+    .0,
+    XdpMode::ALL.map(XdpMode::name).join(", ")
+)]
+pub struct UnknownXdpMode(pub String);
+
+impl FromStr for XdpMode {
+    type Err = UnknownXdpMode;
+
+    fn from_str(name: &str) -> Result<XdpMode, UnknownXdpMode> {
+        XdpMode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == name)
+            .ok_or_else(|| UnknownXdpMode(name.to_owned()))
+    }
 }
 
 /// How the underlay program ended up attached.

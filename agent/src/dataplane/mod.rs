@@ -49,7 +49,7 @@ use dataplane_ebpf::{
 };
 use tracing::{debug, info, warn};
 
-pub use links::{if_index, AttachedMode, XdpMode};
+pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
 pub use overlay::OverlayMaps;
 
 /// The eBPF object, built by `build.rs` through the same function as

@@ -12,10 +12,7 @@ use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 
 use super::{
-    netns::{
-        enter_netns, on_dedicated_thread, on_dedicated_thread_blocking, open_netns,
-        open_netns_blocking,
-    },
+    netns::{enter_netns, on_dedicated_thread, on_dedicated_thread_blocking, open_netns_blocking},
     NetlinkError, Result,
 };
 
@@ -25,7 +22,7 @@ const CURRENT_NETNS: &str = "the current network namespace";
 /// An rtnetlink connection to one network namespace. Its operations (in `link` and
 /// `endpoint`) act on that namespace. Dropping it closes the connection.
 #[derive(Debug)]
-pub struct Netlink {
+pub(crate) struct Netlink {
     pub(super) handle: Handle,
     /// The namespace, for messages: a path, or [`CURRENT_NETNS`].
     netns: String,
@@ -35,7 +32,7 @@ pub struct Netlink {
 impl Netlink {
     /// A connection to the calling thread's network namespace (the agent's own, unless
     /// the thread was moved). Must be called inside a tokio runtime with IO enabled.
-    pub fn current() -> Result<Netlink> {
+    pub(super) fn current() -> Result<Netlink> {
         let (handle, connection) = connect()?;
         Ok(Netlink {
             handle,
@@ -44,15 +41,8 @@ impl Netlink {
         })
     }
 
-    /// A connection to the network namespace at `path` (`/run/netns/NAME`,
-    /// `/proc/PID/ns/net`, ...), driven by the current tokio runtime.
-    pub async fn in_netns(path: &Path) -> Result<Netlink> {
-        let ns = open_netns(path).await?;
-        Netlink::with_netns_fd(ns, path.display().to_string()).await
-    }
-
-    /// [`Netlink::in_netns`] for a namespace already open as `ns`, called `netns` in
-    /// messages.
+    /// A connection to the network namespace open as `ns` (see `open_netns`), called
+    /// `netns` in messages, driven by the current tokio runtime.
     pub(super) async fn with_netns_fd(ns: OwnedFd, netns: String) -> Result<Netlink> {
         let runtime = tokio::runtime::Handle::current();
         let label = netns.clone();
@@ -73,7 +63,7 @@ impl Netlink {
     }
 
     /// The namespace this connection acts on, as shown in messages.
-    pub fn netns(&self) -> &str {
+    pub(super) fn netns(&self) -> &str {
         &self.netns
     }
 

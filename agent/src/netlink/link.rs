@@ -32,12 +32,12 @@ pub async fn links_with_prefix(prefix: &str) -> Result<Vec<(String, u32)>> {
 
 impl Netlink {
     /// The index of interface `name`, if it exists.
-    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+    pub(super) async fn link_index(&self, name: &str) -> Result<Option<u32>> {
         Ok(self.link(name).await?.map(|link| link.header.index))
     }
 
     /// Sets the MTU of interface `name` (nothing is sent if it already has it).
-    pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<()> {
+    pub(super) async fn set_mtu(&self, name: &str, mtu: u32) -> Result<()> {
         check_mtu(mtu)?;
         let link = self.existing_link(name).await?;
         if link_mtu(&link) == Some(mtu) {
@@ -53,7 +53,7 @@ impl Netlink {
     }
 
     /// `(name, ifindex)` of every interface whose name starts with `prefix`, by name.
-    pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u32)>> {
+    pub(super) async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u32)>> {
         let links: Vec<LinkMessage> = self
             .handle
             .link()
@@ -72,14 +72,6 @@ impl Netlink {
             .collect();
         found.sort();
         Ok(found)
-    }
-
-    /// Deletes interface `name` (for a veth, both ends). Returns whether it existed.
-    pub async fn delete_link(&self, name: &str) -> Result<bool> {
-        let Some(index) = self.link_index(name).await? else {
-            return Ok(false);
-        };
-        self.delete_link_index(index, name).await
     }
 
     /// Deletes the interface with `index` (called `name` in messages); gone already is

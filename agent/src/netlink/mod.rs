@@ -8,7 +8,7 @@
 //! Namespaces matter in three ways:
 //! - a netlink socket stays bound to the network namespace it was created in, so a
 //!   connection to another namespace is made by a short-lived thread that `setns`es
-//!   into it, creates the socket and hands it to the tokio runtime ([`Netlink::in_netns`]);
+//!   into it, creates the socket and hands it to the tokio runtime (`Netlink::with_netns_fd`);
 //! - named namespaces are bind mounts under `/run/netns`, like `ip netns add` makes them.
 //!   A bind mount lives in the mount namespace it was made in, and the agent may run
 //!   under `ip netns exec`, which gives it a private one: a namespace mounted there would
@@ -20,16 +20,21 @@
 //!   afterwards, never tokio workers or blocking-pool threads, which would carry the
 //!   changed namespace into unrelated work.
 //!
+//! Nothing else in the agent uses rtnetlink or netlink-packet-route.
+//!
 //! # Layout
-//! - `netns`: named namespaces ([`create_netns`], [`delete_netns`], [`netns_exists`]) and
-//!   [`open_netns`].
-//! - `conn`: [`Netlink`], a connection to the current or another namespace, and
+//! - `netns`: named namespaces ([`create_netns`], [`delete_netns`], [`netns_exists`],
+//!   [`netns_path`], [`NETNS_RUN_DIR`]), opening one (`open_netns_blocking`), and
+//!   `current_netns_name`, the name of the one this process runs in.
+//! - `conn`: `Netlink`, a connection to the current or another namespace, and
 //!   [`run_in_netns`].
-//! - `link`: interfaces by name, MTU, addresses and routes as [`Netlink`] methods, and
+//! - `link`: interfaces by name, MTU, addresses and routes as `Netlink` methods, and
 //!   the free functions [`link_index`], [`links_with_prefix`], [`set_mtu`] that act on the
 //!   calling thread's namespace.
 //! - `endpoint`: [`ensure_endpoint_link`] and [`remove_endpoint_link`].
-//! - `names`: [`host_ifname`] and [`validate_ifname`].
+//! - `offload`: GRO/TSO of a link through the ethtool ioctl.
+//! - `names`: the one interface-name rule (`check_ifname`, also behind every flag that
+//!   names an interface) and [`host_ifname`].
 
 mod conn;
 mod endpoint;
@@ -40,16 +45,16 @@ mod offload;
 
 use std::{io, path::PathBuf};
 
-pub use conn::{run_in_netns, Netlink};
+pub use conn::run_in_netns;
+use conn::Netlink;
 pub use endpoint::{
     ensure_endpoint_link, remove_endpoint_link, Change, EndpointLink, EndpointLinkState,
 };
 pub use link::{link_index, links_with_prefix, set_mtu};
-pub use names::{host_ifname, validate_ifname, IFNAMSIZ_MAX};
-pub use netns::{
-    create_netns, delete_netns, netns_exists, netns_path, open_netns, open_netns_blocking,
-    NETNS_RUN_DIR,
-};
+pub(crate) use names::check_ifname;
+pub use names::{host_ifname, IfnameError, IFNAMSIZ_MAX};
+pub use netns::{create_netns, delete_netns, netns_exists, netns_path, NETNS_RUN_DIR};
+pub(crate) use netns::{current_netns_name, open_netns_blocking};
 
 /// Errors from namespaces and netlink. Those a caller can cause name the bad value and
 /// the fix; the kernel's own reasons are in the source.
@@ -57,8 +62,8 @@ pub use netns::{
 pub enum NetlinkError {
     #[error("network namespace name {name:?} is invalid: use 1 to 255 characters, none of them '/', and not \".\" or \"..\"")]
     InvalidNetnsName { name: String },
-    #[error("interface name {name:?} is invalid: use 1 to 15 bytes without '/', ':', whitespace or NUL, and not \".\" or \"..\"")]
-    InvalidIfname { name: String },
+    #[error("interface name {name:?} is invalid: {reason}")]
+    InvalidIfname { name: String, reason: IfnameError },
     #[error("prefix length /{prefix_len} is invalid for IPv4: use 0 to 32")]
     InvalidPrefixLen { prefix_len: u8 },
     #[error("MTU {mtu} is invalid: use 68 to 65535")]
@@ -92,7 +97,7 @@ pub enum NetlinkError {
     ThreadPanicked { what: String },
 }
 
-pub type Result<T, E = NetlinkError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 
 impl NetlinkError {
     /// A [`NetlinkError::Io`] with the OS error just reported by a libc call.

@@ -1,5 +1,6 @@
-//! Interface names: the kernel's rules, and deterministic names for endpoints' host-side
-//! veths.
+//! Interface names: the one rule for what a valid name is (the kernel's, used by the
+//! netlink code and by every flag and config value that names an interface), and
+//! deterministic names for endpoints' host-side veths.
 
 use super::{NetlinkError, Result};
 
@@ -12,23 +13,55 @@ const MAX_HINT_LEN: usize = IFNAMSIZ_MAX - 8;
 /// The prefix used when the hint has no usable character.
 const DEFAULT_HINT: &str = "sk";
 
-/// Fails unless `name` is a valid interface name: 1 to 15 bytes, no `/`, `:`, whitespace
-/// or NUL, and not `.` or `..` (the kernel's `dev_valid_name`).
-pub fn validate_ifname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= IFNAMSIZ_MAX
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace());
-    if ok {
-        Ok(())
-    } else {
-        Err(NetlinkError::InvalidIfname {
-            name: name.to_owned(),
-        })
+/// Why a name is not a valid interface name. Displays as the reason alone, for callers to
+/// prefix with the name and where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IfnameError {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is longer than {IFNAMSIZ_MAX} bytes")]
+    TooLong,
+    #[error("\".\" and \"..\" are not interface names")]
+    Dot,
+    #[error("it contains {0:?}; use no '/', ':', '%', whitespace or control characters")]
+    Forbidden(char),
+    #[error("it contains {0:?}, whose byte 0xA0 the kernel counts as a space")]
+    SpaceByte(char),
+}
+
+/// The one interface-name rule. The kernel's `dev_valid_name`: 1 to 15 bytes, not `.` or
+/// `..`, no `/`, `:` or whitespace (the kernel's `isspace`, which also counts the byte
+/// 0xA0, so a UTF-8 character containing that byte is refused too); and, on top, what
+/// no existing interface can be called: no `%` (the kernel takes `eth%d` as a template
+/// and picks a name itself, or refuses it) and no control characters (NUL included),
+/// which `ip link` and logs would not show.
+pub(crate) fn check_ifname(name: &str) -> Result<(), IfnameError> {
+    if name.is_empty() {
+        return Err(IfnameError::Empty);
     }
+    if name.len() > IFNAMSIZ_MAX {
+        return Err(IfnameError::TooLong);
+    }
+    if name == "." || name == ".." {
+        return Err(IfnameError::Dot);
+    }
+    for c in name.chars() {
+        if matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control() {
+            return Err(IfnameError::Forbidden(c));
+        }
+        if c.encode_utf8(&mut [0; 4]).bytes().any(|b| b == 0xa0) {
+            return Err(IfnameError::SpaceByte(c));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_ifname`] as a [`NetlinkError`] naming `name`.
+pub(crate) fn validate_ifname(name: &str) -> Result<()> {
+    check_ifname(name).map_err(|reason| NetlinkError::InvalidIfname {
+        name: name.to_owned(),
+        reason,
+    })
 }
 
 /// The host-side interface name of the endpoint `endpoint_id`: the hint (its ASCII
@@ -112,20 +145,46 @@ mod tests {
 
     #[test]
     fn ifname_rules_match_the_kernel() {
-        for good in ["eth0", "sk0123456789abc", "a.b-c_d"] {
-            validate_ifname(good).unwrap();
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "a:b",
-            "a b",
-            "sk0123456789abcd",
-            "tab\t",
+        // What `ip link add NAME type dummy` accepts, including the edges: 15 bytes,
+        // dots other than "." and "..", and non-ASCII counted in bytes.
+        for good in [
+            "eth0",
+            "sk0123456789abc",
+            "a.b-c_d",
+            "...",
+            ".a",
+            "a..",
+            "v@lan#1+x=y",
+            "é",
+            "ééééééé",
         ] {
-            assert!(validate_ifname(bad).is_err(), "{bad:?}");
+            assert_eq!(check_ifname(good), Ok(()), "{good:?}");
+        }
+        for (bad, why) in [
+            ("", IfnameError::Empty),
+            ("sk0123456789abcd", IfnameError::TooLong),
+            // 8 two-byte characters: 8 characters but 16 bytes.
+            ("éééééééé", IfnameError::TooLong),
+            (".", IfnameError::Dot),
+            ("..", IfnameError::Dot),
+            ("a/b", IfnameError::Forbidden('/')),
+            ("a:b", IfnameError::Forbidden(':')),
+            ("eth%d", IfnameError::Forbidden('%')),
+            ("a b", IfnameError::Forbidden(' ')),
+            ("tab\t", IfnameError::Forbidden('\t')),
+            ("nl\n", IfnameError::Forbidden('\n')),
+            ("vt\u{b}", IfnameError::Forbidden('\u{b}')),
+            ("ff\u{c}", IfnameError::Forbidden('\u{c}')),
+            ("cr\r", IfnameError::Forbidden('\r')),
+            ("nul\0", IfnameError::Forbidden('\0')),
+            ("bell\u{7}", IfnameError::Forbidden('\u{7}')),
+            ("nbsp\u{a0}", IfnameError::Forbidden('\u{a0}')),
+            // U+00E0 is C3 A0 in UTF-8: the kernel's isspace(0xA0) refuses it.
+            ("voilà", IfnameError::SpaceByte('à')),
+        ] {
+            assert_eq!(check_ifname(bad), Err(why), "{bad:?}");
+            let error = validate_ifname(bad).unwrap_err().to_string();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
         }
     }
 }

@@ -107,6 +107,39 @@ pub async fn netns_exists(name: &str) -> Result<bool> {
     .await
 }
 
+/// The name of the named network namespace (`ip netns add NAME`) this process runs in;
+/// `None` in the root namespace or in one without a name. Looked up in this process's
+/// own view of [`NETNS_RUN_DIR`], as `ip netns identify` does.
+pub(crate) fn current_netns_name() -> Option<String> {
+    let id = |path: &str| fs::File::open(path).and_then(|file| ns_id(&file)).ok();
+    let own = id("/proc/self/ns/net")?;
+    // Someone may have named the root namespace too (`ip netns attach NAME 1`); it
+    // still gets the root defaults. PID 1's namespace is unreadable without privileges;
+    // then the names decide.
+    if id("/proc/1/ns/net") == Some(own) {
+        return None;
+    }
+    netns_name_in(Path::new(NETNS_RUN_DIR), own)
+}
+
+/// The first name (sorted, so the answer is stable) under `dir` whose file is the
+/// namespace `own` (by device and inode). Leftover files whose mount is gone have tmpfs's
+/// device and match nothing.
+fn netns_name_in(dir: &Path, own: (u64, u64)) -> Option<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|entry| {
+            fs::File::open(entry.path())
+                .and_then(|file| ns_id(&file))
+                .is_ok_and(|id| id == own)
+        })
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
 /// Opens a network namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`, ...) for
 /// `setns` or `IFLA_NET_NS_FD`. Fails with [`NetlinkError::NotANetns`] if it is not one.
 ///
@@ -114,7 +147,7 @@ pub async fn netns_exists(name: &str) -> Result<bool> {
 /// PID 1's, where [`create_netns`] mounts them (propagation into a private mount namespace
 /// is not guaranteed, e.g. when `/run/netns` was first made a mount point after the agent
 /// started). The descriptor works in any mount namespace.
-pub async fn open_netns(path: &Path) -> Result<OwnedFd> {
+pub(super) async fn open_netns(path: &Path) -> Result<OwnedFd> {
     if let Some(fd) = open_net_nsfs(path)? {
         return Ok(fd);
     }
@@ -128,7 +161,7 @@ pub async fn open_netns(path: &Path) -> Result<OwnedFd> {
 
 /// The blocking twin of [`open_netns`], for code that runs outside the runtime or must
 /// not await (task spawning).
-pub fn open_netns_blocking(path: &Path) -> Result<OwnedFd> {
+pub(crate) fn open_netns_blocking(path: &Path) -> Result<OwnedFd> {
     if let Some(fd) = open_net_nsfs(path)? {
         return Ok(fd);
     }
@@ -484,6 +517,29 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "/abs", "nul\0", &"n".repeat(256)] {
             assert!(validate_netns_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tests_run_in_the_root_netns() {
+        assert_eq!(current_netns_name(), None);
+    }
+
+    #[test]
+    fn netns_names_match_by_device_and_inode() {
+        let dir = std::env::temp_dir().join(format!("skein-netns-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // Plain files stand in for the bind mounts: what matters is (dev, inode).
+        for name in ["blue", "red"] {
+            fs::write(dir.join(name), b"").unwrap();
+        }
+        let red = ns_id(&fs::File::open(dir.join("red")).unwrap()).unwrap();
+        let found = netns_name_in(&dir, red);
+        let missing = netns_name_in(&dir, (u64::MAX, u64::MAX));
+        let absent_dir = netns_name_in(&dir.join("absent"), red);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.as_deref(), Some("red"));
+        assert_eq!(missing, None);
+        assert_eq!(absent_dir, None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{NetlinkError, Result};
 
 /// `ETHTOOL_*` legacy feature commands (include/uapi/linux/ethtool.h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feature {
+pub(super) enum Feature {
     /// Generic receive offload.
     Gro,
     /// TCP segmentation offload (all TSO kinds).
