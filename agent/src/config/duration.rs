@@ -160,7 +160,7 @@ fn segment_millis(whole: &str, fraction: Option<&str>, unit: Unit) -> Result<u12
     }
     let numerator = fraction.parse::<u128>().map_err(|_| finer())? * unit.millis();
     let denominator = 10u128.pow(fraction.len() as u32);
-    if numerator % denominator != 0 {
+    if !numerator.is_multiple_of(denominator) {
         return Err(finer());
     }
     millis = millis

@@ -23,7 +23,7 @@ pub enum IfnameError {
     TooLong,
     #[error("\".\" and \"..\" are not interface names")]
     Dot,
-    #[error("it contains {0:?}; use no '/', ':', '%', whitespace or control characters")]
+    #[error("it contains {0:?} (no '/', ':', '%', whitespace or control characters)")]
     Forbidden(char),
     #[error("it contains {0:?}, whose byte 0xA0 the kernel counts as a space")]
     SpaceByte(char),
