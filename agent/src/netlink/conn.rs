@@ -22,7 +22,7 @@ const CURRENT_NETNS: &str = "the current network namespace";
 /// An rtnetlink connection to one network namespace. Its operations (in `link` and
 /// `endpoint`) act on that namespace. Dropping it closes the connection.
 #[derive(Debug)]
-pub(crate) struct Netlink {
+pub(super) struct Netlink {
     pub(super) handle: Handle,
     /// The namespace, for messages: a path, or [`CURRENT_NETNS`].
     netns: String,

@@ -111,15 +111,21 @@ pub async fn netns_exists(name: &str) -> Result<bool> {
 /// `None` in the root namespace or in one without a name. Looked up in this process's
 /// own view of [`NETNS_RUN_DIR`], as `ip netns identify` does.
 pub(crate) fn current_netns_name() -> Option<String> {
-    let id = |path: &str| fs::File::open(path).and_then(|file| ns_id(&file)).ok();
-    let own = id("/proc/self/ns/net")?;
+    let own = path_ns_id(Path::new("/proc/self/ns/net"))?;
     // Someone may have named the root namespace too (`ip netns attach NAME 1`); it
     // still gets the root defaults. PID 1's namespace is unreadable without privileges;
     // then the names decide.
-    if id("/proc/1/ns/net") == Some(own) {
+    if path_ns_id(Path::new("/proc/1/ns/net")) == Some(own) {
         return None;
     }
     netns_name_in(Path::new(NETNS_RUN_DIR), own)
+}
+
+/// (device, inode) of the namespace a `/proc/*/ns/*` link or a bind mount of one refers
+/// to, by `stat`: unlike opening it, that needs no read permission on the mode-0 files
+/// under [`NETNS_RUN_DIR`], so an unprivileged client finds its namespace's name too.
+fn path_ns_id(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The first name (sorted, so the answer is stable) under `dir` whose file is the
@@ -129,11 +135,7 @@ fn netns_name_in(dir: &Path, own: (u64, u64)) -> Option<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .ok()?
         .flatten()
-        .filter(|entry| {
-            fs::File::open(entry.path())
-                .and_then(|file| ns_id(&file))
-                .is_ok_and(|id| id == own)
-        })
+        .filter(|entry| path_ns_id(&entry.path()) == Some(own))
         .filter_map(|entry| entry.file_name().into_string().ok())
         .collect();
     names.sort();
@@ -532,7 +534,7 @@ mod tests {
         for name in ["blue", "red"] {
             fs::write(dir.join(name), b"").unwrap();
         }
-        let red = ns_id(&fs::File::open(dir.join("red")).unwrap()).unwrap();
+        let red = path_ns_id(&dir.join("red")).unwrap();
         let found = netns_name_in(&dir, red);
         let missing = netns_name_in(&dir, (u64::MAX, u64::MAX));
         let absent_dir = netns_name_in(&dir.join("absent"), red);
