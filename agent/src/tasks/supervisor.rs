@@ -1,9 +1,11 @@
 //! The task reconciler: converges this node's tasks to what placement gives it.
 //!
-//! Every pass reads a cluster snapshot, computes each service's layout
-//! ([`manager::placement`]), starts the slots that belong here and have no task, and stops
-//! tasks whose slot went elsewhere (once the new holder runs, so a move does not drop a
-//! replica), was scaled away, or whose service is gone. A task is an endpoint (namespace +
+//! Every pass reads a cluster snapshot and asks the [`plan`] what to do: start the slots
+//! that belong here and have no task, stop tasks whose slot went elsewhere (once the new
+//! holder runs, so a move does not drop a replica), was scaled away, or whose service is
+//! gone, and so on (the rules are listed in [`plan`]). This file applies those actions: it
+//! owns the effects (endpoints, records, processes, background teardowns) and the memory
+//! the plan reads (handover clocks, create backoff, membership). A task is an endpoint (namespace +
 //! veth + overlay address, plumbed by the [`Reconciler`]) plus a process
 //! ([`TaskProcess`]); its state is published as a node-scoped [`Task`] record, which is
 //! what `service ps`, load balancers and DNS read.
@@ -23,7 +25,6 @@ use anyhow::{Context, Result};
 use manager::{
     driver::wall_ms,
     ops::EndpointRequest,
-    placement::{self, Layout},
     state::{Endpoint, Kind, Mode, Scope, Service, Task, TaskState},
     view::ClusterView,
     Manager,
@@ -31,7 +32,10 @@ use manager::{
 use tokio::sync::{mpsc, Mutex};
 use tracing::{info, warn};
 
-use super::process::{health_check, TaskProcess, TaskSpec};
+use super::{
+    plan::{self, Action, LocalTask, Membership, Now, StopReason, CREATE_BACKOFF},
+    process::{health_check, TaskProcess, TaskSpec},
+};
 use crate::{
     netlink,
     reconcile::{self, Reconciler},
@@ -39,27 +43,8 @@ use crate::{
 
 /// How often a pass runs without news (restarts and hand-over deadlines are due on time).
 const TICK: Duration = Duration::from_millis(500);
-/// After start, tasks are only adopted, not started or stopped, until membership has
-/// settled: a restarted node that does not see its peers yet would otherwise take their
-/// slots.
-const WARMUP: Duration = Duration::from_secs(3);
-/// Slots are taken over only once the set of up nodes has been stable this long. A node
-/// cut off from the others sees them go down one by one; in between it would still see
-/// enough of the cluster to take over, and start tasks it must stop again when it returns.
-const STABLE_MEMBERSHIP: Duration = Duration::from_secs(1);
-/// How long a task whose slot moved elsewhere keeps running while the new one starts.
-const HANDOVER: Duration = Duration::from_secs(10);
 /// SIGTERM → SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// A failed start is retried no faster than this, whatever the restart delay.
-const MIN_RETRY: Duration = Duration::from_secs(1);
-/// After a task could not be created (no free address, plumbing failed), its slot waits
-/// this long before the next attempt.
-const CREATE_BACKOFF: Duration = Duration::from_secs(5);
-/// A task endpoint without a task record is removed once it is this old.
-const ORPHAN_AGE: Duration = Duration::from_secs(30);
-/// Consecutive failed health checks before a running task counts as unhealthy.
-const UNHEALTHY_AFTER: u32 = 3;
 
 /// What the supervisor knows of one of its tasks.
 struct Local {
@@ -74,8 +59,17 @@ struct Local {
     /// Since when its slot belongs to another node.
     moving_since: Option<Instant>,
     health_failures: u32,
-    /// Attached by `service attach`: no process, never moved.
-    attached: bool,
+}
+
+impl Local {
+    /// What the plan sees of it.
+    fn planned(&self) -> LocalTask<'_> {
+        LocalTask {
+            task: &self.task,
+            restart_at: self.restart_at,
+            moving_since: self.moving_since,
+        }
+    }
 }
 
 enum Event {
@@ -100,14 +94,16 @@ pub struct Supervisor {
     resource_prefix: String,
     started: Instant,
     tasks: Mutex<BTreeMap<String, Local>>,
-    /// Tasks being torn down (their records are still visible meanwhile).
+    /// Tasks (and orphan endpoints) being torn down: their records are still visible
+    /// meanwhile.
     stopping: Arc<std::sync::Mutex<BTreeSet<String>>>,
     events: mpsc::UnboundedSender<Event>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
-    /// Slots whose task could not be created, and when to try again.
+    /// Slots whose task could not be created, and when to try again. Only passes use it,
+    /// under the `tasks` lock.
     create_backoff: std::sync::Mutex<BTreeMap<(String, u32), Instant>>,
     /// The up nodes in the last pass, and since when they have been up.
-    membership: std::sync::Mutex<(Vec<manager::NodeId>, Instant)>,
+    membership: std::sync::Mutex<Membership>,
 }
 
 impl Supervisor {
@@ -118,18 +114,19 @@ impl Supervisor {
         resource_prefix: String,
     ) -> Supervisor {
         let (events, events_rx) = mpsc::unbounded_channel();
+        let started = Instant::now();
         Supervisor {
             manager,
             reconciler,
             dir,
             resource_prefix,
-            started: Instant::now(),
+            started,
             tasks: Mutex::new(BTreeMap::new()),
             stopping: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
             events,
             events_rx: Mutex::new(Some(events_rx)),
             create_backoff: std::sync::Mutex::new(BTreeMap::new()),
-            membership: std::sync::Mutex::new((Vec::new(), Instant::now())),
+            membership: std::sync::Mutex::new(Membership::new(started)),
         }
     }
 
@@ -181,7 +178,7 @@ impl Supervisor {
                     None => "exited".to_owned(),
                 };
                 info!(task = %local.task.id, service = %local.task.service, %message, "task process ended");
-                local.restart_at = Some(Instant::now() + local.service.restart_delay());
+                local.restart_at = Some(plan::restart_after_exit(&local.service, Instant::now()));
                 let task = Task {
                     state: TaskState::Exited,
                     message,
@@ -197,14 +194,7 @@ impl Supervisor {
                     return;
                 }
                 local.health_failures = if ok { 0 } else { local.health_failures + 1 };
-                let state = match (ok, local.task.state) {
-                    (true, _) => TaskState::Running,
-                    (false, TaskState::Running) if local.health_failures < UNHEALTHY_AFTER => {
-                        TaskState::Running
-                    }
-                    (false, TaskState::Starting) => TaskState::Starting,
-                    (false, _) => TaskState::Unhealthy,
-                };
+                let state = plan::health_state(ok, local.health_failures, local.task.state);
                 if state != local.task.state {
                     let message = if ok {
                         String::new()
@@ -222,268 +212,174 @@ impl Supervisor {
         }
     }
 
-    /// One pass over all services and this node's tasks.
+    /// One pass: the adoption plan, then the plan over this node's tasks (see
+    /// [`plan`]), each applied in order.
     async fn pass(&self, view: &ClusterView) {
-        let me = view.self_id;
+        let now = Now::current();
         let mut tasks = self.tasks.lock().await;
-        self.adopt(view, &mut tasks).await;
-        let settled = self.started.elapsed() >= WARMUP;
-        let now_ms = wall_ms();
-        let take_over = placement::may_take_over(view) && self.membership_stable(view);
-        let layouts: BTreeMap<&str, (&Service, Layout)> = view
-            .services
-            .valid
-            .iter()
-            .map(|s| (s.name.as_str(), (s, super::status::layout(view, s, now_ms))))
-            .collect();
-
-        if settled {
-            self.remove_orphan_endpoints(view, &tasks);
-        }
-
-        // Stop what no longer belongs here.
-        if settled {
-            let mut doomed = Vec::new();
-            let mut seen_slots: BTreeSet<(String, u32)> = BTreeSet::new();
-            // Oldest first, so that of two local tasks of one slot the newer goes.
-            let mut order: Vec<&Local> = tasks.values().collect();
-            order.sort_by_key(|l| l.task.created);
-            for local in order {
-                let reason = match layouts.get(local.task.service.as_str()) {
-                    None => Some("its service was removed"),
-                    Some((service, _)) if service.created != local.task.service_created => {
-                        Some("its service was re-created")
-                    }
-                    Some(_) if local.attached => None,
-                    Some((_, layout)) => {
-                        let slot = (local.task.service.clone(), local.task.slot);
-                        if !seen_slots.insert(slot) {
-                            Some("another task of its slot runs here")
-                        } else if local.task.slot as usize >= layout.wanted()
-                            && matches!(layout, Layout::Replicated(_))
-                        {
-                            Some("the service was scaled down")
-                        } else if !layout.holds(me, local.task.slot) {
-                            match local.moving_since {
-                                Some(since)
-                                    if since.elapsed() >= HANDOVER
-                                        || new_holder_runs(view, layout, local) =>
-                                {
-                                    Some("its slot moved to another node")
-                                }
-                                _ => None,
-                            }
-                        } else {
-                            None
-                        }
-                    }
-                };
-                if let Some(reason) = reason {
-                    doomed.push((local.task.id.clone(), reason));
-                }
-            }
-            for local in tasks.values_mut() {
-                let moving = layouts
-                    .get(local.task.service.as_str())
-                    .is_some_and(|(_, l)| !local.attached && !l.holds(me, local.task.slot));
-                match (moving, local.moving_since) {
-                    (true, None) => local.moving_since = Some(Instant::now()),
-                    (false, Some(_)) => local.moving_since = None,
-                    _ => {}
-                }
-            }
-            for (id, reason) in doomed {
-                if let Some(local) = tasks.remove(&id) {
-                    info!(task = %id, service = %local.task.service, slot = local.task.slot + 1, reason, "stopping a task");
-                    self.stopping
-                        .lock()
-                        .expect("stopping lock")
-                        .insert(id.clone());
-                    self.teardown_in_background(local);
-                }
-            }
-        }
-
-        // Start the slots that belong here and have no task.
-        if settled && take_over {
-            for (service, layout) in layouts.values() {
-                for slot in layout.slots_of(me) {
-                    let present = tasks.values().any(|l| {
-                        !l.attached
-                            && l.task.service == service.name
-                            && l.task.service_created == service.created
-                            && l.task.slot == slot
-                    });
-                    let key = (service.name.clone(), slot);
-                    let backing_off = self
-                        .create_backoff
-                        .lock()
-                        .expect("backoff lock")
-                        .get(&key)
-                        .is_some_and(|until| Instant::now() < *until);
-                    if !present && !backing_off {
-                        match self.start(view, service, slot).await {
-                            Ok(local) => {
-                                tasks.insert(local.task.id.clone(), local);
-                                self.create_backoff
-                                    .lock()
-                                    .expect("backoff lock")
-                                    .remove(&key);
-                            }
-                            Err(error) => {
-                                warn!(service = %service.name, slot = slot + 1, error = %format!("{error:#}"), "could not create a task; retrying in 5 s");
-                                self.create_backoff
-                                    .lock()
-                                    .expect("backoff lock")
-                                    .insert(key, Instant::now() + CREATE_BACKOFF);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        // Restart processes that are due, and replace tasks whose address was lost to an
-        // earlier claim.
-        let now = Instant::now();
-        for local in tasks.values_mut() {
-            if local.restart_at.is_some_and(|at| at <= now) {
-                self.spawn(local).await;
-            }
-        }
-        let collided: Vec<String> = tasks
-            .values()
-            .filter(|l| {
-                view.endpoints
-                    .collided
-                    .iter()
-                    .any(|(n, e, _)| *n == me && e.id == l.endpoint.id)
-            })
-            .map(|l| l.task.id.clone())
-            .collect();
-        for id in collided {
-            if let Some(local) = tasks.remove(&id) {
-                warn!(task = %id, "the task's address was taken by an earlier claim; replacing it");
-                self.stopping.lock().expect("stopping lock").insert(id);
-                self.teardown_in_background(local);
-            }
-        }
-    }
-
-    /// Removes task endpoints no task record refers to: an agent that died between creating
-    /// a task's endpoint and writing its task record left them. A task endpoint is one whose
-    /// name ends in `.<its ID>` (see [`Supervisor::start`]); only those older than
-    /// [`ORPHAN_AGE`] count, so a task being created right now is never mistaken for one.
-    fn remove_orphan_endpoints(&self, view: &ClusterView, tasks: &BTreeMap<String, Local>) {
-        let now = wall_ms();
-        let stopping = self.stopping.lock().expect("stopping lock").clone();
-        for endpoint in view.own_endpoints() {
-            let referenced = view.own_tasks().any(|t| t.endpoint == endpoint.id)
-                || tasks.values().any(|l| l.endpoint.id == endpoint.id)
-                || stopping.contains(&endpoint.id);
-            if referenced || !is_orphan_task_endpoint(endpoint, now) {
-                continue;
-            }
-            warn!(endpoint = %endpoint.name, "removing a task endpoint no task refers to");
-            self.stopping
-                .lock()
-                .expect("stopping lock")
-                .insert(endpoint.id.clone());
-            let (manager, reconciler, stopping) = (
-                self.manager.clone(),
-                self.reconciler.clone(),
-                self.stopping.clone(),
-            );
-            let endpoint = endpoint.clone();
-            tokio::spawn(async move {
-                let _ = manager.remove_endpoint(&endpoint.id).await;
-                if let Err(error) = reconciler.unplumb(&endpoint).await {
-                    warn!(endpoint = %endpoint.name, error = %format!("{error:#}"), "could not remove an orphan task endpoint");
-                }
-                stopping.lock().expect("stopping lock").remove(&endpoint.id);
-            });
-        }
-    }
-
-    /// Whether the set of up nodes has not changed for [`STABLE_MEMBERSHIP`].
-    fn membership_stable(&self, view: &ClusterView) -> bool {
-        let up: Vec<manager::NodeId> = view.nodes.iter().filter(|n| n.up).map(|n| n.id).collect();
-        let mut last = self.membership.lock().expect("membership lock");
-        if last.0 != up {
-            *last = (up, Instant::now());
-        }
-        last.1.elapsed() >= STABLE_MEMBERSHIP
-    }
-
-    /// Takes in this node's task records that the supervisor does not know yet: after a
-    /// restart, the running process is adopted; if it is gone, it is restarted.
-    async fn adopt(&self, view: &ClusterView, tasks: &mut BTreeMap<String, Local>) {
-        let stopping = self.stopping.lock().expect("stopping lock").clone();
-        for task in view.own_tasks() {
-            if tasks.contains_key(&task.id) || stopping.contains(&task.id) {
-                continue;
-            }
-            let endpoint = view
-                .own_endpoints()
-                .find(|e| e.id == task.endpoint)
-                .cloned();
-            let service = view
-                .services
-                .valid
-                .iter()
-                .find(|s| s.name == task.service && s.created == task.service_created)
-                .cloned();
-            let attached = task.attached;
-            let (Some(endpoint), Some(service)) = (endpoint.clone(), service) else {
-                // Its service or endpoint is gone: nothing to adopt, only to clean up.
-                let id = task.id.clone();
-                self.stopping
-                    .lock()
-                    .expect("stopping lock")
-                    .insert(id.clone());
-                let teardown = Teardown {
-                    manager: self.manager.clone(),
-                    reconciler: self.reconciler.clone(),
-                    dir: self.task_dir(&id),
-                };
-                let (task, stopping) = (task.clone(), self.stopping.clone());
-                tokio::spawn(async move {
-                    let process = TaskProcess::adopt(&teardown.dir).map(Arc::new);
-                    teardown
-                        .run(&task, endpoint.as_ref(), process.as_deref())
-                        .await;
-                    stopping.lock().expect("stopping lock").remove(&id);
-                });
-                continue;
+        let membership_since = self
+            .membership
+            .lock()
+            .expect("membership lock")
+            .observe(view, now.instant);
+        for round in [Round::Adoptions, Round::Plan] {
+            let stopping = self.stopping.lock().expect("stopping lock").clone();
+            let create_backoff = self.create_backoff.lock().expect("backoff lock").clone();
+            let local = plan::Local {
+                tasks: tasks.values().map(Local::planned).collect(),
+                stopping: &stopping,
+                started: self.started,
+                membership_since,
+                create_backoff: &create_backoff,
             };
-            let process = if attached {
-                None
-            } else {
-                TaskProcess::adopt(&self.task_dir(&task.id)).map(Arc::new)
+            let actions = match round {
+                Round::Adoptions => plan::adoptions(view, &local),
+                Round::Plan => plan::plan(view, &local, now),
             };
-            let restart_at = (!attached && process.is_none()).then(Instant::now);
-            match &process {
-                Some(p) => info!(task = %task.id, pid = p.pid(), "adopted a running task"),
-                None if !attached => {
-                    info!(task = %task.id, "a task's process is gone; restarting it")
-                }
-                None => {}
+            for action in actions {
+                self.apply(view, &mut tasks, action, now).await;
             }
-            let local = Local {
-                task: task.clone(),
+        }
+    }
+
+    /// Carries out one decision of the plan.
+    async fn apply(
+        &self,
+        view: &ClusterView,
+        tasks: &mut BTreeMap<String, Local>,
+        action: Action,
+        now: Now,
+    ) {
+        match action {
+            Action::Adopt {
+                task,
                 endpoint,
                 service,
-                process: process.clone(),
-                restart_at,
-                moving_since: None,
-                health_failures: 0,
-                attached,
-            };
-            if let Some(process) = process {
-                self.watch(&local, process);
+            } => {
+                let local = self.adopt(task, endpoint, service, now.instant);
+                tasks.insert(local.task.id.clone(), local);
             }
-            tasks.insert(task.id.clone(), local);
+            Action::CleanUp { task, endpoint } => self.clean_up(task, endpoint),
+            Action::RemoveOrphanEndpoint { endpoint } => self.remove_orphan_endpoint(endpoint),
+            Action::Stop { task, reason } => {
+                if let Some(local) = tasks.remove(&task) {
+                    info!(task = %task, service = %local.task.service, slot = local.task.slot + 1, %reason, "stopping a task");
+                    self.stop_in_background(local);
+                }
+            }
+            Action::MoveAway { task } => {
+                if let Some(local) = tasks.get_mut(&task) {
+                    local.moving_since = Some(now.instant);
+                }
+            }
+            Action::Stay { task } => {
+                if let Some(local) = tasks.get_mut(&task) {
+                    local.moving_since = None;
+                }
+            }
+            Action::Start { service, slot } => {
+                let key = (service.name.clone(), slot);
+                match self.start(view, &service, slot).await {
+                    Ok(local) => {
+                        tasks.insert(local.task.id.clone(), local);
+                        self.create_backoff
+                            .lock()
+                            .expect("backoff lock")
+                            .remove(&key);
+                    }
+                    Err(error) => {
+                        warn!(service = %service.name, slot = slot + 1, error = %format!("{error:#}"), "could not create a task; retrying in 5 s");
+                        self.create_backoff
+                            .lock()
+                            .expect("backoff lock")
+                            .insert(key, Instant::now() + CREATE_BACKOFF);
+                    }
+                }
+            }
+            Action::Restart { task } => {
+                if let Some(local) = tasks.get_mut(&task) {
+                    self.spawn(local).await;
+                }
+            }
+            Action::Replace { task } => {
+                if let Some(local) = tasks.remove(&task) {
+                    warn!(task = %task, "the task's address was taken by an earlier claim; replacing it");
+                    self.stop_in_background(local);
+                }
+            }
         }
+    }
+
+    /// Takes in a task record of this node: after a restart, its running process is
+    /// adopted; if it is gone, it is restarted at once (`restart_at` is `now`).
+    fn adopt(&self, task: Task, endpoint: Endpoint, service: Service, now: Instant) -> Local {
+        let attached = task.attached;
+        let process = if attached {
+            None
+        } else {
+            TaskProcess::adopt(&self.task_dir(&task.id)).map(Arc::new)
+        };
+        match &process {
+            Some(p) => info!(task = %task.id, pid = p.pid(), "adopted a running task"),
+            None if !attached => {
+                info!(task = %task.id, "a task's process is gone; restarting it")
+            }
+            None => {}
+        }
+        let local = Local {
+            restart_at: (!attached && process.is_none()).then_some(now),
+            task,
+            endpoint,
+            service,
+            process: process.clone(),
+            moving_since: None,
+            health_failures: 0,
+        };
+        if let Some(process) = process {
+            self.watch(&local, process);
+        }
+        local
+    }
+
+    /// Removes, in the background, an own task record whose service or endpoint is gone:
+    /// nothing to adopt, only its process (if it still runs) and endpoint to stop.
+    fn clean_up(&self, task: Task, endpoint: Option<Endpoint>) {
+        let id = task.id.clone();
+        self.stopping
+            .lock()
+            .expect("stopping lock")
+            .insert(id.clone());
+        let teardown = self.teardown_ctx(&id);
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let process = TaskProcess::adopt(&teardown.dir).map(Arc::new);
+            teardown
+                .run(&task, endpoint.as_ref(), process.as_deref())
+                .await;
+            stopping.lock().expect("stopping lock").remove(&id);
+        });
+    }
+
+    /// Removes a task endpoint no task record refers to, in the background: an agent that
+    /// died between creating a task's endpoint and writing its task record left it.
+    fn remove_orphan_endpoint(&self, endpoint: Endpoint) {
+        warn!(endpoint = %endpoint.name, "removing a task endpoint no task refers to");
+        self.stopping
+            .lock()
+            .expect("stopping lock")
+            .insert(endpoint.id.clone());
+        let (manager, reconciler, stopping) = (
+            self.manager.clone(),
+            self.reconciler.clone(),
+            self.stopping.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = manager.remove_endpoint(&endpoint.id).await;
+            if let Err(error) = reconciler.unplumb(&endpoint).await {
+                warn!(endpoint = %endpoint.name, error = %format!("{error:#}"), "could not remove an orphan task endpoint");
+            }
+            stopping.lock().expect("stopping lock").remove(&endpoint.id);
+        });
     }
 
     /// Creates a task for `slot` of `service`: endpoint, record, process.
@@ -557,7 +453,6 @@ impl Supervisor {
             restart_at: None,
             moving_since: None,
             health_failures: 0,
-            attached: false,
         };
         self.spawn(&mut local).await;
         Ok(local)
@@ -596,8 +491,10 @@ impl Supervisor {
             }
             Err(error) => {
                 warn!(task = %local.task.id, error = %error, "could not start a task's process");
-                local.restart_at =
-                    Some(Instant::now() + local.service.restart_delay().max(MIN_RETRY));
+                local.restart_at = Some(plan::retry_after_failed_spawn(
+                    &local.service,
+                    Instant::now(),
+                ));
                 Task {
                     state: TaskState::Failed,
                     message: error.to_string(),
@@ -669,11 +566,16 @@ impl Supervisor {
         }
     }
 
-    fn teardown_in_background(&self, local: Local) {
-        let teardown = self.teardown_ctx(&local);
+    /// Stops a task in the background; it counts as stopping until it is gone.
+    fn stop_in_background(&self, local: Local) {
+        let id = local.task.id.clone();
+        self.stopping
+            .lock()
+            .expect("stopping lock")
+            .insert(id.clone());
+        let teardown = self.teardown_ctx(&id);
         let stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let id = local.task.id.clone();
             teardown
                 .run(&local.task, Some(&local.endpoint), local.process.as_deref())
                 .await;
@@ -682,18 +584,25 @@ impl Supervisor {
     }
 
     async fn teardown(&self, local: Local) {
-        self.teardown_ctx(&local)
+        self.teardown_ctx(&local.task.id)
             .run(&local.task, Some(&local.endpoint), local.process.as_deref())
             .await;
     }
 
-    fn teardown_ctx(&self, local: &Local) -> Teardown {
+    fn teardown_ctx(&self, id: &str) -> Teardown {
         Teardown {
             manager: self.manager.clone(),
             reconciler: self.reconciler.clone(),
-            dir: self.task_dir(&local.task.id),
+            dir: self.task_dir(id),
         }
     }
+}
+
+/// The two plans of a pass.
+#[derive(Clone, Copy)]
+enum Round {
+    Adoptions,
+    Plan,
 }
 
 /// What removing a task needs, detached from the supervisor so it can run in the
@@ -728,82 +637,5 @@ impl Teardown {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         info!(task = %task.id, service = %task.service, "task removed");
-    }
-}
-
-/// Whether `endpoint`, which no task refers to, is a task's endpoint (a namespace the agent
-/// made, named `<service>.<slot>.<its ID>`) old enough to be an orphan at `now_ms`.
-fn is_orphan_task_endpoint(endpoint: &Endpoint, now_ms: u64) -> bool {
-    let is_task_endpoint = endpoint.owns_netns
-        && endpoint
-            .name
-            .strip_suffix(endpoint.id.as_str())
-            .is_some_and(|rest| rest.ends_with('.'));
-    let age = now_ms.saturating_sub(manager::hlc::physical_ms(endpoint.created.hlc));
-    is_task_endpoint && age >= ORPHAN_AGE.as_millis() as u64
-}
-
-/// Whether the node `layout` now gives `local`'s slot runs a task for it.
-fn new_holder_runs(view: &ClusterView, layout: &Layout, local: &Local) -> bool {
-    view.live_tasks().any(|(node, t)| {
-        t.service == local.task.service
-            && t.service_created == local.task.service_created
-            && t.slot == local.task.slot
-            && t.state == TaskState::Running
-            && layout.holds(*node, t.slot)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use manager::{hlc, state::Stamp, NodeId};
-
-    use super::*;
-
-    fn endpoint(name: &str, id: &str, owns_netns: bool, created_ms: u64) -> Endpoint {
-        Endpoint {
-            id: id.into(),
-            name: name.into(),
-            network: "net".into(),
-            vni: 4096,
-            ip: std::net::Ipv4Addr::new(10, 10, 0, 2),
-            netns: format!("p-{name}"),
-            host_ifname: "skx".into(),
-            created: Stamp {
-                hlc: hlc::compose(created_ms, 0),
-                writer: NodeId([1; 16]),
-            },
-            owns_netns,
-        }
-    }
-
-    #[test]
-    fn only_old_task_endpoints_are_orphans() {
-        let now = 1_000_000;
-        let old = now - 60_000;
-        let id = "0123456789ab";
-        assert!(is_orphan_task_endpoint(
-            &endpoint(&format!("web.1.{id}"), id, true, old),
-            now
-        ));
-        assert!(is_orphan_task_endpoint(
-            &endpoint(&format!("g.h1.{id}"), id, true, old),
-            now
-        ));
-        // Just created: its task record may not be in the view yet.
-        assert!(!is_orphan_task_endpoint(
-            &endpoint(&format!("web.1.{id}"), id, true, now - 1000),
-            now
-        ));
-        // A user's endpoint (`endpoint create --name`), or an attached namespace.
-        assert!(!is_orphan_task_endpoint(
-            &endpoint("app", id, true, old),
-            now
-        ));
-        assert!(!is_orphan_task_endpoint(&endpoint(id, id, true, old), now));
-        assert!(!is_orphan_task_endpoint(
-            &endpoint(&format!("web.1.{id}"), id, false, old),
-            now
-        ));
     }
 }
