@@ -227,7 +227,10 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
     let me = view.self_id;
     let settled = now.instant.saturating_duration_since(local.started) >= WARMUP;
     let take_over = placement::may_take_over(view)
-        && now.instant.saturating_duration_since(local.membership_since) >= STABLE_MEMBERSHIP;
+        && now
+            .instant
+            .saturating_duration_since(local.membership_since)
+            >= STABLE_MEMBERSHIP;
     let layouts: BTreeMap<&str, (&Service, Layout)> = view
         .services
         .valid
@@ -293,7 +296,11 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
                 });
             }
         }
-        for l in local.tasks.iter().filter(|l| !stopped.contains(l.task.id.as_str())) {
+        for l in local
+            .tasks
+            .iter()
+            .filter(|l| !stopped.contains(l.task.id.as_str()))
+        {
             let moving = layouts
                 .get(l.task.service.as_str())
                 .is_some_and(|(_, layout)| !l.task.attached && !layout.holds(me, l.task.slot));
@@ -316,8 +323,9 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
     if settled && take_over {
         for (service, layout) in layouts.values() {
             for slot in layout.slots_of(me) {
-                let present =
-                    kept().any(|l| !l.task.attached && is_task_of(l.task, service) && l.task.slot == slot);
+                let present = kept().any(|l| {
+                    !l.task.attached && is_task_of(l.task, service) && l.task.slot == slot
+                });
                 let backing_off = local
                     .create_backoff
                     .get(&(service.name.clone(), slot))

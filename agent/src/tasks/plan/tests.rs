@@ -16,10 +16,7 @@ fn id(i: u8) -> NodeId {
 }
 
 fn stamp(hlc: u64) -> Stamp {
-    Stamp {
-        hlc,
-        writer: id(9),
-    }
+    Stamp { hlc, writer: id(9) }
 }
 
 /// Node `i` (1 is this node): up or down, possibly leaving.
@@ -362,7 +359,10 @@ fn the_newer_of_two_local_tasks_of_one_slot_is_stopped() {
     let service = web(None);
     let (stopping, backoff) = (no_ids(), no_backoff());
     let view = view(vec![service.clone()], vec![], vec![]);
-    let (newer, older) = (task("newer", &service, 0, 20), task("older", &service, 0, 10));
+    let (newer, older) = (
+        task("newer", &service, 0, 20),
+        task("older", &service, 0, 10),
+    );
     let local = settled(
         &clock,
         vec![running(&newer), running(&older)],

@@ -146,5 +146,4 @@ mod tests {
         let (ppid, start) = proc_stat(std::process::id()).unwrap();
         assert!(ppid > 0 && start > 0);
     }
-
 }

@@ -173,7 +173,6 @@ impl std::fmt::Debug for TaskProcess {
 }
 
 impl TaskProcess {
-
     fn watch(
         runtime: &tokio::runtime::Handle,
         pid: u32,

@@ -350,5 +350,4 @@ mod tests {
             assert!(validate_task_id(bad).is_err(), "{bad:?}");
         }
     }
-
 }

@@ -194,5 +194,4 @@ mod tests {
             assert!(e.starts_with(message), "{bad:?}: {e}");
         }
     }
-
 }
