@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, Mutex};
 use tracing::{info, warn};
 
 use super::{
-    plan::{self, Action, LocalTask, Membership, Now, StopReason, CREATE_BACKOFF},
+    plan::{self, Action, LocalTask, Membership, Now, CREATE_BACKOFF},
     process::{health_check, TaskProcess, TaskSpec},
 };
 use crate::{

@@ -77,14 +77,14 @@ fn task(id: &str, service: &Service, slot: u32, created: u64) -> Task {
 }
 
 /// A task's endpoint, named as the supervisor names them, created `age_ms` ago.
-fn endpoint(id: &str, age_ms: u64) -> Endpoint {
+fn endpoint(endpoint_id: &str, age_ms: u64) -> Endpoint {
     Endpoint {
-        id: id.into(),
-        name: format!("web.1.{id}"),
+        id: endpoint_id.into(),
+        name: format!("web.1.{endpoint_id}"),
         network: "net".into(),
         vni: 4096,
         ip: Ipv4Addr::new(10, 10, 0, 2),
-        netns: format!("p-web.1.{id}"),
+        netns: format!("p-web.1.{endpoint_id}"),
         host_ifname: "skx".into(),
         created: Stamp {
             hlc: hlc::compose(WALL_MS - age_ms, 0),
