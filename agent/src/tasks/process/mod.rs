@@ -228,6 +228,7 @@ impl TaskProcess {
     }
 
     /// Its start time, clock ticks after boot (field 22 of `/proc/PID/stat`).
+    #[cfg(test)]
     pub(crate) fn start_time(&self) -> u64 {
         self.shared.start_time
     }
