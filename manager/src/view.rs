@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 
 use crate::{
     gossip::Engine,
-    state::{self, Endpoint, EndpointSet, Network, NetworkSet, NodeInfo, ServiceSet, Task, Vtep},
+    state::{
+        self, Endpoint, EndpointSet, Network, NetworkSet, NodeInfo, Service, ServiceSet, Stamp,
+        Task, Vtep,
+    },
     NodeId,
 };
 
@@ -130,6 +133,31 @@ impl ClusterView {
             .filter(|(node, _)| self.node(node).is_some_and(|n| n.up))
     }
 
+    /// The tasks of this incarnation of `service` (see [`is_task_of`]), of up and down nodes
+    /// alike, in the view's order (by node, then ID). Narrow them with
+    /// [`ServiceTasks::live`], [`ServiceTasks::serving`], [`ServiceTasks::placed`] or
+    /// [`ServiceTasks::attached`]: `view.tasks_of(&service).serving()` is what load
+    /// balancers and DNS send traffic to.
+    pub fn tasks_of<'a>(&'a self, service: &'a Service) -> ServiceTasks<'a> {
+        ServiceTasks {
+            view: self,
+            name: &service.name,
+            created: service.created,
+            entries: self.tasks.iter(),
+            live_only: false,
+            serving_only: false,
+            attached: None,
+        }
+    }
+
+    /// The service `task` belongs to, if that incarnation is still in force (a service
+    /// removed, or removed and created again, has none).
+    pub fn service_of(&self, task: &Task) -> Option<&Service> {
+        self.services
+            .get(&task.service)
+            .filter(|service| is_task_of(task, service))
+    }
+
     /// This node's own task entries.
     pub fn own_tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks
@@ -157,5 +185,224 @@ impl ClusterView {
     /// How many nodes are up, self included.
     pub fn ready_count(&self) -> usize {
         self.nodes.iter().filter(|n| n.up).count()
+    }
+}
+
+/// Whether `task` is a task of this incarnation of `service`: the same name, and started for
+/// the service created at `service.created`. A task of an earlier service of the same name
+/// (removed, then created again) is not this one's, even while it still runs.
+pub fn is_task_of(task: &Task, service: &Service) -> bool {
+    task.service == service.name && task.service_created == service.created
+}
+
+/// The tasks of one incarnation of a service, with their nodes: [`ClusterView::tasks_of`].
+/// Each narrowing method keeps the ones already applied.
+#[derive(Clone, Debug)]
+pub struct ServiceTasks<'a> {
+    view: &'a ClusterView,
+    name: &'a str,
+    created: Stamp,
+    entries: std::slice::Iter<'a, (NodeId, Task)>,
+    live_only: bool,
+    serving_only: bool,
+    /// `Some(true)`: only attached tasks; `Some(false)`: only placed ones.
+    attached: Option<bool>,
+}
+
+impl<'a> ServiceTasks<'a> {
+    /// Only tasks of up nodes (a down node's tasks are still listed, as `down`, by
+    /// `service ps`, but count for nothing).
+    pub fn live(mut self) -> ServiceTasks<'a> {
+        self.live_only = true;
+        self
+    }
+
+    /// Only healthy running tasks of up nodes ([`Task::serves`]): those load balancers,
+    /// the mesh and DNS send traffic to.
+    pub fn serving(mut self) -> ServiceTasks<'a> {
+        self.live_only = true;
+        self.serving_only = true;
+        self
+    }
+
+    /// Only tasks placement made (attached namespaces left out).
+    pub fn placed(mut self) -> ServiceTasks<'a> {
+        self.attached = Some(false);
+        self
+    }
+
+    /// Only namespaces attached by `service attach` (each counts as one replica).
+    pub fn attached(mut self) -> ServiceTasks<'a> {
+        self.attached = Some(true);
+        self
+    }
+
+    fn keeps(&self, node: &NodeId, task: &Task) -> bool {
+        task.service == self.name
+            && task.service_created == self.created
+            && self
+                .attached
+                .is_none_or(|attached| task.attached == attached)
+            && (!self.serving_only || task.serves())
+            && (!self.live_only || self.view.node(node).is_some_and(|n| n.up))
+    }
+}
+
+impl<'a> Iterator for ServiceTasks<'a> {
+    type Item = &'a (NodeId, Task);
+
+    fn next(&mut self) -> Option<&'a (NodeId, Task)> {
+        loop {
+            let entry = self.entries.next()?;
+            if self.keeps(&entry.0, &entry.1) {
+                return Some(entry);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::state::{EndpointMode, Mode, PublishMode, TaskState};
+
+    fn stamp(hlc: u64) -> Stamp {
+        Stamp {
+            hlc,
+            writer: NodeId([9; 16]),
+        }
+    }
+
+    fn service(name: &str, created: u64) -> Service {
+        Service {
+            name: name.into(),
+            mode: Mode::Replicated { replicas: 3 },
+            network: "net".into(),
+            ports: vec![],
+            publish_mode: PublishMode::Ingress,
+            endpoint_mode: EndpointMode::Vip,
+            vip: None,
+            command: vec!["true".into()],
+            env: vec![],
+            user: None,
+            health: None,
+            restart_delay_ms: 0,
+            created: stamp(created),
+        }
+    }
+
+    fn task(id: &str, service: &Service, state: TaskState, attached: bool) -> Task {
+        Task {
+            id: id.into(),
+            service: service.name.clone(),
+            service_created: service.created,
+            slot: 0,
+            endpoint: id.into(),
+            ip: Ipv4Addr::new(10, 10, 0, 2),
+            state,
+            since_ms: 1,
+            message: String::new(),
+            restarts: 0,
+            created: stamp(5),
+            attached,
+        }
+    }
+
+    fn node(id: u8, up: bool) -> NodeStatus {
+        NodeStatus {
+            id: NodeId([id; 16]),
+            info: None,
+            addr: None,
+            up,
+            is_self: id == 1,
+        }
+    }
+
+    /// Node 1 and 2 up, node 3 down; `web` (created at 10) with tasks in every state, a
+    /// task of an earlier `web` (created at 1) and one of `api`.
+    fn view() -> ClusterView {
+        let web = service("web", 10);
+        let old_web = service("web", 1);
+        let api = service("api", 10);
+        let (up1, up2, down) = (NodeId([1; 16]), NodeId([2; 16]), NodeId([3; 16]));
+        ClusterView {
+            self_id: up1,
+            store_version: 1,
+            nodes: vec![node(1, true), node(2, true), node(3, false)],
+            networks: NetworkSet::default(),
+            endpoints: EndpointSet::default(),
+            vteps: vec![],
+            services: ServiceSet {
+                valid: vec![api.clone(), web.clone()],
+                conflicted: vec![],
+            },
+            tasks: vec![
+                (up1, task("running", &web, TaskState::Running, false)),
+                (up1, task("old", &old_web, TaskState::Running, false)),
+                (up1, task("api", &api, TaskState::Running, false)),
+                (up2, task("starting", &web, TaskState::Starting, false)),
+                (up2, task("unhealthy", &web, TaskState::Unhealthy, false)),
+                (up2, task("attached", &web, TaskState::Running, true)),
+                (down, task("down", &web, TaskState::Running, false)),
+            ],
+            overlay_mtu: Some(1450),
+        }
+    }
+
+    fn ids<'a>(tasks: impl Iterator<Item = &'a (NodeId, Task)>) -> Vec<&'a str> {
+        tasks.map(|(_, t)| t.id.as_str()).collect()
+    }
+
+    #[test]
+    fn tasks_of_a_service_are_those_of_its_incarnation() {
+        let view = view();
+        let web = service("web", 10);
+        assert_eq!(
+            ids(view.tasks_of(&web)),
+            ["running", "starting", "unhealthy", "attached", "down"]
+        );
+        assert_eq!(ids(view.tasks_of(&service("web", 1))), ["old"]);
+        assert!(view.tasks_of(&service("web", 99)).next().is_none());
+        assert!(is_task_of(&view.tasks[0].1, &web));
+        assert!(!is_task_of(&view.tasks[1].1, &web), "an earlier web's task");
+    }
+
+    #[test]
+    fn narrowing_keeps_live_serving_placed_or_attached_tasks() {
+        let view = view();
+        let web = service("web", 10);
+        assert_eq!(
+            ids(view.tasks_of(&web).live()),
+            ["running", "starting", "unhealthy", "attached"]
+        );
+        // Healthy running tasks of up nodes, cluster-wide: not starting, not unhealthy,
+        // not on a down node.
+        assert_eq!(ids(view.tasks_of(&web).serving()), ["running", "attached"]);
+        assert_eq!(ids(view.tasks_of(&web).serving().placed()), ["running"]);
+        assert_eq!(ids(view.tasks_of(&web).live().attached()), ["attached"]);
+        assert_eq!(
+            ids(view.tasks_of(&web).placed()),
+            ["running", "starting", "unhealthy", "down"]
+        );
+    }
+
+    #[test]
+    fn a_task_names_its_service_only_while_that_incarnation_is_in_force() {
+        let view = view();
+        let by_id = |id: &str| &view.tasks.iter().find(|(_, t)| t.id == id).unwrap().1;
+        assert_eq!(
+            view.service_of(by_id("running")).map(|s| s.created),
+            Some(stamp(10))
+        );
+        assert_eq!(view.service_of(by_id("old")), None, "web was re-created");
+        assert_eq!(
+            view.service_of(by_id("api")).map(|s| s.name.as_str()),
+            Some("api")
+        );
+        let mut gone = by_id("api").clone();
+        gone.service = "removed".into();
+        assert_eq!(view.service_of(&gone), None);
     }
 }

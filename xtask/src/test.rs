@@ -2,8 +2,10 @@
 //!
 //! 1. installs what is missing (eBPF toolchain, Debian packages);
 //! 2. tier 1, no root: `cargo test` over the default members (unit tests, ABI layout);
-//! 3. tier 2, root: sweeps leftovers of killed runs, builds `skein`, then runs xtask's
-//!    tests (the testbed and the end-to-end tests in network namespaces).
+//! 3. tier 2, root: sweeps leftovers of killed runs, runs the agent's root-only unit tests
+//!    (`#[ignore = "needs root…"]`, run with `--ignored`; they fail without root), builds
+//!    `skein`, then runs xtask's tests (the testbed and the end-to-end tests in network
+//!    namespaces).
 //!
 //! Tier 2 never skips silently: without root it fails, saying why.
 
@@ -49,6 +51,8 @@ pub fn run(args: Args) -> Result<()> {
 
     let swept = xtask::testbed::sweep_dead_runs()?;
     say(&format!("swept leftovers of dead runs: {swept}"));
+    say("tier 2: the agent's root-only unit tests (cargo test -p agent -- --ignored)");
+    run_checked(cargo(&root).args(["test", "--package", "agent", "--", "--ignored"]))?;
     say("building the skein binary for the end-to-end tests");
     run_checked(cargo(&root).args(["build", "--package", "agent", "--bin", "skein"]))?;
 

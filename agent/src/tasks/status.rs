@@ -32,11 +32,7 @@ pub fn hostname(view: &ClusterView, node: NodeId) -> String {
 
 /// Live attached tasks of `service`: each counts as one replica.
 pub fn attached_count(view: &ClusterView, service: &Service) -> u32 {
-    view.live_tasks()
-        .filter(|(_, t)| {
-            t.attached && t.service == service.name && t.service_created == service.created
-        })
-        .count() as u32
+    view.tasks_of(service).live().attached().count() as u32
 }
 
 /// The layout placement gives `service` now (attached replicas reduce the placed count).
@@ -65,11 +61,7 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
     let mut running_since_ms = 0;
     let mut running_attached = 0;
     let mut live_placed_tasks = 0;
-    for (node, task) in view
-        .tasks
-        .iter()
-        .filter(|(_, t)| t.service == service.name && t.service_created == service.created)
-    {
+    for (node, task) in view.tasks_of(service) {
         let up = view.node(node).is_some_and(|n| n.up);
         let name = task_name(view, *node, task, service);
         if up {

@@ -1,0 +1,322 @@
+//! Starting a task's process: the spec's checks, the command's lookup, the fork and exec.
+
+use std::{
+    ffi::{CString, OsStr, OsString},
+    fs::{self, OpenOptions},
+    os::{
+        fd::AsRawFd,
+        unix::{
+            fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+            process::CommandExt,
+        },
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use tracing::debug;
+
+use super::{
+    child::{ChildSetup, StepPage},
+    identity::{boot_id, identity_path, proc_stat, write_identity, Identity},
+    log_path,
+    pidfd::{abort_child, pidfd_open},
+    users::lookup_user,
+    SpawnError, TaskProcess,
+};
+use crate::netlink;
+
+/// The `PATH` of a task, and the one commands are resolved in, when neither the spec nor
+/// the agent has one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// A hostname is at most this many bytes (`HOST_NAME_MAX`).
+const HOST_NAME_MAX: usize = 64;
+
+/// What to run as one task.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskSpec {
+    /// The task's ID; it becomes the hostname in the task's UTS namespace, so it must be
+    /// a hostname: 1 to 64 bytes, no NUL, no '/'.
+    pub(crate) task_id: String,
+    /// The service the task belongs to, for `SKEIN_SERVICE`.
+    pub(crate) service: String,
+    /// The node running it, for `SKEIN_NODE`.
+    pub(crate) node_id: String,
+    /// The endpoint's network namespace: `/run/netns/NAME` or `/proc/PID/ns/net`.
+    pub(crate) netns_path: PathBuf,
+    /// argv; `argv[0]` is looked up in `PATH` (the spec's `PATH` if it sets one, else
+    /// the agent's) unless it contains a '/'; a relative path is taken from `/`, the
+    /// task's working directory.
+    pub(crate) command: Vec<String>,
+    /// Extra environment variables. `SKEIN_SERVICE`, `SKEIN_TASK` and `SKEIN_NODE` are set
+    /// from the fields above and win over these.
+    pub(crate) env: Vec<(String, String)>,
+    /// `name`, `uid`, `name:group` or `uid:gid`; `None` runs the task as root.
+    pub(crate) user: Option<String>,
+    /// The task's state directory, created if missing (mode 0700): its log
+    /// ([`log_path`]) and identity file.
+    pub(crate) dir: PathBuf,
+}
+
+/// Looks `argv0` up like `execvp` would in the agent's `PATH` (or [`DEFAULT_PATH`]), and
+/// checks it is an executable file. A name with a '/' is not looked up; a relative one
+/// is taken from `/`, where tasks run.
+pub(crate) fn resolve_command(argv0: &str) -> Result<PathBuf, SpawnError> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    resolve_command_in(argv0, &path)
+}
+
+/// [`resolve_command`] in the given `PATH`.
+fn resolve_command_in(argv0: &str, path: &OsStr) -> Result<PathBuf, SpawnError> {
+    if argv0.is_empty() {
+        return Err(SpawnError::EmptyCommand);
+    }
+    let not_executable = |candidate: PathBuf| SpawnError::NotExecutable {
+        command: argv0.to_owned(),
+        path: candidate,
+    };
+    if argv0.contains('/') {
+        let candidate = Path::new("/").join(argv0);
+        return match fs::metadata(&candidate) {
+            Ok(meta) if is_executable(&meta) => Ok(candidate),
+            Ok(_) => Err(not_executable(candidate)),
+            Err(_) => Err(SpawnError::CommandNotFound {
+                command: argv0.to_owned(),
+                path: "not looked up: the name has a '/'".to_owned(),
+            }),
+        };
+    }
+    // Like execvp: the first executable match wins; a match that is not executable is
+    // reported only if nothing else is found.
+    let mut found_but_not_executable = None;
+    for dir in std::env::split_paths(path) {
+        if dir.as_os_str().is_empty() || dir.is_relative() {
+            continue;
+        }
+        let candidate = dir.join(argv0);
+        if let Ok(meta) = fs::metadata(&candidate) {
+            if is_executable(&meta) {
+                return Ok(candidate);
+            }
+            found_but_not_executable.get_or_insert(candidate);
+        }
+    }
+    Err(match found_but_not_executable {
+        Some(candidate) => not_executable(candidate),
+        None => SpawnError::CommandNotFound {
+            command: argv0.to_owned(),
+            path: path.to_string_lossy().into_owned(),
+        },
+    })
+}
+
+fn is_executable(meta: &fs::Metadata) -> bool {
+    meta.is_file() && meta.permissions().mode() & 0o111 != 0
+}
+
+fn validate_task_id(task_id: &str) -> Result<(), SpawnError> {
+    if task_id.is_empty() || task_id.len() > HOST_NAME_MAX || task_id.contains(['\0', '/']) {
+        return Err(SpawnError::InvalidTaskId {
+            task_id: task_id.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn no_nul(what: &'static str, value: &str) -> Result<(), SpawnError> {
+    if value.contains('\0') {
+        return Err(SpawnError::NulByte {
+            what,
+            value: value.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl TaskProcess {
+    /// Starts the task's process (see the [module docs](self) for its namespaces,
+    /// session, environment and files), writes its identity file and starts watching it.
+    /// Bad commands and users, and failures of namespace setup and of `execve` itself
+    /// (`ENOENT`, `EACCES`), are errors here, never a child that silently died.
+    ///
+    /// Blocks briefly (fork and exec); call it from within a tokio runtime.
+    pub(crate) fn spawn(spec: &TaskSpec) -> Result<TaskProcess, SpawnError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
+        validate_task_id(&spec.task_id)?;
+        let (argv0, args) = spec.command.split_first().ok_or(SpawnError::EmptyCommand)?;
+        for arg in &spec.command {
+            no_nul("command", arg)?;
+        }
+        for (key, value) in &spec.env {
+            no_nul("environment", key)?;
+            no_nul("environment", value)?;
+            if key.is_empty() || key.contains('=') {
+                return Err(SpawnError::InvalidEnvName { name: key.clone() });
+            }
+        }
+        no_nul("service", &spec.service)?;
+        no_nul("node ID", &spec.node_id)?;
+        let path: OsString = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.into())
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        let program = resolve_command_in(argv0, &path)?;
+        let user = spec.user.as_deref().map(lookup_user).transpose()?;
+
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spec.dir)
+            .map_err(SpawnError::io(format!(
+                "creating the task's directory {}",
+                spec.dir.display()
+            )))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(log_path(&spec.dir))
+            .map_err(SpawnError::io(format!(
+                "opening the task's log {}",
+                log_path(&spec.dir).display()
+            )))?;
+        let log_err = log
+            .try_clone()
+            .map_err(SpawnError::io("duplicating the log descriptor"))?;
+        let boot_id = boot_id().map_err(SpawnError::io("reading the boot ID"))?;
+        let netns =
+            netlink::open_netns_blocking(&spec.netns_path).map_err(|source| SpawnError::Netns {
+                path: spec.netns_path.clone(),
+                source: Box::new(source),
+            })?;
+
+        let home = match &user {
+            Some(user) => user.home.clone().unwrap_or_else(|| "/".into()),
+            None => "/root".into(),
+        };
+        let mut command = Command::new(&program);
+        command
+            .arg0(argv0)
+            .args(args)
+            .env_clear()
+            .env("PATH", &path)
+            .env("HOME", home)
+            .env("HOSTNAME", &spec.task_id)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env("SKEIN_SERVICE", &spec.service)
+            .env("SKEIN_TASK", &spec.task_id)
+            .env("SKEIN_NODE", &spec.node_id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .current_dir("/");
+        let steps = StepPage::new()?;
+        let setup = ChildSetup {
+            namespaces: [Some((netns.as_raw_fd(), libc::CLONE_NEWNET)), None, None],
+            unshare: libc::CLONE_NEWUTS | libc::CLONE_NEWNS,
+            hostname: Some(
+                CString::new(spec.task_id.as_str()).expect("task IDs were checked for NUL"),
+            ),
+            ids: user.as_ref().map(|u| (u.uid, u.gid)),
+            step: steps.addr(),
+        };
+        // SAFETY: `ChildSetup::run` makes only async-signal-safe syscalls and allocates
+        // nothing; the descriptors and strings it uses outlive the spawn.
+        unsafe { command.pre_exec(move || setup.run()) };
+        let child = command
+            .spawn()
+            .map_err(|source| steps.error(argv0, source))?;
+        let pid = child.id();
+        // std does not reap on drop; the watcher does.
+        drop(child);
+        drop(netns);
+
+        let started = (|| {
+            let pidfd = pidfd_open(pid).map_err(SpawnError::io("opening a pidfd"))?;
+            let (_, start_time) =
+                proc_stat(pid).map_err(SpawnError::io(format!("reading /proc/{pid}/stat")))?;
+            let identity = Identity {
+                pid,
+                start_time,
+                boot_id,
+            };
+            write_identity(&spec.dir, &identity).map_err(SpawnError::io(format!(
+                "writing the task's identity file {}",
+                identity_path(&spec.dir).display()
+            )))?;
+            Ok((pidfd, start_time))
+        })();
+        let (pidfd, start_time) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                abort_child(pid);
+                return Err(e);
+            }
+        };
+        debug!(pid, task = spec.task_id, "started task process");
+        Ok(TaskProcess::watch(&runtime, pid, start_time, pidfd, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_resolve_in_path_or_fail_naming_the_command() {
+        let path = OsStr::new("/nonexistent-dir:/usr/bin:/bin");
+        let sh = resolve_command_in("sh", path).unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
+        assert_eq!(
+            resolve_command_in("/bin/sh", path).unwrap(),
+            Path::new("/bin/sh")
+        );
+        // Relative to `/`, where tasks run.
+        assert_eq!(
+            resolve_command_in("bin/sh", path).unwrap(),
+            Path::new("/bin/sh")
+        );
+
+        let e = resolve_command_in("skein-no-such-command", path).unwrap_err();
+        assert!(matches!(e, SpawnError::CommandNotFound { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "command \"skein-no-such-command\" not found in PATH \
+             (/nonexistent-dir:/usr/bin:/bin): install it or give its full path"
+        );
+        let e = resolve_command_in("/nonexistent/skein", path).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("command \"/nonexistent/skein\" not found"),
+            "{e}"
+        );
+        for not_executable in ["/etc/passwd", "/tmp"] {
+            let e = resolve_command_in(not_executable, path).unwrap_err();
+            assert!(matches!(e, SpawnError::NotExecutable { .. }), "{e:?}");
+            assert!(e.to_string().contains("is not executable"), "{e}");
+        }
+        // Found in PATH but not executable: `passwd` under /etc.
+        let e = resolve_command_in("passwd", OsStr::new("/etc")).unwrap_err();
+        assert!(matches!(e, SpawnError::NotExecutable { .. }), "{e:?}");
+        // Relative PATH entries are skipped, as they would be resolved from `/`.
+        assert!(resolve_command_in("sh", OsStr::new("bin:.")).is_err());
+        assert!(matches!(
+            resolve_command_in("", path),
+            Err(SpawnError::EmptyCommand)
+        ));
+    }
+
+    #[test]
+    fn task_ids_must_be_hostnames() {
+        for good in ["web.1.abc", "x", &"t".repeat(64)] {
+            assert!(validate_task_id(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "a/b", "nul\0", &"t".repeat(65)] {
+            assert!(validate_task_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}
