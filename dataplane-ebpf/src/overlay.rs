@@ -34,7 +34,7 @@ pub const fn endpoint_mac(ip: [u8; 4]) -> [u8; 6] {
 
 /// Key of [`crate::maps::OVERLAY_ENDPOINTS`]: an endpoint by network and IP.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     pub vni: u32,
     pub ip: [u8; 4],
@@ -96,7 +96,7 @@ pub const fn prefix_mask(prefix_len: u32) -> u32 {
 /// Key of [`crate::maps::OVERLAY_VTEPS`], an LPM trie: (VNI, prefix) → external VTEP.
 /// `prefix_len` counts the VNI's 32 bits too, so a /24 route is `prefix_len = 32 + 24`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VtepKey {
     pub prefix_len: u32,
     /// Network order, so the trie matches the VNI before the address.
@@ -147,7 +147,7 @@ impl VtepKey {
 /// → its VNI, so the endpoint program can tell "another overlay network" (isolated:
 /// dropped) from "outside the overlay" (left to the host to route).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SubnetKey {
     pub prefix_len: u32,
     pub ip: [u8; 4],
