@@ -83,8 +83,6 @@ pub enum DataplaneError {
     Load(#[source] aya::EbpfError),
     #[error("program {name} is not in the eBPF object or has the wrong type")]
     MissingProgram { name: &'static str },
-    #[error("map {name} is not in the eBPF object or has the wrong type")]
-    MissingMap { name: &'static str },
     #[error("the verifier rejected program {name}")]
     Verify {
         name: &'static str,
