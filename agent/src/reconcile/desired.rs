@@ -12,6 +12,18 @@ use manager::{
     view::ClusterView,
 };
 
+// What the manager allows at create time stays below what the maps hold, so the desired
+// state always fits (`manager::limits`; the table in `dataplane_ebpf::maps`).
+const _: () = {
+    use dataplane_ebpf::maps;
+    use manager::limits;
+    assert!(limits::MAX_NETWORKS < maps::OVERLAY_NETWORKS.capacity as usize);
+    assert!(limits::MAX_NETWORKS < maps::OVERLAY_SUBNETS.capacity as usize);
+    assert!(limits::MAX_ENDPOINTS < maps::OVERLAY_ENDPOINTS.capacity as usize);
+    assert!(limits::MAX_NODE_ENDPOINTS < maps::OVERLAY_PORTS.capacity as usize);
+    assert!(limits::MAX_VTEP_ROUTES < maps::OVERLAY_VTEPS.capacity as usize);
+};
+
 /// The overlay maps' desired content.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct DesiredMaps {
