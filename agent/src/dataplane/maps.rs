@@ -127,7 +127,7 @@ pub(crate) fn typed<T: TryFrom<Map, Error = MapError>>(
 
 /// One map whose entries the reconciler converges, over the ABI's key and value types.
 /// Implemented for the pinned maps here and by an in-memory fake in the sync's tests.
-pub trait MapHandle {
+pub(crate) trait MapHandle {
     type Key: Copy + Ord + fmt::Debug;
     type Value: Copy + PartialEq + fmt::Debug;
 
@@ -193,7 +193,7 @@ fn listed<K, V>(
 }
 
 /// A pinned hash map from `K` to `V`.
-pub struct HashHandle<K: Pod, V: Pod> {
+pub(crate) struct HashHandle<K: Pod, V: Pod> {
     spec: &'static MapSpec,
     capacity: u32,
     map: HashMap<MapData, K, V>,
@@ -237,7 +237,7 @@ where
 }
 
 /// An ABI key of an LPM trie: its prefix length and the data aya's [`Key`] carries.
-pub trait LpmKey: Copy + Ord + fmt::Debug {
+pub(crate) trait LpmKey: Copy + Ord + fmt::Debug {
     type Data: Pod;
     fn to_lpm(&self) -> Key<Self::Data>;
     fn from_lpm(key: &Key<Self::Data>) -> Self;
@@ -272,7 +272,7 @@ impl LpmKey for SubnetKey {
 }
 
 /// A pinned LPM trie from the ABI key `K` to `V`.
-pub struct LpmHandle<K: LpmKey, V: Pod> {
+pub(crate) struct LpmHandle<K: LpmKey, V: Pod> {
     spec: &'static MapSpec,
     capacity: u32,
     map: LpmTrie<MapData, K::Data, V>,
