@@ -125,6 +125,9 @@ pub(crate) fn typed<T: TryFrom<Map, Error = MapError>>(
     })
 }
 
+/// A map's entries, as [`MapHandle::entries`] lists them.
+pub(crate) type Entries<M> = Vec<(<M as MapHandle>::Key, <M as MapHandle>::Value)>;
+
 /// One map whose entries the reconciler converges, over the ABI's key and value types.
 /// Implemented for the pinned maps here and by an in-memory fake in the sync's tests.
 pub(crate) trait MapHandle {
@@ -133,7 +136,7 @@ pub(crate) trait MapHandle {
 
     /// The map's name in the ABI table (and the label of its errors).
     fn name(&self) -> &'static str;
-    fn entries(&self) -> Result<Vec<(Self::Key, Self::Value)>, DataplaneError>;
+    fn entries(&self) -> Result<Entries<Self>, DataplaneError>;
     /// Inserts or replaces; [`DataplaneError::MapFull`] when a new key does not fit.
     fn put(&mut self, key: Self::Key, value: Self::Value) -> Result<(), DataplaneError>;
     /// `Ok(false)` if there was no such entry: removals are idempotent.
