@@ -8,5 +8,5 @@ pub const XDP_UNDERLAY: &str = "xdp_underlay";
 pub const TC_ENDPOINT_INGRESS: &str = "tc_endpoint_ingress";
 /// TC program on the underlay interface, at tc ingress: decapsulates VXLAN for local
 /// endpoints (on the skb, which keeps checksum and GSO metadata that native XDP
-/// redirection into veths loses — KERNEL-NOTES).
+/// redirection into veths loses; see ARCHITECTURE.md).
 pub const TC_UNDERLAY_INGRESS: &str = "tc_underlay_ingress";

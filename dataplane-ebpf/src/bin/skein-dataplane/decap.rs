@@ -1,23 +1,21 @@
-//! VXLAN arriving from other hosts: the classification both underlay stages share
-//! ([`classify`]: is this VXLAN for a local endpoint, may its sender speak for its inner
-//! source) and the inner Ethernet header a decapsulated frame gets. The stages:
-//! `xdp_underlay` (decapsulates in place) and `tc_underlay` (delivers; decapsulates on
-//! the skb what XDP could not).
+//! VXLAN arriving from other hosts (ARCHITECTURE.md, packet path 3): the classification both underlay
+//! stages share ([`classify`]: is this VXLAN for a local endpoint, may its sender speak
+//! for its inner source) and the inner Ethernet header a decapsulated frame gets.
 //!
-//! In two stages on the underlay interface:
+//! The two stages on the underlay interface:
 //!
-//! - `xdp_underlay` (`xdp_underlay::xdp_decap`): a frame that is plainly VXLAN for a local endpoint
-//!   loses its 50 outer bytes right there and gets a [`DecapMeta`] in front (XDP
-//!   metadata), then goes on (`XDP_PASS`) as the inner Ethernet/IPv4 frame. So the
+//! - `xdp_underlay` (`xdp_underlay::xdp_decap`): a frame that is plainly VXLAN for a
+//!   local endpoint loses its 50 outer bytes right there and gets a `DecapMeta` in front
+//!   (XDP metadata), then goes on (`XDP_PASS`) as the inner Ethernet/IPv4 frame. So the
 //!   device's GRO sees the inner TCP segments and aggregates them, as the kernel's VXLAN
 //!   device does with its GRO cells; the skb keeps its checksum state (XDP_PASS on a
 //!   veth runs on the skb itself; only a native XDP *redirect* loses it).
-//! - `tc_underlay_ingress` (`tc_underlay::handle`): a frame with a valid [`DecapMeta`] (possibly a
-//!   GRO aggregate of many) is checked against the maps and delivered with
-//!   `bpf_redirect_peer` (single TCP segments through the endpoint's veth instead, for its
-//!   GRO: see `tc_underlay::into_endpoint`). Everything else is classified again and handled on the skb:
-//!   decapsulated with `bpf_skb_adjust_room` (frames XDP could not take: generic XDP,
-//!   headers beyond the first buffer), dropped or passed, each counted.
+//! - `tc_underlay_ingress` (`tc_underlay::handle`): a frame with a valid `DecapMeta`
+//!   (possibly a GRO aggregate of many) is checked against the maps and delivered with
+//!   `bpf_redirect_peer` (single TCP segments through the endpoint's veth instead, for
+//!   its GRO: see `tc_underlay::into_endpoint`). Everything else is classified again and
+//!   handled on the skb: decapsulated with `bpf_skb_adjust_room` (frames XDP could not
+//!   take: generic XDP, headers beyond the first buffer), dropped or passed, each counted.
 //!
 //! Only UDP to port 4789 addressed to this host's underlay IP is ours; everything else
 //! passes untouched. Ours is decapsulated and delivered when it carries a known VNI and

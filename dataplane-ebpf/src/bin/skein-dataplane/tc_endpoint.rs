@@ -1,5 +1,5 @@
 //! `tc_endpoint_ingress`: what an endpoint sends, seen at tc ingress of its host-side
-//! veth, tc ingress (DESIGN.md paths 1 and 2); the encapsulation itself is in
+//! veth, tc ingress (ARCHITECTURE.md, packet paths 1 and 2); the encapsulation itself is in
 //! [`crate::encap`].
 //!
 //! - ARP: requests for other addresses of the endpoint's network are answered in place
@@ -18,7 +18,7 @@
 //!
 //! Encapsulation happens on the skb (`bpf_skb_adjust_room` with the tunnel flags), so
 //! a TCP super-packet stays one GSO skb with a partial checksum: the kernel segments it
-//! and completes the inner checksums later, on the underlay (KERNEL-NOTES: native XDP
+//! and completes the inner checksums later, on the underlay (ARCHITECTURE.md: native XDP
 //! loses both).
 
 use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
