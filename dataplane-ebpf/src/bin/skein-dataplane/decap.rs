@@ -1,6 +1,7 @@
-//! VXLAN arriving from other hosts (ARCHITECTURE.md, packet path 3): the classification both underlay
-//! stages share ([`classify`]: is this VXLAN for a local endpoint, may its sender speak
-//! for its inner source) and the inner Ethernet header a decapsulated frame gets.
+//! VXLAN arriving from other hosts (ARCHITECTURE.md, packet path 3): the classification
+//! both underlay stages share ([`classify`]: is this VXLAN for a local endpoint, may its
+//! sender speak for its inner source) and the inner Ethernet header a decapsulated frame
+//! gets.
 //!
 //! The two stages on the underlay interface:
 //!
