@@ -162,8 +162,6 @@ fn report(map: &'static str, failures: Failures, errors: &MapSyncErrors) {
 mod tests {
     use std::fmt::Debug;
 
-    use aya::maps::MapError;
-
     use super::*;
 
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,10 +204,10 @@ mod tests {
         fn put(&mut self, key: K, value: V) -> Result<(), DataplaneError> {
             self.log.push(Op::Put(key));
             if self.fail_writes {
-                return Err(DataplaneError::Map {
-                    map: self.name,
-                    what: "writing",
-                    source: MapError::KeyNotFound,
+                return Err(DataplaneError::Pin {
+                    what: "writing to a fake map",
+                    path: self.name.into(),
+                    source: Box::new(std::io::Error::other("injected failure")),
                 });
             }
             if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
