@@ -203,11 +203,14 @@ pub fn run(config: AgentConfig) -> Result<()> {
         let xdp_attached_mode = dataplane.xdp_attached_mode;
         let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
         let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
+        // Shared with /metrics (skein_dataplane_sync_errors_total) once it renders them.
+        let sync_errors = Arc::new(crate::sync_errors::MapSyncErrors::default());
         let reconciler = Arc::new(Reconciler::new(
             manager.clone(),
             dataplane.clone(),
             maps,
             config.endpoint_ifaces.clone(),
+            sync_errors.clone(),
         ));
         let reconcile_task = tokio::spawn(reconciler.clone().run());
         let supervisor = Arc::new(Supervisor::new(

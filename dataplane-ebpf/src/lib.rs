@@ -3,7 +3,8 @@
 //! `bpfel-unknown-none` and the host, and is unit-tested on the host.
 //!
 //! Layout:
-//! - [`names`]: program, map and global-variable names, used by both sides.
+//! - [`names`]: program names, used by both sides.
+//! - [`maps`]: the one table of pinned maps (name, type, key/value size, capacity).
 //! - [`counters`]: the per-verdict packet/byte counters every program keeps.
 //! - [`overlay`]: the overlay's maps and shared helpers (VXLAN, MACs, checksums).
 //!
@@ -13,5 +14,6 @@
 #![no_std]
 
 pub mod counters;
+pub mod maps;
 pub mod names;
 pub mod overlay;

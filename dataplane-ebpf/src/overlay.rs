@@ -32,9 +32,9 @@ pub const fn endpoint_mac(ip: [u8; 4]) -> [u8; 6] {
     [0x02, 0x53, ip[0], ip[1], ip[2], ip[3]]
 }
 
-/// Key of [`crate::names::OVERLAY_ENDPOINTS`]: an endpoint by network and IP.
+/// Key of [`crate::maps::OVERLAY_ENDPOINTS`]: an endpoint by network and IP.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     pub vni: u32,
     pub ip: [u8; 4],
@@ -50,7 +50,7 @@ pub struct EndpointValue {
     pub ifindex: u32,
 }
 
-/// Key of [`crate::names::OVERLAY_PORTS`]: the host-side veth a packet arrived on.
+/// Key of [`crate::maps::OVERLAY_PORTS`]: the host-side veth a packet arrived on.
 pub type PortKey = u32;
 
 /// What the endpoint program knows about the endpoint behind a host-side veth.
@@ -62,7 +62,7 @@ pub struct PortValue {
     pub ip: [u8; 4],
 }
 
-/// Key of [`crate::names::OVERLAY_NETWORKS`]: the VNI.
+/// Key of [`crate::maps::OVERLAY_NETWORKS`]: the VNI.
 pub type NetworkKey = u32;
 
 /// A network's addressing.
@@ -93,10 +93,10 @@ pub const fn prefix_mask(prefix_len: u32) -> u32 {
     }
 }
 
-/// Key of [`crate::names::OVERLAY_VTEPS`], an LPM trie: (VNI, prefix) → external VTEP.
+/// Key of [`crate::maps::OVERLAY_VTEPS`], an LPM trie: (VNI, prefix) → external VTEP.
 /// `prefix_len` counts the VNI's 32 bits too, so a /24 route is `prefix_len = 32 + 24`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VtepKey {
     pub prefix_len: u32,
     /// Network order, so the trie matches the VNI before the address.
@@ -143,11 +143,11 @@ impl VtepKey {
     }
 }
 
-/// Key of [`crate::names::OVERLAY_SUBNETS`], an LPM trie: every overlay network's subnet
+/// Key of [`crate::maps::OVERLAY_SUBNETS`], an LPM trie: every overlay network's subnet
 /// → its VNI, so the endpoint program can tell "another overlay network" (isolated:
 /// dropped) from "outside the overlay" (left to the host to route).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SubnetKey {
     pub prefix_len: u32,
     pub ip: [u8; 4],
@@ -169,7 +169,7 @@ impl SubnetKey {
     }
 }
 
-/// Value of [`crate::names::OVERLAY_SUBNETS`]: the VNI of the network owning the subnet.
+/// Value of [`crate::maps::OVERLAY_SUBNETS`]: the VNI of the network owning the subnet.
 pub type SubnetValue = u32;
 
 /// An external (non-Skein) VXLAN endpoint: where to send and which inner MAC to use.
@@ -181,7 +181,7 @@ pub struct VtepValue {
     pub _pad: [u8; 2],
 }
 
-/// [`crate::names::OVERLAY_UNDERLAY`] slot 0: this host's underlay.
+/// [`crate::maps::OVERLAY_UNDERLAY`] slot 0: this host's underlay.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnderlayValue {

@@ -21,6 +21,7 @@ pub mod driver;
 pub mod gossip;
 pub mod hlc;
 pub mod id;
+pub mod limits;
 pub mod ops;
 pub mod placement;
 pub mod secure;

@@ -105,6 +105,8 @@ pub enum OpError {
     #[error("network {name:?} is used by services {services}; remove them first")]
     NetworkUsedByServices { name: String, services: String },
     #[error(transparent)]
+    Limit(#[from] crate::limits::LimitReached),
+    #[error(transparent)]
     Manager(#[from] ManagerError),
 }
 
@@ -208,6 +210,7 @@ impl Manager {
                 name: name.to_owned(),
             });
         }
+        crate::limits::network(&view)?;
         let subnet = match subnet {
             Some(subnet) => subnet,
             None => networks
@@ -364,6 +367,7 @@ impl Manager {
         {
             return Err(OpError::EndpointExists { name: request.name });
         }
+        crate::limits::endpoint(&view)?;
         for _ in 0..ALLOCATION_ATTEMPTS {
             let used = self.view().endpoints.used_ips(&network.name);
             let ip = pick_free_ip(network.subnet, &used, rand::random::<u32>).ok_or_else(|| {
@@ -485,6 +489,7 @@ impl Manager {
                 cidr,
             });
         }
+        crate::limits::vtep(&view)?;
         let vtep = Vtep {
             network: network.to_owned(),
             underlay,
@@ -525,6 +530,7 @@ impl Manager {
         if self.view().services.get(&request.name).is_some() {
             return Err(OpError::ServiceExists { name: request.name });
         }
+        crate::limits::service(&self.view())?;
         let network = match &request.network {
             Some(name) => self
                 .view()

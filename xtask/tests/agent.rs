@@ -245,9 +245,9 @@ fn graceful_exit_keeps_the_dataplane_and_cleanup_removes_only_its_own() {
         .into_iter()
         .map(str::to_owned)
         .chain(
-            dataplane_ebpf::names::PINNED_MAPS
+            dataplane_ebpf::maps::PINNED
                 .iter()
-                .map(|m| format!("maps/{m}")),
+                .map(|m| format!("maps/{}", m.name)),
         )
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()

@@ -1158,16 +1158,22 @@ fn a_pinned_map_with_another_layout_is_refused_by_name() {
     let pins = PinDirs::new(bed.host(0).bpf_dir());
     drop(dataplane::load(&pins).expect("first load pins the maps"));
     // A counters map where the ports map should be: same name, other type and sizes.
-    let ports = pins.maps().join(names::OVERLAY_PORTS);
+    let ports = pins.maps().join(dataplane_ebpf::maps::OVERLAY_PORTS.name);
     std::fs::remove_file(&ports).unwrap();
-    aya::maps::MapData::from_pin(pins.maps().join(names::TC_ENDPOINT_COUNTERS))
-        .unwrap()
-        .pin(&ports)
-        .unwrap();
+    aya::maps::MapData::from_pin(
+        pins.maps()
+            .join(dataplane_ebpf::maps::TC_ENDPOINT_COUNTERS.name),
+    )
+    .unwrap()
+    .pin(&ports)
+    .unwrap();
     match dataplane::load(&pins) {
         Err(dataplane::DataplaneError::IncompatiblePin { path, .. }) => assert_eq!(path, ports),
         Err(other) => panic!("expected IncompatiblePin, got {other}"),
-        Ok(_) => panic!("a counters map was adopted as {}", names::OVERLAY_PORTS),
+        Ok(_) => panic!(
+            "a counters map was adopted as {}",
+            dataplane_ebpf::maps::OVERLAY_PORTS.name
+        ),
     }
     // After a cleanup the agent starts afresh.
     dataplane::cleanup(&pins).unwrap();

@@ -1,5 +1,6 @@
 //! Attachments as pinned bpf_links: adopt an existing one by swapping the new program
-//! into it atomically, or create and pin a new one.
+//! into it atomically, or create and pin a new one — one [`adopt_or_attach`] for every
+//! [`LinkKind`] (XDP, tcx; cgroup hooks will be a third).
 //!
 //! Pin names say what is attached where: `xdp_underlay@<iface>`,
 //! `tc_underlay_ingress@<iface>` and `tc_endpoint_ingress@<iface>`. A link whose
@@ -9,12 +10,11 @@
 use std::{ffi::CString, fmt, fs, path::Path, str::FromStr};
 
 use aya::programs::{
-    links::{FdLink, PinnedLink},
+    links::{FdLink, LinkError, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions},
     xdp::XdpLink,
     LinkOrder, SchedClassifier, TcAttachType, Xdp,
 };
-use dataplane_ebpf::names;
 use tracing::{debug, info, warn};
 
 use super::DataplaneError;
@@ -92,17 +92,13 @@ impl fmt::Display for AttachedMode {
     }
 }
 
-pub fn xdp_pin_name(iface: &str) -> String {
-    format!("{}@{iface}", names::XDP_UNDERLAY)
-}
-
-/// The pin of tc program `program` on `iface`'s ingress.
-pub fn tc_pin_name(program: &str, iface: &str) -> String {
+/// The pin of `program`'s link on `iface`: `<program>@<iface>` (every kind of link).
+pub(crate) fn pin_name(program: &str, iface: &str) -> String {
     format!("{program}@{iface}")
 }
 
 /// The interfaces that have a pinned `program` link in `dir`, sorted.
-pub fn pinned_ifaces(dir: &Path, program: &str) -> Vec<String> {
+pub(crate) fn pinned_ifaces(dir: &Path, program: &str) -> Vec<String> {
     let prefix = format!("{program}@");
     let mut ifaces: Vec<String> = fs::read_dir(dir)
         .into_iter()
@@ -122,7 +118,7 @@ pub fn pinned_ifaces(dir: &Path, program: &str) -> Vec<String> {
 
 /// Unpins (and so detaches) the link pinned as `name` in `dir`; `Ok(false)` if there
 /// was none.
-pub fn unpin(dir: &Path, name: &str) -> Result<bool, DataplaneError> {
+pub(crate) fn unpin(dir: &Path, name: &str) -> Result<bool, DataplaneError> {
     let path = dir.join(name);
     match fs::remove_file(&path) {
         Ok(()) => {
@@ -153,7 +149,7 @@ pub fn if_index(name: &str) -> Result<u32, DataplaneError> {
 
 /// Unpins (and so detaches) every link pin in `dir` whose name is not in `wanted`.
 /// Returns how many were removed.
-pub fn unpin_unwanted(dir: &Path, wanted: &[String]) -> Result<usize, DataplaneError> {
+pub(crate) fn unpin_unwanted(dir: &Path, wanted: &[String]) -> Result<usize, DataplaneError> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(0);
     };
@@ -207,108 +203,142 @@ fn pin_link(link: FdLink, path: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Adopts the pinned XDP link on `iface` (swapping in `program`) or attaches afresh.
-pub fn attach_xdp(
-    program: &mut Xdp,
-    links_dir: &Path,
-    iface: &str,
-    mode: XdpMode,
-) -> Result<AttachedMode, DataplaneError> {
-    let pin = links_dir.join(xdp_pin_name(iface));
-    let attach_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Attach {
-        program: names::XDP_UNDERLAY,
-        iface: iface.to_owned(),
-        source,
-    };
-    if let Some(fd_link) = open_pin(&pin)? {
-        match XdpLink::try_from(fd_link) {
-            Ok(link) => match program.attach_to_link(link) {
-                Ok(id) => {
-                    // The pin keeps the link; dropping our handle must not detach it.
-                    let link = program
-                        .take_link(id)
-                        .map_err(|e| attach_error(Box::new(e)))?;
-                    drop(FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?);
-                    debug!(%iface, "swapped the new program into the pinned XDP link");
-                    return Ok(AttachedMode::Adopted);
-                }
-                Err(e) => discard_pin(&pin, &e)?,
-            },
-            Err(e) => discard_pin(&pin, &e)?,
-        }
-    }
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-    let tries: &[(aya::programs::XdpMode, AttachedMode)] = match mode {
-        XdpMode::Native => &[(aya::programs::XdpMode::Driver, AttachedMode::Native)],
-        XdpMode::Generic => &[(aya::programs::XdpMode::Skb, AttachedMode::Generic)],
-        XdpMode::Auto => &[
-            (aya::programs::XdpMode::Driver, AttachedMode::Native),
-            (aya::programs::XdpMode::Skb, AttachedMode::Generic),
-        ],
-    };
-    let mut last_error = None;
-    for (flags, attached) in tries {
-        match program.attach(iface, *flags) {
-            Ok(id) => {
-                let link = program
-                    .take_link(id)
-                    .map_err(|e| attach_error(Box::new(e)))?;
-                let fd_link = FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?;
-                pin_link(fd_link, &pin)?;
-                return Ok(*attached);
-            }
-            Err(e) => {
-                debug!(%iface, mode = %attached, error = %e, "XDP attach attempt failed");
-                last_error = Some(e);
-            }
-        }
-    }
-    Err(attach_error(Box::new(
-        last_error.expect("at least one attach mode is tried"),
-    )))
+/// A kind of attachment the agent keeps as a pinned bpf_link: how to swap a program into
+/// an existing link of its kind, and how to attach one afresh. XDP and tcx are the two
+/// today; cgroup socket hooks will be a third.
+pub(crate) trait LinkKind {
+    /// The aya program type.
+    type Program;
+    /// The program's link type, convertible to and from the pinnable [`FdLink`].
+    type Link: TryFrom<FdLink, Error = LinkError> + TryInto<FdLink, Error = LinkError>;
+    /// What a fresh attachment reports (the XDP mode it got; nothing for tcx).
+    type Attached;
+
+    /// Atomically replaces the program of `link` with `program` (`BPF_LINK_UPDATE`);
+    /// returns the link, now owned by `program`.
+    fn swap(program: &mut Self::Program, link: Self::Link) -> Result<Self::Link, BoxError>;
+    /// Attaches `program` afresh.
+    fn attach(&self, program: &mut Self::Program)
+        -> Result<(Self::Link, Self::Attached), BoxError>;
 }
 
-/// Adopts the pinned tcx link of `name` on `iface`'s ingress (swapping in `program`) or
-/// attaches afresh. Returns whether an existing link was adopted.
-pub fn attach_tc_ingress(
-    program: &mut SchedClassifier,
-    name: &'static str,
+/// The outcome of [`adopt_or_attach`].
+pub(crate) enum Attachment<A> {
+    /// The pinned link of a previous agent now runs the new program.
+    Adopted,
+    /// There was no usable pin: attached afresh and pinned.
+    Attached(A),
+}
+
+/// The one adopt-or-attach for every kind of link: swaps `program` into the link pinned
+/// at `links_dir/pin_name` if there is one of the right kind on a live interface;
+/// otherwise (no pin, or a defunct one, which is removed) attaches afresh and pins it.
+/// There is never a moment without a program on the hook when a pin is adopted.
+pub(crate) fn adopt_or_attach<K: LinkKind>(
+    kind: &K,
+    program: &mut K::Program,
+    program_name: &'static str,
     links_dir: &Path,
     iface: &str,
-) -> Result<bool, DataplaneError> {
-    let pin = links_dir.join(tc_pin_name(name, iface));
-    let attach_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Attach {
-        program: name,
+) -> Result<Attachment<K::Attached>, DataplaneError> {
+    let pin = links_dir.join(format!("{program_name}@{iface}"));
+    let attach_error = |source: BoxError| DataplaneError::Attach {
+        program: program_name,
         iface: iface.to_owned(),
         source,
     };
     if let Some(fd_link) = open_pin(&pin)? {
-        match SchedClassifierLink::try_from(fd_link) {
-            Ok(link) => match program.attach_to_link(link) {
-                Ok(id) => {
-                    let link = program
-                        .take_link(id)
-                        .map_err(|e| attach_error(Box::new(e)))?;
-                    drop(FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?);
-                    debug!(%iface, program = name, "swapped the new program into the pinned tcx link");
-                    return Ok(true);
+        match K::Link::try_from(fd_link) {
+            Ok(link) => match K::swap(program, link) {
+                Ok(link) => {
+                    // The pin keeps the link; dropping our handle must not detach it.
+                    drop(
+                        link.try_into()
+                            .map_err(|e: LinkError| attach_error(Box::new(e)))?,
+                    );
+                    debug!(%iface, program = program_name, "swapped the new program into the pinned link");
+                    return Ok(Attachment::Adopted);
                 }
                 Err(e) => discard_pin(&pin, &e)?,
             },
             Err(e) => discard_pin(&pin, &e)?,
         }
     }
-    let id = program
-        .attach_with_options(
-            iface,
+    let (link, attached) = kind.attach(program).map_err(attach_error)?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: LinkError| attach_error(Box::new(e)))?;
+    pin_link(fd_link, &pin)?;
+    Ok(Attachment::Attached(attached))
+}
+
+/// XDP on an interface, in the mode `--xdp-mode` asks for.
+pub(crate) struct XdpOn<'a> {
+    pub(crate) iface: &'a str,
+    pub(crate) mode: XdpMode,
+}
+
+impl LinkKind for XdpOn<'_> {
+    type Program = Xdp;
+    type Link = XdpLink;
+    type Attached = AttachedMode;
+
+    fn swap(program: &mut Xdp, link: XdpLink) -> Result<XdpLink, BoxError> {
+        let id = program.attach_to_link(link)?;
+        Ok(program.take_link(id)?)
+    }
+
+    fn attach(&self, program: &mut Xdp) -> Result<(XdpLink, AttachedMode), BoxError> {
+        let tries: &[(aya::programs::XdpMode, AttachedMode)] = match self.mode {
+            XdpMode::Native => &[(aya::programs::XdpMode::Driver, AttachedMode::Native)],
+            XdpMode::Generic => &[(aya::programs::XdpMode::Skb, AttachedMode::Generic)],
+            XdpMode::Auto => &[
+                (aya::programs::XdpMode::Driver, AttachedMode::Native),
+                (aya::programs::XdpMode::Skb, AttachedMode::Generic),
+            ],
+        };
+        let mut last_error = None;
+        for (flags, attached) in tries {
+            match program.attach(self.iface, *flags) {
+                Ok(id) => return Ok((program.take_link(id)?, *attached)),
+                Err(e) => {
+                    debug!(iface = self.iface, mode = %attached, error = %e, "XDP attach attempt failed");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(Box::new(
+            last_error.expect("at least one attach mode is tried"),
+        ))
+    }
+}
+
+/// A tc program at tcx ingress of an interface.
+pub(crate) struct TcxIngressOn<'a> {
+    pub(crate) iface: &'a str,
+}
+
+impl LinkKind for TcxIngressOn<'_> {
+    type Program = SchedClassifier;
+    type Link = SchedClassifierLink;
+    type Attached = ();
+
+    fn swap(
+        program: &mut SchedClassifier,
+        link: SchedClassifierLink,
+    ) -> Result<SchedClassifierLink, BoxError> {
+        let id = program.attach_to_link(link)?;
+        Ok(program.take_link(id)?)
+    }
+
+    fn attach(&self, program: &mut SchedClassifier) -> Result<(SchedClassifierLink, ()), BoxError> {
+        let id = program.attach_with_options(
+            self.iface,
             TcAttachType::Ingress,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map_err(|e| attach_error(Box::new(e)))?;
-    let link = program
-        .take_link(id)
-        .map_err(|e| attach_error(Box::new(e)))?;
-    let fd_link = FdLink::try_from(link).map_err(|e| attach_error(Box::new(e)))?;
-    pin_link(fd_link, &pin)?;
-    Ok(false)
+        )?;
+        Ok((program.take_link(id)?, ()))
+    }
 }

@@ -20,11 +20,14 @@
 //! the reconciler detaches the ones it does not. [`OverlayMaps`] is typed access to the
 //! overlay's maps.
 //!
-//! Layout: `links` (pinned bpf_links: adopt, attach, unpin), `overlay` ([`OverlayMaps`]),
-//! `bpffs` (mounting the pin directory's filesystem), [`test_run`] (`BPF_PROG_TEST_RUN`).
+//! Layout: `links` (pinned bpf_links: the one adopt-or-attach for every kind of link,
+//! unpin), `maps` (the adoption check against the ABI's table of pinned maps, typed map
+//! handles: `MapHandle`), `overlay` ([`OverlayMaps`], `skein debug maps`), `bpffs`
+//! (mounting the pin directory's filesystem), [`test_run`] (`BPF_PROG_TEST_RUN`).
 
 mod bpffs;
 mod links;
+mod maps;
 mod overlay;
 pub mod test_run;
 
@@ -35,21 +38,21 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, MapError, MapInfo, MapType, PerCpuArray},
+    maps::{MapData, MapError, PerCpuArray},
     programs::{SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use dataplane_ebpf::{
-    counters::{Counter, Verdict, COUNTER_SLOTS},
+    counters::{Counter, Verdict},
     names,
-    overlay::{
-        EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, SubnetValue, UnderlayValue,
-        VtepKey, VtepValue,
-    },
+    overlay::UnderlayValue,
 };
 use tracing::{debug, info, warn};
 
+use links::Attachment;
 pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
+pub(crate) use maps::MapHandle;
+pub use maps::CAPACITY_OVERRIDE_ENV;
 pub use overlay::OverlayMaps;
 
 /// The eBPF object, built by `build.rs` through the same function as
@@ -80,8 +83,6 @@ pub enum DataplaneError {
     Load(#[source] aya::EbpfError),
     #[error("program {name} is not in the eBPF object or has the wrong type")]
     MissingProgram { name: &'static str },
-    #[error("map {name} is not in the eBPF object or has the wrong type")]
-    MissingMap { name: &'static str },
     #[error("the verifier rejected program {name}")]
     Verify {
         name: &'static str,
@@ -95,6 +96,10 @@ pub enum DataplaneError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("map {map} is full ({capacity} entries)")]
+    MapFull { map: &'static str, capacity: u32 },
+    #[error("{item:?} in SKEIN_TEST_MAP_CAPACITY is not MAP=CAPACITY for a hash or LPM map of the table")]
+    CapacityOverride { item: String },
     #[error("{what} the pinned map {map} failed")]
     Map {
         map: &'static str,
@@ -181,13 +186,24 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
     for dir in [maps_dir.clone(), pins.links()] {
         fs::create_dir_all(&dir).map_err(|source| DataplaneError::Bpffs { path: dir, source })?;
     }
-    check_pinned_maps(&maps_dir)?;
+    let capacities = maps::capacities()?;
+    maps::check_pinned(&maps_dir, &capacities)?;
     let level = kernel_log_level();
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .default_map_pin_directory(&maps_dir)
-        .override_global(aya_log::LEVEL, &level, false)
-        .load(OBJECT)
-        .map_err(DataplaneError::Load)?;
+        .override_global(aya_log::LEVEL, &level, false);
+    for spec in dataplane_ebpf::maps::PINNED {
+        let capacity = capacities[spec.name];
+        if capacity != spec.capacity {
+            warn!(
+                map = spec.name,
+                capacity, "map capacity overridden (test only)"
+            );
+            loader.map_max_entries(spec.name, capacity);
+        }
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
     let xdp: &mut Xdp = program_mut(&mut ebpf, names::XDP_UNDERLAY)?;
     xdp.load().map_err(|source| DataplaneError::Verify {
         name: names::XDP_UNDERLAY,
@@ -201,96 +217,18 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
     Ok(ebpf)
 }
 
-/// The layout every pinned map must have: (name, type, key size, value size, entries).
-pub fn expected_map_layouts() -> Vec<(&'static str, MapType, u32, u32, u32)> {
-    fn size<T>() -> u32 {
-        size_of::<T>() as u32
-    }
-    let mut layouts: Vec<_> = names::COUNTER_MAPS
-        .iter()
-        .map(|(_, map)| {
-            (
-                *map,
-                MapType::PerCpuArray,
-                size::<u32>(),
-                size::<Counter>(),
-                COUNTER_SLOTS,
-            )
-        })
-        .collect();
-    layouts.extend([
-        (
-            names::OVERLAY_ENDPOINTS,
-            MapType::Hash,
-            size::<EndpointKey>(),
-            size::<EndpointValue>(),
-            names::MAX_ENDPOINTS,
-        ),
-        (
-            names::OVERLAY_PORTS,
-            MapType::Hash,
-            size::<u32>(),
-            size::<PortValue>(),
-            names::MAX_PORTS,
-        ),
-        (
-            names::OVERLAY_NETWORKS,
-            MapType::Hash,
-            size::<u32>(),
-            size::<NetworkValue>(),
-            names::MAX_NETWORKS,
-        ),
-        (
-            names::OVERLAY_VTEPS,
-            MapType::LpmTrie,
-            size::<VtepKey>(),
-            size::<VtepValue>(),
-            names::MAX_VTEP_ROUTES,
-        ),
-        (
-            names::OVERLAY_SUBNETS,
-            MapType::LpmTrie,
-            size::<SubnetKey>(),
-            size::<SubnetValue>(),
-            names::MAX_SUBNETS,
-        ),
-        (
-            names::OVERLAY_UNDERLAY,
-            MapType::Array,
-            size::<u32>(),
-            size::<UnderlayValue>(),
-            1,
-        ),
-    ]);
-    layouts
-}
-
-/// Refuses to adopt pinned maps whose layout differs from this build's ABI: the new
-/// programs would read them with the wrong types.
-fn check_pinned_maps(maps_dir: &Path) -> Result<(), DataplaneError> {
-    for (name, map_type, key, value, entries) in expected_map_layouts() {
-        let path = maps_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path).map_err(|e| DataplaneError::Pin {
-            what: "reading a pinned map",
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
-        let found_type = info.map_type().ok();
-        let found = (info.key_size(), info.value_size(), info.max_entries());
-        if found_type != Some(map_type) || found != (key, value, entries) {
-            return Err(DataplaneError::IncompatiblePin {
-                path,
-                found_type: format!("{found_type:?}"),
-                found_key: found.0,
-                found_value: found.1,
-                found_entries: found.2,
-            });
-        }
-    }
-    Ok(())
+/// Adopts or attaches `program` at tcx ingress of `iface`; whether it was adopted.
+fn tcx_ingress(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    links_dir: &Path,
+    iface: &str,
+) -> Result<bool, DataplaneError> {
+    let on = links::TcxIngressOn { iface };
+    Ok(matches!(
+        links::adopt_or_attach(&on, program, name, links_dir, iface)?,
+        Attachment::Adopted
+    ))
 }
 
 fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DataplaneError>
@@ -330,14 +268,14 @@ impl Dataplane {
             }
         }
         let wanted: Vec<String> = [
-            links::xdp_pin_name(&want.underlay_iface),
-            links::tc_pin_name(names::TC_UNDERLAY_INGRESS, &want.underlay_iface),
+            links::pin_name(names::XDP_UNDERLAY, &want.underlay_iface),
+            links::pin_name(names::TC_UNDERLAY_INGRESS, &want.underlay_iface),
         ]
         .into_iter()
         .chain(
             endpoints
                 .iter()
-                .map(|i| links::tc_pin_name(names::TC_ENDPOINT_INGRESS, i)),
+                .map(|i| links::pin_name(names::TC_ENDPOINT_INGRESS, i)),
         )
         .collect();
         links::unpin_unwanted(&links_dir, &wanted)?;
@@ -351,8 +289,15 @@ impl Dataplane {
         })?;
 
         let xdp: &mut Xdp = program_mut(&mut ebpf, names::XDP_UNDERLAY)?;
+        let on = links::XdpOn {
+            iface: &want.underlay_iface,
+            mode: want.xdp_mode,
+        };
         let xdp_attached_mode =
-            links::attach_xdp(xdp, &links_dir, &want.underlay_iface, want.xdp_mode)?;
+            match links::adopt_or_attach(&on, xdp, names::XDP_UNDERLAY, &links_dir, on.iface)? {
+                Attachment::Adopted => AttachedMode::Adopted,
+                Attachment::Attached(mode) => mode,
+            };
         info!(
             iface = %want.underlay_iface,
             mode = %xdp_attached_mode,
@@ -360,7 +305,7 @@ impl Dataplane {
             "underlay program attached"
         );
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, names::TC_UNDERLAY_INGRESS)?;
-        let adopted = links::attach_tc_ingress(
+        let adopted = tcx_ingress(
             tc,
             names::TC_UNDERLAY_INGRESS,
             &links_dir,
@@ -390,8 +335,7 @@ impl Dataplane {
     pub fn attach_endpoint(&mut self, iface: &str) -> Result<(), DataplaneError> {
         links::if_index(iface)?;
         let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, names::TC_ENDPOINT_INGRESS)?;
-        let adopted =
-            links::attach_tc_ingress(tc, names::TC_ENDPOINT_INGRESS, &self.pins.links(), iface)?;
+        let adopted = tcx_ingress(tc, names::TC_ENDPOINT_INGRESS, &self.pins.links(), iface)?;
         // A reconciler calls this on every pass: only a new attachment is news.
         if adopted {
             debug!(%iface, program = names::TC_ENDPOINT_INGRESS, "endpoint program adopted");
@@ -407,7 +351,7 @@ impl Dataplane {
     pub fn detach_endpoint(&mut self, iface: &str) -> Result<bool, DataplaneError> {
         links::unpin(
             &self.pins.links(),
-            &links::tc_pin_name(names::TC_ENDPOINT_INGRESS, iface),
+            &links::pin_name(names::TC_ENDPOINT_INGRESS, iface),
         )
     }
 
@@ -433,11 +377,6 @@ impl Dataplane {
         Counters::open(&self.pins)
     }
 
-    /// Typed handles on the overlay's maps, for the reconciler.
-    pub fn overlay_maps(&self) -> Result<OverlayMaps, DataplaneError> {
-        OverlayMaps::open(&self.pins)
-    }
-
     /// Where this dataplane keeps its pins.
     pub fn pins(&self) -> &PinDirs {
         &self.pins
@@ -453,16 +392,9 @@ pub struct Counters {
 impl Counters {
     pub fn open(pins: &PinDirs) -> Result<Counters, DataplaneError> {
         let mut programs = Vec::new();
-        for &(program, map) in names::COUNTER_MAPS {
-            let path = pins.maps().join(map);
-            let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Pin {
-                what: "opening a pinned counters map",
-                path: path.clone(),
-                source: Box::new(e),
-            })?;
-            let array = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
-                .map_err(|_| DataplaneError::MissingMap { name: map })?;
-            programs.push((program, array));
+        for (program, spec) in dataplane_ebpf::maps::COUNTERS {
+            let (map, _) = maps::open_pin(pins, spec)?;
+            programs.push((*program, maps::typed(spec, map)?));
         }
         Ok(Counters { programs })
     }
@@ -504,23 +436,4 @@ pub fn cleanup(pins: &PinDirs) -> Result<usize, DataplaneError> {
         let _ = fs::remove_dir(dir);
     }
     Ok(removed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_pinned_map_has_one_expected_layout() {
-        let layouts = expected_map_layouts();
-        for name in names::PINNED_MAPS {
-            assert_eq!(layouts.iter().filter(|l| l.0 == *name).count(), 1, "{name}");
-        }
-        assert_eq!(layouts.len(), names::PINNED_MAPS.len());
-        let ports = layouts
-            .iter()
-            .find(|l| l.0 == names::OVERLAY_PORTS)
-            .unwrap();
-        assert_eq!((ports.1, ports.2, ports.3), (MapType::Hash, 4, 8));
-    }
 }

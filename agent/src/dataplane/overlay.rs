@@ -3,16 +3,15 @@
 //!
 //! Opened from the pins, so the holder does not borrow the [`super::Dataplane`], and
 //! whatever it writes is what the running programs read at once. Every `put_*` inserts
-//! or replaces; every `remove_*` is idempotent and says whether there was an entry.
+//! or replaces; every `remove_*` is idempotent and says whether there was an entry (the
+//! `put_*`/`remove_*` methods are the privileged tests' way in; the reconciler goes
+//! through the [`MapHandle`]s).
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError},
-    sys::SyscallError,
-};
+use aya::maps::{Array, MapData, MapError};
 use dataplane_ebpf::{
-    names,
+    maps,
     overlay::{
         EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, UnderlayValue, VtepKey,
         VtepValue,
@@ -21,99 +20,42 @@ use dataplane_ebpf::{
 
 use crate::netif::format_mac;
 
-use super::{DataplaneError, PinDirs};
+use super::{
+    maps::{open_pin, typed, HashHandle, LpmHandle, MapHandle},
+    DataplaneError, PinDirs,
+};
 
 /// The overlay's maps: endpoints, ports, networks, subnets, external VTEPs, underlay.
+/// Each synced map is a [`MapHandle`] over its ABI types, so the reconciler converges
+/// every one of them through the same sync.
 pub struct OverlayMaps {
-    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
-    ports: HashMap<MapData, u32, PortValue>,
-    networks: HashMap<MapData, u32, NetworkValue>,
-    subnets: LpmTrie<MapData, [u8; 4], u32>,
-    vteps: LpmTrie<MapData, [u8; 8], VtepValue>,
+    pub(crate) endpoints: HashHandle<EndpointKey, EndpointValue>,
+    pub(crate) ports: HashHandle<u32, PortValue>,
+    pub(crate) networks: HashHandle<u32, NetworkValue>,
+    pub(crate) subnets: LpmHandle<SubnetKey, u32>,
+    pub(crate) vteps: LpmHandle<VtepKey, VtepValue>,
     underlay: Array<MapData, UnderlayValue>,
-}
-
-fn open_pin(pins: &PinDirs, name: &'static str) -> Result<Map, DataplaneError> {
-    let path = pins.maps().join(name);
-    let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Pin {
-        what: "opening a pinned overlay map",
-        path: path.clone(),
-        source: Box::new(e),
-    })?;
-    Map::from_map_data(data).map_err(|source| DataplaneError::Map {
-        map: name,
-        what: "opening",
-        source,
-    })
-}
-
-/// Converts `Map` into the typed wrapper, or names the map whose type or sizes differ.
-fn typed<T: TryFrom<Map, Error = MapError>>(
-    pins: &PinDirs,
-    name: &'static str,
-) -> Result<T, DataplaneError> {
-    T::try_from(open_pin(pins, name)?).map_err(|source| DataplaneError::Map {
-        map: name,
-        what: "opening",
-        source,
-    })
-}
-
-/// `Ok(false)` for "there was no such entry", so removals are idempotent.
-fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, DataplaneError> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(MapError::SyscallError(SyscallError { io_error, .. }))
-            if io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(false)
-        }
-        Err(MapError::KeyNotFound) => Ok(false),
-        Err(source) => Err(DataplaneError::Map {
-            map,
-            what: "removing from",
-            source,
-        }),
-    }
-}
-
-fn written(map: &'static str, result: Result<(), MapError>) -> Result<(), DataplaneError> {
-    result.map_err(|source| DataplaneError::Map {
-        map,
-        what: "writing",
-        source,
-    })
-}
-
-fn listed<K, V>(
-    map: &'static str,
-    entries: impl Iterator<Item = Result<(K, V), MapError>>,
-) -> Result<Vec<(K, V)>, DataplaneError> {
-    entries
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| DataplaneError::Map {
-            map,
-            what: "reading",
-            source,
-        })
 }
 
 impl OverlayMaps {
     /// Opens the pinned maps (a loaded [`super::Dataplane`] or [`super::load`] pins them).
     pub fn open(pins: &PinDirs) -> Result<OverlayMaps, DataplaneError> {
         Ok(OverlayMaps {
-            endpoints: typed(pins, names::OVERLAY_ENDPOINTS)?,
-            ports: typed(pins, names::OVERLAY_PORTS)?,
-            networks: typed(pins, names::OVERLAY_NETWORKS)?,
-            subnets: typed(pins, names::OVERLAY_SUBNETS)?,
-            vteps: typed(pins, names::OVERLAY_VTEPS)?,
-            underlay: typed(pins, names::OVERLAY_UNDERLAY)?,
+            endpoints: HashHandle::open(pins, &maps::OVERLAY_ENDPOINTS)?,
+            ports: HashHandle::open(pins, &maps::OVERLAY_PORTS)?,
+            networks: HashHandle::open(pins, &maps::OVERLAY_NETWORKS)?,
+            subnets: LpmHandle::open(pins, &maps::OVERLAY_SUBNETS)?,
+            vteps: LpmHandle::open(pins, &maps::OVERLAY_VTEPS)?,
+            underlay: typed(
+                &maps::OVERLAY_UNDERLAY,
+                open_pin(pins, &maps::OVERLAY_UNDERLAY)?.0,
+            )?,
         })
     }
 
     /// Every endpoint of the cluster, local (`ifindex != 0`) and remote.
     pub fn endpoints(&self) -> Result<Vec<(EndpointKey, EndpointValue)>, DataplaneError> {
-        listed(names::OVERLAY_ENDPOINTS, self.endpoints.iter())
+        self.endpoints.entries()
     }
 
     pub fn put_endpoint(
@@ -121,104 +63,51 @@ impl OverlayMaps {
         key: EndpointKey,
         value: EndpointValue,
     ) -> Result<(), DataplaneError> {
-        written(
-            names::OVERLAY_ENDPOINTS,
-            self.endpoints.insert(key, value, 0),
-        )
+        self.endpoints.put(key, value)
     }
 
     pub fn remove_endpoint(&mut self, key: EndpointKey) -> Result<bool, DataplaneError> {
-        removed(names::OVERLAY_ENDPOINTS, self.endpoints.remove(&key))
+        self.endpoints.remove(key)
     }
 
     /// Local endpoints by the ifindex of their host-side veth.
     pub fn ports(&self) -> Result<Vec<(u32, PortValue)>, DataplaneError> {
-        listed(names::OVERLAY_PORTS, self.ports.iter())
+        self.ports.entries()
     }
 
     pub fn put_port(&mut self, ifindex: u32, value: PortValue) -> Result<(), DataplaneError> {
-        written(names::OVERLAY_PORTS, self.ports.insert(ifindex, value, 0))
+        self.ports.put(ifindex, value)
     }
 
     pub fn remove_port(&mut self, ifindex: u32) -> Result<bool, DataplaneError> {
-        removed(names::OVERLAY_PORTS, self.ports.remove(&ifindex))
+        self.ports.remove(ifindex)
     }
 
     /// Networks by VNI.
     pub fn networks(&self) -> Result<Vec<(u32, NetworkValue)>, DataplaneError> {
-        listed(names::OVERLAY_NETWORKS, self.networks.iter())
+        self.networks.entries()
     }
 
     pub fn put_network(&mut self, vni: u32, value: NetworkValue) -> Result<(), DataplaneError> {
-        written(names::OVERLAY_NETWORKS, self.networks.insert(vni, value, 0))
-    }
-
-    pub fn remove_network(&mut self, vni: u32) -> Result<bool, DataplaneError> {
-        removed(names::OVERLAY_NETWORKS, self.networks.remove(&vni))
+        self.networks.put(vni, value)
     }
 
     /// Every network's subnet → its VNI (for isolation).
     pub fn subnets(&self) -> Result<Vec<(SubnetKey, u32)>, DataplaneError> {
-        Ok(listed(names::OVERLAY_SUBNETS, self.subnets.iter())?
-            .into_iter()
-            .map(|(key, vni)| {
-                (
-                    SubnetKey {
-                        prefix_len: key.prefix_len(),
-                        ip: key.data(),
-                    },
-                    vni,
-                )
-            })
-            .collect())
+        self.subnets.entries()
     }
 
     pub fn put_subnet(&mut self, key: SubnetKey, vni: u32) -> Result<(), DataplaneError> {
-        written(
-            names::OVERLAY_SUBNETS,
-            self.subnets
-                .insert(&Key::new(key.prefix_len, key.ip), vni, 0),
-        )
-    }
-
-    pub fn remove_subnet(&mut self, key: SubnetKey) -> Result<bool, DataplaneError> {
-        removed(
-            names::OVERLAY_SUBNETS,
-            self.subnets.remove(&Key::new(key.prefix_len, key.ip)),
-        )
+        self.subnets.put(key, vni)
     }
 
     /// External VTEPs by (VNI, prefix).
     pub fn vteps(&self) -> Result<Vec<(VtepKey, VtepValue)>, DataplaneError> {
-        Ok(listed(names::OVERLAY_VTEPS, self.vteps.iter())?
-            .into_iter()
-            .map(|(key, value)| {
-                let data = key.data();
-                (
-                    VtepKey {
-                        prefix_len: key.prefix_len(),
-                        vni_be: [data[0], data[1], data[2], data[3]],
-                        ip: [data[4], data[5], data[6], data[7]],
-                    },
-                    value,
-                )
-            })
-            .collect())
+        self.vteps.entries()
     }
 
     pub fn put_vtep(&mut self, key: VtepKey, value: VtepValue) -> Result<(), DataplaneError> {
-        written(
-            names::OVERLAY_VTEPS,
-            self.vteps
-                .insert(&Key::new(key.prefix_len, key.data()), value, 0),
-        )
-    }
-
-    pub fn remove_vtep(&mut self, key: VtepKey) -> Result<bool, DataplaneError> {
-        removed(
-            names::OVERLAY_VTEPS,
-            self.vteps.remove(&Key::new(key.prefix_len, key.data())),
-        )
+        self.vteps.put(key, value)
     }
 
     /// This host's underlay as the programs see it (all zero until the agent starts).
@@ -226,14 +115,20 @@ impl OverlayMaps {
         self.underlay
             .get(&0, 0)
             .map_err(|source| DataplaneError::Map {
-                map: names::OVERLAY_UNDERLAY,
+                map: maps::OVERLAY_UNDERLAY.name,
                 what: "reading",
                 source,
             })
     }
 
     pub fn set_underlay(&mut self, value: UnderlayValue) -> Result<(), DataplaneError> {
-        written(names::OVERLAY_UNDERLAY, self.underlay.set(0, value, 0))
+        self.underlay
+            .set(0, value, 0)
+            .map_err(|source: MapError| DataplaneError::Map {
+                map: maps::OVERLAY_UNDERLAY.name,
+                what: "writing",
+                source,
+            })
     }
 
     /// Every map's entries, one per line, sorted, for `skein debug maps`. A map that

@@ -1,24 +1,10 @@
-//! `tc_endpoint_ingress`: what an endpoint sends, seen at tc ingress of its host-side
-//! veth (DESIGN.md paths 1 and 2).
+//! VXLAN encapsulation of what an endpoint sends to a remote endpoint or an external
+//! VTEP (used by `tc_endpoint_ingress`): the outer headers, the next hop from the FIB,
+//! and ICMP "fragmentation needed" for packets that would not fit the underlay.
 //!
-//! - ARP: requests for other addresses of the endpoint's network are answered in place
-//!   with the gateway's MAC (the overlay is routed: nothing is ever bridged); replies
-//!   the endpoint gives about itself go to the host (which resolves the endpoint to
-//!   reach it); any other ARP is dropped.
-//! - IPv4 inside the endpoint's network: the gateway → the host; a local endpoint →
-//!   redirected to its veth; a remote one → VXLAN to its host (or, if too big for the
-//!   underlay once encapsulated, ICMP "fragmentation needed" back); an external VTEP's
-//!   prefix → VXLAN to the VTEP; anything else → dropped.
-//! - IPv4 to another overlay network's subnet → dropped (networks are isolated); to
-//!   anywhere else → the host, which routes (and NATs) it.
-//! - Everything else from an endpoint (IPv6, other EtherTypes) → dropped.
-//! - Packets from a veth that is not a port (no `OVERLAY_PORTS` entry) are not ours:
-//!   passed unchanged.
-//!
-//! Encapsulation happens on the skb (`bpf_skb_adjust_room` with the tunnel flags), so
-//! a TCP super-packet stays one GSO skb with a partial checksum: the kernel segments it
-//! and completes the inner checksums later, on the underlay (KERNEL-NOTES: native XDP
-//! loses both).
+//! Encapsulation happens on the skb (`bpf_skb_adjust_room` with the tunnel flags), so a
+//! TCP super-packet stays one GSO skb with a partial checksum: the kernel segments it and
+//! completes the inner checksums later, on the underlay.
 
 use aya_ebpf::{
     bindings::{
@@ -32,27 +18,20 @@ use aya_ebpf::{
         bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
         bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
     },
-    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use dataplane_ebpf::{
     counters::Verdict,
     overlay::{
-        arp_reply, encap_headers, endpoint_mac, icmp_error_ipv4, vxlan_source_port, Encap,
-        EndpointKey, PortValue, SubnetKey, UnderlayValue, VtepKey, ARP_OP_REPLY, ARP_OP_REQUEST,
+        encap_headers, endpoint_mac, icmp_error_ipv4, vxlan_source_port, Encap, UnderlayValue,
         ENCAP_LEN, ETH_LEN, GATEWAY_MAC, ICMP_QUOTE_LEN, IPV4_LEN,
     },
 };
 
-use crate::{
-    lookup, network, parse::*, underlay_config, Outcome, OVERLAY_ENDPOINTS, OVERLAY_PORTS,
-    OVERLAY_SUBNETS, OVERLAY_VTEPS,
-};
+use crate::{outcome::Outcome, parse::*};
 
 const AF_INET: u8 = 2;
-/// `skb->pkt_type` of a frame for this host (include/uapi/linux/if_packet.h).
-const PACKET_HOST: u32 = 0;
 
 /// Flags of the encapsulating `bpf_skb_adjust_room`: the 50 bytes inserted after the
 /// Ethernet header are outer IPv4 + UDP + VXLAN + a 14-byte inner Ethernet header. The
@@ -66,170 +45,20 @@ const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
     | ((ETH_LEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT)
     | BPF_F_ADJ_ROOM_FIXED_GSO as u64;
 
-pub fn handle(ctx: &TcContext) -> Outcome {
-    // SAFETY: the kernel hands every program a valid `__sk_buff`; at tc ingress
-    // `ifindex` is the device the packet arrived on.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(port) = lookup(&OVERLAY_PORTS, &ifindex) else {
-        return Outcome::pass(Verdict::PASS);
-    };
-    pull_headers(ctx, (ETH_LEN + size_of::<ArpHdr>()) as u32);
-    let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
-        return Outcome::drop(Verdict::MALFORMED);
-    };
-    match be16(eth.ether_type) {
-        ETHERTYPE_IPV4 => ipv4(ctx, &port),
-        ETHERTYPE_ARP => arp(ctx, ifindex, &port),
-        _ => Outcome::drop(Verdict::DROP),
-    }
-}
-
-fn arp(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
-    let Some(arp) = read_at::<ArpHdr>(ctx, ETH_LEN) else {
-        return Outcome::drop(Verdict::MALFORMED);
-    };
-    if be16(arp.htype) != 1 || be16(arp.ptype) != ETHERTYPE_IPV4 || arp.hlen != 6 || arp.plen != 4 {
-        return Outcome::drop(Verdict::DROP);
-    }
-    let op = be16(arp.op);
-    if op == be16(ARP_OP_REPLY) && be32(arp.spa) == be32(port.ip) {
-        // The endpoint telling the host where it is (the host asked, to reach it).
-        return Outcome::pass(Verdict::PASS);
-    }
-    if op != be16(ARP_OP_REQUEST) {
-        return Outcome::drop(Verdict::DROP);
-    }
-    let Some(net) = network(port.vni) else {
-        return Outcome::drop(Verdict::DROP);
-    };
-    // Not for addresses outside the network (the endpoint routes those via the
-    // gateway), nor its own (gratuitous ARP, duplicate address detection).
-    let tpa = arp.tpa;
-    if !net.contains(tpa) || be32(tpa) == be32(arp.spa) || be32(tpa) == be32(port.ip) {
-        return Outcome::drop(Verdict::DROP);
-    }
-    let reply = arp_reply(arp.sha, arp.spa, tpa);
-    if ctx.store(0, &reply, 0).is_err() {
-        return Outcome::error();
-    }
-    Outcome::redirect(Verdict::ARP_REPLY, ifindex)
-}
-
-fn ipv4(ctx: &TcContext, port: &PortValue) -> Outcome {
-    let Some(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return Outcome::drop(Verdict::MALFORMED);
-    };
-    if ip.version_ihl >> 4 != 4 {
-        return Outcome::drop(Verdict::MALFORMED);
-    }
-    let (src, dst) = (ip.src, ip.dst);
-    if be32(src) != be32(port.ip) {
-        debug!(ctx, "endpoint {:i} sent from {:i}: dropped", port.ip, src);
-        return Outcome::drop(Verdict::SPOOFED);
-    }
-    let Some(net) = network(port.vni) else {
-        debug!(
-            ctx,
-            "port of {:i} has no network {}: dropped", port.ip, port.vni
-        );
-        return Outcome::drop(Verdict::DROP);
-    };
-
-    if !net.contains(dst) {
-        let subnet = SubnetKey::lookup(dst);
-        if let Some(vni) = OVERLAY_SUBNETS.get(Key::new(subnet.prefix_len, subnet.ip)) {
-            if *vni != port.vni {
-                debug!(
-                    ctx,
-                    "{:i} -> {:i}: other network {}: dropped", src, dst, *vni
-                );
-                return Outcome::drop(Verdict::OTHER_NETWORK);
-            }
-        }
-        // Outside the overlay: the host routes it (egress, NAT).
-        return to_host(ctx);
-    }
-    if be32(dst) == be32(net.gateway) {
-        return to_host(ctx);
-    }
-    let key = EndpointKey {
-        vni: port.vni,
-        ip: dst,
-    };
-    let tunnel = if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &key) {
-        if ep.ifindex != 0 {
-            return local(ctx, ep.ifindex, dst);
-        }
-        Tunnel {
-            vni: port.vni,
-            src,
-            dst,
-            remote: ep.host_ip,
-            inner_dst_mac: endpoint_mac(dst),
-        }
-    } else {
-        let vtep = VtepKey::lookup(port.vni, dst);
-        let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) else {
-            debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
-            return Outcome::drop(Verdict::UNKNOWN_ENDPOINT);
-        };
-        Tunnel {
-            vni: port.vni,
-            src,
-            dst,
-            remote: v.underlay_ip,
-            inner_dst_mac: v.mac,
-        }
-    };
-    let Some(underlay) = underlay_config() else {
-        return Outcome::drop(Verdict::NO_ROUTE);
-    };
-    if underlay.ifindex == 0 {
-        debug!(ctx, "no underlay configured: dropped");
-        return Outcome::drop(Verdict::NO_ROUTE);
-    }
-    if let Some(mtu) = too_big(ctx, underlay.ifindex, &ip) {
-        return frag_needed(ctx, net.gateway, mtu);
-    }
-    encap(ctx, &underlay, &tunnel)
-}
-
-/// To the host's stack. The endpoint addressed the frame to the gateway's MAC (its
-/// ARP answer), which need not be the host-side veth's own, so the kernel has already
-/// marked it as for another host and IPv4 would drop it: mark it as for this host.
-fn to_host(ctx: &TcContext) -> Outcome {
-    let _ = ctx.change_type(PACKET_HOST);
-    Outcome::pass(Verdict::TO_HOST)
-}
-
-/// Another endpoint on this host: new MACs (from the gateway, to the endpoint's
-/// IP-derived MAC), then out of its veth.
-fn local(ctx: &TcContext, ifindex: u32, dst: [u8; 4]) -> Outcome {
-    let mac = endpoint_mac(dst);
-    let g = GATEWAY_MAC;
-    let macs = [
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], g[0], g[1], g[2], g[3], g[4], g[5],
-    ];
-    if ctx.store(0, &macs, 0).is_err() {
-        return Outcome::error();
-    }
-    Outcome::redirect_peer(Verdict::LOCAL, ifindex)
-}
-
 /// Where an encapsulated packet goes. (A struct because BPF functions take at most five
 /// arguments, all in registers.)
-struct Tunnel {
-    vni: u32,
+pub(crate) struct Tunnel {
+    pub(crate) vni: u32,
     /// Inner source and destination (the endpoints' overlay addresses).
-    src: [u8; 4],
-    dst: [u8; 4],
+    pub(crate) src: [u8; 4],
+    pub(crate) dst: [u8; 4],
     /// Underlay address of the destination's host or external VTEP.
-    remote: [u8; 4],
-    inner_dst_mac: [u8; 6],
+    pub(crate) remote: [u8; 4],
+    pub(crate) inner_dst_mac: [u8; 6],
 }
 
 /// VXLAN to `t.remote` (a Skein host or an external VTEP), then out of the underlay.
-fn encap(ctx: &TcContext, underlay: &UnderlayValue, t: &Tunnel) -> Outcome {
+pub(crate) fn encap(ctx: &TcContext, underlay: &UnderlayValue, t: &Tunnel) -> Outcome {
     // The inner flow's hash, taken before the outer headers exist, so each flow keeps
     // one UDP source port (and so one ECMP path) and flows spread across ports.
     // SAFETY: plain helper calls on our own skb.
@@ -364,7 +193,7 @@ fn to_underlay(ctx: &TcContext, underlay: &UnderlayValue, remote: [u8; 4]) -> Ou
 /// before the endpoint's MTU followed. Without the answer, such packets would vanish at
 /// the underlay (a black hole for TCP); with it, the sender learns the path MTU.
 #[inline(always)]
-fn too_big(ctx: &TcContext, underlay_ifindex: u32, ip: &Ipv4Hdr) -> Option<u16> {
+pub(crate) fn too_big(ctx: &TcContext, underlay_ifindex: u32, ip: &Ipv4Hdr) -> Option<u16> {
     let mut mtu: u32 = 0;
     // SAFETY: a plain helper call on our own skb; `mtu` is a stack u32 it writes.
     let rc = unsafe {
@@ -412,7 +241,7 @@ fn too_big(ctx: &TcContext, underlay_ifindex: u32, ip: &Ipv4Hdr) -> Option<u16> 
 /// never inlined, with no buffers beyond one 20-byte header), since the encapsulation
 /// path of this program already uses most of the 512 bytes.
 #[inline(never)]
-fn frag_needed(ctx: &TcContext, gateway: [u8; 4], underlay_mtu: u16) -> Outcome {
+pub(crate) fn frag_needed(ctx: &TcContext, gateway: [u8; 4], underlay_mtu: u16) -> Outcome {
     let dropped = Outcome::drop(Verdict::TOO_BIG);
     const QUOTE: usize = ETH_LEN;
     const ICMP: usize = ETH_LEN + IPV4_LEN;

@@ -1,0 +1,261 @@
+//! The overlay maps' desired content, computed from a cluster snapshot: every network
+//! and its subnet, every live endpoint of the cluster (this node's once plumbed), every
+//! external VTEP route — keyed by the ABI's own key types.
+
+use std::collections::BTreeMap;
+
+use dataplane_ebpf::overlay::{
+    EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, VtepKey, VtepValue,
+};
+use manager::{
+    state::{endpoint::gateway, Endpoint},
+    view::ClusterView,
+};
+
+// What the manager allows at create time stays below what the maps hold, so the desired
+// state always fits (`manager::limits`; the table in `dataplane_ebpf::maps`).
+const _: () = {
+    use dataplane_ebpf::maps;
+    use manager::limits;
+    assert!(limits::MAX_NETWORKS < maps::OVERLAY_NETWORKS.capacity as usize);
+    assert!(limits::MAX_NETWORKS < maps::OVERLAY_SUBNETS.capacity as usize);
+    assert!(limits::MAX_ENDPOINTS < maps::OVERLAY_ENDPOINTS.capacity as usize);
+    assert!(limits::MAX_NODE_ENDPOINTS < maps::OVERLAY_PORTS.capacity as usize);
+    assert!(limits::MAX_VTEP_ROUTES < maps::OVERLAY_VTEPS.capacity as usize);
+};
+
+/// The overlay maps' desired content.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DesiredMaps {
+    pub(crate) endpoints: BTreeMap<EndpointKey, EndpointValue>,
+    pub(crate) ports: BTreeMap<u32, PortValue>,
+    pub(crate) networks: BTreeMap<u32, NetworkValue>,
+    pub(crate) subnets: BTreeMap<SubnetKey, u32>,
+    pub(crate) vteps: BTreeMap<VtepKey, VtepValue>,
+}
+
+/// The desired maps for `view`. `local_ifindex` gives the host-side veth index of this
+/// node's endpoints (None: not plumbed yet, so not served yet).
+pub(crate) fn desired_maps(
+    view: &ClusterView,
+    local_ifindex: impl Fn(&Endpoint) -> Option<u32>,
+) -> DesiredMaps {
+    let mut desired = DesiredMaps::default();
+    for network in &view.networks.valid {
+        desired.networks.insert(
+            network.vni,
+            NetworkValue {
+                subnet: network.subnet.network().octets(),
+                prefix_len: u32::from(network.subnet.prefix_len()),
+                gateway: gateway(network.subnet).octets(),
+            },
+        );
+        desired.subnets.insert(
+            SubnetKey {
+                prefix_len: u32::from(network.subnet.prefix_len()),
+                ip: network.subnet.network().octets(),
+            },
+            network.vni,
+        );
+    }
+    for (node, endpoint) in view.live_endpoints() {
+        let Some(host) = view.node(node).and_then(|n| n.info.as_ref()) else {
+            continue;
+        };
+        let ifindex = if *node == view.self_id {
+            match local_ifindex(endpoint) {
+                Some(ifindex) => ifindex,
+                None => continue,
+            }
+        } else {
+            0
+        };
+        desired.endpoints.insert(
+            EndpointKey {
+                vni: endpoint.vni,
+                ip: endpoint.ip.octets(),
+            },
+            EndpointValue {
+                host_ip: host.underlay_ip.octets(),
+                ifindex,
+            },
+        );
+        if ifindex != 0 {
+            desired.ports.insert(
+                ifindex,
+                PortValue {
+                    vni: endpoint.vni,
+                    ip: endpoint.ip.octets(),
+                },
+            );
+        }
+    }
+    for vtep in &view.vteps {
+        let Some(network) = view.network(&vtep.network) else {
+            continue;
+        };
+        desired.vteps.insert(
+            VtepKey {
+                prefix_len: 32 + u32::from(vtep.cidr.prefix_len()),
+                vni_be: network.vni.to_be_bytes(),
+                ip: vtep.cidr.network().octets(),
+            },
+            VtepValue {
+                underlay_ip: vtep.underlay.octets(),
+                mac: vtep.mac,
+                _pad: [0; 2],
+            },
+        );
+    }
+    desired
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use manager::{
+        state::{EndpointSet, Network, NetworkSet, NodeInfo, Stamp, Vtep},
+        view::{ClusterView, NodeStatus},
+        NodeId,
+    };
+
+    use super::*;
+
+    fn node(id: u8, up: bool, ip: [u8; 4]) -> NodeStatus {
+        NodeStatus {
+            id: NodeId([id; 16]),
+            info: Some(NodeInfo {
+                hostname: format!("h{id}"),
+                addr: (ip, 7946).into(),
+                underlay_ip: Ipv4Addr::from(ip),
+                underlay_mtu: 1500,
+                boot_epoch: 1,
+                started_at_ms: 1,
+                version: "t".into(),
+                leaving: false,
+                restart_grace_until_ms: 0,
+            }),
+            addr: Some((ip, 7946).into()),
+            up,
+            is_self: id == 1,
+        }
+    }
+
+    fn endpoint(id: &str, ip: [u8; 4], vni: u32, network: &str) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            name: id.into(),
+            network: network.into(),
+            vni,
+            ip: Ipv4Addr::from(ip),
+            netns: id.into(),
+            host_ifname: format!("sk{id}"),
+            created: Stamp {
+                hlc: 1,
+                writer: NodeId([1; 16]),
+            },
+            owns_netns: true,
+        }
+    }
+
+    fn view() -> ClusterView {
+        let stamp = Stamp {
+            hlc: 1,
+            writer: NodeId([1; 16]),
+        };
+        ClusterView {
+            self_id: NodeId([1; 16]),
+            store_version: 1,
+            nodes: vec![
+                node(1, true, [10, 200, 0, 11]),
+                node(2, true, [10, 200, 0, 12]),
+                node(3, false, [10, 200, 0, 13]),
+            ],
+            networks: NetworkSet {
+                valid: vec![Network {
+                    name: "web".into(),
+                    subnet: "10.10.0.0/24".parse().unwrap(),
+                    vni: 4096,
+                    created: stamp,
+                }],
+                conflicted: Vec::new(),
+            },
+            services: Default::default(),
+            tasks: Vec::new(),
+            endpoints: EndpointSet {
+                valid: vec![
+                    (
+                        NodeId([1; 16]),
+                        endpoint("local", [10, 10, 0, 2], 4096, "web"),
+                    ),
+                    (
+                        NodeId([1; 16]),
+                        endpoint("unplumbed", [10, 10, 0, 3], 4096, "web"),
+                    ),
+                    (
+                        NodeId([2; 16]),
+                        endpoint("remote", [10, 10, 0, 4], 4096, "web"),
+                    ),
+                    (
+                        NodeId([3; 16]),
+                        endpoint("on-a-down-node", [10, 10, 0, 5], 4096, "web"),
+                    ),
+                    (
+                        NodeId([2; 16]),
+                        endpoint("orphan", [10, 20, 0, 2], 7777, "gone"),
+                    ),
+                ],
+                collided: Vec::new(),
+            },
+            vteps: vec![Vtep {
+                network: "web".into(),
+                underlay: Ipv4Addr::new(10, 200, 0, 99),
+                mac: [2, 0, 0, 0, 0, 9],
+                cidr: "10.10.0.248/29".parse().unwrap(),
+            }],
+            overlay_mtu: Some(1450),
+        }
+    }
+
+    #[test]
+    fn desired_maps_serve_live_plumbed_endpoints_of_existing_networks() {
+        let desired = desired_maps(&view(), |e| (e.id == "local").then_some(7));
+        let key = |ip| EndpointKey { vni: 4096, ip };
+        let keys: Vec<_> = desired.endpoints.keys().copied().collect();
+        // The unplumbed local one, the down node's and the one whose network is gone are out.
+        assert_eq!(keys, vec![key([10, 10, 0, 2]), key([10, 10, 0, 4])]);
+        assert_eq!(
+            desired.endpoints[&key([10, 10, 0, 2])],
+            EndpointValue {
+                host_ip: [10, 200, 0, 11],
+                ifindex: 7
+            }
+        );
+        assert_eq!(
+            desired.endpoints[&key([10, 10, 0, 4])],
+            EndpointValue {
+                host_ip: [10, 200, 0, 12],
+                ifindex: 0
+            }
+        );
+        assert_eq!(
+            desired.ports,
+            BTreeMap::from([(
+                7,
+                PortValue {
+                    vni: 4096,
+                    ip: [10, 10, 0, 2]
+                }
+            )])
+        );
+        assert_eq!(desired.networks[&4096].gateway, [10, 10, 0, 1]);
+        assert_eq!(
+            desired.subnets,
+            BTreeMap::from([(SubnetKey::new([10, 10, 0, 0], 24), 4096)])
+        );
+        let (key, vtep) = desired.vteps.iter().next().unwrap();
+        assert_eq!(*key, VtepKey::new(4096, [10, 10, 0, 248], 29));
+        assert_eq!(vtep.underlay_ip, [10, 200, 0, 99]);
+    }
+}

@@ -1,0 +1,357 @@
+//! The one way a map is synced: [`sync_map`] converges any [`MapHandle`] to its desired
+//! entries, and [`sync_overlay`] runs it for every overlay map.
+//!
+//! Each map converges on its own: an error (a full map, a failed write or removal, an
+//! unreadable map) is logged, recorded in [`MapSyncErrors`] (the metric
+//! `skein_dataplane_sync_errors_total{map,reason}` and a line in `skein debug maps`),
+//! and neither stops the rest of that map's entries nor any other map. Removals come
+//! before additions, so a map near its capacity makes room first — except in the
+//! add-only window after a restart, when nothing is removed.
+
+use std::collections::BTreeMap;
+
+use dataplane_ebpf::overlay::{
+    EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, VtepKey, VtepValue,
+};
+use tracing::warn;
+
+use crate::{
+    dataplane::{DataplaneError, MapHandle, OverlayMaps},
+    sync_errors::{MapSyncErrors, SyncErrorReason},
+};
+
+use super::desired::DesiredMaps;
+
+/// Converges every overlay map to `desired` (removing nothing unless `removals`);
+/// returns how many entries changed.
+pub(super) fn sync_overlay(
+    maps: &mut OverlayMaps,
+    desired: &DesiredMaps,
+    removals: bool,
+    errors: &MapSyncErrors,
+) -> usize {
+    sync_tables(
+        Tables {
+            endpoints: &mut maps.endpoints,
+            ports: &mut maps.ports,
+            networks: &mut maps.networks,
+            subnets: &mut maps.subnets,
+            vteps: &mut maps.vteps,
+        },
+        desired,
+        removals,
+        errors,
+    )
+}
+
+/// The overlay's synced maps, generic so the tests can put fakes in.
+struct Tables<'a, E, P, N, S, V> {
+    endpoints: &'a mut E,
+    ports: &'a mut P,
+    networks: &'a mut N,
+    subnets: &'a mut S,
+    vteps: &'a mut V,
+}
+
+fn sync_tables<E, P, N, S, V>(
+    tables: Tables<'_, E, P, N, S, V>,
+    desired: &DesiredMaps,
+    removals: bool,
+    errors: &MapSyncErrors,
+) -> usize
+where
+    E: MapHandle<Key = EndpointKey, Value = EndpointValue>,
+    P: MapHandle<Key = u32, Value = PortValue>,
+    N: MapHandle<Key = u32, Value = NetworkValue>,
+    S: MapHandle<Key = SubnetKey, Value = u32>,
+    V: MapHandle<Key = VtepKey, Value = VtepValue>,
+{
+    sync_map(tables.endpoints, &desired.endpoints, removals, errors)
+        + sync_map(tables.ports, &desired.ports, removals, errors)
+        + sync_map(tables.networks, &desired.networks, removals, errors)
+        + sync_map(tables.subnets, &desired.subnets, removals, errors)
+        + sync_map(tables.vteps, &desired.vteps, removals, errors)
+}
+
+/// The failures of one map's pass, per reason: how many entries, and the first error.
+#[derive(Default)]
+struct Failures(BTreeMap<SyncErrorReason, (usize, String)>);
+
+impl Failures {
+    fn note(&mut self, reason: SyncErrorReason, error: &DataplaneError) {
+        let entry = self.0.entry(reason).or_insert_with(|| (0, chain(error)));
+        entry.0 += 1;
+    }
+}
+
+/// The error with its sources, `: `-separated.
+fn chain(error: &DataplaneError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        text += ": ";
+        text += &s.to_string();
+        source = s.source();
+    }
+    text
+}
+
+/// Converges `map` to `desired`: removes what `desired` lacks (only if `removals`), then
+/// writes what differs. Never stops at an error: every failure is logged (a warning
+/// with the map, the reason and how many entries failed) and recorded in `errors`
+/// once per reason and pass; a pass without failures marks the map converged. Returns
+/// how many entries changed.
+pub(crate) fn sync_map<M: MapHandle>(
+    map: &mut M,
+    desired: &BTreeMap<M::Key, M::Value>,
+    removals: bool,
+    errors: &MapSyncErrors,
+) -> usize {
+    let name = map.name();
+    let mut failures = Failures::default();
+    let current: BTreeMap<M::Key, M::Value> = match map.entries() {
+        Ok(entries) => entries.into_iter().collect(),
+        Err(error) => {
+            failures.note(SyncErrorReason::Read, &error);
+            report(name, failures, errors);
+            return 0;
+        }
+    };
+    let mut changes = 0;
+    if removals {
+        for key in current.keys().filter(|key| !desired.contains_key(key)) {
+            match map.remove(*key) {
+                Ok(_) => changes += 1,
+                Err(error) => failures.note(SyncErrorReason::Remove, &error),
+            }
+        }
+    }
+    for (key, value) in desired {
+        if current.get(key) == Some(value) {
+            continue;
+        }
+        match map.put(*key, *value) {
+            Ok(()) => changes += 1,
+            Err(error @ DataplaneError::MapFull { .. }) => {
+                failures.note(SyncErrorReason::Full, &error)
+            }
+            Err(error) => failures.note(SyncErrorReason::Write, &error),
+        }
+    }
+    report(name, failures, errors);
+    changes
+}
+
+fn report(map: &'static str, failures: Failures, errors: &MapSyncErrors) {
+    if failures.0.is_empty() {
+        errors.converged(map);
+        return;
+    }
+    for (reason, (entries, first)) in failures.0 {
+        let reason_label = reason.label();
+        warn!(map, reason = reason_label, entries, error = %first, "map did not converge");
+        errors.record(
+            map,
+            reason,
+            format!("{reason_label}: {entries} entries not synced: {first}"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Op<K> {
+        Put(K),
+        Remove(K),
+    }
+
+    /// An in-memory map with a capacity, a log of writes, and writes that can be made
+    /// to fail.
+    struct Fake<K, V> {
+        name: &'static str,
+        capacity: usize,
+        entries: BTreeMap<K, V>,
+        log: Vec<Op<K>>,
+        fail_writes: bool,
+    }
+
+    impl<K: Ord, V> Fake<K, V> {
+        fn new(name: &'static str, capacity: usize) -> Self {
+            Fake {
+                name,
+                capacity,
+                entries: BTreeMap::new(),
+                log: Vec::new(),
+                fail_writes: false,
+            }
+        }
+    }
+
+    impl<K: Copy + Ord + Debug, V: Copy + PartialEq + Debug> MapHandle for Fake<K, V> {
+        type Key = K;
+        type Value = V;
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn entries(&self) -> Result<Vec<(K, V)>, DataplaneError> {
+            Ok(self.entries.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn put(&mut self, key: K, value: V) -> Result<(), DataplaneError> {
+            self.log.push(Op::Put(key));
+            if self.fail_writes {
+                return Err(DataplaneError::Pin {
+                    what: "writing to a fake map",
+                    path: self.name.into(),
+                    source: Box::new(std::io::Error::other("injected failure")),
+                });
+            }
+            if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+                return Err(DataplaneError::MapFull {
+                    map: self.name,
+                    capacity: self.capacity as u32,
+                });
+            }
+            self.entries.insert(key, value);
+            Ok(())
+        }
+        fn remove(&mut self, key: K) -> Result<bool, DataplaneError> {
+            self.log.push(Op::Remove(key));
+            Ok(self.entries.remove(&key).is_some())
+        }
+    }
+
+    fn ep(last: u8) -> EndpointKey {
+        EndpointKey {
+            vni: 4096,
+            ip: [10, 0, 0, last],
+        }
+    }
+
+    fn value(ifindex: u32) -> EndpointValue {
+        EndpointValue {
+            host_ip: [10, 200, 0, 1],
+            ifindex,
+        }
+    }
+
+    #[test]
+    fn removals_come_first_so_a_full_map_makes_room() {
+        let errors = MapSyncErrors::default();
+        let mut map = Fake::new("OVERLAY_ENDPOINTS", 2);
+        map.entries = BTreeMap::from([(ep(1), value(0)), (ep(2), value(0))]);
+        let desired = BTreeMap::from([(ep(1), value(0)), (ep(3), value(0))]);
+        assert_eq!(sync_map(&mut map, &desired, true, &errors), 2);
+        assert_eq!(map.log, vec![Op::Remove(ep(2)), Op::Put(ep(3))]);
+        assert_eq!(
+            map.entries.keys().copied().collect::<Vec<_>>(),
+            vec![ep(1), ep(3)]
+        );
+        assert!(errors.unconverged().is_empty());
+        assert!(errors.totals().is_empty());
+    }
+
+    #[test]
+    fn the_add_only_window_removes_nothing() {
+        let errors = MapSyncErrors::default();
+        let mut map = Fake::new("OVERLAY_ENDPOINTS", 8);
+        map.entries = BTreeMap::from([(ep(2), value(0))]);
+        let desired = BTreeMap::from([(ep(3), value(0))]);
+        assert_eq!(sync_map(&mut map, &desired, false, &errors), 1);
+        assert_eq!(map.log, vec![Op::Put(ep(3))]);
+        assert!(map.entries.contains_key(&ep(2)));
+    }
+
+    #[test]
+    fn a_full_map_is_recorded_and_still_takes_updates_and_removals() {
+        let errors = MapSyncErrors::default();
+        let mut map = Fake::new("OVERLAY_ENDPOINTS", 2);
+        map.entries = BTreeMap::from([(ep(1), value(0)), (ep(2), value(0))]);
+        // ep(1) changes, ep(2) goes, ep(3) and ep(4) are new: one of them fits.
+        let desired = BTreeMap::from([(ep(1), value(7)), (ep(3), value(0)), (ep(4), value(0))]);
+        assert_eq!(sync_map(&mut map, &desired, true, &errors), 3);
+        assert_eq!(map.entries[&ep(1)], value(7));
+        assert!(!map.entries.contains_key(&ep(2)));
+        assert!(map.entries.contains_key(&ep(3)));
+        assert_eq!(
+            errors.totals(),
+            vec![("OVERLAY_ENDPOINTS", SyncErrorReason::Full, 1)]
+        );
+        let unconverged = errors.unconverged();
+        assert_eq!(unconverged.len(), 1);
+        assert!(
+            unconverged[0]
+                .1
+                .contains("full: 1 entries not synced: map OVERLAY_ENDPOINTS is full (2 entries)"),
+            "{unconverged:?}"
+        );
+        // Once it fits, the map converges and its line goes.
+        map.capacity = 3;
+        assert_eq!(sync_map(&mut map, &desired, true, &errors), 1);
+        assert!(errors.unconverged().is_empty());
+        assert_eq!(errors.totals().len(), 1);
+    }
+
+    #[test]
+    fn a_failing_write_does_not_stop_the_next_map() {
+        let errors = MapSyncErrors::default();
+        let mut endpoints = Fake::new("OVERLAY_ENDPOINTS", 8);
+        endpoints.fail_writes = true;
+        let mut ports = Fake::new("OVERLAY_PORTS", 8);
+        let mut networks = Fake::new("OVERLAY_NETWORKS", 8);
+        let mut subnets = Fake::new("OVERLAY_SUBNETS", 8);
+        let mut vteps = Fake::new("OVERLAY_VTEPS", 8);
+        let network = NetworkValue {
+            subnet: [10, 0, 0, 0],
+            prefix_len: 24,
+            gateway: [10, 0, 0, 1],
+        };
+        let desired = DesiredMaps {
+            endpoints: BTreeMap::from([(ep(2), value(7)), (ep(3), value(0))]),
+            ports: BTreeMap::from([(
+                7,
+                PortValue {
+                    vni: 4096,
+                    ip: [10, 0, 0, 2],
+                },
+            )]),
+            networks: BTreeMap::from([(4096, network)]),
+            subnets: BTreeMap::from([(SubnetKey::new([10, 0, 0, 0], 24), 4096)]),
+            vteps: BTreeMap::new(),
+        };
+        let changes = sync_tables(
+            Tables {
+                endpoints: &mut endpoints,
+                ports: &mut ports,
+                networks: &mut networks,
+                subnets: &mut subnets,
+                vteps: &mut vteps,
+            },
+            &desired,
+            true,
+            &errors,
+        );
+        assert_eq!(changes, 3);
+        // Both endpoint writes were tried, though the first failed.
+        assert_eq!(endpoints.log.len(), 2);
+        assert_eq!(networks.entries[&4096], network);
+        assert_eq!(ports.entries.len(), 1);
+        assert_eq!(subnets.entries.len(), 1);
+        assert_eq!(
+            errors.totals(),
+            vec![("OVERLAY_ENDPOINTS", SyncErrorReason::Write, 1)]
+        );
+        assert_eq!(
+            errors
+                .unconverged()
+                .into_iter()
+                .map(|(map, _)| map)
+                .collect::<Vec<_>>(),
+            vec!["OVERLAY_ENDPOINTS"]
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! Converges the kernel to the cluster's state: endpoint plumbing (namespaces, veths,
+//! attached programs) for this node's endpoints, and the overlay maps for every live
+//! endpoint, network and external VTEP of the cluster.
+//!
+//! Layout: `desired` (the maps' desired content from a snapshot: `desired_maps`),
+//! `plumbing` (this node's endpoints: `plumb`, `unplumb`, `remove_unwanted`), `maps`
+//! (`sync_map`, the one desired-vs-current sync every map goes through, and
+//! `sync_overlay`, which runs it for each overlay map); this file holds the
+//! [`Reconciler`] and its loop.
+//!
+//! Idempotent: a sync computes the desired state from a snapshot and changes only what
+//! differs, so running it twice changes nothing and running it after a restart adopts
+//! what an earlier run made. It runs on every new snapshot and every 30 s (to repair
+//! anything changed behind its back).
+
+mod desired;
+mod maps;
+mod plumbing;
+
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
+
+use anyhow::Result;
+use manager::{ops::EndpointRequest, state::Endpoint, view::ClusterView, Manager};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use crate::{
+    dataplane::{Dataplane, OverlayMaps},
+    sync_errors::MapSyncErrors,
+};
+
+use desired::desired_maps;
+pub use plumbing::netns_path;
+
+/// The hint of host-side veth names (`sk` + hash of the endpoint ID).
+pub const IFNAME_HINT: &str = "sk";
+/// Used until the cluster's MTU is known (every node publishes its underlay MTU).
+const FALLBACK_MTU: u32 = 1450;
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Keeps the kernel in step with the cluster.
+pub struct Reconciler {
+    manager: Manager,
+    /// Host-side veths attached by `--endpoint-iface`: the operator's, never removed.
+    static_ifaces: Vec<String>,
+    dataplane: Arc<std::sync::Mutex<Dataplane>>,
+    maps: std::sync::Mutex<OverlayMaps>,
+    /// Serializes syncs with the API's endpoint plumbing.
+    busy: Mutex<()>,
+    /// Until then, syncs add and update but remove nothing: right after a restart this
+    /// node does not know yet which peers are alive, and tearing down their endpoints'
+    /// entries (or local plumbing) would drop the traffic the adopted dataplane carries.
+    removals_from: std::time::Instant,
+    /// The overlay subnets the egress NAT rule was last written for.
+    egress: std::sync::Mutex<Option<Vec<ipnet::Ipv4Net>>>,
+    /// Every map's sync errors, shared with `/metrics`.
+    sync_errors: Arc<MapSyncErrors>,
+}
+
+/// How long after start the reconciler only adds: membership converges in a second or two.
+const WARMUP: Duration = Duration::from_secs(10);
+
+impl Reconciler {
+    pub fn new(
+        manager: Manager,
+        dataplane: Arc<std::sync::Mutex<Dataplane>>,
+        maps: OverlayMaps,
+        static_ifaces: Vec<String>,
+        sync_errors: Arc<MapSyncErrors>,
+    ) -> Reconciler {
+        Reconciler {
+            manager,
+            static_ifaces,
+            dataplane,
+            maps: std::sync::Mutex::new(maps),
+            busy: Mutex::new(()),
+            removals_from: std::time::Instant::now() + WARMUP,
+            egress: std::sync::Mutex::new(None),
+            sync_errors,
+        }
+    }
+
+    /// Syncs on every snapshot and every 30 s, until the manager stops.
+    pub async fn run(self: Arc<Self>) {
+        let mut views = self.manager.subscribe();
+        loop {
+            let view = views.borrow_and_update().clone();
+            if let Err(error) = self.sync(&view).await {
+                warn!(error = %format!("{error:#}"), "reconcile failed; retrying on the next change");
+            }
+            // Resync periodically, and once right after the warm-up so removals held back
+            // during it happen at once.
+            let now = std::time::Instant::now();
+            let next = if now < self.removals_from {
+                self.removals_from - now
+            } else {
+                RESYNC
+            };
+            tokio::select! {
+                changed = views.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
+    }
+
+    /// One pass: plumb this node's endpoints, remove what no entry wants, fill the maps.
+    pub async fn sync(&self, view: &ClusterView) -> Result<()> {
+        let _busy = self.busy.lock().await;
+        let mtu = view.overlay_mtu.unwrap_or(FALLBACK_MTU);
+        let mut local: BTreeMap<String, u32> = BTreeMap::new();
+        let wanted: Vec<Endpoint> = view
+            .own_endpoints()
+            .filter(|e| view.network(&e.network).is_some_and(|n| n.vni == e.vni))
+            .filter(|e| !view.endpoints.collided.iter().any(|(_, c, _)| c.id == e.id))
+            .cloned()
+            .collect();
+        for endpoint in &wanted {
+            match self.plumb_unlocked(view, endpoint, mtu).await {
+                Ok(ifindex) => {
+                    local.insert(endpoint.id.clone(), ifindex);
+                }
+                Err(error) => {
+                    warn!(endpoint = %endpoint.name, error = %format!("{error:#}"), "could not plumb an endpoint")
+                }
+            }
+        }
+        let removals = std::time::Instant::now() >= self.removals_from;
+        // Plumbing that cannot be removed must not keep the maps from converging.
+        let removed = if removals {
+            self.remove_unwanted(&wanted).await
+        } else {
+            Ok(())
+        };
+        self.sync_egress(view);
+        let desired = desired_maps(view, |e| local.get(&e.id).copied());
+        let changes = {
+            let mut maps = self.maps.lock().expect("maps lock");
+            maps::sync_overlay(&mut maps, &desired, removals, &self.sync_errors)
+        };
+        if changes > 0 {
+            debug!(changes, "overlay maps updated");
+        }
+        removed
+    }
+
+    /// Records an endpoint of this node ([`Manager::create_endpoint`]) and plumbs it at once
+    /// (`endpoint create|attach`, tasks); if the plumbing fails, the record and whatever was
+    /// made go again, so nothing is left half-made.
+    pub async fn add_endpoint(&self, request: EndpointRequest) -> Result<Endpoint> {
+        let endpoint = self.manager.create_endpoint(request).await?;
+        let view = self.manager.view();
+        let mtu = view.overlay_mtu.unwrap_or(FALLBACK_MTU);
+        if let Err(error) = self.plumb(&view, &endpoint, mtu).await {
+            let _ = self.manager.remove_endpoint(&endpoint.id).await;
+            let _ = self.unplumb(&endpoint).await;
+            return Err(error.context("plumbing the endpoint"));
+        }
+        Ok(endpoint)
+    }
+
+    /// Keeps the egress NAT rule in step with the overlay subnets (only when they change).
+    fn sync_egress(&self, view: &ClusterView) {
+        let mut subnets: Vec<ipnet::Ipv4Net> =
+            view.networks.valid.iter().map(|n| n.subnet).collect();
+        subnets.sort();
+        let mut applied = self.egress.lock().expect("egress lock");
+        if applied.as_ref() == Some(&subnets) {
+            return;
+        }
+        match crate::egress::apply(&subnets) {
+            Ok(()) => {
+                debug!(subnets = subnets.len(), "egress NAT updated");
+                *applied = Some(subnets);
+            }
+            Err(error) => warn!(error = %format!("{error:#}"), "endpoints have no egress"),
+        }
+    }
+
+    /// `skein debug maps`: every map's entries, then a line for every map that did not
+    /// converge on its latest sync, with its last error.
+    pub fn dump_maps(&self) -> Result<String> {
+        let mut out = self.maps.lock().expect("maps lock").dump();
+        for (map, error) in self.sync_errors.unconverged() {
+            let _ = writeln!(out, "not converged: {map}: {error}");
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,192 @@
+//! The one table of pinned maps: name, kernel map type, key and value size, capacity.
+//!
+//! Everything that needs to know a map reads it here: the programs take their
+//! capacities from it (and assert at compile time that their `#[map]` statics have its
+//! key/value sizes), the agent checks a pinned map against it before adopting it, and
+//! opens its typed handles by its names. Pinned maps keep their size across upgrades, so
+//! the capacities are generous; the manager bounds what it allows below them.
+
+use core::mem::size_of;
+
+use crate::{
+    counters::{Counter, COUNTER_SLOTS},
+    overlay::{
+        EndpointKey, EndpointValue, NetworkKey, NetworkValue, PortKey, PortValue, SubnetKey,
+        SubnetValue, UnderlayValue, VtepKey, VtepValue,
+    },
+};
+
+/// The kernel's map type of a pinned map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash,
+    /// Longest-prefix-match trie; its key is a `u32` prefix length and then the data.
+    LpmTrie,
+    Array,
+    PerCpuArray,
+}
+
+impl MapKind {
+    /// `==` for const contexts (the programs' compile-time checks).
+    pub const fn is(self, other: MapKind) -> bool {
+        self as u8 == other as u8
+    }
+}
+
+/// One pinned map as both sides must agree on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// The map's name in the object and its pin's name under `<bpf-dir>/maps`.
+    pub name: &'static str,
+    pub kind: MapKind,
+    /// Bytes, as the kernel reports them (an LPM trie's include the prefix length).
+    pub key_size: u32,
+    pub value_size: u32,
+    /// `max_entries`.
+    pub capacity: u32,
+}
+
+impl MapSpec {
+    /// The spec of a map from `K` to `V` (their sizes taken from the ABI types).
+    pub const fn new<K, V>(name: &'static str, kind: MapKind, capacity: u32) -> MapSpec {
+        MapSpec {
+            name,
+            kind,
+            key_size: size_of::<K>() as u32,
+            value_size: size_of::<V>() as u32,
+            capacity,
+        }
+    }
+
+    /// Whether a map of `kind` with these key and value sizes has this spec's layout.
+    pub const fn matches(&self, kind: MapKind, key_size: usize, value_size: usize) -> bool {
+        self.kind.is(kind)
+            && self.key_size as usize == key_size
+            && self.value_size as usize == value_size
+    }
+}
+
+/// Per-CPU counters of `xdp_underlay`, indexed by [`crate::counters::Verdict`].
+pub const XDP_UNDERLAY_COUNTERS: MapSpec = counters("XDP_UNDERLAY_COUNTERS");
+/// Per-CPU counters of `tc_endpoint_ingress`, indexed by [`crate::counters::Verdict`].
+pub const TC_ENDPOINT_COUNTERS: MapSpec = counters("TC_ENDPOINT_COUNTERS");
+/// Per-CPU counters of `tc_underlay_ingress`, indexed by [`crate::counters::Verdict`].
+pub const TC_UNDERLAY_COUNTERS: MapSpec = counters("TC_UNDERLAY_COUNTERS");
+
+const fn counters(name: &'static str) -> MapSpec {
+    MapSpec::new::<u32, Counter>(name, MapKind::PerCpuArray, COUNTER_SLOTS)
+}
+
+/// Every endpoint of the cluster's live nodes, by (VNI, IP).
+pub const OVERLAY_ENDPOINTS: MapSpec =
+    MapSpec::new::<EndpointKey, EndpointValue>("OVERLAY_ENDPOINTS", MapKind::Hash, 65_536);
+/// This host's endpoints, by the ifindex of their host-side veth.
+pub const OVERLAY_PORTS: MapSpec =
+    MapSpec::new::<PortKey, PortValue>("OVERLAY_PORTS", MapKind::Hash, 4_096);
+/// The cluster's networks, by VNI.
+pub const OVERLAY_NETWORKS: MapSpec =
+    MapSpec::new::<NetworkKey, NetworkValue>("OVERLAY_NETWORKS", MapKind::Hash, 4_096);
+/// External VTEPs by (VNI, prefix).
+pub const OVERLAY_VTEPS: MapSpec =
+    MapSpec::new::<VtepKey, VtepValue>("OVERLAY_VTEPS", MapKind::LpmTrie, 4_096);
+/// Every network's subnet → its VNI, so traffic to another network is dropped
+/// (isolation) rather than routed by the host. One subnet per network.
+pub const OVERLAY_SUBNETS: MapSpec = MapSpec::new::<SubnetKey, SubnetValue>(
+    "OVERLAY_SUBNETS",
+    MapKind::LpmTrie,
+    OVERLAY_NETWORKS.capacity,
+);
+/// One slot: this host's underlay.
+pub const OVERLAY_UNDERLAY: MapSpec =
+    MapSpec::new::<u32, UnderlayValue>("OVERLAY_UNDERLAY", MapKind::Array, 1);
+
+/// Every map the agent pins under `<bpf-dir>/maps`, so a restarted agent adopts them.
+pub const PINNED: &[MapSpec] = &[
+    XDP_UNDERLAY_COUNTERS,
+    TC_ENDPOINT_COUNTERS,
+    TC_UNDERLAY_COUNTERS,
+    OVERLAY_ENDPOINTS,
+    OVERLAY_PORTS,
+    OVERLAY_NETWORKS,
+    OVERLAY_VTEPS,
+    OVERLAY_UNDERLAY,
+    OVERLAY_SUBNETS,
+];
+
+/// Every counters map, with the program it counts for.
+pub const COUNTERS: &[(&str, MapSpec)] = &[
+    (crate::names::XDP_UNDERLAY, XDP_UNDERLAY_COUNTERS),
+    (crate::names::TC_ENDPOINT_INGRESS, TC_ENDPOINT_COUNTERS),
+    (crate::names::TC_UNDERLAY_INGRESS, TC_UNDERLAY_COUNTERS),
+];
+
+/// The table entry named `name`.
+pub fn by_name(name: &str) -> Option<&'static MapSpec> {
+    PINNED.iter().find(|spec| spec.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The programs' map declarations (`pinned!` in the eBPF binary, which cannot be
+    /// built for the host): each asserts its key/value sizes against this table at
+    /// compile time; this checks that every table entry is declared there once and
+    /// nothing else is.
+    const PROGRAM_MAPS: &str = include_str!("bin/skein-dataplane/maps.rs");
+
+    fn declared() -> std::vec::Vec<std::string::String> {
+        PROGRAM_MAPS
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("pinned!("))
+            .filter_map(|rest| rest.split(':').next())
+            .map(|name| name.trim().into())
+            .collect()
+    }
+
+    extern crate std;
+
+    #[test]
+    fn names_are_unique_and_every_map_is_declared_by_the_programs() {
+        let declared = declared();
+        for spec in PINNED {
+            assert_eq!(
+                PINNED.iter().filter(|s| s.name == spec.name).count(),
+                1,
+                "{}",
+                spec.name
+            );
+            assert_eq!(
+                declared.iter().filter(|d| *d == spec.name).count(),
+                1,
+                "{} declared once with pinned! in the programs' maps.rs",
+                spec.name
+            );
+        }
+        assert_eq!(declared.len(), PINNED.len(), "{declared:?}");
+        assert!(
+            PROGRAM_MAPS.matches("#[map").count() == 1,
+            "maps are declared only through pinned!"
+        );
+    }
+
+    #[test]
+    fn layouts_are_what_the_kernel_reports() {
+        // A port is a u32 ifindex → (VNI, IP).
+        assert_eq!(
+            (
+                OVERLAY_PORTS.kind,
+                OVERLAY_PORTS.key_size,
+                OVERLAY_PORTS.value_size
+            ),
+            (MapKind::Hash, 4, 8)
+        );
+        // LPM keys carry their prefix length: 4 + 8 and 4 + 4 bytes.
+        assert_eq!(OVERLAY_VTEPS.key_size, 12);
+        assert_eq!(OVERLAY_SUBNETS.key_size, 8);
+        assert_eq!(OVERLAY_ENDPOINTS.capacity, 65_536);
+        assert_eq!(by_name("OVERLAY_NETWORKS"), Some(&OVERLAY_NETWORKS));
+        assert!(OVERLAY_PORTS.matches(MapKind::Hash, 4, 8));
+        assert!(!OVERLAY_PORTS.matches(MapKind::LpmTrie, 4, 8));
+    }
+}
