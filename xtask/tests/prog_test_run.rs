@@ -7,11 +7,12 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
-use agent::dataplane::{self, test_run::test_run, Counters, OverlayMaps, PinDirs};
+use agent::dataplane::{self, Counters, OverlayMaps, PinDirs};
 use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf,
 };
+use dataplane_ebpf_test_run::test_run;
 use dataplane_ebpf::{
     counters::{Counter, Verdict},
     names,

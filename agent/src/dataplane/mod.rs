@@ -21,12 +21,12 @@
 //! overlay's maps.
 //!
 //! Layout: `links` (pinned bpf_links: adopt, attach, unpin), `overlay` ([`OverlayMaps`]),
-//! `bpffs` (mounting the pin directory's filesystem), [`test_run`] (`BPF_PROG_TEST_RUN`).
+//! `bpffs` (mounting the pin directory's filesystem). `BPF_PROG_TEST_RUN` (for the privileged
+//! tests and the packet generator) is the `dataplane-ebpf-test-run` crate.
 
 mod bpffs;
 mod links;
 mod overlay;
-pub mod test_run;
 
 use std::{
     fs, io,
