@@ -66,7 +66,8 @@ where
                 continue;
             }
         };
-        let connection = http.serve_connection(timed(stream, limits.idle_timeout), service_for(remote));
+        let connection =
+            http.serve_connection(timed(stream, limits.idle_timeout), service_for(remote));
         connections.spawn(async move {
             if let Err(error) = connection.await {
                 debug!(%error, %remote, "connection ended");
@@ -79,7 +80,10 @@ where
 }
 
 /// `stream` for hyper, with reads and writes that fail once stalled for `idle_timeout`.
-fn timed(stream: TcpStream, idle_timeout: Duration) -> TokioIo<std::pin::Pin<Box<TimeoutStream<TcpStream>>>> {
+fn timed(
+    stream: TcpStream,
+    idle_timeout: Duration,
+) -> TokioIo<std::pin::Pin<Box<TimeoutStream<TcpStream>>>> {
     let _ = stream.set_nodelay(true);
     let mut stream = TimeoutStream::new(stream);
     stream.set_read_timeout(Some(idle_timeout));

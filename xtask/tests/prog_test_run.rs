@@ -12,7 +12,6 @@ use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf,
 };
-use dataplane_ebpf_test_run::test_run;
 use dataplane_ebpf::{
     counters::{Counter, Verdict},
     names,
@@ -22,6 +21,7 @@ use dataplane_ebpf::{
         DECAP_META_MAGIC, GATEWAY_MAC, ICMP_QUOTE_LEN,
     },
 };
+use dataplane_ebpf_test_run::test_run;
 use etherparse::PacketBuilder;
 use xtask::testbed::{Host, Testbed, TestbedConfig};
 

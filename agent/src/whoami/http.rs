@@ -79,10 +79,13 @@ async fn digest(mut body: Incoming) -> Result<(u64, String), hyper::Error> {
             hasher.update(&data);
         }
     }
-    let hex = hasher.finalize().iter().fold(String::with_capacity(64), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    });
+    let hex = hasher
+        .finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
     Ok((length, hex))
 }
 

@@ -177,5 +177,4 @@ mod tests {
         };
         assert!(xdp_live_frames(fd, &[0u8; 64], &live).is_err());
     }
-
 }

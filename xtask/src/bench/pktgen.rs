@@ -858,7 +858,8 @@ mod tests {
         // SAFETY: a NUL-terminated name.
         let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
         assert_ne!(lo, 0);
-        prog.run_live(&frame, lo, 8).expect("a live-frames run on lo");
+        prog.run_live(&frame, lo, 8)
+            .expect("a live-frames run on lo");
         // The batch size only counts in live mode, where more than 256 is E2BIG.
         let too_big = LiveFrames {
             ingress_ifindex: lo,
