@@ -198,6 +198,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             counters,
             Some(manager.clone()),
             Some(peer_rpc.clone()),
+            Arc::new(crate::sync_errors::MapSyncErrors::default()),
         ));
 
         let xdp_attached_mode = dataplane.xdp_attached_mode;

@@ -5,7 +5,8 @@
 //! - [`cli`]: the `skein` command line (clap) and its entry point.
 //! - [`daemon`]: `skein agent`: wires the dataplane, metrics and shutdown together.
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
-//! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`http_server`]: the bounded hyper HTTP/1.1 server under `/metrics` and `whoami`.
+//! - [`metrics`]: `/metrics` in the OpenMetrics text format (prometheus-client).
 //! - [`peer`]: the sealed peer RPC between agents (TCP on the gossip port): remote logs.
 //! - [`tasks`]: services' tasks on this node (processes, supervision, `service` answers).
 //! - [`whoami`]: `skein whoami`, a diagnostic HTTP/UDP server to run as a task.
@@ -16,7 +17,8 @@ mod config;
 pub mod daemon;
 pub mod dataplane;
 mod egress;
-pub mod metrics;
+mod http_server;
+mod metrics;
 mod netif;
 pub mod netlink;
 pub mod output;

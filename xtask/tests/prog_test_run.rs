@@ -7,7 +7,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
-use agent::dataplane::{self, test_run::test_run, Counters, OverlayMaps, PinDirs};
+use agent::dataplane::{self, Counters, OverlayMaps, PinDirs};
 use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf,
@@ -21,6 +21,7 @@ use dataplane_ebpf::{
         DECAP_META_MAGIC, GATEWAY_MAC, ICMP_QUOTE_LEN,
     },
 };
+use dataplane_ebpf_test_run::test_run;
 use etherparse::PacketBuilder;
 use xtask::testbed::{Host, Testbed, TestbedConfig};
 

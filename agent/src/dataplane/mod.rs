@@ -23,13 +23,13 @@
 //! Layout: `links` (pinned bpf_links: the one adopt-or-attach for every kind of link,
 //! unpin), `maps` (the adoption check against the ABI's table of pinned maps, typed map
 //! handles: `MapHandle`), `overlay` ([`OverlayMaps`], `skein debug maps`), `bpffs`
-//! (mounting the pin directory's filesystem), [`test_run`] (`BPF_PROG_TEST_RUN`).
+//! (mounting the pin directory's filesystem). `BPF_PROG_TEST_RUN` (for the privileged
+//! tests and the packet generator) is the `dataplane-ebpf-test-run` crate.
 
 mod bpffs;
 mod links;
 mod maps;
 mod overlay;
-pub mod test_run;
 
 use std::{
     fs, io,

@@ -54,13 +54,14 @@ use std::{
     io,
     mem::size_of,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
+use dataplane_ebpf_test_run::{xdp_live_frames, LiveFrames};
 use serde_json::Value;
 use xtask::testbed::run_command;
 
@@ -155,12 +156,11 @@ fn fold(mut sum: u32) -> u16 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The XDP program and the live-frames test run, by the raw bpf() syscall.
+// The XDP program, loaded by the raw bpf() syscall; the live-frames test run is the shared
+// `dataplane_ebpf_test_run::xdp_live_frames`.
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const XDP_TX: u64 = 3;
 
 /// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD` (the kernel zero-fills the rest).
@@ -177,40 +177,6 @@ struct ProgLoadAttr {
     kern_version: u32,
     prog_flags: u32,
     prog_name: [u8; 16],
-}
-
-/// The `test` member of `union bpf_attr` for `BPF_PROG_TEST_RUN`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// `struct xdp_md` as `ctx_in`: only `data_end` (= frame length) and `ingress_ifindex` set.
-#[repr(C)]
-#[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
@@ -258,23 +224,12 @@ impl XdpTx {
     /// One live-frames run: `repeat` copies of `frame` as if received on `ifindex` (in the
     /// calling thread's network namespace).
     fn run_live(&self, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
-        let mut ctx = XdpMd {
-            data_end: frame.len() as u32,
+        let live = LiveFrames {
             ingress_ifindex: ifindex,
-            ..Default::default()
-        };
-        let mut attr = TestRunAttr {
-            prog_fd: self.0.as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
             repeat,
-            ctx_size_in: size_of::<XdpMd>() as u32,
-            ctx_in: &mut ctx as *mut XdpMd as u64,
-            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
             batch_size: BATCH_SIZE,
-            ..Default::default()
         };
-        bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
+        xdp_live_frames(self.0.as_fd(), frame, &live)
     }
 }
 
@@ -888,6 +843,31 @@ mod tests {
         assert_eq!(fold(sum16(&h)), 0xb861);
         h[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
         assert_eq!(fold(sum16(&h)), 0);
+    }
+
+    /// Needs root (BPF_PROG_LOAD), like every xtask test: the privileged tier.
+    #[test]
+    fn the_generator_program_runs_plain_and_in_live_frames_mode() {
+        let prog = XdpTx::load().expect("loading `r0 = XDP_TX; exit` (needs root)");
+        let frame = udp_frame(&ADDR, 40001, SINK_PORT);
+        let out = dataplane_ebpf_test_run::test_run(prog.0.as_fd(), &frame, 4).unwrap();
+        assert_eq!(out.retval, XDP_TX as u32);
+        assert_eq!(out.data_out, frame, "XDP_TX leaves the frame as it is");
+        // Live frames into this namespace's loopback: lo cannot transmit XDP frames, so the
+        // kernel drops them, but the run (flags, context, batch size) must be accepted.
+        // SAFETY: a NUL-terminated name.
+        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        assert_ne!(lo, 0);
+        prog.run_live(&frame, lo, 8)
+            .expect("a live-frames run on lo");
+        // The batch size only counts in live mode, where more than 256 is E2BIG.
+        let too_big = LiveFrames {
+            ingress_ifindex: lo,
+            repeat: 1,
+            batch_size: 257,
+        };
+        let error = xdp_live_frames(prog.0.as_fd(), &frame, &too_big).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::E2BIG), "{error}");
     }
 
     #[test]

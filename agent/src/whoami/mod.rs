@@ -1,0 +1,196 @@
+//! `skein whoami`: a diagnostic server to run as a service's task, like traefik/whoami.
+//! It tells a client which task answered: hostname (the task ID), task, service, node,
+//! the namespace's addresses and the client's address as the socket sees it, then echoes
+//! the request.
+//!
+//! - HTTP/1.1 on TCP (hyper, bounded by [`crate::http_server`]): any request gets `200 OK`
+//!   and a `text/plain` body of lines `Hostname:`, `Task:`, `Service:`, `Node:`, one `IP:`
+//!   per non-loopback IPv4 address, `RemoteAddr:`, then the request line and the headers
+//!   (names title-cased: `User-Agent`). Keep-alive and pipelining; `Connection: close` and
+//!   HTTP/1.0 honoured; a request body (`Content-Length` or chunked, of any size) is read
+//!   and dropped as it streams in. `POST /upload` ([`http::UPLOAD_PATH`]) answers the
+//!   identity, `RemoteAddr:`, then `Length:` and `SHA256:` of the body, hashed as it
+//!   streams in (never held): the routing mesh's upload test compares them. Malformed
+//!   requests (and a missing or repeated `Host`) get 400, heads over [`MAX_HEAD`] 431,
+//!   each closing the connection; a connection that sends no complete head, or stalls a
+//!   body or the response, for [`IDLE_TIMEOUT`] is closed; at most [`MAX_CONNECTIONS`]
+//!   are served at once.
+//! - UDP (`--udp`), same port ([`udp`]): each datagram is answered with the line
+//!   `Hostname: H Task: T Node: N RemoteAddr: A`, `\n`, then the payload echoed.
+//!
+//! [`Whoami::run`] takes bound sockets and a shutdown future, so tests bind port 0.
+
+mod http;
+mod identity;
+mod udp;
+
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::Args;
+use hyper::service::service_fn;
+use tokio::net::{TcpListener, UdpSocket};
+use tracing::{info, warn};
+
+use crate::http_server::{self, Limits};
+use identity::Identity;
+
+/// The largest request head (request line and headers) accepted; larger gets 431.
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
+/// How long a connection may take to send a whole request head (or stay idle between
+/// requests), or stall inside a body or a response, before it is closed.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the listen backlog.
+pub(crate) const MAX_CONNECTIONS: usize = 1024;
+
+/// `skein whoami`: answer HTTP (and UDP) with who this is.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+Every HTTP request gets 200 and text lines: Hostname, Task, Service, Node, IP (one per \
+address), RemoteAddr, then the request line and headers. Request bodies (chunked or not, \
+any size) are read and dropped.
+
+POST /upload answers Length and SHA256 of the body (hashed as it streams in, never held), \
+after the Hostname..RemoteAddr lines.
+
+With --udp, each datagram is answered with one line `Hostname: H Task: T Node: N \
+RemoteAddr: A` and the payload echoed after it.")]
+pub struct WhoamiArgs {
+    /// The TCP (and UDP) port to listen on, on all addresses.
+    #[arg(long, default_value_t = 80, env = "SKEIN_WHOAMI_PORT")]
+    pub port: u16,
+    /// Also answer UDP datagrams on the same port.
+    #[arg(long)]
+    pub udp: bool,
+}
+
+/// Entry point of `skein whoami`: listens on the port on all addresses and serves until
+/// SIGINT or SIGTERM. A current-thread runtime: one core is plenty.
+pub fn main(args: &WhoamiArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let port = args.port;
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            .await
+            .with_context(|| format!("listening on TCP port {port}"))?;
+        let udp = if args.udp {
+            Some(
+                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+                    .await
+                    .with_context(|| format!("binding UDP port {port}"))?,
+            )
+        } else {
+            None
+        };
+        let whoami = Whoami::new(Identity::from_env());
+        info!(
+            port,
+            udp = args.udp,
+            hostname = whoami.identity.hostname,
+            "whoami listening"
+        );
+        whoami.run(listener, udp, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            warn!(%error, "cannot handle SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The server: who it is and what it allows its clients.
+#[derive(Debug, Clone)]
+pub(crate) struct Whoami {
+    identity: Identity,
+    limits: Limits,
+    /// The body lines that never change, from `Hostname:` to the last `IP:`.
+    prefix: String,
+}
+
+impl Whoami {
+    pub(crate) fn new(identity: Identity) -> Whoami {
+        let mut prefix = format!(
+            "Hostname: {}\nTask: {}\nService: {}\nNode: {}\n",
+            identity.hostname, identity.task, identity.service, identity.node
+        );
+        for ip in &identity.ips {
+            prefix.push_str(&format!("IP: {ip}\n"));
+        }
+        Whoami {
+            identity,
+            limits: Limits {
+                max_connections: MAX_CONNECTIONS,
+                idle_timeout: IDLE_TIMEOUT,
+                max_head: MAX_HEAD,
+            },
+            prefix,
+        }
+    }
+
+    /// Replaces [`IDLE_TIMEOUT`] (tests).
+    #[cfg(test)]
+    fn with_idle_timeout(mut self, idle_timeout: Duration) -> Whoami {
+        self.limits.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Replaces [`MAX_CONNECTIONS`] (tests).
+    #[cfg(test)]
+    fn with_max_connections(mut self, max_connections: usize) -> Whoami {
+        self.limits.max_connections = max_connections;
+        self
+    }
+
+    /// Serves HTTP on `listener` (and UDP on `udp`) until `shutdown` resolves; open
+    /// connections are dropped then.
+    pub(crate) async fn run(
+        self,
+        listener: TcpListener,
+        udp: Option<UdpSocket>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let this = Arc::new(self);
+        let udp_loop = async {
+            match udp {
+                Some(socket) => udp::serve(&this.identity, socket).await,
+                None => std::future::pending().await,
+            }
+        };
+        let http = http_server::serve(listener, this.limits, |remote: SocketAddr| {
+            let this = this.clone();
+            service_fn(move |request| {
+                let this = this.clone();
+                async move { this.answer(remote, request).await }
+            })
+        });
+        tokio::select! {
+            () = http => {}
+            () = udp_loop => {}
+            () = shutdown => info!("whoami shutting down"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
