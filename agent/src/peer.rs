@@ -20,6 +20,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -170,17 +171,27 @@ impl Peers {
         &self.rejected
     }
 
-    /// Serves requests on `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, handler: Arc<dyn Handler>) {
+    /// Serves requests on `listener` until `shutdown` completes; then stops accepting and
+    /// waits for the exchanges in progress (each bounded by [`EXCHANGE_TIMEOUT`]).
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+        shutdown: impl Future,
+    ) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    debug!(%error, "peer accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        debug!(%error, "peer accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 debug!(%peer, "too many peer connections; closing one");
@@ -194,6 +205,9 @@ impl Peers {
                 this.serve_one(stream, peer, handler).await;
             });
         }
+        drop(listener);
+        // Every slot back: no exchange is in progress.
+        let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
     }
 
     /// One exchange on an accepted connection; returns when it is over or refused.
@@ -603,11 +617,16 @@ mod tests {
         let peers = Peers::new(&token);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(peers.clone().serve(listener, Arc::new(Echo)));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(peers.clone().serve(listener, Arc::new(Echo), stopped));
         let answer = peers.call(addr, &request()).await.unwrap();
         assert!(matches!(answer, PeerResponse::Logs(e) if e.len() == 2));
-        server.abort();
-        let _ = server.await;
+        // Shutdown drains: the server returns by itself and closes its port.
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the peer server stops on shutdown")
+            .unwrap();
         let error = peers.call(addr, &request()).await.unwrap_err();
         assert!(error.to_string().starts_with("unreachable"), "{error}");
     }

@@ -12,4 +12,4 @@ pub mod server;
 
 pub use client::call;
 pub use proto::*;
-pub use server::{bind, serve, BindError};
+pub use server::{bind, serve};

@@ -2,8 +2,10 @@
 //! Unix socket, one JSON response line back. Only the agent's own host can reach it (the
 //! socket is root-only), so it carries no authentication of its own.
 
-use std::{future::Future, pin::Pin};
+use std::{fmt, future::Future, net::Ipv4Addr, pin::Pin, time::Duration};
 
+use ipnet::Ipv4Net;
+use manager::state::{EndpointMode, Mode, PublishMode, PublishedPort, TaskState};
 use serde::{Deserialize, Serialize};
 
 /// What the CLI asks of its agent.
@@ -21,7 +23,7 @@ pub enum Request {
     /// `skein network create NAME [--subnet CIDR] [--vni N]`
     NetworkCreate {
         name: String,
-        subnet: Option<String>,
+        subnet: Option<Ipv4Net>,
         vni: Option<u32>,
     },
     /// `skein network ls`
@@ -46,12 +48,12 @@ pub enum Request {
     /// `skein network vtep add NET --underlay IP --mac MAC --cidr CIDR`
     VtepAdd {
         network: String,
-        underlay: String,
-        mac: String,
-        cidr: String,
+        underlay: Ipv4Addr,
+        mac: [u8; 6],
+        cidr: Ipv4Net,
     },
     /// `skein network vtep rm NET --cidr CIDR`
-    VtepRm { network: String, cidr: String },
+    VtepRm { network: String, cidr: Ipv4Net },
     /// `skein network vtep ls [NET]`
     VtepLs { network: Option<String> },
     /// `skein debug maps`: the dataplane's maps, human-readable.
@@ -80,26 +82,22 @@ pub enum Request {
     },
 }
 
-/// `service create`'s arguments, checked for syntax by the CLI and for meaning by the
-/// agent.
+/// `service create`'s arguments, parsed by the CLI into the manager's types; the agent
+/// checks what only it can (the command and user exist on this node, the cluster's rules).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub name: String,
-    /// `None`: global mode.
-    pub replicas: Option<u32>,
+    pub mode: Mode,
     pub network: Option<String>,
-    /// `PUBLISHED:TARGET[/PROTO]` each.
-    pub publish: Vec<String>,
-    /// `ingress` or `host`.
-    pub publish_mode: String,
-    /// `vip` or `dnsrr`.
-    pub endpoint_mode: String,
-    /// `KEY=VALUE` each.
-    pub env: Vec<String>,
+    pub publish: Vec<PublishedPort>,
+    pub publish_mode: PublishMode,
+    pub endpoint_mode: EndpointMode,
+    /// `KEY=VALUE` pairs, split.
+    pub env: Vec<(String, String)>,
     pub user: Option<String>,
     pub health_cmd: Option<String>,
-    pub health_interval_ms: u64,
-    pub restart_delay_ms: u64,
+    pub health_interval: Duration,
+    pub restart_delay: Duration,
     pub command: Vec<String>,
 }
 
@@ -176,10 +174,50 @@ pub struct TaskRow {
     pub node: String,
     pub hostname: String,
     pub ip: String,
-    /// `starting`, `running`, `unhealthy`, `exited`, `failed`, or `down` (its node is).
-    pub state: String,
+    pub state: TaskRowState,
     pub since_ms: u64,
     pub message: String,
+}
+
+/// A task's state as `service ps` shows it: the state its node reports, or `down` while
+/// its node is. Written (tables and JSON alike) as `starting`, `running`, `unhealthy`,
+/// `exited`, `failed` or `down`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum TaskRowState {
+    Reported(TaskState),
+    NodeDown,
+}
+
+impl fmt::Display for TaskRowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskRowState::Reported(state) => state.fmt(f),
+            TaskRowState::NodeDown => f.write_str("down"),
+        }
+    }
+}
+
+impl From<TaskRowState> for String {
+    fn from(state: TaskRowState) -> String {
+        state.to_string()
+    }
+}
+
+impl TryFrom<String> for TaskRowState {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<TaskRowState, String> {
+        Ok(match text.as_str() {
+            "starting" => TaskRowState::Reported(TaskState::Starting),
+            "running" => TaskRowState::Reported(TaskState::Running),
+            "unhealthy" => TaskRowState::Reported(TaskState::Unhealthy),
+            "exited" => TaskRowState::Reported(TaskState::Exited),
+            "failed" => TaskRowState::Reported(TaskState::Failed),
+            "down" => TaskRowState::NodeDown,
+            _ => return Err(format!("{text:?} is not a task state")),
+        })
+    }
 }
 
 /// Log bytes of a service's tasks.

@@ -5,9 +5,7 @@
 //!   its own UTS and mount namespaces), detached, logged, adopted after an agent restart.
 //! - [`supervisor`]: converges this node's tasks to what placement gives it.
 //! - [`status`]: `service ls`/`ps` rows and convergence, from a cluster view.
-//! - [`api`]: the agent's side of the `service` commands.
 
-pub mod api;
 pub mod process;
 pub mod status;
 pub mod supervisor;

@@ -8,7 +8,7 @@ use manager::{
     NodeId,
 };
 
-use crate::api::{ServiceRow, ServiceStatus, TaskRow};
+use crate::api::{ServiceRow, ServiceStatus, TaskRow, TaskRowState};
 
 /// The display name of a task: `web.2` (replicated), `web.<host>` (global), or
 /// `web.attached.<id>`.
@@ -102,9 +102,9 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
             hostname: hostname(view, *node),
             ip: task.ip.to_string(),
             state: if up {
-                task.state.to_string()
+                TaskRowState::Reported(task.state)
             } else {
-                "down".to_owned()
+                TaskRowState::NodeDown
             },
             since_ms: task.since_ms,
             message: task.message.clone(),
@@ -299,7 +299,7 @@ mod tests {
             .iter()
             .find(|r| r.node == down.to_string())
             .unwrap();
-        assert_eq!(row.state, "down");
+        assert_eq!(row.state, TaskRowState::NodeDown);
         assert!(!status.converged);
         assert_eq!(status.running, 2);
     }

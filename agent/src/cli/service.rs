@@ -4,15 +4,16 @@
 
 use std::{collections::BTreeMap, io::Write, path::Path, process::ExitCode, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use manager::state::PublishedPort;
+use manager::state::{service::parse_env, EndpointMode, Mode, PublishMode, PublishedPort};
 
-use crate::{
-    api::{self, Body, Request, Response, ServiceSpec, ServiceStatus},
-    cli::{non_empty, print_response, FormatArg, CLIENT_TIMEOUT},
+use super::{
+    args::{non_empty, parse_duration, FormatArg},
+    client::{self, call, print_response},
     output::{self, Format},
 };
+use crate::api::{Body, Request, Response, ServiceSpec, ServiceStatus};
 
 /// How often progress is polled.
 const POLL: Duration = Duration::from_millis(100);
@@ -81,10 +82,28 @@ pub enum PublishModeArg {
     Host,
 }
 
+impl From<PublishModeArg> for PublishMode {
+    fn from(arg: PublishModeArg) -> PublishMode {
+        match arg {
+            PublishModeArg::Ingress => PublishMode::Ingress,
+            PublishModeArg::Host => PublishMode::Host,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EndpointModeArg {
     Vip,
     Dnsrr,
+}
+
+impl From<EndpointModeArg> for EndpointMode {
+    fn from(arg: EndpointModeArg) -> EndpointMode {
+        match arg {
+            EndpointModeArg::Vip => EndpointMode::Vip,
+            EndpointModeArg::Dnsrr => EndpointMode::Dnsrr,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -121,8 +140,8 @@ pub struct ServiceCreate {
     #[arg(long, value_enum, default_value_t = EndpointModeArg::Vip)]
     pub endpoint_mode: EndpointModeArg,
     /// Set an environment variable in the tasks: KEY=VALUE. Repeatable.
-    #[arg(long, short, value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
+    #[arg(long, short, value_parser = parse_env_var, value_name = "KEY=VALUE")]
+    pub env: Vec<(String, String)>,
     /// Run the command as this user: NAME, UID or UID:GID [default: root].
     #[arg(long, short, value_parser = non_empty("a user"))]
     pub user: Option<String>,
@@ -155,6 +174,10 @@ fn parse_publish(value: &str) -> Result<PublishedPort, String> {
     value.parse().map_err(|e| format!("{e}"))
 }
 
+fn parse_env_var(value: &str) -> Result<(String, String), String> {
+    parse_env(value).map_err(|e| format!("{e}"))
+}
+
 fn parse_scale(value: &str) -> Result<(String, u32), String> {
     let (name, replicas) = value
         .split_once('=')
@@ -165,112 +188,82 @@ fn parse_scale(value: &str) -> Result<(String, u32), String> {
     Ok((name.to_owned(), parse_replicas(replicas)?))
 }
 
-/// `500ms`, `5s`, `2m`, `1h`; a bare number is seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let bad = || format!("{value:?} is not a duration; write it like 500ms, 5s, 2m or 1h");
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "ms" => number,
-        "" | "s" => number.checked_mul(1000).ok_or_else(bad)?,
-        "m" => number.checked_mul(60_000).ok_or_else(bad)?,
-        "h" => number.checked_mul(3_600_000).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    Ok(Duration::from_millis(ms))
+impl ServiceCommand {
+    /// Runs a `service` command against the agent on `socket`.
+    pub(super) fn run(self, socket: &Path) -> Result<ExitCode> {
+        client::runtime()?.block_on(run(self, socket))
+    }
 }
 
-/// Runs a `service` command against the agent on `socket`.
-pub fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        match command {
-            ServiceCommand::Create(create) => {
-                if create.replicas.is_some() && create.mode == ModeArg::Global {
-                    bail!("--replicas cannot be combined with --mode global");
-                }
-                let spec = ServiceSpec {
-                    name: create.name.clone(),
-                    replicas: match create.mode {
-                        ModeArg::Replicated => Some(create.replicas.unwrap_or(1)),
-                        ModeArg::Global => None,
+async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
+    match command {
+        ServiceCommand::Create(create) => {
+            if create.replicas.is_some() && create.mode == ModeArg::Global {
+                bail!("--replicas cannot be combined with --mode global");
+            }
+            let spec = ServiceSpec {
+                name: create.name.clone(),
+                mode: match create.mode {
+                    ModeArg::Replicated => Mode::Replicated {
+                        replicas: create.replicas.unwrap_or(1),
                     },
-                    network: create.network,
-                    publish: create.publish.iter().map(|p| p.to_string()).collect(),
-                    publish_mode: match create.publish_mode {
-                        PublishModeArg::Ingress => "ingress",
-                        PublishModeArg::Host => "host",
-                    }
-                    .to_owned(),
-                    endpoint_mode: match create.endpoint_mode {
-                        EndpointModeArg::Vip => "vip",
-                        EndpointModeArg::Dnsrr => "dnsrr",
-                    }
-                    .to_owned(),
-                    env: create.env,
-                    user: create.user,
-                    health_cmd: create.health_cmd,
-                    health_interval_ms: millis(create.health_interval),
-                    restart_delay_ms: millis(create.restart_delay),
-                    command: create.command,
-                };
-                let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
-                println!("{}", status.service.name);
-                follow_progress(socket, &create.name, &create.wait).await
-            }
-            ServiceCommand::Scale {
-                target: (name, replicas),
-                wait,
-            } => {
-                expect_status(
-                    call(
-                        socket,
-                        &Request::ServiceScale {
-                            name: name.clone(),
-                            replicas,
-                        },
-                    )
-                    .await?,
-                )?;
-                println!("{name} scaled to {replicas}");
-                follow_progress(socket, &name, &wait).await
-            }
-            ServiceCommand::Logs { name, follow } => logs(socket, &name, follow).await,
-            ServiceCommand::Ls(f) => {
-                print_response(call(socket, &Request::ServiceLs).await?, f.format)
-            }
-            ServiceCommand::Ps { name, format } => print_response(
-                call(socket, &Request::ServicePs { name }).await?,
-                format.format,
-            ),
-            ServiceCommand::Inspect { name } => print_response(
-                call(socket, &Request::ServiceInspect { name }).await?,
-                Format::Table,
-            ),
-            ServiceCommand::Rm { name } => print_response(
-                call(socket, &Request::ServiceRm { name }).await?,
-                Format::Table,
-            ),
-            ServiceCommand::Attach { name, netns } => print_response(
-                call(socket, &Request::ServiceAttach { name, netns }).await?,
-                Format::Table,
-            ),
+                    ModeArg::Global => Mode::Global,
+                },
+                network: create.network,
+                publish: create.publish,
+                publish_mode: create.publish_mode.into(),
+                endpoint_mode: create.endpoint_mode.into(),
+                env: create.env,
+                user: create.user,
+                health_cmd: create.health_cmd,
+                health_interval: create.health_interval,
+                restart_delay: create.restart_delay,
+                command: create.command,
+            };
+            let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
+            println!("{}", status.service.name);
+            follow_progress(socket, &create.name, &create.wait).await
         }
-    })
+        ServiceCommand::Scale {
+            target: (name, replicas),
+            wait,
+        } => {
+            expect_status(
+                call(
+                    socket,
+                    &Request::ServiceScale {
+                        name: name.clone(),
+                        replicas,
+                    },
+                )
+                .await?,
+            )?;
+            println!("{name} scaled to {replicas}");
+            follow_progress(socket, &name, &wait).await
+        }
+        ServiceCommand::Logs { name, follow } => logs(socket, &name, follow).await,
+        ServiceCommand::Ls(f) => print_response(call(socket, &Request::ServiceLs).await?, f.format),
+        ServiceCommand::Ps { name, format } => print_response(
+            call(socket, &Request::ServicePs { name }).await?,
+            format.format,
+        ),
+        ServiceCommand::Inspect { name } => print_response(
+            call(socket, &Request::ServiceInspect { name }).await?,
+            Format::Table,
+        ),
+        ServiceCommand::Rm { name } => print_response(
+            call(socket, &Request::ServiceRm { name }).await?,
+            Format::Table,
+        ),
+        ServiceCommand::Attach { name, netns } => print_response(
+            call(socket, &Request::ServiceAttach { name, netns }).await?,
+            Format::Table,
+        ),
+    }
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-async fn call(socket: &Path, request: &Request) -> Result<Response> {
-    api::call(socket, request, CLIENT_TIMEOUT).await
 }
 
 fn expect_status(response: Response) -> Result<ServiceStatus> {
@@ -394,17 +387,6 @@ async fn logs(socket: &Path, name: &str, follow: bool) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        for bad in ["", "s", "5x", "-1s", "1.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn replicas_and_scale() {

@@ -93,7 +93,7 @@ pub fn service_tasks(status: &ServiceStatus, format: Format, now_ms: u64) -> Str
                 printable(&row.id),
                 printable(&row.hostname),
                 printable(&row.ip),
-                printable(&row.state),
+                row.state.to_string(),
                 age(row.since_ms, now_ms),
                 printable(&row.message),
             ]
