@@ -78,11 +78,7 @@ mod tests {
     fn counts_accumulate_and_convergence_clears_only_the_message() {
         let errors = MapSyncErrors::default();
         errors.record("OVERLAY_ENDPOINTS", SyncErrorReason::Full, "full".into());
-        errors.record(
-            "OVERLAY_ENDPOINTS",
-            SyncErrorReason::Full,
-            "still full".into(),
-        );
+        errors.record("OVERLAY_ENDPOINTS", SyncErrorReason::Full, "still full".into());
         errors.record("OVERLAY_PORTS", SyncErrorReason::Remove, "gone".into());
         assert_eq!(
             errors.totals(),
