@@ -138,7 +138,7 @@ pub fn render_gossip(
 }
 
 /// Renders the peer RPC's refused frames by reason.
-pub fn render_peer(rejected: &RejectedCounters) -> String {
+pub(crate) fn render_peer(rejected: &RejectedCounters) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -155,7 +155,7 @@ pub fn render_peer(rejected: &RejectedCounters) -> String {
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     counters: Arc<Mutex<Counters>>,
     manager: Option<Manager>,

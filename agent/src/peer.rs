@@ -47,15 +47,15 @@ use tracing::debug;
 use crate::api::LogEntry;
 
 /// How long a client waits for the TCP connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long either side waits for the rest of an exchange once connected.
-pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections a server serves at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// What one agent asks another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerRequest {
+pub(crate) enum PeerRequest {
     /// New log bytes of the answering node's tasks of `service` (the one created at
     /// `created`: not an earlier service of the same name), from the given byte offsets
     /// (per task ID; absent: from the start).
@@ -68,7 +68,7 @@ pub enum PeerRequest {
 
 /// The answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerResponse {
+pub(crate) enum PeerResponse {
     /// The node's tasks of the service, as the local `service logs` answers them.
     Logs(Vec<LogEntry>),
     /// The request was understood but could not be answered; one sentence.
@@ -77,7 +77,7 @@ pub enum PeerResponse {
 
 /// Answers peer requests; the daemon's implementation reads the task log files. Called on
 /// a blocking thread, so it may do file I/O.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     fn handle(&self, request: PeerRequest) -> PeerResponse;
 }
 
@@ -85,7 +85,7 @@ pub trait Handler: Send + Sync + 'static {
 /// frame layer's reasons, and `malformed` for an authentic frame whose payload does not
 /// decode.
 #[derive(Debug, Default)]
-pub struct RejectedCounters {
+pub(crate) struct RejectedCounters {
     frame: [AtomicU64; FrameReject::ALL.len()],
     malformed: AtomicU64,
 }
@@ -106,7 +106,7 @@ impl RejectedCounters {
     }
 
     /// `(reason, count)` for every reason, zeros included.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         FrameReject::ALL
             .iter()
             .zip(self.frame.iter())
@@ -117,7 +117,8 @@ impl RejectedCounters {
             )))
     }
 
-    pub fn total(&self) -> u64 {
+    #[cfg(test)]
+    fn total(&self) -> u64 {
         self.iter().map(|(_, n)| n).sum()
     }
 }
@@ -130,7 +131,7 @@ enum Rejected {
 
 /// Why a call failed; its `Display` is the reason the CLI shows next to the task.
 #[derive(Debug)]
-pub enum CallError {
+pub(crate) enum CallError {
     Connect(std::io::Error),
     ConnectTimeout,
     Timeout,
@@ -154,20 +155,20 @@ impl fmt::Display for CallError {
 
 /// The peer RPC endpoint of one agent: the cluster's frame key and the rejection counters,
 /// shared by the server and the client.
-pub struct Peers {
+pub(crate) struct Peers {
     key: FrameKey,
     rejected: RejectedCounters,
 }
 
 impl Peers {
-    pub fn new(token: &JoinToken) -> Arc<Peers> {
+    pub(crate) fn new(token: &JoinToken) -> Arc<Peers> {
         Arc::new(Peers {
             key: FrameKey::new(&token.key, token.cluster_id),
             rejected: RejectedCounters::default(),
         })
     }
 
-    pub fn rejected(&self) -> &RejectedCounters {
+    pub(crate) fn rejected(&self) -> &RejectedCounters {
         &self.rejected
     }
 
@@ -211,8 +212,12 @@ impl Peers {
     }
 
     /// One exchange on an accepted connection; returns when it is over or refused.
-    pub async fn serve_one<S>(&self, mut stream: S, peer: SocketAddr, handler: Arc<dyn Handler>)
-    where
+    pub(crate) async fn serve_one<S>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        handler: Arc<dyn Handler>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let request = tokio::time::timeout(EXCHANGE_TIMEOUT, read_frame(&mut stream)).await;
@@ -260,7 +265,7 @@ impl Peers {
     }
 
     /// Asks the node at `addr` (its gossip address; the same port over TCP).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         addr: SocketAddr,
         request: &PeerRequest,
@@ -276,7 +281,7 @@ impl Peers {
     }
 
     /// Sends `request` on `stream` and reads its answer.
-    pub async fn exchange<S>(
+    pub(crate) async fn exchange<S>(
         &self,
         mut stream: S,
         request: &PeerRequest,

@@ -248,6 +248,46 @@ mod tests {
             (&["network", "rm", " "], "empty"),
             (&["node", "rm", ""], "empty"),
             (&["node", "ls", "--format", "yaml"], "yaml"),
+            // One duration grammar: a unit is required everywhere.
+            (
+                &["service", "create", "web", "--timeout", "10", "--", "true"],
+                "'10'",
+            ),
+            (
+                &[
+                    "service",
+                    "create",
+                    "web",
+                    "--health-interval",
+                    "5x",
+                    "--",
+                    "true",
+                ],
+                "'5x'",
+            ),
+            (
+                &["service", "create", "web", "-p", "80", "--", "true"],
+                "80",
+            ),
+            (
+                &["service", "create", "web", "-e", "=x", "--", "true"],
+                "=x",
+            ),
+            (
+                &[
+                    "network",
+                    "vtep",
+                    "add",
+                    "n",
+                    "--underlay",
+                    "10.0.0.1",
+                    "--mac",
+                    "zz",
+                    "--cidr",
+                    "10.1.0.0/24",
+                ],
+                "zz",
+            ),
         ] {
             let error = parse(args).unwrap_err();
             assert!(error.to_string().contains(needle), "{args:?}: {error}");
@@ -347,6 +387,45 @@ mod tests {
         let cli = parse(&["--socket", socket.to_str().unwrap(), "node", "ls"]).unwrap();
         let error = format!("{:#}", run(cli).unwrap_err());
         assert!(error.starts_with("no agent is listening on"), "{error}");
+    }
+
+    #[test]
+    fn service_create_parses_into_the_manager_types() {
+        use manager::state::{Protocol, PublishedPort};
+        let Command::Service(ServiceCommand::Create(create)) = parse(&[
+            "service",
+            "create",
+            "web",
+            "-p",
+            "8080:80/udp",
+            "-e",
+            "A=b=c",
+            "--health-interval",
+            "300ms",
+            "--restart-delay",
+            "2s",
+            "--",
+            "sleep",
+            "1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not service create");
+        };
+        assert_eq!(
+            create.publish,
+            [PublishedPort {
+                published: 8080,
+                target: 80,
+                protocol: Protocol::Udp
+            }]
+        );
+        assert_eq!(create.env, [("A".to_owned(), "b=c".to_owned())]);
+        assert_eq!(create.health_interval, Duration::from_millis(300));
+        assert_eq!(create.restart_delay, Duration::from_secs(2));
+        assert_eq!(create.wait.timeout, Duration::from_secs(60));
+        assert_eq!(create.command, ["sleep", "1"]);
     }
 
     #[test]

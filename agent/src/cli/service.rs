@@ -21,7 +21,7 @@ const POLL: Duration = Duration::from_millis(100);
 const STABLE: Duration = Duration::from_secs(1);
 
 #[derive(Subcommand, Debug)]
-pub enum ServiceCommand {
+pub(crate) enum ServiceCommand {
     /// Create a service: N replicas (or one per node) of a command, each in its own
     /// network namespace on the service's overlay network.
     Create(ServiceCreate),
@@ -71,13 +71,13 @@ pub enum ServiceCommand {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
+pub(crate) enum ModeArg {
     Replicated,
     Global,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PublishModeArg {
+pub(crate) enum PublishModeArg {
     Ingress,
     Host,
 }
@@ -92,7 +92,7 @@ impl From<PublishModeArg> for PublishMode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EndpointModeArg {
+pub(crate) enum EndpointModeArg {
     Vip,
     Dnsrr,
 }
@@ -107,59 +107,59 @@ impl From<EndpointModeArg> for EndpointMode {
 }
 
 #[derive(Args, Debug)]
-pub struct WaitArgs {
+pub(crate) struct WaitArgs {
     /// Give up waiting for the service to converge after this long (exit status 1).
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Do not wait for the service to converge.
     #[arg(long, short)]
-    pub detach: bool,
+    pub(crate) detach: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct ServiceCreate {
+pub(crate) struct ServiceCreate {
     /// The service's name (a DNS label: lowercase letters, digits, '-').
     #[arg(value_parser = non_empty("a service name"))]
-    pub name: String,
+    pub(crate) name: String,
     /// Number of tasks (replicated mode).
     #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true, value_name = "N")]
-    pub replicas: Option<u32>,
+    pub(crate) replicas: Option<u32>,
     /// `replicated` (--replicas tasks, default 1) or `global` (one task per node).
     #[arg(long, value_enum, default_value_t = ModeArg::Replicated)]
-    pub mode: ModeArg,
+    pub(crate) mode: ModeArg,
     /// The overlay network of its tasks [default: `skein`, created on first use].
     #[arg(long, value_parser = non_empty("a network name"))]
-    pub network: Option<String>,
+    pub(crate) network: Option<String>,
     /// Publish a port: PUBLISHED:TARGET[/tcp|/udp]. Repeatable.
     #[arg(long, short, value_parser = parse_publish, value_name = "PUBLISHED:TARGET[/PROTO]")]
-    pub publish: Vec<PublishedPort>,
+    pub(crate) publish: Vec<PublishedPort>,
     /// Where published ports open: on every node (`ingress`) or only where a task runs.
     #[arg(long, value_enum, default_value_t = PublishModeArg::Ingress)]
-    pub publish_mode: PublishModeArg,
+    pub(crate) publish_mode: PublishModeArg,
     /// `vip`: a virtual IP balanced across the tasks; `dnsrr`: DNS answers task IPs.
     #[arg(long, value_enum, default_value_t = EndpointModeArg::Vip)]
-    pub endpoint_mode: EndpointModeArg,
+    pub(crate) endpoint_mode: EndpointModeArg,
     /// Set an environment variable in the tasks: KEY=VALUE. Repeatable.
     #[arg(long, short, value_parser = parse_env_var, value_name = "KEY=VALUE")]
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// Run the command as this user: NAME, UID or UID:GID [default: root].
     #[arg(long, short, value_parser = non_empty("a user"))]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// A command run in each task (with `sh -c`); the task counts as running only while it
     /// succeeds.
     #[arg(long, value_parser = non_empty("a health command"))]
-    pub health_cmd: Option<String>,
+    pub(crate) health_cmd: Option<String>,
     /// Time between health checks.
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
-    pub health_interval: Duration,
+    pub(crate) health_interval: Duration,
     /// Time to wait before restarting a task whose process exited.
     #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
-    pub restart_delay: Duration,
+    pub(crate) restart_delay: Duration,
     #[command(flatten)]
-    pub wait: WaitArgs,
+    pub(crate) wait: WaitArgs,
     /// The command each task runs, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
 }
 
 fn parse_replicas(value: &str) -> Result<u32, String> {

@@ -56,7 +56,7 @@ pub fn layout(view: &ClusterView, service: &Service, now_ms: u64) -> Layout {
 
 /// `service ps`: every task of the service (those of down nodes shown as `down`), and
 /// whether it has converged.
-pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceStatus {
+pub(crate) fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceStatus {
     let layout = layout(view, service, now_ms);
     let attached = attached_count(view, service) as usize;
     let mut rows = Vec::new();
@@ -126,7 +126,7 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
 }
 
 /// `service ls`: one row, counted as `service ps` counts.
-pub fn service_row(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceRow {
+pub(crate) fn service_row(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceRow {
     service_status(view, service, now_ms).service
 }
 
