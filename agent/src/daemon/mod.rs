@@ -28,6 +28,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{Context, Result};
 use manager::{state::NodeInfo, Manager};
 use tokio::{
+    net::TcpListener,
     sync::{watch, Mutex},
     task::JoinHandle,
 };
@@ -44,7 +45,7 @@ use self::{
 use crate::{
     api,
     config::AgentConfig,
-    dataplane::{Attachments, Dataplane, OverlayMaps, PinDirs},
+    dataplane::{AttachedMode, Attachments, Dataplane, OverlayMaps, PinDirs},
     metrics,
     peer::Peers,
     reconcile::Reconciler,
@@ -116,37 +117,20 @@ fn start(
         info,
     } = member;
     let mut background = Background::new();
-
-    let want = Attachments {
-        underlay_iface: config.underlay_iface.clone(),
-        underlay_ip: underlay.advertise,
-        xdp_mode: config.xdp_mode,
-        endpoint_ifaces: config.endpoint_ifaces.clone(),
-    };
     let pins = PinDirs::new(&config.bpf_dir);
-    let mut dataplane = Dataplane::start(pins.clone(), &want).context("starting the dataplane")?;
-    if let Some(logger) = dataplane.take_logger() {
-        background.spawn(
-            "forward_ebpf_logs",
-            loops::forward_ebpf_logs(logger, background.shutdown()),
-        );
-    }
-    let counters = Arc::new(Mutex::new(dataplane.counters()?));
     let peers = Peers::new(&token);
     let metrics_addr = listeners.metrics.local_addr()?;
-    background.spawn_until_shutdown(
-        "metrics",
-        metrics::serve(
-            listeners.metrics,
-            counters,
-            Some(manager.clone()),
-            Some(peers.clone()),
-        ),
-    );
 
-    let xdp_attached_mode = dataplane.xdp_attached_mode;
+    let (dataplane, xdp_attached_mode) = start_dataplane(
+        config,
+        underlay,
+        &pins,
+        &manager,
+        &peers,
+        listeners.metrics,
+        &mut background,
+    )?;
     let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
-    let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
     let reconciler = Arc::new(Reconciler::new(
         manager.clone(),
         dataplane.clone(),
@@ -161,25 +145,13 @@ fn start(
         config.resource_prefix.clone(),
     ));
     background.spawn_until_shutdown("supervisor", supervisor.clone().run());
-    let mut shutdown = background.shutdown();
-    background.spawn(
-        "peer_server",
-        peers.clone().serve(
-            listeners.peer,
-            Arc::new(PeerHandler {
-                manager: manager.clone(),
-                supervisor: supervisor.clone(),
-            }),
-            async move { shutdown.requested().await },
-        ),
-    );
-    background.spawn(
-        "remember_peers",
-        loops::remember_peers(manager.clone(), state.clone(), background.shutdown()),
-    );
-    background.spawn(
-        "save_store",
-        loops::save_store(manager.clone(), state.clone(), background.shutdown()),
+    start_cluster_loops(
+        &manager,
+        &state,
+        &peers,
+        &supervisor,
+        listeners.peer,
+        &mut background,
     );
 
     let (stop, _) = watch::channel(Stop::Running);
@@ -219,6 +191,76 @@ fn start(
         api,
         stop,
     })
+}
+
+/// Loads and attaches (or adopts) the programs, forwards their logs and serves their
+/// counters on `/metrics`.
+fn start_dataplane(
+    config: &AgentConfig,
+    underlay: Underlay,
+    pins: &PinDirs,
+    manager: &Manager,
+    peers: &Arc<Peers>,
+    metrics_listener: TcpListener,
+    background: &mut Background,
+) -> Result<(Arc<std::sync::Mutex<Dataplane>>, AttachedMode)> {
+    let want = Attachments {
+        underlay_iface: config.underlay_iface.clone(),
+        underlay_ip: underlay.advertise,
+        xdp_mode: config.xdp_mode,
+        endpoint_ifaces: config.endpoint_ifaces.clone(),
+    };
+    let mut dataplane = Dataplane::start(pins.clone(), &want).context("starting the dataplane")?;
+    if let Some(logger) = dataplane.take_logger() {
+        background.spawn(
+            "forward_ebpf_logs",
+            loops::forward_ebpf_logs(logger, background.shutdown()),
+        );
+    }
+    let counters = Arc::new(Mutex::new(dataplane.counters()?));
+    background.spawn_until_shutdown(
+        "metrics",
+        metrics::serve(
+            metrics_listener,
+            counters,
+            Some(manager.clone()),
+            Some(peers.clone()),
+        ),
+    );
+    let mode = dataplane.xdp_attached_mode;
+    Ok((Arc::new(std::sync::Mutex::new(dataplane)), mode))
+}
+
+/// The loops that talk to the cluster: the peer RPC server and the state directory's
+/// peers list and store copy.
+fn start_cluster_loops(
+    manager: &Manager,
+    state: &Arc<StateDir>,
+    peers: &Arc<Peers>,
+    supervisor: &Arc<Supervisor>,
+    peer_listener: TcpListener,
+    background: &mut Background,
+) {
+    let mut shutdown = background.shutdown();
+    background.spawn(
+        "peer_server",
+        peers.clone().serve(
+            peer_listener,
+            Arc::new(PeerHandler {
+                manager: manager.clone(),
+                supervisor: supervisor.clone(),
+            }),
+            async move { shutdown.requested().await },
+        ),
+    );
+    background.spawn(
+        "remember_peers",
+        loops::remember_peers(manager.clone(), state.clone(), background.shutdown()),
+    );
+    background.spawn(
+        "save_store",
+        loops::save_store(manager.clone(), state.clone(), background.shutdown()),
+    );
 }
 
 impl Agent {
