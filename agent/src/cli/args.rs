@@ -41,12 +41,6 @@ pub(super) fn parse_mac(value: &str) -> Result<[u8; 6], String> {
         .ok_or_else(|| "not a MAC address; write it like 02:42:ac:11:00:02".to_owned())
 }
 
-/// A duration with its unit (`500ms`, `10s`, `2m`, `1h`): the one grammar of the agent's
-/// flags and config file.
-pub(super) fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
-    crate::config::parse_duration(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use manager::state::{service::parse_env, EndpointMode, Mode, PublishMode, PublishedPort};
 
 use super::{
-    args::{non_empty, parse_duration, FormatArg},
+    args::{non_empty, FormatArg},
     client::{self, call, print_response},
     output::{self, Format},
 };
@@ -109,7 +109,7 @@ impl From<EndpointModeArg> for EndpointMode {
 #[derive(Args, Debug)]
 pub(crate) struct WaitArgs {
     /// Give up waiting for the service to converge after this long (exit status 1).
-    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "60s", value_name = "DURATION")]
     pub(crate) timeout: Duration,
     /// Do not wait for the service to converge.
     #[arg(long, short)]
@@ -150,10 +150,10 @@ pub(crate) struct ServiceCreate {
     #[arg(long, value_parser = non_empty("a health command"))]
     pub(crate) health_cmd: Option<String>,
     /// Time between health checks.
-    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "5s", value_name = "DURATION")]
     pub(crate) health_interval: Duration,
     /// Time to wait before restarting a task whose process exited.
-    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "1s", value_name = "DURATION")]
     pub(crate) restart_delay: Duration,
     #[command(flatten)]
     pub(crate) wait: WaitArgs,
@@ -262,10 +262,6 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn expect_status(response: Response) -> Result<ServiceStatus> {
     match response {
         Response::Ok {
@@ -305,8 +301,9 @@ async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<E
         if status.converged {
             // Like `docker service create`: a task that crashes right after starting must
             // not count, so every task must have run for a while.
-            let stable_for = output::now_ms().saturating_sub(status.running_since_ms);
-            if stable_for >= millis(STABLE) {
+            let stable_for =
+                Duration::from_millis(output::now_ms().saturating_sub(status.running_since_ms));
+            if stable_for >= STABLE {
                 println!("verify: Service converged");
                 return Ok(ExitCode::SUCCESS);
             }
