@@ -2,36 +2,38 @@
 //! command line.
 //!
 //! Layout:
-//! - [`cli`]: the `skein` command line (clap) and its entry point.
-//! - [`daemon`]: `skein agent`: wires the dataplane, metrics and shutdown together.
+//! - [`cli`]: the `skein` command line (clap), one file per command group, and its entry
+//!   point [`cli::main`].
+//! - `api`: the local API between the CLI and its agent (messages, Unix-socket server
+//!   and client).
+//! - `daemon`: `skein agent`: the composition root, the API's handlers per object, the
+//!   background loops and the draining shutdown.
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
-//! - [`http_server`]: the bounded hyper HTTP/1.1 server under `/metrics` and `whoami`.
-//! - [`metrics`]: `/metrics` in the OpenMetrics text format (prometheus-client).
-//! - [`peer`]: the sealed peer RPC between agents (TCP on the gossip port): remote logs.
-//! - [`tasks`]: services' tasks on this node (processes, supervision, `service` answers).
+//! - `http_server`: the bounded hyper HTTP/1.1 server under `/metrics` and `whoami`.
+//! - `metrics`: `/metrics` in the OpenMetrics text format (prometheus-client).
+//! - `peer`: the sealed peer RPC between agents (TCP on the gossip port): remote logs.
+//! - [`tasks`]: services' tasks on this node (processes, supervision, status).
 //! - [`whoami`]: `skein whoami`, a diagnostic HTTP/UDP server to run as a task.
 
-pub mod api;
+mod api;
 pub mod cli;
 mod config;
-pub mod daemon;
+mod daemon;
 pub mod dataplane;
 mod egress;
 mod http_server;
 mod metrics;
 mod netif;
 pub mod netlink;
-pub mod output;
-pub mod peer;
+mod peer;
 pub mod reconcile;
-pub mod service_cli;
-pub mod state_dir;
+mod state_dir;
 pub mod sync_errors;
 pub mod tasks;
 pub mod whoami;
 
 /// A fresh random ID: 12 hex digits, like Docker's short IDs (endpoints, tasks).
-pub fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     use std::hash::{BuildHasher, RandomState};
     let value = RandomState::new().hash_one(std::time::SystemTime::now());
     format!("{:012x}", value & 0xffff_ffff_ffff)

@@ -20,6 +20,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -46,15 +47,15 @@ use tracing::debug;
 use crate::api::LogEntry;
 
 /// How long a client waits for the TCP connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long either side waits for the rest of an exchange once connected.
-pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections a server serves at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// What one agent asks another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerRequest {
+pub(crate) enum PeerRequest {
     /// New log bytes of the answering node's tasks of `service` (the one created at
     /// `created`: not an earlier service of the same name), from the given byte offsets
     /// (per task ID; absent: from the start).
@@ -67,7 +68,7 @@ pub enum PeerRequest {
 
 /// The answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerResponse {
+pub(crate) enum PeerResponse {
     /// The node's tasks of the service, as the local `service logs` answers them.
     Logs(Vec<LogEntry>),
     /// The request was understood but could not be answered; one sentence.
@@ -76,7 +77,7 @@ pub enum PeerResponse {
 
 /// Answers peer requests; the daemon's implementation reads the task log files. Called on
 /// a blocking thread, so it may do file I/O.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     fn handle(&self, request: PeerRequest) -> PeerResponse;
 }
 
@@ -84,7 +85,7 @@ pub trait Handler: Send + Sync + 'static {
 /// frame layer's reasons, and `malformed` for an authentic frame whose payload does not
 /// decode.
 #[derive(Debug, Default)]
-pub struct RejectedCounters {
+pub(crate) struct RejectedCounters {
     frame: [AtomicU64; FrameReject::ALL.len()],
     malformed: AtomicU64,
 }
@@ -105,7 +106,7 @@ impl RejectedCounters {
     }
 
     /// `(reason, count)` for every reason, zeros included.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         FrameReject::ALL
             .iter()
             .zip(self.frame.iter())
@@ -116,7 +117,8 @@ impl RejectedCounters {
             )))
     }
 
-    pub fn total(&self) -> u64 {
+    #[cfg(test)]
+    fn total(&self) -> u64 {
         self.iter().map(|(_, n)| n).sum()
     }
 }
@@ -129,7 +131,7 @@ enum Rejected {
 
 /// Why a call failed; its `Display` is the reason the CLI shows next to the task.
 #[derive(Debug)]
-pub enum CallError {
+pub(crate) enum CallError {
     Connect(std::io::Error),
     ConnectTimeout,
     Timeout,
@@ -153,34 +155,44 @@ impl fmt::Display for CallError {
 
 /// The peer RPC endpoint of one agent: the cluster's frame key and the rejection counters,
 /// shared by the server and the client.
-pub struct Peers {
+pub(crate) struct Peers {
     key: FrameKey,
     rejected: RejectedCounters,
 }
 
 impl Peers {
-    pub fn new(token: &JoinToken) -> Arc<Peers> {
+    pub(crate) fn new(token: &JoinToken) -> Arc<Peers> {
         Arc::new(Peers {
             key: FrameKey::new(&token.key, token.cluster_id),
             rejected: RejectedCounters::default(),
         })
     }
 
-    pub fn rejected(&self) -> &RejectedCounters {
+    pub(crate) fn rejected(&self) -> &RejectedCounters {
         &self.rejected
     }
 
-    /// Serves requests on `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, handler: Arc<dyn Handler>) {
+    /// Serves requests on `listener` until `shutdown` completes; then stops accepting and
+    /// waits for the exchanges in progress (each bounded by [`EXCHANGE_TIMEOUT`]).
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+        shutdown: impl Future,
+    ) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    debug!(%error, "peer accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        debug!(%error, "peer accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 debug!(%peer, "too many peer connections; closing one");
@@ -194,11 +206,18 @@ impl Peers {
                 this.serve_one(stream, peer, handler).await;
             });
         }
+        drop(listener);
+        // Every slot back: no exchange is in progress.
+        let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
     }
 
     /// One exchange on an accepted connection; returns when it is over or refused.
-    pub async fn serve_one<S>(&self, mut stream: S, peer: SocketAddr, handler: Arc<dyn Handler>)
-    where
+    pub(crate) async fn serve_one<S>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        handler: Arc<dyn Handler>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let request = tokio::time::timeout(EXCHANGE_TIMEOUT, read_frame(&mut stream)).await;
@@ -246,7 +265,7 @@ impl Peers {
     }
 
     /// Asks the node at `addr` (its gossip address; the same port over TCP).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         addr: SocketAddr,
         request: &PeerRequest,
@@ -262,7 +281,7 @@ impl Peers {
     }
 
     /// Sends `request` on `stream` and reads its answer.
-    pub async fn exchange<S>(
+    pub(crate) async fn exchange<S>(
         &self,
         mut stream: S,
         request: &PeerRequest,
@@ -603,11 +622,16 @@ mod tests {
         let peers = Peers::new(&token);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(peers.clone().serve(listener, Arc::new(Echo)));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(peers.clone().serve(listener, Arc::new(Echo), stopped));
         let answer = peers.call(addr, &request()).await.unwrap();
         assert!(matches!(answer, PeerResponse::Logs(e) if e.len() == 2));
-        server.abort();
-        let _ = server.await;
+        // Shutdown drains: the server returns by itself and closes its port.
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the peer server stops on shutdown")
+            .unwrap();
         let error = peers.call(addr, &request()).await.unwrap_err();
         assert!(error.to_string().starts_with("unreachable"), "{error}");
     }

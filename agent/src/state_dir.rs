@@ -18,13 +18,13 @@ use manager::{
     NodeId,
 };
 
-pub struct StateDir {
+pub(crate) struct StateDir {
     dir: PathBuf,
 }
 
 impl StateDir {
     /// Opens (creating, 0700) the state directory.
-    pub fn open(dir: &Path) -> Result<StateDir> {
+    pub(crate) fn open(dir: &Path) -> Result<StateDir> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -37,12 +37,12 @@ impl StateDir {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 
     /// This node's ID, created on first start.
-    pub fn node_id(&self) -> Result<NodeId> {
+    pub(crate) fn node_id(&self) -> Result<NodeId> {
         let path = self.dir.join("node-id");
         match fs::read_to_string(&path) {
             Ok(text) => text.trim().parse().with_context(|| {
@@ -62,7 +62,7 @@ impl StateDir {
 
     /// A boot epoch greater than every previous one: the wall clock in ms, or the last
     /// epoch + 1 if the clock went backwards.
-    pub fn next_boot_epoch(&self, wall_ms: u64) -> Result<u64> {
+    pub(crate) fn next_boot_epoch(&self, wall_ms: u64) -> Result<u64> {
         let path = self.dir.join("boot-epoch");
         let previous = fs::read_to_string(&path)
             .ok()
@@ -74,7 +74,7 @@ impl StateDir {
     }
 
     /// The cluster this node belongs to, if any.
-    pub fn token(&self) -> Result<Option<JoinToken>> {
+    pub(crate) fn token(&self) -> Result<Option<JoinToken>> {
         let path = self.dir.join("join-token");
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text.trim().parse().with_context(|| {
@@ -88,7 +88,7 @@ impl StateDir {
         }
     }
 
-    pub fn save_token(&self, token: &JoinToken) -> Result<()> {
+    pub(crate) fn save_token(&self, token: &JoinToken) -> Result<()> {
         write_atomically(
             &self.dir.join("join-token"),
             token.to_string().as_bytes(),
@@ -97,20 +97,20 @@ impl StateDir {
     }
 
     /// The cluster state this node saved last (empty if none).
-    pub fn records(&self) -> Vec<Record> {
+    pub(crate) fn records(&self) -> Vec<Record> {
         fs::read(self.dir.join("store"))
             .map(|bytes| decode_snapshot(&bytes))
             .unwrap_or_default()
     }
 
     /// Saves the cluster state, so a restart (even of every node at once) keeps it.
-    pub fn save_records(&self, records: &[Record]) -> Result<()> {
+    pub(crate) fn save_records(&self, records: &[Record]) -> Result<()> {
         write_atomically(&self.dir.join("store"), &encode_snapshot(records), 0o600)
     }
 
     /// Forgets the cluster (after `skein agent leave`): the next start needs `--init` or
     /// `--join` again. The node ID stays.
-    pub fn forget_cluster(&self) -> Result<()> {
+    pub(crate) fn forget_cluster(&self) -> Result<()> {
         for file in ["join-token", "peers", "store"] {
             match fs::remove_file(self.dir.join(file)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -124,7 +124,7 @@ impl StateDir {
     }
 
     /// Peers seen alive last time, to rejoin through after a restart.
-    pub fn peers(&self) -> Vec<SocketAddr> {
+    pub(crate) fn peers(&self) -> Vec<SocketAddr> {
         fs::read_to_string(self.dir.join("peers"))
             .unwrap_or_default()
             .lines()
@@ -132,7 +132,7 @@ impl StateDir {
             .collect()
     }
 
-    pub fn save_peers(&self, peers: &[SocketAddr]) -> Result<()> {
+    pub(crate) fn save_peers(&self, peers: &[SocketAddr]) -> Result<()> {
         let text: String = peers.iter().map(|p| format!("{p}\n")).collect();
         write_atomically(&self.dir.join("peers"), text.as_bytes(), 0o600)
     }
@@ -156,7 +156,7 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 }
 
 /// Which cluster to be in, from the flags and what the state directory remembers.
-pub enum Membership {
+pub(crate) enum Membership {
     /// `--init` on a fresh node: a new cluster.
     Create(JoinToken),
     /// Join (or rejoin) through these seeds.
@@ -176,7 +176,7 @@ pub enum Membership {
 }
 
 /// Decides the membership; refuses to silently move a node between clusters.
-pub fn membership(
+pub(crate) fn membership(
     state: &StateDir,
     init: bool,
     join: &[String],

@@ -15,7 +15,7 @@ const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Sends `request` to the agent listening on `path` and returns its answer, waiting at
 /// most `timeout` for the whole exchange. Errors are one sentence for the user.
-pub async fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response> {
+pub(crate) async fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response> {
     tokio::time::timeout(timeout, exchange(path, request))
         .await
         .map_err(|_| {

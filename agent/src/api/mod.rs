@@ -6,10 +6,10 @@
 //! - [`server`]: [`bind`] the socket, [`serve`] it (the agent's side).
 //! - [`client`]: [`call`] (the CLI's side).
 
-pub mod client;
-pub mod proto;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod proto;
+pub(crate) mod server;
 
-pub use client::call;
-pub use proto::*;
-pub use server::{bind, serve, BindError};
+pub(crate) use client::call;
+pub(crate) use proto::*;
+pub(crate) use server::{bind, serve};

@@ -2,14 +2,16 @@
 //! Unix socket, one JSON response line back. Only the agent's own host can reach it (the
 //! socket is root-only), so it carries no authentication of its own.
 
-use std::{future::Future, pin::Pin};
+use std::{fmt, future::Future, net::Ipv4Addr, pin::Pin, time::Duration};
 
+use ipnet::Ipv4Net;
+use manager::state::{EndpointMode, Mode, PublishMode, PublishedPort, TaskState};
 use serde::{Deserialize, Serialize};
 
 /// What the CLI asks of its agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
+pub(crate) enum Request {
     /// `skein node ls`
     NodeLs,
     /// `skein node rm ID`: forget a down node (a full ID or a unique prefix).
@@ -21,7 +23,7 @@ pub enum Request {
     /// `skein network create NAME [--subnet CIDR] [--vni N]`
     NetworkCreate {
         name: String,
-        subnet: Option<String>,
+        subnet: Option<Ipv4Net>,
         vni: Option<u32>,
     },
     /// `skein network ls`
@@ -46,12 +48,12 @@ pub enum Request {
     /// `skein network vtep add NET --underlay IP --mac MAC --cidr CIDR`
     VtepAdd {
         network: String,
-        underlay: String,
-        mac: String,
-        cidr: String,
+        underlay: Ipv4Addr,
+        mac: [u8; 6],
+        cidr: Ipv4Net,
     },
     /// `skein network vtep rm NET --cidr CIDR`
-    VtepRm { network: String, cidr: String },
+    VtepRm { network: String, cidr: Ipv4Net },
     /// `skein network vtep ls [NET]`
     VtepLs { network: Option<String> },
     /// `skein debug maps`: the dataplane's maps, human-readable.
@@ -80,40 +82,36 @@ pub enum Request {
     },
 }
 
-/// `service create`'s arguments, checked for syntax by the CLI and for meaning by the
-/// agent.
+/// `service create`'s arguments, parsed by the CLI into the manager's types; the agent
+/// checks what only it can (the command and user exist on this node, the cluster's rules).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    pub name: String,
-    /// `None`: global mode.
-    pub replicas: Option<u32>,
-    pub network: Option<String>,
-    /// `PUBLISHED:TARGET[/PROTO]` each.
-    pub publish: Vec<String>,
-    /// `ingress` or `host`.
-    pub publish_mode: String,
-    /// `vip` or `dnsrr`.
-    pub endpoint_mode: String,
-    /// `KEY=VALUE` each.
-    pub env: Vec<String>,
-    pub user: Option<String>,
-    pub health_cmd: Option<String>,
-    pub health_interval_ms: u64,
-    pub restart_delay_ms: u64,
-    pub command: Vec<String>,
+pub(crate) struct ServiceSpec {
+    pub(crate) name: String,
+    pub(crate) mode: Mode,
+    pub(crate) network: Option<String>,
+    pub(crate) publish: Vec<PublishedPort>,
+    pub(crate) publish_mode: PublishMode,
+    pub(crate) endpoint_mode: EndpointMode,
+    /// `KEY=VALUE` pairs, split.
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) user: Option<String>,
+    pub(crate) health_cmd: Option<String>,
+    pub(crate) health_interval: Duration,
+    pub(crate) restart_delay: Duration,
+    pub(crate) command: Vec<String>,
 }
 
 /// The agent's answer: a result or one clear sentence saying what went wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum Response {
+pub(crate) enum Response {
     Ok { body: Body },
     Error { message: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
-pub enum Body {
+pub(crate) enum Body {
     Nodes(Vec<NodeRow>),
     Networks(Vec<NetworkRow>),
     Network(NetworkRow),
@@ -134,125 +132,220 @@ pub enum Body {
 
 /// One row of `service ls`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRow {
-    pub name: String,
+pub(crate) struct ServiceRow {
+    pub(crate) name: String,
     /// `replicated` or `global`.
-    pub mode: String,
+    pub(crate) mode: String,
     /// Tasks running (healthy) / tasks wanted, like `3/3`.
-    pub replicas: String,
-    pub network: String,
+    pub(crate) replicas: String,
+    pub(crate) network: String,
     /// `PUBLISHED:TARGET/PROTO` each.
-    pub ports: Vec<String>,
+    pub(crate) ports: Vec<String>,
     /// The VIP, or empty in dnsrr mode.
-    pub vip: String,
-    pub command: String,
+    pub(crate) vip: String,
+    pub(crate) command: String,
 }
 
 /// `service ps`: the service's tasks and whether it has converged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceStatus {
-    pub service: ServiceRow,
-    pub tasks: Vec<TaskRow>,
+pub(crate) struct ServiceStatus {
+    pub(crate) service: ServiceRow,
+    pub(crate) tasks: Vec<TaskRow>,
     /// Tasks the service wants now.
-    pub wanted: usize,
+    pub(crate) wanted: usize,
     /// Tasks running and healthy, on the node placement gives them.
-    pub running: usize,
+    pub(crate) running: usize,
     /// `running == wanted` and no task is left over.
-    pub converged: bool,
+    pub(crate) converged: bool,
     /// When the last of the running tasks started running (ms since the Unix epoch, its
     /// node's clock): `service create` waits until they have all run for a while.
-    pub running_since_ms: u64,
+    pub(crate) running_since_ms: u64,
     /// Why tasks are not running, one line each (failed starts, exits).
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 /// One row of `service ps`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskRow {
+pub(crate) struct TaskRow {
     /// `web.1` (replicated), `web.<node>` (global) or `web.attached-<id>`.
-    pub name: String,
-    pub id: String,
+    pub(crate) name: String,
+    pub(crate) id: String,
     /// Full node ID; tables show the hostname.
-    pub node: String,
-    pub hostname: String,
-    pub ip: String,
-    /// `starting`, `running`, `unhealthy`, `exited`, `failed`, or `down` (its node is).
-    pub state: String,
-    pub since_ms: u64,
-    pub message: String,
+    pub(crate) node: String,
+    pub(crate) hostname: String,
+    pub(crate) ip: String,
+    pub(crate) state: TaskRowState,
+    pub(crate) since_ms: u64,
+    pub(crate) message: String,
+}
+
+/// A task's state as `service ps` shows it: the state its node reports, or `down` while
+/// its node is. Written (tables and JSON alike) as `starting`, `running`, `unhealthy`,
+/// `exited`, `failed` or `down`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub(crate) enum TaskRowState {
+    Reported(TaskState),
+    NodeDown,
+}
+
+impl fmt::Display for TaskRowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskRowState::Reported(state) => state.fmt(f),
+            TaskRowState::NodeDown => f.write_str("down"),
+        }
+    }
+}
+
+impl From<TaskRowState> for String {
+    fn from(state: TaskRowState) -> String {
+        state.to_string()
+    }
+}
+
+impl TryFrom<String> for TaskRowState {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<TaskRowState, String> {
+        Ok(match text.as_str() {
+            "starting" => TaskRowState::Reported(TaskState::Starting),
+            "running" => TaskRowState::Reported(TaskState::Running),
+            "unhealthy" => TaskRowState::Reported(TaskState::Unhealthy),
+            "exited" => TaskRowState::Reported(TaskState::Exited),
+            "failed" => TaskRowState::Reported(TaskState::Failed),
+            "down" => TaskRowState::NodeDown,
+            _ => return Err(format!("{text:?} is not a task state")),
+        })
+    }
 }
 
 /// Log bytes of a service's tasks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogChunk {
+pub(crate) struct LogChunk {
     /// Per task: its name, ID and the new bytes (lossy UTF-8).
-    pub entries: Vec<LogEntry>,
+    pub(crate) entries: Vec<LogEntry>,
     /// Tasks whose output could not be read, with why: `web.2 on host2: node is down`.
-    pub elsewhere: Vec<String>,
+    pub(crate) elsewhere: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogEntry {
-    pub task: String,
-    pub id: String,
-    pub text: String,
+pub(crate) struct LogEntry {
+    pub(crate) task: String,
+    pub(crate) id: String,
+    pub(crate) text: String,
     /// Where the next read starts.
-    pub next: u64,
+    pub(crate) next: u64,
 }
 
 /// One row of `endpoint ls`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointRow {
-    pub id: String,
-    pub name: String,
-    pub network: String,
-    pub ip: String,
+pub(crate) struct EndpointRow {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) network: String,
+    pub(crate) ip: String,
     /// Short ID of the node it runs on.
-    pub node: String,
+    pub(crate) node: String,
     /// The namespace on that node.
-    pub netns: String,
+    pub(crate) netns: String,
     /// `ready`, `down` (its node is down) or `collided` (lost its address; reallocating).
-    pub status: String,
+    pub(crate) status: String,
 }
 
 /// One row of `network vtep ls`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VtepRow {
-    pub network: String,
-    pub cidr: String,
-    pub underlay: String,
-    pub mac: String,
+pub(crate) struct VtepRow {
+    pub(crate) network: String,
+    pub(crate) cidr: String,
+    pub(crate) underlay: String,
+    pub(crate) mac: String,
 }
 
 /// One row of `node ls`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRow {
+pub(crate) struct NodeRow {
     /// Full node ID (32 hex digits); tables show the first 12.
-    pub id: String,
-    pub hostname: String,
+    pub(crate) id: String,
+    pub(crate) hostname: String,
     /// Gossip address `IP:PORT`.
-    pub address: String,
+    pub(crate) address: String,
     /// `ready` or `down`.
-    pub status: String,
+    pub(crate) status: String,
     /// Whether this is the node the CLI talks to.
-    pub is_self: bool,
+    pub(crate) is_self: bool,
     /// When the node's agent started (ms since the Unix epoch); 0 if unknown.
-    pub started_at_ms: u64,
+    pub(crate) started_at_ms: u64,
 }
 
 /// One row of `network ls`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkRow {
-    pub name: String,
-    pub subnet: String,
-    pub vni: u32,
+pub(crate) struct NetworkRow {
+    pub(crate) name: String,
+    pub(crate) subnet: String,
+    pub(crate) vni: u32,
     /// Short ID of the node that created it.
-    pub created_by: String,
-    pub created_at_ms: u64,
+    pub(crate) created_by: String,
+    pub(crate) created_at_ms: u64,
 }
 
 /// What the API server calls for each request; the daemon implements it on top of the
 /// manager.
-pub trait Backend: Send + Sync + 'static {
+pub(crate) trait Backend: Send + Sync + 'static {
     fn handle(&self, request: Request) -> Pin<Box<dyn Future<Output = Response> + Send + '_>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_states_are_written_as_the_cli_always_showed_them() {
+        for (state, text) in [
+            (TaskRowState::Reported(TaskState::Running), "running"),
+            (TaskRowState::Reported(TaskState::Failed), "failed"),
+            (TaskRowState::NodeDown, "down"),
+        ] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<TaskRowState>(&json).unwrap(), state);
+            assert_eq!(state.to_string(), text);
+        }
+        assert!(serde_json::from_str::<TaskRowState>("\"asleep\"").is_err());
+    }
+
+    #[test]
+    fn typed_requests_survive_the_wire() {
+        let requests = [
+            Request::ServiceCreate(ServiceSpec {
+                name: "web".into(),
+                mode: Mode::Replicated { replicas: 3 },
+                network: None,
+                publish: vec!["8080:80/udp".parse().unwrap()],
+                publish_mode: PublishMode::Host,
+                endpoint_mode: EndpointMode::Dnsrr,
+                env: vec![("A".into(), "b".into())],
+                user: None,
+                health_cmd: Some("true".into()),
+                health_interval: Duration::from_millis(300),
+                restart_delay: Duration::from_secs(1),
+                command: vec!["sleep".into(), "1".into()],
+            }),
+            Request::VtepAdd {
+                network: "n".into(),
+                underlay: Ipv4Addr::new(10, 0, 0, 9),
+                mac: [2, 0, 0, 0, 0, 1],
+                cidr: "10.1.2.0/24".parse().unwrap(),
+            },
+            Request::NetworkCreate {
+                name: "n".into(),
+                subnet: Some("10.10.0.0/24".parse().unwrap()),
+                vni: None,
+            },
+        ];
+        for request in requests {
+            let line = serde_json::to_string(&request).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
+        }
+    }
 }

@@ -33,16 +33,16 @@ use tracing::{debug, warn};
 use super::{Backend, Request, Response};
 
 /// Longest request line accepted, without its newline.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// A connection that sends no complete request for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After shutdown, how long requests being handled may take to finish and be answered
 /// (e.g. the answer to `skein agent leave`, which triggers the shutdown).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the API socket could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum BindError {
+pub(crate) enum BindError {
     #[error("another agent is already listening on {}; stop it first, or give this one its own --socket", .path.display())]
     InUse { path: PathBuf },
     #[error("{} exists and is not a socket; remove it, or choose another --socket", .path.display())]
@@ -78,7 +78,7 @@ pub enum BindError {
 /// one a live agent answers on is not.
 ///
 /// Must be called from within a Tokio runtime (like [`UnixListener::bind`]).
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, BindError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -205,7 +205,11 @@ fn remove_if_stale(path: &Path) -> Result<(), BindError> {
 /// Serves the API on `listener` until `shutdown` completes, each connection on its own
 /// task. Then it stops accepting, closes idle connections, gives requests in progress
 /// a few seconds to be answered, and removes the socket file.
-pub async fn serve(listener: UnixListener, backend: Arc<dyn Backend>, shutdown: impl Future) {
+pub(crate) async fn serve(
+    listener: UnixListener,
+    backend: Arc<dyn Backend>,
+    shutdown: impl Future,
+) {
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);

@@ -10,9 +10,7 @@
 //!   plans and applies their actions (endpoints, records, processes).
 //! - [`status`]: `service ls`/`ps` rows and convergence, from a cluster view (the tasks
 //!   of a service come from [`manager::view::ClusterView::tasks_of`]).
-//! - [`api`]: the agent's side of the `service` commands.
 
-pub mod api;
 mod plan;
 pub(crate) mod process;
 pub(crate) mod status;

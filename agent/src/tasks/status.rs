@@ -8,7 +8,7 @@ use manager::{
     NodeId,
 };
 
-use crate::api::{ServiceRow, ServiceStatus, TaskRow};
+use crate::api::{ServiceRow, ServiceStatus, TaskRow, TaskRowState};
 
 /// The display name of a task: `web.2` (replicated), `web.<host>` (global), or
 /// `web.attached.<id>`.
@@ -52,7 +52,7 @@ pub fn layout(view: &ClusterView, service: &Service, now_ms: u64) -> Layout {
 
 /// `service ps`: every task of the service (those of down nodes shown as `down`), and
 /// whether it has converged.
-pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceStatus {
+pub(crate) fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceStatus {
     let layout = layout(view, service, now_ms);
     let attached = attached_count(view, service) as usize;
     let mut rows = Vec::new();
@@ -94,9 +94,9 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
             hostname: hostname(view, *node),
             ip: task.ip.to_string(),
             state: if up {
-                task.state.to_string()
+                TaskRowState::Reported(task.state)
             } else {
-                "down".to_owned()
+                TaskRowState::NodeDown
             },
             since_ms: task.since_ms,
             message: task.message.clone(),
@@ -118,7 +118,7 @@ pub fn service_status(view: &ClusterView, service: &Service, now_ms: u64) -> Ser
 }
 
 /// `service ls`: one row, counted as `service ps` counts.
-pub fn service_row(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceRow {
+pub(crate) fn service_row(view: &ClusterView, service: &Service, now_ms: u64) -> ServiceRow {
     service_status(view, service, now_ms).service
 }
 
@@ -291,7 +291,7 @@ mod tests {
             .iter()
             .find(|r| r.node == down.to_string())
             .unwrap();
-        assert_eq!(row.state, "down");
+        assert_eq!(row.state, TaskRowState::NodeDown);
         assert!(!status.converged);
         assert_eq!(status.running, 2);
     }

@@ -4,15 +4,16 @@
 
 use std::{collections::BTreeMap, io::Write, path::Path, process::ExitCode, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use manager::state::PublishedPort;
+use manager::state::{service::parse_env, EndpointMode, Mode, PublishMode, PublishedPort};
 
-use crate::{
-    api::{self, Body, Request, Response, ServiceSpec, ServiceStatus},
-    cli::{non_empty, print_response, FormatArg, CLIENT_TIMEOUT},
+use super::{
+    args::{non_empty, FormatArg},
+    client::{self, call, print_response},
     output::{self, Format},
 };
+use crate::api::{Body, Request, Response, ServiceSpec, ServiceStatus};
 
 /// How often progress is polled.
 const POLL: Duration = Duration::from_millis(100);
@@ -20,7 +21,7 @@ const POLL: Duration = Duration::from_millis(100);
 const STABLE: Duration = Duration::from_secs(1);
 
 #[derive(Subcommand, Debug)]
-pub enum ServiceCommand {
+pub(crate) enum ServiceCommand {
     /// Create a service: N replicas (or one per node) of a command, each in its own
     /// network namespace on the service's overlay network.
     Create(ServiceCreate),
@@ -70,77 +71,95 @@ pub enum ServiceCommand {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
+pub(crate) enum ModeArg {
     Replicated,
     Global,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PublishModeArg {
+pub(crate) enum PublishModeArg {
     Ingress,
     Host,
 }
 
+impl From<PublishModeArg> for PublishMode {
+    fn from(arg: PublishModeArg) -> PublishMode {
+        match arg {
+            PublishModeArg::Ingress => PublishMode::Ingress,
+            PublishModeArg::Host => PublishMode::Host,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EndpointModeArg {
+pub(crate) enum EndpointModeArg {
     Vip,
     Dnsrr,
 }
 
-#[derive(Args, Debug)]
-pub struct WaitArgs {
-    /// Give up waiting for the service to converge after this long (exit status 1).
-    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
-    pub timeout: Duration,
-    /// Do not wait for the service to converge.
-    #[arg(long, short)]
-    pub detach: bool,
+impl From<EndpointModeArg> for EndpointMode {
+    fn from(arg: EndpointModeArg) -> EndpointMode {
+        match arg {
+            EndpointModeArg::Vip => EndpointMode::Vip,
+            EndpointModeArg::Dnsrr => EndpointMode::Dnsrr,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
-pub struct ServiceCreate {
+pub(crate) struct WaitArgs {
+    /// Give up waiting for the service to converge after this long (exit status 1).
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub(crate) timeout: Duration,
+    /// Do not wait for the service to converge.
+    #[arg(long, short)]
+    pub(crate) detach: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ServiceCreate {
     /// The service's name (a DNS label: lowercase letters, digits, '-').
     #[arg(value_parser = non_empty("a service name"))]
-    pub name: String,
+    pub(crate) name: String,
     /// Number of tasks (replicated mode).
     #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true, value_name = "N")]
-    pub replicas: Option<u32>,
+    pub(crate) replicas: Option<u32>,
     /// `replicated` (--replicas tasks, default 1) or `global` (one task per node).
     #[arg(long, value_enum, default_value_t = ModeArg::Replicated)]
-    pub mode: ModeArg,
+    pub(crate) mode: ModeArg,
     /// The overlay network of its tasks [default: `skein`, created on first use].
     #[arg(long, value_parser = non_empty("a network name"))]
-    pub network: Option<String>,
+    pub(crate) network: Option<String>,
     /// Publish a port: PUBLISHED:TARGET[/tcp|/udp]. Repeatable.
     #[arg(long, short, value_parser = parse_publish, value_name = "PUBLISHED:TARGET[/PROTO]")]
-    pub publish: Vec<PublishedPort>,
+    pub(crate) publish: Vec<PublishedPort>,
     /// Where published ports open: on every node (`ingress`) or only where a task runs.
     #[arg(long, value_enum, default_value_t = PublishModeArg::Ingress)]
-    pub publish_mode: PublishModeArg,
+    pub(crate) publish_mode: PublishModeArg,
     /// `vip`: a virtual IP balanced across the tasks; `dnsrr`: DNS answers task IPs.
     #[arg(long, value_enum, default_value_t = EndpointModeArg::Vip)]
-    pub endpoint_mode: EndpointModeArg,
+    pub(crate) endpoint_mode: EndpointModeArg,
     /// Set an environment variable in the tasks: KEY=VALUE. Repeatable.
-    #[arg(long, short, value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
+    #[arg(long, short, value_parser = parse_env_var, value_name = "KEY=VALUE")]
+    pub(crate) env: Vec<(String, String)>,
     /// Run the command as this user: NAME, UID or UID:GID [default: root].
     #[arg(long, short, value_parser = non_empty("a user"))]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// A command run in each task (with `sh -c`); the task counts as running only while it
     /// succeeds.
     #[arg(long, value_parser = non_empty("a health command"))]
-    pub health_cmd: Option<String>,
+    pub(crate) health_cmd: Option<String>,
     /// Time between health checks.
-    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
-    pub health_interval: Duration,
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub(crate) health_interval: Duration,
     /// Time to wait before restarting a task whose process exited.
-    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
-    pub restart_delay: Duration,
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub(crate) restart_delay: Duration,
     #[command(flatten)]
-    pub wait: WaitArgs,
+    pub(crate) wait: WaitArgs,
     /// The command each task runs, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
 }
 
 fn parse_replicas(value: &str) -> Result<u32, String> {
@@ -155,6 +174,10 @@ fn parse_publish(value: &str) -> Result<PublishedPort, String> {
     value.parse().map_err(|e| format!("{e}"))
 }
 
+fn parse_env_var(value: &str) -> Result<(String, String), String> {
+    parse_env(value).map_err(|e| format!("{e}"))
+}
+
 fn parse_scale(value: &str) -> Result<(String, u32), String> {
     let (name, replicas) = value
         .split_once('=')
@@ -165,112 +188,78 @@ fn parse_scale(value: &str) -> Result<(String, u32), String> {
     Ok((name.to_owned(), parse_replicas(replicas)?))
 }
 
-/// `500ms`, `5s`, `2m`, `1h`; a bare number is seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let bad = || format!("{value:?} is not a duration; write it like 500ms, 5s, 2m or 1h");
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "ms" => number,
-        "" | "s" => number.checked_mul(1000).ok_or_else(bad)?,
-        "m" => number.checked_mul(60_000).ok_or_else(bad)?,
-        "h" => number.checked_mul(3_600_000).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    Ok(Duration::from_millis(ms))
+impl ServiceCommand {
+    /// Runs a `service` command against the agent on `socket`.
+    pub(super) fn run(self, socket: &Path) -> Result<ExitCode> {
+        client::runtime()?.block_on(run(self, socket))
+    }
 }
 
-/// Runs a `service` command against the agent on `socket`.
-pub fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        match command {
-            ServiceCommand::Create(create) => {
-                if create.replicas.is_some() && create.mode == ModeArg::Global {
-                    bail!("--replicas cannot be combined with --mode global");
-                }
-                let spec = ServiceSpec {
-                    name: create.name.clone(),
-                    replicas: match create.mode {
-                        ModeArg::Replicated => Some(create.replicas.unwrap_or(1)),
-                        ModeArg::Global => None,
+async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
+    match command {
+        ServiceCommand::Create(create) => {
+            if create.replicas.is_some() && create.mode == ModeArg::Global {
+                bail!("--replicas cannot be combined with --mode global");
+            }
+            let spec = ServiceSpec {
+                name: create.name.clone(),
+                mode: match create.mode {
+                    ModeArg::Replicated => Mode::Replicated {
+                        replicas: create.replicas.unwrap_or(1),
                     },
-                    network: create.network,
-                    publish: create.publish.iter().map(|p| p.to_string()).collect(),
-                    publish_mode: match create.publish_mode {
-                        PublishModeArg::Ingress => "ingress",
-                        PublishModeArg::Host => "host",
-                    }
-                    .to_owned(),
-                    endpoint_mode: match create.endpoint_mode {
-                        EndpointModeArg::Vip => "vip",
-                        EndpointModeArg::Dnsrr => "dnsrr",
-                    }
-                    .to_owned(),
-                    env: create.env,
-                    user: create.user,
-                    health_cmd: create.health_cmd,
-                    health_interval_ms: millis(create.health_interval),
-                    restart_delay_ms: millis(create.restart_delay),
-                    command: create.command,
-                };
-                let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
-                println!("{}", status.service.name);
-                follow_progress(socket, &create.name, &create.wait).await
-            }
-            ServiceCommand::Scale {
-                target: (name, replicas),
-                wait,
-            } => {
-                expect_status(
-                    call(
-                        socket,
-                        &Request::ServiceScale {
-                            name: name.clone(),
-                            replicas,
-                        },
-                    )
-                    .await?,
-                )?;
-                println!("{name} scaled to {replicas}");
-                follow_progress(socket, &name, &wait).await
-            }
-            ServiceCommand::Logs { name, follow } => logs(socket, &name, follow).await,
-            ServiceCommand::Ls(f) => {
-                print_response(call(socket, &Request::ServiceLs).await?, f.format)
-            }
-            ServiceCommand::Ps { name, format } => print_response(
-                call(socket, &Request::ServicePs { name }).await?,
-                format.format,
-            ),
-            ServiceCommand::Inspect { name } => print_response(
-                call(socket, &Request::ServiceInspect { name }).await?,
-                Format::Table,
-            ),
-            ServiceCommand::Rm { name } => print_response(
-                call(socket, &Request::ServiceRm { name }).await?,
-                Format::Table,
-            ),
-            ServiceCommand::Attach { name, netns } => print_response(
-                call(socket, &Request::ServiceAttach { name, netns }).await?,
-                Format::Table,
-            ),
+                    ModeArg::Global => Mode::Global,
+                },
+                network: create.network,
+                publish: create.publish,
+                publish_mode: create.publish_mode.into(),
+                endpoint_mode: create.endpoint_mode.into(),
+                env: create.env,
+                user: create.user,
+                health_cmd: create.health_cmd,
+                health_interval: create.health_interval,
+                restart_delay: create.restart_delay,
+                command: create.command,
+            };
+            let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
+            println!("{}", status.service.name);
+            follow_progress(socket, &create.name, &create.wait).await
         }
-    })
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-async fn call(socket: &Path, request: &Request) -> Result<Response> {
-    api::call(socket, request, CLIENT_TIMEOUT).await
+        ServiceCommand::Scale {
+            target: (name, replicas),
+            wait,
+        } => {
+            expect_status(
+                call(
+                    socket,
+                    &Request::ServiceScale {
+                        name: name.clone(),
+                        replicas,
+                    },
+                )
+                .await?,
+            )?;
+            println!("{name} scaled to {replicas}");
+            follow_progress(socket, &name, &wait).await
+        }
+        ServiceCommand::Logs { name, follow } => logs(socket, &name, follow).await,
+        ServiceCommand::Ls(f) => print_response(call(socket, &Request::ServiceLs).await?, f.format),
+        ServiceCommand::Ps { name, format } => print_response(
+            call(socket, &Request::ServicePs { name }).await?,
+            format.format,
+        ),
+        ServiceCommand::Inspect { name } => print_response(
+            call(socket, &Request::ServiceInspect { name }).await?,
+            Format::Table,
+        ),
+        ServiceCommand::Rm { name } => print_response(
+            call(socket, &Request::ServiceRm { name }).await?,
+            Format::Table,
+        ),
+        ServiceCommand::Attach { name, netns } => print_response(
+            call(socket, &Request::ServiceAttach { name, netns }).await?,
+            Format::Table,
+        ),
+    }
 }
 
 fn expect_status(response: Response) -> Result<ServiceStatus> {
@@ -312,8 +301,9 @@ async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<E
         if status.converged {
             // Like `docker service create`: a task that crashes right after starting must
             // not count, so every task must have run for a while.
-            let stable_for = output::now_ms().saturating_sub(status.running_since_ms);
-            if stable_for >= millis(STABLE) {
+            let stable_for =
+                Duration::from_millis(output::now_ms().saturating_sub(status.running_since_ms));
+            if stable_for >= STABLE {
                 println!("verify: Service converged");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -394,17 +384,6 @@ async fn logs(socket: &Path, name: &str, follow: bool) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        for bad in ["", "s", "5x", "-1s", "1.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn replicas_and_scale() {

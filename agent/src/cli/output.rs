@@ -13,7 +13,7 @@ use crate::api::{
 
 /// How list commands print their rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Columns padded for reading.
     #[default]
     Table,
@@ -27,7 +27,7 @@ const SHORT_ID: usize = 12;
 const GAP: &str = "   ";
 
 /// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -35,7 +35,7 @@ pub fn now_ms() -> u64 {
 
 /// What a client command prints for the agent's answer: lists in `format`, a token or a
 /// confirmation as one line.
-pub fn body(body: &Body, format: Format, now_ms: u64) -> String {
+pub(crate) fn body(body: &Body, format: Format, now_ms: u64) -> String {
     match body {
         Body::Nodes(rows) => nodes(rows, format, now_ms),
         Body::Networks(rows) => networks(rows, format, now_ms),
@@ -58,7 +58,7 @@ pub fn body(body: &Body, format: Format, now_ms: u64) -> String {
 }
 
 /// `service ls`: `NAME MODE REPLICAS NETWORK VIP PORTS COMMAND`.
-pub fn services(rows: &[ServiceRow], format: Format) -> String {
+pub(crate) fn services(rows: &[ServiceRow], format: Format) -> String {
     if format == Format::Json {
         return json(rows);
     }
@@ -81,7 +81,7 @@ pub fn services(rows: &[ServiceRow], format: Format) -> String {
 }
 
 /// `service ps`: `NAME ID NODE IP STATE SINCE MESSAGE`, one task per row.
-pub fn service_tasks(status: &ServiceStatus, format: Format, now_ms: u64) -> String {
+pub(crate) fn service_tasks(status: &ServiceStatus, format: Format, now_ms: u64) -> String {
     if format == Format::Json {
         return json(&status.tasks);
     }
@@ -93,7 +93,7 @@ pub fn service_tasks(status: &ServiceStatus, format: Format, now_ms: u64) -> Str
                 printable(&row.id),
                 printable(&row.hostname),
                 printable(&row.ip),
-                printable(&row.state),
+                row.state.to_string(),
                 age(row.since_ms, now_ms),
                 printable(&row.message),
             ]
@@ -102,7 +102,7 @@ pub fn service_tasks(status: &ServiceStatus, format: Format, now_ms: u64) -> Str
 }
 
 /// `service logs`: each line prefixed with its task, like `docker service logs`.
-pub fn logs(chunk: &LogChunk) -> String {
+pub(crate) fn logs(chunk: &LogChunk) -> String {
     let mut out = String::new();
     for entry in &chunk.entries {
         for line in entry.text.lines() {
@@ -118,7 +118,7 @@ pub fn logs(chunk: &LogChunk) -> String {
 }
 
 /// `endpoint ls`: `ID NAME NETWORK IP NODE NETNS STATUS`.
-pub fn endpoints(rows: &[EndpointRow], format: Format) -> String {
+pub(crate) fn endpoints(rows: &[EndpointRow], format: Format) -> String {
     if format == Format::Json {
         return json(rows);
     }
@@ -139,7 +139,7 @@ pub fn endpoints(rows: &[EndpointRow], format: Format) -> String {
 }
 
 /// `network vtep ls`: `NETWORK CIDR UNDERLAY MAC`.
-pub fn vteps(rows: &[VtepRow], format: Format) -> String {
+pub(crate) fn vteps(rows: &[VtepRow], format: Format) -> String {
     if format == Format::Json {
         return json(rows);
     }
@@ -157,7 +157,7 @@ pub fn vteps(rows: &[VtepRow], format: Format) -> String {
 }
 
 /// `node ls`: `ID HOSTNAME ADDRESS STATUS AGE`, the node the CLI talks to marked `*`.
-pub fn nodes(rows: &[NodeRow], format: Format, now_ms: u64) -> String {
+pub(crate) fn nodes(rows: &[NodeRow], format: Format, now_ms: u64) -> String {
     if format == Format::Json {
         return json(rows);
     }
@@ -180,7 +180,7 @@ pub fn nodes(rows: &[NodeRow], format: Format, now_ms: u64) -> String {
 }
 
 /// `network ls`: `NAME SUBNET VNI CREATED BY AGE`.
-pub fn networks(rows: &[NetworkRow], format: Format, now_ms: u64) -> String {
+pub(crate) fn networks(rows: &[NetworkRow], format: Format, now_ms: u64) -> String {
     if format == Format::Json {
         return json(rows);
     }
@@ -200,7 +200,7 @@ pub fn networks(rows: &[NetworkRow], format: Format, now_ms: u64) -> String {
 
 /// Time from `since_ms` to `now_ms` in its largest whole unit: `5s`, `3m`, `2h`, `4d`;
 /// `-` when `since_ms` is 0 (unknown). A clock behind `since_ms` counts as `0s`.
-pub fn age(since_ms: u64, now_ms: u64) -> String {
+pub(crate) fn age(since_ms: u64, now_ms: u64) -> String {
     if since_ms == 0 {
         return "-".into();
     }

@@ -1,32 +1,30 @@
-//! The agent's side of the `service` commands: turns requests into cluster operations and
-//! answers from the cluster view (and, for logs, the task log files of this node and,
-//! through the peer RPC, of the others).
+//! Handlers of the `service` requests: turn them into cluster operations and answer from
+//! the cluster view (and, for logs, the task log files of this node and, through the peer
+//! RPC, of the others).
 
 use std::{
     collections::BTreeMap,
     io::{Read, Seek, SeekFrom},
 };
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Context, Result};
 use manager::{
     driver::wall_ms,
     ops::ServiceRequest,
-    state::{
-        service::parse_env, EndpointMode, HealthCheck, Mode, PublishMode, PublishedPort, Service,
-        Stamp, Task,
-    },
+    state::{HealthCheck, Kind, Scope, Service, Stamp, Task, TaskState},
     view::ClusterView,
     Manager, NodeId,
 };
 
-use super::{
-    process::{log_path, resolve_command, resolve_user},
-    status::{hostname, service_row, service_status, task_name},
-    supervisor::Supervisor,
-};
+use super::endpoint::Endpoints;
 use crate::{
     api::{Body, LogChunk, LogEntry, ServiceSpec},
     peer::{PeerRequest, PeerResponse, Peers},
+    tasks::{
+        process::{log_path, resolve_command, resolve_user},
+        status::{hostname, service_row, service_status, task_name},
+        supervisor::Supervisor,
+    },
 };
 
 /// The most log bytes one `service logs` answer carries per task; `--follow` and repeated
@@ -39,31 +37,7 @@ const _: () = assert!(3 * MAX_PEER_LOG_BYTES < manager::secure::MAX_FRAME as u64
 
 /// `service create`: checks the request (including, on this node, that the command and
 /// user exist), creates the service, and answers its first status.
-pub async fn create(manager: &Manager, spec: ServiceSpec) -> Result<Body> {
-    let mode = match spec.replicas {
-        Some(replicas) => Mode::Replicated { replicas },
-        None => Mode::Global,
-    };
-    let ports = spec
-        .publish
-        .iter()
-        .map(|p| p.parse::<PublishedPort>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let publish_mode = match spec.publish_mode.as_str() {
-        "ingress" => PublishMode::Ingress,
-        "host" => PublishMode::Host,
-        other => bail!("--publish-mode {other:?} is invalid: use ingress or host"),
-    };
-    let endpoint_mode = match spec.endpoint_mode.as_str() {
-        "vip" => EndpointMode::Vip,
-        "dnsrr" => EndpointMode::Dnsrr,
-        other => bail!("--endpoint-mode {other:?} is invalid: use vip or dnsrr"),
-    };
-    let env = spec
-        .env
-        .iter()
-        .map(|e| parse_env(e))
-        .collect::<Result<Vec<_>, _>>()?;
+pub(super) async fn create(manager: &Manager, spec: ServiceSpec) -> Result<Body> {
     let argv0 = spec
         .command
         .first()
@@ -75,19 +49,19 @@ pub async fn create(manager: &Manager, spec: ServiceSpec) -> Result<Body> {
     let service = manager
         .create_service(ServiceRequest {
             name: spec.name,
-            mode,
+            mode: spec.mode,
             network: spec.network,
-            ports,
-            publish_mode,
-            endpoint_mode,
+            ports: spec.publish,
+            publish_mode: spec.publish_mode,
+            endpoint_mode: spec.endpoint_mode,
             command: spec.command,
-            env,
+            env: spec.env,
             user: spec.user,
             health: spec.health_cmd.map(|cmd| HealthCheck {
                 cmd,
-                interval_ms: spec.health_interval_ms,
+                interval_ms: millis(spec.health_interval),
             }),
-            restart_delay_ms: spec.restart_delay_ms,
+            restart_delay_ms: millis(spec.restart_delay),
         })
         .await?;
     Ok(Body::ServiceStatus(Box::new(service_status(
@@ -97,14 +71,18 @@ pub async fn create(manager: &Manager, spec: ServiceSpec) -> Result<Body> {
     ))))
 }
 
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The service called `name`, or a clear error.
-pub fn find<'a>(view: &'a ClusterView, name: &str) -> Result<&'a Service> {
+fn find<'a>(view: &'a ClusterView, name: &str) -> Result<&'a Service> {
     view.services
         .get(name)
         .ok_or_else(|| anyhow!("service {name:?} does not exist (see `skein service ls`)"))
 }
 
-pub fn ls(view: &ClusterView) -> Body {
+pub(super) fn ls(view: &ClusterView) -> Body {
     let now = wall_ms();
     Body::Services(
         view.services
@@ -115,7 +93,7 @@ pub fn ls(view: &ClusterView) -> Body {
     )
 }
 
-pub fn ps(view: &ClusterView, name: &str) -> Result<Body> {
+pub(super) fn ps(view: &ClusterView, name: &str) -> Result<Body> {
     Ok(Body::ServiceStatus(Box::new(service_status(
         view,
         find(view, name)?,
@@ -123,11 +101,11 @@ pub fn ps(view: &ClusterView, name: &str) -> Result<Body> {
     ))))
 }
 
-pub fn inspect(view: &ClusterView, name: &str) -> Result<Body> {
+pub(super) fn inspect(view: &ClusterView, name: &str) -> Result<Body> {
     Ok(Body::Json(serde_json::to_value(find(view, name)?)?))
 }
 
-pub async fn scale(manager: &Manager, name: &str, replicas: u32) -> Result<Body> {
+pub(super) async fn scale(manager: &Manager, name: &str, replicas: u32) -> Result<Body> {
     let service = manager.scale_service(name, replicas).await?;
     Ok(Body::ServiceStatus(Box::new(service_status(
         &manager.view(),
@@ -136,7 +114,7 @@ pub async fn scale(manager: &Manager, name: &str, replicas: u32) -> Result<Body>
     ))))
 }
 
-pub async fn rm(manager: &Manager, name: &str) -> Result<Body> {
+pub(super) async fn rm(manager: &Manager, name: &str) -> Result<Body> {
     let service = manager.remove_service(name).await?;
     Ok(Body::Done(format!(
         "removed service {}; its tasks stop on every node",
@@ -148,7 +126,7 @@ pub async fn rm(manager: &Manager, name: &str) -> Result<Body> {
 /// node's tasks read here, the others asked of their nodes over the peer RPC, all nodes in
 /// parallel. Tasks whose node is down or does not answer are listed in `elsewhere` with
 /// the reason; an unreachable node costs at most the peer timeouts, never a hang.
-pub async fn logs(
+pub(super) async fn logs(
     view: &ClusterView,
     supervisor: &Supervisor,
     peers: &Peers,
@@ -253,9 +231,51 @@ pub async fn logs(
     Ok(Body::Logs(chunk))
 }
 
+/// `service attach`: an existing namespace becomes an endpoint on the service's network
+/// and a task of the service (counted as one replica, never moved).
+pub(super) async fn attach(endpoints: &Endpoints, name: &str, netns: String) -> Result<Body> {
+    let manager = &endpoints.manager;
+    let service = find(&manager.view(), name)?.clone();
+    let row = endpoints
+        .add(service.network.clone(), None, Some(netns))
+        .await?;
+    let endpoint = manager
+        .view()
+        .own_endpoints()
+        .find(|e| e.id == row.id)
+        .cloned()
+        .context("the endpoint vanished while attaching")?;
+    let task = Task {
+        id: endpoint.id.clone(),
+        service: service.name.clone(),
+        service_created: service.created,
+        slot: 0,
+        endpoint: endpoint.id.clone(),
+        ip: endpoint.ip,
+        state: TaskState::Running,
+        since_ms: wall_ms(),
+        message: String::new(),
+        restarts: 0,
+        created: endpoint.created,
+        attached: true,
+    };
+    manager
+        .write(
+            Scope::Node(manager.node()),
+            Kind::Task,
+            task.id.clone(),
+            Some(task.encode()),
+        )
+        .await?;
+    Ok(Body::Done(format!(
+        "attached {} to service {} as task {} ({})",
+        endpoint.netns, service.name, task.id, endpoint.ip
+    )))
+}
+
 /// The peer RPC's side of `service logs`: new bytes of this node's tasks of the service
 /// `name` created at `created`.
-pub fn answer_peer_logs(
+pub(super) fn answer_peer_logs(
     view: &ClusterView,
     supervisor: &Supervisor,
     name: &str,

@@ -1,0 +1,338 @@
+//! `skein agent`: wires the cluster membership (the embedded manager), the dataplane,
+//! the local API, `/metrics` and shutdown.
+//!
+//! Exiting (SIGTERM, SIGINT, or dying) leaves the programs attached and the maps pinned:
+//! the next agent adopts them. Only `skein agent leave` and `skein agent cleanup` take
+//! the dataplane down.
+//!
+//! Layout:
+//! - this file: the composition root, [`run`]: check, bind, join, start, wait, drain.
+//! - `startup`: checks a user can fail, binding the listeners, joining the cluster.
+//! - `backend`: the local API's dispatch to the handlers per object: `node`, `network`,
+//!   `vtep`, `endpoint`, `service` (each with the rows it projects for the CLI).
+//! - `loops`: the background loops and the one shutdown signal that drains them.
+//! - `stop`: why the agent stops, OS signals, taking the dataplane down.
+
+mod backend;
+mod endpoint;
+mod loops;
+mod network;
+mod node;
+mod service;
+mod startup;
+mod stop;
+mod vtep;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use manager::{state::NodeInfo, Manager};
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Mutex},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+pub(crate) use self::stop::cleanup;
+use self::{
+    backend::{AgentBackend, PeerHandler},
+    endpoint::Endpoints,
+    loops::Background,
+    startup::{Listeners, Member, Underlay},
+    stop::Stop,
+};
+use crate::{
+    api,
+    config::AgentConfig,
+    dataplane::{AttachedMode, Attachments, Dataplane, OverlayMaps, PinDirs},
+    metrics,
+    peer::Peers,
+    reconcile::Reconciler,
+    state_dir::{membership, StateDir},
+    sync_errors::MapSyncErrors,
+    tasks::supervisor::Supervisor,
+};
+
+/// How long requests in progress get to be answered once the API stops accepting.
+const API_GRACE: Duration = Duration::from_secs(5);
+/// How long the background loops get, in all, to stop at shutdown.
+const LOOPS_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `skein agent` until it is stopped.
+pub(crate) fn run(config: AgentConfig) -> Result<()> {
+    let underlay = startup::check_underlay(&config)?;
+    let state = Arc::new(StateDir::open(&config.state_dir)?);
+    let node = state.node_id()?;
+    let membership = membership(&state, config.init, &config.join, config.token.as_deref())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (gossip, listeners) = Listeners::bind(&config, underlay).await?;
+        let member = startup::join_cluster(
+            &config,
+            &state,
+            node,
+            membership,
+            underlay,
+            listeners.gossip_addr,
+            gossip,
+        )
+        .await?;
+        let agent = start(&config, state, member, listeners, underlay)?;
+        let stop = agent.stopped().await;
+        agent.shut_down(stop).await
+    })
+}
+
+/// The running agent: what shutdown needs.
+struct Agent {
+    manager: Manager,
+    info: NodeInfo,
+    state: Arc<StateDir>,
+    pins: PinDirs,
+    dataplane: Arc<std::sync::Mutex<Dataplane>>,
+    reconciler: Arc<Reconciler>,
+    supervisor: Arc<Supervisor>,
+    background: Background,
+    api: JoinHandle<()>,
+    stop: watch::Sender<Stop>,
+}
+
+/// Starts the dataplane, the reconciler, the supervisor, the servers (API, peer RPC,
+/// `/metrics`) and the background loops.
+fn start(
+    config: &AgentConfig,
+    state: Arc<StateDir>,
+    member: Member,
+    listeners: Listeners,
+    underlay: Underlay,
+) -> Result<Agent> {
+    let Member {
+        manager,
+        token,
+        info,
+    } = member;
+    let mut background = Background::new();
+    let pins = PinDirs::new(&config.bpf_dir);
+    let peers = Peers::new(&token);
+    let metrics_addr = listeners.metrics.local_addr()?;
+    // Written by the reconciler's map sync, read by /metrics and `skein debug maps`.
+    let sync_errors = Arc::new(MapSyncErrors::default());
+
+    let (dataplane, xdp_attached_mode) = start_dataplane(
+        config,
+        underlay,
+        &pins,
+        &manager,
+        &peers,
+        &sync_errors,
+        listeners.metrics,
+        &mut background,
+    )?;
+    let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
+    let reconciler = Arc::new(Reconciler::new(
+        manager.clone(),
+        dataplane.clone(),
+        maps,
+        config.endpoint_ifaces.clone(),
+        sync_errors,
+    ));
+    background.spawn_until_shutdown("reconciler", reconciler.clone().run());
+    let supervisor = Arc::new(Supervisor::new(
+        manager.clone(),
+        reconciler.clone(),
+        state.path().join("tasks"),
+        config.resource_prefix.clone(),
+    ));
+    background.spawn_until_shutdown("supervisor", supervisor.clone().run());
+    start_cluster_loops(
+        &manager,
+        &state,
+        &peers,
+        &supervisor,
+        listeners.peer,
+        &mut background,
+    );
+
+    let (stop, _) = watch::channel(Stop::Running);
+    let backend = Arc::new(AgentBackend {
+        manager: manager.clone(),
+        token,
+        stop: stop.clone(),
+        endpoints: Endpoints {
+            manager: manager.clone(),
+            reconciler: reconciler.clone(),
+            resource_prefix: config.resource_prefix.clone(),
+        },
+        supervisor: supervisor.clone(),
+        peers,
+    });
+    let mut stopping = stop.subscribe();
+    let api = tokio::spawn(api::serve(listeners.api, backend, async move {
+        let _ = stopping.wait_for(|s| *s != Stop::Running).await;
+    }));
+    info!(
+        underlay = %config.underlay_iface,
+        xdp_mode = %xdp_attached_mode,
+        metrics = %metrics_addr,
+        socket = %config.socket.display(),
+        bpf_dir = %config.bpf_dir.display(),
+        "agent running"
+    );
+    Ok(Agent {
+        manager,
+        info,
+        state,
+        pins,
+        dataplane,
+        reconciler,
+        supervisor,
+        background,
+        api,
+        stop,
+    })
+}
+
+/// Loads and attaches (or adopts) the programs, forwards their logs and serves their
+/// counters on `/metrics`.
+fn start_dataplane(
+    config: &AgentConfig,
+    underlay: Underlay,
+    pins: &PinDirs,
+    manager: &Manager,
+    peers: &Arc<Peers>,
+    sync_errors: &Arc<MapSyncErrors>,
+    metrics_listener: TcpListener,
+    background: &mut Background,
+) -> Result<(Arc<std::sync::Mutex<Dataplane>>, AttachedMode)> {
+    let want = Attachments {
+        underlay_iface: config.underlay_iface.clone(),
+        underlay_ip: underlay.advertise,
+        xdp_mode: config.xdp_mode,
+        endpoint_ifaces: config.endpoint_ifaces.clone(),
+    };
+    let mut dataplane = Dataplane::start(pins.clone(), &want).context("starting the dataplane")?;
+    if let Some(logger) = dataplane.take_logger() {
+        background.spawn(
+            "forward_ebpf_logs",
+            loops::forward_ebpf_logs(logger, background.shutdown()),
+        );
+    }
+    let counters = Arc::new(Mutex::new(dataplane.counters()?));
+    background.spawn_until_shutdown(
+        "metrics",
+        metrics::serve(
+            metrics_listener,
+            counters,
+            Some(manager.clone()),
+            Some(peers.clone()),
+            sync_errors.clone(),
+        ),
+    );
+    let mode = dataplane.xdp_attached_mode;
+    Ok((Arc::new(std::sync::Mutex::new(dataplane)), mode))
+}
+
+/// The loops that talk to the cluster: the peer RPC server and the state directory's
+/// peers list and store copy.
+fn start_cluster_loops(
+    manager: &Manager,
+    state: &Arc<StateDir>,
+    peers: &Arc<Peers>,
+    supervisor: &Arc<Supervisor>,
+    peer_listener: TcpListener,
+    background: &mut Background,
+) {
+    let mut shutdown = background.shutdown();
+    background.spawn(
+        "peer_server",
+        peers.clone().serve(
+            peer_listener,
+            Arc::new(PeerHandler {
+                manager: manager.clone(),
+                supervisor: supervisor.clone(),
+            }),
+            async move { shutdown.requested().await },
+        ),
+    );
+    background.spawn(
+        "remember_peers",
+        loops::remember_peers(manager.clone(), state.clone(), background.shutdown()),
+    );
+    background.spawn(
+        "save_store",
+        loops::save_store(manager.clone(), state.clone(), background.shutdown()),
+    );
+}
+
+impl Agent {
+    /// Waits for SIGTERM/SIGINT or `agent leave`; either way the API stops accepting.
+    async fn stopped(&self) -> Stop {
+        let mut stopping = self.stop.subscribe();
+        tokio::select! {
+            _ = stop::os_signal() => { self.stop.send_replace(Stop::Signal); }
+            _ = stopping.wait_for(|s| *s != Stop::Running) => {}
+        }
+        *self.stop.borrow()
+    }
+
+    /// Drains: the API answers the requests in progress (the one that stopped us
+    /// included), every background loop stops, the store is saved; then, for `leave`,
+    /// this node's tasks, endpoints and dataplane are removed.
+    async fn shut_down(self, stop: Stop) -> Result<()> {
+        if tokio::time::timeout(API_GRACE, self.api).await.is_err() {
+            warn!(grace = ?API_GRACE, "the API server did not stop in time");
+        }
+        let late = self.background.drain(LOOPS_GRACE).await;
+        if !late.is_empty() {
+            warn!(tasks = ?late, "background tasks aborted at shutdown");
+        }
+        if stop == Stop::Signal {
+            // Tell peers to keep this node's tasks placed here while it restarts; the tasks
+            // keep running meanwhile, and the next agent adopts them.
+            let grace = NodeInfo {
+                restart_grace_until_ms: manager::driver::wall_ms()
+                    + manager::placement::RESTART_GRACE_MS,
+                ..self.info.clone()
+            };
+            if self.manager.publish_self(&grace).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        if stop != Stop::Leave {
+            // The latest state, for the next start.
+            match self.manager.records().await {
+                Ok(records) => {
+                    if let Err(error) = self.state.save_records(&records) {
+                        warn!(error = %format!("{error:#}"), "could not save the cluster state");
+                    }
+                }
+                Err(error) => warn!(%error, "could not read the cluster state to save it"),
+            }
+            info!("shutting down; the dataplane stays attached for the next agent");
+            return Ok(());
+        }
+
+        self.supervisor.stop_all().await;
+        // Remove this node's endpoints' plumbing, then the programs: our program fds
+        // must close before unpinning, or they keep the links alive.
+        let view = self.manager.view();
+        for endpoint in view.own_endpoints() {
+            if let Err(error) = self.reconciler.unplumb(endpoint).await {
+                warn!(endpoint = %endpoint.name, error = %format!("{error:#}"), "could not remove an endpoint");
+            }
+        }
+        drop(self.supervisor);
+        drop(self.reconciler);
+        drop(self.dataplane);
+        let removed = stop::remove_dataplane(&self.pins)?;
+        self.state.forget_cluster()?;
+        info!(removed, "left the cluster; dataplane removed");
+        Ok(())
+    }
+}
