@@ -28,7 +28,6 @@ pub mod netlink;
 mod peer;
 pub mod reconcile;
 mod state_dir;
-pub mod sync_errors;
 pub mod tasks;
 pub mod whoami;
 

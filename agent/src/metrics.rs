@@ -30,7 +30,7 @@ use crate::{
     dataplane::Counters,
     http_server::{self, Limits},
     peer::Peers,
-    sync_errors::{MapSyncErrors, SyncErrorReason},
+    reconcile::{MapSyncErrors, SyncErrorReason},
 };
 
 /// What a scraper may hold: Prometheus keeps one connection per target.

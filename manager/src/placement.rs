@@ -183,7 +183,7 @@ pub fn layout<'a>(
         Mode::Replicated { replicas } => {
             let mut holders: BTreeMap<u32, Vec<Holder>> = BTreeMap::new();
             for (node, task) in tasks {
-                if task.service == service.name && task.service_created == service.created {
+                if crate::view::is_task_of(task, service) {
                     holders.entry(task.slot).or_default().push(Holder {
                         node: *node,
                         created: task.created,

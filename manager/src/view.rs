@@ -192,7 +192,7 @@ impl ClusterView {
 /// the service created at `service.created`. A task of an earlier service of the same name
 /// (removed, then created again) is not this one's, even while it still runs.
 pub fn is_task_of(task: &Task, service: &Service) -> bool {
-    task.service == service.name && task.service_created == service.created
+    task.is_of(&service.name, service.created)
 }
 
 /// The tasks of one incarnation of a service, with their nodes: [`ClusterView::tasks_of`].
@@ -238,8 +238,7 @@ impl<'a> ServiceTasks<'a> {
     }
 
     fn keeps(&self, node: &NodeId, task: &Task) -> bool {
-        task.service == self.name
-            && task.service_created == self.created
+        task.is_of(self.name, self.created)
             && self
                 .attached
                 .is_none_or(|attached| task.attached == attached)

@@ -29,9 +29,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-// The command line's other durations (`service create --timeout`, ...) parse with this;
-// until those flags use it, only tests do.
-#[allow(unused_imports)]
 pub(crate) use duration::parse_duration;
 pub(crate) use duration::parse_nonzero_duration;
 use file::load_file;

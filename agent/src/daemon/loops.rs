@@ -7,7 +7,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use manager::Manager;
-use tokio::{io::unix::AsyncFd, sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, warn};
 
 use crate::state_dir::StateDir;
@@ -163,29 +163,6 @@ pub(super) async fn save_store(manager: Manager, state: Arc<StateDir>, mut shutd
             Some(Ok(())) => {}
             None | Some(Err(_)) => return,
         }
-    }
-}
-
-/// Copies the programs' aya-log records into `tracing` as they arrive.
-pub(super) async fn forward_ebpf_logs(
-    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
-    mut shutdown: Shutdown,
-) {
-    // SAFETY: the logger owns its ring buffer's fd and keeps it open, unchanged, for as
-    // long as it lives inside the AsyncFd.
-    let mut logger = match unsafe { AsyncFd::register(logger) } {
-        Ok(fd) => fd,
-        Err(error) => {
-            warn!(error = %error, "eBPF logs unavailable");
-            return;
-        }
-    };
-    loop {
-        let Some(Ok(mut guard)) = shutdown.unless_requested(logger.readable_mut()).await else {
-            return;
-        };
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
     }
 }
 

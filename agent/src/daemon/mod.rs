@@ -50,7 +50,7 @@ use crate::{
     peer::Peers,
     reconcile::Reconciler,
     state_dir::{membership, StateDir},
-    sync_errors::MapSyncErrors,
+    reconcile::MapSyncErrors,
     tasks::supervisor::Supervisor,
 };
 
@@ -217,11 +217,8 @@ fn start_dataplane(
         endpoint_ifaces: config.endpoint_ifaces.clone(),
     };
     let mut dataplane = Dataplane::start(pins.clone(), &want).context("starting the dataplane")?;
-    if let Some(logger) = dataplane.take_logger() {
-        background.spawn(
-            "forward_ebpf_logs",
-            loops::forward_ebpf_logs(logger, background.shutdown()),
-        );
+    if let Some(logs) = dataplane.take_logs() {
+        background.spawn_until_shutdown("forward_ebpf_logs", logs.forward());
     }
     let counters = Arc::new(Mutex::new(dataplane.counters()?));
     background.spawn_until_shutdown(

@@ -135,12 +135,9 @@ pub(super) async fn logs(
 ) -> Result<Body> {
     let service = find(view, name)?;
     let tasks: Vec<(usize, NodeId, &Task)> = view
-        .tasks
-        .iter()
+        .tasks_of(service)
+        .placed()
         .enumerate()
-        .filter(|(_, (_, t))| {
-            t.service == service.name && t.service_created == service.created && !t.attached
-        })
         .map(|(i, (node, task))| (i, *node, task))
         .collect();
     // The view's order, so the output's is stable.
@@ -302,7 +299,7 @@ fn own_log_entries(
     let service = view.services.get(name).filter(|s| s.created == created);
     let mut left = budget;
     view.own_tasks()
-        .filter(|t| t.service == name && t.service_created == created && !t.attached)
+        .filter(|t| t.is_of(name, created) && !t.attached)
         .map(|task| {
             let label = match service {
                 Some(service) => task_name(view, view.self_id, task, service),

@@ -28,6 +28,7 @@
 
 mod bpffs;
 mod links;
+mod logs;
 mod maps;
 mod overlay;
 
@@ -53,6 +54,7 @@ use links::Attachment;
 pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
 pub(crate) use maps::MapHandle;
 pub use maps::CAPACITY_OVERRIDE_ENV;
+pub(crate) use logs::EbpfLogs;
 pub use overlay::OverlayMaps;
 
 /// The eBPF object, built by `build.rs` through the same function as
@@ -360,11 +362,14 @@ impl Dataplane {
         links::pinned_ifaces(&self.pins.links(), names::TC_ENDPOINT_INGRESS)
     }
 
-    /// Starts forwarding the programs' aya-log records into `tracing`. Returns the
-    /// logger, to be polled by the caller (see [`crate::daemon`]).
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        match aya_log::EbpfLogger::init(&mut self.ebpf) {
-            Ok(logger) => Some(logger),
+    /// The programs' aya-log records, for the caller to [`EbpfLogs::forward`] into
+    /// `tracing` (inside the async runtime). `None`, with a warning, when unavailable.
+    pub(crate) fn take_logs(&mut self) -> Option<EbpfLogs> {
+        let logs = aya_log::EbpfLogger::init(&mut self.ebpf)
+            .map_err(|error| error.to_string())
+            .and_then(|logger| EbpfLogs::new(logger).map_err(|error| error.to_string()));
+        match logs {
+            Ok(logs) => Some(logs),
             Err(error) => {
                 warn!(%error, "eBPF logs unavailable");
                 None

@@ -15,12 +15,9 @@ use dataplane_ebpf::overlay::{
 };
 use tracing::warn;
 
-use crate::{
-    dataplane::{DataplaneError, MapHandle, OverlayMaps},
-    sync_errors::{MapSyncErrors, SyncErrorReason},
-};
+use crate::dataplane::{DataplaneError, MapHandle, OverlayMaps};
 
-use super::desired::DesiredMaps;
+use super::{desired::DesiredMaps, MapSyncErrors, SyncErrorReason};
 
 /// Converges every overlay map to `desired` (removing nothing unless `removals`);
 /// returns how many entries changed.

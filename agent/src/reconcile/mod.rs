@@ -16,6 +16,7 @@
 mod desired;
 mod maps;
 mod plumbing;
+mod sync_errors;
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
 
@@ -24,13 +25,11 @@ use manager::{ops::EndpointRequest, state::Endpoint, view::ClusterView, Manager}
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
-use crate::{
-    dataplane::{Dataplane, OverlayMaps},
-    sync_errors::MapSyncErrors,
-};
+use crate::dataplane::{Dataplane, OverlayMaps};
 
 use desired::desired_maps;
 pub use plumbing::netns_path;
+pub use sync_errors::{MapSyncErrors, SyncErrorReason};
 
 /// The hint of host-side veth names (`sk` + hash of the endpoint ID).
 pub const IFNAME_HINT: &str = "sk";

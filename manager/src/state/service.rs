@@ -446,6 +446,12 @@ impl Task {
         decode_payload("task", bytes)
     }
 
+    /// Whether this task was started for the service named `service` created at `created`
+    /// (one incarnation of it: a service removed and created again is another).
+    pub fn is_of(&self, service: &str, created: Stamp) -> bool {
+        self.service == service && self.service_created == created
+    }
+
     /// Whether load balancers and DNS should send it traffic.
     pub fn serves(&self) -> bool {
         self.state == TaskState::Running

@@ -60,7 +60,7 @@ impl std::ops::AddAssign for SweepReport {
 }
 
 /// Where an agent in a named network namespace keeps its socket and its state by
-/// default: `<root>/<namespace>` (see `agent::config::DefaultPaths`).
+/// default: `<root>/<namespace>` (the agent's `config::paths`).
 const AGENT_DIRS: [&str; 2] = ["/run/skein", "/var/lib/skein"];
 
 /// Removes what dead runs left behind: every namespace in `/run/netns` and every directory in
