@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use xtask::toolchain::{ensure_ebpf_toolchain, say};
 
-pub fn run() -> Result<PathBuf> {
+pub(crate) fn run() -> Result<PathBuf> {
     let toolchain = ensure_ebpf_toolchain()?;
     say("building the eBPF programs (bpfel-unknown-none, -C target-cpu=v3)");
     let object = dataplane_ebpf_build::build(&toolchain, &workspace_root())?;
@@ -17,7 +17,7 @@ pub fn run() -> Result<PathBuf> {
 }
 
 /// The workspace root: xtask's manifest lives one level below it.
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask/ has a parent directory")

@@ -23,7 +23,7 @@ use crate::build_ebpf::workspace_root;
 
 const HOSTS: usize = 3;
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     ensure!(
         unsafe { libc::geteuid() } == 0,
         "the demo creates network namespaces and loads eBPF programs: run it as root"

@@ -1,8 +1,10 @@
 //! `cargo xtask test`: the whole suite, as CI and a new user run it.
 //!
 //! 1. installs what is missing (eBPF toolchain, Debian packages);
-//! 2. tier 1, no root: `cargo test` over the default members (unit tests, ABI layout);
-//! 3. tier 2, root: sweeps leftovers of killed runs, runs the agent's root-only unit tests
+//! 2. lint gates: `cargo fmt --check` and `cargo clippy --workspace --all-targets -D
+//!    warnings` (the workspace's `[workspace.lints]` included);
+//! 3. tier 1, no root: `cargo test` over the default members (unit tests, ABI layout);
+//! 4. tier 2, root: sweeps leftovers of killed runs, runs the agent's root-only unit tests
 //!    (`#[ignore = "needs root…"]`, run with `--ignored`; they fail without root), builds
 //!    `skein`, then runs xtask's tests (the testbed and the end-to-end tests in network
 //!    namespaces).
@@ -12,12 +14,14 @@
 use std::process::Command;
 
 use anyhow::{bail, Result};
-use xtask::toolchain::{ensure_debian_packages, ensure_ebpf_toolchain, run_checked, say};
+use xtask::toolchain::{
+    ensure_debian_packages, ensure_ebpf_toolchain, ensure_lint_tools, run_checked, say,
+};
 
 use crate::build_ebpf::workspace_root;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Run only the unprivileged tier (no root needed).
     #[arg(long)]
     unprivileged_only: bool,
@@ -26,13 +30,26 @@ pub struct Args {
     filter: Vec<String>,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<()> {
     let root = workspace_root();
     ensure_ebpf_toolchain()?;
     let is_root = unsafe { libc::geteuid() } == 0;
     if is_root {
         ensure_debian_packages()?;
     }
+
+    ensure_lint_tools()?;
+    say("lint gate: formatting (cargo fmt --all --check)");
+    run_checked(cargo(&root).args(["fmt", "--all", "--check"]))?;
+    say("lint gate: clippy (cargo clippy --workspace --all-targets -- -D warnings)");
+    run_checked(cargo(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
 
     say("tier 1: unit tests, no root (cargo test)");
     run_checked(

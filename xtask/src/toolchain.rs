@@ -135,6 +135,36 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Makes sure the toolchain running this command has clippy and rustfmt (the lint gates of
+/// `cargo xtask test`).
+pub fn ensure_lint_tools() -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let missing: Vec<&str> = [("clippy", "clippy"), ("fmt", "rustfmt")]
+        .into_iter()
+        .filter(|(subcommand, _)| {
+            !Command::new(&cargo)
+                .args([subcommand, "--version"])
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+        .map(|(_, component)| component)
+        .collect();
+    if !missing.is_empty() {
+        say(&format!(
+            "installing {} (rustup component add {})",
+            missing.join(" and "),
+            missing.join(" ")
+        ));
+        // RUSTUP_TOOLCHAIN, set by rustup for this command, picks the toolchain in use.
+        run_checked(
+            Command::new("rustup")
+                .args(["component", "add"])
+                .args(&missing),
+        )?;
+    }
+    Ok(())
+}
+
 /// Progress for the user, on stderr, marked so it stands out from cargo's output.
 pub fn say(what: &str) {
     eprintln!("==> {what}");

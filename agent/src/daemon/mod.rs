@@ -45,12 +45,12 @@ use self::{
 use crate::{
     api,
     config::AgentConfig,
-    dataplane::{AttachedMode, Attachments, Dataplane, OverlayMaps, PinDirs},
+    dataplane::{AttachedMode, Attachments, Counters, Dataplane, OverlayMaps, PinDirs},
     metrics,
     peer::Peers,
+    reconcile::MapSyncErrors,
     reconcile::Reconciler,
     state_dir::{membership, StateDir},
-    reconcile::MapSyncErrors,
     tasks::supervisor::Supervisor,
 };
 
@@ -124,16 +124,18 @@ fn start(
     // Written by the reconciler's map sync, read by /metrics and `skein debug maps`.
     let sync_errors = Arc::new(MapSyncErrors::default());
 
-    let (dataplane, xdp_attached_mode) = start_dataplane(
-        config,
-        underlay,
-        &pins,
-        &manager,
-        &peers,
-        &sync_errors,
-        listeners.metrics,
-        &mut background,
-    )?;
+    let (dataplane, xdp_attached_mode, counters) =
+        start_dataplane(config, underlay, &pins, &mut background)?;
+    background.spawn_until_shutdown(
+        "metrics",
+        metrics::serve(
+            listeners.metrics,
+            Arc::new(Mutex::new(counters)),
+            Some(manager.clone()),
+            Some(peers.clone()),
+            sync_errors.clone(),
+        ),
+    );
     let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
     let reconciler = Arc::new(Reconciler::new(
         manager.clone(),
@@ -198,18 +200,14 @@ fn start(
     })
 }
 
-/// Loads and attaches (or adopts) the programs, forwards their logs and serves their
-/// counters on `/metrics`.
+/// Loads and attaches (or adopts) the programs and forwards their logs; the counters are
+/// for `/metrics`.
 fn start_dataplane(
     config: &AgentConfig,
     underlay: Underlay,
     pins: &PinDirs,
-    manager: &Manager,
-    peers: &Arc<Peers>,
-    sync_errors: &Arc<MapSyncErrors>,
-    metrics_listener: TcpListener,
     background: &mut Background,
-) -> Result<(Arc<std::sync::Mutex<Dataplane>>, AttachedMode)> {
+) -> Result<(Arc<std::sync::Mutex<Dataplane>>, AttachedMode, Counters)> {
     let want = Attachments {
         underlay_iface: config.underlay_iface.clone(),
         underlay_ip: underlay.advertise,
@@ -220,19 +218,9 @@ fn start_dataplane(
     if let Some(logs) = dataplane.take_logs() {
         background.spawn_until_shutdown("forward_ebpf_logs", logs.forward());
     }
-    let counters = Arc::new(Mutex::new(dataplane.counters()?));
-    background.spawn_until_shutdown(
-        "metrics",
-        metrics::serve(
-            metrics_listener,
-            counters,
-            Some(manager.clone()),
-            Some(peers.clone()),
-            sync_errors.clone(),
-        ),
-    );
+    let counters = dataplane.counters()?;
     let mode = dataplane.xdp_attached_mode;
-    Ok((Arc::new(std::sync::Mutex::new(dataplane)), mode))
+    Ok((Arc::new(std::sync::Mutex::new(dataplane)), mode, counters))
 }
 
 /// The loops that talk to the cluster: the peer RPC server and the state directory's

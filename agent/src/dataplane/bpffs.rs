@@ -6,7 +6,7 @@ use std::{ffi::CString, fs, io, os::unix::ffi::OsStrExt, path::Path};
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Whether `path` is on a bpffs.
-pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+pub(super) fn is_bpffs(path: &Path) -> io::Result<bool> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
     // SAFETY: `statfs` writes into the zeroed struct we own; the path is NUL-terminated.
@@ -24,7 +24,7 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
 /// A mount made here lives in the agent's mount namespace: under `ip netns exec`, that
 /// namespace (and so the pins) dies with the agent. Deployments that run agents that
 /// way mount the bpffs beforehand, outside, as the testbed does.
-pub fn prepare(dir: &Path) -> io::Result<()> {
+pub(super) fn prepare(dir: &Path) -> io::Result<()> {
     let sys_bpf = Path::new("/sys/fs/bpf");
     if dir.starts_with(sys_bpf) {
         if !is_bpffs(sys_bpf)? {

@@ -52,9 +52,9 @@ use tracing::{debug, info, warn};
 
 use links::Attachment;
 pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
+pub(crate) use logs::EbpfLogs;
 pub(crate) use maps::MapHandle;
 pub use maps::CAPACITY_OVERRIDE_ENV;
-pub(crate) use logs::EbpfLogs;
 pub use overlay::OverlayMaps;
 
 /// The eBPF object, built by `build.rs` through the same function as

@@ -12,7 +12,12 @@ use crate::api::{ServiceRow, ServiceStatus, TaskRow, TaskRowState};
 
 /// The display name of a task: `web.2` (replicated), `web.<host>` (global), or
 /// `web.attached.<id>`.
-pub fn task_name(view: &ClusterView, node: NodeId, task: &Task, service: &Service) -> String {
+pub(crate) fn task_name(
+    view: &ClusterView,
+    node: NodeId,
+    task: &Task,
+    service: &Service,
+) -> String {
     if task.attached {
         return format!("{}.attached.{}", task.service, task.id);
     }
@@ -23,7 +28,7 @@ pub fn task_name(view: &ClusterView, node: NodeId, task: &Task, service: &Servic
 }
 
 /// A node's hostname as the view knows it, else its short ID.
-pub fn hostname(view: &ClusterView, node: NodeId) -> String {
+pub(crate) fn hostname(view: &ClusterView, node: NodeId) -> String {
     view.node(&node)
         .and_then(|n| n.info.as_ref())
         .map(|i| i.hostname.clone())
@@ -31,12 +36,12 @@ pub fn hostname(view: &ClusterView, node: NodeId) -> String {
 }
 
 /// Live attached tasks of `service`: each counts as one replica.
-pub fn attached_count(view: &ClusterView, service: &Service) -> u32 {
+pub(crate) fn attached_count(view: &ClusterView, service: &Service) -> u32 {
     view.tasks_of(service).live().attached().count() as u32
 }
 
 /// The layout placement gives `service` now (attached replicas reduce the placed count).
-pub fn layout(view: &ClusterView, service: &Service, now_ms: u64) -> Layout {
+pub(crate) fn layout(view: &ClusterView, service: &Service, now_ms: u64) -> Layout {
     let mut placed = service.clone();
     if let Mode::Replicated { replicas } = service.mode {
         placed.mode = Mode::Replicated {

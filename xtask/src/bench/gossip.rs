@@ -30,7 +30,7 @@ use xtask::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Nodes in the large simulated cluster.
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
@@ -48,7 +48,7 @@ pub struct Args {
     simulated_only: bool,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<()> {
     simulated_spread_and_detection(&args)?;
     simulated_false_downs(args.node_hours)?;
     if !args.simulated_only {

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-pub mod gossip;
-pub mod overlay;
-pub mod pktgen;
-pub mod services;
+pub(crate) mod gossip;
+pub(crate) mod overlay;
+pub(crate) mod pktgen;
+pub(crate) mod services;
 
 #[derive(clap::Subcommand)]
-pub enum Bench {
+pub(crate) enum Bench {
     /// Control plane: change propagation, failure detection, false downs, RSS, bandwidth.
     Gossip(gossip::Args),
     /// Overlay dataplane vs the kernel VXLAN + bridge reference, same testbed, side by side.
@@ -18,7 +18,7 @@ pub enum Bench {
     Services(services::Args),
 }
 
-pub fn run(bench: Bench) -> anyhow::Result<()> {
+pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Gossip(args) => gossip::run(args),
         Bench::Overlay(args) => overlay::run(args),
@@ -27,7 +27,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
 }
 
 /// p50 and p99 of durations, as "p50 X ms, p99 Y ms, max Z ms (n)".
-pub fn percentiles(samples: &mut [Duration]) -> String {
+pub(crate) fn percentiles(samples: &mut [Duration]) -> String {
     if samples.is_empty() {
         return "no samples".to_owned();
     }

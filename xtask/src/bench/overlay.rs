@@ -42,7 +42,7 @@ const REF_VNI: &str = "77";
 const VXLAN_OVERHEAD: u32 = 50;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Seconds of each TCP throughput run.
     #[arg(long, default_value_t = 10)]
     tcp_seconds: u32,
@@ -85,7 +85,7 @@ impl Row {
     }
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<()> {
     say("overlay: 3-host netns testbed, Skein cluster and the kernel VXLAN reference side by side");
     let bed = Testbed::new("bench-overlay", TestbedConfig::with_hosts(3))?;
     // Kept alive until the end: dropping a Process does not stop it, but holding them makes

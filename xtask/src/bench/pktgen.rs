@@ -66,14 +66,14 @@ use serde_json::Value;
 use xtask::testbed::run_command;
 
 /// UDP payload bytes: "64-byte UDP" as `iperf3 -l 64` means it.
-pub const PAYLOAD_LEN: usize = 64;
+pub(crate) const PAYLOAD_LEN: usize = 64;
 /// Destination port the receiver's nftables rule counts and drops (discard).
-pub const SINK_PORT: u16 = 9;
+pub(crate) const SINK_PORT: u16 = 9;
 /// First UDP source port; flow `i` uses `FIRST_SRC_PORT + i`.
 const FIRST_SRC_PORT: u16 = 40000;
 /// Frames per `BPF_PROG_TEST_RUN` call: short enough (tens of ms) that the deadline is met
 /// closely and flows alternate often, long enough that the per-call setup does not matter.
-pub const CHUNK: u32 = 1 << 15;
+pub(crate) const CHUNK: u32 = 1 << 15;
 /// Frames the kernel processes per batch inside one call (its default is 64, its max 256).
 const BATCH_SIZE: u32 = 64;
 /// A hard bound on calls per run whatever the rate: 20 Mpps for the whole duration.
@@ -87,14 +87,14 @@ const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 /// Length of every generated frame (without FCS).
-pub const FRAME_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN + PAYLOAD_LEN;
+pub(crate) const FRAME_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN + PAYLOAD_LEN;
 
 // ---------------------------------------------------------------------------------------------
 // Frames.
 
 /// Who sends to whom, as the sender endpoint's stack would address it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Addressing {
+pub(crate) struct Addressing {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
     pub src_ip: Ipv4Addr,
@@ -103,7 +103,7 @@ pub struct Addressing {
 
 /// An Ethernet/IPv4/UDP frame with a [`PAYLOAD_LEN`]-byte payload and complete IPv4 header and
 /// UDP checksums (nothing downstream fills them in: there is no skb, hence no offload).
-pub fn udp_frame(addr: &Addressing, src_port: u16, dst_port: u16) -> [u8; FRAME_LEN] {
+pub(crate) fn udp_frame(addr: &Addressing, src_port: u16, dst_port: u16) -> [u8; FRAME_LEN] {
     let mut f = [0u8; FRAME_LEN];
     f[0..6].copy_from_slice(&addr.dst_mac);
     f[6..12].copy_from_slice(&addr.src_mac);
@@ -198,10 +198,10 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
 }
 
 /// The loaded program `r0 = XDP_TX; exit`.
-pub struct XdpTx(OwnedFd);
+pub(crate) struct XdpTx(OwnedFd);
 
 impl XdpTx {
-    pub fn load() -> Result<XdpTx> {
+    pub(crate) fn load() -> Result<XdpTx> {
         // struct bpf_insn, little-endian: code, dst/src regs, off, imm.
         // 0xb7 = BPF_ALU64 | BPF_MOV | BPF_K into r0; 0x95 = BPF_JMP | BPF_EXIT.
         let insns: [u64; 2] = [0xb7 | (XDP_TX << 32), 0x95];
@@ -487,7 +487,7 @@ impl CpuTimes {
 // A measurement.
 
 /// One side of the comparison: a sender endpoint on `sender_host_netns` and a receiver.
-pub struct Side<'a> {
+pub(crate) struct Side<'a> {
     pub sender_netns: &'a str,
     pub sender_host_netns: &'a str,
     pub receiver_netns: &'a str,
@@ -495,7 +495,7 @@ pub struct Side<'a> {
 }
 
 impl<'a> Side<'a> {
-    pub fn new(
+    pub(crate) fn new(
         sender_netns: &'a str,
         sender_host_netns: &'a str,
         receiver_netns: &'a str,
@@ -512,7 +512,7 @@ impl<'a> Side<'a> {
 
 /// What one run measured.
 #[derive(Clone, Copy, Debug)]
-pub struct Figures {
+pub(crate) struct Figures {
     pub sent: u64,
     pub delivered: u64,
     /// Seconds the generator ran.
@@ -530,13 +530,13 @@ pub struct Figures {
 }
 
 impl Figures {
-    pub fn sent_kpps(&self) -> f64 {
+    pub(crate) fn sent_kpps(&self) -> f64 {
         self.sent as f64 / self.seconds / 1e3
     }
-    pub fn delivered_kpps(&self) -> f64 {
+    pub(crate) fn delivered_kpps(&self) -> f64 {
         self.delivered as f64 / self.seconds / 1e3
     }
-    pub fn loss_percent(&self) -> f64 {
+    pub(crate) fn loss_percent(&self) -> f64 {
         if self.sent == 0 {
             return 0.0;
         }
@@ -546,18 +546,18 @@ impl Figures {
         (self.delivered > 0).then(|| cpu_seconds * 1e9 / self.delivered as f64)
     }
     /// Whole-machine busy CPU nanoseconds per delivered packet.
-    pub fn cpu_ns_per_packet(&self) -> Option<f64> {
+    pub(crate) fn cpu_ns_per_packet(&self) -> Option<f64> {
         self.per_packet_ns(self.cpu_seconds)
     }
     /// Kernel-mode CPU nanoseconds per delivered packet (whole machine).
-    pub fn kernel_ns_per_packet(&self) -> Option<f64> {
+    pub(crate) fn kernel_ns_per_packet(&self) -> Option<f64> {
         self.per_packet_ns(self.kernel_cpu_seconds)
     }
     /// The packets' own path's CPU nanoseconds per delivered packet.
-    pub fn path_ns_per_packet(&self) -> Option<f64> {
+    pub(crate) fn path_ns_per_packet(&self) -> Option<f64> {
         self.per_packet_ns(self.path_cpu_seconds)
     }
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let ns = |v: Option<f64>| v.map_or("n/a".to_owned(), |n| format!("{n:.0}"));
         format!(
             "sent {:.0} kpps, delivered {:.0} kpps ({:.2}% lost); CPU ns per delivered packet: \
@@ -671,7 +671,12 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// One bounded run of `duration` for `side`: GRO on the sender's host-side veth, a counting
 /// sink in the receiver, the generator, the counter after a short drain, and the CPU time.
-pub fn measure(prog: &XdpTx, side: &Side, flows: u16, duration: Duration) -> Result<Figures> {
+pub(crate) fn measure(
+    prog: &XdpTx,
+    side: &Side,
+    flows: u16,
+    duration: Duration,
+) -> Result<Figures> {
     let frames = frames(&addressing(side)?, flows);
     let _gro = PeerGro::enable(side.sender_netns, side.sender_host_netns)?;
     let sink = Sink::install(side.receiver_netns)?;
@@ -700,7 +705,7 @@ pub fn measure(prog: &XdpTx, side: &Side, flows: u16, duration: Duration) -> Res
 }
 
 /// The medians over runs, figure by figure.
-pub struct Medians {
+pub(crate) struct Medians {
     pub sent_kpps: f64,
     pub delivered_kpps: f64,
     pub loss_percent: f64,
@@ -709,7 +714,7 @@ pub struct Medians {
 }
 
 impl Medians {
-    pub fn of(runs: &[Figures]) -> Option<Medians> {
+    pub(crate) fn of(runs: &[Figures]) -> Option<Medians> {
         fn med(mut v: Vec<f64>) -> Option<f64> {
             v.sort_by(f64::total_cmp);
             let n = v.len();
@@ -735,7 +740,7 @@ impl Medians {
 /// `rounds` rounds, each measuring every side once in order (so the sides alternate and share
 /// the machine's conditions), `duration` per run; prints each run as it ends. Returns the runs
 /// per side, in the order of `sides`.
-pub fn compare(
+pub(crate) fn compare(
     sides: &[(&str, Side)],
     flows: u16,
     rounds: u32,

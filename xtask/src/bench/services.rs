@@ -23,7 +23,7 @@ use xtask::{
 use super::percentiles;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Hosts in the testbed.
     #[arg(long, default_value_t = 3)]
     hosts: usize,
@@ -49,7 +49,7 @@ fn running(host: &Host, service: &str) -> Option<Vec<String>> {
     )
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<()> {
     say(&format!(
         "services on {} real agents in a netns testbed",
         args.hosts

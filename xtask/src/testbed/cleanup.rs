@@ -425,7 +425,7 @@ pub(crate) struct ProcStat {
 
 impl ProcStat {
     /// Whether the process has exited (a zombie waiting to be reaped counts as exited).
-    pub fn is_dead(&self) -> bool {
+    pub(super) fn is_dead(&self) -> bool {
         matches!(self.state, 'Z' | 'X' | 'x')
     }
 }
