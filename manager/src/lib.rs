@@ -16,6 +16,7 @@
 //! - [`ops`]: the cluster operations behind the CLI (network create, node rm, ...).
 //! - [`placement`]: which node runs which task, computed alike on every node.
 //! - [`sim`]: whole clusters simulated in one process with virtual time.
+//! - `testing` (feature `testing`): fixtures for unit tests here and in the agent.
 
 pub mod driver;
 pub mod gossip;
@@ -27,6 +28,8 @@ pub mod placement;
 pub mod secure;
 pub mod sim;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod view;
 
 pub use driver::Manager;

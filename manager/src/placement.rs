@@ -200,27 +200,13 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::state::{EndpointMode, PublishMode};
 
     fn service(name: &str, replicas: u32) -> Service {
-        Service {
-            name: name.into(),
-            mode: Mode::Replicated { replicas },
-            network: "net".into(),
-            ports: vec![],
-            publish_mode: PublishMode::Ingress,
-            endpoint_mode: EndpointMode::Vip,
-            vip: None,
-            command: vec!["true".into()],
-            env: vec![],
-            user: None,
-            health: None,
-            restart_delay_ms: 0,
-            created: Stamp {
-                hlc: 42,
-                writer: NodeId([9; 16]),
-            },
-        }
+        let created = Stamp {
+            hlc: 42,
+            writer: NodeId([9; 16]),
+        };
+        crate::testing::service(name, Mode::Replicated { replicas }, created)
     }
 
     fn node(i: u8) -> NodeId {

@@ -46,7 +46,7 @@
 //! is [`Reject::StaleEpoch`]; within the epoch each counter is accepted once, in any
 //! order, as long as it is no more than `REPLAY_WINDOW - 1` behind the highest seen.
 //! Replay state is only touched after authentication, so forged datagrams cannot move
-//! it. At most [`DEFAULT_MAX_PEERS`] senders are tracked (configurable); the least
+//! it. At most [`DEFAULT_MAX_PEERS`] senders are tracked; the least
 //! recently heard one is forgotten first, after which its earlier datagrams could pass
 //! once more. The receiver also forgets everything when it restarts. Both are safe
 //! because the replicated state is ordered by hybrid logical clocks: an old, authentic
@@ -342,13 +342,6 @@ impl Opener {
             peers: replay::PeerTable::new(DEFAULT_MAX_PEERS),
             counters: RejectCounters::default(),
         }
-    }
-
-    /// Tracks at most `max_peers` senders (at least 1) instead of
-    /// [`DEFAULT_MAX_PEERS`]; see the module documentation for what eviction costs.
-    pub fn with_max_peers(mut self, max_peers: usize) -> Opener {
-        self.peers = replay::PeerTable::new(max_peers);
-        self
     }
 
     /// Authenticates, decrypts and replay-checks one datagram. A rejected datagram is

@@ -265,7 +265,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::state::{EndpointMode, Mode, PublishMode, TaskState};
+    use crate::state::{Mode, TaskState};
 
     fn stamp(hlc: u64) -> Stamp {
         Stamp {
@@ -275,21 +275,7 @@ mod tests {
     }
 
     fn service(name: &str, created: u64) -> Service {
-        Service {
-            name: name.into(),
-            mode: Mode::Replicated { replicas: 3 },
-            network: "net".into(),
-            ports: vec![],
-            publish_mode: PublishMode::Ingress,
-            endpoint_mode: EndpointMode::Vip,
-            vip: None,
-            command: vec!["true".into()],
-            env: vec![],
-            user: None,
-            health: None,
-            restart_delay_ms: 0,
-            created: stamp(created),
-        }
+        crate::testing::service(name, Mode::Replicated { replicas: 3 }, stamp(created))
     }
 
     fn task(id: &str, service: &Service, state: TaskState, attached: bool) -> Task {

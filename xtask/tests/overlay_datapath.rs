@@ -633,7 +633,7 @@ fn tcp_crosses_hosts_intact_with_checksum_offload_and_the_underlay_carries_valid
     let (h1, h2) = (overlay.host(client), overlay.host(server));
 
     // The kernel's defaults on veths: checksum offload and TSO on, so the endpoints hand
-    // over partial checksums and 64 KB super-packets (the KERNEL-NOTES trap for XDP).
+    // over partial checksums and 64 KB super-packets (the XDP trap in ARCHITECTURE.md's kernel facts).
     for ep in [client, server] {
         let features =
             String::from_utf8_lossy(&ep.run(&["ethtool", "-k", "eth0"]).stdout).into_owned();

@@ -31,6 +31,19 @@ impl Shutdown {
             value = work => Some(value),
         }
     }
+
+    /// Waits `period` (a rate limit), then for the next view: `false` once shutdown is
+    /// requested or the views end.
+    async fn pause_then_next<T>(
+        &mut self,
+        period: Duration,
+        views: &mut watch::Receiver<T>,
+    ) -> bool {
+        self.unless_requested(tokio::time::sleep(period))
+            .await
+            .is_some()
+            && matches!(self.unless_requested(views.changed()).await, Some(Ok(())))
+    }
 }
 
 /// The daemon's named background tasks and their shutdown signal.
@@ -120,16 +133,11 @@ pub(super) async fn remember_peers(manager: Manager, state: Arc<StateDir>, mut s
             }
             saved = peers;
         }
-        if shutdown
-            .unless_requested(tokio::time::sleep(Duration::from_secs(5)))
+        if !shutdown
+            .pause_then_next(Duration::from_secs(5), &mut views)
             .await
-            .is_none()
         {
             return;
-        }
-        match shutdown.unless_requested(views.changed()).await {
-            Some(Ok(())) => {}
-            None | Some(Err(_)) => return,
         }
     }
 }
@@ -152,16 +160,11 @@ pub(super) async fn save_store(manager: Manager, state: Arc<StateDir>, mut shutd
                 },
             }
         }
-        if shutdown
-            .unless_requested(tokio::time::sleep(Duration::from_secs(1)))
+        if !shutdown
+            .pause_then_next(Duration::from_secs(1), &mut views)
             .await
-            .is_none()
         {
             return;
-        }
-        match shutdown.unless_requested(views.changed()).await {
-            Some(Ok(())) => {}
-            None | Some(Err(_)) => return,
         }
     }
 }

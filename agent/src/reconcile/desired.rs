@@ -115,7 +115,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use manager::{
-        state::{EndpointSet, Network, NetworkSet, NodeInfo, Stamp, Vtep},
+        state::{EndpointSet, Network, NetworkSet, Stamp, Vtep},
         view::{ClusterView, NodeStatus},
         NodeId,
     };
@@ -123,23 +123,7 @@ mod tests {
     use super::*;
 
     fn node(id: u8, up: bool, ip: [u8; 4]) -> NodeStatus {
-        NodeStatus {
-            id: NodeId([id; 16]),
-            info: Some(NodeInfo {
-                hostname: format!("h{id}"),
-                addr: (ip, 7946).into(),
-                underlay_ip: Ipv4Addr::from(ip),
-                underlay_mtu: 1500,
-                boot_epoch: 1,
-                started_at_ms: 1,
-                version: "t".into(),
-                leaving: false,
-                restart_grace_until_ms: 0,
-            }),
-            addr: Some((ip, 7946).into()),
-            up,
-            is_self: id == 1,
-        }
+        manager::testing::node(id, up, ip)
     }
 
     fn endpoint(id: &str, ip: [u8; 4], vni: u32, network: &str) -> Endpoint {

@@ -151,51 +151,22 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use manager::{
-        state::{EndpointMode, NodeInfo, PublishMode, ServiceSet, Stamp, TaskState},
+        state::{ServiceSet, Stamp, TaskState},
         view::NodeStatus,
     };
 
     use super::*;
 
     fn node(id: u8, up: bool) -> NodeStatus {
-        NodeStatus {
-            id: NodeId([id; 16]),
-            info: Some(NodeInfo {
-                hostname: format!("h{id}"),
-                addr: ([10, 0, 0, id], 7946).into(),
-                underlay_ip: Ipv4Addr::new(10, 0, 0, id),
-                underlay_mtu: 1500,
-                boot_epoch: 1,
-                started_at_ms: 1,
-                version: "t".into(),
-                leaving: false,
-                restart_grace_until_ms: 0,
-            }),
-            addr: None,
-            up,
-            is_self: id == 1,
-        }
+        manager::testing::node(id, up, [10, 0, 0, id])
     }
 
     fn service() -> Service {
-        Service {
-            name: "web".into(),
-            mode: Mode::Replicated { replicas: 3 },
-            network: "net".into(),
-            ports: vec![],
-            publish_mode: PublishMode::Ingress,
-            endpoint_mode: EndpointMode::Vip,
-            vip: None,
-            command: vec!["true".into()],
-            env: vec![],
-            user: None,
-            health: None,
-            restart_delay_ms: 0,
-            created: Stamp {
-                hlc: 1,
-                writer: NodeId([1; 16]),
-            },
-        }
+        let created = Stamp {
+            hlc: 1,
+            writer: NodeId([1; 16]),
+        };
+        manager::testing::service("web", Mode::Replicated { replicas: 3 }, created)
     }
 
     fn view(up: [bool; 3], tasks: Vec<(NodeId, Task)>) -> ClusterView {

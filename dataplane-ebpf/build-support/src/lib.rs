@@ -26,7 +26,7 @@ use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 /// The rustup toolchain the eBPF programs build with (`-Z build-std` needs nightly).
 pub const NIGHTLY: &str = "nightly";
-/// The bpf-linker release known to work with aya 0.14 (see KERNEL-NOTES).
+/// The bpf-linker release known to work with aya 0.14 (see ARCHITECTURE.md, "Kernel and toolchain facts").
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The target the programs are built for.
 pub const BPF_TARGET: &str = "bpfel-unknown-none";

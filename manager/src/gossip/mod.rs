@@ -619,20 +619,6 @@ impl Engine {
         self.up.values()
     }
 
-    /// What SWIM itself holds about `node`: its identity, incarnation and state (for
-    /// diagnostics and tests).
-    pub fn swim_member(&self, node: &NodeId) -> Option<(Member, foca::State)> {
-        self.foca
-            .iter_membership_state()
-            .find(|m| m.id().id == *node)
-            .map(|m| (m.id().clone(), m.state()))
-    }
-
-    /// The members declared down (and not up again).
-    pub fn down_members(&self) -> impl Iterator<Item = &Member> {
-        self.down.values()
-    }
-
     /// Every record of the store, tombstones included (to save it).
     pub fn records(&self) -> Vec<Record> {
         self.with_store(|store| store.iter().cloned().collect())

@@ -86,13 +86,6 @@ impl EndpointSet {
             .map(|e| e.ip)
             .collect()
     }
-
-    pub fn on_network<'a>(
-        &'a self,
-        network: &'a str,
-    ) -> impl Iterator<Item = &'a (NodeId, Endpoint)> + 'a {
-        self.valid.iter().filter(move |(_, e)| e.network == network)
-    }
 }
 
 /// Every endpoint entry in the store (of live and down nodes alike; callers filter by

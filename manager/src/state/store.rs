@@ -381,11 +381,6 @@ impl Store {
         self.removals.contains_key(node) && self.node_records(*node).next().is_none()
     }
 
-    /// Every removed node and its removal stamp.
-    pub fn removed_nodes(&self) -> impl Iterator<Item = (NodeId, Stamp)> + '_ {
-        self.removals.iter().map(|(n, s)| (*n, *s))
-    }
-
     /// The bucket a key belongs to, for anti-entropy.
     pub fn bucket_of(key: &RecordKey) -> usize {
         (hash::key_hash(key) % BUCKETS as u64) as usize

@@ -7,8 +7,8 @@
 //!   VNI range) enslaved to a bridge `brr` with a veth to a reference endpoint namespace;
 //!   10.77.0.1 (h1), 10.77.0.2 (h2), and 10.77.0.3 (h1 again, for the same-host comparison).
 //!
-//! Why the same testbed is the fair comparison (KERNEL-NOTES, "XDP on a veth costs its peer
-//! TSO"): the agents' pass-through XDP program sits on each host's underlay `eth0`, which turns
+//! Why the same testbed is the fair comparison (ARCHITECTURE.md, "Kernel and toolchain
+//! facts": XDP on a veth turns its peer's TSO off): the agents' pass-through XDP program sits on each host's underlay `eth0`, which turns
 //! TSO off on its peer, so only MTU-sized frames cross the "wire" — for Skein's packets and for
 //! the reference's alike (Skein's TC underlay program passes VXLAN of VNIs it does not know).
 //! Both sides are therefore measured on the same wire-like underlay. Cross-host TCP is measured

@@ -23,8 +23,8 @@
 //!   kernel turns `XDP_TX` into a redirect to the same device, i.e. `veth_ndo_xdp_xmit`,
 //!   which puts the frame on the peer's (host-side veth's) ring.
 //! - The host-side peer: native XDP frames arriving on a veth are dropped silently unless
-//!   the peer has an XDP program or NAPI, which GRO turns on (KERNEL-NOTES, "XDP across
-//!   veths"). Skein's host-side veth carries its TC endpoint program and the reference's is a
+//!   the peer has an XDP program or NAPI, which GRO turns on (ARCHITECTURE.md, "Kernel and
+//!   toolchain facts": native XDP redirect into a veth). Skein's host-side veth carries its TC endpoint program and the reference's is a
 //!   bridge port; neither has XDP, and an XDP program would change Skein's path. So both get
 //!   the same setting, `ethtool -K <host-side veth> gro on`, for the run only; the previous
 //!   state is restored afterwards. With NAPI the veth builds an skb from each frame and
@@ -34,8 +34,8 @@
 //!   endpoint's IP stack (after the IPv4 header checks) and, dropping, sends no ICMP back.
 //! - CPU, two ways, both per delivered packet. (1) As asked: the whole machine's busy time
 //!   (`/proc/stat`, all CPUs, everything but idle and iowait) from the first frame until the
-//!   receiver's counter has settled. It includes the generator (cheap: tens of ns per frame,
-//!   KERNEL-NOTES) and anything else running — on a shared machine, other people's compilers;
+//!   receiver's counter has settled. It includes the generator (cheap: tens of ns per frame)
+//!   and anything else running — on a shared machine, other people's compilers;
 //!   [`measure`] samples the busy share just before each run so a noisy run shows. (2) The
 //!   packets' own path, which that noise does not reach: the generator thread's exact CPU time
 //!   (`CLOCK_THREAD_CPUTIME_ID`) plus every `ksoftirqd`'s (`/proc/<pid>/schedstat`). The whole

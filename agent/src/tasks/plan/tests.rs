@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use manager::{
-    state::{EndpointMode, EndpointSet, Mode, NodeInfo, PublishMode, ServiceSet, Stamp},
+    state::{EndpointSet, Mode, ServiceSet, Stamp},
     view::NodeStatus,
 };
 
@@ -21,41 +21,19 @@ fn stamp(hlc: u64) -> Stamp {
 
 /// Node `i` (1 is this node): up or down, possibly leaving.
 fn node(i: u8, up: bool, leaving: bool) -> NodeStatus {
-    NodeStatus {
-        id: id(i),
-        info: Some(NodeInfo {
-            hostname: format!("h{i}"),
-            addr: ([10, 0, 0, i], 7946).into(),
-            underlay_ip: Ipv4Addr::new(10, 0, 0, i),
-            underlay_mtu: 1500,
-            boot_epoch: 1,
-            started_at_ms: 1,
-            version: "t".into(),
-            leaving,
-            restart_grace_until_ms: 0,
-        }),
-        addr: None,
-        up,
-        is_self: i == 1,
+    let mut node = manager::testing::node(i, up, [10, 0, 0, i]);
+    if let Some(info) = node.info.as_mut() {
+        info.leaving = leaving;
     }
+    node
 }
 
 /// `web` (created at 100), one task per node; `replicas: None` makes it global.
 fn web(replicas: Option<u32>) -> Service {
+    let mode = replicas.map_or(Mode::Global, |replicas| Mode::Replicated { replicas });
     Service {
-        name: "web".into(),
-        mode: replicas.map_or(Mode::Global, |replicas| Mode::Replicated { replicas }),
-        network: "net".into(),
-        ports: vec![],
-        publish_mode: PublishMode::Ingress,
-        endpoint_mode: EndpointMode::Vip,
-        vip: None,
-        command: vec!["true".into()],
-        env: vec![],
-        user: None,
-        health: None,
         restart_delay_ms: 2000,
-        created: stamp(100),
+        ..manager::testing::service("web", mode, stamp(100))
     }
 }
 

@@ -44,9 +44,9 @@ pub(super) fn pidfd_exited(pidfd: &OwnedFd) -> bool {
     rc > 0 && pfd.revents != 0
 }
 
-/// Reaps an exited child through its pidfd without blocking. `Ok(None)`: not exited yet.
-/// An exit by signal N is reported as 128 + N, as shells do.
-pub(super) fn reap(pidfd: &OwnedFd) -> io::Result<Option<i32>> {
+/// `waitid(P_PIDFD, WEXITED | WNOHANG | extra)`: the child's siginfo, whose `si_pid` is 0
+/// if it has not exited.
+fn wait_exited(pidfd: &OwnedFd, extra: libc::c_int) -> io::Result<libc::siginfo_t> {
     // SAFETY: an all-zero siginfo is a valid value to be overwritten.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pidfd and out-pointer.
@@ -55,12 +55,19 @@ pub(super) fn reap(pidfd: &OwnedFd) -> io::Result<Option<i32>> {
             libc::P_PIDFD,
             pidfd.as_raw_fd() as libc::id_t,
             &mut info,
-            libc::WEXITED | libc::WNOHANG,
+            libc::WEXITED | libc::WNOHANG | extra,
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(info)
+}
+
+/// Reaps an exited child through its pidfd without blocking. `Ok(None)`: not exited yet.
+/// An exit by signal N is reported as 128 + N, as shells do.
+pub(super) fn reap(pidfd: &OwnedFd) -> io::Result<Option<i32>> {
+    let info = wait_exited(pidfd, 0)?;
     // SAFETY: waitid filled `info` for SIGCHLD, or left si_pid 0 (WNOHANG, not exited).
     let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
     if pid == 0 {
@@ -84,20 +91,7 @@ pub(super) fn abort_child(pid: u32) {
 
 /// Whether an exited child is waiting to be reaped, without reaping it.
 pub(super) fn reap_peek(pidfd: &OwnedFd) -> io::Result<bool> {
-    // SAFETY: an all-zero siginfo is a valid value to be overwritten.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pidfd and out-pointer.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let info = wait_exited(pidfd, libc::WNOWAIT)?;
     // SAFETY: filled by waitid, or si_pid left 0.
     Ok(unsafe { info.si_pid() } != 0)
 }

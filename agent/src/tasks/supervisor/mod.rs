@@ -336,19 +336,12 @@ impl Supervisor {
     /// Removes, in the background, an own task record whose service or endpoint is gone:
     /// nothing to adopt, only its process (if it still runs) and endpoint to stop.
     fn clean_up(&self, task: Task, endpoint: Option<Endpoint>) {
-        let id = task.id.clone();
-        self.stopping
-            .lock()
-            .expect("stopping lock")
-            .insert(id.clone());
-        let teardown = self.teardown_ctx(&id);
-        let stopping = self.stopping.clone();
-        tokio::spawn(async move {
+        let teardown = self.teardown_ctx(&task.id);
+        self.while_stopping(task.id.clone(), async move {
             let process = TaskProcess::adopt(&teardown.dir).map(Arc::new);
             teardown
                 .run(&task, endpoint.as_ref(), process.as_deref())
                 .await;
-            stopping.lock().expect("stopping lock").remove(&id);
         });
     }
 
@@ -356,21 +349,12 @@ impl Supervisor {
     /// died between creating a task's endpoint and writing its task record left it.
     fn remove_orphan_endpoint(&self, endpoint: Endpoint) {
         warn!(endpoint = %endpoint.name, "removing a task endpoint no task refers to");
-        self.stopping
-            .lock()
-            .expect("stopping lock")
-            .insert(endpoint.id.clone());
-        let (manager, reconciler, stopping) = (
-            self.manager.clone(),
-            self.reconciler.clone(),
-            self.stopping.clone(),
-        );
-        tokio::spawn(async move {
+        let (manager, reconciler) = (self.manager.clone(), self.reconciler.clone());
+        self.while_stopping(endpoint.id.clone(), async move {
             let _ = manager.remove_endpoint(&endpoint.id).await;
             if let Err(error) = reconciler.unplumb(&endpoint).await {
                 warn!(endpoint = %endpoint.name, error = %format!("{error:#}"), "could not remove an orphan task endpoint");
             }
-            stopping.lock().expect("stopping lock").remove(&endpoint.id);
         });
     }
 }

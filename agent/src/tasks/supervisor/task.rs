@@ -222,17 +222,28 @@ impl Supervisor {
 
     /// Stops a task in the background; it counts as stopping until it is gone.
     pub(super) fn stop_in_background(&self, local: Local) {
-        let id = local.task.id.clone();
+        let teardown = self.teardown_ctx(&local.task.id);
+        self.while_stopping(local.task.id.clone(), async move {
+            teardown
+                .run(&local.task, Some(&local.endpoint), local.process.as_deref())
+                .await;
+        });
+    }
+
+    /// Runs `removal` in the background, with `id` (a task's or an endpoint's) counted as
+    /// stopping until it is done, so no pass acts on it meanwhile.
+    pub(super) fn while_stopping(
+        &self,
+        id: String,
+        removal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         self.stopping
             .lock()
             .expect("stopping lock")
             .insert(id.clone());
-        let teardown = self.teardown_ctx(&id);
         let stopping = self.stopping.clone();
         tokio::spawn(async move {
-            teardown
-                .run(&local.task, Some(&local.endpoint), local.process.as_deref())
-                .await;
+            removal.await;
             stopping.lock().expect("stopping lock").remove(&id);
         });
     }
