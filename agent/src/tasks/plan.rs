@@ -394,10 +394,12 @@ fn is_orphan_task_endpoint(endpoint: &Endpoint, now_ms: u64) -> bool {
     is_task_endpoint && age >= ORPHAN_AGE.as_millis() as u64
 }
 
-/// Whether the node `layout` now gives `slot` of `service` runs a task for it.
+/// Whether the node `layout` now gives `slot` of `service` runs a task for it. An attached
+/// namespace there (recorded as slot 0) is no placed task of the slot.
 fn new_holder_runs(view: &ClusterView, service: &Service, layout: &Layout, slot: u32) -> bool {
     view.tasks_of(service)
         .serving()
+        .placed()
         .any(|(node, t)| t.slot == slot && layout.holds(*node, t.slot))
 }
 

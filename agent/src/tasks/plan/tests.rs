@@ -428,6 +428,10 @@ fn a_moved_slot_hands_over_once_the_new_holder_runs_or_after_the_handover_time()
     view.tasks[0].1.state = TaskState::Running;
     view.nodes[1].up = false;
     assert_eq!(plan(&view, &at(Some(clock.at(95))), clock.now()), []);
+    // A namespace attached there (recorded as slot 0) does not run the placed slot.
+    view.nodes[1].up = true;
+    view.tasks[0].1.attached = true;
+    assert_eq!(plan(&view, &at(Some(clock.at(95))), clock.now()), []);
 }
 
 #[test]
