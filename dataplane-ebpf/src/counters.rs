@@ -82,9 +82,17 @@ impl Verdict {
     /// Encapsulated, the frame exceeds the underlay's MTU (the endpoint's MTU is not
     /// the underlay's minus the 50-byte VXLAN overhead): dropped.
     pub const TOO_BIG: Verdict = Verdict(16);
+    /// From an endpoint veth without its port entry: dropped (fail closed).
+    pub const NO_PORT: Verdict = Verdict(17);
+    /// A plain IPv4 packet from the underlay addressed into an overlay subnet (someone
+    /// routing into the overlay around VXLAN): dropped.
+    pub const INTO_OVERLAY: Verdict = Verdict(18);
+    /// A workload's packet to one of the cluster's own ports (VXLAN, gossip, peer RPC,
+    /// metrics) on this host or a cluster host: dropped.
+    pub const CLUSTER_PORT: Verdict = Verdict(19);
 
     /// Every verdict, in slot order.
-    pub const ALL: [Verdict; 17] = [
+    pub const ALL: [Verdict; 20] = [
         Verdict::PASS,
         Verdict::DROP,
         Verdict::REDIRECT,
@@ -102,13 +110,16 @@ impl Verdict {
         Verdict::MALFORMED,
         Verdict::NO_ROUTE,
         Verdict::TOO_BIG,
+        Verdict::NO_PORT,
+        Verdict::INTO_OVERLAY,
+        Verdict::CLUSTER_PORT,
     ];
 
     /// The `verdict` label of this slot in `/metrics`: what happened to the packet.
     pub const fn name(self) -> &'static str {
         match self.0 {
             0 | 9 | 10 => "pass",
-            1 | 11..=16 => "drop",
+            1 | 11..=19 => "drop",
             2 | 5..=7 => "redirect",
             3 | 8 => "tx",
             4 => "error",
@@ -131,6 +142,9 @@ impl Verdict {
             14 => Some("malformed"),
             15 => Some("no_route"),
             16 => Some("too_big"),
+            17 => Some("no_port"),
+            18 => Some("routed_into_overlay"),
+            19 => Some("cluster_port"),
             _ => None,
         }
     }

@@ -7,6 +7,7 @@
 //! - [`maps`]: the one table of pinned maps (name, type, key/value size, capacity).
 //! - [`counters`]: the per-verdict packet/byte counters every program keeps.
 //! - [`overlay`]: the overlay's maps and shared helpers (VXLAN, MACs, checksums).
+//! - [`guard`]: what keeps the overlay closed: the guarded hosts and ports, and the rule.
 //!
 //! Rules for every map key/value type (hash maps compare raw bytes, and the two sides
 //! must agree on layout without a compiler to check them): `#[repr(C)]`, `Copy`, no
@@ -14,6 +15,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod guard;
 pub mod maps;
 pub mod names;
 pub mod overlay;

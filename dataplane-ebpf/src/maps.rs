@@ -10,6 +10,7 @@ use core::mem::size_of;
 
 use crate::{
     counters::{Counter, COUNTER_SLOTS},
+    guard::{GuardedHostKey, GuardedHostValue, GuardedPort, GuardedPortValue},
     overlay::{
         EndpointKey, EndpointValue, NetworkKey, NetworkValue, PortKey, PortValue, SubnetKey,
         SubnetValue, UnderlayValue, VtepKey, VtepValue,
@@ -100,6 +101,15 @@ pub const OVERLAY_SUBNETS: MapSpec = MapSpec::new::<SubnetKey, SubnetValue>(
 pub const OVERLAY_UNDERLAY: MapSpec =
     MapSpec::new::<u32, UnderlayValue>("OVERLAY_UNDERLAY", MapKind::Array, 1);
 
+/// Addresses of the cluster's hosts (every node's underlay and gossip address, every
+/// external VTEP): workloads may not reach [`GUARDED_PORTS`] there (see [`crate::guard`]).
+pub const GUARDED_HOSTS: MapSpec =
+    MapSpec::new::<GuardedHostKey, GuardedHostValue>("GUARDED_HOSTS", MapKind::Hash, 8_192);
+/// The cluster's own ports, by protocol: VXLAN, every node's gossip port (UDP and TCP),
+/// the agent's metrics port (see [`crate::guard`]).
+pub const GUARDED_PORTS: MapSpec =
+    MapSpec::new::<GuardedPort, GuardedPortValue>("GUARDED_PORTS", MapKind::Hash, 256);
+
 /// Every map the agent pins under `<bpf-dir>/maps`, so a restarted agent adopts them.
 pub const PINNED: &[MapSpec] = &[
     XDP_UNDERLAY_COUNTERS,
@@ -111,6 +121,8 @@ pub const PINNED: &[MapSpec] = &[
     OVERLAY_VTEPS,
     OVERLAY_UNDERLAY,
     OVERLAY_SUBNETS,
+    GUARDED_HOSTS,
+    GUARDED_PORTS,
 ];
 
 /// Every counters map, with the program it counts for.

@@ -11,6 +11,8 @@
 //! - `decap`: the VXLAN classification both underlay stages share.
 //! - `encap`: VXLAN encapsulation towards another host or an external VTEP, ICMP
 //!   "fragmentation needed".
+//! - `guard`: the fail-closed checks: nothing routed into the overlay, no workload
+//!   traffic to the cluster's own ports.
 //! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups (the
 //!   mesh's conntrack and NAT state will be declared here, their logic in modules of
 //!   their own beside `decap` and `encap`).
@@ -24,6 +26,7 @@
 
 mod decap;
 mod encap;
+mod guard;
 mod maps;
 mod outcome;
 mod parse;

@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use dataplane_ebpf::{
     counters::Counter,
+    guard::{GuardedHostKey, GuardedHostValue, GuardedPort, GuardedPortValue},
     maps::{self as spec, MapKind},
     overlay::{EndpointKey, EndpointValue, NetworkValue, PortValue, UnderlayValue, VtepValue},
 };
@@ -75,6 +76,8 @@ pinned!(OVERLAY_VTEPS: LpmTrie<[u8; 8], VtepValue>);
 // Key data: the IPv4 address; see `overlay::SubnetKey`. Value: the VNI.
 pinned!(OVERLAY_SUBNETS: LpmTrie<[u8; 4], u32>);
 pinned!(OVERLAY_UNDERLAY: Array<UnderlayValue>);
+pinned!(GUARDED_HOSTS: HashMap<GuardedHostKey, GuardedHostValue>);
+pinned!(GUARDED_PORTS: HashMap<GuardedPort, GuardedPortValue>);
 
 /// A copy of a hash map value (copied at once: the kernel may reuse the element's memory
 /// after an update from userspace).

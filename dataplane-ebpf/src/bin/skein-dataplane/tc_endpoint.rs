@@ -11,10 +11,12 @@
 //!   underlay once encapsulated, ICMP "fragmentation needed" back); an external VTEP's
 //!   prefix → VXLAN to the VTEP; anything else → dropped.
 //! - IPv4 to another overlay network's subnet → dropped (networks are isolated); to
-//!   anywhere else → the host, which routes (and NATs) it.
+//!   anywhere else → the host, which routes (and NATs) it — except UDP/TCP to one of the
+//!   cluster's own ports on this host or a cluster host (VXLAN, gossip, peer RPC,
+//!   metrics: [`crate::guard::cluster_port`]) → dropped.
 //! - Everything else from an endpoint (IPv6, other EtherTypes) → dropped.
-//! - Packets from a veth that is not a port (no `OVERLAY_PORTS` entry) are not ours:
-//!   passed unchanged.
+//! - Packets from a veth without its port entry (`OVERLAY_PORTS`) → dropped: the agent
+//!   writes the entry before the veth comes up, so this is a veth it lost track of.
 //!
 //! Encapsulation happens on the skb (`bpf_skb_adjust_room` with the tunnel flags), so
 //! a TCP super-packet stays one GSO skb with a partial checksum: the kernel segments it
@@ -33,6 +35,7 @@ use dataplane_ebpf::{
 
 use crate::{
     encap::{encap, frag_needed, too_big, Tunnel},
+    guard::cluster_port,
     maps::{
         lookup, network, underlay_config, OVERLAY_ENDPOINTS, OVERLAY_PORTS, OVERLAY_SUBNETS,
         OVERLAY_VTEPS, TC_ENDPOINT_COUNTERS,
@@ -58,14 +61,14 @@ fn handle(ctx: &TcContext) -> Outcome {
     // `ifindex` is the device the packet arrived on.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(port) = lookup(&OVERLAY_PORTS, &ifindex) else {
-        return Outcome::pass(Verdict::PASS);
+        return Outcome::drop(Verdict::NO_PORT);
     };
     pull_headers(ctx, (ETH_LEN + size_of::<ArpHdr>()) as u32);
     let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
         return Outcome::drop(Verdict::MALFORMED);
     };
     match be16(eth.ether_type) {
-        ETHERTYPE_IPV4 => ipv4(ctx, &port),
+        ETHERTYPE_IPV4 => ipv4(ctx, ifindex, &port),
         ETHERTYPE_ARP => arp(ctx, ifindex, &port),
         _ => Outcome::drop(Verdict::DROP),
     }
@@ -102,7 +105,7 @@ fn arp(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
     Outcome::redirect(Verdict::ARP_REPLY, ifindex)
 }
 
-fn ipv4(ctx: &TcContext, port: &PortValue) -> Outcome {
+fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
     let Some(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
         return Outcome::drop(Verdict::MALFORMED);
     };
@@ -134,10 +137,10 @@ fn ipv4(ctx: &TcContext, port: &PortValue) -> Outcome {
             }
         }
         // Outside the overlay: the host routes it (egress, NAT).
-        return to_host(ctx);
+        return to_host(ctx, ifindex, &ip, net.gateway);
     }
     if be32(dst) == be32(net.gateway) {
-        return to_host(ctx);
+        return to_host(ctx, ifindex, &ip, net.gateway);
     }
     let key = EndpointKey {
         vni: port.vni,
@@ -181,10 +184,15 @@ fn ipv4(ctx: &TcContext, port: &PortValue) -> Outcome {
     encap(ctx, &underlay, &tunnel)
 }
 
-/// To the host's stack. The endpoint addressed the frame to the gateway's MAC (its
-/// ARP answer), which need not be the host-side veth's own, so the kernel has already
-/// marked it as for another host and IPv4 would drop it: mark it as for this host.
-fn to_host(ctx: &TcContext) -> Outcome {
+/// To the host's stack, unless it is for one of the cluster's own ports. The endpoint
+/// addressed the frame to the gateway's MAC (its ARP answer), which need not be the
+/// host-side veth's own, so the kernel has already marked it as for another host and
+/// IPv4 would drop it: mark it as for this host.
+fn to_host(ctx: &TcContext, ifindex: u32, ip: &Ipv4Hdr, gateway: [u8; 4]) -> Outcome {
+    if cluster_port(ctx, ifindex, ip, gateway) {
+        debug!(ctx, "{:i} -> {:i}: a cluster port: dropped", ip.src, ip.dst);
+        return Outcome::drop(Verdict::CLUSTER_PORT);
+    }
     let _ = ctx.change_type(PACKET_HOST);
     Outcome::pass(Verdict::TO_HOST)
 }

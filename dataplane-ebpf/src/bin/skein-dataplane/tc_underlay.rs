@@ -14,6 +14,7 @@ use dataplane_ebpf::{
 
 use crate::{
     decap::{classify, inner_ethernet, Vxlan, DECAP_FLAGS, HEADERS_LEN},
+    guard::into_overlay,
     maps::{lookup, OVERLAY_PORTS, TC_UNDERLAY_COUNTERS},
     outcome::{count, Outcome},
     parse::*,
@@ -50,6 +51,8 @@ fn handle(ctx: &TcContext) -> Outcome {
     }
     pull_headers(ctx, HEADERS_LEN as u32);
     match classify(ctx) {
+        // Plain IPv4 routed into an overlay subnet (XDP drops it first where it runs).
+        Vxlan::NotOurs if into_overlay(ctx) => Outcome::drop(Verdict::INTO_OVERLAY),
         Vxlan::NotOurs => Outcome::pass(Verdict::PASS),
         Vxlan::IpOptions { ihl, src } => {
             // Find the port the slow way (a variable offset, through

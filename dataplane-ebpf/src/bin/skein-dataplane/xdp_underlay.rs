@@ -2,7 +2,8 @@
 //! from other hosts (see [`crate::decap`]). A frame that is plainly VXLAN for a local
 //! endpoint loses its outer headers right here and gets a [`DecapMeta`] mark for
 //! `tc_underlay_ingress`, so the device's GRO aggregates the inner packets; spoofed
-//! VXLAN is dropped; everything else is counted and passed.
+//! VXLAN is dropped, and so is plain IPv4 routed here into an overlay subnet; everything
+//! else is counted and passed.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -18,6 +19,7 @@ use dataplane_ebpf::{
 
 use crate::{
     decap::{classify, inner_ethernet, Vxlan},
+    guard::into_overlay,
     maps::XDP_UNDERLAY_COUNTERS,
     outcome::count,
     parse::*,
@@ -37,6 +39,7 @@ pub fn xdp_underlay(ctx: XdpContext) -> u32 {
         XdpDecap::Decapsulated => (Verdict::DECAP, xdp_action::XDP_PASS),
         XdpDecap::Untouched => (Verdict::PASS, xdp_action::XDP_PASS),
         XdpDecap::Spoofed => (Verdict::SPOOFED, xdp_action::XDP_DROP),
+        XdpDecap::IntoOverlay => (Verdict::INTO_OVERLAY, xdp_action::XDP_DROP),
     };
     count(&XDP_UNDERLAY_COUNTERS, verdict, len);
     action
@@ -51,6 +54,8 @@ enum XdpDecap {
     /// VXLAN for a local endpoint from an underlay source that may not send for its
     /// inner source: to be dropped right here.
     Spoofed,
+    /// Plain IPv4 routed here into an overlay subnet (see [`into_overlay`]): dropped.
+    IntoOverlay,
 }
 
 /// `xdp_underlay`'s part: decapsulates a frame for a local endpoint in place and marks it
@@ -68,6 +73,7 @@ fn xdp_decap(ctx: &XdpContext) -> XdpDecap {
             );
             return XdpDecap::Spoofed;
         }
+        Vxlan::NotOurs if into_overlay(ctx) => return XdpDecap::IntoOverlay,
         _ => return XdpDecap::Untouched,
     };
     if !xdp_pop(ctx, vni, dst, ifindex) {
