@@ -40,8 +40,9 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, u64>> {
 pub const XDP_PASS_PACKETS: &str = "skein_xdp_underlay_packets_total{verdict=\"pass\"}";
 /// The `pass` bytes counted by the underlay XDP program.
 pub const XDP_PASS_BYTES: &str = "skein_xdp_underlay_bytes_total{verdict=\"pass\"}";
-/// The `pass` packets counted by the endpoint TC program.
-pub const TC_PASS_PACKETS: &str = "skein_tc_endpoint_ingress_packets_total{verdict=\"pass\"}";
+/// Packets from an endpoint veth without its port entry, dropped (fail closed).
+pub const TC_NO_PORT_PACKETS: &str =
+    "skein_tc_endpoint_ingress_packets_total{verdict=\"drop\",reason=\"no_port\"}";
 
 /// One sample, or an error naming it.
 pub fn sample(samples: &BTreeMap<String, u64>, key: &str) -> Result<u64> {

@@ -5,7 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use xtask::{
-    scrape::{sample, scrape, TC_PASS_PACKETS, XDP_PASS_BYTES, XDP_PASS_PACKETS},
+    scrape::{sample, scrape, TC_NO_PORT_PACKETS, XDP_PASS_BYTES, XDP_PASS_PACKETS},
     testbed::{run_command, wait_until, Host, Testbed, TestbedConfig},
 };
 
@@ -151,13 +151,39 @@ fn agent_attaches_natively_counts_real_traffic_and_serves_metrics() {
         "bytes for 20 x 98-byte echo requests"
     );
 
-    // Real traffic from the endpoint into its veth's tc ingress.
-    let tc_before = sample(&metrics, TC_PASS_PACKETS).unwrap();
-    in_ep(&["ping", "-n", "-q", "-c", "10", "-i", "0.01", "10.201.0.1"]);
-    let tc_after = sample(&scrape(h1).unwrap(), TC_PASS_PACKETS).unwrap();
+    // Real traffic from the endpoint into its veth's tc ingress. No endpoint record
+    // gives this veth a port entry, so the program drops all of it (fail closed). A
+    // static neighbour, since no ARP answer could come back either: 10 echoes, 10 drops.
+    let host_mac = h1
+        .run("cat", ["/sys/class/net/ep1/address"])
+        .expect("ep1's MAC");
+    in_ep(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.201.0.1",
+        "lladdr",
+        host_mac.trim(),
+        "dev",
+        "eth0",
+    ]);
+    let tc_before = sample(&metrics, TC_NO_PORT_PACKETS).unwrap();
+    let pinged = h1
+        .command("ip")
+        .args([
+            "netns", "exec", &ep, "ping", "-n", "-q", "-c", "10", "-i", "0.01",
+        ])
+        .args(["-W", "1", "10.201.0.1"])
+        .output()
+        .expect("ping in the endpoint");
+    assert!(
+        !pinged.status.success(),
+        "no echo answered from a veth without its port entry"
+    );
+    let tc_after = sample(&scrape(h1).unwrap(), TC_NO_PORT_PACKETS).unwrap();
     assert!(
         tc_after >= tc_before + 10,
-        "tc_endpoint_ingress pass counter moved by {} for 10 echo requests",
+        "tc_endpoint_ingress no_port counter moved by {} for 10 echo requests",
         tc_after - tc_before
     );
 

@@ -1,9 +1,11 @@
 //! One full map does not stop the others (issue 9): an agent whose `OVERLAY_ENDPOINTS`
 //! holds only a few entries (the test-only `SKEIN_TEST_MAP_CAPACITY`, see
-//! `agent::dataplane::CAPACITY_OVERRIDE_ENV`) gets one endpoint more than fit. The error
-//! shows in the log, in `/metrics` and in `skein debug maps`; a new network still reaches
-//! `OVERLAY_NETWORKS`, and an endpoint removal still reaches `OVERLAY_ENDPOINTS` (and,
-//! removals coming first, makes room for the endpoint that did not fit). Needs root.
+//! `agent::dataplane::CAPACITY_OVERRIDE_ENV`) learns of one endpoint more than fit, on
+//! another host. The error shows in the log, in `/metrics` and in `skein debug maps`; a
+//! new network still reaches `OVERLAY_NETWORKS`, and an endpoint removal still reaches
+//! `OVERLAY_ENDPOINTS` (and, removals coming first, makes room for the endpoint that did
+//! not fit). An endpoint created on the full host itself is refused, saying so: its
+//! entries are written before it comes up, and cannot be (fail closed). Needs root.
 //!
 //! The metric is rendered by the agent's `/metrics` (the `MapSyncErrors` the reconciler
 //! records into); this test checks it by name.
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use xtask::{
-    cluster::{create_endpoint, skein_ok, DEADLINE},
+    cluster::{create_endpoint, ready_count, skein, skein_ok, DEADLINE},
     scrape::{sample, scrape},
     testbed::{wait_until, Host, Process, Testbed, TestbedConfig},
 };
@@ -55,18 +57,27 @@ fn debug_maps(host: &Host) -> String {
 
 #[test]
 fn a_full_endpoints_map_does_not_stop_new_networks_or_removals() {
-    let bed = Testbed::new("map-sync", TestbedConfig::with_hosts(1)).expect("testbed");
-    let host = bed.host(0);
+    let bed = Testbed::new("map-sync", TestbedConfig::with_hosts(2)).expect("testbed");
+    let (host, other) = (bed.host(0), bed.host(1));
     let mut agent = start_small_agent(host);
-    wait_until("the agent answers", DEADLINE, || {
-        skein_ok(host, &["network", "ls"])
+    let token = wait_until("the join token", DEADLINE, || {
+        skein_ok(host, &["join-token"]).map(|t| t.trim().to_owned())
     })
     .unwrap();
+    let _other_agent = other
+        .start_agent(&["--join", &host.underlay_ip().to_string(), "--token", &token])
+        .expect("second agent");
+    wait_until("2 ready nodes", DEADLINE, || ready_count(host) == Some(2)).unwrap();
     skein_ok(host, &["network", "create", "net1"]).unwrap();
+    wait_until("net1 on the other host", DEADLINE, || {
+        skein_ok(other, &["network", "ls"]).map(|ls| ls.contains("net1"))
+    })
+    .unwrap();
+    // Created on the other host (whose map is of normal size): remote entries on this one.
     let endpoints: Vec<(String, String)> = (0..=CAPACITY)
         .map(|i| {
             let name = format!("e{i}");
-            let (_, ip) = create_endpoint(host, "net1", &name).unwrap();
+            let (_, ip) = create_endpoint(other, "net1", &name).unwrap();
             (name, ip)
         })
         .collect();
@@ -95,6 +106,26 @@ fn a_full_endpoints_map_does_not_stop_new_networks_or_removals() {
         "no warning about the full map in the agent's log:\n{log}"
     );
 
+    // An endpoint of this host cannot get its entries in: refused, saying why, and
+    // nothing of it is left.
+    let refused = skein(
+        host,
+        &["endpoint", "create", "--network", "net1", "--name", "late"],
+    )
+    .expect("skein endpoint create");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "created on a full map");
+    assert!(
+        stderr.contains("OVERLAY_ENDPOINTS") && stderr.contains("full"),
+        "{stderr}"
+    );
+    assert!(
+        !skein_ok(host, &["endpoint", "ls"])
+            .unwrap()
+            .contains("late"),
+        "the refused endpoint is gone"
+    );
+
     // A new network still reaches its map.
     skein_ok(host, &["network", "create", "net2"]).unwrap();
     let networks: Vec<Value> =
@@ -118,7 +149,7 @@ fn a_full_endpoints_map_does_not_stop_new_networks_or_removals() {
         .iter()
         .find(|(_, ip)| mapped.contains(ip))
         .unwrap();
-    skein_ok(host, &["endpoint", "rm", removed_name]).unwrap();
+    skein_ok(other, &["endpoint", "rm", removed_name]).unwrap();
     let maps = wait_until(
         "the removal and the missing endpoint in the map",
         DEADLINE,

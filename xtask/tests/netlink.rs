@@ -156,7 +156,7 @@ fn endpoint_link_is_created_adopted_repaired_changed_and_removed() {
         first.changes,
         vec![
             Change::CreatedPair,
-            // The endpoint side cannot be created up (see ensure_endpoint_link).
+            // Neither side is created up (see prepare_endpoint_link).
             Change::EndpointUp,
             Change::LoopbackUp,
             Change::EndpointAddress,
@@ -164,6 +164,7 @@ fn endpoint_link_is_created_adopted_repaired_changed_and_removed() {
             // Offloads for the decapsulated path: GRO in the endpoint, TSO off outside.
             Change::EndpointGro,
             Change::HostTso,
+            Change::HostUp,
             Change::HostGatewayAddress,
             Change::HostEndpointRoute,
         ]

@@ -26,6 +26,7 @@ mod vtep;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
+use dataplane_ebpf::guard::{GuardedPort, IPPROTO_TCP};
 use manager::{state::NodeInfo, Manager};
 use tokio::{
     net::TcpListener,
@@ -143,6 +144,8 @@ fn start(
         maps,
         config.endpoint_ifaces.clone(),
         sync_errors,
+        // Workloads may not reach the metrics either (the guard: dataplane_ebpf::guard).
+        vec![GuardedPort::new(IPPROTO_TCP, metrics_addr.port())],
     ));
     background.spawn_until_shutdown("reconciler", reconciler.clone().run());
     let supervisor = Arc::new(Supervisor::new(

@@ -11,6 +11,7 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 
 use aya::maps::{Array, MapData, MapError};
 use dataplane_ebpf::{
+    guard::{GuardedHostKey, GuardedHostValue, GuardedPort, GuardedPortValue},
     maps,
     overlay::{
         EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, UnderlayValue, VtepKey,
@@ -25,7 +26,8 @@ use super::{
     DataplaneError, PinDirs,
 };
 
-/// The overlay's maps: endpoints, ports, networks, subnets, external VTEPs, underlay.
+/// The overlay's maps: endpoints, ports, networks, subnets, external VTEPs, underlay, and
+/// the guard's cluster hosts and ports.
 /// Each synced map is a [`MapHandle`] over its ABI types, so the reconciler converges
 /// every one of them through the same sync.
 pub struct OverlayMaps {
@@ -34,6 +36,8 @@ pub struct OverlayMaps {
     pub(crate) networks: HashHandle<u32, NetworkValue>,
     pub(crate) subnets: LpmHandle<SubnetKey, u32>,
     pub(crate) vteps: LpmHandle<VtepKey, VtepValue>,
+    pub(crate) guarded_hosts: HashHandle<GuardedHostKey, GuardedHostValue>,
+    pub(crate) guarded_ports: HashHandle<GuardedPort, GuardedPortValue>,
     underlay: Array<MapData, UnderlayValue>,
 }
 
@@ -46,6 +50,8 @@ impl OverlayMaps {
             networks: HashHandle::open(pins, &maps::OVERLAY_NETWORKS)?,
             subnets: LpmHandle::open(pins, &maps::OVERLAY_SUBNETS)?,
             vteps: LpmHandle::open(pins, &maps::OVERLAY_VTEPS)?,
+            guarded_hosts: HashHandle::open(pins, &maps::GUARDED_HOSTS)?,
+            guarded_ports: HashHandle::open(pins, &maps::GUARDED_PORTS)?,
             underlay: typed(
                 &maps::OVERLAY_UNDERLAY,
                 open_pin(pins, &maps::OVERLAY_UNDERLAY)?.0,
@@ -108,6 +114,24 @@ impl OverlayMaps {
 
     pub fn put_vtep(&mut self, key: VtepKey, value: VtepValue) -> Result<(), DataplaneError> {
         self.vteps.put(key, value)
+    }
+
+    /// The cluster hosts' addresses the guard protects.
+    pub fn guarded_hosts(&self) -> Result<Vec<(GuardedHostKey, GuardedHostValue)>, DataplaneError> {
+        self.guarded_hosts.entries()
+    }
+
+    pub fn put_guarded_host(&mut self, ip: GuardedHostKey) -> Result<(), DataplaneError> {
+        self.guarded_hosts.put(ip, 0)
+    }
+
+    /// The cluster's own ports the guard protects.
+    pub fn guarded_ports(&self) -> Result<Vec<(GuardedPort, GuardedPortValue)>, DataplaneError> {
+        self.guarded_ports.entries()
+    }
+
+    pub fn put_guarded_port(&mut self, port: GuardedPort) -> Result<(), DataplaneError> {
+        self.guarded_ports.put(port, 0)
     }
 
     /// This host's underlay as the programs see it (all zero until the agent starts).
@@ -174,6 +198,20 @@ impl OverlayMaps {
                 format!("remote host {}", Ipv4Addr::from(v.host_ip))
             };
             format!("vni {} ip {} -> {place}", k.vni, Ipv4Addr::from(k.ip))
+        });
+        section(
+            &mut out,
+            "guarded hosts",
+            self.guarded_hosts(),
+            |(ip, _)| Ipv4Addr::from(*ip).to_string(),
+        );
+        section(&mut out, "guarded ports", self.guarded_ports(), |(p, _)| {
+            let protocol = match p.protocol {
+                dataplane_ebpf::guard::IPPROTO_TCP => "tcp",
+                dataplane_ebpf::guard::IPPROTO_UDP => "udp",
+                _ => "other",
+            };
+            format!("{}/{protocol}", p.port())
         });
         section(&mut out, "vteps", self.vteps(), |(k, v)| {
             format!(

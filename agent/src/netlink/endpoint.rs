@@ -144,6 +144,63 @@ impl EndpointLink {
 /// is replaced, as is an interface called `spec.ep_ifname` in the endpoint's namespace
 /// that is not its peer: the endpoint's namespace belongs to Skein.
 pub async fn ensure_endpoint_link(spec: &EndpointLink) -> Result<EndpointLinkState> {
+    prepare_endpoint_link(spec).await?.bring_up().await
+}
+
+/// An endpoint's veth pair, created or adopted by [`prepare_endpoint_link`] but not yet
+/// brought up: a pair created now carries no packet until [`PreparedLink::bring_up`], so
+/// whatever must be in place before the endpoint can send (the endpoint program and its
+/// map entries) goes in between.
+pub struct PreparedLink {
+    spec: EndpointLink,
+    ep_ns: OwnedFd,
+    host: Netlink,
+    ep: Netlink,
+    host_link: LinkMessage,
+    ep_link: LinkMessage,
+    changes: Vec<Change>,
+}
+
+impl PreparedLink {
+    /// The host side's index in the agent's namespace (where Skein's programs attach).
+    pub fn host_ifindex(&self) -> u32 {
+        self.host_link.header.index
+    }
+
+    /// Converges everything else — both sides up, MACs, MTUs, addresses, routes,
+    /// offloads — and reports what changed in all.
+    pub async fn bring_up(self) -> Result<EndpointLinkState> {
+        let PreparedLink {
+            spec,
+            ep_ns,
+            host,
+            ep,
+            host_link,
+            ep_link,
+            mut changes,
+        } = self;
+        let host_ifindex = host_link.header.index;
+        let endpoint_ifindex = ep_link.header.index;
+        converge_endpoint(&ep, &ep_link, &spec, &mut changes).await?;
+        converge_offloads(&ep_ns, &spec, &mut changes).await?;
+        converge_host(&host, &host_link, &spec, &mut changes).await?;
+
+        if changes.is_empty() {
+            debug!(host_ifname = %spec.host_ifname, "endpoint link already as specified");
+        } else {
+            info!(host_ifname = %spec.host_ifname, host_ifindex, ?changes, "endpoint link converged");
+        }
+        Ok(EndpointLinkState {
+            host_ifindex,
+            endpoint_ifindex,
+            changes,
+        })
+    }
+}
+
+/// The first half of [`ensure_endpoint_link`]: checks `spec` and creates (down) or adopts
+/// the veth pair.
+pub async fn prepare_endpoint_link(spec: &EndpointLink) -> Result<PreparedLink> {
     spec.validate()?;
     let ep_ns = open_netns(&spec.netns).await?;
     // Otherwise "eth0" would be the host's own, and replaced as a stray.
@@ -161,22 +218,14 @@ pub async fn ensure_endpoint_link(spec: &EndpointLink) -> Result<EndpointLinkSta
     )
     .await?;
     let mut changes = Vec::new();
-
     let (host_link, ep_link) = adopt_or_create(&host, &ep, &ep_ns, spec, &mut changes).await?;
-    let host_ifindex = host_link.header.index;
-    let endpoint_ifindex = ep_link.header.index;
-    converge_endpoint(&ep, &ep_link, spec, &mut changes).await?;
-    converge_offloads(&ep_ns, spec, &mut changes).await?;
-    converge_host(&host, &host_link, spec, &mut changes).await?;
-
-    if changes.is_empty() {
-        debug!(host_ifname = %spec.host_ifname, "endpoint link already as specified");
-    } else {
-        info!(host_ifname = %spec.host_ifname, host_ifindex, ?changes, "endpoint link converged");
-    }
-    Ok(EndpointLinkState {
-        host_ifindex,
-        endpoint_ifindex,
+    Ok(PreparedLink {
+        spec: spec.clone(),
+        ep_ns,
+        host,
+        ep,
+        host_link,
+        ep_link,
         changes,
     })
 }
@@ -252,8 +301,10 @@ async fn adopt_or_create(
         changes.push(Change::RemovedStrayEndpointLink);
     }
 
-    // Not `up()` here: the kernel opens the peer before the two ends are linked, and
-    // veth_open then fails with ENOTCONN. It is brought up by `converge_endpoint`.
+    // Neither side up here: the endpoint side cannot be (the kernel opens the peer before
+    // the two ends are linked, and veth_open then fails with ENOTCONN), and the host side
+    // must not be before the caller is ready for what the endpoint sends (see
+    // `PreparedLink`). `bring_up` raises both.
     let peer = LinkUnspec::new_with_name(&spec.ep_ifname)
         .setns_by_fd(ep_ns.as_raw_fd())
         .address(spec.mac.to_vec())
@@ -262,7 +313,6 @@ async fn adopt_or_create(
     let pair = LinkVeth::new(&spec.host_ifname, &spec.ep_ifname)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .mtu(spec.mtu)
-        .up()
         .build();
     host.handle
         .link()

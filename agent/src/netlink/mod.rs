@@ -31,7 +31,9 @@
 //! - `link`: interfaces by name, MTU, addresses and routes as `Netlink` methods, and
 //!   the free functions [`link_index`], [`links_with_prefix`], [`set_mtu`] that act on the
 //!   calling thread's namespace.
-//! - `endpoint`: [`ensure_endpoint_link`] and [`remove_endpoint_link`].
+//! - `endpoint`: [`ensure_endpoint_link`] (in two halves, [`prepare_endpoint_link`] and
+//!   [`PreparedLink::bring_up`], for callers with work in between) and
+//!   [`remove_endpoint_link`].
 //! - `offload`: GRO/TSO of a link through the ethtool ioctl.
 //! - `names`: the one interface-name rule (`check_ifname`, also behind every flag that
 //!   names an interface) and [`host_ifname`].
@@ -48,7 +50,8 @@ use std::{io, path::PathBuf};
 pub use conn::run_in_netns;
 use conn::Netlink;
 pub use endpoint::{
-    ensure_endpoint_link, remove_endpoint_link, Change, EndpointLink, EndpointLinkState,
+    ensure_endpoint_link, prepare_endpoint_link, remove_endpoint_link, Change, EndpointLink,
+    EndpointLinkState, PreparedLink,
 };
 pub use link::{link_index, links_with_prefix, set_mtu};
 pub(crate) use names::check_ifname;

@@ -1,14 +1,24 @@
 //! The overlay maps' desired content, computed from a cluster snapshot: every network
 //! and its subnet, every live endpoint of the cluster (this node's once plumbed), every
-//! external VTEP route — keyed by the ABI's own key types.
+//! external VTEP route, and what the guard keeps workloads away from (every cluster
+//! host's and external VTEP's address; VXLAN, every node's gossip port, this agent's own
+//! listening ports) — keyed by the ABI's own key types.
 
 use std::collections::BTreeMap;
 
-use dataplane_ebpf::overlay::{
-    EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, VtepKey, VtepValue,
+use std::net::{IpAddr, Ipv4Addr};
+
+use dataplane_ebpf::{
+    guard::{
+        GuardedHostKey, GuardedHostValue, GuardedPort, GuardedPortValue, IPPROTO_TCP, IPPROTO_UDP,
+    },
+    overlay::{
+        EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, VtepKey, VtepValue,
+        VXLAN_PORT,
+    },
 };
 use manager::{
-    state::{endpoint::gateway, Endpoint},
+    state::{endpoint::gateway, Endpoint, Network},
     view::ClusterView,
 };
 
@@ -32,31 +42,22 @@ pub(crate) struct DesiredMaps {
     pub(crate) networks: BTreeMap<u32, NetworkValue>,
     pub(crate) subnets: BTreeMap<SubnetKey, u32>,
     pub(crate) vteps: BTreeMap<VtepKey, VtepValue>,
+    pub(crate) guarded_hosts: BTreeMap<GuardedHostKey, GuardedHostValue>,
+    pub(crate) guarded_ports: BTreeMap<GuardedPort, GuardedPortValue>,
 }
 
 /// The desired maps for `view`. `local_ifindex` gives the host-side veth index of this
-/// node's endpoints (None: not plumbed yet, so not served yet).
+/// node's endpoints (None: not plumbed yet, so not served yet); `own_ports` are the ports
+/// this agent listens on besides gossip (its metrics), guarded like the cluster's.
 pub(crate) fn desired_maps(
     view: &ClusterView,
     local_ifindex: impl Fn(&Endpoint) -> Option<u32>,
+    own_ports: &[GuardedPort],
 ) -> DesiredMaps {
     let mut desired = DesiredMaps::default();
+    guard(view, own_ports, &mut desired);
     for network in &view.networks.valid {
-        desired.networks.insert(
-            network.vni,
-            NetworkValue {
-                subnet: network.subnet.network().octets(),
-                prefix_len: u32::from(network.subnet.prefix_len()),
-                gateway: gateway(network.subnet).octets(),
-            },
-        );
-        desired.subnets.insert(
-            SubnetKey {
-                prefix_len: u32::from(network.subnet.prefix_len()),
-                ip: network.subnet.network().octets(),
-            },
-            network.vni,
-        );
+        desired.insert_network(network);
     }
     for (node, endpoint) in view.live_endpoints() {
         let Some(host) = view.node(node).and_then(|n| n.info.as_ref()) else {
@@ -70,25 +71,7 @@ pub(crate) fn desired_maps(
         } else {
             0
         };
-        desired.endpoints.insert(
-            EndpointKey {
-                vni: endpoint.vni,
-                ip: endpoint.ip.octets(),
-            },
-            EndpointValue {
-                host_ip: host.underlay_ip.octets(),
-                ifindex,
-            },
-        );
-        if ifindex != 0 {
-            desired.ports.insert(
-                ifindex,
-                PortValue {
-                    vni: endpoint.vni,
-                    ip: endpoint.ip.octets(),
-                },
-            );
-        }
+        desired.insert_endpoint(endpoint, host.underlay_ip, ifindex);
     }
     for vtep in &view.vteps {
         let Some(network) = view.network(&vtep.network) else {
@@ -108,6 +91,93 @@ pub(crate) fn desired_maps(
         );
     }
     desired
+}
+
+/// What this node's endpoint behind host-side veth `ifindex` needs before it may send
+/// (written by its plumbing, before its veth comes up): its port, its own entry, its
+/// network and subnet. `None` if the view lacks its network or this node's underlay.
+pub(crate) fn own_endpoint_entries(
+    view: &ClusterView,
+    endpoint: &Endpoint,
+    ifindex: u32,
+) -> Option<DesiredMaps> {
+    let network = view.network(&endpoint.network)?;
+    let host = view.node(&view.self_id)?.info.as_ref()?;
+    let mut entries = DesiredMaps::default();
+    entries.insert_network(network);
+    entries.insert_endpoint(endpoint, host.underlay_ip, ifindex);
+    Some(entries)
+}
+
+impl DesiredMaps {
+    fn insert_network(&mut self, network: &Network) {
+        self.networks.insert(
+            network.vni,
+            NetworkValue {
+                subnet: network.subnet.network().octets(),
+                prefix_len: u32::from(network.subnet.prefix_len()),
+                gateway: gateway(network.subnet).octets(),
+            },
+        );
+        self.subnets.insert(
+            SubnetKey {
+                prefix_len: u32::from(network.subnet.prefix_len()),
+                ip: network.subnet.network().octets(),
+            },
+            network.vni,
+        );
+    }
+
+    /// An endpoint on the host at `host_ip`; a local one (`ifindex != 0`) gets its port.
+    fn insert_endpoint(&mut self, endpoint: &Endpoint, host_ip: Ipv4Addr, ifindex: u32) {
+        self.endpoints.insert(
+            EndpointKey {
+                vni: endpoint.vni,
+                ip: endpoint.ip.octets(),
+            },
+            EndpointValue {
+                host_ip: host_ip.octets(),
+                ifindex,
+            },
+        );
+        if ifindex != 0 {
+            self.ports.insert(
+                ifindex,
+                PortValue {
+                    vni: endpoint.vni,
+                    ip: endpoint.ip.octets(),
+                },
+            );
+        }
+    }
+}
+
+/// The guard's maps: every node's addresses (up or down: a node coming back is still a
+/// cluster host) and every external VTEP's; VXLAN, every node's gossip port over UDP
+/// (gossip) and TCP (peer RPC), and `own_ports`.
+fn guard(view: &ClusterView, own_ports: &[GuardedPort], desired: &mut DesiredMaps) {
+    let mut ports = vec![GuardedPort::new(IPPROTO_UDP, VXLAN_PORT)];
+    ports.extend_from_slice(own_ports);
+    for node in &view.nodes {
+        let info = node.info.as_ref();
+        let gossip = node.addr.into_iter().chain(info.map(|i| i.addr));
+        for addr in gossip {
+            if let IpAddr::V4(ip) = addr.ip() {
+                desired.guarded_hosts.insert(ip.octets(), 0);
+            }
+            ports.push(GuardedPort::new(IPPROTO_UDP, addr.port()));
+            ports.push(GuardedPort::new(IPPROTO_TCP, addr.port()));
+        }
+        if let Some(info) = info {
+            desired.guarded_hosts.insert(info.underlay_ip.octets(), 0);
+        }
+    }
+    for vtep in &view.vteps {
+        desired.guarded_hosts.insert(vtep.underlay.octets(), 0);
+    }
+    desired
+        .guarded_ports
+        .extend(ports.into_iter().map(|port| (port, 0)));
 }
 
 #[cfg(test)]
@@ -204,7 +274,7 @@ mod tests {
 
     #[test]
     fn desired_maps_serve_live_plumbed_endpoints_of_existing_networks() {
-        let desired = desired_maps(&view(), |e| (e.id == "local").then_some(7));
+        let desired = desired_maps(&view(), |e| (e.id == "local").then_some(7), &[]);
         let key = |ip| EndpointKey { vni: 4096, ip };
         let keys: Vec<_> = desired.endpoints.keys().copied().collect();
         // The unplumbed local one, the down node's and the one whose network is gone are out.
@@ -241,5 +311,44 @@ mod tests {
         let (key, vtep) = desired.vteps.iter().next().unwrap();
         assert_eq!(*key, VtepKey::new(4096, [10, 10, 0, 248], 29));
         assert_eq!(vtep.underlay_ip, [10, 200, 0, 99]);
+    }
+
+    #[test]
+    fn the_guard_covers_every_node_and_vtep_and_the_cluster_ports() {
+        let mut view = view();
+        // A node gossiping on another port and address than its underlay's.
+        if let Some(info) = view.nodes[1].info.as_mut() {
+            info.addr = ([192, 168, 5, 12], 8946).into();
+        }
+        let metrics = GuardedPort::new(IPPROTO_TCP, 9946);
+        let desired = desired_maps(&view, |_| None, &[metrics]);
+        let hosts: Vec<[u8; 4]> = desired.guarded_hosts.keys().copied().collect();
+        assert_eq!(
+            hosts,
+            vec![
+                [10, 200, 0, 11],
+                [10, 200, 0, 12],
+                [10, 200, 0, 13],
+                [10, 200, 0, 99],
+                [192, 168, 5, 12]
+            ],
+            "every node (down ones too), its gossip address, every external VTEP"
+        );
+        let ports: Vec<(u8, u16)> = desired
+            .guarded_ports
+            .keys()
+            .map(|p| (p.protocol, p.port()))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (IPPROTO_TCP, 7946),
+                (IPPROTO_TCP, 8946),
+                (IPPROTO_TCP, 9946),
+                (IPPROTO_UDP, 4789),
+                (IPPROTO_UDP, 7946),
+                (IPPROTO_UDP, 8946),
+            ]
+        );
     }
 }

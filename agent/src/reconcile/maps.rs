@@ -10,8 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use dataplane_ebpf::overlay::{
-    EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, VtepKey, VtepValue,
+use dataplane_ebpf::{
+    guard::{GuardedHostKey, GuardedHostValue, GuardedPort, GuardedPortValue},
+    overlay::{EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, VtepKey, VtepValue},
 };
 use tracing::warn;
 
@@ -34,6 +35,8 @@ pub(super) fn sync_overlay(
             networks: &mut maps.networks,
             subnets: &mut maps.subnets,
             vteps: &mut maps.vteps,
+            guarded_hosts: &mut maps.guarded_hosts,
+            guarded_ports: &mut maps.guarded_ports,
         },
         desired,
         removals,
@@ -41,33 +44,67 @@ pub(super) fn sync_overlay(
     )
 }
 
-/// The overlay's synced maps, generic so the tests can put fakes in.
-struct Tables<'a, E, P, N, S, V> {
-    endpoints: &'a mut E,
-    ports: &'a mut P,
-    networks: &'a mut N,
-    subnets: &'a mut S,
-    vteps: &'a mut V,
+/// Writes `entries` (inserting or replacing, removing nothing) into the overlay maps,
+/// stopping at the first error: for an endpoint's own entries, which must all be there
+/// before it may send.
+pub(super) fn put_entries(
+    maps: &mut OverlayMaps,
+    entries: &DesiredMaps,
+) -> Result<(), DataplaneError> {
+    fn put<M: MapHandle + ?Sized>(
+        map: &mut M,
+        entries: &BTreeMap<M::Key, M::Value>,
+    ) -> Result<(), DataplaneError> {
+        entries
+            .iter()
+            .try_for_each(|(key, value)| map.put(*key, *value))
+    }
+    put(&mut maps.networks, &entries.networks)?;
+    put(&mut maps.subnets, &entries.subnets)?;
+    put(&mut maps.endpoints, &entries.endpoints)?;
+    put(&mut maps.ports, &entries.ports)?;
+    put(&mut maps.vteps, &entries.vteps)?;
+    put(&mut maps.guarded_hosts, &entries.guarded_hosts)?;
+    put(&mut maps.guarded_ports, &entries.guarded_ports)
 }
 
-fn sync_tables<E, P, N, S, V>(
-    tables: Tables<'_, E, P, N, S, V>,
+/// A synced map of these key and value types: a pinned map, or a fake in the tests.
+type Table<'a, K, V> = &'a mut dyn MapHandle<Key = K, Value = V>;
+
+/// The overlay's synced maps.
+struct Tables<'a> {
+    endpoints: Table<'a, EndpointKey, EndpointValue>,
+    ports: Table<'a, u32, PortValue>,
+    networks: Table<'a, u32, NetworkValue>,
+    subnets: Table<'a, SubnetKey, u32>,
+    vteps: Table<'a, VtepKey, VtepValue>,
+    guarded_hosts: Table<'a, GuardedHostKey, GuardedHostValue>,
+    guarded_ports: Table<'a, GuardedPort, GuardedPortValue>,
+}
+
+fn sync_tables(
+    tables: Tables<'_>,
     desired: &DesiredMaps,
     removals: bool,
     errors: &MapSyncErrors,
-) -> usize
-where
-    E: MapHandle<Key = EndpointKey, Value = EndpointValue>,
-    P: MapHandle<Key = u32, Value = PortValue>,
-    N: MapHandle<Key = u32, Value = NetworkValue>,
-    S: MapHandle<Key = SubnetKey, Value = u32>,
-    V: MapHandle<Key = VtepKey, Value = VtepValue>,
-{
+) -> usize {
     sync_map(tables.endpoints, &desired.endpoints, removals, errors)
         + sync_map(tables.ports, &desired.ports, removals, errors)
         + sync_map(tables.networks, &desired.networks, removals, errors)
         + sync_map(tables.subnets, &desired.subnets, removals, errors)
         + sync_map(tables.vteps, &desired.vteps, removals, errors)
+        + sync_map(
+            tables.guarded_hosts,
+            &desired.guarded_hosts,
+            removals,
+            errors,
+        )
+        + sync_map(
+            tables.guarded_ports,
+            &desired.guarded_ports,
+            removals,
+            errors,
+        )
 }
 
 /// The failures of one map's pass, per reason: how many entries, and the first error.
@@ -98,7 +135,7 @@ fn chain(error: &DataplaneError) -> String {
 /// with the map, the reason and how many entries failed) and recorded in `errors`
 /// once per reason and pass; a pass without failures marks the map converged. Returns
 /// how many entries changed.
-pub(crate) fn sync_map<M: MapHandle>(
+pub(crate) fn sync_map<M: MapHandle + ?Sized>(
     map: &mut M,
     desired: &BTreeMap<M::Key, M::Value>,
     removals: bool,
@@ -319,7 +356,11 @@ mod tests {
             networks: BTreeMap::from([(4096, network)]),
             subnets: BTreeMap::from([(SubnetKey::new([10, 0, 0, 0], 24), 4096)]),
             vteps: BTreeMap::new(),
+            guarded_hosts: BTreeMap::from([([10, 200, 0, 11], 0)]),
+            guarded_ports: BTreeMap::from([(GuardedPort::new(17, 4789), 0)]),
         };
+        let (mut guarded_hosts, mut guarded_ports) =
+            (Fake::new("GUARDED_HOSTS", 8), Fake::new("GUARDED_PORTS", 8));
         let changes = sync_tables(
             Tables {
                 endpoints: &mut endpoints,
@@ -327,17 +368,21 @@ mod tests {
                 networks: &mut networks,
                 subnets: &mut subnets,
                 vteps: &mut vteps,
+                guarded_hosts: &mut guarded_hosts,
+                guarded_ports: &mut guarded_ports,
             },
             &desired,
             true,
             &errors,
         );
-        assert_eq!(changes, 3);
+        assert_eq!(changes, 5);
         // Both endpoint writes were tried, though the first failed.
         assert_eq!(endpoints.log.len(), 2);
         assert_eq!(networks.entries[&4096], network);
         assert_eq!(ports.entries.len(), 1);
         assert_eq!(subnets.entries.len(), 1);
+        assert_eq!(guarded_hosts.entries.len(), 1);
+        assert_eq!(guarded_ports.entries.len(), 1);
         assert_eq!(
             errors.totals(),
             vec![("OVERLAY_ENDPOINTS", SyncErrorReason::Write, 1)]

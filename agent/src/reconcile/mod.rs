@@ -25,6 +25,8 @@ use manager::{ops::EndpointRequest, state::Endpoint, view::ClusterView, Manager}
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
+use dataplane_ebpf::guard::GuardedPort;
+
 use crate::dataplane::{Dataplane, OverlayMaps};
 
 use desired::desired_maps;
@@ -54,7 +56,18 @@ pub struct Reconciler {
     egress: std::sync::Mutex<Option<Vec<ipnet::Ipv4Net>>>,
     /// Every map's sync errors, shared with `/metrics`.
     sync_errors: Arc<MapSyncErrors>,
+    /// This agent's listening ports besides gossip (its metrics), kept from workloads.
+    own_ports: Vec<GuardedPort>,
+    /// Set by [`NO_MAP_SYNC_ENV`]: the overlay maps are never synced, so only what endpoint
+    /// plumbing writes itself is there (a test of that).
+    map_sync_disabled: bool,
 }
+
+/// A test setting (`SKEIN_TEST_NO_MAP_SYNC=1` in the agent's environment): the reconciler
+/// never syncs the overlay maps, so a test sees what endpoint plumbing alone writes
+/// before an endpoint can send. Never set in production: remote endpoints would get no
+/// entries.
+pub const NO_MAP_SYNC_ENV: &str = "SKEIN_TEST_NO_MAP_SYNC";
 
 /// How long after start the reconciler only adds: membership converges in a second or two.
 const WARMUP: Duration = Duration::from_secs(10);
@@ -66,7 +79,12 @@ impl Reconciler {
         maps: OverlayMaps,
         static_ifaces: Vec<String>,
         sync_errors: Arc<MapSyncErrors>,
+        own_ports: Vec<GuardedPort>,
     ) -> Reconciler {
+        let map_sync_disabled = std::env::var_os(NO_MAP_SYNC_ENV).is_some_and(|v| v == "1");
+        if map_sync_disabled {
+            warn!("{NO_MAP_SYNC_ENV}=1: the overlay maps are not synced (a test setting)");
+        }
         Reconciler {
             manager,
             static_ifaces,
@@ -76,6 +94,8 @@ impl Reconciler {
             removals_from: std::time::Instant::now() + WARMUP,
             egress: std::sync::Mutex::new(None),
             sync_errors,
+            own_ports,
+            map_sync_disabled,
         }
     }
 
@@ -131,7 +151,10 @@ impl Reconciler {
             Ok(())
         };
         self.sync_egress(view);
-        let desired = desired_maps(view, |e| local.get(&e.id).copied());
+        if self.map_sync_disabled {
+            return removed;
+        }
+        let desired = desired_maps(view, |e| local.get(&e.id).copied(), &self.own_ports);
         let changes = {
             let mut maps = self.maps.lock().expect("maps lock");
             maps::sync_overlay(&mut maps, &desired, removals, &self.sync_errors)

@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::netlink::{self, EndpointLink};
 
-use super::Reconciler;
+use super::{desired::own_endpoint_entries, maps::put_entries, Reconciler};
 
 impl Reconciler {
     /// Creates (or checks) one local endpoint's namespace, veth and attached program;
@@ -43,7 +43,7 @@ impl Reconciler {
         } else {
             netns_path(&endpoint.netns)
         };
-        let state = netlink::ensure_endpoint_link(&EndpointLink {
+        let link = netlink::prepare_endpoint_link(&EndpointLink {
             host_ifname: endpoint.host_ifname.clone(),
             netns,
             ep_ifname: "eth0".to_owned(),
@@ -54,9 +54,9 @@ impl Reconciler {
             gateway: gateway(network.subnet),
         })
         .await?;
-        if !state.changes.is_empty() {
-            info!(endpoint = %endpoint.name, ip = %endpoint.ip, changes = ?state.changes, "endpoint plumbed");
-        }
+        // Before the veth comes up: the endpoint's first packet meets the endpoint program
+        // and finds its port, network and own entries (fail closed: without a port entry
+        // the program drops everything).
         self.dataplane
             .lock()
             .expect("dataplane lock")
@@ -64,6 +64,14 @@ impl Reconciler {
             .with_context(|| {
                 format!("attaching the endpoint program to {}", endpoint.host_ifname)
             })?;
+        let entries = own_endpoint_entries(view, endpoint, link.host_ifindex())
+            .context("the endpoint's network or this node's underlay is not known yet")?;
+        put_entries(&mut self.maps.lock().expect("maps lock"), &entries)
+            .context("writing the endpoint's map entries")?;
+        let state = link.bring_up().await?;
+        if !state.changes.is_empty() {
+            info!(endpoint = %endpoint.name, ip = %endpoint.ip, changes = ?state.changes, "endpoint plumbed");
+        }
         Ok(state.host_ifindex)
     }
 
