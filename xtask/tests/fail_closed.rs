@@ -485,7 +485,7 @@ fn crafted_vxlan_from_a_workload_delivers_nothing() {
     );
 }
 
-/// From an endpoint: to every address in the first argument, 3 datagrams to UDP 4789
+/// From a workload: to every address in the first argument, 3 datagrams to UDP 4789
 /// (VXLAN for [`UNKNOWN_VNI`], which a host passes to its stack, padded as in
 /// [`UNKNOWN_VNI_SENDER`]) and 3 to UDP 7946, and
 /// a TCP connection (1.5 s timeout, all at once) to 7946 and to the metrics port.
@@ -535,6 +535,25 @@ fn task_names(host: &Host, service: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The network namespace of `service`'s task on `host`: `service ps` gives the task's
+/// address, `endpoint ls` the namespace of the endpoint with that address.
+fn task_netns(host: &Host, service: &str) -> String {
+    let json = |args: &[&str]| -> Vec<Value> {
+        serde_json::from_str(&skein_ok(host, args).unwrap()).unwrap()
+    };
+    let tasks = json(&["service", "ps", service, "--format", "json"]);
+    let task = tasks
+        .iter()
+        .find(|t| t["hostname"] == host.netns() && t["state"] == "running")
+        .unwrap_or_else(|| panic!("no running {service} task on {}: {tasks:?}", host.name()));
+    let endpoints = json(&["endpoint", "ls", "--format", "json"]);
+    let endpoint = endpoints
+        .iter()
+        .find(|e| e["ip"] == task["ip"])
+        .unwrap_or_else(|| panic!("no endpoint for task {task:?} in {endpoints:?}"));
+    endpoint["netns"].as_str().unwrap().to_owned()
+}
+
 #[test]
 fn workloads_reach_no_cluster_port_and_the_cluster_still_works() {
     let bed = Testbed::new("fc-cluster-ports", TestbedConfig::with_hosts(3)).expect("testbed");
@@ -571,7 +590,8 @@ fn workloads_reach_no_cluster_port_and_the_cluster_still_works() {
         "service create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (probe_ns, _) = create_endpoint(h1, "net1", "probe").unwrap();
+    // The probe runs in h1's task's namespace: a workload as a service runs it.
+    let probe_ns = task_netns(h1, "web");
     let recorders: Vec<Process> = bed
         .hosts()
         .iter()
