@@ -436,6 +436,17 @@ fn payload_len(rng: &mut Rng) -> usize {
     }
 }
 
+/// An ARP packet (IPv4 over Ethernet) from `spa` at `sha` about `tpa`.
+fn arp_body(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut arp = vec![0, 1, 8, 0, 6, 4];
+    arp.extend_from_slice(&op.to_be_bytes());
+    arp.extend_from_slice(&sha);
+    arp.extend_from_slice(&spa);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&tpa);
+    arp
+}
+
 /// A valid frame of some kind, before mutation.
 fn base_frame(rng: &mut Rng, host_ip: [u8; 4]) -> Vec<u8> {
     match rng.below(6) {
@@ -467,12 +478,7 @@ fn base_frame(rng: &mut Rng, host_ip: [u8; 4]) -> Vec<u8> {
                 ME
             };
             let tpa = address(rng, host_ip);
-            let mut arp = vec![0, 1, 8, 0, 6, 4];
-            arp.extend_from_slice(&op.to_be_bytes());
-            arp.extend_from_slice(&endpoint_mac(ME));
-            arp.extend_from_slice(&spa);
-            arp.extend_from_slice(&[0; 6]);
-            arp.extend_from_slice(&tpa);
+            let arp = arp_body(op, endpoint_mac(ME), spa, tpa);
             let mut f = ethernet([0xff; 6], endpoint_mac(ME), 0x0806, &arp);
             if rng.chance(2) {
                 f.resize(60, 0);
@@ -499,11 +505,19 @@ fn base_frame(rng: &mut Rng, host_ip: [u8; 4]) -> Vec<u8> {
             let dport = port(rng);
             let len = payload_len(rng).min(1300);
             let body = l4(rng, p, dport, len);
+            // Now and then the inner frame is ARP (the overlay carries only IPv4).
+            let (inner_type, inner_payload) = match rng.chance(16) {
+                true => (
+                    0x0806,
+                    arp_body(1, endpoint_mac(inner_src), inner_src, inner_dst),
+                ),
+                false => (0x0800, ipv4(inner_src, inner_dst, p, &body)),
+            };
             let inner = ethernet(
                 endpoint_mac(inner_dst),
                 endpoint_mac(inner_src),
-                0x0800,
-                &ipv4(inner_src, inner_dst, p, &body),
+                inner_type,
+                &inner_payload,
             );
             let mut udp_payload = vxlan_header(vni).to_vec();
             udp_payload.extend_from_slice(&inner);
@@ -555,7 +569,7 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>, host_ip: [u8; 4]) {
             frame[at..at + bytes.len()].copy_from_slice(bytes);
         }
     };
-    match rng.below(14) {
+    match rng.below(16) {
         0 => {
             let bit = rng.below(len * 8);
             frame[bit / 8] ^= 1 << (bit % 8);
@@ -623,6 +637,27 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>, host_ip: [u8; 4]) {
             let at = ip_offset(rng, frame) + rng.pick(&[12, 16]);
             let a = address(rng, host_ip);
             set(frame, at, &a);
+        }
+        14 if len >= 34 => {
+            // IPv4 options inserted into the outer header (IHL, total length follow).
+            let words = 1 + rng.below(10);
+            let ihl = (frame[14] & 0x0f) as usize;
+            if ihl >= 5 && 14 + ihl * 4 <= len {
+                let at = 14 + ihl * 4;
+                let mut options = vec![1u8; words * 4 - 1];
+                options.push(0);
+                frame.splice(at..at, options);
+                frame[14] = (frame[14] & 0xf0) | ((ihl + words).min(15) as u8);
+                let total = u16::from_be_bytes([frame[16], frame[17]]);
+                let total = total.wrapping_add(words as u16 * 4).to_be_bytes();
+                frame[16..18].copy_from_slice(&total);
+            }
+        }
+        15 => {
+            // DF, none, MF, or a later fragment.
+            let v: u16 = rng.pick(&[0x4000, 0x0000, 0x2000, 0x0001, 0x00b9]);
+            let at = ip_offset(rng, frame) + 6;
+            set(frame, at, &v.to_be_bytes());
         }
         12 => {
             // The outer UDP length field.
