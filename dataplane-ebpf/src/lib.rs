@@ -17,5 +17,7 @@
 pub mod counters;
 pub mod guard;
 pub mod maps;
+#[cfg(feature = "model")]
+pub mod model;
 pub mod names;
 pub mod overlay;

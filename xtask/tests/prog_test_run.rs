@@ -14,6 +14,7 @@ use aya::{
 };
 use dataplane_ebpf::{
     counters::{Counter, Verdict},
+    guard::{GuardedPort, IPPROTO_TCP, IPPROTO_UDP},
     names,
     overlay::{
         endpoint_mac, icmp_frag_needed, ipv4_checksum, vxlan_header, DecapMeta, EndpointKey,
@@ -96,17 +97,24 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
-fn pass_counter(counters: &Counters, program: &str) -> Counter {
+fn counter(counters: &Counters, program: &str, verdict: Verdict) -> Counter {
     counters
         .read()
         .into_iter()
-        .find(|(p, v, _)| *p == program && *v == Verdict::PASS)
+        .find(|(p, v, _)| *p == program && *v == verdict)
         .map(|(_, _, c)| c)
-        .expect("pass counter exists")
+        .expect("counter exists")
+}
+
+fn pass_counter(counters: &Counters, program: &str) -> Counter {
+    counter(counters, program, Verdict::PASS)
 }
 
 #[test]
-fn programs_pass_every_frame_unchanged_and_count_it() {
+/// With empty maps the underlay programs pass every frame unchanged (nothing is VXLAN
+/// for this host, no overlay subnet exists), and the endpoint program drops every frame:
+/// no veth has a port entry (fail closed).
+fn with_empty_maps_underlay_passes_and_endpoint_drops_every_frame_unchanged() {
     let bed = Testbed::new(
         "progrun",
         TestbedConfig {
@@ -159,21 +167,20 @@ fn programs_pass_every_frame_unchanged_and_count_it() {
         let out =
             test_run(tc_fd.as_fd(), frame, 1).unwrap_or_else(|e| panic!("test run on {what}: {e}"));
         assert_eq!(
-            out.retval, TC_ACT_OK,
-            "tc_endpoint_ingress verdict for {what}"
+            out.retval, TC_ACT_SHOT,
+            "tc_endpoint_ingress verdict for {what}: no port entry"
         );
         assert_eq!(
             &out.data_out, frame,
             "tc_endpoint_ingress changed the {what} frame"
         );
     }
-    let tc_pass = pass_counter(&counters, names::TC_ENDPOINT_INGRESS);
+    let no_port = counter(&counters, names::TC_ENDPOINT_INGRESS, Verdict::NO_PORT);
     assert_eq!(
-        tc_pass.packets,
-        skb_frames.len() as u64,
-        "tc_endpoint_ingress pass packets"
+        (no_port.packets, no_port.bytes),
+        (skb_frames.len() as u64, skb_bytes),
+        "tc_endpoint_ingress no_port counter"
     );
-    assert_eq!(tc_pass.bytes, skb_bytes, "tc_endpoint_ingress pass bytes");
 
     // With no underlay address configured, no VXLAN is this host's: all passes.
     let tc: &mut SchedClassifier = ebpf
@@ -201,9 +208,13 @@ fn programs_pass_every_frame_unchanged_and_count_it() {
         "tc_underlay_ingress pass counter"
     );
 
-    // Every other verdict stayed at zero: nothing was dropped or redirected.
+    // Every other verdict stayed at zero: nothing else was dropped or redirected.
     for (program, verdict, counter) in counters.read() {
-        if verdict != Verdict::PASS {
+        let expected = match program {
+            names::TC_ENDPOINT_INGRESS => Verdict::NO_PORT,
+            _ => Verdict::PASS,
+        };
+        if verdict != expected {
             assert_eq!(counter, Counter::default(), "{program} {}", verdict.name());
         }
     }
@@ -832,13 +843,197 @@ fn endpoint_program_answers_arp_forwards_encapsulates_and_isolates() {
         Verdict::NO_ROUTE,
     );
 
-    // Not a port: not ours, untouched.
+    // No port entry for the veth (fail closed): everything dropped, untouched.
     assert!(maps.remove_port(1).unwrap());
-    let frame = from_me([10, 9, 9, 9], LOCAL);
-    assert_eq!(run("not a port", &frame, TC_ACT_OK, Verdict::PASS), frame);
-    assert_eq!(
-        run("arp, not a port", &request, TC_ACT_OK, Verdict::PASS),
-        request
+    for (what, frame) in [
+        ("not a port", from_me([10, 9, 9, 9], LOCAL)),
+        ("not a port, its former address", from_me(ME, LOCAL)),
+        ("not a port, to the host", from_me(ME, [1, 1, 1, 1])),
+        ("arp, not a port", request.clone()),
+        ("ipv6, not a port", ipv6.clone()),
+    ] {
+        assert_eq!(
+            run(what, &frame, TC_ACT_SHOT, Verdict::NO_PORT),
+            frame,
+            "{what} untouched"
+        );
+    }
+}
+
+/// The guard's maps as an agent would fill them for a cluster of this host and
+/// `REMOTE_HOST` (gossip on 7946, this agent's metrics on TCP 9464).
+fn program_guard(pins: &PinDirs, host: &Host) {
+    let open = |spec: &dataplane_ebpf::maps::MapSpec| {
+        aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(pins.maps().join(spec.name)).expect("guard map pin"),
+        )
+    };
+    let mut hosts: aya::maps::HashMap<_, [u8; 4], u32> =
+        aya::maps::HashMap::try_from(open(&dataplane_ebpf::maps::GUARDED_HOSTS)).unwrap();
+    for ip in [host.underlay_ip().octets(), REMOTE_HOST, VTEP_HOST] {
+        hosts.insert(ip, 0, 0).unwrap();
+    }
+    let mut ports: aya::maps::HashMap<_, GuardedPort, u32> =
+        aya::maps::HashMap::try_from(open(&dataplane_ebpf::maps::GUARDED_PORTS)).unwrap();
+    for port in [
+        GuardedPort::new(IPPROTO_UDP, 4789),
+        GuardedPort::new(IPPROTO_UDP, GOSSIP_PORT),
+        GuardedPort::new(IPPROTO_TCP, GOSSIP_PORT),
+        GuardedPort::new(IPPROTO_TCP, METRICS_PORT),
+    ] {
+        ports.insert(port, 0, 0).unwrap();
+    }
+}
+
+const GOSSIP_PORT: u16 = 7946;
+const METRICS_PORT: u16 = 9464;
+
+/// What the endpoint sends to `dst`: UDP or TCP to `port`, or an ICMP echo request.
+fn from_me_to(dst: [u8; 4], protocol: u8, port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let builder = PacketBuilder::ethernet2(endpoint_mac(ME), GATEWAY_MAC).ipv4(ME, dst, 64);
+    match protocol {
+        IPPROTO_UDP => builder.udp(5000, port).write(&mut frame, b"hello"),
+        IPPROTO_TCP => builder
+            .tcp(40000, port, 1, 1000)
+            .syn()
+            .write(&mut frame, b""),
+        _ => builder.icmpv4_echo_request(1, 1).write(&mut frame, b"ping"),
+    }
+    .expect("frame");
+    frame
+}
+
+/// A later fragment (offset 8 bytes, no ports visible) of UDP from the endpoint to `dst`.
+fn later_fragment(dst: [u8; 4]) -> Vec<u8> {
+    let mut frame = from_me_to(dst, IPPROTO_UDP, 53);
+    frame[20..22].copy_from_slice(&1u16.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let header: [u8; 20] = frame[14..34].try_into().unwrap();
+    frame[24..26].copy_from_slice(&ipv4_checksum(&header).to_be_bytes());
+    frame
+}
+
+#[test]
+fn endpoint_program_keeps_workloads_off_the_cluster_ports() {
+    let bed = Testbed::new("progrun-guard", TestbedConfig::with_hosts(1)).expect("testbed");
+    let host = bed.host(0);
+    let pins = PinDirs::new(host.bpf_dir());
+    let _netns = InNetns::enter(host);
+    let mut ebpf = dataplane::load(&pins).expect("object loads");
+    program_overlay(&pins, host);
+    program_guard(&pins, host);
+    let counters = Counters::open(&pins).unwrap();
+    let fd = classifier_fd(&mut ebpf, names::TC_ENDPOINT_INGRESS);
+    let run = |what: &str, frame: &[u8], action, verdict| {
+        expect(
+            &counters,
+            names::TC_ENDPOINT_INGRESS,
+            fd,
+            what,
+            frame,
+            action,
+            verdict,
+        )
+    };
+    // Forwarding on, and a prefix routed via the other host: the FIB tells local from
+    // forwarded destinations.
+    host.run("sysctl", ["-qw", "net.ipv4.conf.all.forwarding=1"])
+        .unwrap();
+    host.run(
+        "ip",
+        ["route", "replace", "198.51.100.0/24", "via", "10.200.0.12"],
+    )
+    .unwrap();
+    let gateway = [10, 0, 1, 1];
+    let routed = [198, 51, 100, 7];
+    let guarded = [
+        ("udp 4789", IPPROTO_UDP, 4789),
+        ("udp gossip", IPPROTO_UDP, GOSSIP_PORT),
+        ("tcp gossip", IPPROTO_TCP, GOSSIP_PORT),
+        ("tcp metrics", IPPROTO_TCP, METRICS_PORT),
+    ];
+    let open = [
+        ("udp 53", IPPROTO_UDP, 53),
+        ("tcp 80", IPPROTO_TCP, 80),
+        ("udp on the metrics port", IPPROTO_UDP, METRICS_PORT),
+        ("tcp 4789", IPPROTO_TCP, 4789),
+        ("icmp echo", 1, 0),
+    ];
+    // Guarded destinations: the gateway, a GUARDED_HOSTS address (the other host; the
+    // external VTEP), this host's own addresses (local in the FIB, guarded or not).
+    for (to, dst) in [
+        ("the gateway", gateway),
+        ("the other host", REMOTE_HOST),
+        ("the external vtep", VTEP_HOST),
+        ("this host's underlay address", host.underlay_ip().octets()),
+        ("this host's loopback", [127, 0, 0, 1]),
+    ] {
+        for (what, protocol, port) in guarded {
+            let frame = from_me_to(dst, protocol, port);
+            let out = run(
+                &format!("{what} to {to}"),
+                &frame,
+                TC_ACT_SHOT,
+                Verdict::CLUSTER_PORT,
+            );
+            assert_eq!(out, frame, "{what} to {to} untouched");
+        }
+        for (what, protocol, port) in open {
+            let frame = from_me_to(dst, protocol, port);
+            let out = run(
+                &format!("{what} to {to}"),
+                &frame,
+                TC_ACT_OK,
+                Verdict::TO_HOST,
+            );
+            assert_eq!(out, frame, "{what} to {to} untouched");
+        }
+    }
+    // Not guarded: a destination the host forwards, not a cluster host. Every port goes.
+    for (to, dst) in [
+        ("a routed address", routed),
+        ("an underlay neighbour", [10, 200, 0, 13]),
+    ] {
+        for (what, protocol, port) in guarded.iter().chain(&open) {
+            run(
+                &format!("{what} to {to}"),
+                &from_me_to(dst, *protocol, *port),
+                TC_ACT_OK,
+                Verdict::TO_HOST,
+            );
+        }
+    }
+    // A later fragment has no ports to check: to a guarded host it may not pass.
+    for (to, dst) in [("the other host", REMOTE_HOST), ("the gateway", gateway)] {
+        run(
+            &format!("later udp fragment to {to}"),
+            &later_fragment(dst),
+            TC_ACT_SHOT,
+            Verdict::CLUSTER_PORT,
+        );
+    }
+    run(
+        "later udp fragment to a routed address",
+        &later_fragment(routed),
+        TC_ACT_OK,
+        Verdict::TO_HOST,
+    );
+    // Forwarding off: the FIB forwards nothing, so every destination counts as this
+    // host's (fail closed).
+    host.run("sysctl", ["-qw", "net.ipv4.conf.all.forwarding=0"])
+        .unwrap();
+    run(
+        "udp 4789 to a routed address, forwarding off",
+        &from_me_to(routed, IPPROTO_UDP, 4789),
+        TC_ACT_SHOT,
+        Verdict::CLUSTER_PORT,
+    );
+    run(
+        "udp 53 to a routed address, forwarding off",
+        &from_me_to(routed, IPPROTO_UDP, 53),
+        TC_ACT_OK,
+        Verdict::TO_HOST,
     );
 }
 
@@ -1052,6 +1247,79 @@ fn underlay_program_decapsulates_for_local_endpoints_only_and_drops_malformed_vx
             "{what} untouched"
         );
     }
+
+    // Plain IPv4 routed here into an overlay subnet, around VXLAN: dropped (this stage
+    // sees it where XDP does not run); the host's other forwarding passes.
+    for (what, frame) in routed_into_overlay() {
+        assert_eq!(
+            run(what, &frame, TC_ACT_SHOT, Verdict::INTO_OVERLAY),
+            frame,
+            "{what} untouched"
+        );
+    }
+    for (what, frame) in routed_elsewhere(me) {
+        assert_eq!(
+            run(what, &frame, TC_ACT_OK, Verdict::PASS),
+            frame,
+            "{what} untouched"
+        );
+    }
+}
+
+/// Plain (not VXLAN) IPv4 from the underlay addressed into an overlay subnet: what a
+/// host with `ip route add <overlay subnet> via <host>` sends.
+fn routed_into_overlay() -> Vec<(&'static str, Vec<u8>)> {
+    let from = [10, 200, 0, 2];
+    let (mac_a, mac_b) = ([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x02]);
+    let mut ping = Vec::new();
+    PacketBuilder::ethernet2(mac_b, mac_a)
+        .ipv4(from, LOCAL, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut ping, b"ping")
+        .unwrap();
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(mac_b, mac_a)
+        .ipv4(from, ME, 64)
+        .tcp(40000, 80, 1, 1000)
+        .syn()
+        .write(&mut syn, b"")
+        .unwrap();
+    let mut to_vxlan_port = udp_frame(mac_b, mac_a, from, B_LOCAL, 5000);
+    to_vxlan_port[36..38].copy_from_slice(&4789u16.to_be_bytes());
+    vec![
+        ("ping to a local endpoint", ping),
+        ("tcp syn to a local endpoint", syn),
+        (
+            "udp to network B's endpoint",
+            udp_frame(mac_b, mac_a, from, B_LOCAL, 5000),
+        ),
+        (
+            "udp to nobody in a subnet",
+            udp_frame(mac_b, mac_a, from, [10, 0, 1, 77], 5000),
+        ),
+        ("udp 4789 to an endpoint", to_vxlan_port),
+        (
+            "to network B's gateway",
+            udp_frame(mac_b, mac_a, from, [10, 0, 2, 1], 5000),
+        ),
+    ]
+}
+
+/// Plain IPv4 from the underlay to anywhere but an overlay subnet: the host's business.
+fn routed_elsewhere(me: [u8; 4]) -> Vec<(&'static str, Vec<u8>)> {
+    let from = [10, 200, 0, 2];
+    let (mac_a, mac_b) = ([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x02]);
+    vec![
+        ("udp to the host", udp_frame(mac_b, mac_a, from, me, 5000)),
+        (
+            "udp routed on",
+            udp_frame(mac_b, mac_a, from, [198, 51, 100, 7], 5000),
+        ),
+        (
+            "udp next to a subnet",
+            udp_frame(mac_b, mac_a, from, [10, 0, 5, 1], 5000),
+        ),
+    ]
 }
 
 #[test]
@@ -1145,6 +1413,21 @@ fn underlay_xdp_decapsulates_for_local_endpoints_only_and_marks_what_it_did() {
         ("ip options", with_ip_options(&good)),
         ("first fragment", with_frag(good.clone(), 0x2000)),
     ] {
+        let before = slot(Verdict::PASS);
+        let out = test_run(fd, &frame, 1).unwrap();
+        assert_eq!(out.retval, XDP_PASS, "{what}");
+        assert_eq!(out.data_out, frame, "{what} untouched");
+        assert_eq!(slot(Verdict::PASS) - before, 1, "{what} counted as pass");
+    }
+
+    // Plain IPv4 routed into an overlay subnet: dropped right here; the rest passes.
+    for (what, frame) in routed_into_overlay() {
+        let before = slot(Verdict::INTO_OVERLAY);
+        let out = test_run(fd, &frame, 1).unwrap();
+        assert_eq!(out.retval, XDP_DROP, "{what}");
+        assert_eq!(slot(Verdict::INTO_OVERLAY) - before, 1, "{what} counted");
+    }
+    for (what, frame) in routed_elsewhere(me) {
         let before = slot(Verdict::PASS);
         let out = test_run(fd, &frame, 1).unwrap();
         assert_eq!(out.retval, XDP_PASS, "{what}");

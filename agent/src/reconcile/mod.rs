@@ -198,12 +198,33 @@ impl Reconciler {
         }
     }
 
-    /// `skein debug maps`: every map's entries, then a line for every map that did not
-    /// converge on its latest sync, with its last error.
+    /// `skein debug maps`: every map's entries, a line for every map that did not
+    /// converge on its latest sync, with its last error, and every program's counters
+    /// that are not zero (verdicts and drop reasons, as `/metrics` has them).
     pub fn dump_maps(&self) -> Result<String> {
         let mut out = self.maps.lock().expect("maps lock").dump();
         for (map, error) in self.sync_errors.unconverged() {
             let _ = writeln!(out, "not converged: {map}: {error}");
+        }
+        let counters = self
+            .dataplane
+            .lock()
+            .expect("dataplane lock")
+            .counters()?
+            .read();
+        let _ = writeln!(out, "counters (non-zero):");
+        for (program, verdict, counter) in counters.iter().filter(|(_, _, c)| c.packets > 0) {
+            let reason = verdict
+                .reason()
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {program} {}{reason}: {} packets, {} bytes",
+                verdict.name(),
+                counter.packets,
+                counter.bytes
+            );
         }
         Ok(out)
     }
