@@ -4,9 +4,10 @@
 //! host's and external VTEP's address; VXLAN, every node's gossip port, this agent's own
 //! listening ports) — keyed by the ABI's own key types.
 
-use std::collections::BTreeMap;
-
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use dataplane_ebpf::{
     guard::{
