@@ -65,14 +65,30 @@ pub fn ready_count(host: &Host) -> Option<usize> {
 /// Starts h1 with `--init` and every other host with `--join h1 --token …`, and waits until
 /// every host sees every node ready. Returns the agents (in host order) and the token.
 pub fn start_cluster(bed: &Testbed) -> Result<(Vec<Process>, String)> {
+    start_cluster_with(bed, |_| Vec::new(), &[])
+}
+
+/// [`start_cluster`] with `extra(host)` added to each agent's flags and `env` to its
+/// environment.
+pub fn start_cluster_with(
+    bed: &Testbed,
+    extra: impl Fn(&Host) -> Vec<String>,
+    env: &[(&str, &str)],
+) -> Result<(Vec<Process>, String)> {
+    let start = |host: &Host, own: &[&str]| {
+        let mut args: Vec<String> = own.iter().map(|s| s.to_string()).collect();
+        args.extend(extra(host));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        host.start_agent_with_env(&args, env)
+    };
     let first = bed.host(0);
-    let mut agents = vec![first.start_agent(&["--init"])?];
+    let mut agents = vec![start(first, &["--init"])?];
     let token = wait_until("the join token", DEADLINE, || {
         skein_ok(first, &["join-token"]).map(|t| t.trim().to_owned())
     })?;
     let seed = first.underlay_ip().to_string();
     for host in &bed.hosts()[1..] {
-        agents.push(host.start_agent(&["--join", &seed, "--token", &token])?);
+        agents.push(start(host, &["--join", &seed, "--token", &token])?);
     }
     let n = bed.hosts().len();
     for host in bed.hosts() {

@@ -33,6 +33,7 @@
 //! - `cleanup`: removing a run by its prefix, and [`sweep_dead_runs`].
 
 mod cleanup;
+mod in_netns;
 mod process;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 
 pub use cleanup::{sweep_dead_runs, SweepReport};
+pub use in_netns::InNetns;
 pub use process::Process;
 
 use cleanup::{remove_run, write_owner_file};
@@ -581,6 +583,12 @@ impl Host {
     /// (`--underlay-iface eth0 --bpf-dir <bpf_dir> --resource-prefix <resource_prefix>`) and
     /// then `extra`, logging to `agent.log`. `RUST_LOG` is `info` unless already set.
     pub fn start_agent(&self, extra: &[&str]) -> Result<Process> {
+        self.start_agent_with_env(extra, &[])
+    }
+
+    /// [`Host::start_agent`] with `env` added to the agent's environment (test settings
+    /// such as `SKEIN_TEST_NO_MAP_SYNC`).
+    pub fn start_agent_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Result<Process> {
         let mut cmd = self.skein()?;
         cmd.arg("agent")
             .args(["--underlay-iface", UNDERLAY_IFACE])
@@ -595,6 +603,7 @@ impl Host {
         if env::var_os("NO_COLOR").is_none() {
             cmd.env("NO_COLOR", "1");
         }
+        cmd.envs(env.iter().copied());
         self.spawn(cmd, "agent")
     }
 

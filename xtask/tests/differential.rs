@@ -18,15 +18,14 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    fs::File,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd},
     time::Instant,
 };
 
 use agent::dataplane::{self, OverlayMaps, PinDirs};
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{SchedClassifier, Xdp},
     Ebpf,
 };
@@ -42,7 +41,7 @@ use dataplane_ebpf::{
     },
 };
 use dataplane_ebpf_test_run::test_run;
-use xtask::testbed::{Host, Testbed, TestbedConfig};
+use xtask::testbed::{Host, InNetns, Testbed, TestbedConfig};
 
 const VNI_A: u32 = 4096;
 const VNI_B: u32 = 4097;
@@ -110,29 +109,6 @@ fn env_or(name: &str, default: u64) -> u64 {
             .parse()
             .unwrap_or_else(|e| panic!("{name}={v:?} is not a number: {e}")),
         Err(_) => default,
-    }
-}
-
-/// Moves this thread into `host`'s network namespace until dropped.
-struct InNetns {
-    original: File,
-}
-
-impl InNetns {
-    fn enter(host: &Host) -> InNetns {
-        let original = File::open("/proc/thread-self/ns/net").expect("own netns");
-        let target = File::open(format!("/run/netns/{}", host.netns())).expect("host netns");
-        // SAFETY: setns on a namespace fd we own; it affects only this thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        InNetns { original }
-    }
-}
-
-impl Drop for InNetns {
-    fn drop(&mut self) {
-        // SAFETY: as above, back to where this thread was.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }
 
@@ -234,15 +210,11 @@ fn program_maps(pins: &PinDirs, cluster: &Cluster) {
     for (key, value) in &cluster.vteps {
         maps.put_vtep(*key, *value).unwrap();
     }
-    let mut hosts: HashMap<MapData, [u8; 4], u32> =
-        HashMap::try_from(Map::HashMap(open_pin(pins, &spec::GUARDED_HOSTS))).unwrap();
     for ip in &cluster.guarded_hosts {
-        hosts.insert(ip, 0, 0).unwrap();
+        maps.put_guarded_host(*ip).unwrap();
     }
-    let mut ports: HashMap<MapData, GuardedPort, u32> =
-        HashMap::try_from(Map::HashMap(open_pin(pins, &spec::GUARDED_PORTS))).unwrap();
     for port in &cluster.guarded_ports {
-        ports.insert(port, 0, 0).unwrap();
+        maps.put_guarded_port(*port).unwrap();
     }
 }
 

@@ -29,7 +29,10 @@ use std::{
 
 use serde_json::Value;
 use xtask::{
-    cluster::{create_endpoint, in_netns, ready_count, skein, skein_ok, DEADLINE},
+    cluster::{
+        create_endpoint, in_netns, ready_count, skein, skein_ok, start_cluster, start_cluster_with,
+        DEADLINE,
+    },
     scrape::parse,
     testbed::{run_command, skein_binary, wait_until, Host, Process, Testbed, TestbedConfig},
 };
@@ -163,62 +166,6 @@ fn family(samples: &BTreeMap<String, u64>, prefix: &str) -> u64 {
         .sum()
 }
 
-/// `skein agent` in `host` with the testbed's flags, `extra` and the environment `env`
-/// (what `Host::start_agent` does, plus the environment).
-fn start_agent(host: &Host, extra: &[&str], env: &[(&str, &str)]) -> Process {
-    let mut cmd = host.skein().expect("the skein binary");
-    cmd.arg("agent")
-        .args(["--underlay-iface", host.underlay_iface()])
-        .arg("--bpf-dir")
-        .arg(host.bpf_dir())
-        .args(["--resource-prefix", host.resource_prefix()])
-        .args(extra)
-        .env("NO_COLOR", "1");
-    if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info");
-    }
-    cmd.envs(env.iter().copied());
-    host.spawn(cmd, "agent").expect("starting an agent")
-}
-
-/// Starts h1 with `--init` and the others joining it, each with `extra(host)` and `env`,
-/// and waits until every host sees every node ready (like `cluster::start_cluster`).
-fn start_cluster_with(
-    bed: &Testbed,
-    extra: impl Fn(&Host) -> Vec<String>,
-    env: &[(&str, &str)],
-) -> Vec<Process> {
-    let args = |host: &Host, own: &[&str]| {
-        let mut all: Vec<String> = own.iter().map(|s| s.to_string()).collect();
-        all.extend(extra(host));
-        all
-    };
-    let first = bed.host(0);
-    let first_args = args(first, &["--init"]);
-    let first_refs: Vec<&str> = first_args.iter().map(String::as_str).collect();
-    let mut agents = vec![start_agent(first, &first_refs, env)];
-    let token = wait_until("the join token", DEADLINE, || {
-        skein_ok(first, &["join-token"]).map(|t| t.trim().to_owned())
-    })
-    .expect("a join token");
-    let seed = first.underlay_ip().to_string();
-    for host in &bed.hosts()[1..] {
-        let own = args(host, &["--join", &seed, "--token", &token]);
-        let refs: Vec<&str> = own.iter().map(String::as_str).collect();
-        agents.push(start_agent(host, &refs, env));
-    }
-    let n = bed.hosts().len();
-    for host in bed.hosts() {
-        wait_until(
-            &format!("{n} ready nodes on {}", host.name()),
-            DEADLINE,
-            || ready_count(host) == Some(n),
-        )
-        .expect("the cluster forms");
-    }
-    agents
-}
-
 /// `network create NAME --subnet SUBNET --vni VNI` on h1, waited for on every host.
 fn create_network(bed: &Testbed, name: &str, subnet: &str, vni: u32) {
     skein_ok(
@@ -307,7 +254,7 @@ fn ping_answered(host: &Host, ip: &str) -> bool {
 #[test]
 fn nothing_routed_into_the_overlay_from_the_underlay_reaches_an_endpoint() {
     let bed = Testbed::new("fc-into-overlay", TestbedConfig::with_hosts(2)).expect("testbed");
-    let _agents = start_cluster_with(&bed, |_| Vec::new(), &[]);
+    let _agents = start_cluster(&bed).expect("the cluster forms").0;
     create_network(&bed, "net1", "10.61.0.0/24", 6101);
     let (h1, h2, client) = (bed.host(0), bed.host(1), bed.client());
     let (ns1, ip1) = create_endpoint(h1, "net1", "victim1").unwrap();
@@ -418,7 +365,7 @@ print(sent)
 #[test]
 fn crafted_vxlan_from_a_workload_delivers_nothing() {
     let bed = Testbed::new("fc-crafted-vxlan", TestbedConfig::with_hosts(3)).expect("testbed");
-    let _agents = start_cluster_with(&bed, |_| Vec::new(), &[]);
+    let _agents = start_cluster(&bed).expect("the cluster forms").0;
     let (vni_x, vni_y) = (6201, 6202);
     create_network(&bed, "netx", "10.62.0.0/24", vni_x);
     create_network(&bed, "nety", "10.63.0.0/24", vni_y);
@@ -566,7 +513,9 @@ fn workloads_reach_no_cluster_port_and_the_cluster_still_works() {
         &bed,
         |h| vec!["--metrics-addr".to_owned(), metrics_addr(h)],
         &[],
-    );
+    )
+    .expect("the cluster forms")
+    .0;
     create_network(&bed, "net1", "10.64.0.0/24", 6301);
     let h1 = bed.host(0);
     // A task on every host, for `service logs` at the end.
@@ -762,7 +711,9 @@ if stay == "stay":
 #[test]
 fn first_packets_of_tasks_and_attached_namespaces_are_checked() {
     let bed = Testbed::new("fc-first-packets", TestbedConfig::with_hosts(2)).expect("testbed");
-    let _agents = start_cluster_with(&bed, |_| Vec::new(), &[("SKEIN_TEST_NO_MAP_SYNC", "1")]);
+    let _agents = start_cluster_with(&bed, |_| Vec::new(), &[("SKEIN_TEST_NO_MAP_SYNC", "1")])
+        .expect("the cluster forms")
+        .0;
     create_network(&bed, "net1", "10.65.0.0/24", 6401);
     let recorders: Vec<Process> = bed
         .hosts()

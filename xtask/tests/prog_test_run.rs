@@ -2,10 +2,7 @@
 //! the real, verifier-accepted programs; verdicts, output frames and counters are checked.
 //! Needs root (loading BPF programs); run by `cargo xtask test`.
 
-use std::{
-    fs::File,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
-};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use agent::dataplane::{self, Counters, OverlayMaps, PinDirs};
 use aya::{
@@ -24,7 +21,7 @@ use dataplane_ebpf::{
 };
 use dataplane_ebpf_test_run::test_run;
 use etherparse::PacketBuilder;
-use xtask::testbed::{Host, Testbed, TestbedConfig};
+use xtask::testbed::{Host, InNetns, Testbed, TestbedConfig};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -261,29 +258,6 @@ const B_REMOTE: [u8; 4] = [10, 0, 2, 4];
 /// An external VTEP for 10.0.1.128/25 of A.
 const VTEP_HOST: [u8; 4] = [10, 200, 0, 50];
 const VTEP_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x50];
-
-/// Moves this thread into `host`'s network namespace until dropped.
-struct InNetns {
-    original: File,
-}
-
-impl InNetns {
-    fn enter(host: &Host) -> InNetns {
-        let original = File::open("/proc/thread-self/ns/net").expect("own netns");
-        let target = File::open(format!("/run/netns/{}", host.netns())).expect("host netns");
-        // SAFETY: setns on a namespace fd we own; it affects only this thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        InNetns { original }
-    }
-}
-
-impl Drop for InNetns {
-    fn drop(&mut self) {
-        // SAFETY: as above, back to where this thread was.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
 
 fn underlay_ifindex(host: &Host) -> u32 {
     host.run("cat", ["/sys/class/net/eth0/ifindex"])
@@ -863,25 +837,17 @@ fn endpoint_program_answers_arp_forwards_encapsulates_and_isolates() {
 /// The guard's maps as an agent would fill them for a cluster of this host and
 /// `REMOTE_HOST` (gossip on 7946, this agent's metrics on TCP 9464).
 fn program_guard(pins: &PinDirs, host: &Host) {
-    let open = |spec: &dataplane_ebpf::maps::MapSpec| {
-        aya::maps::Map::HashMap(
-            aya::maps::MapData::from_pin(pins.maps().join(spec.name)).expect("guard map pin"),
-        )
-    };
-    let mut hosts: aya::maps::HashMap<_, [u8; 4], u32> =
-        aya::maps::HashMap::try_from(open(&dataplane_ebpf::maps::GUARDED_HOSTS)).unwrap();
+    let mut maps = OverlayMaps::open(pins).expect("overlay maps");
     for ip in [host.underlay_ip().octets(), REMOTE_HOST, VTEP_HOST] {
-        hosts.insert(ip, 0, 0).unwrap();
+        maps.put_guarded_host(ip).unwrap();
     }
-    let mut ports: aya::maps::HashMap<_, GuardedPort, u32> =
-        aya::maps::HashMap::try_from(open(&dataplane_ebpf::maps::GUARDED_PORTS)).unwrap();
     for port in [
         GuardedPort::new(IPPROTO_UDP, 4789),
         GuardedPort::new(IPPROTO_UDP, GOSSIP_PORT),
         GuardedPort::new(IPPROTO_TCP, GOSSIP_PORT),
         GuardedPort::new(IPPROTO_TCP, METRICS_PORT),
     ] {
-        ports.insert(port, 0, 0).unwrap();
+        maps.put_guarded_port(port).unwrap();
     }
 }
 
