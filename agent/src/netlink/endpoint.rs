@@ -167,6 +167,11 @@ impl PreparedLink {
         self.host_link.header.index
     }
 
+    /// Whether both sides are already up (an adopted pair): the endpoint may be sending.
+    pub fn is_up(&self) -> bool {
+        link_is_up(&self.host_link) && link_is_up(&self.ep_link)
+    }
+
     /// Converges everything else — both sides up, MACs, MTUs, addresses, routes,
     /// offloads — and reports what changed in all.
     pub async fn bring_up(self) -> Result<EndpointLinkState> {

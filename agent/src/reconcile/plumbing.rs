@@ -56,7 +56,8 @@ impl Reconciler {
         .await?;
         // Before the veth comes up: the endpoint's first packet meets the endpoint program
         // and finds its port, network and own entries (fail closed: without a port entry
-        // the program drops everything).
+        // the program drops everything). A pair already up had them written when it came
+        // up; the map sync keeps them, as it keeps every other entry.
         self.dataplane
             .lock()
             .expect("dataplane lock")
@@ -64,10 +65,12 @@ impl Reconciler {
             .with_context(|| {
                 format!("attaching the endpoint program to {}", endpoint.host_ifname)
             })?;
-        let entries = own_endpoint_entries(view, endpoint, link.host_ifindex())
-            .context("the endpoint's network or this node's underlay is not known yet")?;
-        put_entries(&mut self.maps.lock().expect("maps lock"), &entries)
-            .context("writing the endpoint's map entries")?;
+        if !link.is_up() {
+            let entries = own_endpoint_entries(view, endpoint, link.host_ifindex())
+                .context("the endpoint's network or this node's underlay is not known yet")?;
+            put_entries(&mut self.maps.lock().expect("maps lock"), &entries)
+                .context("writing the endpoint's map entries")?;
+        }
         let state = link.bring_up().await?;
         if !state.changes.is_empty() {
             info!(endpoint = %endpoint.name, ip = %endpoint.ip, changes = ?state.changes, "endpoint plumbed");
