@@ -91,8 +91,31 @@ impl Verdict {
     /// metrics) on this host or a cluster host: dropped.
     pub const CLUSTER_PORT: Verdict = Verdict(19);
 
+    // The routing mesh's verdicts (see [`crate::mesh`]).
+    /// A new flow to a published port, balanced to a backend and forwarded.
+    pub const MESH_NEW_FLOW: Verdict = Verdict(20);
+    /// A packet of a tracked flow, translated and forwarded to its backend.
+    pub const MESH_FLOW: Verdict = Verdict(21);
+    /// A backend's reply, translated back and sent to the client.
+    pub const MESH_REPLY: Verdict = Verdict(22);
+    /// Mesh VXLAN from a cluster node, delivered into a local task (backend host).
+    pub const MESH_DELIVER: Verdict = Verdict(23);
+    /// A new flow to a service without a serving task: refused like a closed port (TCP
+    /// RST, ICMP port unreachable).
+    pub const MESH_NO_BACKEND: Verdict = Verdict(24);
+    /// TCP for no live flow (its backend died, it expired, or it never was): reset.
+    pub const MESH_RESET: Verdict = Verdict(25);
+    /// Too big for the underlay once encapsulated, with DF: ICMP fragmentation needed.
+    pub const MESH_FRAG_NEEDED: Verdict = Verdict(26);
+    /// Mesh VXLAN not from a cluster node or not to a local task's published target port:
+    /// dropped.
+    pub const MESH_REFUSED: Verdict = Verdict(27);
+    /// To a published port but not a packet the mesh takes (IP options, fragments, a bad
+    /// header checksum, nonsense TCP flags): dropped.
+    pub const MESH_INVALID: Verdict = Verdict(28);
+
     /// Every verdict, in slot order.
-    pub const ALL: [Verdict; 20] = [
+    pub const ALL: [Verdict; 29] = [
         Verdict::PASS,
         Verdict::DROP,
         Verdict::REDIRECT,
@@ -113,15 +136,24 @@ impl Verdict {
         Verdict::NO_PORT,
         Verdict::INTO_OVERLAY,
         Verdict::CLUSTER_PORT,
+        Verdict::MESH_NEW_FLOW,
+        Verdict::MESH_FLOW,
+        Verdict::MESH_REPLY,
+        Verdict::MESH_DELIVER,
+        Verdict::MESH_NO_BACKEND,
+        Verdict::MESH_RESET,
+        Verdict::MESH_FRAG_NEEDED,
+        Verdict::MESH_REFUSED,
+        Verdict::MESH_INVALID,
     ];
 
     /// The `verdict` label of this slot in `/metrics`: what happened to the packet.
     pub const fn name(self) -> &'static str {
         match self.0 {
             0 | 9 | 10 => "pass",
-            1 | 11..=19 => "drop",
-            2 | 5..=7 => "redirect",
-            3 | 8 => "tx",
+            1 | 11..=19 | 27 | 28 => "drop",
+            2 | 5..=7 | 20..=23 => "redirect",
+            3 | 8 | 24..=26 => "tx",
             4 => "error",
             _ => "unknown",
         }
@@ -145,6 +177,15 @@ impl Verdict {
             17 => Some("no_port"),
             18 => Some("routed_into_overlay"),
             19 => Some("cluster_port"),
+            20 => Some("mesh_new_flow"),
+            21 => Some("mesh_flow"),
+            22 => Some("mesh_reply"),
+            23 => Some("mesh_deliver"),
+            24 => Some("mesh_no_backend"),
+            25 => Some("mesh_reset"),
+            26 => Some("mesh_frag_needed"),
+            27 => Some("mesh_refused"),
+            28 => Some("mesh_invalid"),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@
 //! - [`counters`]: the per-verdict packet/byte counters every program keeps.
 //! - [`overlay`]: the overlay's maps and shared helpers (VXLAN, MACs, checksums).
 //! - [`guard`]: what keeps the overlay closed: the guarded hosts and ports, and the rule.
+//! - [`mesh`]: the routing mesh's maps, conntrack states and checksum/MSS helpers.
 //!
 //! Rules for every map key/value type (hash maps compare raw bytes, and the two sides
 //! must agree on layout without a compiler to check them): `#[repr(C)]`, `Copy`, no
@@ -17,6 +18,7 @@
 pub mod counters;
 pub mod guard;
 pub mod maps;
+pub mod mesh;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod names;

@@ -11,6 +11,11 @@ use core::mem::size_of;
 use crate::{
     counters::{Counter, COUNTER_SLOTS},
     guard::{GuardedHostKey, GuardedHostValue, GuardedPort, GuardedPortValue},
+    mesh::{
+        Flow, FlowKey, MeshBackend, MeshBackendKey, MeshConfig, MeshPort, MeshPortKey, MeshService,
+        MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey, CT_EVENT_SLOTS,
+        MESH_MAX_SERVICES,
+    },
     overlay::{
         EndpointKey, EndpointValue, NetworkKey, NetworkValue, PortKey, PortValue, SubnetKey,
         SubnetValue, UnderlayValue, VtepKey, VtepValue,
@@ -25,6 +30,9 @@ pub enum MapKind {
     LpmTrie,
     Array,
     PerCpuArray,
+    /// Hash whose least recently used entries are evicted when full (conntrack).
+    LruHash,
+    PerCpuHash,
 }
 
 impl MapKind {
@@ -110,6 +118,36 @@ pub const GUARDED_HOSTS: MapSpec =
 pub const GUARDED_PORTS: MapSpec =
     MapSpec::new::<GuardedPort, GuardedPortValue>("GUARDED_PORTS", MapKind::Hash, 256);
 
+/// One slot: the routing mesh's settings (see [`crate::mesh::MeshConfig`]).
+pub const MESH_CONFIG: MapSpec = MapSpec::new::<u32, MeshConfig>("MESH_CONFIG", MapKind::Array, 1);
+/// Published ports of `ingress`-mode services → service slot and target port.
+pub const MESH_PORTS: MapSpec =
+    MapSpec::new::<MeshPortKey, MeshPort>("MESH_PORTS", MapKind::Hash, 4_096);
+/// Each service slot's rotation: backend count, shared cursor, VNI.
+pub const MESH_SERVICES: MapSpec =
+    MapSpec::new::<u32, MeshService>("MESH_SERVICES", MapKind::Array, MESH_MAX_SERVICES);
+/// (service slot, index) → serving task (overlay IP, host's underlay IP).
+pub const MESH_BACKENDS: MapSpec =
+    MapSpec::new::<MeshBackendKey, MeshBackend>("MESH_BACKENDS", MapKind::Hash, 65_536);
+/// The ingress node's conntrack: the client's flow → its backend and TCP state.
+pub const MESH_FLOWS: MapSpec =
+    MapSpec::new::<FlowKey, Flow>("MESH_FLOWS", MapKind::LruHash, 262_144);
+/// A flow as replies carry it → the ingress node it came through.
+pub const MESH_REPLIES: MapSpec =
+    MapSpec::new::<ReplyKey, Reply>("MESH_REPLIES", MapKind::LruHash, 262_144);
+/// Every cluster node's underlay address: the only senders of mesh VXLAN.
+pub const MESH_NODES: MapSpec = MapSpec::new::<[u8; 4], u32>("MESH_NODES", MapKind::Hash, 4_096);
+/// This node's tasks × their service's target ports: where mesh VXLAN may deliver.
+pub const MESH_TARGETS: MapSpec =
+    MapSpec::new::<MeshTargetKey, MeshTarget>("MESH_TARGETS", MapKind::Hash, 16_384);
+/// Per service and backend: new flows, packets, bytes (per CPU).
+pub const MESH_STATS: MapSpec =
+    MapSpec::new::<MeshStatKey, MeshStats>("MESH_STATS", MapKind::PerCpuHash, 65_536);
+/// Conntrack entries created and deleted by the programs (per CPU; see
+/// [`crate::mesh::CT_INSERTED`]).
+pub const MESH_CT_EVENTS: MapSpec =
+    MapSpec::new::<u32, u64>("MESH_CT_EVENTS", MapKind::PerCpuArray, CT_EVENT_SLOTS);
+
 /// Every map the agent pins under `<bpf-dir>/maps`, so a restarted agent adopts them.
 pub const PINNED: &[MapSpec] = &[
     XDP_UNDERLAY_COUNTERS,
@@ -123,6 +161,16 @@ pub const PINNED: &[MapSpec] = &[
     OVERLAY_SUBNETS,
     GUARDED_HOSTS,
     GUARDED_PORTS,
+    MESH_CONFIG,
+    MESH_PORTS,
+    MESH_SERVICES,
+    MESH_BACKENDS,
+    MESH_FLOWS,
+    MESH_REPLIES,
+    MESH_NODES,
+    MESH_TARGETS,
+    MESH_STATS,
+    MESH_CT_EVENTS,
 ];
 
 /// Every counters map, with the program it counts for.

@@ -44,7 +44,12 @@ pub(crate) fn capacities() -> Result<BTreeMap<&'static str, u32>, DataplaneError
         let (name, capacity) = item.split_once('=').ok_or_else(bad)?;
         let spec = dataplane_ebpf::maps::by_name(name).ok_or_else(bad)?;
         let capacity: u32 = capacity.parse().map_err(|_| bad())?;
-        if capacity == 0 || !matches!(spec.kind, MapKind::Hash | MapKind::LpmTrie) {
+        if capacity == 0
+            || !matches!(
+                spec.kind,
+                MapKind::Hash | MapKind::LpmTrie | MapKind::LruHash
+            )
+        {
             return Err(bad());
         }
         capacities.insert(spec.name, capacity);
@@ -58,6 +63,8 @@ fn aya_type(kind: MapKind) -> MapType {
         MapKind::LpmTrie => MapType::LpmTrie,
         MapKind::Array => MapType::Array,
         MapKind::PerCpuArray => MapType::PerCpuArray,
+        MapKind::LruHash => MapType::LruHash,
+        MapKind::PerCpuHash => MapType::PerCpuHash,
     }
 }
 

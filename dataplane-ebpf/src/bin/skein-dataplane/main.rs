@@ -13,9 +13,9 @@
 //!   "fragmentation needed".
 //! - `guard`: the fail-closed checks: nothing routed into the overlay, no workload
 //!   traffic to the cluster's own ports.
-//! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups (the
-//!   mesh's conntrack and NAT state will be declared here, their logic in modules of
-//!   their own beside `decap` and `encap`).
+//! - `mesh_ingress`: the routing mesh on the ingress node (clients' packets to published
+//!   ports and the replies coming back), called first by `xdp_underlay`.
+//! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups.
 //! - `parse`: header layouts and the bounds-checked packet accessor.
 //! - `outcome`: what a program decided and its counting.
 //!
@@ -28,6 +28,7 @@ mod decap;
 mod encap;
 mod guard;
 mod maps;
+mod mesh_ingress;
 mod outcome;
 mod parse;
 mod tc_endpoint;

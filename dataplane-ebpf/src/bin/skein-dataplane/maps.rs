@@ -4,16 +4,20 @@
 //! table's. Every map is pinned by name under `<bpf-dir>/maps`, so a restarted agent
 //! keeps the counters counting and the overlay's state in place.
 //!
-//! Also the typed lookups the programs share. The mesh's conntrack and NAT maps go here.
+//! Also the typed lookups the programs share.
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use dataplane_ebpf::{
     counters::Counter,
     guard::{GuardedHostKey, GuardedHostValue, GuardedPort, GuardedPortValue},
     maps::{self as spec, MapKind},
+    mesh::{
+        Flow, FlowKey, MeshBackend, MeshBackendKey, MeshConfig, MeshPort, MeshPortKey, MeshService,
+        MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey,
+    },
     overlay::{EndpointKey, EndpointValue, NetworkValue, PortValue, UnderlayValue, VtepValue},
 };
 
@@ -26,6 +30,18 @@ trait Layout {
 
 impl<K, V> Layout for HashMap<K, V> {
     const KIND: MapKind = MapKind::Hash;
+    const KEY: usize = size_of::<K>();
+    const VALUE: usize = size_of::<V>();
+}
+
+impl<K, V> Layout for LruHashMap<K, V> {
+    const KIND: MapKind = MapKind::LruHash;
+    const KEY: usize = size_of::<K>();
+    const VALUE: usize = size_of::<V>();
+}
+
+impl<K, V> Layout for PerCpuHashMap<K, V> {
+    const KIND: MapKind = MapKind::PerCpuHash;
     const KEY: usize = size_of::<K>();
     const VALUE: usize = size_of::<V>();
 }
@@ -78,6 +94,16 @@ pinned!(OVERLAY_SUBNETS: LpmTrie<[u8; 4], u32>);
 pinned!(OVERLAY_UNDERLAY: Array<UnderlayValue>);
 pinned!(GUARDED_HOSTS: HashMap<GuardedHostKey, GuardedHostValue>);
 pinned!(GUARDED_PORTS: HashMap<GuardedPort, GuardedPortValue>);
+pinned!(MESH_CONFIG: Array<MeshConfig>);
+pinned!(MESH_PORTS: HashMap<MeshPortKey, MeshPort>);
+pinned!(MESH_SERVICES: Array<MeshService>);
+pinned!(MESH_BACKENDS: HashMap<MeshBackendKey, MeshBackend>);
+pinned!(MESH_FLOWS: LruHashMap<FlowKey, Flow>);
+pinned!(MESH_REPLIES: LruHashMap<ReplyKey, Reply>);
+pinned!(MESH_NODES: HashMap<[u8; 4], u32>);
+pinned!(MESH_TARGETS: HashMap<MeshTargetKey, MeshTarget>);
+pinned!(MESH_STATS: PerCpuHashMap<MeshStatKey, MeshStats>);
+pinned!(MESH_CT_EVENTS: PerCpuArray<u64>);
 
 /// A copy of a hash map value (copied at once: the kernel may reuse the element's memory
 /// after an update from userspace).

@@ -21,6 +21,7 @@ use crate::{
     decap::{classify, inner_ethernet, Vxlan},
     guard::into_overlay,
     maps::XDP_UNDERLAY_COUNTERS,
+    mesh_ingress,
     outcome::count,
     parse::*,
 };
@@ -35,6 +36,10 @@ use crate::{
 pub fn xdp_underlay(ctx: XdpContext) -> u32 {
     // SAFETY: the helper only reads the context the kernel handed us.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    if let Some((verdict, action)) = mesh_ingress::handle(&ctx) {
+        count(&XDP_UNDERLAY_COUNTERS, verdict, len);
+        return action;
+    }
     let (verdict, action) = match xdp_decap(&ctx) {
         XdpDecap::Decapsulated => (Verdict::DECAP, xdp_action::XDP_PASS),
         XdpDecap::Untouched => (Verdict::PASS, xdp_action::XDP_PASS),
