@@ -14,7 +14,10 @@ use ipnet::Ipv4Net;
 use crate::{
     driver::ManagerError,
     state::{
-        self, endpoint::pick_free_ip, service::pick_free_vip, Endpoint, EndpointMode, HealthCheck,
+        self,
+        endpoint::pick_free_ip,
+        service::{pick_free_vip, ReservedPort},
+        Endpoint, EndpointMode, HealthCheck,
         Kind, Mode, Network, NetworkSpecError, NodeInfo, PublishMode, PublishedPort, RecordKey,
         Scope, Service, ServiceSpecError, Stamp, Vtep, DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX,
         DEFAULT_VNI_RANGE,
@@ -129,6 +132,9 @@ pub struct ServiceRequest {
     pub user: Option<String>,
     pub health: Option<HealthCheck>,
     pub restart_delay_ms: u64,
+    /// Ports the creating node's agent uses besides the cluster's own (its metrics port):
+    /// peers do not know them, so only this create refuses them.
+    pub local_reserved: Vec<ReservedPort>,
 }
 
 /// What `endpoint create`/`attach` asks for.
@@ -522,6 +528,21 @@ impl Manager {
     }
 }
 
+/// The ports no service may publish, as this node knows them: the cluster's (VXLAN, every
+/// known node's gossip port) and `local` (this agent's own).
+fn reserved_ports(view: &ClusterView, local: &[ReservedPort]) -> Vec<ReservedPort> {
+    let gossip = view.nodes.iter().flat_map(|n| {
+        n.info
+            .as_ref()
+            .map(|i| i.addr.port())
+            .into_iter()
+            .chain(n.addr.map(|a| a.port()))
+    });
+    let mut reserved = state::service::cluster_reserved_ports(gossip);
+    reserved.extend(local.iter().cloned());
+    reserved
+}
+
 impl Manager {
     /// `service create`: validates, claims the name, its published ports and its VIP, and
     /// waits for concurrent claims to settle; the losing create withdraws and says why.
@@ -572,6 +593,7 @@ impl Manager {
             },
         };
         candidate.validate()?;
+        candidate.check_reserved(&reserved_ports(&view, &request.local_reserved))?;
         if let Some(reason) = view.services.conflicts_with(&candidate) {
             return Err(OpError::ServiceClaim { reason });
         }

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    state::{placement_weight, Mode, Service, Stamp, Task},
+    state::{placement_weight, Mode, Service, Stamp, Task, TaskState},
     view::ClusterView,
     NodeId,
 };
@@ -172,7 +172,8 @@ impl Layout {
 }
 
 /// The layout of `service` given the eligible `nodes` and the cluster's current tasks
-/// (of up nodes).
+/// (of up nodes). A draining task holds no slot: it is on its way out, and its slot's
+/// replacement must be placed (and started) meanwhile.
 pub fn layout<'a>(
     service: &Service,
     nodes: &[NodeId],
@@ -183,7 +184,7 @@ pub fn layout<'a>(
         Mode::Replicated { replicas } => {
             let mut holders: BTreeMap<u32, Vec<Holder>> = BTreeMap::new();
             for (node, task) in tasks {
-                if crate::view::is_task_of(task, service) {
+                if crate::view::is_task_of(task, service) && task.state != TaskState::Draining {
                     holders.entry(task.slot).or_default().push(Holder {
                         node: *node,
                         created: task.created,
@@ -381,5 +382,38 @@ mod tests {
         assert_eq!(l.slots_of(nodes[1]), [0]);
         assert!(l.holds(nodes[2], 0));
         assert!(!l.holds(node(9), 0));
+    }
+
+    #[test]
+    fn a_draining_task_holds_no_slot() {
+        let nodes: Vec<NodeId> = (0..2).map(node).collect();
+        let svc = service("web", 1);
+        let free = layout(&svc, &nodes, &[]).slots_of(nodes[0]).is_empty();
+        // The node placement would not pick on its own.
+        let other = if free { nodes[0] } else { nodes[1] };
+        let task = |state| Task {
+            id: "0123456789ab".into(),
+            service: svc.name.clone(),
+            service_created: svc.created,
+            slot: 0,
+            endpoint: "ba9876543210".into(),
+            ip: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            state,
+            since_ms: 0,
+            message: String::new(),
+            restarts: 0,
+            created: svc.created,
+            attached: false,
+        };
+        let running = [(other, task(TaskState::Running))];
+        assert!(
+            layout(&svc, &nodes, &running).holds(other, 0),
+            "a running task keeps its slot where it is"
+        );
+        let draining = [(other, task(TaskState::Draining))];
+        assert!(
+            !layout(&svc, &nodes, &draining).holds(other, 0),
+            "a draining one does not: its replacement goes where placement puts it"
+        );
     }
 }

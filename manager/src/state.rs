@@ -39,7 +39,7 @@ pub mod store;
 pub use endpoint::{endpoints, overlay_mtu, vteps, Endpoint, EndpointSet, Vtep, ENCAP_OVERHEAD};
 pub use network::{
     valid_networks, validate_network_name, Network, NetworkSet, NetworkSpecError,
-    DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX, DEFAULT_VNI_RANGE,
+    DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX, DEFAULT_VNI_RANGE, INGRESS_VNI,
 };
 pub use objects::{nodes, NodeInfo, PayloadError};
 pub use record::{

@@ -218,7 +218,8 @@ impl<'a> ServiceTasks<'a> {
     }
 
     /// Only healthy running tasks of up nodes ([`Task::serves`]): those load balancers,
-    /// the mesh and DNS send traffic to.
+    /// the mesh and DNS send new traffic to. Draining tasks are left out (their
+    /// established flows go on: their endpoints stay until they are stopped).
     pub fn serving(mut self) -> ServiceTasks<'a> {
         self.live_only = true;
         self.serving_only = true;
@@ -330,6 +331,7 @@ mod tests {
                 (up2, task("starting", &web, TaskState::Starting, false)),
                 (up2, task("unhealthy", &web, TaskState::Unhealthy, false)),
                 (up2, task("attached", &web, TaskState::Running, true)),
+                (up2, task("draining", &web, TaskState::Draining, false)),
                 (down, task("down", &web, TaskState::Running, false)),
             ],
             overlay_mtu: Some(1450),
@@ -346,7 +348,7 @@ mod tests {
         let web = service("web", 10);
         assert_eq!(
             ids(view.tasks_of(&web)),
-            ["running", "starting", "unhealthy", "attached", "down"]
+            ["running", "starting", "unhealthy", "attached", "draining", "down"]
         );
         assert_eq!(ids(view.tasks_of(&service("web", 1))), ["old"]);
         assert!(view.tasks_of(&service("web", 99)).next().is_none());
@@ -360,16 +362,16 @@ mod tests {
         let web = service("web", 10);
         assert_eq!(
             ids(view.tasks_of(&web).live()),
-            ["running", "starting", "unhealthy", "attached"]
+            ["running", "starting", "unhealthy", "attached", "draining"]
         );
         // Healthy running tasks of up nodes, cluster-wide: not starting, not unhealthy,
-        // not on a down node.
+        // not draining (on its way out: no new flows), not on a down node.
         assert_eq!(ids(view.tasks_of(&web).serving()), ["running", "attached"]);
         assert_eq!(ids(view.tasks_of(&web).serving().placed()), ["running"]);
         assert_eq!(ids(view.tasks_of(&web).live().attached()), ["attached"]);
         assert_eq!(
             ids(view.tasks_of(&web).placed()),
-            ["running", "starting", "unhealthy", "down"]
+            ["running", "starting", "unhealthy", "draining", "down"]
         );
     }
 

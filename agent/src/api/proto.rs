@@ -214,6 +214,7 @@ impl TryFrom<String> for TaskRowState {
             "unhealthy" => TaskRowState::Reported(TaskState::Unhealthy),
             "exited" => TaskRowState::Reported(TaskState::Exited),
             "failed" => TaskRowState::Reported(TaskState::Failed),
+            "draining" => TaskRowState::Reported(TaskState::Draining),
             "down" => TaskRowState::NodeDown,
             _ => return Err(format!("{text:?} is not a task state")),
         })

@@ -13,7 +13,8 @@ use std::{
 };
 
 use super::{
-    check_port, parse_advertise_addr, parse_iface, parse_nonzero_duration, parse_socket_addr,
+    check_port, parse_advertise_addr, parse_duration, parse_iface, parse_nonzero_duration,
+    parse_socket_addr,
     parse_token, parse_word, AgentSettings, ConfigError, JoinEntry,
 };
 use crate::dataplane::XdpMode;
@@ -44,6 +45,7 @@ const FILE_KEYS: &[&str] = &[
     "token",
     "join-timeout",
     "hostname",
+    "drain-window",
 ];
 
 /// Parses a config file's text; `path` only names the file in errors.
@@ -123,6 +125,10 @@ pub(crate) fn parse_file(text: &str, path: &Path) -> Result<AgentSettings, Confi
                 duration_string(value).and_then(parse_nonzero_duration),
             ),
             "hostname" => set_once(&mut settings.hostname, string(value).and_then(parse_word)),
+            "drain-window" => set_once(
+                &mut settings.drain_window,
+                duration_string(value).and_then(parse_duration),
+            ),
             _ => {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),

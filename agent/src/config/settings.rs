@@ -9,7 +9,8 @@ use std::{
 };
 
 use super::{
-    parse_advertise_addr, parse_iface, parse_nonzero_duration, parse_port, parse_socket_addr,
+    parse_advertise_addr, parse_duration, parse_iface, parse_nonzero_duration, parse_port,
+    parse_socket_addr,
     parse_token, parse_word, xdp_mode_parser, ConfigError, Defaults, JoinEntry,
 };
 use crate::dataplane::XdpMode;
@@ -50,6 +51,9 @@ pub(crate) struct AgentConfig {
     pub(crate) token: Option<String>,
     pub(crate) join_timeout: Duration,
     pub(crate) hostname: String,
+    /// How long a task to stop stays out of the load balancers, its established flows
+    /// going on, before it gets SIGTERM; zero: stopped at once.
+    pub(crate) drain_window: Duration,
 }
 
 // By hand, so that logging the config never prints the cluster's join token.
@@ -71,6 +75,7 @@ impl fmt::Debug for AgentConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("join_timeout", &self.join_timeout)
             .field("hostname", &self.hostname)
+            .field("drain_window", &self.drain_window)
             .finish()
     }
 }
@@ -180,6 +185,12 @@ pub(crate) struct AgentSettings {
     /// network namespace, its name, since all namespaces share the machine's hostname]
     #[arg(long, env = "SKEIN_HOSTNAME", value_name = "NAME", value_parser = parse_word)]
     pub(crate) hostname: Option<String>,
+
+    /// How long a task being stopped (removed, scaled away, moved) first gets no new
+    /// connections while its open ones go on, before it is sent SIGTERM; like 10s or
+    /// 500ms, 0s to stop at once. [default: 10s]
+    #[arg(long, env = "SKEIN_DRAIN_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) drain_window: Option<Duration>,
 }
 
 /// Applies the precedence given > file > defaults and checks the combination.
@@ -224,6 +235,8 @@ pub(crate) fn merge(
         hostname: pick(&given.hostname, &file.hostname)
             .or_else(|| defaults.hostname.clone())
             .ok_or(ConfigError::NoHostname)?,
+        drain_window: pick(&given.drain_window, &file.drain_window)
+            .unwrap_or(crate::tasks::plan::DEFAULT_DRAIN_WINDOW),
     })
 }
 
@@ -278,6 +291,7 @@ mod tests {
                 token: None,
                 join_timeout: Duration::from_secs(10),
                 hostname: "host1".into(),
+                drain_window: Duration::from_secs(10),
             }
         );
     }
@@ -292,6 +306,7 @@ mod tests {
             join-timeout = "1m30s"
             hostname = "from-file"
             endpoint-iface = ["a", "b"]
+            drain-window = "0s"
             "#,
         );
         let given = AgentSettings {
@@ -311,6 +326,7 @@ mod tests {
         assert_eq!(config.gossip_port, 8000);
         assert_eq!(config.xdp_mode, XdpMode::Generic);
         assert_eq!(config.join_timeout, Duration::from_secs(90));
+        assert_eq!(config.drain_window, Duration::ZERO, "zero: no drain");
         assert_eq!(config.metrics_addr, DEFAULT_METRICS_ADDR);
         assert_eq!(config.bpf_dir, PathBuf::from("/sys/fs/bpf/skein"));
 

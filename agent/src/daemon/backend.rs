@@ -4,7 +4,7 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use anyhow::Result;
-use manager::{secure::JoinToken, Manager};
+use manager::{secure::JoinToken, state::service::ReservedPort, Manager};
 use tokio::sync::watch;
 
 use super::{endpoint::Endpoints, network, node, service, stop::Stop, vtep};
@@ -23,6 +23,9 @@ pub(super) struct AgentBackend {
     pub(super) endpoints: Endpoints,
     pub(super) supervisor: Arc<Supervisor>,
     pub(super) peers: Arc<Peers>,
+    /// Ports this agent uses that no service may publish (its metrics port); the
+    /// cluster's own are the manager's to check.
+    pub(super) reserved_ports: Vec<ReservedPort>,
 }
 
 impl Backend for AgentBackend {
@@ -71,7 +74,7 @@ impl AgentBackend {
             Request::VtepRm { network, cidr } => vtep::rm(manager, &network, cidr).await?,
             Request::VtepLs { network } => vtep::ls(&view(), network.as_deref()),
             Request::DebugMaps => Body::Text(self.endpoints.reconciler.dump_maps()?),
-            Request::ServiceCreate(spec) => service::create(manager, spec).await?,
+            Request::ServiceCreate(spec) => service::create(manager, spec, &self.reserved_ports).await?,
             Request::ServiceLs => service::ls(&view()),
             Request::ServicePs { name } => service::ps(&view(), &name)?,
             Request::ServiceInspect { name } => service::inspect(&view(), &name)?,

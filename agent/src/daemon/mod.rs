@@ -27,7 +27,10 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use dataplane_ebpf::guard::{GuardedPort, IPPROTO_TCP};
-use manager::{state::NodeInfo, Manager};
+use manager::{
+    state::{service::ReservedPort, NodeInfo, Protocol},
+    Manager,
+};
 use tokio::{
     net::TcpListener,
     sync::{watch, Mutex},
@@ -153,6 +156,7 @@ fn start(
         reconciler.clone(),
         state.path().join("tasks"),
         config.resource_prefix.clone(),
+        config.drain_window,
     ));
     background.spawn_until_shutdown("supervisor", supervisor.clone().run());
     start_cluster_loops(
@@ -176,6 +180,11 @@ fn start(
         },
         supervisor: supervisor.clone(),
         peers,
+        reserved_ports: vec![ReservedPort::new(
+            metrics_addr.port(),
+            Some(Protocol::Tcp),
+            "this node's metrics (--metrics-addr)",
+        )],
     });
     let mut stopping = stop.subscribe();
     let api = tokio::spawn(api::serve(listeners.api, backend, async move {

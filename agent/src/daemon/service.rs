@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use manager::{
     driver::wall_ms,
     ops::ServiceRequest,
-    state::{HealthCheck, Kind, Scope, Service, Stamp, Task, TaskState},
+    state::{service::ReservedPort, HealthCheck, Kind, Scope, Service, Stamp, Task, TaskState},
     view::ClusterView,
     Manager, NodeId,
 };
@@ -34,10 +34,17 @@ const MAX_LOG_CHUNK: u64 = 256 * 1024;
 /// invalid byte becomes U+FFFD), which still fits in one peer frame.
 const MAX_PEER_LOG_BYTES: u64 = 256 * 1024;
 const _: () = assert!(3 * MAX_PEER_LOG_BYTES < manager::secure::MAX_FRAME as u64 - 64 * 1024);
+// The port `service create` refuses is the one the dataplane runs VXLAN on.
+const _: () = assert!(manager::state::service::VXLAN_PORT == dataplane_ebpf::overlay::VXLAN_PORT);
 
 /// `service create`: checks the request (including, on this node, that the command and
-/// user exist), creates the service, and answers its first status.
-pub(super) async fn create(manager: &Manager, spec: ServiceSpec) -> Result<Body> {
+/// user exist, and that no published port is one this agent uses: `local_reserved`),
+/// creates the service, and answers its first status.
+pub(super) async fn create(
+    manager: &Manager,
+    spec: ServiceSpec,
+    local_reserved: &[ReservedPort],
+) -> Result<Body> {
     let argv0 = spec
         .command
         .first()
@@ -62,6 +69,7 @@ pub(super) async fn create(manager: &Manager, spec: ServiceSpec) -> Result<Body>
                 interval_ms: millis(spec.health_interval),
             }),
             restart_delay_ms: millis(spec.restart_delay),
+            local_reserved: local_reserved.to_vec(),
         })
         .await?;
     Ok(Body::ServiceStatus(Box::new(service_status(

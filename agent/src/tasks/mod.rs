@@ -4,14 +4,14 @@
 //! - [`process`]: one task's process: spawned into its endpoint's network namespace (and
 //!   its own UTS and mount namespaces), detached, logged, adopted after an agent restart,
 //!   health-checked; split into spawn, child setup, users, identity, pidfd and health.
-//! - [`plan`]: the supervisor's decisions (adopt, start, stop, move away, restart,
+//! - [`plan`]: the supervisor's decisions (adopt, start, drain, stop, move away, restart,
 //!   replace, remove orphan endpoints) as pure functions of (view, local tasks, now).
 //! - [`supervisor`]: converges this node's tasks to what placement gives it: runs the
 //!   plans and applies their actions (endpoints, records, processes).
 //! - [`status`]: `service ls`/`ps` rows and convergence, from a cluster view (the tasks
 //!   of a service come from [`manager::view::ClusterView::tasks_of`]).
 
-mod plan;
+pub(crate) mod plan;
 pub(crate) mod process;
 pub(crate) mod status;
 pub mod supervisor;

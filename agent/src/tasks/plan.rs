@@ -23,6 +23,14 @@
 //!   newer of two local tasks of one slot, of a slot scaled away, or whose slot moved to
 //!   another node once the new holder runs it or [`HANDOVER`] passed. Attached tasks are
 //!   never moved nor scaled away.
+//! - **drain before stop**: a task to stop whose process runs (or an attached namespace)
+//!   first drains ([`Action::Drain`]): it leaves the load balancers (state `draining`, so
+//!   no new flows) and keeps its endpoint, so its established flows go on; it is stopped
+//!   (SIGTERM, the stop grace, SIGKILL) once the drain window passes, or at once if its
+//!   process ends meanwhile. A task whose process is not running has nothing to drain and
+//!   stops at once, as does every task with a zero drain window. A draining task counts
+//!   for nothing else: not as its slot's task (the replacement starts meanwhile), never
+//!   moved, restarted or replaced.
 //! - **move away** / **stay**: a placed task whose slot another node holds remembers since
 //!   when (the handover clock); if the slot comes back, it forgets.
 //! - **start**: a slot placement gives this node, with no local task of this incarnation,
@@ -67,6 +75,11 @@ pub(crate) const MIN_RETRY: Duration = Duration::from_secs(1);
 pub(crate) const CREATE_BACKOFF: Duration = Duration::from_secs(5);
 /// A task endpoint without a task record is removed once it is this old.
 pub(crate) const ORPHAN_AGE: Duration = Duration::from_secs(30);
+/// How long a task to stop drains by default (`--drain-window`): long enough for
+/// in-flight requests and most keep-alive exchanges to finish (whoami finishes them on
+/// SIGTERM anyway), short enough that scaling down or moving a slot is not held up
+/// noticeably. Docker's default stop grace is 10 s for the same reason.
+pub(crate) const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(10);
 /// Consecutive failed health checks before a running task counts as unhealthy.
 pub(crate) const UNHEALTHY_AFTER: u32 = 3;
 
@@ -79,6 +92,16 @@ pub(crate) struct LocalTask<'a> {
     pub(crate) restart_at: Option<Instant>,
     /// Since when its slot belongs to another node.
     pub(crate) moving_since: Option<Instant>,
+    /// Since when it drains (out of the load balancers, waiting to be stopped).
+    pub(crate) draining_since: Option<Instant>,
+}
+
+impl LocalTask<'_> {
+    /// Whether it has flows to drain: its process runs, or it is an attached namespace
+    /// (whose processes are not ours to watch).
+    fn may_have_flows(&self) -> bool {
+        self.task.attached || self.restart_at.is_none()
+    }
 }
 
 /// What the supervisor has and remembers, as the plan sees it.
@@ -95,6 +118,8 @@ pub(crate) struct Local<'a> {
     /// Slots (service name, slot) whose task could not be created, and until when they
     /// wait.
     pub(crate) create_backoff: &'a BTreeMap<(String, u32), Instant>,
+    /// How long a task to stop drains first (the agent's `--drain-window`); zero: none.
+    pub(crate) drain_window: Duration,
 }
 
 /// The time of a pass: monotonic for the supervisor's timers, the wall clock for record
@@ -122,6 +147,10 @@ pub(crate) enum StopReason {
     DuplicateOfSlot,
     ScaledDown,
     SlotMoved,
+    /// Drained: its drain window passed.
+    Drained,
+    /// Drained: its process ended meanwhile, so nothing is left to drain.
+    EndedWhileDraining,
 }
 
 impl fmt::Display for StopReason {
@@ -132,6 +161,8 @@ impl fmt::Display for StopReason {
             StopReason::DuplicateOfSlot => "another task of its slot runs here",
             StopReason::ScaledDown => "the service was scaled down",
             StopReason::SlotMoved => "its slot moved to another node",
+            StopReason::Drained => "its drain window passed",
+            StopReason::EndedWhileDraining => "its process ended while it drained",
         })
     }
 }
@@ -160,6 +191,9 @@ pub(crate) enum Action {
     RemoveOrphanEndpoint { endpoint: Endpoint },
     /// Stop a task and remove it, in the background.
     Stop { task: String, reason: StopReason },
+    /// Take a task to stop out of the load balancers (state `draining`) and start its drain
+    /// clock; a later pass stops it.
+    Drain { task: String, reason: StopReason },
     /// The task's slot now belongs to another node: start its handover clock.
     MoveAway { task: String },
     /// The task's slot is back on this node: stop its handover clock.
@@ -255,12 +289,38 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
         );
     }
 
-    // Stop what no longer belongs here; move away what belongs elsewhere.
+    // Draining tasks count for nothing but their own stop: once drained, or at once if
+    // their process ended (even during the warm-up: the stop was decided before).
     let mut stopped = BTreeSet::new();
+    for l in &local.tasks {
+        let Some(since) = l.draining_since else {
+            continue;
+        };
+        stopped.insert(l.task.id.as_str());
+        let reason = if !l.may_have_flows() {
+            Some(StopReason::EndedWhileDraining)
+        } else if now.instant.saturating_duration_since(since) >= local.drain_window {
+            Some(StopReason::Drained)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            actions.push(Action::Stop {
+                task: l.task.id.clone(),
+                reason,
+            });
+        }
+    }
+
+    // Stop (after draining) what no longer belongs here; move away what belongs elsewhere.
     if settled {
         let mut seen_slots: BTreeSet<(&str, u32)> = BTreeSet::new();
         // Oldest first, so that of two local tasks of one slot the newer goes.
-        let mut order: Vec<&LocalTask> = local.tasks.iter().collect();
+        let mut order: Vec<&LocalTask> = local
+            .tasks
+            .iter()
+            .filter(|l| l.draining_since.is_none())
+            .collect();
         order.sort_by_key(|l| l.task.created);
         for l in order {
             let task = l.task;
@@ -294,9 +354,11 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
             };
             if let Some(reason) = reason {
                 stopped.insert(task.id.as_str());
-                actions.push(Action::Stop {
-                    task: task.id.clone(),
-                    reason,
+                let task = task.id.clone();
+                actions.push(if l.may_have_flows() && !local.drain_window.is_zero() {
+                    Action::Drain { task, reason }
+                } else {
+                    Action::Stop { task, reason }
                 });
             }
         }

@@ -72,7 +72,9 @@ pub(crate) fn service_status(view: &ClusterView, service: &Service, now_ms: u64)
         if up {
             if task.attached {
                 running_attached += usize::from(task.serves());
-            } else {
+            } else if task.state != TaskState::Draining {
+                // A draining task is on its way out: listed, but the service has converged
+                // without it.
                 live_placed_tasks += 1;
                 if task.serves() && layout.holds(*node, task.slot) {
                     running_slots.insert((task.slot, *node));
@@ -252,8 +254,17 @@ mod tests {
             .find(|n| *n != extra[0].0)
             .unwrap();
         extra.push((other, dup));
-        let status = service_status(&view([true; 3], extra), &service(), 0);
+        let status = service_status(&view([true; 3], extra.clone()), &service(), 0);
         assert!(!status.converged);
+        // Unless it drains (on its way out): listed as such, converged without it.
+        extra[3].1.state = TaskState::Draining;
+        let status = service_status(&view([true; 3], extra), &service(), 0);
+        assert!(status.converged);
+        assert_eq!(status.running, 3);
+        assert!(status
+            .tasks
+            .iter()
+            .any(|r| r.id == "dup" && r.state == TaskRowState::Reported(TaskState::Draining)));
     }
 
     #[test]

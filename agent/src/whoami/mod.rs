@@ -18,6 +18,9 @@
 //! - UDP (`--udp`), same port ([`udp`]): each datagram is answered with the line
 //!   `Hostname: H Task: T Node: N RemoteAddr: A`, `\n`, then the payload echoed.
 //!
+//! On SIGTERM (or SIGINT) it stops accepting, answers the requests in flight, closes
+//! keep-alive connections cleanly and exits 0, within [`SHUTDOWN_GRACE`].
+//!
 //! [`Whoami::run`] takes bound sockets and a shutdown future, so tests bind port 0.
 
 mod http;
@@ -47,6 +50,9 @@ pub(crate) const MAX_HEAD: usize = 8 * 1024;
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more wait in the listen backlog.
 pub(crate) const MAX_CONNECTIONS: usize = 1024;
+/// How long requests in flight may take to finish after SIGTERM: under the agent's
+/// 5 s stop grace, so whoami exits by itself (status 0) before a SIGKILL.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 /// `skein whoami`: answer HTTP (and UDP) with who this is.
 #[derive(Args, Debug, Clone)]
@@ -126,6 +132,8 @@ pub(crate) struct Whoami {
     limits: Limits,
     /// The body lines that never change, from `Hostname:` to the last `IP:`.
     prefix: String,
+    /// [`SHUTDOWN_GRACE`].
+    shutdown_grace: Duration,
 }
 
 impl Whoami {
@@ -145,7 +153,15 @@ impl Whoami {
                 max_head: MAX_HEAD,
             },
             prefix,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
+    }
+
+    /// Replaces [`SHUTDOWN_GRACE`] (tests).
+    #[cfg(test)]
+    fn with_shutdown_grace(mut self, grace: Duration) -> Whoami {
+        self.shutdown_grace = grace;
+        self
     }
 
     /// Replaces [`IDLE_TIMEOUT`] (tests).
@@ -162,8 +178,10 @@ impl Whoami {
         self
     }
 
-    /// Serves HTTP on `listener` (and UDP on `udp`) until `shutdown` resolves; open
-    /// connections are dropped then.
+    /// Serves HTTP on `listener` (and UDP on `udp`) until `shutdown` resolves, then stops
+    /// gracefully (SIGTERM, or a drained task being stopped): no new connections, requests
+    /// in flight answered, keep-alive connections closed cleanly; returns once they are
+    /// all done, or after the shutdown grace, before the agent's SIGKILL.
     pub(crate) async fn run(
         self,
         listener: TcpListener,
@@ -177,17 +195,27 @@ impl Whoami {
                 None => std::future::pending().await,
             }
         };
-        let http = http_server::serve(listener, this.limits, |remote: SocketAddr| {
-            let this = this.clone();
-            service_fn(move |request| {
+        let shutdown = async {
+            shutdown.await;
+            info!("whoami shutting down: finishing the requests in flight");
+        };
+        let http = http_server::serve_until(
+            listener,
+            this.limits,
+            |remote: SocketAddr| {
                 let this = this.clone();
-                async move { this.answer(remote, request).await }
-            })
-        });
+                service_fn(move |request| {
+                    let this = this.clone();
+                    async move { this.answer(remote, request).await }
+                })
+            },
+            shutdown,
+            this.shutdown_grace,
+        );
+        // UDP answers until HTTP is done: a datagram has no connection to finish.
         tokio::select! {
-            () = http => {}
+            () = http => info!("whoami stopped"),
             () = udp_loop => {}
-            () = shutdown => info!("whoami shutting down"),
         }
     }
 }

@@ -415,6 +415,96 @@ async fn a_large_chunked_upload_streams_through() {
     );
 }
 
+/// Starts `whoami` with its own stop switch; returns the address, the switch and the
+/// server's task (done when `run` returns).
+async fn start_stoppable(
+    whoami: Whoami,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(whoami.run(listener, None, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, server)
+}
+
+#[tokio::test]
+async fn on_shutdown_requests_in_flight_finish_and_keep_alive_connections_close() {
+    let (addr, stop, server) = start_stoppable(Whoami::new(identity())).await;
+    // A keep-alive connection, idle after its first answer.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut idle, &mut Vec::new()).await.code, 200);
+    // A request in flight: half its body sent.
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    // Let the server read that much before it is told to stop.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+
+    // The idle connection is closed cleanly (FIN, nothing sent), new ones are refused.
+    assert_closed(&mut idle).await;
+    let refused = timeout(Duration::from_secs(5), async {
+        loop {
+            if TcpStream::connect(addr).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "the listener is closed");
+    // The request in flight gets its whole answer, and then the connection closes.
+    busy.write_all(b"world").await.unwrap();
+    let response = read_response(&mut busy, &mut Vec::new()).await;
+    assert_eq!(response.code, 200);
+    assert!(
+        response.body.contains(&format!(
+            "Length: 10\nSHA256: {}\n",
+            sha256_hex(b"helloworld")
+        )),
+        "{}",
+        response.body
+    );
+    assert_eq!(response.header("connection"), Some("close"));
+    assert_closed(&mut busy).await;
+    // And the server is done, well within its grace.
+    timeout(Duration::from_secs(2), server)
+        .await
+        .expect("whoami returns once its connections are done")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn on_shutdown_a_stalled_request_is_dropped_after_the_grace() {
+    let whoami = Whoami::new(identity()).with_shutdown_grace(Duration::from_millis(300));
+    let (addr, stop, server) = start_stoppable(whoami).await;
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = std::time::Instant::now();
+    stop.send(()).unwrap();
+    timeout(Duration::from_secs(5), server)
+        .await
+        .expect("whoami returns after its grace")
+        .unwrap();
+    let took = asked.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}: the request had its grace");
+    assert_closed(&mut stalled).await;
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed() {
     let server = start(Whoami::new(identity()).with_idle_timeout(Duration::from_millis(200))).await;

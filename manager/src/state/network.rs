@@ -36,9 +36,16 @@ pub const DEFAULT_SUBNET_POOL: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 1
 /// The prefix length of subnets taken from the default pool.
 pub const DEFAULT_SUBNET_PREFIX: u8 = 24;
 
+/// The VNI the routing mesh carries client traffic on between nodes (issue 11): a backend's
+/// host accepts client-sourced inner packets only on it, so no user network may use it —
+/// not by `--vni` at create time, nor in a record that arrives from a peer
+/// ([`Network::validate`] runs on both paths).
+pub const INGRESS_VNI: u32 = 4096;
+
 /// Where networks created without `--vni` take their VNI from. The low VNIs are left to
-/// users who pick them explicitly, e.g. to match an existing VXLAN fabric.
-pub const DEFAULT_VNI_RANGE: RangeInclusive<u32> = 4096..=MAX_VNI;
+/// users who pick them explicitly, e.g. to match an existing VXLAN fabric; 4096..=4099
+/// are kept for the cluster's own networks ([`INGRESS_VNI`] and room for more).
+pub const DEFAULT_VNI_RANGE: RangeInclusive<u32> = 4100..=MAX_VNI;
 
 /// Why a network definition is not acceptable. Each message names the bad value and says
 /// what would be accepted.
@@ -56,6 +63,15 @@ pub enum NetworkSpecError {
     /// The VNI is 0 or does not fit in 24 bits.
     #[error("VNI {vni} is out of range: use a VNI from 1 to {MAX_VNI}")]
     VniOutOfRange {
+        /// The VNI given.
+        vni: u32,
+    },
+    /// The VNI is the routing mesh's own.
+    #[error(
+        "VNI {vni} is reserved for the routing mesh's ingress traffic: use another VNI \
+         (without --vni one is picked from 4100 up)"
+    )]
+    ReservedVni {
         /// The VNI given.
         vni: u32,
     },
@@ -147,6 +163,9 @@ impl Network {
         validate_network_name(&self.name)?;
         if !(1..=MAX_VNI).contains(&self.vni) {
             return Err(NetworkSpecError::VniOutOfRange { vni: self.vni });
+        }
+        if self.vni == INGRESS_VNI {
+            return Err(NetworkSpecError::ReservedVni { vni: self.vni });
         }
         let prefix = self.subnet.prefix_len();
         if !(MIN_PREFIX_LEN..=MAX_PREFIX_LEN).contains(&prefix) {
@@ -433,6 +452,12 @@ mod tests {
             msg(net("web", "10.0.0.5/24", 10, stamp(1, 1))),
             "subnet 10.0.0.5/24 has host bits set: use 10.0.0.0/24"
         );
+        assert_eq!(
+            msg(net("web", "10.0.0.0/24", INGRESS_VNI, stamp(1, 1))),
+            "VNI 4096 is reserved for the routing mesh's ingress traffic: use another VNI \
+             (without --vni one is picked from 4100 up)"
+        );
+        assert_eq!(net("web", "10.0.0.0/24", 4097, stamp(1, 1)).validate(), Ok(()));
         // The limits themselves pass.
         assert_eq!(net("a", "10.0.0.0/8", 1, stamp(1, 1)).validate(), Ok(()));
         assert_eq!(
@@ -443,7 +468,7 @@ mod tests {
 
     #[test]
     fn payload_round_trips() {
-        let n = net("web", "10.0.0.0/24", 4096, stamp(77, 3));
+        let n = net("web", "10.0.0.0/24", 4100, stamp(77, 3));
         assert_eq!(Network::decode(&n.encode()).unwrap(), n);
         assert_eq!(Network::from_record(&n.to_record(stamp(78, 3))).unwrap(), n);
     }
@@ -499,6 +524,23 @@ mod tests {
     }
 
     #[test]
+    fn a_peers_network_on_the_ingress_vni_is_not_in_force() {
+        // Written by a node that did not check (an older version, or a bug): refused on
+        // arrival like on create, even as the only and earliest network.
+        let set = valid_networks(&store_of(&[
+            net("sneaky", "10.0.0.0/24", INGRESS_VNI, stamp(1, 1)),
+            net("web", "10.0.1.0/24", 4100, stamp(2, 1)),
+        ]));
+        assert_eq!(names(&set.valid), ["web"]);
+        assert_eq!(set.conflicted.len(), 1);
+        assert!(
+            set.conflicted[0].1.contains("reserved for the routing mesh"),
+            "{}",
+            set.conflicted[0].1
+        );
+    }
+
+    #[test]
     fn deleted_and_unreadable_networks_do_not_count() {
         let a = net("a", "10.0.0.0/16", 1, stamp(10, 1));
         let b = net("b", "10.0.1.0/24", 2, stamp(20, 1));
@@ -529,7 +571,7 @@ mod tests {
     #[test]
     fn conflicts_with_explains_the_clash() {
         let set = valid_networks(&store_of(&[
-            net("web", "10.0.0.0/16", 4096, stamp(1, 1)),
+            net("web", "10.0.0.0/16", 4099, stamp(1, 1)),
             net("lost", "10.0.5.0/24", 4097, stamp(2, 1)),
             net("db", "10.1.0.0/24", 4098, stamp(3, 1)),
         ]));
@@ -624,22 +666,24 @@ mod tests {
     #[test]
     fn next_free_vni_skips_used_and_reports_exhaustion() {
         let set = valid_networks(&store_of(&[
-            net("a", "10.0.0.0/24", 4096, stamp(1, 1)),
-            net("b", "10.0.1.0/24", 4098, stamp(2, 1)),
-            net("c", "10.0.2.0/24", 4097, stamp(3, 1)),
+            net("a", "10.0.0.0/24", 4100, stamp(1, 1)),
+            net("b", "10.0.1.0/24", 4102, stamp(2, 1)),
+            net("c", "10.0.2.0/24", 4101, stamp(3, 1)),
             // Conflicted by subnet; its VNI is still skipped.
-            net("d", "10.0.2.0/24", 4099, stamp(4, 1)),
+            net("d", "10.0.2.0/24", 4103, stamp(4, 1)),
             net("e", "10.0.3.0/24", 1, stamp(5, 1)),
         ]));
-        assert_eq!(set.next_free_vni(DEFAULT_VNI_RANGE), Some(4100));
-        assert_eq!(set.next_free_vni(4096..=4099), None);
+        assert_eq!(set.next_free_vni(DEFAULT_VNI_RANGE), Some(4104));
+        assert_eq!(set.next_free_vni(4100..=4103), None);
         assert_eq!(set.next_free_vni(0..=10), Some(2), "0 is never handed out");
         assert_eq!(set.next_free_vni(1..=1), None);
         let top = valid_networks(&store_of(&[net("t", "10.0.0.0/24", u32::MAX, stamp(1, 1))]));
         assert_eq!(top.next_free_vni(u32::MAX..=u32::MAX), None, "no overflow");
         assert_eq!(
             NetworkSet::default().next_free_vni(DEFAULT_VNI_RANGE),
-            Some(4096)
+            Some(4100),
+            "the default range leaves the ingress VNI alone"
         );
+        assert!(!DEFAULT_VNI_RANGE.contains(&INGRESS_VNI));
     }
 }

@@ -19,6 +19,9 @@ use super::{
     store::Store,
 };
 
+mod reserved;
+pub use reserved::{cluster_reserved_ports, ReservedPort, VXLAN_PORT};
+
 /// The most replicas a replicated service may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
 
@@ -160,6 +163,8 @@ pub enum ServiceSpecError {
     BadPublish { text: String },
     #[error("port {port} is published twice")]
     DuplicatePort { port: String },
+    #[error("port {port} is used by Skein itself ({user}); publish another port")]
+    ReservedPort { port: String, user: String },
     #[error("--replicas {replicas} is out of range: use 0 to {MAX_REPLICAS}")]
     ReplicasOutOfRange { replicas: u32 },
     #[error("a command to run is required (after `--`)")]
@@ -323,9 +328,13 @@ impl ServiceSet {
     }
 }
 
-/// Every service in the store, claims resolved: in `created` order, a service whose port or
-/// VIP is held by an earlier valid service is conflicted.
+/// Every service in the store, claims resolved: a service publishing a port the cluster
+/// itself uses ([`cluster_reserved_ports`]: VXLAN, any node's gossip port) is conflicted —
+/// its record may come from a node that did not check; then, in `created` order, a service
+/// whose port or VIP is held by an earlier valid service is conflicted.
 pub fn valid_services(store: &Store) -> ServiceSet {
+    let reserved =
+        cluster_reserved_ports(super::nodes(store).iter().map(|(_, info)| info.addr.port()));
     let mut services: Vec<Service> = store
         .cluster_records(Kind::Service)
         .filter_map(|r| match Service::from_record(r) {
@@ -340,6 +349,10 @@ pub fn valid_services(store: &Store) -> ServiceSet {
     services.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     let mut set = ServiceSet::default();
     for service in services {
+        if let Err(error) = service.check_reserved(&reserved) {
+            set.conflicted.push((service, error.to_string()));
+            continue;
+        }
         match set.valid.iter().find_map(|s| service.clash_with(s)) {
             Some(reason) => set.conflicted.push((service, reason)),
             None => set.valid.push(service),
@@ -389,6 +402,11 @@ pub enum TaskState {
     Exited,
     /// It could not be started (see the message); retried after the restart delay.
     Failed,
+    /// It is being stopped (removed, scaled away, moved or replaced): out of the load
+    /// balancers, so it gets no new flows, while its established ones finish; SIGTERM
+    /// follows after the node's drain window. Not a slot's holder for placement. Last, so
+    /// older nodes still decode the states before it (postcard numbers variants).
+    Draining,
 }
 
 impl fmt::Display for TaskState {
@@ -399,6 +417,7 @@ impl fmt::Display for TaskState {
             TaskState::Unhealthy => "unhealthy",
             TaskState::Exited => "exited",
             TaskState::Failed => "failed",
+            TaskState::Draining => "draining",
         })
     }
 }
@@ -452,7 +471,8 @@ impl Task {
         self.service == service && self.service_created == created
     }
 
-    /// Whether load balancers and DNS should send it traffic.
+    /// Whether load balancers and DNS should send it traffic (a draining task keeps its
+    /// endpoint, and its established flows, but gets no new ones).
     pub fn serves(&self) -> bool {
         self.state == TaskState::Running
     }
@@ -482,14 +502,14 @@ mod tests {
     use super::*;
     use crate::NodeId;
 
-    fn stamp(hlc: u64, writer: u8) -> Stamp {
+    pub(super) fn stamp(hlc: u64, writer: u8) -> Stamp {
         Stamp {
             hlc,
             writer: NodeId([writer; 16]),
         }
     }
 
-    fn service(name: &str, ports: &[&str], created: Stamp) -> Service {
+    pub(super) fn service(name: &str, ports: &[&str], created: Stamp) -> Service {
         Service {
             name: name.into(),
             mode: Mode::Replicated { replicas: 3 },
@@ -599,6 +619,70 @@ mod tests {
             set.conflicted[0].1.contains("\"a\""),
             "{}",
             set.conflicted[0].1
+        );
+    }
+
+    #[test]
+    fn a_peers_service_on_skeins_own_ports_is_not_in_force() {
+        let mut store = Store::new();
+        // A node whose gossip runs on 8000: nobody may publish 8000, TCP or UDP.
+        let info = crate::state::NodeInfo {
+            hostname: "h2".into(),
+            addr: "10.0.0.2:8000".parse().unwrap(),
+            underlay_ip: Ipv4Addr::new(10, 0, 0, 2),
+            underlay_mtu: 1500,
+            boot_epoch: 1,
+            started_at_ms: 1,
+            version: "x".into(),
+            leaving: false,
+            restart_grace_until_ms: 0,
+        };
+        store.merge(Record {
+            key: crate::state::NodeInfo::key(NodeId([2; 16])),
+            stamp: stamp(1, 2),
+            value: Some(info.encode()),
+        });
+        let services = [
+            service("vxlan", &["4789:80/udp"], stamp(10, 1)),
+            service("gossip", &["8000:80/udp"], stamp(11, 1)),
+            service("peer", &["8000:80"], stamp(12, 1)),
+            // Another number, or VXLAN's number over TCP: fine.
+            service("web", &["8080:80", "4789:80"], stamp(13, 1)),
+        ];
+        for s in &services {
+            store.merge(Record {
+                key: Service::key(&s.name),
+                stamp: s.created,
+                value: Some(s.encode()),
+            });
+        }
+        let set = valid_services(&store);
+        let names: Vec<_> = set.valid.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web"]);
+        let reasons: Vec<_> = set
+            .conflicted
+            .iter()
+            .map(|(s, r)| (s.name.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    "gossip",
+                    "port 8000/udp is used by Skein itself (gossip and peer requests between \
+                     nodes); publish another port"
+                ),
+                (
+                    "peer",
+                    "port 8000/tcp is used by Skein itself (gossip and peer requests between \
+                     nodes); publish another port"
+                ),
+                (
+                    "vxlan",
+                    "port 4789/udp is used by Skein itself (VXLAN between nodes); publish \
+                     another port"
+                ),
+            ]
         );
     }
 

@@ -5,7 +5,13 @@
 //! holder runs, so a move does not drop a replica), was scaled away, or whose service is
 //! gone, and so on (the rules are listed in [`plan`]). This file applies those actions: it
 //! owns the effects (endpoints, records, processes, background teardowns) and the memory
-//! the plan reads (handover clocks, create backoff, membership). A task is an endpoint (namespace +
+//! the plan reads (handover clocks, drain clocks, create backoff, membership).
+//!
+//! Stopping a task that serves is two steps: [`Action::Drain`] publishes it as
+//! `draining` (the load balancers and DNS drop it, its endpoint and established flows
+//! stay), and once the drain window passed [`Action::Stop`] tears it down in the
+//! background: SIGTERM, the stop grace, SIGKILL, then endpoint record, plumbing, task
+//! record. A task is an endpoint (namespace +
 //! veth + overlay address, plumbed by the [`Reconciler`]) plus a process
 //! ([`TaskProcess`]); its state is published as a node-scoped [`Task`] record, which is
 //! what `service ps`, load balancers and DNS read.
@@ -50,6 +56,8 @@ struct Local {
     restart_at: Option<Instant>,
     /// Since when its slot belongs to another node.
     moving_since: Option<Instant>,
+    /// Since when it drains: out of the load balancers, stopped once drained.
+    draining_since: Option<Instant>,
     health_failures: u32,
 }
 
@@ -60,6 +68,7 @@ impl Local {
             task: &self.task,
             restart_at: self.restart_at,
             moving_since: self.moving_since,
+            draining_since: self.draining_since,
         }
     }
 }
@@ -96,6 +105,8 @@ pub struct Supervisor {
     create_backoff: std::sync::Mutex<BTreeMap<(String, u32), Instant>>,
     /// The up nodes in the last pass, and since when they have been up.
     membership: std::sync::Mutex<Membership>,
+    /// How long a task to stop drains first (`--drain-window`).
+    drain_window: Duration,
 }
 
 impl Supervisor {
@@ -104,6 +115,7 @@ impl Supervisor {
         reconciler: Arc<Reconciler>,
         dir: PathBuf,
         resource_prefix: String,
+        drain_window: Duration,
     ) -> Supervisor {
         let (events, events_rx) = mpsc::unbounded_channel();
         let started = Instant::now();
@@ -119,6 +131,7 @@ impl Supervisor {
             events_rx: Mutex::new(Some(events_rx)),
             create_backoff: std::sync::Mutex::new(BTreeMap::new()),
             membership: std::sync::Mutex::new(Membership::new(started)),
+            drain_window,
         }
     }
 
@@ -144,7 +157,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops every task and removes its endpoint (`agent leave`).
+    /// Stops every task and removes its endpoint (`agent leave`), without draining: the
+    /// node's dataplane, which carries the tasks' flows, is removed right after.
     pub async fn stop_all(&self) {
         let locals: Vec<Local> = std::mem::take(&mut *self.tasks.lock().await)
             .into_values()
@@ -165,12 +179,18 @@ impl Supervisor {
                     return;
                 }
                 local.process = None;
+                local.restart_at = Some(plan::restart_after_exit(&local.service, Instant::now()));
+                if local.draining_since.is_some() {
+                    // Nothing left to drain; the next pass stops it. Its record stays
+                    // `draining`, so placement does not count it as its slot's again.
+                    info!(task = %local.task.id, "a draining task's process ended");
+                    return;
+                }
                 let message = match code {
                     Some(code) => format!("exited with code {code}"),
                     None => "exited".to_owned(),
                 };
                 info!(task = %local.task.id, service = %local.task.service, %message, "task process ended");
-                local.restart_at = Some(plan::restart_after_exit(&local.service, Instant::now()));
                 let task = Task {
                     state: TaskState::Exited,
                     message,
@@ -182,7 +202,9 @@ impl Supervisor {
                 let Some(local) = tasks.get_mut(&id) else {
                     return;
                 };
-                if local.process.as_ref().map(|p| p.pid()) != Some(pid) {
+                if local.process.as_ref().map(|p| p.pid()) != Some(pid)
+                    || local.draining_since.is_some()
+                {
                     return;
                 }
                 local.health_failures = if ok { 0 } else { local.health_failures + 1 };
@@ -223,6 +245,7 @@ impl Supervisor {
                 started: self.started,
                 membership_since,
                 create_backoff: &create_backoff,
+                drain_window: self.drain_window,
             };
             let actions = match round {
                 Round::Adoptions => plan::adoptions(view, &local),
@@ -257,6 +280,18 @@ impl Supervisor {
                 if let Some(local) = tasks.remove(&task) {
                     info!(task = %task, service = %local.task.service, slot = local.task.slot + 1, %reason, "stopping a task");
                     self.stop_in_background(local);
+                }
+            }
+            Action::Drain { task, reason } => {
+                if let Some(local) = tasks.get_mut(&task) {
+                    info!(task = %task, service = %local.task.service, slot = local.task.slot + 1, %reason, window = ?self.drain_window, "draining a task before stopping it");
+                    local.draining_since = Some(now.instant);
+                    let draining = Task {
+                        state: TaskState::Draining,
+                        message: format!("stopping: {reason}"),
+                        ..local.task.clone()
+                    };
+                    self.publish(local, draining).await;
                 }
             }
             Action::MoveAway { task } => {
@@ -305,7 +340,7 @@ impl Supervisor {
     /// Takes in a task record of this node: after a restart, its running process is
     /// adopted; if it is gone, it is restarted at once (`restart_at` is `now`).
     fn adopt(&self, task: Task, endpoint: Endpoint, service: Service, now: Instant) -> Local {
-        let attached = task.attached;
+        let (attached, task_state) = (task.attached, task.state);
         let process = if attached {
             None
         } else {
@@ -325,6 +360,8 @@ impl Supervisor {
             service,
             process: process.clone(),
             moving_since: None,
+            // Drained again for a whole window: when it began is not recorded.
+            draining_since: (task_state == TaskState::Draining).then_some(now),
             health_failures: 0,
         };
         if let Some(process) = process {

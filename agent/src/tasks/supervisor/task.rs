@@ -106,6 +106,7 @@ impl Supervisor {
             process: None,
             restart_at: None,
             moving_since: None,
+            draining_since: None,
             health_failures: 0,
         };
         self.spawn(&mut local).await;

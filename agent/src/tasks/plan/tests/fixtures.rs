@@ -61,7 +61,7 @@ pub(super) fn endpoint(endpoint_id: &str, age_ms: u64) -> Endpoint {
         id: endpoint_id.into(),
         name: format!("web.1.{endpoint_id}"),
         network: "net".into(),
-        vni: 4096,
+        vni: 4100,
         ip: Ipv4Addr::new(10, 10, 0, 2),
         netns: format!("p-web.1.{endpoint_id}"),
         host_ifname: "skx".into(),
@@ -135,6 +135,8 @@ pub(super) fn settled<'a>(
         started: clock.at(0),
         membership_since: clock.at(0),
         create_backoff: backoff,
+        // No drain: tasks stop at once, as before draining existed (the drain tests set one).
+        drain_window: Duration::ZERO,
     }
 }
 
@@ -143,6 +145,7 @@ pub(super) fn running(task: &Task) -> LocalTask<'_> {
         task,
         restart_at: None,
         moving_since: None,
+        draining_since: None,
     }
 }
 

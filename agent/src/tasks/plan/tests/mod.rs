@@ -1,5 +1,6 @@
 //! One test per rule of the plan (see the module docs): views built by hand, no root.
 
+mod drain;
 mod fixtures;
 
 use fixtures::*;
