@@ -138,7 +138,12 @@ pub(crate) async fn serve_until<F, S, B>(
     })
     .await;
     if drained.is_err() {
-        warn!(open, left = connections.len(), ?grace, "connections still open after the shutdown grace; dropping them");
+        warn!(
+            open,
+            left = connections.len(),
+            ?grace,
+            "connections still open after the shutdown grace; dropping them"
+        );
     }
 }
 

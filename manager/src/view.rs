@@ -348,7 +348,14 @@ mod tests {
         let web = service("web", 10);
         assert_eq!(
             ids(view.tasks_of(&web)),
-            ["running", "starting", "unhealthy", "attached", "draining", "down"]
+            [
+                "running",
+                "starting",
+                "unhealthy",
+                "attached",
+                "draining",
+                "down"
+            ]
         );
         assert_eq!(ids(view.tasks_of(&service("web", 1))), ["old"]);
         assert!(view.tasks_of(&service("web", 99)).next().is_none());

@@ -14,8 +14,7 @@ use std::{
 
 use super::{
     check_port, parse_advertise_addr, parse_duration, parse_iface, parse_nonzero_duration,
-    parse_socket_addr,
-    parse_token, parse_word, AgentSettings, ConfigError, JoinEntry,
+    parse_socket_addr, parse_token, parse_word, AgentSettings, ConfigError, JoinEntry,
 };
 use crate::dataplane::XdpMode;
 

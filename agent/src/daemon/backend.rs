@@ -74,7 +74,9 @@ impl AgentBackend {
             Request::VtepRm { network, cidr } => vtep::rm(manager, &network, cidr).await?,
             Request::VtepLs { network } => vtep::ls(&view(), network.as_deref()),
             Request::DebugMaps => Body::Text(self.endpoints.reconciler.dump_maps()?),
-            Request::ServiceCreate(spec) => service::create(manager, spec, &self.reserved_ports).await?,
+            Request::ServiceCreate(spec) => {
+                service::create(manager, spec, &self.reserved_ports).await?
+            }
             Request::ServiceLs => service::ls(&view()),
             Request::ServicePs { name } => service::ps(&view(), &name)?,
             Request::ServiceInspect { name } => service::inspect(&view(), &name)?,

@@ -501,7 +501,10 @@ async fn on_shutdown_a_stalled_request_is_dropped_after_the_grace() {
         .expect("whoami returns after its grace")
         .unwrap();
     let took = asked.elapsed();
-    assert!(took >= Duration::from_millis(300), "{took:?}: the request had its grace");
+    assert!(
+        took >= Duration::from_millis(300),
+        "{took:?}: the request had its grace"
+    );
     assert_closed(&mut stalled).await;
 }
 

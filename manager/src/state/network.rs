@@ -457,7 +457,10 @@ mod tests {
             "VNI 4096 is reserved for the routing mesh's ingress traffic: use another VNI \
              (without --vni one is picked from 4100 up)"
         );
-        assert_eq!(net("web", "10.0.0.0/24", 4097, stamp(1, 1)).validate(), Ok(()));
+        assert_eq!(
+            net("web", "10.0.0.0/24", 4097, stamp(1, 1)).validate(),
+            Ok(())
+        );
         // The limits themselves pass.
         assert_eq!(net("a", "10.0.0.0/8", 1, stamp(1, 1)).validate(), Ok(()));
         assert_eq!(
@@ -534,7 +537,9 @@ mod tests {
         assert_eq!(names(&set.valid), ["web"]);
         assert_eq!(set.conflicted.len(), 1);
         assert!(
-            set.conflicted[0].1.contains("reserved for the routing mesh"),
+            set.conflicted[0]
+                .1
+                .contains("reserved for the routing mesh"),
             "{}",
             set.conflicted[0].1
         );

@@ -36,8 +36,7 @@ impl ReservedPort {
 
     /// Whether publishing `published` would take this port.
     pub fn covers(&self, published: &PublishedPort) -> bool {
-        published.published == self.port
-            && self.protocol.is_none_or(|p| p == published.protocol)
+        published.published == self.port && self.protocol.is_none_or(|p| p == published.protocol)
     }
 }
 
@@ -89,7 +88,8 @@ mod tests {
     use super::*;
 
     fn with_ports(ports: &[&str]) -> Service {
-        let mut service = super::super::tests::service("web", &[], super::super::tests::stamp(1, 1));
+        let mut service =
+            super::super::tests::service("web", &[], super::super::tests::stamp(1, 1));
         service.ports = ports.iter().map(|p| p.parse().unwrap()).collect();
         service
     }
@@ -97,7 +97,11 @@ mod tests {
     #[test]
     fn skeins_own_ports_are_refused_with_their_user_named() {
         let mut reserved = cluster_reserved_ports([7946, 8000, 7946]);
-        reserved.push(ReservedPort::new(9946, Some(Protocol::Tcp), "this node's metrics"));
+        reserved.push(ReservedPort::new(
+            9946,
+            Some(Protocol::Tcp),
+            "this node's metrics",
+        ));
         assert_eq!(reserved.len(), 4, "gossip ports once each");
         let refused = |p: &str| with_ports(&["8080:80", p]).check_reserved(&reserved);
         assert_eq!(
