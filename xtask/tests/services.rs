@@ -280,6 +280,27 @@ fn services_converge_answer_scale_attach_and_refuse_bad_input() {
             vec!["service", "create", "Bad6", "--", "true"],
             "is invalid",
         ),
+        // Skein's own ports: VXLAN, gossip (and peer requests), this agent's metrics.
+        (
+            vec![
+                "service",
+                "create",
+                "bad7",
+                "-p",
+                "4789:80/udp",
+                "--",
+                "true",
+            ],
+            "used by Skein itself (VXLAN between nodes)",
+        ),
+        (
+            vec!["service", "create", "bad8", "-p", "7946:80", "--", "true"],
+            "used by Skein itself (gossip",
+        ),
+        (
+            vec!["service", "create", "bad9", "-p", "9946:80", "--", "true"],
+            "used by Skein itself (this node's metrics",
+        ),
     ];
     for (args, expected) in cases {
         let out = skein(h1, &args).unwrap();
@@ -319,6 +340,14 @@ fn services_converge_answer_scale_attach_and_refuse_bad_input() {
     );
     let out = skein(h1, &["service", "scale", "web=2"]).unwrap();
     assert!(out.status.success());
+    // The scaled-away tasks drain first (default window 10 s): listed as draining, their
+    // processes still running. (At least 4: a kept slot may also move, and drain.)
+    let draining = tasks(h1, "web")
+        .into_iter()
+        .filter(|t| t.state == "draining")
+        .count();
+    assert!(draining >= 4, "{:?}", tasks(h1, "web"));
+    assert!(bed.hosts().iter().map(whoami_processes).sum::<usize>() >= 6);
     wait_until("2 tasks, the others gone", DEADLINE, || {
         tasks(h1, "web").len() == 2
             && bed.hosts().iter().map(|h| leftovers(h).0).sum::<usize>() == 2 + 3
