@@ -16,6 +16,7 @@
 mod backend;
 mod endpoint;
 mod loops;
+mod mesh;
 mod network;
 mod node;
 mod service;
@@ -46,7 +47,7 @@ use self::{
 use crate::{
     api,
     config::AgentConfig,
-    dataplane::{AttachedMode, Attachments, Counters, Dataplane, OverlayMaps, PinDirs},
+    dataplane::{AttachedMode, Attachments, Counters, Dataplane, MeshMaps, OverlayMaps, PinDirs},
     metrics,
     peer::Peers,
     reconcile::MapSyncErrors,
@@ -127,6 +128,23 @@ fn start(
 
     let (dataplane, xdp_attached_mode, counters) =
         start_dataplane(config, underlay, &pins, &mut background)?;
+    let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
+    let mesh_maps = MeshMaps::open(&pins).context("opening the mesh maps")?;
+    let reconciler = Arc::new(Reconciler::new(
+        manager.clone(),
+        dataplane.clone(),
+        maps,
+        config.endpoint_ifaces.clone(),
+        sync_errors.clone(),
+        // Workloads may not reach the metrics either (the guard: dataplane_ebpf::guard).
+        vec![GuardedPort::new(IPPROTO_TCP, metrics_addr.port())],
+        mesh_maps,
+        config.mesh,
+    ));
+    let metrics_mesh = metrics::MeshSource::new(
+        MeshMaps::open(&pins).context("opening the mesh maps")?,
+        reconciler.mesh_status(),
+    );
     background.spawn_until_shutdown(
         "metrics",
         metrics::serve(
@@ -134,19 +152,10 @@ fn start(
             Arc::new(Mutex::new(counters)),
             Some(manager.clone()),
             Some(peers.clone()),
-            sync_errors.clone(),
+            sync_errors,
+            Some(metrics_mesh),
         ),
     );
-    let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
-    let reconciler = Arc::new(Reconciler::new(
-        manager.clone(),
-        dataplane.clone(),
-        maps,
-        config.endpoint_ifaces.clone(),
-        sync_errors,
-        // Workloads may not reach the metrics either (the guard: dataplane_ebpf::guard).
-        vec![GuardedPort::new(IPPROTO_TCP, metrics_addr.port())],
-    ));
     background.spawn_until_shutdown("reconciler", reconciler.clone().run());
     let supervisor = Arc::new(Supervisor::new(
         manager.clone(),
@@ -160,6 +169,7 @@ fn start(
         &state,
         &peers,
         &supervisor,
+        &reconciler,
         listeners.peer,
         &mut background,
     );
@@ -233,6 +243,7 @@ fn start_cluster_loops(
     state: &Arc<StateDir>,
     peers: &Arc<Peers>,
     supervisor: &Arc<Supervisor>,
+    reconciler: &Arc<Reconciler>,
     peer_listener: TcpListener,
     background: &mut Background,
 ) {
@@ -244,6 +255,7 @@ fn start_cluster_loops(
             Arc::new(PeerHandler {
                 manager: manager.clone(),
                 supervisor: supervisor.clone(),
+                reconciler: reconciler.clone(),
             }),
             async move { shutdown.requested().await },
         ),

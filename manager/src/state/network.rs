@@ -36,9 +36,15 @@ pub const DEFAULT_SUBNET_POOL: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 1
 /// The prefix length of subnets taken from the default pool.
 pub const DEFAULT_SUBNET_PREFIX: u8 = 24;
 
-/// Where networks created without `--vni` take their VNI from. The low VNIs are left to
-/// users who pick them explicitly, e.g. to match an existing VXLAN fabric.
-pub const DEFAULT_VNI_RANGE: RangeInclusive<u32> = 4096..=MAX_VNI;
+/// The cluster-internal VNI the routing mesh carries client traffic on between nodes (as
+/// Swarm's `ingress` network): never a user network's, so never handed out (see
+/// [`DEFAULT_VNI_RANGE`]) and refused for `network create --vni`.
+pub const INGRESS_VNI: u32 = 4096;
+
+/// Where networks created without `--vni` take their VNI from: above [`INGRESS_VNI`]. The
+/// low VNIs are left to users who pick them explicitly, e.g. to match an existing VXLAN
+/// fabric.
+pub const DEFAULT_VNI_RANGE: RangeInclusive<u32> = INGRESS_VNI + 1..=MAX_VNI;
 
 /// Why a network definition is not acceptable. Each message names the bad value and says
 /// what would be accepted.
@@ -639,7 +645,9 @@ mod tests {
         assert_eq!(top.next_free_vni(u32::MAX..=u32::MAX), None, "no overflow");
         assert_eq!(
             NetworkSet::default().next_free_vni(DEFAULT_VNI_RANGE),
-            Some(4096)
+            Some(4097),
+            "the ingress VNI is never handed out"
         );
+        assert!(!DEFAULT_VNI_RANGE.contains(&INGRESS_VNI));
     }
 }
