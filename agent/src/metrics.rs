@@ -693,16 +693,40 @@ mod tests {
         });
         let samples = samples(&text);
         let backend = "{service=\"web\",backend=\"10.10.0.2\"}";
-        assert_eq!(samples[format!("skein_mesh_new_flows_total{backend}").as_str()], 3);
-        assert_eq!(samples[format!("skein_mesh_packets_total{backend}").as_str()], 30);
-        assert_eq!(samples[format!("skein_mesh_bytes_total{backend}").as_str()], 300);
-        assert_eq!(samples["skein_mesh_refused_flows_total{service=\"web\"}"], 2);
-        assert_eq!(samples["skein_mesh_dropped_packets_total{service=\"web\"}"], 20);
-        assert_eq!(samples["skein_mesh_dropped_bytes_total{service=\"web\"}"], 200);
+        assert_eq!(
+            samples[format!("skein_mesh_new_flows_total{backend}").as_str()],
+            3
+        );
+        assert_eq!(
+            samples[format!("skein_mesh_packets_total{backend}").as_str()],
+            30
+        );
+        assert_eq!(
+            samples[format!("skein_mesh_bytes_total{backend}").as_str()],
+            300
+        );
+        assert_eq!(
+            samples["skein_mesh_refused_flows_total{service=\"web\"}"],
+            2
+        );
+        assert_eq!(
+            samples["skein_mesh_dropped_packets_total{service=\"web\"}"],
+            20
+        );
+        assert_eq!(
+            samples["skein_mesh_dropped_bytes_total{service=\"web\"}"],
+            200
+        );
         assert_eq!(samples["skein_mesh_conntrack_entries"], 5);
         assert_eq!(samples["skein_mesh_conntrack_evictions_total"], 1);
-        assert_eq!(samples["skein_mesh_conntrack_swept_total{map=\"flows\"}"], 4);
-        assert_eq!(samples["skein_mesh_conntrack_swept_total{map=\"replies\"}"], 6);
+        assert_eq!(
+            samples["skein_mesh_conntrack_swept_total{map=\"flows\"}"],
+            4
+        );
+        assert_eq!(
+            samples["skein_mesh_conntrack_swept_total{map=\"replies\"}"],
+            6
+        );
     }
 
     #[test]

@@ -5,9 +5,7 @@
 use std::net::Ipv4Addr;
 
 use crate::{
-    state::{
-        Endpoint, EndpointMode, Mode, NodeInfo, PublishMode, Service, Stamp, Task, TaskState,
-    },
+    state::{Endpoint, EndpointMode, Mode, NodeInfo, PublishMode, Service, Stamp, Task, TaskState},
     view::NodeStatus,
     NodeId,
 };

@@ -225,14 +225,18 @@ pub(crate) fn merge(
     }
     let defaults_mesh = MeshTimeouts::default();
     let mesh = MeshTimeouts {
-        established: pick(&given.mesh_established_timeout, &file.mesh_established_timeout)
-            .unwrap_or(defaults_mesh.established),
+        established: pick(
+            &given.mesh_established_timeout,
+            &file.mesh_established_timeout,
+        )
+        .unwrap_or(defaults_mesh.established),
         syn: pick(&given.mesh_syn_timeout, &file.mesh_syn_timeout).unwrap_or(defaults_mesh.syn),
         closing: pick(&given.mesh_closing_timeout, &file.mesh_closing_timeout)
             .unwrap_or(defaults_mesh.closing),
         udp: pick(&given.mesh_udp_timeout, &file.mesh_udp_timeout).unwrap_or(defaults_mesh.udp),
     };
-    mesh.check().map_err(|reason| ConfigError::Mesh { reason })?;
+    mesh.check()
+        .map_err(|reason| ConfigError::Mesh { reason })?;
     Ok(AgentConfig {
         underlay_iface: pick(&given.underlay_iface, &file.underlay_iface)
             .ok_or(ConfigError::MissingUnderlay)?,

@@ -26,9 +26,8 @@ use crate::{
 pub(super) fn conntrack(reconciler: &Reconciler) -> anyhow::Result<Body> {
     let slots = reconciler.mesh_status().slots();
     let now = crate::reconcile::monotonic_ns();
-    let (config, mut flows) = reconciler.with_mesh_maps(|maps| -> anyhow::Result<_> {
-        Ok((maps.config()?, maps.flows()?))
-    })?;
+    let (config, mut flows) = reconciler
+        .with_mesh_maps(|maps| -> anyhow::Result<_> { Ok((maps.config()?, maps.flows()?)) })?;
     flows.sort_by_key(|(key, flow)| (flow.created_ns, *key));
     let rows = flows
         .iter()
@@ -87,9 +86,11 @@ pub(super) fn flow_counts(
     };
     let now = crate::reconcile::monotonic_ns();
     reconciler
-        .with_mesh_maps(|maps: &MeshMaps| -> Result<_, crate::dataplane::DataplaneError> {
-            Ok((maps.config()?, maps.flows()?))
-        })
+        .with_mesh_maps(
+            |maps: &MeshMaps| -> Result<_, crate::dataplane::DataplaneError> {
+                Ok((maps.config()?, maps.flows()?))
+            },
+        )
         .map(|(config, flows)| {
             let mut counts: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
             for (key, flow) in flows {
@@ -161,9 +162,7 @@ pub(super) async fn inspect(
         .map(|(node, task)| {
             let flows: BTreeMap<&str, u64> = per_node
                 .iter()
-                .map(|(host, counts)| {
-                    (host.as_str(), counts.get(&task.ip).copied().unwrap_or(0))
-                })
+                .map(|(host, counts)| (host.as_str(), counts.get(&task.ip).copied().unwrap_or(0)))
                 .collect();
             json!({
                 "task": task_name(view, **node, task, service),

@@ -50,8 +50,7 @@ use crate::{
     dataplane::{AttachedMode, Attachments, Counters, Dataplane, MeshMaps, OverlayMaps, PinDirs},
     metrics,
     peer::Peers,
-    reconcile::MapSyncErrors,
-    reconcile::Reconciler,
+    reconcile::{MapSyncErrors, MeshSetup, Reconciler},
     state_dir::{membership, StateDir},
     tasks::supervisor::Supervisor,
 };
@@ -138,8 +137,10 @@ fn start(
         sync_errors.clone(),
         // Workloads may not reach the metrics either (the guard: dataplane_ebpf::guard).
         vec![GuardedPort::new(IPPROTO_TCP, metrics_addr.port())],
-        mesh_maps,
-        config.mesh,
+        MeshSetup {
+            maps: mesh_maps,
+            timeouts: config.mesh,
+        },
     ));
     let metrics_mesh = metrics::MeshSource::new(
         MeshMaps::open(&pins).context("opening the mesh maps")?,

@@ -172,7 +172,10 @@ pub(super) fn written(
 }
 
 /// `Ok(false)` for "there was no such entry", so removals are idempotent.
-pub(super) fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, DataplaneError> {
+pub(super) fn removed(
+    map: &'static str,
+    result: Result<(), MapError>,
+) -> Result<bool, DataplaneError> {
     match result {
         Ok(()) => Ok(true),
         Err(MapError::SyscallError(SyscallError { io_error, .. }))

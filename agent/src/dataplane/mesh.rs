@@ -26,9 +26,9 @@ use aya::{
 use dataplane_ebpf::{
     maps,
     mesh::{
-        Flow, FlowKey, MeshBackend, MeshBackendKey, MeshConfig, MeshPort, MeshPortKey,
-        MeshService, MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey,
-        CT_DELETED, CT_INSERTED,
+        Flow, FlowKey, MeshBackend, MeshBackendKey, MeshConfig, MeshPort, MeshPortKey, MeshService,
+        MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey, CT_DELETED,
+        CT_INSERTED,
     },
 };
 
@@ -36,6 +36,9 @@ use super::{
     maps::{listed, open_pin, removed, typed, written, HashHandle, MapHandle},
     DataplaneError, PinDirs,
 };
+
+/// A page of a map walk: the entries, and the key to continue after (`None`: the end).
+pub(crate) type Page<K, V> = (Vec<(K, V)>, Option<K>);
 
 /// The mesh's maps.
 pub struct MeshMaps {
@@ -51,7 +54,10 @@ pub struct MeshMaps {
     ct_events: PerCpuArray<MapData, u64>,
 }
 
-fn map_error(map: &'static str, what: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+fn map_error(
+    map: &'static str,
+    what: &'static str,
+) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, what, source }
 }
 
@@ -106,7 +112,7 @@ impl MeshMaps {
         &self,
         after: Option<FlowKey>,
         limit: usize,
-    ) -> Result<(Vec<(FlowKey, Flow)>, Option<FlowKey>), DataplaneError> {
+    ) -> Result<Page<FlowKey, Flow>, DataplaneError> {
         page(&self.flows, maps::MESH_FLOWS.name, after, limit)
     }
 
@@ -148,7 +154,7 @@ impl MeshMaps {
         &self,
         after: Option<ReplyKey>,
         limit: usize,
-    ) -> Result<(Vec<(ReplyKey, Reply)>, Option<ReplyKey>), DataplaneError> {
+    ) -> Result<Page<ReplyKey, Reply>, DataplaneError> {
         page(&self.replies, maps::MESH_REPLIES.name, after, limit)
     }
 
@@ -206,12 +212,17 @@ impl MeshMaps {
                 u16::from_be_bytes(p.target_port_be)
             )
         });
-        super::overlay::section(out, "mesh services", self.services.read_all(), |(slot, s)| {
-            format!(
-                "slot {slot} -> {} backends cursor {} vni {}",
-                s.backends, s.cursor, s.vni
-            )
-        });
+        super::overlay::section(
+            out,
+            "mesh services",
+            self.services.read_all(),
+            |(slot, s)| {
+                format!(
+                    "slot {slot} -> {} backends cursor {} vni {}",
+                    s.backends, s.cursor, s.vni
+                )
+            },
+        );
         super::overlay::section(out, "mesh backends", self.backends.entries(), |(k, b)| {
             format!(
                 "slot {} index {} -> {} on {}",
@@ -268,7 +279,7 @@ fn page<K: Pod, V: Pod>(
     name: &'static str,
     after: Option<K>,
     limit: usize,
-) -> Result<(Vec<(K, V)>, Option<K>), DataplaneError> {
+) -> Result<Page<K, V>, DataplaneError> {
     let fd = map.map().fd().as_fd();
     let mut out = Vec::new();
     let mut key = after;

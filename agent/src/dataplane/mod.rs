@@ -57,9 +57,9 @@ pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
 pub(crate) use logs::EbpfLogs;
 pub(crate) use maps::MapHandle;
 pub use maps::CAPACITY_OVERRIDE_ENV;
-pub use mesh::{protocol_name, MeshMaps};
 #[cfg(test)]
 pub(crate) use mesh::ServicesHandle;
+pub use mesh::{protocol_name, MeshMaps};
 pub use overlay::OverlayMaps;
 
 /// The eBPF object, built by `build.rs` through the same function as

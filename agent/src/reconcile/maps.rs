@@ -541,7 +541,10 @@ mod tests {
             .borrow_mut()
             .drain(..)
             .filter(|line| line.contains("MESH_BACKENDS") || line.contains("MESH_SERVICES"))
-            .map(|line| line.replace("MeshBackendKey { slot: 0, index: ", "(").replace(" }", ")"))
+            .map(|line| {
+                line.replace("MeshBackendKey { slot: 0, index: ", "(")
+                    .replace(" }", ")")
+            })
             .collect()
     }
 
@@ -573,7 +576,10 @@ mod tests {
         sync(&mesh_with(2));
         let first = journal.borrow().clone();
         // The port comes last: it never leads to an empty slot.
-        assert!(first.last().unwrap().starts_with("put MESH_PORTS"), "{first:?}");
+        assert!(
+            first.last().unwrap().starts_with("put MESH_PORTS"),
+            "{first:?}"
+        );
         journal.borrow_mut().clear();
         sync(&mesh_with(3));
         assert_eq!(

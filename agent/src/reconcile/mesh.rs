@@ -52,9 +52,7 @@ const _: () = {
     assert!(maps::MESH_SERVICES.capacity == MESH_MAX_SERVICES);
     // Every task has an endpoint: at most MAX_ENDPOINTS backends, and stats rows.
     assert!(limits::MAX_ENDPOINTS <= maps::MESH_BACKENDS.capacity as usize);
-    assert!(
-        limits::MAX_ENDPOINTS + limits::MAX_SERVICES <= maps::MESH_STATS.capacity as usize
-    );
+    assert!(limits::MAX_ENDPOINTS + limits::MAX_SERVICES <= maps::MESH_STATS.capacity as usize);
     // This node's tasks × target ports: a service publishes a handful of ports.
     assert!(limits::MAX_NODE_ENDPOINTS * 4 <= maps::MESH_TARGETS.capacity as usize);
     // Every node's address (known nodes are far fewer than endpoints per node).

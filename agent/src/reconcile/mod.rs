@@ -35,8 +35,8 @@ use crate::{
 };
 
 use desired::desired_maps;
-pub use mesh::MeshStatus;
 pub(crate) use mesh::monotonic_ns;
+pub use mesh::MeshStatus;
 pub use plumbing::netns_path;
 pub use sync_errors::{MapSyncErrors, SyncErrorReason};
 
@@ -75,6 +75,12 @@ pub struct Reconciler {
     mesh_timeouts: MeshTimeouts,
 }
 
+/// What the reconciler needs for the routing mesh: its maps and conntrack timeouts.
+pub(crate) struct MeshSetup {
+    pub(crate) maps: MeshMaps,
+    pub(crate) timeouts: MeshTimeouts,
+}
+
 /// The reconciler's own mesh state.
 struct MeshState {
     maps: MeshMaps,
@@ -99,8 +105,7 @@ impl Reconciler {
         static_ifaces: Vec<String>,
         sync_errors: Arc<MapSyncErrors>,
         own_ports: Vec<GuardedPort>,
-        mesh_maps: MeshMaps,
-        mesh_timeouts: MeshTimeouts,
+        mesh: MeshSetup,
     ) -> Reconciler {
         let map_sync_disabled = std::env::var_os(NO_MAP_SYNC_ENV).is_some_and(|v| v == "1");
         if map_sync_disabled {
@@ -118,12 +123,12 @@ impl Reconciler {
             own_ports,
             map_sync_disabled,
             mesh: std::sync::Mutex::new(MeshState {
-                maps: mesh_maps,
+                maps: mesh.maps,
                 slots: mesh::MeshSlots::default(),
                 sweeper: mesh::Sweeper::default(),
             }),
             mesh_status: Arc::new(MeshStatus::default()),
-            mesh_timeouts,
+            mesh_timeouts: mesh.timeouts,
         }
     }
 

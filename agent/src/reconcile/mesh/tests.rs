@@ -1,9 +1,7 @@
 //! The mesh maps' desired content from hand-built views, and slot assignment.
 
 use manager::{
-    state::{
-        EndpointSet, Mode, Network, NetworkSet, PublishedPort, ServiceSet, Task, TaskState,
-    },
+    state::{EndpointSet, Mode, Network, NetworkSet, PublishedPort, ServiceSet, Task, TaskState},
     testing,
 };
 
@@ -257,7 +255,11 @@ fn a_service_without_a_serving_task_keeps_its_ports_with_no_backends() {
     assert_eq!(desired.ports.len(), 2, "published: refused, not ignored");
     assert_eq!(desired.services[&0].backends, 0);
     assert!(desired.backends.is_empty());
-    assert_eq!(desired.targets.len(), 2, "its own task may still be reached");
+    assert_eq!(
+        desired.targets.len(),
+        2,
+        "its own task may still be reached"
+    );
 }
 
 #[test]
@@ -267,7 +269,10 @@ fn slots_are_stable_lowest_free_and_freed_when_the_service_goes() {
     let c = ("c".to_owned(), stamp(3));
     let mut slots = MeshSlots::default();
     slots.assign(&[b.clone(), c.clone()]);
-    assert_eq!((slots.slot("b", b.1), slots.slot("c", c.1)), (Some(0), Some(1)));
+    assert_eq!(
+        (slots.slot("b", b.1), slots.slot("c", c.1)),
+        (Some(0), Some(1))
+    );
     // a arrives before b in name order: b and c keep theirs, a takes the next free one.
     slots.assign(&[a.clone(), b.clone(), c.clone()]);
     assert_eq!(slots.slot("a", a.1), Some(2));
@@ -278,7 +283,11 @@ fn slots_are_stable_lowest_free_and_freed_when_the_service_goes() {
     let b_again = ("b".to_owned(), stamp(4));
     slots.assign(&[a.clone(), b_again.clone(), c.clone()]);
     assert_eq!(slots.slot("b", b_again.1), Some(0));
-    assert_eq!(slots.slot("b", b.1), None, "another incarnation is another service");
+    assert_eq!(
+        slots.slot("b", b.1),
+        None,
+        "another incarnation is another service"
+    );
     assert_eq!(slots.slot("a", a.1), Some(2));
     assert_eq!(slots.slot("c", c.1), Some(1));
 }
@@ -291,8 +300,5 @@ fn slots_stop_at_the_maps_capacity() {
     let mut slots = MeshSlots::default();
     slots.assign(&wanted);
     assert_eq!(slots.by_slot().len(), MESH_MAX_SERVICES as usize);
-    assert_eq!(
-        slots.by_slot().keys().max(),
-        Some(&(MESH_MAX_SERVICES - 1))
-    );
+    assert_eq!(slots.by_slot().keys().max(), Some(&(MESH_MAX_SERVICES - 1)));
 }
