@@ -111,6 +111,36 @@ impl MeshSlots {
         }
     }
 
+    /// Takes over the slots a previous agent gave the services in `view`, as its
+    /// `MESH_PORTS` shows them (`ports`: every published port of a service leads to one
+    /// slot), so a restarted agent keeps every service's slot — and so its rotation,
+    /// its backends' indices and its counters — instead of renumbering under live
+    /// traffic. Call once, before the first [`MeshSlots::assign`].
+    pub(crate) fn adopt(&mut self, view: &ClusterView, ports: &[(MeshPortKey, MeshPort)]) {
+        let by_port: HashMap<MeshPortKey, u32> =
+            ports.iter().map(|(key, port)| (*key, port.slot)).collect();
+        for service in mesh_services(view) {
+            let found: BTreeSet<u32> = service
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    by_port
+                        .get(&MeshPortKey::new(protocol_number(p.protocol), p.published))
+                        .copied()
+                })
+                .collect();
+            let (Some(&slot), 1) = (found.first(), found.len()) else {
+                continue;
+            };
+            let taken = self.by_service.values().any(|s| *s == slot);
+            if slot < MESH_MAX_SERVICES && !taken {
+                self.by_service
+                    .entry((service.name.clone(), service.created))
+                    .or_insert(slot);
+            }
+        }
+    }
+
     pub(crate) fn slot(&self, name: &str, created: Stamp) -> Option<u32> {
         self.by_service.get(&(name.to_owned(), created)).copied()
     }

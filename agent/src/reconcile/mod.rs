@@ -31,7 +31,7 @@ use dataplane_ebpf::guard::GuardedPort;
 
 use crate::{
     config::MeshTimeouts,
-    dataplane::{Dataplane, MeshMaps, OverlayMaps},
+    dataplane::{Dataplane, MapHandle, MeshMaps, OverlayMaps},
 };
 
 use desired::desired_maps;
@@ -85,6 +85,8 @@ pub(crate) struct MeshSetup {
 struct MeshState {
     maps: MeshMaps,
     slots: mesh::MeshSlots,
+    /// Whether the slots were taken over from the maps yet (first pass only).
+    slots_adopted: bool,
     sweeper: mesh::Sweeper,
 }
 
@@ -125,6 +127,7 @@ impl Reconciler {
             mesh: std::sync::Mutex::new(MeshState {
                 maps: mesh.maps,
                 slots: mesh::MeshSlots::default(),
+                slots_adopted: false,
                 sweeper: mesh::Sweeper::default(),
             }),
             mesh_status: Arc::new(MeshStatus::default()),
@@ -213,6 +216,15 @@ impl Reconciler {
             .iter()
             .map(|s| (s.name.clone(), s.created))
             .collect();
+        if !state.slots_adopted {
+            match state.maps.ports.entries() {
+                Ok(ports) => state.slots.adopt(view, &ports),
+                Err(error) => {
+                    warn!(%error, "could not read the published ports a previous agent left; services get new slots")
+                }
+            }
+            state.slots_adopted = true;
+        }
         state.slots.assign(&wanted);
         self.mesh_status.set_slots(&state.slots);
         let desired = mesh::desired_mesh(view, &state.slots, &self.mesh_timeouts, mtu);

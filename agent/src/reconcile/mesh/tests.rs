@@ -302,3 +302,48 @@ fn slots_stop_at_the_maps_capacity() {
     assert_eq!(slots.by_slot().len(), MESH_MAX_SERVICES as usize);
     assert_eq!(slots.by_slot().keys().max(), Some(&(MESH_MAX_SERVICES - 1)));
 }
+
+#[test]
+fn a_restarted_agent_takes_over_the_slots_the_maps_show() {
+    let web = web();
+    let api = Service {
+        name: "api".into(),
+        ports: vec![PublishedPort {
+            published: 9000,
+            target: 90,
+            protocol: Protocol::Tcp,
+        }],
+        ..web.clone()
+    };
+    let view = view(vec![api.clone(), web.clone()], vec![]);
+    let port = |slot| MeshPort {
+        slot,
+        target_port_be: [0; 2],
+        _pad: [0; 2],
+    };
+    // A previous agent gave web slot 3 (both its ports) and api slot 0.
+    let left = vec![
+        (MeshPortKey::new(IPPROTO_TCP, 8080), port(3)),
+        (MeshPortKey::new(IPPROTO_UDP, 5300), port(3)),
+        (MeshPortKey::new(IPPROTO_TCP, 9000), port(0)),
+    ];
+    let mut slots = MeshSlots::default();
+    slots.adopt(&view, &left);
+    let wanted: Vec<ServiceRef> = mesh_services(&view)
+        .iter()
+        .map(|s| (s.name.clone(), s.created))
+        .collect();
+    slots.assign(&wanted);
+    assert_eq!(slots.slot("web", web.created), Some(3));
+    assert_eq!(slots.slot("api", api.created), Some(0));
+    // Ports split over two slots prove nothing: a fresh slot instead.
+    let split = vec![
+        (MeshPortKey::new(IPPROTO_TCP, 8080), port(3)),
+        (MeshPortKey::new(IPPROTO_UDP, 5300), port(4)),
+    ];
+    let mut slots = MeshSlots::default();
+    slots.adopt(&view, &split);
+    slots.assign(&wanted);
+    assert_eq!(slots.slot("api", api.created), Some(0));
+    assert_eq!(slots.slot("web", web.created), Some(1));
+}
