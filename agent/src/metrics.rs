@@ -1,11 +1,20 @@
 //! `/metrics` in the OpenMetrics text format (prometheus-client), served by the bounded
 //! hyper server ([`crate::http_server`]): the dataplane's per-program, per-verdict counters,
 //! the map-sync errors, the gossip layer's counters and the cluster's size, the peer RPC's
-//! refused frames. Every value is read at scrape time from where it lives (the eBPF
-//! counter maps, the manager, the peer RPC, [`MapSyncErrors`]) into a [`Snapshot`], which a
-//! prometheus-client [`Collector`] writes out.
+//! refused frames, the routing mesh's per-service and per-backend statistics and its
+//! conntrack. Every value is read at scrape time from where it lives (the eBPF counter
+//! maps, the manager, the peer RPC, [`MapSyncErrors`], the mesh's maps) into a
+//! [`Snapshot`], which a prometheus-client [`Collector`] writes out — except the
+//! conntrack's entry count, a walk of up to 262,144 keys, done at most once per
+//! [`PRESENT_MAX_AGE`] (see [`MeshSource`]).
 
-use std::{fmt, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -27,10 +36,10 @@ use dataplane_ebpf::counters::{Counter, Verdict};
 use manager::Manager;
 
 use crate::{
-    dataplane::Counters,
+    dataplane::{Counters, MeshMaps},
     http_server::{self, Limits},
     peer::Peers,
-    reconcile::{MapSyncErrors, SyncErrorReason},
+    reconcile::{MapSyncErrors, MeshStatus, SyncErrorReason},
 };
 
 /// What a scraper may hold: Prometheus keeps one connection per target.
@@ -48,6 +57,91 @@ struct Sources {
     manager: Option<Manager>,
     peers: Option<Arc<Peers>>,
     sync_errors: Arc<MapSyncErrors>,
+    mesh: Option<Mutex<MeshSource>>,
+}
+
+/// How stale the conntrack's entry count (and so the eviction count derived from it) may
+/// be: counting walks every key of `MESH_FLOWS` (a syscall per entry, up to 262,144: some
+/// tenths of a second when full), too much for every scrape.
+pub(crate) const PRESENT_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The mesh's maps as `/metrics` reads them, with the conntrack figures of the last walk.
+pub(crate) struct MeshSource {
+    maps: MeshMaps,
+    status: Arc<MeshStatus>,
+    /// When the conntrack was last counted, and what it gave.
+    conntrack: Option<(Instant, Conntrack)>,
+}
+
+impl MeshSource {
+    pub(crate) fn new(maps: MeshMaps, status: Arc<MeshStatus>) -> MeshSource {
+        MeshSource {
+            maps,
+            status,
+            conntrack: None,
+        }
+    }
+
+    /// Entries present and evictions: `inserted − deleted − swept − present`, where the
+    /// programs count what they insert and delete (`MESH_CT_EVENTS`), the agent what it
+    /// sweeps, and present is a walk of the keys; all read together, at most once per
+    /// [`PRESENT_MAX_AGE`]. Never decreases (a counter), whatever the races between the
+    /// reads.
+    fn conntrack(&mut self) -> Option<Conntrack> {
+        let fresh = self
+            .conntrack
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < PRESENT_MAX_AGE);
+        if !fresh {
+            let present = self.maps.count_flows().ok()?;
+            let (inserted, deleted) = self.maps.ct_events().ok()?;
+            let evictions = inserted
+                .saturating_sub(deleted)
+                .saturating_sub(self.status.flows_swept())
+                .saturating_sub(present);
+            let last = self.conntrack.as_ref().map_or(0, |(_, c)| c.evictions);
+            self.conntrack = Some((
+                Instant::now(),
+                Conntrack {
+                    present,
+                    evictions: evictions.max(last),
+                    flows_swept: 0,
+                    replies_swept: 0,
+                },
+            ));
+        }
+        self.conntrack.as_ref().map(|(_, c)| Conntrack {
+            flows_swept: self.status.flows_swept(),
+            replies_swept: self.status.replies_swept(),
+            ..*c
+        })
+    }
+
+    fn read(&mut self) -> Mesh {
+        let slots = self.status.slots();
+        let rows = self
+            .maps
+            .stats()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(key, stats)| {
+                let (service, _) = slots.get(&key.slot)?;
+                let backend =
+                    (key.backend_ip != [0; 4]).then(|| Ipv4Addr::from(key.backend_ip).to_string());
+                Some(MeshRow {
+                    service: service.clone(),
+                    backend,
+                    new_flows: stats.new_flows,
+                    packets: stats.packets,
+                    bytes: stats.bytes,
+                })
+            })
+            .collect();
+        Mesh {
+            rows,
+            conntrack: self.conntrack(),
+        }
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until the future is dropped (other paths get 404,
@@ -58,12 +152,14 @@ pub(crate) async fn serve(
     manager: Option<Manager>,
     peers: Option<Arc<Peers>>,
     sync_errors: Arc<MapSyncErrors>,
+    mesh: Option<MeshSource>,
 ) {
     let sources = Arc::new(Sources {
         counters,
         manager,
         peers,
         sync_errors,
+        mesh: mesh.map(Mutex::new),
     });
     http_server::serve(listener, LIMITS, |_remote: SocketAddr| {
         let sources = sources.clone();
@@ -137,6 +233,9 @@ impl Sources {
         if let Some(peers) = &self.peers {
             snapshot.peer_rejected = Some(peers.rejected().iter().collect());
         }
+        if let Some(mesh) = &self.mesh {
+            snapshot.mesh = Some(mesh.lock().await.read());
+        }
         snapshot
     }
 }
@@ -179,6 +278,34 @@ struct Snapshot {
     gossip: Option<Gossip>,
     /// The peer RPC's refused frames by reason, when the agent serves it.
     peer_rejected: Option<Vec<(&'static str, u64)>>,
+    /// The routing mesh, when the agent runs one.
+    mesh: Option<Mesh>,
+}
+
+#[derive(Debug, Default)]
+struct Mesh {
+    rows: Vec<MeshRow>,
+    /// `None` when the conntrack could not be read.
+    conntrack: Option<Conntrack>,
+}
+
+/// One `MESH_STATS` row, summed over CPUs, labelled.
+#[derive(Debug)]
+struct MeshRow {
+    service: String,
+    /// `None`: the service's own row (refused new flows, dropped packets).
+    backend: Option<String>,
+    new_flows: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Conntrack {
+    present: u64,
+    evictions: u64,
+    flows_swept: u64,
+    replies_swept: u64,
 }
 
 #[derive(Debug, Default)]
@@ -290,8 +417,97 @@ impl Collector for Snapshot {
                     .map(|&(reason, n)| (vec![("reason", reason)], n)),
             )?;
         }
+        if let Some(mesh) = &self.mesh {
+            encode_mesh(mesh, &mut encoder)?;
+        }
         Ok(())
     }
+}
+
+fn encode_mesh(mesh: &Mesh, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let backends = || mesh.rows.iter().filter(|r| r.backend.is_some());
+    let services = || mesh.rows.iter().filter(|r| r.backend.is_none());
+    fn labels(r: &MeshRow) -> Vec<(&'static str, &str)> {
+        let mut labels = vec![("service", r.service.as_str())];
+        labels.extend(r.backend.as_deref().map(|b| ("backend", b)));
+        labels
+    }
+    // The encoder borrows label values for the family's lifetime: collect first.
+    let rows: Vec<(Vec<(&'static str, &str)>, &MeshRow)> =
+        backends().map(|r| (labels(r), r)).collect();
+    for (name, help, value) in [
+        (
+            "skein_mesh_new_flows",
+            "New flows the routing mesh balanced to the backend, by service and backend.",
+            (|r: &MeshRow| r.new_flows) as fn(&MeshRow) -> u64,
+        ),
+        (
+            "skein_mesh_packets",
+            "Packets the routing mesh forwarded to and from the backend (both directions).",
+            |r: &MeshRow| r.packets,
+        ),
+        (
+            "skein_mesh_bytes",
+            "Bytes the routing mesh forwarded to and from the backend (both directions).",
+            |r: &MeshRow| r.bytes,
+        ),
+    ] {
+        counter_family(
+            encoder,
+            name,
+            help,
+            rows.iter().map(|(l, r)| (l.clone(), value(r))),
+        )?;
+    }
+    let rows: Vec<(Vec<(&'static str, &str)>, &MeshRow)> =
+        services().map(|r| (labels(r), r)).collect();
+    counter_family(
+        encoder,
+        "skein_mesh_refused_flows",
+        "New flows refused because the service had no serving task (TCP reset, ICMP port \
+         unreachable), by service.",
+        rows.iter().map(|(l, r)| (l.clone(), r.new_flows)),
+    )?;
+    counter_family(
+        encoder,
+        "skein_mesh_dropped_packets",
+        "Packets to the service's published ports dropped or refused before reaching a \
+         backend, by service (the reasons: the per-verdict program counters).",
+        rows.iter().map(|(l, r)| (l.clone(), r.packets)),
+    )?;
+    counter_family(
+        encoder,
+        "skein_mesh_dropped_bytes",
+        "Bytes of those packets, by service.",
+        rows.iter().map(|(l, r)| (l.clone(), r.bytes)),
+    )?;
+    if let Some(ct) = mesh.conntrack {
+        let gauge = encoder.encode_descriptor(
+            "skein_mesh_conntrack_entries",
+            "Flows in this node's mesh conntrack (counted at most every 10 s).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::try_from(ct.present).unwrap_or(i64::MAX)).encode(gauge)?;
+        let evictions = encoder.encode_descriptor(
+            "skein_mesh_conntrack_evictions",
+            "Conntrack entries the kernel evicted under pressure (LRU): inserted − deleted \
+             by the programs − swept by the agent − present (updated at most every 10 s).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(ct.evictions).encode(evictions)?;
+        counter_family(
+            encoder,
+            "skein_mesh_conntrack_swept",
+            "Expired or stale conntrack entries the agent deleted, by map.",
+            [
+                (vec![("map", "flows")], ct.flows_swept),
+                (vec![("map", "replies")], ct.replies_swept),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -451,6 +667,93 @@ mod tests {
         ] {
             let key = format!("skein_peer_rejected_total{{reason=\"{reason}\"}}");
             assert_eq!(samples.get(key.as_str()), Some(&0), "{text}");
+        }
+    }
+
+    #[test]
+    fn renders_mesh_statistics_per_service_and_backend_and_the_conntrack() {
+        let row = |backend: Option<&str>, n: u64| MeshRow {
+            service: "web".into(),
+            backend: backend.map(Into::into),
+            new_flows: n,
+            packets: 10 * n,
+            bytes: 100 * n,
+        };
+        let text = render(Snapshot {
+            mesh: Some(Mesh {
+                rows: vec![row(Some("10.10.0.2"), 3), row(None, 2)],
+                conntrack: Some(Conntrack {
+                    present: 5,
+                    evictions: 1,
+                    flows_swept: 4,
+                    replies_swept: 6,
+                }),
+            }),
+            ..Snapshot::default()
+        });
+        let samples = samples(&text);
+        let backend = "{service=\"web\",backend=\"10.10.0.2\"}";
+        assert_eq!(
+            samples[format!("skein_mesh_new_flows_total{backend}").as_str()],
+            3
+        );
+        assert_eq!(
+            samples[format!("skein_mesh_packets_total{backend}").as_str()],
+            30
+        );
+        assert_eq!(
+            samples[format!("skein_mesh_bytes_total{backend}").as_str()],
+            300
+        );
+        assert_eq!(
+            samples["skein_mesh_refused_flows_total{service=\"web\"}"],
+            2
+        );
+        assert_eq!(
+            samples["skein_mesh_dropped_packets_total{service=\"web\"}"],
+            20
+        );
+        assert_eq!(
+            samples["skein_mesh_dropped_bytes_total{service=\"web\"}"],
+            200
+        );
+        assert_eq!(samples["skein_mesh_conntrack_entries"], 5);
+        assert_eq!(samples["skein_mesh_conntrack_evictions_total"], 1);
+        assert_eq!(
+            samples["skein_mesh_conntrack_swept_total{map=\"flows\"}"],
+            4
+        );
+        assert_eq!(
+            samples["skein_mesh_conntrack_swept_total{map=\"replies\"}"],
+            6
+        );
+    }
+
+    #[test]
+    fn the_mesh_verdicts_are_exported_with_their_reasons() {
+        // Counters::read walks Verdict::ALL, so every mesh verdict gets its sample.
+        let text = render(Snapshot {
+            programs: Verdict::ALL
+                .iter()
+                .map(|v| ("xdp_underlay", *v, Counter::default()))
+                .collect(),
+            ..Snapshot::default()
+        });
+        for reason in [
+            "mesh_new_flow",
+            "mesh_flow",
+            "mesh_reply",
+            "mesh_deliver",
+            "mesh_no_backend",
+            "mesh_reset",
+            "mesh_frag_needed",
+            "mesh_refused",
+            "mesh_invalid",
+        ] {
+            assert!(
+                text.contains(&format!("reason=\"{reason}\"")),
+                "{reason} missing"
+            );
         }
     }
 

@@ -21,7 +21,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     future::Future,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -64,6 +64,9 @@ pub(crate) enum PeerRequest {
         created: Stamp,
         from: BTreeMap<String, u64>,
     },
+    /// How many routing-mesh flows the answering node tracks (as their ingress node) to
+    /// each backend of `service` created at `created`, for `service inspect`.
+    MeshFlows { service: String, created: Stamp },
 }
 
 /// The answer.
@@ -71,6 +74,8 @@ pub(crate) enum PeerRequest {
 pub(crate) enum PeerResponse {
     /// The node's tasks of the service, as the local `service logs` answers them.
     Logs(Vec<LogEntry>),
+    /// Per backend (its overlay address), the flows tracked to it (not expired).
+    MeshFlows(Vec<(Ipv4Addr, u64)>),
     /// The request was understood but could not be answered; one sentence.
     Error(String),
 }
@@ -392,7 +397,9 @@ mod tests {
 
     impl Handler for Echo {
         fn handle(&self, request: PeerRequest) -> PeerResponse {
-            let PeerRequest::Logs { service, from, .. } = request;
+            let PeerRequest::Logs { service, from, .. } = request else {
+                return PeerResponse::MeshFlows(vec![(Ipv4Addr::new(10, 0, 0, 1), 2)]);
+            };
             PeerResponse::Logs(
                 from.into_iter()
                     .map(|(id, start)| LogEntry {
@@ -458,6 +465,25 @@ mod tests {
         assert_eq!(entries[1].id, "t2");
         assert_eq!(server_side.rejected().total(), 0);
         assert_eq!(client_side.rejected().total(), 0);
+    }
+
+    #[tokio::test]
+    async fn mesh_flow_counts_round_trip() {
+        let token = token();
+        let (server_side, client_side) = (Peers::new(&token), Peers::new(&token));
+        let stream = server(&server_side, Arc::new(Echo));
+        let request = PeerRequest::MeshFlows {
+            service: "web".into(),
+            created: Stamp {
+                hlc: 1,
+                writer: manager::NodeId([1; 16]),
+            },
+        };
+        let answer = client_side.exchange(stream, &request).await.unwrap();
+        assert_eq!(
+            answer,
+            PeerResponse::MeshFlows(vec![(Ipv4Addr::new(10, 0, 0, 1), 2)])
+        );
     }
 
     #[tokio::test]

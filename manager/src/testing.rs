@@ -2,8 +2,10 @@
 //! the agent's dev-dependency only): objects with plausible values in every field a test
 //! does not care about, so a new field is added in one place.
 
+use std::net::Ipv4Addr;
+
 use crate::{
-    state::{EndpointMode, Mode, NodeInfo, PublishMode, Service, Stamp},
+    state::{Endpoint, EndpointMode, Mode, NodeInfo, PublishMode, Service, Stamp, Task, TaskState},
     view::NodeStatus,
     NodeId,
 };
@@ -47,5 +49,41 @@ pub fn node(id: u8, up: bool, ip: [u8; 4]) -> NodeStatus {
         addr: Some((ip, 7946).into()),
         up,
         is_self: id == 1,
+    }
+}
+
+/// Task `id` of `service` in `slot`, running, at `ip`, its endpoint's ID its own.
+pub fn task(id: &str, service: &Service, slot: u32, ip: [u8; 4]) -> Task {
+    Task {
+        id: id.into(),
+        service: service.name.clone(),
+        service_created: service.created,
+        slot,
+        endpoint: id.into(),
+        ip: ip.into(),
+        state: TaskState::Running,
+        since_ms: 1,
+        message: String::new(),
+        restarts: 0,
+        created: service.created,
+        attached: false,
+    }
+}
+
+/// Endpoint `id` on `network` (VNI `vni`) at `ip`, in a namespace of its own.
+pub fn endpoint(id: &str, network: &str, vni: u32, ip: [u8; 4]) -> Endpoint {
+    Endpoint {
+        id: id.into(),
+        name: id.into(),
+        network: network.into(),
+        vni,
+        ip: Ipv4Addr::from(ip),
+        netns: id.into(),
+        host_ifname: format!("sk{id}"),
+        created: Stamp {
+            hlc: 1,
+            writer: NodeId([1; 16]),
+        },
+        owns_netns: true,
     }
 }

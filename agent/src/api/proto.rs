@@ -58,6 +58,9 @@ pub(crate) enum Request {
     VtepLs { network: Option<String> },
     /// `skein debug maps`: the dataplane's maps, human-readable.
     DebugMaps,
+    /// `skein debug conntrack`: this node's routing-mesh flows (it being their ingress
+    /// node).
+    DebugConntrack,
     /// `skein service create ...`
     ServiceCreate(ServiceSpec),
     /// `skein service ls`
@@ -125,9 +128,33 @@ pub(crate) enum Body {
     Text(String),
     Services(Vec<ServiceRow>),
     ServiceStatus(Box<ServiceStatus>),
-    /// `service inspect`: the service as stored, as JSON.
+    /// `service inspect`: the service as stored, as JSON (with, for a service in the
+    /// routing mesh, each backend's flows tracked on every node under `mesh`).
     Json(serde_json::Value),
     Logs(LogChunk),
+    /// `debug conntrack`: one row per tracked flow.
+    Conntrack(Vec<ConntrackRow>),
+}
+
+/// One flow of `debug conntrack`, as this node (its ingress node) tracks it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConntrackRow {
+    /// `tcp` or `udp`.
+    pub(crate) protocol: String,
+    /// The client's `IP:PORT`.
+    pub(crate) client: String,
+    /// Where the client sent to: this node's underlay `IP:PUBLISHED_PORT`.
+    pub(crate) ingress: String,
+    /// The task's overlay `IP:TARGET_PORT`.
+    pub(crate) backend: String,
+    /// The underlay address of the backend's host.
+    pub(crate) backend_host: String,
+    /// The service whose slot the flow is in; empty if it is gone.
+    pub(crate) service: String,
+    /// `syn_sent`, `established`, `closing`, `udp`; `expired` once past its timeout.
+    pub(crate) state: String,
+    pub(crate) age_ms: u64,
+    pub(crate) idle_ms: u64,
 }
 
 /// One row of `service ls`.

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::api::{
-    Body, EndpointRow, LogChunk, NetworkRow, NodeRow, ServiceRow, ServiceStatus, VtepRow,
+    Body, ConntrackRow, EndpointRow, LogChunk, NetworkRow, NodeRow, ServiceRow, ServiceStatus,
+    VtepRow,
 };
 
 /// How list commands print their rows.
@@ -54,7 +55,35 @@ pub(crate) fn body(body: &Body, format: Format, now_ms: u64) -> String {
             text
         }
         Body::Logs(chunk) => logs(chunk),
+        Body::Conntrack(rows) => conntrack(rows, format),
     }
+}
+
+/// `debug conntrack`: `PROTO CLIENT INGRESS BACKEND HOST SERVICE STATE AGE IDLE`.
+pub(crate) fn conntrack(rows: &[ConntrackRow], format: Format) -> String {
+    if format == Format::Json {
+        return json(rows);
+    }
+    // `age` counts from a start: the elapsed time from 1 ms to 1 + elapsed.
+    let elapsed = |ms: u64| age(1, ms.saturating_add(1));
+    table(
+        [
+            "PROTO", "CLIENT", "INGRESS", "BACKEND", "HOST", "SERVICE", "STATE", "AGE", "IDLE",
+        ],
+        rows.iter().map(|row| {
+            [
+                printable(&row.protocol),
+                printable(&row.client),
+                printable(&row.ingress),
+                printable(&row.backend),
+                printable(&row.backend_host),
+                printable(&row.service),
+                printable(&row.state),
+                elapsed(row.age_ms),
+                elapsed(row.idle_ms),
+            ]
+        }),
+    )
 }
 
 /// `service ls`: `NAME MODE REPLICAS NETWORK VIP PORTS COMMAND`.

@@ -5,7 +5,13 @@
 //! underlay-iface = "eth0"
 //! join = ["10.0.0.1", "10.0.0.2:7946"]
 //! join-timeout = "30s"
+//!
+//! [mesh]
+//! established-timeout = "8000s"
 //! ```
+//!
+//! The `[mesh]` table holds the `--mesh-*` flags without their prefix (`mesh-syn-timeout`
+//! at the top level works too).
 
 use std::{
     fs,
@@ -45,6 +51,10 @@ const FILE_KEYS: &[&str] = &[
     "join-timeout",
     "hostname",
     "drain-window",
+    "mesh-established-timeout",
+    "mesh-syn-timeout",
+    "mesh-closing-timeout",
+    "mesh-udp-timeout",
 ];
 
 /// Parses a config file's text; `path` only names the file in errors.
@@ -63,8 +73,18 @@ pub(crate) fn parse_file(text: &str, path: &Path) -> Result<AgentSettings, Confi
             .join("; "),
     })?;
     let mut settings = AgentSettings::default();
+    // `[mesh] x = ...` is `mesh-x = ...`; named `mesh.x` in errors.
+    let mut entries: Vec<(String, &toml::Value)> = Vec::new();
     for (raw_key, value) in &table {
-        let key = raw_key.replace('_', "-");
+        match value {
+            toml::Value::Table(inner) if raw_key == "mesh" => {
+                entries.extend(inner.iter().map(|(k, v)| (format!("mesh.{k}"), v)));
+            }
+            _ => entries.push((raw_key.clone(), value)),
+        }
+    }
+    for (raw_key, value) in &entries {
+        let key = raw_key.replacen("mesh.", "mesh-", 1).replace('_', "-");
         let bad = |reason: String| ConfigError::BadValue {
             path: path.to_owned(),
             key: raw_key.clone(),
@@ -127,6 +147,22 @@ pub(crate) fn parse_file(text: &str, path: &Path) -> Result<AgentSettings, Confi
             "drain-window" => set_once(
                 &mut settings.drain_window,
                 duration_string(value).and_then(parse_duration),
+            ),
+            "mesh-established-timeout" => set_once(
+                &mut settings.mesh_established_timeout,
+                duration_string(value).and_then(parse_nonzero_duration),
+            ),
+            "mesh-syn-timeout" => set_once(
+                &mut settings.mesh_syn_timeout,
+                duration_string(value).and_then(parse_nonzero_duration),
+            ),
+            "mesh-closing-timeout" => set_once(
+                &mut settings.mesh_closing_timeout,
+                duration_string(value).and_then(parse_nonzero_duration),
+            ),
+            "mesh-udp-timeout" => set_once(
+                &mut settings.mesh_udp_timeout,
+                duration_string(value).and_then(parse_nonzero_duration),
             ),
             _ => {
                 return Err(ConfigError::UnknownKey {
@@ -245,6 +281,12 @@ mod tests {
             ),
             ("join-timeout = \"-1s\"", &["join-timeout", "negative"]),
             ("join-timeout = true", &["join-timeout", "string"]),
+            (
+                "[mesh]\nsyn-timeout = \"0s\"",
+                &["mesh.syn-timeout", "longer than zero"],
+            ),
+            ("[mesh]\nudp-timeout = 60", &["mesh.udp-timeout", "\"60s\""]),
+            ("[mesh]\nfin-timeout = \"1s\"", &["`mesh.fin-timeout`"]),
             (
                 "advertise-addr = \"::1\"",
                 &["advertise-addr", "::1", "IPv4"],

@@ -11,6 +11,8 @@
 //! - `file`: `load_file` and `parse_file`, the TOML file, whose keys are the flag names.
 //! - `values`: the value parsers clap and the file share ([`parse_iface`],
 //!   [`parse_socket_addr`], [`JoinEntry`], the `--xdp-mode` parser, ...).
+//! - `mesh`: [`MeshTimeouts`], the routing mesh's conntrack timeouts, their defaults
+//!   (with why) and their checks.
 //! - `duration`: [`parse_duration`], the one duration grammar of every command.
 //! - `paths`: [`DefaultPaths`](paths::DefaultPaths), [`default_paths`] and [`Defaults`]: defaults scoped to the
 //!   named network namespace the process runs in.
@@ -19,6 +21,7 @@
 
 mod duration;
 mod file;
+mod mesh;
 mod paths;
 mod settings;
 mod values;
@@ -32,6 +35,7 @@ use std::{
 pub(crate) use duration::parse_duration;
 pub(crate) use duration::parse_nonzero_duration;
 use file::load_file;
+pub(crate) use mesh::MeshTimeouts;
 // Code gets a `DefaultPaths` from `default_paths()` without naming it; tests name it.
 #[cfg(test)]
 pub(crate) use paths::DefaultPaths;
@@ -80,6 +84,8 @@ pub(crate) enum ConfigError {
     InitAndJoin,
     #[error("--join needs the cluster's token: pass --token (or SKEIN_TOKEN, or token in the --config file); `skein join-token` on any member prints it")]
     JoinWithoutToken,
+    #[error("the mesh timeouts do not fit together: {reason}")]
+    Mesh { reason: String },
     #[error("--join entry `{entry}` does not resolve to an IPv4 address ({reason}); check the name or give the member's IP address")]
     Unresolvable { entry: String, reason: String },
 }

@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     parse_advertise_addr, parse_duration, parse_iface, parse_nonzero_duration, parse_port,
-    parse_socket_addr, parse_token, parse_word, xdp_mode_parser, ConfigError, Defaults, JoinEntry,
+    parse_socket_addr, parse_token, parse_word, xdp_mode_parser, ConfigError, Defaults, JoinEntry, MeshTimeouts,
 };
 use crate::dataplane::XdpMode;
 
@@ -53,6 +53,8 @@ pub(crate) struct AgentConfig {
     /// How long a task to stop stays out of the load balancers, its established flows
     /// going on, before it gets SIGTERM; zero: stopped at once.
     pub(crate) drain_window: Duration,
+    /// The routing mesh's conntrack timeouts.
+    pub(crate) mesh: MeshTimeouts,
 }
 
 // By hand, so that logging the config never prints the cluster's join token.
@@ -75,6 +77,7 @@ impl fmt::Debug for AgentConfig {
             .field("join_timeout", &self.join_timeout)
             .field("hostname", &self.hostname)
             .field("drain_window", &self.drain_window)
+            .field("mesh", &self.mesh)
             .finish()
     }
 }
@@ -190,6 +193,23 @@ pub(crate) struct AgentSettings {
     /// 500ms, 0s to stop at once. [default: 10s]
     #[arg(long, env = "SKEIN_DRAIN_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) drain_window: Option<Duration>,
+    /// How long an established TCP flow through the routing mesh may be idle before its
+    /// conntrack entry goes (its next segment is then reset). Above the kernel's keepalive
+    /// horizon (7200 + 9×75 s). [default: 8000s]
+    #[arg(long, env = "SKEIN_MESH_ESTABLISHED_TIMEOUT", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub(crate) mesh_established_timeout: Option<Duration>,
+
+    /// How long a mesh TCP flow whose handshake has not completed may be idle. [default: 60s]
+    #[arg(long, env = "SKEIN_MESH_SYN_TIMEOUT", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub(crate) mesh_syn_timeout: Option<Duration>,
+
+    /// How long a mesh TCP flow lives after FIN both ways or a RST. [default: 10s]
+    #[arg(long, env = "SKEIN_MESH_CLOSING_TIMEOUT", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub(crate) mesh_closing_timeout: Option<Duration>,
+
+    /// How long a mesh UDP flow may be idle. [default: 60s]
+    #[arg(long, env = "SKEIN_MESH_UDP_TIMEOUT", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub(crate) mesh_udp_timeout: Option<Duration>,
 }
 
 /// Applies the precedence given > file > defaults and checks the combination.
@@ -212,6 +232,20 @@ pub(crate) fn merge(
     if !join.is_empty() && token.is_none() {
         return Err(ConfigError::JoinWithoutToken);
     }
+    let defaults_mesh = MeshTimeouts::default();
+    let mesh = MeshTimeouts {
+        established: pick(
+            &given.mesh_established_timeout,
+            &file.mesh_established_timeout,
+        )
+        .unwrap_or(defaults_mesh.established),
+        syn: pick(&given.mesh_syn_timeout, &file.mesh_syn_timeout).unwrap_or(defaults_mesh.syn),
+        closing: pick(&given.mesh_closing_timeout, &file.mesh_closing_timeout)
+            .unwrap_or(defaults_mesh.closing),
+        udp: pick(&given.mesh_udp_timeout, &file.mesh_udp_timeout).unwrap_or(defaults_mesh.udp),
+    };
+    mesh.check()
+        .map_err(|reason| ConfigError::Mesh { reason })?;
     Ok(AgentConfig {
         underlay_iface: pick(&given.underlay_iface, &file.underlay_iface)
             .ok_or(ConfigError::MissingUnderlay)?,
@@ -236,6 +270,7 @@ pub(crate) fn merge(
             .ok_or(ConfigError::NoHostname)?,
         drain_window: pick(&given.drain_window, &file.drain_window)
             .unwrap_or(crate::tasks::plan::DEFAULT_DRAIN_WINDOW),
+        mesh,
     })
 }
 
@@ -291,6 +326,7 @@ mod tests {
                 join_timeout: Duration::from_secs(10),
                 hostname: "host1".into(),
                 drain_window: Duration::from_secs(10),
+                mesh: MeshTimeouts::default(),
             }
         );
     }
@@ -341,6 +377,40 @@ mod tests {
                 .unwrap()
                 .init
         );
+    }
+
+    #[test]
+    fn mesh_timeouts_take_flags_over_the_file_table_and_are_checked() {
+        let file = file(
+            r#"
+            underlay-iface = "eth0"
+            [mesh]
+            established-timeout = "2h30m"
+            syn_timeout = "5s"
+            udp-timeout = "90s"
+            "#,
+        );
+        let given = AgentSettings {
+            mesh_udp_timeout: Some(Duration::from_secs(20)),
+            ..AgentSettings::default()
+        };
+        let config = merge(&given, &file, &defaults()).unwrap();
+        assert_eq!(
+            config.mesh,
+            MeshTimeouts {
+                established: Duration::from_secs(9000),
+                syn: Duration::from_secs(5),
+                closing: Duration::from_secs(10),
+                udp: Duration::from_secs(20),
+            }
+        );
+        let given = AgentSettings {
+            mesh_established_timeout: Some(Duration::from_secs(1)),
+            ..AgentSettings::default()
+        };
+        let error = merge(&given, &file, &defaults()).unwrap_err().to_string();
+        assert!(error.contains("--mesh-established-timeout"), "{error}");
+        assert!(error.contains("--mesh-syn-timeout"), "{error}");
     }
 
     #[test]

@@ -7,10 +7,11 @@ use anyhow::Result;
 use manager::{secure::JoinToken, state::service::ReservedPort, Manager};
 use tokio::sync::watch;
 
-use super::{endpoint::Endpoints, network, node, service, stop::Stop, vtep};
+use super::{endpoint::Endpoints, mesh, network, node, service, stop::Stop, vtep};
 use crate::{
     api::{Backend, Body, Request, Response},
     peer::{self, PeerRequest, PeerResponse, Peers},
+    reconcile::Reconciler,
     tasks::supervisor::Supervisor,
 };
 
@@ -77,9 +78,12 @@ impl AgentBackend {
             Request::ServiceCreate(spec) => {
                 service::create(manager, spec, &self.reserved_ports).await?
             }
+            Request::DebugConntrack => mesh::conntrack(&self.endpoints.reconciler)?,
             Request::ServiceLs => service::ls(&view()),
             Request::ServicePs { name } => service::ps(&view(), &name)?,
-            Request::ServiceInspect { name } => service::inspect(&view(), &name)?,
+            Request::ServiceInspect { name } => {
+                service::inspect(&view(), &self.endpoints.reconciler, &self.peers, &name).await?
+            }
             Request::ServiceScale { name, replicas } => {
                 service::scale(manager, &name, replicas).await?
             }
@@ -94,10 +98,12 @@ impl AgentBackend {
     }
 }
 
-/// Answers other agents' peer requests from this node's task log files.
+/// Answers other agents' peer requests from this node's task log files and mesh
+/// conntrack.
 pub(super) struct PeerHandler {
     pub(super) manager: Manager,
     pub(super) supervisor: Arc<Supervisor>,
+    pub(super) reconciler: Arc<Reconciler>,
 }
 
 impl peer::Handler for PeerHandler {
@@ -114,6 +120,12 @@ impl peer::Handler for PeerHandler {
                 created,
                 &from,
             )),
+            PeerRequest::MeshFlows { service, created } => {
+                match mesh::flow_counts(&self.reconciler, &service, created) {
+                    Ok(counts) => PeerResponse::MeshFlows(counts),
+                    Err(message) => PeerResponse::Error(message),
+                }
+            }
         }
     }
 }

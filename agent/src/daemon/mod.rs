@@ -16,6 +16,7 @@
 mod backend;
 mod endpoint;
 mod loops;
+mod mesh;
 mod network;
 mod node;
 mod service;
@@ -49,11 +50,10 @@ use self::{
 use crate::{
     api,
     config::AgentConfig,
-    dataplane::{AttachedMode, Attachments, Counters, Dataplane, OverlayMaps, PinDirs},
+    dataplane::{AttachedMode, Attachments, Counters, Dataplane, MeshMaps, OverlayMaps, PinDirs},
     metrics,
     peer::Peers,
-    reconcile::MapSyncErrors,
-    reconcile::Reconciler,
+    reconcile::{MapSyncErrors, MeshSetup, Reconciler},
     state_dir::{membership, StateDir},
     tasks::supervisor::Supervisor,
 };
@@ -130,6 +130,25 @@ fn start(
 
     let (dataplane, xdp_attached_mode, counters) =
         start_dataplane(config, underlay, &pins, &mut background)?;
+    let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
+    let mesh_maps = MeshMaps::open(&pins).context("opening the mesh maps")?;
+    let reconciler = Arc::new(Reconciler::new(
+        manager.clone(),
+        dataplane.clone(),
+        maps,
+        config.endpoint_ifaces.clone(),
+        sync_errors.clone(),
+        // Workloads may not reach the metrics either (the guard: dataplane_ebpf::guard).
+        vec![GuardedPort::new(IPPROTO_TCP, metrics_addr.port())],
+        MeshSetup {
+            maps: mesh_maps,
+            timeouts: config.mesh,
+        },
+    ));
+    let metrics_mesh = metrics::MeshSource::new(
+        MeshMaps::open(&pins).context("opening the mesh maps")?,
+        reconciler.mesh_status(),
+    );
     background.spawn_until_shutdown(
         "metrics",
         metrics::serve(
@@ -137,19 +156,10 @@ fn start(
             Arc::new(Mutex::new(counters)),
             Some(manager.clone()),
             Some(peers.clone()),
-            sync_errors.clone(),
+            sync_errors,
+            Some(metrics_mesh),
         ),
     );
-    let maps = OverlayMaps::open(&pins).context("opening the overlay maps")?;
-    let reconciler = Arc::new(Reconciler::new(
-        manager.clone(),
-        dataplane.clone(),
-        maps,
-        config.endpoint_ifaces.clone(),
-        sync_errors,
-        // Workloads may not reach the metrics either (the guard: dataplane_ebpf::guard).
-        vec![GuardedPort::new(IPPROTO_TCP, metrics_addr.port())],
-    ));
     background.spawn_until_shutdown("reconciler", reconciler.clone().run());
     let supervisor = Arc::new(Supervisor::new(
         manager.clone(),
@@ -164,6 +174,7 @@ fn start(
         &state,
         &peers,
         &supervisor,
+        &reconciler,
         listeners.peer,
         &mut background,
     );
@@ -242,6 +253,7 @@ fn start_cluster_loops(
     state: &Arc<StateDir>,
     peers: &Arc<Peers>,
     supervisor: &Arc<Supervisor>,
+    reconciler: &Arc<Reconciler>,
     peer_listener: TcpListener,
     background: &mut Background,
 ) {
@@ -253,6 +265,7 @@ fn start_cluster_loops(
             Arc::new(PeerHandler {
                 manager: manager.clone(),
                 supervisor: supervisor.clone(),
+                reconciler: reconciler.clone(),
             }),
             async move { shutdown.requested().await },
         ),

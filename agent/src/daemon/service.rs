@@ -109,8 +109,22 @@ pub(super) fn ps(view: &ClusterView, name: &str) -> Result<Body> {
     ))))
 }
 
-pub(super) fn inspect(view: &ClusterView, name: &str) -> Result<Body> {
-    Ok(Body::Json(serde_json::to_value(find(view, name)?)?))
+/// `service inspect`: the service as stored; for one in the routing mesh, with each
+/// backend's flows tracked on every node under `mesh` (see [`super::mesh::inspect`]).
+pub(super) async fn inspect(
+    view: &ClusterView,
+    reconciler: &crate::reconcile::Reconciler,
+    peers: &Peers,
+    name: &str,
+) -> Result<Body> {
+    let service = find(view, name)?;
+    let mut value = serde_json::to_value(service)?;
+    if let Some(mesh) = super::mesh::inspect(view, reconciler, peers, service).await {
+        if let Some(object) = value.as_object_mut() {
+            object.insert("mesh".into(), mesh);
+        }
+    }
+    Ok(Body::Json(value))
 }
 
 pub(super) async fn scale(manager: &Manager, name: &str, replicas: u32) -> Result<Body> {
@@ -222,6 +236,7 @@ pub(super) async fn logs(
                 continue;
             }
             Ok(PeerResponse::Error(message)) => message,
+            Ok(other) => format!("unexpected answer {other:?}"),
             Err(error) => error.to_string(),
         };
         chunk.elsewhere.extend(

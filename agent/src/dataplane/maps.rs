@@ -152,7 +152,7 @@ pub(crate) trait MapHandle {
 
 /// A write's error: [`DataplaneError::MapFull`] when the kernel says the map is at its
 /// capacity (`E2BIG` from a hash map, `ENOSPC` from an LPM trie).
-fn written(
+pub(super) fn written(
     map: &'static str,
     capacity: u32,
     result: Result<(), MapError>,
@@ -172,7 +172,10 @@ fn written(
 }
 
 /// `Ok(false)` for "there was no such entry", so removals are idempotent.
-fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, DataplaneError> {
+pub(super) fn removed(
+    map: &'static str,
+    result: Result<(), MapError>,
+) -> Result<bool, DataplaneError> {
     match result {
         Ok(()) => Ok(true),
         Err(MapError::SyscallError(SyscallError { io_error, .. }))
@@ -189,7 +192,7 @@ fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, Data
     }
 }
 
-fn listed<K, V>(
+pub(super) fn listed<K, V>(
     map: &'static str,
     entries: impl Iterator<Item = Result<(K, V), MapError>>,
 ) -> Result<Vec<(K, V)>, DataplaneError> {

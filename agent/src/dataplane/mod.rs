@@ -22,7 +22,8 @@
 //!
 //! Layout: `links` (pinned bpf_links: the one adopt-or-attach for every kind of link,
 //! unpin), `maps` (the adoption check against the ABI's table of pinned maps, typed map
-//! handles: `MapHandle`), `overlay` ([`OverlayMaps`], `skein debug maps`), `bpffs`
+//! handles: `MapHandle`), `overlay` ([`OverlayMaps`], `skein debug maps`), `mesh`
+//! ([`MeshMaps`]: the routing mesh's maps, its conntrack walk and statistics), `bpffs`
 //! (mounting the pin directory's filesystem). `BPF_PROG_TEST_RUN` (for the privileged
 //! tests and the packet generator) is the `dataplane-ebpf-test-run` crate.
 
@@ -30,6 +31,7 @@ mod bpffs;
 mod links;
 mod logs;
 mod maps;
+mod mesh;
 mod overlay;
 
 use std::{
@@ -55,6 +57,9 @@ pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
 pub(crate) use logs::EbpfLogs;
 pub(crate) use maps::MapHandle;
 pub use maps::CAPACITY_OVERRIDE_ENV;
+#[cfg(test)]
+pub(crate) use mesh::ServicesHandle;
+pub use mesh::{protocol_name, MeshMaps};
 pub use overlay::OverlayMaps;
 
 /// The eBPF object, built by `build.rs` through the same function as

@@ -227,7 +227,7 @@ impl OverlayMaps {
     }
 }
 
-fn section<T>(
+pub(super) fn section<T>(
     out: &mut String,
     title: &str,
     entries: Result<Vec<T>, DataplaneError>,

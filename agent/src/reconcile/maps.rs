@@ -12,13 +12,17 @@ use std::collections::BTreeMap;
 
 use dataplane_ebpf::{
     guard::{GuardedHostKey, GuardedHostValue, GuardedPort, GuardedPortValue},
+    mesh::{
+        MeshBackend, MeshBackendKey, MeshPort, MeshPortKey, MeshService, MeshStatKey, MeshTarget,
+        MeshTargetKey,
+    },
     overlay::{EndpointKey, EndpointValue, NetworkValue, PortValue, SubnetKey, VtepKey, VtepValue},
 };
 use tracing::warn;
 
-use crate::dataplane::{DataplaneError, MapHandle, OverlayMaps};
+use crate::dataplane::{DataplaneError, MapHandle, MeshMaps, OverlayMaps};
 
-use super::{desired::DesiredMaps, MapSyncErrors, SyncErrorReason};
+use super::{desired::DesiredMaps, mesh::DesiredMesh, MapSyncErrors, SyncErrorReason};
 
 /// Converges every overlay map to `desired` (removing nothing unless `removals`);
 /// returns how many entries changed.
@@ -105,6 +109,75 @@ fn sync_tables(
             removals,
             errors,
         )
+}
+
+/// Converges the mesh's maps to `desired` (see [`sync_mesh_tables`] for the order);
+/// returns how many entries changed. `MESH_CONFIG` is written first (a failure is
+/// recorded like any map's).
+pub(super) fn sync_mesh(
+    maps: &mut MeshMaps,
+    desired: &DesiredMesh,
+    removals: bool,
+    errors: &MapSyncErrors,
+) -> usize {
+    let name = dataplane_ebpf::maps::MESH_CONFIG.name;
+    let config = match maps.set_config(desired.config) {
+        Ok(changed) => {
+            errors.converged(name);
+            usize::from(changed)
+        }
+        Err(error) => {
+            let mut failures = Failures::default();
+            failures.note(SyncErrorReason::Write, &error);
+            report(name, failures, errors);
+            0
+        }
+    };
+    config
+        + sync_mesh_tables(
+            MeshTables {
+                ports: &mut maps.ports,
+                services: &mut maps.services,
+                backends: &mut maps.backends,
+                nodes: &mut maps.nodes,
+                targets: &mut maps.targets,
+                stats: &mut maps.stats,
+            },
+            desired,
+            removals,
+            errors,
+        )
+}
+
+/// The mesh's synced maps.
+struct MeshTables<'a> {
+    ports: Table<'a, MeshPortKey, MeshPort>,
+    services: Table<'a, u32, MeshService>,
+    backends: Table<'a, MeshBackendKey, MeshBackend>,
+    nodes: Table<'a, [u8; 4], u32>,
+    targets: Table<'a, MeshTargetKey, MeshTarget>,
+    stats: Table<'a, MeshStatKey, ()>,
+}
+
+/// The order keeps every state in between usable by the programs: the nodes and targets
+/// (what the backend host accepts) and the statistics rows (which the programs only add
+/// to) first; then the backends added or changed *before* a slot's count grows, the
+/// services (counts, VNIs; a removed service's slot zeroed), and only then the backends
+/// beyond a shrunk count removed; published ports last, so a port never leads to a slot
+/// not yet filled.
+fn sync_mesh_tables(
+    tables: MeshTables<'_>,
+    desired: &DesiredMesh,
+    removals: bool,
+    errors: &MapSyncErrors,
+) -> usize {
+    sync_map(tables.nodes, &desired.nodes, removals, errors)
+        + sync_map(tables.targets, &desired.targets, removals, errors)
+        + sync_map(tables.stats, &desired.stats, removals, errors)
+        + sync_map(&mut *tables.backends, &desired.backends, false, errors)
+        + sync_map(tables.services, &desired.services, removals, errors)
+        + sync_map(tables.backends, &desired.backends, removals, errors)
+        + sync_map(tables.ports, &desired.ports, removals, errors)
 }
 
 /// The failures of one map's pass, per reason: how many entries, and the first error.
@@ -395,5 +468,167 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec!["OVERLAY_ENDPOINTS"]
         );
+    }
+
+    /// A map handle that also writes its operations into a journal shared by several
+    /// maps, to check the order across them.
+    struct Journaled<'j, K, V> {
+        inner: Fake<K, V>,
+        journal: &'j std::cell::RefCell<Vec<String>>,
+    }
+
+    impl<K: Copy + Ord + Debug, V: Copy + PartialEq + Debug> MapHandle for Journaled<'_, K, V> {
+        type Key = K;
+        type Value = V;
+        fn name(&self) -> &'static str {
+            self.inner.name
+        }
+        fn entries(&self) -> Result<Vec<(K, V)>, DataplaneError> {
+            self.inner.entries()
+        }
+        fn put(&mut self, key: K, value: V) -> Result<(), DataplaneError> {
+            self.journal
+                .borrow_mut()
+                .push(format!("put {} {key:?}", self.inner.name));
+            self.inner.put(key, value)
+        }
+        fn remove(&mut self, key: K) -> Result<bool, DataplaneError> {
+            self.journal
+                .borrow_mut()
+                .push(format!("remove {} {key:?}", self.inner.name));
+            self.inner.remove(key)
+        }
+    }
+
+    fn journaled<'j, K: Ord, V>(
+        name: &'static str,
+        journal: &'j std::cell::RefCell<Vec<String>>,
+    ) -> Journaled<'j, K, V> {
+        Journaled {
+            inner: Fake::new(name, 64),
+            journal,
+        }
+    }
+
+    fn mesh_with(backends: u32) -> DesiredMesh {
+        let mut desired = DesiredMesh::default();
+        desired.services.insert(
+            0,
+            MeshService {
+                backends,
+                cursor: 0,
+                vni: 4200,
+            },
+        );
+        for index in 0..backends {
+            desired.backends.insert(
+                MeshBackendKey { slot: 0, index },
+                MeshBackend {
+                    ip: [10, 10, 0, 10 + index as u8],
+                    host_ip: [10, 200, 0, 1],
+                },
+            );
+        }
+        desired
+            .ports
+            .insert(MeshPortKey::new(6, 8080), MeshPort::default());
+        desired
+    }
+
+    /// The journal's lines about the backends and services maps only.
+    fn rotation(journal: &std::cell::RefCell<Vec<String>>) -> Vec<String> {
+        journal
+            .borrow_mut()
+            .drain(..)
+            .filter(|line| line.contains("MESH_BACKENDS") || line.contains("MESH_SERVICES"))
+            .map(|line| {
+                line.replace("MeshBackendKey { slot: 0, index: ", "(")
+                    .replace(" }", ")")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mesh_backends_grow_before_the_count_and_shrink_after_it() {
+        let errors = MapSyncErrors::default();
+        let journal = std::cell::RefCell::new(Vec::new());
+        let mut ports = journaled("MESH_PORTS", &journal);
+        let mut services = journaled("MESH_SERVICES", &journal);
+        let mut backends = journaled("MESH_BACKENDS", &journal);
+        let mut nodes = journaled("MESH_NODES", &journal);
+        let mut targets = journaled("MESH_TARGETS", &journal);
+        let mut stats = journaled("MESH_STATS", &journal);
+        let mut sync = |desired: &DesiredMesh| {
+            sync_mesh_tables(
+                MeshTables {
+                    ports: &mut ports,
+                    services: &mut services,
+                    backends: &mut backends,
+                    nodes: &mut nodes,
+                    targets: &mut targets,
+                    stats: &mut stats,
+                },
+                desired,
+                true,
+                &errors,
+            )
+        };
+        sync(&mesh_with(2));
+        let first = journal.borrow().clone();
+        // The port comes last: it never leads to an empty slot.
+        assert!(
+            first.last().unwrap().starts_with("put MESH_PORTS"),
+            "{first:?}"
+        );
+        journal.borrow_mut().clear();
+        sync(&mesh_with(3));
+        assert_eq!(
+            rotation(&journal),
+            vec!["put MESH_BACKENDS (2)", "put MESH_SERVICES 0"],
+            "the new backend is there before the count takes it in"
+        );
+        sync(&mesh_with(1));
+        assert_eq!(
+            rotation(&journal),
+            vec![
+                "put MESH_SERVICES 0",
+                "remove MESH_BACKENDS (1)",
+                "remove MESH_BACKENDS (2)"
+            ],
+            "the count shrinks before backends go"
+        );
+        assert!(errors.unconverged().is_empty());
+    }
+
+    #[test]
+    fn the_programs_cursor_survives_every_rewrite() {
+        use crate::dataplane::ServicesHandle;
+        let errors = MapSyncErrors::default();
+        let mut handle = ServicesHandle {
+            map: vec![MeshService::default(); 4],
+        };
+        let desired = mesh_with(2).services;
+        assert_eq!(sync_map(&mut handle, &desired, true, &errors), 1);
+        // The programs advance the cursor.
+        handle.map[0].cursor = 7;
+        assert_eq!(
+            sync_map(&mut handle, &desired, true, &errors),
+            0,
+            "an advanced cursor is no difference to converge"
+        );
+        let grown = mesh_with(3).services;
+        assert_eq!(sync_map(&mut handle, &grown, true, &errors), 1);
+        assert_eq!(
+            handle.map[0],
+            MeshService {
+                backends: 3,
+                cursor: 7,
+                vni: 4200
+            }
+        );
+        // A service gone: its slot is zeroed.
+        assert_eq!(sync_map(&mut handle, &BTreeMap::new(), true, &errors), 1);
+        assert_eq!(handle.map[0], MeshService::default());
+        assert!(errors.unconverged().is_empty());
     }
 }

@@ -5,8 +5,9 @@
 //! Layout: `desired` (the maps' desired content from a snapshot: `desired_maps`),
 //! `plumbing` (this node's endpoints: `plumb`, `unplumb`, `remove_unwanted`), `maps`
 //! (`sync_map`, the one desired-vs-current sync every map goes through, and
-//! `sync_overlay`, which runs it for each overlay map); this file holds the
-//! [`Reconciler`] and its loop.
+//! `sync_overlay`, which runs it for each overlay map, and `sync_mesh` for the routing
+//! mesh's), `mesh` (the mesh maps' desired content, service slots, the conntrack sweep);
+//! this file holds the [`Reconciler`] and its loop.
 //!
 //! Idempotent: a sync computes the desired state from a snapshot and changes only what
 //! differs, so running it twice changes nothing and running it after a restart adopts
@@ -15,6 +16,7 @@
 
 mod desired;
 mod maps;
+mod mesh;
 mod plumbing;
 mod sync_errors;
 
@@ -27,9 +29,14 @@ use tracing::{debug, warn};
 
 use dataplane_ebpf::guard::GuardedPort;
 
-use crate::dataplane::{Dataplane, OverlayMaps};
+use crate::{
+    config::MeshTimeouts,
+    dataplane::{Dataplane, MapHandle, MeshMaps, OverlayMaps},
+};
 
 use desired::desired_maps;
+pub(crate) use mesh::monotonic_ns;
+pub use mesh::MeshStatus;
 pub use plumbing::netns_path;
 pub use sync_errors::{MapSyncErrors, SyncErrorReason};
 
@@ -61,6 +68,26 @@ pub struct Reconciler {
     /// Set by [`NO_MAP_SYNC_ENV`]: the overlay maps are never synced, so only what endpoint
     /// plumbing writes itself is there (a test of that).
     map_sync_disabled: bool,
+    /// The routing mesh's maps, slots and sweep.
+    mesh: std::sync::Mutex<MeshState>,
+    /// What `/metrics`, the API and the peer RPC read of the mesh.
+    mesh_status: Arc<MeshStatus>,
+    mesh_timeouts: MeshTimeouts,
+}
+
+/// What the reconciler needs for the routing mesh: its maps and conntrack timeouts.
+pub(crate) struct MeshSetup {
+    pub(crate) maps: MeshMaps,
+    pub(crate) timeouts: MeshTimeouts,
+}
+
+/// The reconciler's own mesh state.
+struct MeshState {
+    maps: MeshMaps,
+    slots: mesh::MeshSlots,
+    /// Whether the slots were taken over from the maps yet (first pass only).
+    slots_adopted: bool,
+    sweeper: mesh::Sweeper,
 }
 
 /// A test setting (`SKEIN_TEST_NO_MAP_SYNC=1` in the agent's environment): the reconciler
@@ -73,13 +100,14 @@ pub const NO_MAP_SYNC_ENV: &str = "SKEIN_TEST_NO_MAP_SYNC";
 const WARMUP: Duration = Duration::from_secs(10);
 
 impl Reconciler {
-    pub fn new(
+    pub(crate) fn new(
         manager: Manager,
         dataplane: Arc<std::sync::Mutex<Dataplane>>,
         maps: OverlayMaps,
         static_ifaces: Vec<String>,
         sync_errors: Arc<MapSyncErrors>,
         own_ports: Vec<GuardedPort>,
+        mesh: MeshSetup,
     ) -> Reconciler {
         let map_sync_disabled = std::env::var_os(NO_MAP_SYNC_ENV).is_some_and(|v| v == "1");
         if map_sync_disabled {
@@ -96,7 +124,20 @@ impl Reconciler {
             sync_errors,
             own_ports,
             map_sync_disabled,
+            mesh: std::sync::Mutex::new(MeshState {
+                maps: mesh.maps,
+                slots: mesh::MeshSlots::default(),
+                slots_adopted: false,
+                sweeper: mesh::Sweeper::default(),
+            }),
+            mesh_status: Arc::new(MeshStatus::default()),
+            mesh_timeouts: mesh.timeouts,
         }
+    }
+
+    /// The mesh's slots and sweep counts, for `/metrics`, the API and the peer RPC.
+    pub fn mesh_status(&self) -> Arc<MeshStatus> {
+        self.mesh_status.clone()
     }
 
     /// Syncs on every snapshot and every 30 s, until the manager stops.
@@ -162,7 +203,53 @@ impl Reconciler {
         if changes > 0 {
             debug!(changes, "overlay maps updated");
         }
+        self.sync_mesh(view, mtu, removals);
         removed
+    }
+
+    /// Fills the mesh's maps from `view` (slots assigned first), then sweeps one bounded
+    /// step of its conntrack.
+    fn sync_mesh(&self, view: &ClusterView, mtu: u32, removals: bool) {
+        let mut state = self.mesh.lock().expect("mesh lock");
+        let state = &mut *state;
+        let wanted: Vec<(String, manager::state::Stamp)> = mesh::mesh_services(view)
+            .iter()
+            .map(|s| (s.name.clone(), s.created))
+            .collect();
+        if !state.slots_adopted {
+            match state.maps.ports.entries() {
+                Ok(ports) => state.slots.adopt(view, &ports),
+                Err(error) => {
+                    warn!(%error, "could not read the published ports a previous agent left; services get new slots")
+                }
+            }
+            state.slots_adopted = true;
+        }
+        state.slots.assign(&wanted);
+        self.mesh_status.set_slots(&state.slots);
+        let desired = mesh::desired_mesh(view, &state.slots, &self.mesh_timeouts, mtu);
+        let changes = maps::sync_mesh(&mut state.maps, &desired, removals, &self.sync_errors);
+        if changes > 0 {
+            debug!(changes, "mesh maps updated");
+        }
+        let own_ip = view
+            .node(&view.self_id)
+            .and_then(|n| n.info.as_ref())
+            .map(|i| i.underlay_ip.octets());
+        if let Some(own_ip) = own_ip {
+            let (flows, replies) =
+                state
+                    .sweeper
+                    .sweep(&mut state.maps, &desired.config, own_ip, &self.mesh_status);
+            if flows + replies > 0 {
+                debug!(flows, replies, "mesh conntrack swept");
+            }
+        }
+    }
+
+    /// Runs `read` on the mesh's maps (the conntrack listing, the peer RPC's counts).
+    pub(crate) fn with_mesh_maps<T>(&self, read: impl FnOnce(&MeshMaps) -> T) -> T {
+        read(&self.mesh.lock().expect("mesh lock").maps)
     }
 
     /// Records an endpoint of this node ([`Manager::create_endpoint`]) and plumbs it at once
@@ -203,6 +290,7 @@ impl Reconciler {
     /// that are not zero (verdicts and drop reasons, as `/metrics` has them).
     pub fn dump_maps(&self) -> Result<String> {
         let mut out = self.maps.lock().expect("maps lock").dump();
+        self.with_mesh_maps(|mesh| mesh.dump(&mut out));
         for (map, error) in self.sync_errors.unconverged() {
             let _ = writeln!(out, "not converged: {map}: {error}");
         }
