@@ -43,7 +43,7 @@ use crate::{
         lookup, underlay_config, MESH_BACKENDS, MESH_CONFIG, MESH_CT_EVENTS, MESH_FLOWS,
         MESH_PORTS, MESH_REPLIES, MESH_SERVICES, MESH_STATS, OVERLAY_ENDPOINTS,
     },
-    mesh_nat::{deliver, NextHop},
+    mesh_nat::{deliver, too_big, NextHop},
     mesh_reply, mesh_respond,
     parse::*,
 };
@@ -142,7 +142,15 @@ fn client(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
     // One call site each for delivery and answers: the verifier walks a BPF function
     // once per call site.
     let mut plan = Plan::default();
-    let mut d = conntrack(config, &client, &mut plan);
+    // The packet must fit the overlay (MSS + 40 = the overlay MTU: a local task's veth
+    // has it, a remote one's host drops anything larger), checked before the conntrack
+    // so a datagram too big opens no flow and takes no pick.
+    let ip_len = client.l4_len as u32 + IPV4_LEN as u32;
+    let mut d = if config.mss != 0 && ip_len > config.mss as u32 + 40 {
+        too_big(&client, &mut plan, config.mss + 40)
+    } else {
+        conntrack(config, &client, &mut plan)
+    };
     if d == NEW_FLOW || d == NEW_FLOW_REPLACING {
         if client.key.protocol == IPPROTO_TCP && !syn_checksum_ok(ctx_ptr, &client) {
             stat_service(client.slot, 0, client.len);

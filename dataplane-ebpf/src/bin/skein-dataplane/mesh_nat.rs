@@ -65,11 +65,6 @@ pub(crate) fn deliver(
         client: c,
     };
     let ip_len = c.l4_len as u32 + IPV4_LEN as u32;
-    // The inner packet must fit the overlay (MSS + 40 = the overlay MTU): a local task's
-    // veth has that MTU, and a remote one's host drops anything larger.
-    if d.config.mss != 0 && ip_len > d.config.mss as u32 + 40 {
-        return too_big(c, plan, d.config.mss + 40);
-    }
     let local = be32(plan.backend.host_ip) == be32(d.underlay.ip);
     if !local {
         let outer_len = ip_len + (ENCAP_LEN - ETH_LEN) as u32;
@@ -113,7 +108,7 @@ pub(crate) fn deliver(
 /// learns the MTU it can use (ICMP fragmentation needed, as a router on the path would
 /// send: UDP must fragment, TCP lowers its segment size); without, dropped.
 #[inline(always)]
-fn too_big(c: &Client, plan: &mut Plan, mtu: u16) -> Decision {
+pub(crate) fn too_big(c: &Client, plan: &mut Plan, mtu: u16) -> Decision {
     if !c.df {
         return drop(Verdict::TOO_BIG);
     }
