@@ -14,7 +14,8 @@
 //! - `guard`: the fail-closed checks: nothing routed into the overlay, no workload
 //!   traffic to the cluster's own ports.
 //! - `mesh_ingress`: the routing mesh on the ingress node (clients' packets to published
-//!   ports and the replies coming back), called first by `xdp_underlay`; `mesh_nat`
+//!   ports and the replies coming back), called first by `xdp_underlay`; `mesh_conntrack`
+//!   keeps the flows, `mesh_nat`
 //!   translates and delivers, `mesh_reply` takes the replies from backends' hosts,
 //!   `mesh_respond` answers in place (TCP reset, ICMP).
 //! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups.
@@ -33,6 +34,7 @@ mod decap;
 mod encap;
 mod guard;
 mod maps;
+mod mesh_conntrack;
 mod mesh_ingress;
 mod mesh_nat;
 mod mesh_reply;

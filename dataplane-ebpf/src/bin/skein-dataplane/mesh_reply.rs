@@ -19,7 +19,8 @@ use dataplane_ebpf::{
 
 use crate::{
     maps::{underlay_config, MESH_CONFIG, MESH_FLOWS, MESH_NODES, MESH_REPLIES},
-    mesh_ingress::{decided, drop, stat_backend, touch, Decision, NOT_OURS},
+    mesh_conntrack::{stat_backend, touch},
+    mesh_ingress::{decided, drop, Decision, NOT_OURS},
     mesh_nat::{
         clamp_syn_mss, next_hop, rewrite_packet, send, NextHop, Rewrite, HOP_OK, IP_SRC, L4_SPORT,
     },
