@@ -49,17 +49,19 @@ fn answer_tcp(ctx_ptr: *mut xdp_md, c: &Client, verdict: Verdict) -> Decision {
         return drop(Verdict::DROP);
     }
     let ctx = &XdpContext::new(ctx_ptr);
-    let Some(tcp) = read_at::<[u8; 20]>(ctx, L4) else {
+    // Sequence and acknowledgement numbers, then the data offset.
+    let Some(numbers) = read_at::<[u8; 9]>(ctx, L4 + 4) else {
         return drop(Verdict::ERROR);
     };
-    let doff = (tcp[12] >> 4) as u16 * 4;
+    let doff = (numbers[8] >> 4) as u16 * 4;
+    let n = numbers;
     let seg = Segment {
         src: c.key.client_ip,
         dst: c.key.node_ip,
         sport_be: c.key.client_port_be,
         dport_be: c.key.published_port_be,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+        seq: u32::from_be_bytes([n[0], n[1], n[2], n[3]]),
+        ack: u32::from_be_bytes([n[4], n[5], n[6], n[7]]),
         flags: c.tcp_flags,
         payload_len: c.l4_len.saturating_sub(doff),
     };
@@ -96,7 +98,7 @@ fn answer_icmp(ctx_ptr: *mut xdp_md, c: &Client, code: u8, mtu: u16, verdict: Ve
 /// Makes the frame `len` bytes long (the answer replaces the packet) and addresses its
 /// Ethernet header back to the sender (the client, or the router it came through), from
 /// the underlay's own MAC.
-#[inline(always)]
+#[inline(never)]
 fn resize_and_address(ctx_ptr: *mut xdp_md, c: &Client, len: u64) -> bool {
     let ctx = &XdpContext::new(ctx_ptr);
     let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
