@@ -13,8 +13,8 @@
 use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use dataplane_ebpf::{
     counters::Verdict,
-    mesh::{tcp_next, FlowKey, ReplyKey},
-    overlay::{vxlan_vni, ENCAP_LEN, ETH_LEN, IPV4_LEN, UDP_LEN},
+    mesh::{tcp_next, Flow, FlowKey, MeshConfig, ReplyKey},
+    overlay::{vxlan_vni, UnderlayValue, ENCAP_LEN, ETH_LEN, IPV4_LEN, UDP_LEN},
 };
 
 use crate::{
@@ -47,94 +47,20 @@ pub(crate) fn reply(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
         return NOT_OURS;
     };
     let underlay = &underlay;
-    let Some(outer) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return NOT_OURS;
+    // The checks and lookups in a function of their own: their temporaries are off this
+    // frame while the FIB is asked (512 bytes of stack for the whole chain).
+    let mut m = Matched {
+        entry: core::ptr::null_mut(),
+        client_ip: [0; 4],
+        published_port_be: [0; 2],
+        protocol: 0,
+        tcp_flags: 0,
     };
-    if be32(outer.dst) != be32(underlay.ip) {
+    if !match_reply(ctx_ptr, config, underlay, &mut m) || m.entry.is_null() {
         return NOT_OURS;
     }
-    if outer.version_ihl != 0x45 {
-        return NOT_OURS;
-    }
-    if be16(outer.frag_off) & (IP_MF | IP_OFFSET_MASK) != 0 {
-        return NOT_OURS;
-    }
-    let Some(vxlan) = read_at::<[u8; 8]>(ctx, VXLAN) else {
-        return NOT_OURS;
-    };
-    if vxlan_vni(&vxlan) != Some(config.ingress_vni) {
-        return NOT_OURS;
-    }
-    if MESH_NODES.get_ptr(&outer.src).is_none() {
-        return NOT_OURS;
-    }
-    // One check at a time: merged conditions compile to arithmetic on the packet
-    // pointers, which the verifier refuses.
-    let Some(eth) = read_at::<EthHdr>(ctx, INNER_ETH) else {
-        return NOT_OURS;
-    };
-    if be16(eth.ether_type) != ETHERTYPE_IPV4 {
-        return NOT_OURS;
-    }
-    let Some(inner) = read_at::<Ipv4Hdr>(ctx, INNER_IP) else {
-        return NOT_OURS;
-    };
-    if inner.version_ihl != 0x45 {
-        return NOT_OURS;
-    }
-    if be16(inner.frag_off) & (IP_MF | IP_OFFSET_MASK) != 0 {
-        return NOT_OURS;
-    }
-    if inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP {
-        return NOT_OURS;
-    }
-    let Some(ports) = read_at::<[u8; 4]>(ctx, INNER_L4) else {
-        return NOT_OURS;
-    };
-    let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
-    let reply_key = ReplyKey {
-        backend_ip: inner.src,
-        client_ip: inner.dst,
-        backend_port_be: sport,
-        client_port_be: dport,
-        protocol: inner.protocol,
-        _pad: [0; 3],
-    };
-    let Some(r) = lookup_lru_reply(&reply_key) else {
-        return NOT_OURS;
-    };
-    if be32(r.0) != be32(underlay.ip) {
-        return NOT_OURS;
-    }
-    let flow_key = FlowKey {
-        client_ip: inner.dst,
-        node_ip: underlay.ip,
-        client_port_be: dport,
-        published_port_be: r.1,
-        protocol: inner.protocol,
-        _pad: [0; 3],
-    };
-    let Some(entry) = MESH_FLOWS.get_ptr_mut(&flow_key) else {
-        return NOT_OURS;
-    };
-    // SAFETY: a valid map value for this run; copied at once.
-    let flow = unsafe { *entry };
-    if be32(flow.backend_host) != be32(outer.src)
-        || be32(flow.backend_ip) != be32(inner.src)
-        || be16(flow.target_port_be) != be16(sport)
-    {
-        return NOT_OURS;
-    }
-    let tcp_flags = if inner.protocol == IPPROTO_TCP {
-        match read_at::<[u8; 14]>(ctx, INNER_L4) {
-            Some(h) => h[13],
-            None => return NOT_OURS,
-        }
-    } else {
-        0
-    };
     let mut hop = NextHop::default();
-    if next_hop(ctx_ptr, underlay, &inner.dst, 0, &mut hop) != HOP_OK {
+    if next_hop(ctx_ptr, underlay, &m.client_ip, 0, &mut hop) != HOP_OK {
         return drop(Verdict::NO_ROUTE);
     }
     // Ours from here on: the inner frame gets the client's Ethernet header, then the 50
@@ -154,35 +80,153 @@ pub(crate) fn reply(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
         addr_at: IP_SRC,
         addr: underlay.ip,
         port_at: L4_SPORT,
-        port: r.1,
-        protocol: inner.protocol,
+        port: m.published_port_be,
+        protocol: m.protocol,
     };
     if !rewrite_packet(ctx_ptr, &rewrite) {
         return drop(Verdict::ERROR);
     }
-    if tcp_flags & TCP_SYN != 0 {
+    if m.tcp_flags & TCP_SYN != 0 {
         clamp_syn_mss(ctx_ptr, config.mss);
     }
     // SAFETY: a plain helper call.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
-    let (state, flags) = if inner.protocol == IPPROTO_TCP {
-        tcp_next(flow.state, flow.flags, tcp_flags, false)
+    // SAFETY: the map value `match_reply` found, valid for this run; copied at once.
+    let flow = unsafe { *m.entry };
+    let (state, flags) = if m.protocol == IPPROTO_TCP {
+        tcp_next(flow.state, flow.flags, m.tcp_flags, false)
     } else {
         (flow.state, flow.flags)
     };
     touch(
-        entry,
+        m.entry,
         &flow,
         state,
         flags,
         config,
-        inner.protocol,
+        m.protocol,
         now,
         |_| {},
     );
     let inner_len = len.saturating_sub(ENCAP_LEN as u64);
     stat_backend(flow.slot, flow.backend_ip, 0, inner_len);
     decided(Verdict::MESH_REPLY, send(&hop, underlay))
+}
+
+/// What [`match_reply`] found.
+struct Matched {
+    /// The flow's conntrack entry.
+    entry: *mut Flow,
+    client_ip: [u8; 4],
+    published_port_be: [u8; 2],
+    protocol: u8,
+    tcp_flags: u8,
+}
+
+/// Whether the frame is a reply this node must translate back (see the module doc);
+/// fills `m` if so.
+#[inline(never)]
+fn match_reply(
+    ctx_ptr: *mut xdp_md,
+    config: &MeshConfig,
+    underlay: &UnderlayValue,
+    m: &mut Matched,
+) -> bool {
+    let ctx = &XdpContext::new(ctx_ptr);
+    let Some(outer) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return false;
+    };
+    if be32(outer.dst) != be32(underlay.ip) {
+        return false;
+    }
+    if outer.version_ihl != 0x45 {
+        return false;
+    }
+    if be16(outer.frag_off) & (IP_MF | IP_OFFSET_MASK) != 0 {
+        return false;
+    }
+    let Some(vxlan) = read_at::<[u8; 8]>(ctx, VXLAN) else {
+        return false;
+    };
+    if vxlan_vni(&vxlan) != Some(config.ingress_vni) {
+        return false;
+    }
+    if MESH_NODES.get_ptr(&outer.src).is_none() {
+        return false;
+    }
+    // One check at a time: merged conditions compile to arithmetic on the packet
+    // pointers, which the verifier refuses.
+    let Some(eth) = read_at::<EthHdr>(ctx, INNER_ETH) else {
+        return false;
+    };
+    if be16(eth.ether_type) != ETHERTYPE_IPV4 {
+        return false;
+    }
+    let Some(inner) = read_at::<Ipv4Hdr>(ctx, INNER_IP) else {
+        return false;
+    };
+    if inner.version_ihl != 0x45 {
+        return false;
+    }
+    if be16(inner.frag_off) & (IP_MF | IP_OFFSET_MASK) != 0 {
+        return false;
+    }
+    if inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP {
+        return false;
+    }
+    let Some(ports) = read_at::<[u8; 4]>(ctx, INNER_L4) else {
+        return false;
+    };
+    let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    let reply_key = ReplyKey {
+        backend_ip: inner.src,
+        client_ip: inner.dst,
+        backend_port_be: sport,
+        client_port_be: dport,
+        protocol: inner.protocol,
+        _pad: [0; 3],
+    };
+    let Some(r) = lookup_lru_reply(&reply_key) else {
+        return false;
+    };
+    if be32(r.0) != be32(underlay.ip) {
+        return false;
+    }
+    let flow_key = FlowKey {
+        client_ip: inner.dst,
+        node_ip: underlay.ip,
+        client_port_be: dport,
+        published_port_be: r.1,
+        protocol: inner.protocol,
+        _pad: [0; 3],
+    };
+    let Some(entry) = MESH_FLOWS.get_ptr_mut(&flow_key) else {
+        return false;
+    };
+    // SAFETY: a valid map value for this run; copied at once.
+    let flow = unsafe { *entry };
+    if be32(flow.backend_host) != be32(outer.src)
+        || be32(flow.backend_ip) != be32(inner.src)
+        || be16(flow.target_port_be) != be16(sport)
+    {
+        return false;
+    }
+    let tcp_flags = if inner.protocol == IPPROTO_TCP {
+        match read_at::<[u8; 14]>(ctx, INNER_L4) {
+            Some(h) => h[13],
+            None => return false,
+        }
+    } else {
+        0
+    };
+    *m = Matched {
+        entry,
+        client_ip: inner.dst,
+        published_port_be: r.1,
+        protocol: inner.protocol,
+        tcp_flags,
+    };
+    true
 }
 
 /// The reply entry's ingress address and published port.
