@@ -9,6 +9,7 @@
 //! - [`overlay`]: the overlay's maps and shared helpers (VXLAN, MACs, checksums).
 //! - [`guard`]: what keeps the overlay closed: the guarded hosts and ports, and the rule.
 //! - [`mesh`]: the routing mesh's maps, conntrack states and checksum/MSS helpers.
+//! - [`respond`]: the answers the mesh sends in place of a packet (TCP reset, ICMP).
 //!
 //! Rules for every map key/value type (hash maps compare raw bytes, and the two sides
 //! must agree on layout without a compiler to check them): `#[repr(C)]`, `Copy`, no
@@ -23,3 +24,4 @@ pub mod mesh;
 pub mod model;
 pub mod names;
 pub mod overlay;
+pub mod respond;

@@ -544,3 +544,67 @@ mod tests {
         assert_eq!(pick_index(7, 0), 0);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Ingress-side helpers (helper "xdp").
+
+/// A hash of a flow's key: the outer UDP source port of its VXLAN comes from it
+/// ([`crate::overlay::vxlan_source_port`]), so one flow keeps one underlay path and flows
+/// spread across paths. A multiply-xorshift mix (lowbias32); no helper call needed.
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let ip = u32::from_be_bytes(key.client_ip);
+    let ports = ((u16::from_be_bytes(key.client_port_be) as u32) << 16)
+        | u16::from_be_bytes(key.published_port_be) as u32;
+    let mut h = ip ^ ports.rotate_left(11) ^ ((key.protocol as u32) << 24);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^= h >> 16;
+    h
+}
+
+/// How long a flow's `last_seen_ns` may lag behind its packets: at most 1 s (so a busy
+/// flow writes its entry about once a second, not on every packet), and never more than
+/// a quarter of its timeout (tests set timeouts of milliseconds).
+pub const fn refresh_after_ns(config: &MeshConfig, protocol: u8, state: u8) -> u64 {
+    let quarter = timeout_ns(config, protocol, state) / 4;
+    if quarter < 1_000_000_000 {
+        quarter
+    } else {
+        1_000_000_000
+    }
+}
+
+#[cfg(test)]
+mod ingress_tests {
+    use super::*;
+
+    #[test]
+    fn flow_hashes_differ_per_port_and_refresh_is_bounded() {
+        let a = FlowKey {
+            client_ip: [192, 168, 0, 9],
+            node_ip: [10, 0, 0, 1],
+            client_port_be: 40000u16.to_be_bytes(),
+            published_port_be: 8080u16.to_be_bytes(),
+            protocol: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let b = FlowKey {
+            client_port_be: 40001u16.to_be_bytes(),
+            ..a
+        };
+        assert_ne!(flow_hash(&a), flow_hash(&b));
+        assert_eq!(flow_hash(&a), flow_hash(&a));
+        let c = MeshConfig {
+            established_timeout_ns: 8_000_000_000_000,
+            syn_timeout_ns: 40_000_000,
+            ..MeshConfig::default()
+        };
+        assert_eq!(
+            refresh_after_ns(&c, IPPROTO_TCP, TCP_ESTABLISHED),
+            1_000_000_000
+        );
+        assert_eq!(refresh_after_ns(&c, IPPROTO_TCP, TCP_SYN_SENT), 10_000_000);
+    }
+}

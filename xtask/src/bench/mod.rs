@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub(crate) mod gossip;
+pub(crate) mod mesh_cost;
 pub(crate) mod overlay;
 pub(crate) mod pktgen;
 pub(crate) mod services;
@@ -16,6 +17,12 @@ pub(crate) enum Bench {
     Overlay(overlay::Args),
     /// Services: create → converged, and a host's death → its tasks running elsewhere.
     Services(services::Args),
+    /// The routing mesh's XDP cost per packet (conntrack hit, new flow) vs a pass-through.
+    MeshCost {
+        /// Runs of each case.
+        #[arg(long, default_value_t = 20_000)]
+        runs: u32,
+    },
 }
 
 pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
@@ -23,6 +30,7 @@ pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Gossip(args) => gossip::run(args),
         Bench::Overlay(args) => overlay::run(args),
         Bench::Services(args) => services::run(args),
+        Bench::MeshCost { runs } => mesh_cost::run(runs).map(|_| ()),
     }
 }
 

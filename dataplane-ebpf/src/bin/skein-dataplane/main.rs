@@ -14,7 +14,10 @@
 //! - `guard`: the fail-closed checks: nothing routed into the overlay, no workload
 //!   traffic to the cluster's own ports.
 //! - `mesh_ingress`: the routing mesh on the ingress node (clients' packets to published
-//!   ports and the replies coming back), called first by `xdp_underlay`.
+//!   ports and the replies coming back), called first by `xdp_underlay`; `mesh_conntrack`
+//!   keeps the flows, `mesh_nat`
+//!   translates and delivers, `mesh_reply` takes the replies from backends' hosts,
+//!   `mesh_respond` answers in place (TCP reset, ICMP).
 //! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups.
 //! - `parse`: header layouts and the bounds-checked packet accessor.
 //! - `outcome`: what a program decided and its counting.
@@ -23,12 +26,19 @@
 //! it is counted under. Nothing panics (the verifier would reject the program).
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the one shared round-robin cursor per service (see `mesh_ingress`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod decap;
 mod encap;
 mod guard;
 mod maps;
+mod mesh_conntrack;
 mod mesh_ingress;
+mod mesh_nat;
+mod mesh_reply;
+mod mesh_respond;
 mod outcome;
 mod parse;
 mod tc_endpoint;

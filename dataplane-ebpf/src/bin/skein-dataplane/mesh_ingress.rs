@@ -1,13 +1,348 @@
 //! The routing mesh on the ingress node, in `xdp_underlay` (ARCHITECTURE.md, packet path
-//! 4): clients' packets to a published port of this node, and the backends' replies
-//! coming back through it. To be built (issue 11).
+//! 4; MESH-DESIGN.md paths 1 and 4): clients' packets to a published port of this node,
+//! and the backends' replies coming back through it.
+//!
+//! A client's packet (TCP or UDP to this node's underlay address, a port in `MESH_PORTS`)
+//! is checked (no IP options, no fragments, a valid header checksum, TCP flags a real
+//! stack sends), looked up in the conntrack (`MESH_FLOWS`), balanced when it opens a
+//! flow (one shared atomic cursor per service: exact round robin across CPUs), translated
+//! (destination → the backend's overlay address and target port; the client's address
+//! stays) and delivered: into a local task through `tc_underlay_ingress` (a `DecapMeta`
+//! mark, as for decapsulated VXLAN), or in VXLAN on the ingress VNI to the backend's host
+//! (`mesh_nat`). TCP that no live flow can take is reset, a service without a serving
+//! task refuses like a closed port (`mesh_respond`). Replies from a remote backend's host
+//! are `mesh_reply`'s.
+//!
+//! Everything else returns `None` and the overlay's path runs as before; with
+//! `MESH_CONFIG.ingress_vni == 0` (the mesh off) that is every frame.
+//!
+//! Stack: the heavy parts are separate BPF functions (`#[inline(never)]`) that take the
+//! raw context pointer, so no frame holds more than its own part (512 bytes for the
+//! whole call chain).
 
-use aya_ebpf::programs::XdpContext;
-use dataplane_ebpf::counters::Verdict;
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
+use dataplane_ebpf::{
+    counters::Verdict,
+    mesh::{tcp_flags_valid, FlowKey, MeshBackend},
+    overlay::{UnderlayValue, ETH_LEN, IPV4_LEN, VXLAN_PORT},
+    respond::{fold, pseudo_header_sum},
+};
+
+use crate::{
+    maps::{lookup, underlay_config, MESH_CONFIG, MESH_PORTS},
+    mesh_conntrack::{conntrack, new_flow, stat_service},
+    mesh_nat::{deliver, too_big, NextHop},
+    mesh_reply, mesh_respond,
+    parse::*,
+};
+
+/// Where the L4 header starts in a client's frame (IP options are refused).
+pub(crate) const L4: usize = ETH_LEN + IPV4_LEN;
+/// The longest flow-opening SYN whose TCP checksum is verified before it may create an
+/// entry or advance the rotation (20-byte header + 40 bytes of options: every SYN a real
+/// stack sends without data).
+const SYN_CHECKED_LEN: usize = 60;
+
+/// A decision of the mesh, as `(verdict, XDP action)` packed in one register (a BPF
+/// function returns one): the verdict's slot in the high half. [`NOT_OURS`]: no decision.
+pub(crate) type Decision = u64;
+pub(crate) const NOT_OURS: Decision = u64::MAX;
+
+#[inline(always)]
+pub(crate) fn decided(verdict: Verdict, action: u32) -> Decision {
+    ((verdict.slot() as u64) << 32) | action as u64
+}
+
+#[inline(always)]
+pub(crate) fn drop(verdict: Verdict) -> Decision {
+    decided(verdict, xdp_action::XDP_DROP)
+}
 
 /// The mesh's decision on a frame arriving on the underlay, or `None` when the frame is
-/// not the mesh's (then the overlay's decapsulation judges it).
+/// not the mesh's (then the overlay's decapsulation judges it). `len` is the whole
+/// frame's length (all buffers of a multi-buffer frame).
 #[inline(always)]
-pub(crate) fn handle(_ctx: &XdpContext) -> Option<(Verdict, u32)> {
-    None
+pub(crate) fn handle(ctx: &XdpContext, len: u64) -> Option<(Verdict, u32)> {
+    // Two separate paths, each called straight from the program: BPF's 512 bytes of
+    // stack are for the whole call chain.
+    let d = if maybe_vxlan(ctx) {
+        mesh_reply::reply(ctx.ctx, len)
+    } else {
+        client(ctx.ctx, len)
+    };
+    if d == NOT_OURS {
+        return None;
+    }
+    Some((Verdict((d >> 32) as u32), d as u32))
+}
+
+/// What the client path knows about a packet once its headers passed.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Client {
+    pub(crate) key: FlowKey,
+    /// The IPv4 header's `frag_off` had DF set.
+    pub(crate) df: bool,
+    pub(crate) tcp_flags: u8,
+    /// IPv4 total length minus the header: the L4 header and payload.
+    pub(crate) l4_len: u16,
+    /// The whole frame (for the counters).
+    pub(crate) len: u64,
+    /// The published port's service slot and target port (`MESH_PORTS`).
+    pub(crate) slot: u32,
+    pub(crate) target_port_be: [u8; 2],
+    /// `bpf_ktime_get_ns` when the packet arrived.
+    pub(crate) now: u64,
+}
+
+/// Whether the frame looks like VXLAN (IPv4 without options, UDP to 4789): a reply's
+/// shape. `mesh_reply` checks the rest.
+#[inline(always)]
+fn maybe_vxlan(ctx: &XdpContext) -> bool {
+    let Some(head) = read_at::<[u8; L4 + 4]>(ctx, 0) else {
+        return false;
+    };
+    head[ETH_LEN] == 0x45
+        && head[ETH_LEN + 9] == IPPROTO_UDP
+        && be16([head[L4 + 2], head[L4 + 3]]) == VXLAN_PORT
+}
+
+/// A client's packet to a published port of this node, or [`NOT_OURS`].
+#[inline(never)]
+fn client(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
+    let Some(config) = MESH_CONFIG.get(0) else {
+        return NOT_OURS;
+    };
+    if config.ingress_vni == 0 {
+        return NOT_OURS;
+    }
+    let Some(underlay) = underlay_config() else {
+        return NOT_OURS;
+    };
+    let mut client = Client::default();
+    let d = parse(ctx_ptr, &underlay, len, &mut client);
+    if d != PARSED {
+        return d;
+    }
+    // One call site each for delivery and answers: the verifier walks a BPF function
+    // once per call site.
+    let mut plan = Plan::default();
+    // The packet must fit the overlay (MSS + 40 = the overlay MTU: a local task's veth
+    // has it, a remote one's host drops anything larger), checked before the conntrack
+    // so a datagram too big opens no flow and takes no pick.
+    let ip_len = client.l4_len as u32 + IPV4_LEN as u32;
+    let mut d = if config.mss != 0 && ip_len > config.mss as u32 + 40 {
+        too_big(&client, &mut plan, config.mss + 40)
+    } else {
+        conntrack(config, &client, &mut plan)
+    };
+    if d == NEW_FLOW || d == NEW_FLOW_REPLACING {
+        if client.key.protocol == IPPROTO_TCP && !syn_checksum_ok(ctx_ptr, &client) {
+            stat_service(client.slot, 0, client.len);
+            return drop(Verdict::MESH_INVALID);
+        }
+        d = new_flow(&client, &mut plan, d == NEW_FLOW);
+    }
+    if d == PLAN_DELIVER {
+        d = deliver(ctx_ptr, config, &underlay, &client, &mut plan);
+    }
+    if d == PLAN_ANSWER {
+        d = mesh_respond::answer(ctx_ptr, &client, &plan);
+    }
+    d
+}
+
+/// [`conntrack`]'s outcome when the packet is to be delivered as [`Plan`] says.
+pub(crate) const PLAN_DELIVER: Decision = u64::MAX - 1;
+/// ... when it is to be answered as [`Plan::answer`] says.
+pub(crate) const PLAN_ANSWER: Decision = u64::MAX - 2;
+/// ... when it opens a new flow (no entry; an entry to replace).
+pub(crate) const NEW_FLOW: Decision = u64::MAX - 3;
+pub(crate) const NEW_FLOW_REPLACING: Decision = u64::MAX - 4;
+/// [`Plan::answer`] values.
+pub(crate) const ANSWER_RESET: u8 = 1;
+pub(crate) const ANSWER_REFUSE: u8 = 2;
+pub(crate) const ANSWER_FRAG_NEEDED: u8 = 3;
+
+/// Where a client's packet goes (or what answers it), as the conntrack decided.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Plan {
+    pub(crate) backend: MeshBackend,
+    /// The backend's network.
+    pub(crate) vni: u32,
+    pub(crate) target_port_be: [u8; 2],
+    /// The backend's host-side veth if it is local; `u32::MAX` if remote.
+    pub(crate) ifindex: u32,
+    /// The verdict slot a successful delivery or answer is counted in.
+    pub(crate) verdict: u32,
+    pub(crate) answer: u8,
+    /// For [`ANSWER_FRAG_NEEDED`].
+    pub(crate) mtu: u16,
+    /// The next hop to a remote backend's host (`mesh_nat::deliver` fills it in).
+    pub(crate) hop: NextHop,
+}
+
+#[inline(always)]
+pub(crate) fn answer(plan: &mut Plan, answer: u8, verdict: Verdict) -> Decision {
+    plan.answer = answer;
+    plan.verdict = verdict.slot();
+    PLAN_ANSWER
+}
+
+/// [`parse`]'s answer when `c` holds a valid client packet to a published port.
+const PARSED: Decision = u64::MAX - 5;
+
+/// Reads a client's packet into `c`: [`PARSED`] if it is to a published port of this
+/// node and valid, [`NOT_OURS`] if it is not the mesh's, a drop if it is invalid.
+#[inline(never)]
+fn parse(ctx_ptr: *mut xdp_md, underlay: &UnderlayValue, len: u64, c: &mut Client) -> Decision {
+    let ctx = &XdpContext::new(ctx_ptr);
+    let Some(eth) = read_at::<EthHdr>(ctx, 0) else {
+        return NOT_OURS;
+    };
+    if be16(eth.ether_type) != ETHERTYPE_IPV4 {
+        return NOT_OURS;
+    }
+    let Some(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return NOT_OURS;
+    };
+    if ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP {
+        return NOT_OURS;
+    }
+    if be32(ip.dst) != be32(underlay.ip) {
+        return NOT_OURS;
+    }
+    // A later fragment carries no ports: the host reassembles (or drops) it; the first
+    // fragment of a packet to a published port is dropped below, so none completes.
+    if be16(ip.frag_off) & IP_OFFSET_MASK != 0 {
+        return NOT_OURS;
+    }
+    let ihl = (ip.version_ihl & 0x0f) as usize;
+    if ip.version_ihl >> 4 != 4 || ihl < 5 {
+        return NOT_OURS;
+    }
+    // The ports lie after the options, if any: a published port with options is
+    // refused, so it must be found first.
+    let Some(ports) = read_at::<[u8; 4]>(ctx, ETH_LEN + ihl * 4) else {
+        return NOT_OURS;
+    };
+    let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    let port_key = dataplane_ebpf::mesh::MeshPortKey {
+        port_be: dport,
+        protocol: ip.protocol,
+        _pad: 0,
+    };
+    let Some(port) = lookup(&MESH_PORTS, &port_key) else {
+        return NOT_OURS;
+    };
+    let Some(valid) = valid_client(ctx, &ip, ihl, sport, dport, len) else {
+        stat_service(port.slot, 0, len);
+        return drop(Verdict::MESH_INVALID);
+    };
+    *c = valid;
+    c.slot = port.slot;
+    c.target_port_be = port.target_port_be;
+    // SAFETY: a plain helper call.
+    c.now = unsafe { bpf_ktime_get_ns() };
+    PARSED
+}
+
+/// The packet's headers if the mesh may take it: no IP options, not a fragment, a valid
+/// IPv4 header checksum, lengths that hold together, TCP flags a real stack sends.
+#[inline(always)]
+fn valid_client(
+    ctx: &XdpContext,
+    ip: &Ipv4Hdr,
+    ihl: usize,
+    sport: [u8; 2],
+    dport: [u8; 2],
+    len: u64,
+) -> Option<Client> {
+    let frag = be16(ip.frag_off);
+    if ihl != 5 || frag & IP_MF != 0 {
+        return None;
+    }
+    let raw = read_at::<[u8; IPV4_LEN]>(ctx, ETH_LEN)?;
+    if dataplane_ebpf::overlay::ipv4_checksum(&raw) != 0 {
+        return None;
+    }
+    let total = be16(ip.tot_len) as u64;
+    if total < (IPV4_LEN + UDP_HDR_LEN) as u64 || total + ETH_LEN as u64 > len {
+        return None;
+    }
+    let l4_len = (total - IPV4_LEN as u64) as u16;
+    let mut tcp_flags = 0;
+    if ip.protocol == IPPROTO_TCP {
+        let tcp = read_at::<[u8; 20]>(ctx, L4)?;
+        let doff = (tcp[12] >> 4) as u16 * 4;
+        if doff < 20 || doff > l4_len {
+            return None;
+        }
+        tcp_flags = tcp[13];
+        if !tcp_flags_valid(tcp_flags) {
+            return None;
+        }
+    } else {
+        let udp = read_at::<UdpHdr>(ctx, L4)?;
+        let udp_len = be16(udp.len);
+        if (udp_len as usize) < UDP_HDR_LEN || udp_len > l4_len {
+            return None;
+        }
+    }
+    Some(Client {
+        key: FlowKey {
+            client_ip: ip.src,
+            node_ip: ip.dst,
+            client_port_be: sport,
+            published_port_be: dport,
+            protocol: ip.protocol,
+            _pad: [0; 3],
+        },
+        df: frag & IP_DF != 0,
+        tcp_flags,
+        l4_len,
+        len,
+        slot: 0,
+        target_port_be: [0; 2],
+        now: 0,
+    })
+}
+
+const UDP_HDR_LEN: usize = 8;
+const IP_DF: u16 = 0x4000;
+
+/// Whether a flow-opening segment's TCP checksum verifies (segments longer than
+/// [`SYN_CHECKED_LEN`], or with a payload that is not a multiple of 4 bytes, are left to
+/// the backend's stack). So a flood of SYNs with bad checksums creates no entries and
+/// does not advance the rotation. The segment is copied to the stack and summed by the
+/// kernel (`bpf_csum_diff`): no loop for the verifier to walk.
+#[inline(never)]
+fn syn_checksum_ok(ctx_ptr: *mut xdp_md, c: &Client) -> bool {
+    let computed = c.l4_len as u32;
+    // SAFETY: a read of a local, opaque to LLVM, so the checks below stay in the form
+    // that gives the verifier the size's bounds (20..=60).
+    let len = unsafe { core::ptr::read_volatile(&computed) };
+    if len > SYN_CHECKED_LEN as u32 || len % 4 != 0 {
+        return true;
+    }
+    if len < 20 {
+        return false;
+    }
+    let mut segment = [0u32; SYN_CHECKED_LEN / 4];
+    // SAFETY: `segment` has room for `len` (at most 60) bytes.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx_ptr, L4 as u32, segment.as_mut_ptr().cast(), len) };
+    if rc != 0 {
+        return false;
+    }
+    // The kernel sums 16-bit words in host order (little-endian): a byte-swapped sum,
+    // which folds to "valid" exactly when the network-order one does, given a seed
+    // swapped the same way.
+    let pseudo = pseudo_header_sum(c.key.client_ip, c.key.node_ip, IPPROTO_TCP, c.l4_len);
+    let seed = (!fold(pseudo)).swap_bytes() as u32;
+    // SAFETY: no "from" buffer; "to" is `len` bytes of `segment`.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, segment.as_mut_ptr(), len, seed) };
+    sum >= 0 && fold(sum as u32) == 0
 }

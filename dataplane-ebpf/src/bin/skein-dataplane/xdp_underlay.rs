@@ -36,7 +36,7 @@ use crate::{
 pub fn xdp_underlay(ctx: XdpContext) -> u32 {
     // SAFETY: the helper only reads the context the kernel handed us.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
-    if let Some((verdict, action)) = mesh_ingress::handle(&ctx) {
+    if let Some((verdict, action)) = mesh_ingress::handle(&ctx, len) {
         count(&XDP_UNDERLAY_COUNTERS, verdict, len);
         return action;
     }
