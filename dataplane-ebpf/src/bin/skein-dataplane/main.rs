@@ -15,6 +15,9 @@
 //!   traffic to the cluster's own ports.
 //! - `mesh_ingress`: the routing mesh on the ingress node (clients' packets to published
 //!   ports and the replies coming back), called first by `xdp_underlay`.
+//! - `mesh_decap`: the routing mesh on a backend host: the rules for VXLAN on the ingress
+//!   VNI (a branch of `decap`'s classification).
+//! - `mesh_reply`: a task's replies to the mesh's clients (`tc_endpoint_ingress`).
 //! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups.
 //! - `parse`: header layouts and the bounds-checked packet accessor.
 //! - `outcome`: what a program decided and its counting.
@@ -28,7 +31,9 @@ mod decap;
 mod encap;
 mod guard;
 mod maps;
+mod mesh_decap;
 mod mesh_ingress;
+mod mesh_reply;
 mod outcome;
 mod parse;
 mod tc_endpoint;
