@@ -415,6 +415,31 @@ const _: () = {
     assert!(size_of::<MeshStats>() == 24);
 };
 
+/// [`crate::overlay::DecapMeta::magic`] of a frame `xdp_underlay` decapsulated for a mesh
+/// delivery (a client's packet into a local task), "SKMD": `tc_underlay_ingress` checks
+/// and delivers it exactly like an overlay decapsulation, and counts it as
+/// `mesh_deliver` rather than `decap`.
+pub const MESH_DECAP_META_MAGIC: u32 = 0x534b_4d44;
+
+/// How often (at most) the backend host rewrites a live [`Reply`] entry only to move its
+/// `seen_ns` on: once a second keeps the map writes off the per-packet path while the
+/// agent's sweep (entries older than the established timeout) still sees the flow live.
+pub const REPLY_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Whether the backend host must (re)write the [`Reply`] of a mesh request that came
+/// through `ingress_ip` at `now_ns`, given the entry already there: when there is none,
+/// when it names another ingress node (the flow's path changed), or when it was last
+/// written more than [`REPLY_REFRESH_NS`] ago.
+pub const fn reply_needs_write(current: Option<&Reply>, ingress_ip: [u8; 4], now_ns: u64) -> bool {
+    match current {
+        None => true,
+        Some(r) => {
+            u32::from_ne_bytes(r.ingress_ip) != u32::from_ne_bytes(ingress_ip)
+                || now_ns.saturating_sub(r.seen_ns) > REPLY_REFRESH_NS
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -542,6 +567,21 @@ mod tests {
         assert_eq!(clamp_mss(1400, 1410), None);
         assert_eq!(pick_index(7, 3), 1);
         assert_eq!(pick_index(7, 0), 0);
+    }
+
+    #[test]
+    fn reply_entries_are_rewritten_only_when_missing_moved_or_stale() {
+        let r = Reply {
+            ingress_ip: [10, 200, 0, 1],
+            seen_ns: 5_000_000_000,
+            ..Reply::default()
+        };
+        assert!(reply_needs_write(None, [10, 200, 0, 1], 0));
+        assert!(!reply_needs_write(Some(&r), [10, 200, 0, 1], 5_500_000_000));
+        assert!(reply_needs_write(Some(&r), [10, 200, 0, 2], 5_500_000_000));
+        assert!(reply_needs_write(Some(&r), [10, 200, 0, 1], 6_000_000_001));
+        // A clock behind the entry (written on another CPU) is no reason to write.
+        assert!(!reply_needs_write(Some(&r), [10, 200, 0, 1], 1));
     }
 }
 

@@ -26,6 +26,11 @@
 //! VNI: the endpoint is looked up by (VNI, address). Nor from an underlay source that may
 //! not speak for the inner source (see `sent_by_its_host`): dropped as `spoofed_source`, in
 //! XDP already when XDP sees the frame.
+//!
+//! The mesh's ingress VNI (`MESH_CONFIG`) has rules of its own, in [`crate::mesh_decap`]:
+//! a client's packet for a published target of a local task, from a cluster node, is
+//! delivered like any decapsulated frame (into the task's network); anything else on that
+//! VNI is dropped as `mesh_refused`.
 
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO},
@@ -38,6 +43,7 @@ use dataplane_ebpf::overlay::{
 
 use crate::{
     maps::{lookup, network, underlay_config, OVERLAY_ENDPOINTS, OVERLAY_VTEPS},
+    mesh_decap::{self, ingress_vni, Inner},
     parse::*,
 };
 
@@ -47,8 +53,9 @@ const OUTER_UDP: usize = OUTER_IP + IPV4_LEN;
 const VXLAN: usize = OUTER_UDP + UDP_LEN;
 const INNER_ETH: usize = VXLAN + VXLAN_LEN;
 const INNER_IP: usize = INNER_ETH + ETH_LEN;
-/// Everything read before deciding: outer headers, inner Ethernet and IPv4.
-pub(crate) const HEADERS_LEN: usize = INNER_IP + IPV4_LEN;
+/// Everything read before deciding: outer headers, inner Ethernet and IPv4, and (on the
+/// mesh's ingress VNI) the inner ports.
+pub(crate) const HEADERS_LEN: usize = INNER_IP + IPV4_LEN + mesh_decap::PORTS_LEN;
 /// The smallest UDP length that holds VXLAN, an inner Ethernet and an IPv4 header.
 const MIN_UDP_LEN: u16 = (UDP_LEN + VXLAN_LEN + ETH_LEN + IPV4_LEN) as u16;
 
@@ -79,13 +86,19 @@ pub(crate) enum Vxlan {
     /// For a local endpoint, but the outer source is neither the host of the inner
     /// source's endpoint nor the external VTEP registered for it.
     Spoofed { outer: [u8; 4], inner: [u8; 4] },
+    /// On the mesh's ingress VNI but not a client's packet for a published target of a
+    /// local task from a cluster node (see [`crate::mesh_decap`]): dropped.
+    MeshRefused { src: [u8; 4] },
     /// For the local endpoint behind host-side veth `ifindex`.
     Deliver {
+        /// The endpoint's network (for a mesh delivery: the task's, not the ingress VNI).
         vni: u32,
         dst: [u8; 4],
         ifindex: u32,
-        /// The inner IPv4 protocol (see [`into_endpoint`]).
+        /// The inner IPv4 protocol (see `tc_underlay::into_endpoint`).
         protocol: u8,
+        /// A mesh request from an ingress node (counted as `mesh_deliver`, not `decap`).
+        mesh: bool,
     },
 }
 
@@ -140,6 +153,19 @@ pub(crate) fn classify<P: Packet>(ctx: &P) -> Vxlan {
         return malformed;
     };
     if network(vni).is_none() {
+        // The ingress VNI is never a network's (`network create --vni` refuses it), so
+        // the overlay's own frames pay nothing for the mesh's check.
+        if ingress_vni() == Some(vni) {
+            return mesh_decap::classify(
+                ctx,
+                ip.src,
+                underlay.ip,
+                Inner {
+                    eth: INNER_ETH,
+                    ip: INNER_IP,
+                },
+            );
+        }
         return Vxlan::UnknownVni;
     }
     let Some(inner_eth) = read_at::<EthHdr>(ctx, INNER_ETH) else {
@@ -165,6 +191,7 @@ pub(crate) fn classify<P: Packet>(ctx: &P) -> Vxlan {
                 dst,
                 ifindex: ep.ifindex,
                 protocol: inner_ip.protocol,
+                mesh: false,
             }
         }
         _ => Vxlan::UnknownEndpoint { vni, dst },

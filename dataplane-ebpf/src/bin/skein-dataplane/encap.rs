@@ -55,6 +55,9 @@ pub(crate) struct Tunnel {
     /// Underlay address of the destination's host or external VTEP.
     pub(crate) remote: [u8; 4],
     pub(crate) inner_dst_mac: [u8; 6],
+    /// What a sent frame is counted as: `encap` for the overlay, `mesh_reply` for a
+    /// task's reply on its way back to the flow's ingress node.
+    pub(crate) verdict: Verdict,
 }
 
 /// VXLAN to `t.remote` (a Skein host or an external VTEP), then out of the underlay.
@@ -92,15 +95,23 @@ pub(crate) fn encap(ctx: &TcContext, underlay: &UnderlayValue, t: &Tunnel) -> Ou
     if ctx.store(ETH_LEN, &headers, 0).is_err() {
         return Outcome::error();
     }
-    to_underlay(ctx, underlay, t.remote)
+    to_underlay(ctx, underlay, t.remote, t.verdict)
 }
 
-/// Sends the encapsulated frame towards `remote`, next hop from the kernel's FIB (so a
-/// host on another underlay subnet, behind a router, is reached through it).
-fn to_underlay(ctx: &TcContext, underlay: &UnderlayValue, remote: [u8; 4]) -> Outcome {
+/// Sends the frame (an encapsulated one, or a mesh reply translated back for its client)
+/// out of the underlay towards `remote`, its outer IPv4 destination, next hop from the
+/// kernel's FIB (so a host on another underlay subnet, behind a router, is reached
+/// through it); counted as `verdict` when sent.
+pub(crate) fn to_underlay(
+    ctx: &TcContext,
+    underlay: &UnderlayValue,
+    remote: [u8; 4],
+    verdict: Verdict,
+) -> Outcome {
     // SAFETY: an all-zero `bpf_fib_lookup` is valid (plain integers and unions of them).
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
+    // Only multipath routing looks at it, with the ports (unset here): any value does.
     fib.l4_protocol = IPPROTO_UDP;
     fib.ifindex = underlay.ifindex;
     // `__be32` fields: the address's wire bytes as they lie in memory.
@@ -132,10 +143,7 @@ fn to_underlay(ctx: &TcContext, underlay: &UnderlayValue, remote: [u8; 4]) -> Ou
             }
             // SAFETY: plain helper call.
             let action = unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
-            Outcome {
-                verdict: Verdict::ENCAP,
-                action,
-            }
+            Outcome { verdict, action }
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             // The route is known but the next hop's MAC is not (yet): let the kernel
@@ -150,10 +158,7 @@ fn to_underlay(ctx: &TcContext, underlay: &UnderlayValue, remote: [u8; 4]) -> Ou
             let action = unsafe {
                 bpf_redirect_neigh(fib.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
             } as i32;
-            Outcome {
-                verdict: Verdict::ENCAP,
-                action,
-            }
+            Outcome { verdict, action }
         }
         BPF_FIB_LKUP_RET_FWD_DISABLED => {
             // `bpf_fib_lookup` answers only where IPv4 forwarding is enabled on the
@@ -165,10 +170,7 @@ fn to_underlay(ctx: &TcContext, underlay: &UnderlayValue, remote: [u8; 4]) -> Ou
             // SAFETY: a null next hop is the documented "look it up" form.
             let action =
                 unsafe { bpf_redirect_neigh(underlay.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
-            Outcome {
-                verdict: Verdict::ENCAP,
-                action,
-            }
+            Outcome { verdict, action }
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             debug!(

@@ -16,8 +16,11 @@
 //! - `mesh_ingress`: the routing mesh on the ingress node (clients' packets to published
 //!   ports and the replies coming back), called first by `xdp_underlay`; `mesh_conntrack`
 //!   keeps the flows, `mesh_nat`
-//!   translates and delivers, `mesh_reply` takes the replies from backends' hosts,
+//!   translates and delivers, `mesh_return` takes the replies coming back from backends' hosts,
 //!   `mesh_respond` answers in place (TCP reset, ICMP).
+//! - `mesh_decap`: the routing mesh on a backend host: the rules for VXLAN on the ingress
+//!   VNI (a branch of `decap`'s classification).
+//! - `mesh_reply`: a task's replies to the mesh's clients (`tc_endpoint_ingress`).
 //! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups.
 //! - `parse`: header layouts and the bounds-checked packet accessor.
 //! - `outcome`: what a program decided and its counting.
@@ -35,10 +38,12 @@ mod encap;
 mod guard;
 mod maps;
 mod mesh_conntrack;
+mod mesh_decap;
 mod mesh_ingress;
 mod mesh_nat;
 mod mesh_reply;
 mod mesh_respond;
+mod mesh_return;
 mod outcome;
 mod parse;
 mod tc_endpoint;

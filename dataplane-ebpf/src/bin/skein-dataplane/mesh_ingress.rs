@@ -11,7 +11,7 @@
 //! mark, as for decapsulated VXLAN), or in VXLAN on the ingress VNI to the backend's host
 //! (`mesh_nat`). TCP that no live flow can take is reset, a service without a serving
 //! task refuses like a closed port (`mesh_respond`). Replies from a remote backend's host
-//! are `mesh_reply`'s.
+//! are `mesh_return`'s.
 //!
 //! Everything else returns `None` and the overlay's path runs as before; with
 //! `MESH_CONFIG.ingress_vni == 0` (the mesh off) that is every frame.
@@ -36,7 +36,7 @@ use crate::{
     maps::{lookup, underlay_config, MESH_CONFIG, MESH_PORTS},
     mesh_conntrack::{conntrack, new_flow, stat_service},
     mesh_nat::{deliver, too_big, NextHop},
-    mesh_reply, mesh_respond,
+    mesh_return, mesh_respond,
     parse::*,
 };
 
@@ -70,7 +70,7 @@ pub(crate) fn handle(ctx: &XdpContext, len: u64) -> Option<(Verdict, u32)> {
     // Two separate paths, each called straight from the program: BPF's 512 bytes of
     // stack are for the whole call chain.
     let d = if maybe_vxlan(ctx) {
-        mesh_reply::reply(ctx.ctx, len)
+        mesh_return::reply(ctx.ctx, len)
     } else {
         client(ctx.ctx, len)
     };
@@ -99,7 +99,7 @@ pub(crate) struct Client {
 }
 
 /// Whether the frame looks like VXLAN (IPv4 without options, UDP to 4789): a reply's
-/// shape. `mesh_reply` checks the rest.
+/// shape. `mesh_return` checks the rest.
 #[inline(always)]
 fn maybe_vxlan(ctx: &XdpContext) -> bool {
     let Some(head) = read_at::<[u8; L4 + 4]>(ctx, 0) else {

@@ -1,239 +1,296 @@
-//! Replies at the ingress node (MESH-DESIGN.md path 4): a remote backend's host sends
-//! its task's replies back in VXLAN on the ingress VNI; here they lose the outer headers,
-//! are translated back (source → this node's address and the published port, so the
-//! client sees the address it sent to) and leave towards the client.
+//! The routing mesh's replies, where the task runs (ARCHITECTURE.md, packet path 4;
+//! MESH-DESIGN.md path 3): what a task sends back to a client of a published port,
+//! seen by `tc_endpoint_ingress` before the packet would go to the host's egress NAT.
 //!
-//! Taken only when everything agrees: the VNI is the ingress VNI, the outer source is a
-//! cluster node (`MESH_NODES`), the inner packet is plain IPv4 TCP/UDP whose flow has a
-//! `MESH_REPLIES` entry naming this node as its ingress, and the flow's conntrack entry
-//! names that very backend on that very host. Anything else on the ingress VNI is not
-//! ours here: the overlay's decapsulation judges it (a backend host's requests are
-//! delivered there, the rest dropped).
+//! A packet is a mesh reply when its flow (task address and port, client address and
+//! port, protocol) has a `MESH_REPLIES` entry: the ingress node wrote it when it balanced
+//! the flow to a local task, or this host's decapsulation wrote it when the flow arrived
+//! from another ingress node ([`crate::mesh_decap`]). The endpoint program has already
+//! checked the source against the endpoint's own address, so a workload can only match
+//! an entry of a real flow of its own. Then:
+//!
+//! - a SYN-ACK's MSS option is clamped to the mesh's (`MeshConfig::mss`), so the client
+//!   never sends segments that do not fit the underlay once encapsulated, whatever the
+//!   task's own MTU;
+//! - flowed through this node (the task is local to its ingress node): translated back
+//!   (source → this node's underlay address and the published port) and sent out of the
+//!   underlay towards the client, the flow's conntrack state and counters updated;
+//! - flowed through another node: encapsulated on the ingress VNI to that node, which
+//!   translates it back (a symmetric path: the client only ever hears from the address
+//!   it sent to).
+//!
+//! Checksums are updated with `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which keep a
+//! `CHECKSUM_PARTIAL` skb (what a task's stack with offloads sends) and a GSO super-packet
+//! right: for those the helpers adjust only the pseudo-header seed the kernel completes
+//! later.
 
-use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_ktime_get_ns,
+    programs::TcContext,
+};
 use dataplane_ebpf::{
     counters::Verdict,
-    mesh::{tcp_next, Flow, FlowKey, MeshConfig, ReplyKey},
-    overlay::{vxlan_vni, UnderlayValue, ENCAP_LEN, ETH_LEN, IPV4_LEN, UDP_LEN},
+    mesh::{
+        self, FlowKey, MeshConfig, MeshStatKey, Reply, ReplyKey, TCP_ACK, TCP_MAX_OPTIONS, TCP_SYN,
+    },
+    overlay::{ETH_LEN, GATEWAY_MAC, IPV4_LEN},
 };
 
 use crate::{
-    maps::{underlay_config, MESH_CONFIG, MESH_FLOWS, MESH_NODES, MESH_REPLIES},
-    mesh_conntrack::{stat_backend, touch},
-    mesh_ingress::{decided, drop, Decision, NOT_OURS},
-    mesh_nat::{
-        clamp_syn_mss, next_hop, rewrite_packet, send, NextHop, Rewrite, HOP_OK, IP_SRC, L4_SPORT,
-    },
+    encap::{to_underlay, Tunnel},
+    maps::{underlay_config, MESH_CONFIG, MESH_FLOWS, MESH_REPLIES, MESH_STATS},
+    outcome::Outcome,
     parse::*,
 };
 
-const VXLAN: usize = ETH_LEN + IPV4_LEN + UDP_LEN;
-const INNER_ETH: usize = VXLAN + 8;
-const INNER_IP: usize = INNER_ETH + ETH_LEN;
-const INNER_L4: usize = INNER_IP + IPV4_LEN;
-const TCP_SYN: u8 = 0x02;
+/// Offsets in a reply (an Ethernet frame with a plain IPv4 header).
+const IP: usize = ETH_LEN;
+const IP_CHECK: usize = IP + 10;
+const IP_SRC: usize = IP + 12;
+const L4: usize = IP + IPV4_LEN;
+const TCP_FLAGS: usize = L4 + 13;
+const TCP_CHECK: usize = L4 + 16;
+const TCP_OPTIONS: usize = L4 + 20;
+const UDP_CHECK: usize = L4 + 6;
+/// Everything the reply path reads: headers up to the longest TCP options.
+const HEADERS_LEN: usize = TCP_OPTIONS + TCP_MAX_OPTIONS;
 
-/// A reply from a backend's host, or [`NOT_OURS`]. `len`: the whole frame.
-#[inline(never)]
-pub(crate) fn reply(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
-    let ctx = &XdpContext::new(ctx_ptr);
-    let Some(config) = MESH_CONFIG.get(0) else {
-        return NOT_OURS;
-    };
-    if config.ingress_vni == 0 {
-        return NOT_OURS;
-    }
-    let Some(underlay) = underlay_config() else {
-        return NOT_OURS;
-    };
-    let underlay = &underlay;
-    // The checks and lookups in a function of their own: their temporaries are off this
-    // frame while the FIB is asked (512 bytes of stack for the whole chain).
-    let mut m = Matched {
-        entry: core::ptr::null_mut(),
-        client_ip: [0; 4],
-        published_port_be: [0; 2],
-        protocol: 0,
-        tcp_flags: 0,
-    };
-    if !match_reply(ctx_ptr, config, underlay, &mut m) || m.entry.is_null() {
-        return NOT_OURS;
-    }
-    let mut hop = NextHop::default();
-    if next_hop(ctx_ptr, underlay, &m.client_ip, 0, &mut hop) != HOP_OK {
-        return drop(Verdict::NO_ROUTE);
-    }
-    // Ours from here on: the inner frame gets the client's Ethernet header, then the 50
-    // bytes before it go.
-    let (d, s) = (hop.dmac, hop.smac);
-    let header = [
-        d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5], 0x08, 0x00,
-    ];
-    if !write_at(ctx, INNER_ETH, &header) {
-        return drop(Verdict::ERROR);
-    }
-    // SAFETY: a helper call on our own context; later accesses are bounds-checked anew.
-    if unsafe { bpf_xdp_adjust_head(ctx_ptr, ENCAP_LEN as i32) } != 0 {
-        return drop(Verdict::ERROR);
-    }
-    let rewrite = Rewrite {
-        addr_at: IP_SRC,
-        addr: underlay.ip,
-        port_at: L4_SPORT,
-        port: m.published_port_be,
-        protocol: m.protocol,
-    };
-    if !rewrite_packet(ctx_ptr, &rewrite) {
-        return drop(Verdict::ERROR);
-    }
-    if m.tcp_flags & TCP_SYN != 0 {
-        clamp_syn_mss(ctx_ptr, config.mss);
-    }
-    // SAFETY: a plain helper call.
-    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
-    // SAFETY: the map value `match_reply` found, valid for this run; copied at once.
-    let flow = unsafe { *m.entry };
-    let (state, flags) = if m.protocol == IPPROTO_TCP {
-        tcp_next(flow.state, flow.flags, m.tcp_flags, false)
-    } else {
-        (flow.state, flow.flags)
-    };
-    touch(
-        m.entry,
-        &flow,
-        state,
-        flags,
-        config,
-        m.protocol,
-        now,
-        |_| {},
-    );
-    let inner_len = len.saturating_sub(ENCAP_LEN as u64);
-    stat_backend(flow.slot, flow.backend_ip, 0, inner_len);
-    decided(Verdict::MESH_REPLY, send(&hop, underlay))
+/// A mesh reply found for the endpoint's packet: where it goes, and what it needs.
+pub(crate) struct MeshReply {
+    reply: Reply,
+    config: MeshConfig,
+    /// The task's and the client's ports, as in the packet.
+    sport: [u8; 2],
+    dport: [u8; 2],
 }
 
-/// What [`match_reply`] found.
-struct Matched {
-    /// The flow's conntrack entry.
-    entry: *mut Flow,
-    client_ip: [u8; 4],
-    published_port_be: [u8; 2],
-    protocol: u8,
-    tcp_flags: u8,
-}
-
-/// Whether the frame is a reply this node must translate back (see the module doc);
-/// fills `m` if so.
-#[inline(never)]
-fn match_reply(
-    ctx_ptr: *mut xdp_md,
-    config: &MeshConfig,
-    underlay: &UnderlayValue,
-    m: &mut Matched,
-) -> bool {
-    let ctx = &XdpContext::new(ctx_ptr);
-    let Some(outer) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return false;
-    };
-    if be32(outer.dst) != be32(underlay.ip) {
-        return false;
+/// The mesh reply the endpoint's IPv4 packet `ip` (source already checked) is, if any:
+/// the mesh is on, the packet is plain IPv4 TCP or UDP with its ports (no options, not a
+/// later fragment), and its flow has a `MESH_REPLIES` entry.
+#[inline(always)]
+pub(crate) fn find(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<MeshReply> {
+    let config = *MESH_CONFIG.get(0)?;
+    if config.ingress_vni == 0
+        || ip.version_ihl != 0x45
+        || be16(ip.frag_off) & IP_OFFSET_MASK != 0
+        || !mesh::balanced_protocol(ip.protocol)
+    {
+        return None;
     }
-    if outer.version_ihl != 0x45 {
-        return false;
-    }
-    if be16(outer.frag_off) & (IP_MF | IP_OFFSET_MASK) != 0 {
-        return false;
-    }
-    let Some(vxlan) = read_at::<[u8; 8]>(ctx, VXLAN) else {
-        return false;
-    };
-    if vxlan_vni(&vxlan) != Some(config.ingress_vni) {
-        return false;
-    }
-    if MESH_NODES.get_ptr(&outer.src).is_none() {
-        return false;
-    }
-    // One check at a time: merged conditions compile to arithmetic on the packet
-    // pointers, which the verifier refuses.
-    let Some(eth) = read_at::<EthHdr>(ctx, INNER_ETH) else {
-        return false;
-    };
-    if be16(eth.ether_type) != ETHERTYPE_IPV4 {
-        return false;
-    }
-    let Some(inner) = read_at::<Ipv4Hdr>(ctx, INNER_IP) else {
-        return false;
-    };
-    if inner.version_ihl != 0x45 {
-        return false;
-    }
-    if be16(inner.frag_off) & (IP_MF | IP_OFFSET_MASK) != 0 {
-        return false;
-    }
-    if inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP {
-        return false;
-    }
-    let Some(ports) = read_at::<[u8; 4]>(ctx, INNER_L4) else {
-        return false;
-    };
+    pull_headers(ctx, HEADERS_LEN as u32);
+    let ports = read_at::<[u8; 4]>(ctx, L4)?;
     let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
-    let reply_key = ReplyKey {
-        backend_ip: inner.src,
-        client_ip: inner.dst,
+    let key = ReplyKey {
+        backend_ip: ip.src,
+        client_ip: ip.dst,
         backend_port_be: sport,
         client_port_be: dport,
-        protocol: inner.protocol,
+        protocol: ip.protocol,
         _pad: [0; 3],
     };
-    let Some(r) = lookup_lru_reply(&reply_key) else {
-        return false;
-    };
-    if be32(r.0) != be32(underlay.ip) {
-        return false;
-    }
-    let flow_key = FlowKey {
-        client_ip: inner.dst,
-        node_ip: underlay.ip,
-        client_port_be: dport,
-        published_port_be: r.1,
-        protocol: inner.protocol,
-        _pad: [0; 3],
-    };
-    let Some(entry) = MESH_FLOWS.get_ptr_mut(&flow_key) else {
-        return false;
-    };
-    // SAFETY: a valid map value for this run; copied at once.
-    let flow = unsafe { *entry };
-    if be32(flow.backend_host) != be32(outer.src)
-        || be32(flow.backend_ip) != be32(inner.src)
-        || be16(flow.target_port_be) != be16(sport)
-    {
-        return false;
-    }
-    let tcp_flags = if inner.protocol == IPPROTO_TCP {
-        match read_at::<[u8; 14]>(ctx, INNER_L4) {
-            Some(h) => h[13],
-            None => return false,
-        }
+    // SAFETY: copied at once; the kernel may reuse the element's memory later.
+    let reply = unsafe { MESH_REPLIES.get(&key).copied() }?;
+    Some(MeshReply {
+        reply,
+        config,
+        sport,
+        dport,
+    })
+}
+
+/// Where a mesh reply goes once [`route`] has looked at it.
+pub(crate) enum Route {
+    /// Decided already (translated back and to be sent to the client, or dropped).
+    Done(Outcome),
+    /// Through another node: to be encapsulated as the overlay's own packets are (the
+    /// caller's path, so the encapsulation's stack is not stacked on this one's).
+    Tunnel(Tunnel),
+}
+
+/// Routes the mesh reply `m` (the endpoint's packet `ip`): a SYN-ACK's MSS clamped,
+/// then back to the client from this node, or to the flow's ingress node.
+///
+/// The work is split into functions that are not inlined and return to the caller
+/// before the next step (the MSS clamp, the translation, then the FIB lookup the
+/// caller does), because BPF allows 512 bytes of stack for a whole call chain and the
+/// endpoint program's own frame already holds most of it.
+#[inline(always)]
+pub(crate) fn route(ctx: &TcContext, ip: &Ipv4Hdr, m: &MeshReply) -> Route {
+    let tcp_flags = if ip.protocol == IPPROTO_TCP {
+        let Some(flags) = read_at::<u8>(ctx, TCP_FLAGS) else {
+            return Route::Done(Outcome::drop(Verdict::MALFORMED));
+        };
+        flags
     } else {
         0
     };
-    *m = Matched {
-        entry,
-        client_ip: inner.dst,
-        published_port_be: r.1,
-        protocol: inner.protocol,
-        tcp_flags,
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && !clamp_mss(ctx, m.config.mss) {
+        return Route::Done(Outcome::error());
+    }
+    let Some(underlay) = underlay_config() else {
+        return Route::Done(Outcome::drop(Verdict::NO_ROUTE));
     };
-    true
+    if underlay.ifindex == 0 {
+        return Route::Done(Outcome::drop(Verdict::NO_ROUTE));
+    }
+    if be32(m.reply.ingress_ip) == be32(underlay.ip) {
+        // The task is local to the flow's ingress node (this one): the reply leaves as
+        // the client expects it, from this node's underlay address and the published
+        // port, out of the underlay (next hop from the FIB).
+        if !translate_back(ctx, ip, m, underlay.ip, tcp_flags) {
+            return Route::Done(Outcome::error());
+        }
+        return Route::Done(to_underlay(ctx, &underlay, ip.dst, Verdict::MESH_REPLY));
+    }
+    Route::Tunnel(Tunnel {
+        vni: m.config.ingress_vni,
+        src: ip.src,
+        dst: ip.dst,
+        remote: m.reply.ingress_ip,
+        // The ingress node pops the inner Ethernet header unread: any fixed MAC does.
+        inner_dst_mac: GATEWAY_MAC,
+        verdict: Verdict::MESH_REPLY,
+    })
 }
 
-/// The reply entry's ingress address and published port.
+/// Clamps a SYN-ACK's MSS option to `clamp` (`MeshConfig::mss`; 0: no clamp), if it
+/// carries one above it; false if the packet could not be read or written. No option is
+/// inserted: without one the client assumes 536.
+#[inline(never)]
+fn clamp_mss(ctx: &TcContext, clamp: u16) -> bool {
+    clamp_mss_option(ctx, clamp).is_ok()
+}
+
 #[inline(always)]
-fn lookup_lru_reply(key: &ReplyKey) -> Option<([u8; 4], [u8; 2])> {
-    let r = MESH_REPLIES.get_ptr(key)?;
-    // SAFETY: a valid map value for this run; copied at once.
-    let r = unsafe { *r };
-    Some((r.ingress_ip, r.published_port_be))
+fn clamp_mss_option(ctx: &TcContext, clamp: u16) -> Result<(), ()> {
+    let Some(doff) = read_at::<u8>(ctx, L4 + 12) else {
+        return Err(());
+    };
+    let header_len = usize::from(doff >> 4) * 4;
+    if header_len <= 20 || clamp == 0 {
+        return Ok(());
+    }
+    let options_len = header_len - 20;
+    let mut options = [0u8; TCP_MAX_OPTIONS];
+    for (i, byte) in options.iter_mut().enumerate() {
+        if i >= options_len {
+            break;
+        }
+        match read_at::<u8>(ctx, TCP_OPTIONS + i) {
+            Some(b) => *byte = b,
+            None => return Err(()),
+        }
+    }
+    let Some(at) = mesh::mss_offset(&options, options_len) else {
+        return Ok(());
+    };
+    // The value is read again from the packet: a variable offset into the stack copy
+    // is more than the verifier tracks well.
+    if at > TCP_MAX_OPTIONS - 2 {
+        return Ok(());
+    }
+    let Some(old) = read_at::<[u8; 2]>(ctx, TCP_OPTIONS + at) else {
+        return Err(());
+    };
+    let Some(new) = mesh::clamp_mss(u16::from_be_bytes(old), clamp) else {
+        return Ok(());
+    };
+    let new = new.to_be_bytes();
+    ctx.l4_csum_replace(
+        TCP_CHECK,
+        u64::from(u16::from_ne_bytes(old)),
+        u64::from(u16::from_ne_bytes(new)),
+        2,
+    )
+    .map_err(|_| ())?;
+    ctx.store(TCP_OPTIONS + at, &new, 0).map_err(|_| ())
+}
+
+/// Translates the reply back (source → `node_ip`, this node's underlay address, and the
+/// published port), checksums updated, and notes it in the flow's conntrack entry and
+/// counters; false if a helper failed.
+#[inline(never)]
+fn translate_back(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    m: &MeshReply,
+    node_ip: [u8; 4],
+    tcp_flags: u8,
+) -> bool {
+    let (check, mangled_0) = if ip.protocol == IPPROTO_TCP {
+        (TCP_CHECK, 0)
+    } else {
+        // A UDP datagram sent without a checksum keeps none, and a computed 0 goes out
+        // as 0xffff.
+        (UDP_CHECK, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let (old_ip, new_ip) = (
+        u64::from(u32::from_ne_bytes(ip.src)),
+        u64::from(u32::from_ne_bytes(node_ip)),
+    );
+    let (old_port, new_port) = (
+        u64::from(u16::from_ne_bytes(m.sport)),
+        u64::from(u16::from_ne_bytes(m.reply.published_port_be)),
+    );
+    let rewritten = ctx.l3_csum_replace(IP_CHECK, old_ip, new_ip, 4).is_ok()
+        && ctx
+            .l4_csum_replace(
+                check,
+                old_ip,
+                new_ip,
+                u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4,
+            )
+            .is_ok()
+        && ctx
+            .l4_csum_replace(check, old_port, new_port, mangled_0 | 2)
+            .is_ok()
+        && ctx.store(IP_SRC, &node_ip, 0).is_ok()
+        && ctx.store(L4, &m.reply.published_port_be, 0).is_ok();
+    if rewritten {
+        track(ctx, ip, m, node_ip, tcp_flags);
+    }
+    rewritten
+}
+
+/// The reply's effect on its flow's conntrack entry (TCP state, last seen) and counters.
+/// A flow the LRU evicted is not recreated: the client's next packet finds no flow and
+/// is reset by the ingress program.
+#[inline(always)]
+fn track(ctx: &TcContext, ip: &Ipv4Hdr, m: &MeshReply, node_ip: [u8; 4], tcp_flags: u8) {
+    let key = FlowKey {
+        client_ip: ip.dst,
+        node_ip,
+        client_port_be: m.dport,
+        published_port_be: m.reply.published_port_be,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    let Some(flow) = MESH_FLOWS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the element stays valid for this run; another CPU may write it at the same
+    // time, and a lost update of the state or the timestamp is harmless (the next packet
+    // writes it again).
+    let stat_key = unsafe {
+        if ip.protocol == IPPROTO_TCP {
+            let (state, flags) = mesh::tcp_next((*flow).state, (*flow).flags, tcp_flags, false);
+            (*flow).state = state;
+            (*flow).flags = flags;
+        }
+        (*flow).last_seen_ns = now;
+        MeshStatKey {
+            slot: (*flow).slot,
+            backend_ip: (*flow).backend_ip,
+        }
+    };
+    if let Some(stats) = MESH_STATS.get_ptr_mut(&stat_key) {
+        // SAFETY: per-CPU value: no other program instance writes it concurrently.
+        unsafe {
+            (*stats).packets = (*stats).packets.wrapping_add(1);
+            (*stats).bytes = (*stats).bytes.wrapping_add(u64::from(ctx.len()));
+        }
+    }
 }

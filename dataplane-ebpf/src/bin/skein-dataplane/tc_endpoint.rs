@@ -10,8 +10,9 @@
 //!   redirected to its veth; a remote one → VXLAN to its host (or, if too big for the
 //!   underlay once encapsulated, ICMP "fragmentation needed" back); an external VTEP's
 //!   prefix → VXLAN to the VTEP; anything else → dropped.
-//! - IPv4 to another overlay network's subnet → dropped (networks are isolated); to
-//!   anywhere else → the host, which routes (and NATs) it — except UDP/TCP to one of the
+//! - IPv4 to another overlay network's subnet → dropped (networks are isolated); a
+//!   task's reply to a client of the routing mesh → back the way its flow came
+//!   ([`crate::mesh_reply`]); to anywhere else → the host, which routes (and NATs) it — except UDP/TCP to one of the
 //!   cluster's own ports on this host or a cluster host (VXLAN, gossip, peer RPC,
 //!   metrics: [`crate::guard::cluster_port`]) → dropped.
 //! - Everything else from an endpoint (IPv6, other EtherTypes) → dropped.
@@ -40,6 +41,7 @@ use crate::{
         lookup, network, underlay_config, OVERLAY_ENDPOINTS, OVERLAY_PORTS, OVERLAY_SUBNETS,
         OVERLAY_VTEPS, TC_ENDPOINT_COUNTERS,
     },
+    mesh_reply::{self, Route},
     outcome::{count, Outcome},
     parse::*,
 };
@@ -125,7 +127,7 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
         return Outcome::drop(Verdict::DROP);
     };
 
-    if !net.contains(dst) {
+    let tunnel = if !net.contains(dst) {
         let subnet = SubnetKey::lookup(dst);
         if let Some(vni) = OVERLAY_SUBNETS.get(Key::new(subnet.prefix_len, subnet.ip)) {
             if *vni != port.vni {
@@ -136,39 +138,50 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
                 return Outcome::drop(Verdict::OTHER_NETWORK);
             }
         }
-        // Outside the overlay: the host routes it (egress, NAT).
-        return to_host(ctx, ifindex, &ip, net.gateway);
-    }
-    if be32(dst) == be32(net.gateway) {
-        return to_host(ctx, ifindex, &ip, net.gateway);
-    }
-    let key = EndpointKey {
-        vni: port.vni,
-        ip: dst,
-    };
-    let tunnel = if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &key) {
-        if ep.ifindex != 0 {
-            return local(ctx, ep.ifindex, dst);
-        }
-        Tunnel {
-            vni: port.vni,
-            src,
-            dst,
-            remote: ep.host_ip,
-            inner_dst_mac: endpoint_mac(dst),
+        // A task's reply to a client of the routing mesh goes back the way its flow came:
+        // translated back here, or encapsulated to the flow's ingress node below.
+        let Some(reply) = mesh_reply::find(ctx, &ip) else {
+            // Outside the overlay: the host routes it (egress, NAT).
+            return to_host(ctx, ifindex, &ip, net.gateway);
+        };
+        match mesh_reply::route(ctx, &ip, &reply) {
+            Route::Done(outcome) => return outcome,
+            Route::Tunnel(tunnel) => tunnel,
         }
     } else {
-        let vtep = VtepKey::lookup(port.vni, dst);
-        let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) else {
-            debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
-            return Outcome::drop(Verdict::UNKNOWN_ENDPOINT);
-        };
-        Tunnel {
+        if be32(dst) == be32(net.gateway) {
+            return to_host(ctx, ifindex, &ip, net.gateway);
+        }
+        let key = EndpointKey {
             vni: port.vni,
-            src,
-            dst,
-            remote: v.underlay_ip,
-            inner_dst_mac: v.mac,
+            ip: dst,
+        };
+        if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &key) {
+            if ep.ifindex != 0 {
+                return local(ctx, ep.ifindex, dst);
+            }
+            Tunnel {
+                vni: port.vni,
+                src,
+                dst,
+                remote: ep.host_ip,
+                inner_dst_mac: endpoint_mac(dst),
+                verdict: Verdict::ENCAP,
+            }
+        } else {
+            let vtep = VtepKey::lookup(port.vni, dst);
+            let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) else {
+                debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
+                return Outcome::drop(Verdict::UNKNOWN_ENDPOINT);
+            };
+            Tunnel {
+                vni: port.vni,
+                src,
+                dst,
+                remote: v.underlay_ip,
+                inner_dst_mac: v.mac,
+                verdict: Verdict::ENCAP,
+            }
         }
     };
     let Some(underlay) = underlay_config() else {

@@ -9,6 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use dataplane_ebpf::{
     counters::Verdict,
+    mesh::MESH_DECAP_META_MAGIC,
     overlay::{DecapMeta, DECAP_META_MAGIC, ENCAP_LEN, ETH_LEN, VXLAN_PORT},
 };
 
@@ -29,7 +30,9 @@ pub fn tc_underlay_ingress(ctx: TcContext) -> i32 {
     outcome.action
 }
 
-/// The skb's XDP metadata, if `xdp_underlay` left a decapsulation mark.
+/// The skb's XDP metadata, if `xdp_underlay` left a decapsulation mark: an overlay
+/// decapsulation ([`DECAP_META_MAGIC`]) or a mesh delivery ([`MESH_DECAP_META_MAGIC`]),
+/// checked and delivered alike.
 #[inline(always)]
 fn decap_meta(ctx: &TcContext) -> Option<DecapMeta> {
     // SAFETY: reading `data_meta` of the context the kernel handed us.
@@ -41,7 +44,7 @@ fn decap_meta(ctx: &TcContext) -> Option<DecapMeta> {
     // SAFETY: [start, start + size) lies in the metadata area (checked above); the
     // struct is plain integers, valid for any bytes; read unaligned to be safe.
     let meta = unsafe { core::ptr::read_unaligned(start as *const DecapMeta) };
-    (meta.magic == DECAP_META_MAGIC).then_some(meta)
+    (meta.magic == DECAP_META_MAGIC || meta.magic == MESH_DECAP_META_MAGIC).then_some(meta)
 }
 
 /// `tc_underlay_ingress`'s decision.
@@ -86,25 +89,43 @@ fn handle(ctx: &TcContext) -> Outcome {
             );
             Outcome::drop(Verdict::SPOOFED)
         }
+        Vxlan::MeshRefused { src } => {
+            debug!(ctx, "mesh VXLAN from {:i} refused: dropped", src);
+            Outcome::drop(Verdict::MESH_REFUSED)
+        }
         Vxlan::Deliver {
             dst,
             ifindex,
             protocol,
+            mesh,
             ..
-        } => decap(ctx, ifindex, dst, protocol),
+        } => decap(ctx, ifindex, dst, protocol, delivered(mesh)),
+    }
+}
+
+/// The verdict of a delivery: a mesh request or an overlay decapsulation.
+#[inline(always)]
+fn delivered(mesh: bool) -> Verdict {
+    if mesh {
+        Verdict::MESH_DELIVER
+    } else {
+        Verdict::DECAP
     }
 }
 
 /// A frame `xdp_underlay` decapsulated (perhaps many, aggregated by GRO since): delivered
 /// only if the mark names a port of an endpoint on that VNI with the frame's destination
-/// address, so even a forged mark could not cross networks.
+/// address, so even a forged mark could not cross networks. A mesh delivery's inner
+/// source is a client, which this check does not look at: the mark's VNI is the task's
+/// own network and its address the destination, as for any other delivery.
 fn deliver_marked(ctx: &TcContext, meta: &DecapMeta) -> Outcome {
     let Some(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
         return Outcome::drop(Verdict::MALFORMED);
     };
     match lookup(&OVERLAY_PORTS, &meta.ifindex) {
         Some(port) if port.vni == meta.vni && be32(port.ip) == be32(ip.dst) => {
-            into_endpoint(ctx, meta.ifindex, ip.protocol)
+            let verdict = delivered(meta.magic == MESH_DECAP_META_MAGIC);
+            into_endpoint(ctx, meta.ifindex, ip.protocol, verdict)
         }
         _ => {
             // The endpoint went away between the two programs, or the mark is not ours.
@@ -119,7 +140,7 @@ fn deliver_marked(ctx: &TcContext, meta: &DecapMeta) -> Outcome {
 
 /// Removes outer IPv4 + UDP + VXLAN + inner Ethernet (the 50 bytes after the outer
 /// Ethernet header, which stays and is rewritten), then delivers into the endpoint.
-fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4], protocol: u8) -> Outcome {
+fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4], protocol: u8, verdict: Verdict) -> Outcome {
     if ctx
         .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .is_err()
@@ -130,11 +151,11 @@ fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4], protocol: u8) -> Outcome {
     if ctx.store(0, &inner_ethernet(dst), 0).is_err() {
         return Outcome::error();
     }
-    into_endpoint(ctx, ifindex, protocol)
+    into_endpoint(ctx, ifindex, protocol, verdict)
 }
 
 /// Delivers a decapsulated skb with inner IPv4 `protocol` into the endpoint behind
-/// host-side veth `ifindex`.
+/// host-side veth `ifindex`, counted as `verdict`.
 ///
 /// A single TCP segment (no `gso_size`: the underlay's GRO did not merge it) goes out of
 /// the host-side veth (`bpf_redirect`, its egress), so it crosses the veth into the
@@ -148,12 +169,12 @@ fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4], protocol: u8) -> Outcome {
 /// skips the veth's transmit path and its 256-entry ring (64-byte UDP through the ring
 /// arrived at half the rate).
 #[inline(always)]
-fn into_endpoint(ctx: &TcContext, ifindex: u32, protocol: u8) -> Outcome {
+fn into_endpoint(ctx: &TcContext, ifindex: u32, protocol: u8, verdict: Verdict) -> Outcome {
     // SAFETY: reading a field of the context the kernel handed us.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if protocol == IPPROTO_TCP && gso_size == 0 {
-        Outcome::redirect(Verdict::DECAP, ifindex)
+        Outcome::redirect(verdict, ifindex)
     } else {
-        Outcome::redirect_peer(Verdict::DECAP, ifindex)
+        Outcome::redirect_peer(verdict, ifindex)
     }
 }

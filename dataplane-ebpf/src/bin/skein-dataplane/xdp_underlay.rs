@@ -14,6 +14,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use dataplane_ebpf::{
     counters::Verdict,
+    mesh::MESH_DECAP_META_MAGIC,
     overlay::{DecapMeta, DECAP_META_MAGIC, ENCAP_LEN},
 };
 
@@ -42,6 +43,8 @@ pub fn xdp_underlay(ctx: XdpContext) -> u32 {
     }
     let (verdict, action) = match xdp_decap(&ctx) {
         XdpDecap::Decapsulated => (Verdict::DECAP, xdp_action::XDP_PASS),
+        XdpDecap::MeshDelivered => (Verdict::MESH_DELIVER, xdp_action::XDP_PASS),
+        XdpDecap::MeshRefused => (Verdict::MESH_REFUSED, xdp_action::XDP_DROP),
         XdpDecap::Untouched => (Verdict::PASS, xdp_action::XDP_PASS),
         XdpDecap::Spoofed => (Verdict::SPOOFED, xdp_action::XDP_DROP),
         XdpDecap::IntoOverlay => (Verdict::INTO_OVERLAY, xdp_action::XDP_DROP),
@@ -54,6 +57,10 @@ pub fn xdp_underlay(ctx: XdpContext) -> u32 {
 enum XdpDecap {
     /// Decapsulated and marked.
     Decapsulated,
+    /// A mesh request for a local task (backend host): decapsulated and marked as such.
+    MeshDelivered,
+    /// On the mesh's ingress VNI but refused (see `crate::mesh_decap`): dropped.
+    MeshRefused,
     /// Left whole for tc to judge.
     Untouched,
     /// VXLAN for a local endpoint from an underlay source that may not send for its
@@ -67,10 +74,15 @@ enum XdpDecap {
 /// with a [`DecapMeta`]. Spoofed frames are dropped; anything else is left untouched for tc.
 #[inline(always)]
 fn xdp_decap(ctx: &XdpContext) -> XdpDecap {
-    let (vni, dst, ifindex) = match classify(ctx) {
+    let (vni, dst, ifindex, mesh) = match classify(ctx) {
         Vxlan::Deliver {
-            vni, dst, ifindex, ..
-        } => (vni, dst, ifindex),
+            vni,
+            dst,
+            ifindex,
+            mesh,
+            ..
+        } => (vni, dst, ifindex, mesh),
+        Vxlan::MeshRefused { .. } => return XdpDecap::MeshRefused,
         Vxlan::Spoofed { outer, inner } => {
             debug!(
                 ctx,
@@ -81,16 +93,25 @@ fn xdp_decap(ctx: &XdpContext) -> XdpDecap {
         Vxlan::NotOurs if into_overlay(ctx) => return XdpDecap::IntoOverlay,
         _ => return XdpDecap::Untouched,
     };
-    if !xdp_pop(ctx, vni, dst, ifindex) {
+    let magic = if mesh {
+        MESH_DECAP_META_MAGIC
+    } else {
+        DECAP_META_MAGIC
+    };
+    if !xdp_pop(ctx, vni, dst, ifindex, magic) {
         return XdpDecap::Untouched;
     }
-    XdpDecap::Decapsulated
+    if mesh {
+        XdpDecap::MeshDelivered
+    } else {
+        XdpDecap::Decapsulated
+    }
 }
 
-/// Pops the outer headers of a frame [`classify`] found deliverable and writes the mark;
-/// false (and no mark) if it could not.
+/// Pops the outer headers of a frame [`classify`] found deliverable and writes the mark
+/// (`magic`: an overlay or a mesh delivery); false (and no mark) if it could not.
 #[inline(always)]
-fn xdp_pop(ctx: &XdpContext, vni: u32, dst: [u8; 4], ifindex: u32) -> bool {
+fn xdp_pop(ctx: &XdpContext, vni: u32, dst: [u8; 4], ifindex: u32, magic: u32) -> bool {
     let meta_len = size_of::<DecapMeta>() as i32;
     // Room for the metadata first, zeroed at once: should popping the headers fail, no
     // stale bytes there may look like a mark. A driver without metadata support refuses,
@@ -115,7 +136,7 @@ fn xdp_pop(ctx: &XdpContext, vni: u32, dst: [u8; 4], ifindex: u32) -> bool {
     write_meta(
         ctx,
         &DecapMeta {
-            magic: DECAP_META_MAGIC,
+            magic,
             ifindex,
             vni,
         },
