@@ -68,10 +68,7 @@ pub fn verdict_packets(samples: &BTreeMap<String, u64>, verdict: &str) -> u64 {
             key.split_once('{').is_some_and(|(name, labels)| {
                 name.starts_with("skein_")
                     && name.ends_with("_packets_total")
-                    && labels
-                        .trim_end_matches('}')
-                        .split(',')
-                        .any(|l| l == label)
+                    && labels.trim_end_matches('}').split(',').any(|l| l == label)
             })
         })
         .map(|(_, v)| v)

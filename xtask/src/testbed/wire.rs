@@ -63,17 +63,27 @@ impl Testbed {
     /// (what [`Testbed::make_wire_like`] sets), read back with `ethtool -k`.
     pub fn is_wire_like(&self) -> Result<bool> {
         let feature = |netns: &str, dev: &str, name: &str| -> Result<bool> {
-            let out = run_command(Command::new("ip").args(["netns", "exec", netns, "ethtool", "-k", dev]))?;
+            let out = run_command(
+                Command::new("ip").args(["netns", "exec", netns, "ethtool", "-k", dev]),
+            )?;
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("{name}:")))
                 .map(|v| v.trim().starts_with("on"))
                 .with_context(|| format!("no {name} line from ethtool -k {dev} in {netns}"))
         };
         for host in self.all_hosts() {
-            if !feature(&self.underlay_netns, host.bridge_port(), "generic-receive-offload")? {
+            if !feature(
+                &self.underlay_netns,
+                host.bridge_port(),
+                "generic-receive-offload",
+            )? {
                 return Ok(false);
             }
         }
-        Ok(!feature(self.client.netns(), UNDERLAY_IFACE, "tx-checksumming")?)
+        Ok(!feature(
+            self.client.netns(),
+            UNDERLAY_IFACE,
+            "tx-checksumming",
+        )?)
     }
 }
