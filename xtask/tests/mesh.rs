@@ -898,22 +898,27 @@ fn only_published_ports_open_and_skeins_own_ports_cannot_be_published() {
         curl(&bed, &["-o", "/dev/null", &url]).unwrap();
     }
     // Publishing a port Skein itself uses is refused at create, and creates nothing.
+    // A command that would run (whoami, detached): only the refusal can make create fail.
+    let command = whoami(&["--port", "81"]);
     for publish in ["4789:80/udp", "7946:80", "7946:80/udp"] {
-        let out = skein(
-            bed.host(0),
-            &[
-                "service",
-                "create",
-                "bad",
-                "--publish",
-                publish,
-                "--",
-                "true",
-            ],
-        )
-        .unwrap();
+        let mut args = vec![
+            "service",
+            "create",
+            "bad",
+            "--detach",
+            "--publish",
+            publish,
+            "--",
+        ];
+        args.extend(command.iter().map(String::as_str));
+        let out = skein(bed.host(0), &args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "--publish {publish} was accepted");
-        assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
+        let port = publish.split(':').next().unwrap();
+        assert!(
+            stderr.contains(port),
+            "the refusal names the port {port}: {stderr}"
+        );
     }
     let ls = skein_ok(bed.host(0), &["service", "ls"]).unwrap();
     assert!(!ls.contains("bad"), "{ls}");
