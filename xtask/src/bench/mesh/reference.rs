@@ -20,6 +20,10 @@ const OVERLAY_MTU: &str = "1450";
 const HTTP_PORT: u16 = 8180;
 const DOWNLOAD_PORT: u16 = 8181;
 const UDP_PORT: u16 = 1009;
+/// What leaving the ingress node towards a remote backend looks like, for both sides:
+/// VXLAN (the reference's kernel device and Skein's mesh both encapsulate on port 4789).
+/// Matching it keeps the agents' gossip and anything else the host sends out of the count.
+const LEAVING: &str = "ip protocol udp udp dport 4789";
 /// How long the receiver's counter is given to settle after the generator stops.
 const DRAIN: Duration = Duration::from_millis(300);
 
@@ -308,7 +312,8 @@ pub(super) fn curl_ok(bed: &Testbed, url: &str, seconds: u32) -> bool {
 // (a) 64-byte UDP through one ingress node.
 
 /// An nftables `netdev` ingress chain on a switch port (the frames a host sends into the
-/// switch), counting IPv4 and either passing or dropping it; removed on drop. (This kernel
+/// switch), counting the IPv4 packets that match `what` (an nft match) and dropping them;
+/// removed on drop. (This kernel
 /// has no tc `matchall`.)
 struct PortFilter {
     netns: String,
@@ -316,11 +321,10 @@ struct PortFilter {
 }
 
 impl PortFilter {
-    fn install(netns: &str, dev: &str, drop: bool) -> Result<PortFilter> {
+    fn install(netns: &str, dev: &str, what: &str) -> Result<PortFilter> {
         let table = format!("skport_{dev}");
-        let verdict = if drop { "drop" } else { "accept" };
         let rules = format!(
-            "table netdev {table} {{\n  chain in {{\n    type filter hook ingress device \"{dev}\" priority 0; policy accept;\n    meta protocol ip counter {verdict}\n  }}\n}}\n"
+            "table netdev {table} {{\n  chain in {{\n    type filter hook ingress device \"{dev}\" priority 0; policy accept;\n    meta protocol ip {what} counter drop\n  }}\n}}\n"
         );
         let _ = in_ns(netns, &["nft", "delete", "table", "netdev", &table]);
         let mut child = Command::new("ip")
@@ -518,11 +522,11 @@ pub(super) fn udp_run(
     let target = ingress.underlay_ip().to_string();
     let run = || send(client, &target, side.udp_port, flows, duration);
     let base = {
-        let _f = PortFilter::install(ul, bed.client().name(), true)?;
+        let _f = PortFilter::install(ul, bed.client().name(), "")?;
         run()?
     };
     let (ing, leaving) = {
-        let f = PortFilter::install(ul, ingress.name(), true)?;
+        let f = PortFilter::install(ul, ingress.name(), LEAVING)?;
         let s = run()?;
         (s, f.packets()?)
     };
