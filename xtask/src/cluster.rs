@@ -125,3 +125,108 @@ pub fn create_endpoint(host: &Host, network: &str, name: &str) -> Result<(String
         row["ip"].as_str().context("ip")?.to_owned(),
     ))
 }
+
+/// A task as `service ps --format json` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TaskInfo {
+    /// `web.1`, ...
+    pub name: String,
+    /// The task ID (whoami's `Hostname:`).
+    pub id: String,
+    /// The host it runs on (its namespace name, the agent's hostname in a testbed).
+    pub host: String,
+    /// Its overlay IP.
+    pub ip: String,
+    /// `running`, `starting`, `down`, ...
+    pub state: String,
+}
+
+/// The tasks of `service` as `host` lists them (empty while the agent does not answer).
+pub fn service_tasks(host: &Host, service: &str) -> Vec<TaskInfo> {
+    let Ok(out) = skein_ok(host, &["service", "ps", service, "--format", "json"]) else {
+        return Vec::new();
+    };
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+    rows.iter()
+        .map(|r| TaskInfo {
+            name: r["name"].as_str().unwrap_or_default().to_owned(),
+            id: r["id"].as_str().unwrap_or_default().to_owned(),
+            host: r["hostname"].as_str().unwrap_or_default().to_owned(),
+            ip: r["ip"].as_str().unwrap_or_default().to_owned(),
+            state: r["state"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
+}
+
+/// The running tasks of `service` as `host` lists them.
+pub fn running_tasks(host: &Host, service: &str) -> Vec<TaskInfo> {
+    service_tasks(host, service)
+        .into_iter()
+        .filter(|t| t.state == "running")
+        .collect()
+}
+
+/// The namespaces Skein made on `host` (named after its resource prefix).
+pub fn agent_namespaces(host: &Host) -> Result<Vec<String>> {
+    let list = host.run("ip", ["netns", "list"])?;
+    Ok(list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{}-", host.resource_prefix())))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The namespace of `host`'s agent that has the address `ip` (a task's or an endpoint's).
+pub fn netns_with_ip(host: &Host, ip: &str) -> Result<String> {
+    for ns in agent_namespaces(host)? {
+        let Ok(out) = in_netns(&ns, &["ip", "-o", "-4", "addr", "show"]) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text
+            .split_whitespace()
+            .any(|w| w.split('/').next() == Some(ip))
+        {
+            return Ok(ns);
+        }
+    }
+    bail!("no namespace of {} has the address {ip}", host.name())
+}
+
+/// A host's death as a machine dies: its agent and every process in its agent's
+/// namespaces (the tasks) get SIGKILL at once. `agent` is the host's agent process.
+pub fn kill_host(host: &Host, agent: &mut Process) -> Result<()> {
+    agent.kill9()?;
+    for ns in agent_namespaces(host)? {
+        let pids = host
+            .run("ip", ["netns", "pids", &ns])
+            .with_context(|| format!("listing the processes in {ns}"))?;
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) of a process in a namespace this testbed's agent created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every host in `watchers` lists `down_host` (a host's namespace name, its
+/// hostname) as `down` in `node ls`.
+pub fn wait_node_down(watchers: &[&Host], down_host: &str, timeout: Duration) -> Result<()> {
+    for w in watchers {
+        wait_until(
+            &format!("{} to see {down_host} down", w.name()),
+            timeout,
+            || {
+                node_rows(w).is_some_and(|rows| {
+                    rows.iter()
+                        .any(|r| r["hostname"] == down_host && r["status"] == "down")
+                })
+            },
+        )?;
+    }
+    Ok(())
+}

@@ -44,6 +44,37 @@ pub const XDP_PASS_BYTES: &str = "skein_xdp_underlay_bytes_total{verdict=\"pass\
 pub const TC_NO_PORT_PACKETS: &str =
     "skein_tc_endpoint_ingress_packets_total{verdict=\"drop\",reason=\"no_port\"}";
 
+/// The routing mesh's per-verdict packet counters (`dataplane_ebpf::counters`, slots 20..),
+/// as the `verdict` label of `/metrics`.
+pub const MESH_VERDICTS: &[&str] = &[
+    "mesh_new_flow",
+    "mesh_flow",
+    "mesh_reply",
+    "mesh_deliver",
+    "mesh_no_backend",
+    "mesh_reset",
+    "mesh_frag_needed",
+    "mesh_refused",
+    "mesh_invalid",
+];
+
+/// Packets counted with `verdict="<verdict>"` by any program (`skein_*_packets_total`):
+/// which program counts a mesh verdict (the XDP or a TC one) does not matter to a test.
+pub fn verdict_packets(samples: &BTreeMap<String, u64>, verdict: &str) -> u64 {
+    let label = format!("verdict=\"{verdict}\"");
+    samples
+        .iter()
+        .filter(|(key, _)| {
+            key.split_once('{').is_some_and(|(name, labels)| {
+                name.starts_with("skein_")
+                    && name.ends_with("_packets_total")
+                    && labels.trim_end_matches('}').split(',').any(|l| l == label)
+            })
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// One sample, or an error naming it.
 pub fn sample(samples: &BTreeMap<String, u64>, key: &str) -> Result<u64> {
     samples
@@ -65,5 +96,18 @@ mod tests {
         assert!(parse("x{a=\"b\"} twelve\n").is_err());
         assert!(parse("novalue\n").is_err());
         assert!(sample(&samples, "missing").is_err());
+    }
+
+    #[test]
+    fn verdict_packets_sums_every_program_and_nothing_else() {
+        let text = "skein_xdp_underlay_packets_total{verdict=\"mesh_invalid\"} 3\n\
+                    skein_tc_underlay_ingress_packets_total{verdict=\"mesh_invalid\",reason=\"x\"} 4\n\
+                    skein_xdp_underlay_bytes_total{verdict=\"mesh_invalid\"} 900\n\
+                    skein_xdp_underlay_packets_total{verdict=\"mesh_invalid_other\"} 7\n\
+                    skein_xdp_underlay_packets_total{verdict=\"mesh_reset\"} 1\n";
+        let samples = parse(text).unwrap();
+        assert_eq!(verdict_packets(&samples, "mesh_invalid"), 7);
+        assert_eq!(verdict_packets(&samples, "mesh_reset"), 1);
+        assert_eq!(verdict_packets(&samples, "mesh_no_backend"), 0);
     }
 }

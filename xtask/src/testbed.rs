@@ -31,12 +31,15 @@
 //! - this file: [`TestbedConfig`], [`Testbed`], [`Host`], [`wait_until`].
 //! - `process`: [`Process`], a child started inside a host, and the testbed's record of them.
 //! - `cleanup`: removing a run by its prefix, and [`sweep_dead_runs`].
+//! - `wire`: [`Testbed::make_wire_like`], an underlay that behaves like NICs and a switch
+//!   for programs that transmit from XDP.
 
 mod cleanup;
 mod in_netns;
 mod process;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::{
     env,

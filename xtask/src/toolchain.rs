@@ -96,6 +96,9 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("curl", "curl"),
     ("bpftool", "bpftool"),
+    // The routing mesh: its bench (`wrk`) and its hostile-traffic test (`hping3`).
+    ("wrk", "wrk"),
+    ("hping3", "hping3"),
 ];
 
 /// Installs the Debian packages whose commands are missing (one `apt-get` run).

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub(crate) mod gossip;
+pub(crate) mod mesh;
 pub(crate) mod mesh_cost;
 pub(crate) mod overlay;
 pub(crate) mod pktgen;
@@ -13,6 +14,8 @@ pub(crate) mod services;
 pub(crate) enum Bench {
     /// Control plane: change propagation, failure detection, false downs, RSS, bandwidth.
     Gossip(gossip::Args),
+    /// Routing mesh vs a kernel VXLAN + nftables DNAT reference (Swarm without IPVS).
+    Mesh(mesh::Args),
     /// Overlay dataplane vs the kernel VXLAN + bridge reference, same testbed, side by side.
     Overlay(overlay::Args),
     /// Services: create → converged, and a host's death → its tasks running elsewhere.
@@ -28,6 +31,7 @@ pub(crate) enum Bench {
 pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Gossip(args) => gossip::run(args),
+        Bench::Mesh(args) => mesh::run(args),
         Bench::Overlay(args) => overlay::run(args),
         Bench::Services(args) => services::run(args),
         Bench::MeshCost { runs } => mesh_cost::run(runs).map(|_| ()),

@@ -372,12 +372,12 @@ impl Drop for PeerGro {
 const SINK_TABLE: &str = "skein_pktgen_sink";
 
 /// The receiver's nftables table: counts and drops UDP to [`SINK_PORT`] at prerouting.
-struct Sink {
+pub(crate) struct Sink {
     netns: String,
 }
 
 impl Sink {
-    fn install(netns: &str) -> Result<Sink> {
+    pub(crate) fn install(netns: &str) -> Result<Sink> {
         let rules = format!(
             "table inet {SINK_TABLE} {{\n\
                counter delivered {{ }}\n\
@@ -401,7 +401,7 @@ impl Sink {
         })
     }
 
-    fn packets(&self) -> Result<u64> {
+    pub(crate) fn packets(&self) -> Result<u64> {
         let out = run_command(Command::new("ip").args([
             "netns",
             "exec",
@@ -577,7 +577,7 @@ impl Figures {
 
 /// Total CPU time of every `ksoftirqd/N` (their `/proc/<pid>/schedstat`, exact nanoseconds):
 /// softirq work the kernel deferred from the generator's context runs there.
-fn ksoftirqd_cpu() -> Result<Duration> {
+pub(crate) fn ksoftirqd_cpu() -> Result<Duration> {
     let mut total = 0u64;
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
         let dir = entry?.path();

@@ -332,3 +332,23 @@ fn wait_until_times_out_naming_what_and_why() {
     .unwrap_err();
     assert!(err.to_string().contains("connection refused"), "{err}");
 }
+
+#[test]
+fn a_wire_like_underlay_has_gro_on_its_switch_ports_and_a_client_without_tx_offload() {
+    let tb = Testbed::new("wire-like", TestbedConfig::with_hosts(2)).unwrap();
+    // Veths come with GRO off and tx checksumming on: not wire-like until asked.
+    assert!(!tb.is_wire_like().unwrap());
+    tb.make_wire_like().unwrap();
+    assert!(tb.is_wire_like().unwrap());
+    // Idempotent, and the underlay still carries traffic (the client's checksums now
+    // computed by its stack).
+    tb.make_wire_like().unwrap();
+    ping(tb.client(), tb.host(1).underlay_ip()).unwrap();
+    ping(tb.host(0), tb.client().underlay_ip()).unwrap();
+    let tcp = run_command(tb.client().command("ethtool").args(["-k", UNDERLAY_IFACE])).unwrap();
+    assert!(
+        tcp.lines()
+            .any(|l| l.starts_with("tcp-segmentation-offload:") && l.contains("off")),
+        "TSO follows tx checksumming off on the client: {tcp}"
+    );
+}

@@ -1,0 +1,496 @@
+//! `cargo xtask bench mesh`: the routing mesh next to a kernel reference, side by side in one
+//! run on one 3-host testbed with a client namespace on the underlay. Needs root.
+//!
+//! - Skein: a cluster; `web` (3 × whoami, `--publish 8080:80`), `sink` (1 × whoami --udp,
+//!   `--publish 9:9/udp`), `dl` (1 × `python3 -m http.server`, `--publish 8081:8000`).
+//! - Kernel reference (Swarm's design without IPVS, which this kernel lacks), on the same
+//!   hosts: per host a VXLAN device `vxm` (VNI 78, port 4789, static FDB and neighbour
+//!   entries, as Swarm's control plane writes them) on a bridge `brm` (10.78.0.N/24), one
+//!   backend namespace per host (10.78.0.1N, default route via its host) running the same
+//!   programs as plain processes, and nftables on every host: `numgen inc mod 3` DNAT of
+//!   `<underlay ip>:8180` to the three backends' port 80, `:8181` to the download backend on
+//!   h2, UDP `:1009` to h2's backend port 9, and masquerade out of `brm` (so the reference's
+//!   backends see the ingress host, not the client: the address the mesh keeps).
+//! - The underlay is made wire-like for both ([`Testbed::make_wire_like`]).
+//!
+//! Figures:
+//! (a) 64-byte UDP through one ingress node to a remote backend, from a socket generator in
+//!     the client (8 sockets, one source port each; not the live-frames generator of
+//!     `pktgen.rs`, whose recycled frames come back rewritten by a NAT: see
+//!     `reference::send`). Frames leaving the ingress node are counted by
+//!     an nftables netdev ingress chain on its switch port in the underlay namespace: VXLAN
+//!     (UDP 4789) towards the backend's host, which is how both sides forward (the agents'
+//!     gossip is left out). CPU of the ingress node: namespaces have no CPU accounting, and the whole
+//!     path runs as softirq work in the generator thread's context (plus ksoftirqd), so it is
+//!     measured by difference: a run where the switch port drops what the ingress node sends
+//!     (path = generator + switch + ingress node), minus a baseline run where the client's own
+//!     switch port drops the frames (generator + switch), scaled per frame sent. A third run
+//!     delivers to the backend (counted by an nftables rule in its namespace): delivered rate
+//!     and CPU (generator thread + ksoftirqd) per delivered packet.
+//! (b) `wrk` from the client through h1's published port: a new connection per request
+//!     (`Connection: close`) and keep-alive; requests/s, p99 latency, CPU per request (whole
+//!     machine busy time from `/proc/stat`, so wrk and the servers are in it for both sides);
+//!     a 100 MB download (curl) through a node that does not run the backend: throughput and
+//!     the backend's retransmitted segments (`/proc/net/snmp` of its namespace).
+//! (c) Skein only: a backend's host killed (agent + tasks SIGKILLed) → time until every
+//!     request to every surviving node succeeds again. The reference has no control plane
+//!     (nftables' map never changes), so it never recovers: n/a.
+//!
+//! Figures only: no thresholds. Every run is bounded by `--*-seconds` and `timeout`.
+
+use std::{
+    fs,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use xtask::{
+    cluster::{kill_host, netns_with_ip, running_tasks, skein_ok, start_cluster},
+    testbed::{run_command, skein_binary, wait_until, Host, Process, Testbed, TestbedConfig},
+    toolchain::{ensure_debian_packages, say},
+};
+
+use super::percentiles;
+
+mod reference;
+
+/// The published ports: Skein's and the reference's differ (they share the hosts' addresses).
+const SKEIN_HTTP: u16 = 8080;
+const SKEIN_DOWNLOAD: u16 = 8081;
+const SKEIN_UDP: u16 = 9;
+const DOWNLOAD_MB: u64 = 100;
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Measure only the kernel reference (no agents; for before the mesh lands).
+    #[arg(long)]
+    reference_only: bool,
+    /// Seconds of each 64-byte UDP generator run.
+    #[arg(long, default_value_t = 3)]
+    udp_seconds: u32,
+    /// Rounds of the UDP runs (each side once per round; medians reported).
+    #[arg(long, default_value_t = 3)]
+    udp_rounds: u32,
+    /// UDP flows (source ports) the generator cycles through.
+    #[arg(long, default_value_t = 8)]
+    udp_flows: u16,
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 5)]
+    wrk_seconds: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 16)]
+    wrk_connections: u32,
+    /// After setting up, print the testbed's prefix and wait this many seconds before
+    /// checking and measuring (to inspect it by hand; it is still removed at the end).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+    /// Host deaths timed (Skein only).
+    #[arg(long, default_value_t = 3)]
+    deaths: usize,
+}
+
+/// What one side offers the measurements.
+pub(crate) struct Side {
+    label: &'static str,
+    /// Index of the ingress host for UDP and HTTP.
+    udp_ingress: usize,
+    udp_port: u16,
+    /// The namespace whose nftables sink counts the delivered UDP (port 9).
+    udp_receiver: String,
+    http_port: u16,
+    download_ingress: usize,
+    download_port: u16,
+    /// The download backend's namespace (its retransmits).
+    download_backend: String,
+}
+
+/// One row: metric, Skein, reference, Skein/reference.
+struct Row(String, Option<f64>, Option<f64>, usize);
+
+pub(crate) fn run(args: Args) -> Result<()> {
+    ensure_debian_packages()?;
+    say("mesh: 3 hosts + a client on a wire-like underlay; Skein's mesh and the kernel reference");
+    let bed = Testbed::new("bench-mesh", TestbedConfig::with_hosts(3))?;
+    bed.make_wire_like()?;
+    let blob_dir = bed.run_dir().join("blob");
+    fs::create_dir_all(&blob_dir)?;
+    run_command(
+        Command::new("head")
+            .args(["-c", &format!("{}", DOWNLOAD_MB << 20), "/dev/urandom"])
+            .stdout(fs::File::create(blob_dir.join("blob"))?),
+    )?;
+
+    say("kernel reference: vxlan 78 + bridge brm + nftables numgen DNAT/masquerade on h1..h3");
+    let (reference, _servers) = reference::build(&bed, &blob_dir)?;
+    if args.hold > 0 {
+        say(&format!(
+            "holding {} s: testbed {}",
+            args.hold,
+            bed.prefix()
+        ));
+        std::thread::sleep(Duration::from_secs(args.hold));
+    }
+    reference::check(&bed)?;
+
+    let mut skein = None;
+    let mut agents = Vec::new();
+    if !args.reference_only {
+        say("Skein: cluster, services web (3), sink (1, UDP), dl (1, download)");
+        let (a, token) = start_cluster(&bed)?;
+        agents = a;
+        skein = Some((skein_side(&bed, &blob_dir)?, token));
+    }
+    let sides: Vec<&Side> = skein
+        .as_ref()
+        .map(|(s, _)| s)
+        .into_iter()
+        .chain(std::iter::once(&reference))
+        .collect();
+
+    let mut rows = Vec::new();
+    let both = |rows: &mut Vec<Row>, metric: &str, v: &[Option<f64>], precision| {
+        let (s, r) = if sides.len() == 2 {
+            (v[0], v[1])
+        } else {
+            (None, v[0])
+        };
+        rows.push(Row(metric.to_owned(), s, r, precision));
+    };
+
+    // (a) 64-byte UDP through one ingress node.
+    say(&format!(
+        "(a) 64-byte UDP through one ingress node to a remote backend: {} rounds × {} s, {} flows",
+        args.udp_rounds, args.udp_seconds, args.udp_flows
+    ));
+    let duration = Duration::from_secs(args.udp_seconds.into());
+    let mut udp: Vec<Vec<reference::UdpFigures>> = vec![Vec::new(); sides.len()];
+    for round in 1..=args.udp_rounds {
+        for (side, runs) in sides.iter().zip(&mut udp) {
+            // A side that fails a run is reported n/a, the other side still measured.
+            match reference::udp_run(&bed, side, args.udp_flows, duration) {
+                Ok(f) => {
+                    println!("   round {round}, {}: {}", side.label, f.describe());
+                    runs.push(f);
+                }
+                Err(e) => println!("   round {round}, {}: failed: {e:#}", side.label),
+            }
+        }
+    }
+    let med = |f: fn(&reference::UdpFigures) -> Option<f64>| -> Vec<Option<f64>> {
+        udp.iter()
+            .map(|runs| median(runs.iter().filter_map(f).collect()))
+            .collect()
+    };
+    both(
+        &mut rows,
+        "UDP 64 B: frames leaving the ingress node per ingress CPU-s (k)",
+        &med(|f| f.leaving_per_cpu_s().map(|v| v / 1e3)),
+        0,
+    );
+    both(
+        &mut rows,
+        "  ingress CPU ns/frame",
+        &med(|f| f.ingress_ns_per_frame()),
+        0,
+    );
+    both(
+        &mut rows,
+        "  leaving kpps (drop-after-ingress run)",
+        &med(|f| Some(f.leaving_kpps())),
+        0,
+    );
+    both(
+        &mut rows,
+        "  delivered kpps (delivery run)",
+        &med(|f| Some(f.delivered_kpps())),
+        0,
+    );
+    both(
+        &mut rows,
+        "  sent kpps (delivery run)",
+        &med(|f| Some(f.sent_kpps())),
+        0,
+    );
+    both(
+        &mut rows,
+        "  path CPU ns/delivered packet",
+        &med(|f| f.path_ns_per_delivered()),
+        0,
+    );
+
+    // (b) HTTP with wrk, and the download.
+    for close in [true, false] {
+        let label = if close {
+            "new connection per request"
+        } else {
+            "keep-alive"
+        };
+        say(&format!(
+            "(b) wrk, {label}, {} s, {} connections",
+            args.wrk_seconds, args.wrk_connections
+        ));
+        let mut figures = Vec::new();
+        for side in &sides {
+            let ip = bed.host(0).underlay_ip();
+            let url = format!("http://{ip}:{}/", side.http_port);
+            let w = reference::wrk(&bed, &url, close, &args_wrk(&args));
+            match &w {
+                Ok(w) => println!("   {}: {}", side.label, w.describe()),
+                Err(e) => println!("   {}: failed: {e:#}", side.label),
+            }
+            figures.push(w.ok());
+        }
+        let v = |f: fn(&reference::Wrk) -> Option<f64>| {
+            figures
+                .iter()
+                .map(|w| w.as_ref().and_then(f))
+                .collect::<Vec<_>>()
+        };
+        both(
+            &mut rows,
+            &format!("HTTP {label}: req/s"),
+            &v(|w| Some(w.requests_per_s)),
+            0,
+        );
+        both(&mut rows, "  p99 latency (ms)", &v(|w| w.p99_ms), 2);
+        both(
+            &mut rows,
+            "  CPU µs/request (machine)",
+            &v(|w| w.cpu_us_per_request()),
+            1,
+        );
+        both(
+            &mut rows,
+            "  errors (socket + non-2xx)",
+            &v(|w| Some(w.errors as f64)),
+            0,
+        );
+    }
+    say(&format!(
+        "(b) {DOWNLOAD_MB} MB download through a node without the backend"
+    ));
+    let mut downloads = Vec::new();
+    for side in &sides {
+        let d = reference::download(&bed, side, DOWNLOAD_MB << 20);
+        match &d {
+            Ok(d) => println!("   {}: {}", side.label, d.describe()),
+            Err(e) => println!("   {}: failed: {e:#}", side.label),
+        }
+        downloads.push(d.ok());
+    }
+    both(
+        &mut rows,
+        "100 MB download (Gbit/s)",
+        &downloads
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.gbits))
+            .collect::<Vec<_>>(),
+        2,
+    );
+    both(
+        &mut rows,
+        "  retransmits (backend)",
+        &downloads
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.retransmits as f64))
+            .collect::<Vec<_>>(),
+        0,
+    );
+
+    // (c) a backend's host killed.
+    if let Some((_, token)) = &skein {
+        say(&format!(
+            "(c) Skein: a backend's host killed → every request succeeds again ({} runs)",
+            args.deaths
+        ));
+        let mut recovered = Vec::new();
+        for round in 0..args.deaths {
+            let victim = 1 + round % 2;
+            let t = match host_death(&bed, &mut agents, victim, token) {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("   run {}: failed: {e:#}", round + 1);
+                    break;
+                }
+            };
+            println!(
+                "   run {}: h{} killed, every request succeeds after {:.0} ms",
+                round + 1,
+                victim + 1,
+                t.as_secs_f64() * 1e3
+            );
+            recovered.push(t);
+        }
+        println!(
+            "   (c) Skein: {}; reference: n/a (no control plane: never)",
+            percentiles(&mut recovered)
+        );
+    }
+
+    print_table(&rows);
+    println!(
+        "   (wire-like underlay: GRO on the switch ports, tx checksumming off on the client; \
+         UDP: medians of the socket generator in the client, ingress CPU by difference from a baseline \
+         run dropped at the client's switch port; HTTP CPU: whole machine /proc/stat; a shared \
+         machine: compare within this table only)"
+    );
+    drop(agents);
+    Ok(())
+}
+
+fn args_wrk(args: &Args) -> (u32, u32) {
+    (args.wrk_seconds, args.wrk_connections)
+}
+
+/// Skein's side: its three services, created through the CLI on h1.
+fn skein_side(bed: &Testbed, blob_dir: &std::path::Path) -> Result<Side> {
+    let h1 = bed.host(0);
+    let skein = skein_binary()?.display().to_string();
+    let blob = blob_dir.display().to_string();
+    for (name, replicas, publish, command) in [
+        (
+            "web",
+            "3",
+            format!("{SKEIN_HTTP}:80"),
+            vec![skein.as_str(), "whoami", "--port", "80"],
+        ),
+        (
+            "sink",
+            "1",
+            format!("{SKEIN_UDP}:9/udp"),
+            vec![skein.as_str(), "whoami", "--udp", "--port", "9"],
+        ),
+        (
+            "dl",
+            "1",
+            format!("{SKEIN_DOWNLOAD}:8000"),
+            vec![
+                "/usr/bin/python3",
+                "-m",
+                "http.server",
+                "8000",
+                "--directory",
+                blob.as_str(),
+            ],
+        ),
+    ] {
+        let mut a = vec![
+            "service",
+            "create",
+            name,
+            "--replicas",
+            replicas,
+            "--publish",
+            &publish,
+            "--",
+        ];
+        a.extend(command);
+        skein_ok(h1, &a)?;
+    }
+    let one = |service: &str| -> Result<(usize, String)> {
+        let t = wait_until(&format!("{service}'s task running"), LIMIT, || {
+            running_tasks(h1, service).into_iter().next()
+        })?;
+        let i = bed
+            .hosts()
+            .iter()
+            .position(|h| h.netns() == t.host)
+            .with_context(|| format!("{service}'s task is on {}, not a testbed host", t.host))?;
+        Ok((i, netns_with_ip(bed.host(i), &t.ip)?))
+    };
+    let (sink_host, sink_ns) = one("sink")?;
+    let (dl_host, dl_ns) = one("dl")?;
+    Ok(Side {
+        label: "Skein ",
+        udp_ingress: (sink_host + 1) % 3,
+        udp_port: SKEIN_UDP,
+        udp_receiver: sink_ns,
+        http_port: SKEIN_HTTP,
+        download_ingress: (dl_host + 1) % 3,
+        download_port: SKEIN_DOWNLOAD,
+        download_backend: dl_ns,
+    })
+}
+
+/// Kills host `victim` (agent and tasks), waits until 6 requests in a row (3 to each
+/// surviving node) all succeed, then restarts its agent and waits for one task per host.
+fn host_death(
+    bed: &Testbed,
+    agents: &mut [Process],
+    victim: usize,
+    token: &str,
+) -> Result<Duration> {
+    let h1 = bed.host(0);
+    wait_until("web: one running task per host", LIMIT, || {
+        let r = running_tasks(h1, "web");
+        r.len() == 3
+            && bed
+                .hosts()
+                .iter()
+                .all(|h| r.iter().any(|t| t.host == h.netns()))
+    })?;
+    let survivors: Vec<&Host> = bed
+        .hosts()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, h)| h)
+        .collect();
+    kill_host(bed.host(victim), &mut agents[victim])?;
+    let start = Instant::now();
+    let mut recovered = None;
+    while start.elapsed() < LIMIT {
+        let all_ok = survivors.iter().all(|h| {
+            (0..3).all(|_| {
+                reference::curl_ok(bed, &format!("http://{}:{SKEIN_HTTP}/", h.underlay_ip()), 1)
+            })
+        });
+        if all_ok {
+            recovered = Some(start.elapsed());
+            break;
+        }
+    }
+    let recovered = recovered.with_context(|| {
+        format!(
+            "requests still failing {LIMIT:?} after h{} died",
+            victim + 1
+        )
+    })?;
+    let seed = h1.underlay_ip().to_string();
+    agents[victim] = bed
+        .host(victim)
+        .start_agent(&["--join", &seed, "--token", token])?;
+    Ok(recovered)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let show = |v: Option<f64>, p: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.p$}"));
+    println!();
+    println!(
+        "   {:<width$}  {:>10}  {:>12}  {:>7}",
+        "metric", "Skein", "kernel ref", "ratio"
+    );
+    for Row(metric, s, r, p) in rows {
+        let ratio = match (s, r) {
+            (Some(s), Some(r)) if *r != 0.0 => format!("{:.2}", s / r),
+            _ => "n/a".to_owned(),
+        };
+        println!(
+            "   {metric:<width$}  {:>10}  {:>12}  {ratio:>7}",
+            show(*s, *p),
+            show(*r, *p)
+        );
+    }
+}
