@@ -956,19 +956,21 @@ fn a_backends_reply_is_translated_back_to_the_client() {
     assert_eq!(out.len(), inner.len(), "outer headers gone");
     assert_eq!(b.stats(1, REMOTE_A).packets, 2, "syn and reply counted");
 
-    // Not a reply from that backend's host, or not on the ingress VNI: not the mesh's
-    // (the overlay's decapsulation judges it; unknown VNIs pass untouched).
+    // Not a reply from that backend's host: on the ingress VNI it is judged by the
+    // backend host's rules (no local target here), so refused and dropped — never passed
+    // to the host stack. On another VNI it is not the mesh's (unknown VNIs pass untouched).
     for (what, frame) in [
         ("from another node", from(HOST_B, INGRESS_VNI, &inner)),
         (
             "from a stranger",
             from([10, 200, 0, 99], INGRESS_VNI, &inner),
         ),
-        ("another vni", from(HOST_A, 5000, &inner)),
     ] {
-        let out = b.run(what, &frame, XDP_PASS, Verdict::PASS);
-        assert_eq!(out, frame, "{what} untouched");
+        b.run(what, &frame, XDP_DROP, Verdict::MESH_REFUSED);
     }
+    let frame = from(HOST_A, 5000, &inner);
+    let out = b.run("another vni", &frame, XDP_PASS, Verdict::PASS);
+    assert_eq!(out, frame, "another vni untouched");
     assert_eq!(b.slot(Verdict::MESH_REPLY), 1);
 }
 
