@@ -611,7 +611,7 @@ impl Host {
     }
 
     /// The name of this host's veth end in the bridge namespace.
-    fn bridge_port(&self) -> &str {
+    pub fn bridge_port(&self) -> &str {
         &self.name
     }
 }

@@ -40,7 +40,7 @@ use xtask::testbed::{Host, InNetns, Testbed, TestbedConfig};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 
 const VNI: u32 = 4096;
 const INGRESS_VNI: u32 = 4000;
@@ -506,7 +506,7 @@ fn expect_delivery(b: &mut Bed, what: &str, frame: &[u8], verdict: Verdict) -> [
     );
     let local = out.retval == XDP_PASS;
     assert!(
-        out.retval == XDP_PASS || out.retval == XDP_TX,
+        out.retval == XDP_PASS || out.retval == XDP_REDIRECT,
         "{what}: delivered, got {}",
         out.retval
     );
@@ -686,7 +686,7 @@ fn what_no_live_flow_takes_is_reset_refused_or_dropped() {
     let out = b.run(
         "ack without a flow",
         &tcp(me, mac, 43000, TCP_PORT, ACK, b"data"),
-        XDP_TX,
+        XDP_REDIRECT,
         Verdict::MESH_RESET,
     );
     assert_eq!(out.len(), 54);
@@ -710,7 +710,7 @@ fn what_no_live_flow_takes_is_reset_refused_or_dropped() {
     let out = b.run(
         "syn to a service without tasks",
         &tcp(me, mac, 43001, EMPTY_TCP, SYN, b""),
-        XDP_TX,
+        XDP_REDIRECT,
         Verdict::MESH_NO_BACKEND,
     );
     let ip = &out[14..];
@@ -721,7 +721,7 @@ fn what_no_live_flow_takes_is_reset_refused_or_dropped() {
     let out = b.run(
         "udp to a service without tasks",
         &query,
-        XDP_TX,
+        XDP_REDIRECT,
         Verdict::MESH_NO_BACKEND,
     );
     assert_eq!(out.len(), 14 + 56);
@@ -776,7 +776,12 @@ fn what_no_live_flow_takes_is_reset_refused_or_dropped() {
     // without, dropped.
     let mut big = udp(me, mac, 43011, UDP_PORT, &[0x5a; 1472]);
     set_ip(&mut big, 6, &[0x40, 0]);
-    let out = b.run("1500-byte udp, DF", &big, XDP_TX, Verdict::MESH_FRAG_NEEDED);
+    let out = b.run(
+        "1500-byte udp, DF",
+        &big,
+        XDP_REDIRECT,
+        Verdict::MESH_FRAG_NEEDED,
+    );
     let ip = &out[14..];
     assert_eq!((ip[20], ip[21]), (3, 4), "fragmentation needed");
     assert_eq!(u16::from_be_bytes([ip[26], ip[27]]), MSS + 40, "the MTU");
@@ -833,7 +838,7 @@ fn expired_flows_and_dead_backends_are_reset_and_a_syn_repicks() {
     b.run(
         "ack after the established timeout",
         &tcp(me, mac, 44000, TCP_PORT, ACK, b"late"),
-        XDP_TX,
+        XDP_REDIRECT,
         Verdict::MESH_RESET,
     );
     assert_eq!(b.ct_event(CT_DELETED) - deleted, 1, "entry deleted");
@@ -878,7 +883,7 @@ fn expired_flows_and_dead_backends_are_reset_and_a_syn_repicks() {
     b.run(
         "ack to a dead backend",
         &tcp(me, mac, 44002, TCP_PORT, ACK, b""),
-        XDP_TX,
+        XDP_REDIRECT,
         Verdict::MESH_RESET,
     );
     // New flows skip it.
@@ -938,7 +943,7 @@ fn a_backends_reply_is_translated_back_to_the_client() {
     let out = b.run(
         "syn-ack from the backend's host",
         &from(HOST_A, INGRESS_VNI, &inner),
-        XDP_TX,
+        XDP_REDIRECT,
         Verdict::MESH_REPLY,
     );
     assert_eq!(&out[..6], &CLIENT_MAC, "to the client, MAC from the FIB");

@@ -10,7 +10,8 @@ use std::{
 
 use super::{
     parse_advertise_addr, parse_duration, parse_iface, parse_nonzero_duration, parse_port,
-    parse_socket_addr, parse_token, parse_word, xdp_mode_parser, ConfigError, Defaults, JoinEntry, MeshTimeouts,
+    parse_socket_addr, parse_token, parse_word, xdp_mode_parser, ConfigError, Defaults, JoinEntry,
+    MeshTimeouts,
 };
 use crate::dataplane::XdpMode;
 

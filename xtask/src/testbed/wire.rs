@@ -9,7 +9,8 @@
 //!   facts"). A real switch port always takes the frame. GRO on the port changes nothing for
 //!   ordinary skb traffic except that the bridge may receive aggregated TCP (as a NIC's GRO
 //!   gives a host), and it is the same for Skein and the kernel reference.
-//! - **Transmit checksum offload off on the client's `eth0`**. A veth hands its peer a TCP or
+//! - **Transmit checksum offload off on every `eth0` on the underlay** (the client's and
+//!   the hosts'). A veth hands its peer a TCP or
 //!   UDP packet with `CHECKSUM_PARTIAL` (the checksum not yet filled in); as an `xdp_buff`
 //!   the partial state is lost, so an XDP program that rewrites and forwards it would send a
 //!   wrong checksum. A real client's NIC puts complete checksums on the wire, so the client's
@@ -17,8 +18,10 @@
 //!   `tso`/`gso` dependants for this device, so the client sends MTU-sized segments, as a
 //!   NIC does on the wire.)
 //!
-//! Hosts keep their own `eth0` as it is: what leaves a host is the dataplane's business (the
-//! agent's pass-through XDP already turns TSO off on the peer).
+//! The hosts' `eth0` too: a host's frames reach another host's XDP (the mesh's replies
+//! come back to the ingress node in VXLAN, and leave it by an XDP redirect), and a NIC
+//! completes the inner checksums of what it sends, tunnelled or not; over a veth they
+//! would arrive partial and leave the ingress node wrong.
 
 use std::process::Command;
 
@@ -28,7 +31,7 @@ use super::{run_command, Testbed, UNDERLAY_IFACE};
 
 impl Testbed {
     /// Makes the underlay wire-like (see the module docs): GRO on every bridge port in the
-    /// underlay namespace, tx checksum offload off on the client's `eth0`. Idempotent; call
+    /// underlay namespace, tx checksum offload off on every `eth0`. Idempotent; call
     /// it once after [`Testbed::new`], before traffic. Applies to everything on the underlay,
     /// so a benchmark's reference and Skein see the same wire.
     pub fn make_wire_like(&self) -> Result<()> {
@@ -50,16 +53,18 @@ impl Testbed {
                 .with_context(|| format!("GRO on the router's bridge port {port}"))?;
             }
         }
-        run_command(
-            Command::new("ip")
-                .args(["netns", "exec", self.client.netns(), "ethtool", "-K"])
-                .args([UNDERLAY_IFACE, "tx", "off"]),
-        )
-        .context("tx checksum offload off on the client's eth0")?;
+        for host in self.all_hosts() {
+            run_command(
+                Command::new("ip")
+                    .args(["netns", "exec", host.netns(), "ethtool", "-K"])
+                    .args([UNDERLAY_IFACE, "tx", "off"]),
+            )
+            .with_context(|| format!("tx checksum offload off on {}'s eth0", host.name()))?;
+        }
         Ok(())
     }
 
-    /// Whether GRO is on for every bridge port and tx checksumming off on the client
+    /// Whether GRO is on for every bridge port and tx checksumming off on every `eth0`
     /// (what [`Testbed::make_wire_like`] sets), read back with `ethtool -k`.
     pub fn is_wire_like(&self) -> Result<bool> {
         let feature = |netns: &str, dev: &str, name: &str| -> Result<bool> {
@@ -80,10 +85,11 @@ impl Testbed {
                 return Ok(false);
             }
         }
-        Ok(!feature(
-            self.client.netns(),
-            UNDERLAY_IFACE,
-            "tx-checksumming",
-        )?)
+        for host in self.all_hosts() {
+            if feature(host.netns(), UNDERLAY_IFACE, "tx-checksumming")? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }

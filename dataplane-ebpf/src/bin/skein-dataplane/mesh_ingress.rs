@@ -36,7 +36,7 @@ use crate::{
     maps::{lookup, underlay_config, MESH_CONFIG, MESH_PORTS},
     mesh_conntrack::{conntrack, new_flow, stat_service},
     mesh_nat::{deliver, too_big, NextHop},
-    mesh_return, mesh_respond,
+    mesh_respond, mesh_return,
     parse::*,
 };
 

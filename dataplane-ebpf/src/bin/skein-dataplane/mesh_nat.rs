@@ -3,7 +3,7 @@
 //! checksums, the client's address kept), a SYN's MSS is clamped so full segments still
 //! fit once encapsulated, and the packet goes into a local task (marked for
 //! `tc_underlay_ingress`, `XDP_PASS`) or out to the backend's host in VXLAN on the ingress
-//! VNI (`XDP_TX`, or a redirect when the FIB names another interface).
+//! VNI, redirected out of the FIB's interface (see `send`: not `XDP_TX`).
 
 use aya_ebpf::{
     bindings::{
@@ -143,16 +143,16 @@ fn into_local(ctx_ptr: *mut xdp_md, plan: &Plan) -> bool {
     write_at(ctx, 0, &inner_ethernet(plan.backend.ip))
 }
 
-/// `XDP_TX` when the next hop is out of the underlay interface (where this program
-/// runs), a redirect otherwise.
+/// Out of the FIB's interface, with a redirect even when that is the interface the frame
+/// came in on (where `XDP_TX` would do on a NIC): a veth's `XDP_TX` queues the frame on its
+/// peer's ring but wakes the peer only if the peer runs an XDP program itself
+/// (`veth_xdp_flush`), so behind a peer with only GRO (NAPI) the frame waits until the
+/// host happens to send an ordinary packet; a redirect transmits through `ndo_xdp_xmit`
+/// with a flush, which wakes the peer's NAPI at once.
 #[inline(always)]
-pub(crate) fn send(hop: &NextHop, underlay: &UnderlayValue) -> u32 {
-    if hop.ifindex == underlay.ifindex {
-        xdp_action::XDP_TX
-    } else {
-        // SAFETY: a plain helper call; it records the target for after we return.
-        unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
-    }
+pub(crate) fn send(hop: &NextHop, _underlay: &UnderlayValue) -> u32 {
+    // SAFETY: a plain helper call; it records the target for after we return.
+    unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
 }
 
 /// An address and a port to rewrite, and the checksums that cover them.

@@ -1,13 +1,13 @@
 //! What the mesh sends back to a client in place of its packet, built in the packet's own
-//! buffer and sent out of the interface it came in on (`XDP_TX`), addressed from the
+//! buffer and sent out of the interface it came in on (a redirect, see `back_out`), addressed from the
 //! address and port the client tried: a TCP reset (no live flow, or no serving task: a
 //! closed port's answer), ICMP port unreachable (UDP to a service without a serving task)
 //! and ICMP fragmentation needed (too big for the overlay). The bytes come from the pure
 //! builders in `dataplane_ebpf::respond`.
 
 use aya_ebpf::{
-    bindings::{xdp_action, xdp_md},
-    helpers::generated::bpf_xdp_adjust_tail,
+    bindings::xdp_md,
+    helpers::generated::{bpf_redirect, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use dataplane_ebpf::{
@@ -72,7 +72,7 @@ fn answer_tcp(ctx_ptr: *mut xdp_md, c: &Client, verdict: Verdict) -> Decision {
     if !write_at(ctx, ETH_LEN, &rst) {
         return drop(Verdict::ERROR);
     }
-    decided(verdict, xdp_action::XDP_TX)
+    decided(verdict, back_out(ctx_ptr))
 }
 
 #[inline(never)]
@@ -92,7 +92,16 @@ fn answer_icmp(ctx_ptr: *mut xdp_md, c: &Client, code: u8, mtu: u16, verdict: Ve
     {
         return drop(Verdict::ERROR);
     }
-    decided(verdict, xdp_action::XDP_TX)
+    decided(verdict, back_out(ctx_ptr))
+}
+
+/// Out of the interface the packet came in on: a redirect rather than `XDP_TX`, for the
+/// reason `mesh_nat::send` gives.
+#[inline(always)]
+fn back_out(ctx_ptr: *mut xdp_md) -> u32 {
+    // SAFETY: the context the kernel handed us; `ingress_ifindex` is a plain field, and
+    // the helper only records the target for after we return.
+    unsafe { bpf_redirect((*ctx_ptr).ingress_ifindex, 0) as u32 }
 }
 
 /// Makes the frame `len` bytes long (the answer replaces the packet) and addresses its
