@@ -194,9 +194,13 @@ pub fn netns_with_ip(host: &Host, ip: &str) -> Result<String> {
     bail!("no namespace of {} has the address {ip}", host.name())
 }
 
-/// A host's death as a machine dies: its agent and every process in its agent's
-/// namespaces (the tasks) get SIGKILL at once. `agent` is the host's agent process.
+/// A host's death as a machine dies: its underlay link goes down first (a dead machine
+/// sends nothing more — not the FINs the kernel would send for its killed tasks' sockets),
+/// then its agent and every process in its agent's namespaces (the tasks) get SIGKILL at
+/// once. `agent` is the host's agent process.
 pub fn kill_host(host: &Host, agent: &mut Process) -> Result<()> {
+    host.run("ip", ["link", "set", "eth0", "down"])
+        .with_context(|| format!("cutting {} off the underlay", host.name()))?;
     agent.kill9()?;
     for ns in agent_namespaces(host)? {
         let pids = host

@@ -61,14 +61,22 @@ pub const MESH_VERDICTS: &[&str] = &[
 /// Packets counted with `verdict="<verdict>"` by any program (`skein_*_packets_total`):
 /// which program counts a mesh verdict (the XDP or a TC one) does not matter to a test.
 pub fn verdict_packets(samples: &BTreeMap<String, u64>, verdict: &str) -> u64 {
-    let label = format!("verdict=\"{verdict}\"");
+    // A verdict (`verdict="drop"`) or a reason (`reason="mesh_reset"`): no reason is named
+    // like a verdict.
+    let (label, reason) = (
+        format!("verdict=\"{verdict}\""),
+        format!("reason=\"{verdict}\""),
+    );
     samples
         .iter()
         .filter(|(key, _)| {
             key.split_once('{').is_some_and(|(name, labels)| {
                 name.starts_with("skein_")
                     && name.ends_with("_packets_total")
-                    && labels.trim_end_matches('}').split(',').any(|l| l == label)
+                    && labels
+                        .trim_end_matches('}')
+                        .split(',')
+                        .any(|l| l == label || l == reason)
             })
         })
         .map(|(_, v)| v)

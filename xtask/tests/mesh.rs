@@ -426,8 +426,10 @@ fn udp_with_df_too_big_once_encapsulated_gets_fragmentation_needed() {
         .map(|h| verdict_packets(&scrape(h).unwrap(), "mesh_frag_needed"))
         .sum();
     assert!(lowered > 0, "no probe learnt a path MTU of {want}");
+    // The client caches the path MTU per destination, so later probes to a node are
+    // lowered without another ICMP: at least one per node is counted.
     assert!(
-        after >= before + lowered,
+        after >= before + bed.hosts().len() as u64,
         "mesh_frag_needed {before} → {after}, {lowered} probes lowered"
     );
 }
@@ -444,8 +446,12 @@ fn a_long_download_continues_across_scaling_up_and_back() {
     );
     wait_running(&bed, "web", 3);
     let url = format!("http://{}:{WEB}/blob", bed.host(0).underlay_ip());
-    wait_until("web answering", DEADLINE, || {
-        curl(&bed, &["-o", "/dev/null", "-r", "0-0", &url])
+    // "running" means the process started, not that it listens yet: wait until a full
+    // rotation (every task) answers.
+    wait_until("every web task answering", DEADLINE, || {
+        (0..3)
+            .map(|_| curl(&bed, &["-o", "/dev/null", "-r", "0-0", &url]))
+            .collect::<Result<Vec<_>, _>>()
     })
     .unwrap();
     let dest = bed.run_dir().join("downloaded");

@@ -758,6 +758,17 @@ fn what_no_live_flow_takes_is_reset_refused_or_dropped() {
     let mut short = tcp(me, mac, 43009, TCP_PORT, SYN, b"");
     set_ip(&mut short, 2, &200u16.to_be_bytes());
     bad.push(("length beyond the frame", short));
+    // A TCP header cut short after the ports (random bytes a scanner sends).
+    let mut cut = tcp(me, mac, 43010, TCP_PORT, SYN, b"");
+    cut.truncate(14 + 20 + 9);
+    set_ip(&mut cut, 2, &29u16.to_be_bytes());
+    bad.push(("tcp header cut short", cut));
+    let mut tcp_options = tcp(me, mac, 43011, TCP_PORT, SYN, b"");
+    tcp_options.splice(34..34, [1, 1, 1, 0]);
+    set_ip(&mut tcp_options, 0, &[0x46]);
+    let total = u16::from_be_bytes([tcp_options[16], tcp_options[17]]) + 4;
+    set_ip(&mut tcp_options, 2, &total.to_be_bytes());
+    bad.push(("tcp with ip options", tcp_options));
     for (what, frame) in &bad {
         let out = b.run(what, frame, XDP_DROP, Verdict::MESH_INVALID);
         assert_eq!(&out, frame, "{what} untouched");
@@ -765,7 +776,7 @@ fn what_no_live_flow_takes_is_reset_refused_or_dropped() {
     assert_eq!(b.cursor(1), 0, "nothing invalid advanced the rotation");
     assert_eq!(b.cursor(2), 0);
     assert_eq!(b.flows().keys().count(), 0, "nor created an entry");
-    assert_eq!(b.stats(1, [0; 4]).packets, 6, "service drops counted");
+    assert_eq!(b.stats(1, [0; 4]).packets, 8, "service drops counted");
 
     // A later fragment has no ports: the host's to reassemble.
     let mut later = udp(me, mac, 43010, UDP_PORT, b"later");

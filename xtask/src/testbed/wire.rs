@@ -9,6 +9,9 @@
 //!   facts"). A real switch port always takes the frame. GRO on the port changes nothing for
 //!   ordinary skb traffic except that the bridge may receive aggregated TCP (as a NIC's GRO
 //!   gives a host), and it is the same for Skein and the kernel reference.
+//! - **No IP validation on the bridge** (`bridge-nf-call-iptables=0` in the underlay's
+//!   namespace): with br_netfilter the bridge would drop IPv4 with bad headers, which a
+//!   switch passes — hostile frames must reach the hosts.
 //! - **Transmit checksum offload off on every `eth0` on the underlay** (the client's and
 //!   the hosts'). A veth hands its peer a TCP or
 //!   UDP packet with `CHECKSUM_PARTIAL` (the checksum not yet filled in); as an `xdp_buff`
@@ -52,6 +55,17 @@ impl Testbed {
                 )
                 .with_context(|| format!("GRO on the router's bridge port {port}"))?;
             }
+        }
+        // br_netfilter (built in here) makes a bridge validate IPv4 headers and drop bad
+        // ones; a switch does not. Per network namespace; absent without br_netfilter.
+        let sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+        if std::path::Path::new(sysctl).exists() {
+            run_command(
+                Command::new("ip")
+                    .args(["netns", "exec", &self.underlay_netns, "sysctl", "-qw"])
+                    .arg("net.bridge.bridge-nf-call-iptables=0"),
+            )
+            .context("the underlay bridge as a plain switch (no br_netfilter)")?;
         }
         for host in self.all_hosts() {
             run_command(
