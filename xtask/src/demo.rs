@@ -3,11 +3,10 @@
 //! endpoint on every host, traffic between the endpoints over VXLAN (ping, iperf3) with
 //! the encap/decap counters moving, an agent killed and restarted without losing a packet,
 //! a replicated service (`skein whoami` tasks, one per host) answering curl on its tasks'
-//! overlay IPs, a host's death leaving no stale entry and its task moving elsewhere; then
-//! everything is removed.
-//!
-//! (The routing mesh joins the demo next: the goal is `curl` on every node's published
-//! port, answers rotating across replicas.)
+//! overlay IPs and, through the routing mesh, a client on the underlay curling every
+//! node's published port with the answers rotating across the tasks on every host, a
+//! host's death leaving no stale entry and its task moving elsewhere; then everything is
+//! removed.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
@@ -44,6 +43,9 @@ pub(crate) fn run() -> Result<()> {
         "creating {HOSTS} hosts (network namespaces) on a bridged underlay, 10.200.0.0/24"
     ));
     let bed = Testbed::new("demo", TestbedConfig::with_hosts(HOSTS))?;
+    // XDP transmits into the bridge and the client sends complete checksums, as on a
+    // physical network (see `testbed::wire`).
+    bed.make_wire_like()?;
     let mut agents = Vec::new();
     let h1 = bed.host(0);
     say(&format!(
@@ -256,7 +258,29 @@ pub(crate) fn run() -> Result<()> {
             field("RemoteAddr")
         );
     }
-    println!("   (the routing mesh that opens 8080 on every node comes next)");
+    say("the routing mesh: a client on the underlay curls 8080 on every host, answers rotate");
+    for host in bed.hosts() {
+        let url = format!("http://{}:8080/", host.underlay_ip());
+        for _ in 0..3 {
+            let body = stdout_in(
+                bed.client().netns(),
+                &["curl", "-sS", "--max-time", "3", &url],
+            )?;
+            let field = |name: &str| {
+                body.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            println!(
+                "   curl {url} -> Hostname: {}, Node: {}, RemoteAddr: {}",
+                field("Hostname"),
+                short(&field("Node")),
+                field("RemoteAddr")
+            );
+        }
+    }
+    println!("   (RemoteAddr is the client's own address: no SNAT)");
 
     say("kill -9 h3's agent for good: its endpoint leaves every other host's maps, its task moves");
     agents[2].kill9()?;
