@@ -217,6 +217,14 @@ pub fn kill_host(host: &Host, agent: &mut Process) -> Result<()> {
     Ok(())
 }
 
+/// Brings a host [`kill_host`] killed back onto the underlay (its link up), so an agent can
+/// be started on it again.
+pub fn revive_host(host: &Host) -> Result<()> {
+    host.run("ip", ["link", "set", "eth0", "up"])
+        .with_context(|| format!("bringing {} back onto the underlay", host.name()))?;
+    Ok(())
+}
+
 /// Waits until every host in `watchers` lists `down_host` (a host's namespace name, its
 /// hostname) as `down` in `node ls`.
 pub fn wait_node_down(watchers: &[&Host], down_host: &str, timeout: Duration) -> Result<()> {

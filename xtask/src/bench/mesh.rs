@@ -46,7 +46,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use xtask::{
-    cluster::{kill_host, netns_with_ip, running_tasks, skein_ok, start_cluster},
+    cluster::{kill_host, netns_with_ip, revive_host, running_tasks, skein_ok, start_cluster},
     testbed::{run_command, skein_binary, wait_until, Host, Process, Testbed, TestbedConfig},
     toolchain::{ensure_debian_packages, say},
 };
@@ -331,7 +331,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
     print_table(&rows);
     println!(
-        "   (wire-like underlay: GRO on the switch ports, tx checksumming off on the client; \
+        "   (wire-like underlay: GRO on the switch ports, tx checksumming off on every eth0; \
          UDP: medians of the socket generator in the client, ingress CPU by difference from a baseline \
          run dropped at the client's switch port; HTTP CPU: whole machine /proc/stat; a shared \
          machine: compare within this table only)"
@@ -459,6 +459,7 @@ fn host_death(
         )
     })?;
     let seed = h1.underlay_ip().to_string();
+    revive_host(bed.host(victim))?;
     agents[victim] = bed
         .host(victim)
         .start_agent(&["--join", &seed, "--token", token])?;
