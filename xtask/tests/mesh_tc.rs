@@ -7,12 +7,15 @@
 //!
 //! The maps are filled by hand, as the agent's reconciler would.
 
+mod common;
+
+use common::{classifier_fd, expect};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use agent::dataplane::{self, Counters, OverlayMaps, PinDirs};
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuHashMap, PerCpuValues},
-    programs::{SchedClassifier, Xdp},
+    programs::Xdp,
     util::nr_cpus,
     Ebpf, Pod,
 };
@@ -30,7 +33,6 @@ use dataplane_ebpf::{
         PortValue, SubnetKey, UnderlayValue, GATEWAY_MAC,
     },
 };
-use dataplane_ebpf_test_run::test_run;
 use etherparse::PacketBuilder;
 use xtask::testbed::{Host, InNetns, Testbed, TestbedConfig};
 
@@ -176,48 +178,6 @@ fn reply_key(backend: [u8; 4], backend_port: u16, client_port: u16, protocol: u8
         protocol,
         _pad: [0; 3],
     }
-}
-
-/// Runs `program` on `frame` and checks the action and that the packet was counted
-/// exactly once, in `verdict`'s slot. Returns the frame as the program left it.
-fn expect(
-    counters: &Counters,
-    program: &'static str,
-    fd: BorrowedFd<'_>,
-    what: &str,
-    frame: &[u8],
-    action: u32,
-    verdict: Verdict,
-) -> Vec<u8> {
-    let read = |v: Verdict| {
-        counters
-            .read()
-            .into_iter()
-            .filter(|(p, w, _)| *p == program && *w == v)
-            .map(|(_, _, c)| c.packets)
-            .sum::<u64>()
-    };
-    let total = || Verdict::ALL.iter().map(|&v| read(v)).sum::<u64>();
-    let (slot_before, total_before) = (read(verdict), total());
-    let out = test_run(fd, frame, 1).unwrap_or_else(|e| panic!("{program} on {what}: {e}"));
-    assert_eq!(out.retval, action, "{program} action for {what}");
-    assert_eq!(
-        (read(verdict) - slot_before, total() - total_before),
-        (1, 1),
-        "{program} counts {what} once, as {}/{:?}",
-        verdict.name(),
-        verdict.reason()
-    );
-    out.data_out
-}
-
-fn classifier_fd<'a>(ebpf: &'a mut Ebpf, name: &str) -> BorrowedFd<'a> {
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .expect("program")
-        .try_into()
-        .expect("classifier");
-    tc.fd().expect("loaded").as_fd()
 }
 
 fn xdp_fd<'a>(ebpf: &'a mut Ebpf) -> BorrowedFd<'a> {

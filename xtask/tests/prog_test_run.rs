@@ -2,13 +2,13 @@
 //! the real, verifier-accepted programs; verdicts, output frames and counters are checked.
 //! Needs root (loading BPF programs); run by `cargo xtask test`.
 
-use std::os::fd::{AsFd, BorrowedFd};
+mod common;
+
+use common::{classifier_fd, expect};
+use std::os::fd::AsFd;
 
 use agent::dataplane::{self, Counters, OverlayMaps, PinDirs};
-use aya::{
-    programs::{SchedClassifier, Xdp},
-    Ebpf,
-};
+use aya::programs::{SchedClassifier, Xdp};
 use dataplane_ebpf::{
     counters::{Counter, Verdict},
     guard::{GuardedPort, IPPROTO_TCP, IPPROTO_UDP},
@@ -404,48 +404,6 @@ fn with_ip_options(frame: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&[1, 1, 1, 0]);
     out.extend_from_slice(&frame[34..]);
     out
-}
-
-/// Runs `program` on `frame` and checks the action and that the packet was counted
-/// exactly once, in `verdict`'s slot. Returns the frame as the program left it.
-fn expect(
-    counters: &Counters,
-    program: &'static str,
-    fd: BorrowedFd<'_>,
-    what: &str,
-    frame: &[u8],
-    action: u32,
-    verdict: Verdict,
-) -> Vec<u8> {
-    let read = |v: Verdict| {
-        counters
-            .read()
-            .into_iter()
-            .filter(|(p, w, _)| *p == program && *w == v)
-            .map(|(_, _, c)| c.packets)
-            .sum::<u64>()
-    };
-    let total = || Verdict::ALL.iter().map(|&v| read(v)).sum::<u64>();
-    let (slot_before, total_before) = (read(verdict), total());
-    let out = test_run(fd, frame, 1).unwrap_or_else(|e| panic!("{program} on {what}: {e}"));
-    assert_eq!(out.retval, action, "{program} action for {what}");
-    assert_eq!(
-        (read(verdict) - slot_before, total() - total_before),
-        (1, 1),
-        "{program} counts {what} once, as {}/{:?}",
-        verdict.name(),
-        verdict.reason()
-    );
-    out.data_out
-}
-
-fn classifier_fd<'a>(ebpf: &'a mut Ebpf, name: &str) -> BorrowedFd<'a> {
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .expect("program")
-        .try_into()
-        .expect("classifier");
-    tc.fd().expect("loaded").as_fd()
 }
 
 /// The parts of an encapsulated frame, checked against what `inner` (the frame the
