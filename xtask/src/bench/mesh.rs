@@ -15,18 +15,8 @@
 //!
 //! Figures:
 //! (a) 64-byte UDP through one ingress node to a remote backend, from a socket generator in
-//!     the client (8 sockets, one source port each; not the live-frames generator of
-//!     `pktgen.rs`, whose recycled frames come back rewritten by a NAT: see
-//!     `reference::send`). Frames leaving the ingress node are counted by
-//!     an nftables netdev ingress chain on its switch port in the underlay namespace: VXLAN
-//!     (UDP 4789) towards the backend's host, which is how both sides forward (the agents'
-//!     gossip is left out). CPU of the ingress node: namespaces have no CPU accounting, and the whole
-//!     path runs as softirq work in the generator thread's context (plus ksoftirqd), so it is
-//!     measured by difference: a run where the switch port drops what the ingress node sends
-//!     (path = generator + switch + ingress node), minus a baseline run where the client's own
-//!     switch port drops the frames (generator + switch), scaled per frame sent. A third run
-//!     delivers to the backend (counted by an nftables rule in its namespace): delivered rate
-//!     and CPU (generator thread + ksoftirqd) per delivered packet.
+//!     the client; the ingress node's CPU is the run time of its `eth0`'s threaded NAPI
+//!     thread, frames leaving it are counted on its switch port (details: `udp.rs`).
 //! (b) `wrk` from the client through h1's published port: a new connection per request
 //!     (`Connection: close`) and keep-alive; requests/s, p99 latency, CPU per request (whole
 //!     machine busy time from `/proc/stat`, so wrk and the servers are in it for both sides);
@@ -48,12 +38,13 @@ use anyhow::{Context, Result};
 use xtask::{
     cluster::{kill_host, netns_with_ip, revive_host, running_tasks, skein_ok, start_cluster},
     testbed::{run_command, skein_binary, wait_until, Host, Process, Testbed, TestbedConfig},
-    toolchain::{ensure_debian_packages, say},
+    toolchain::{ensure_debian_packages, run_checked, say},
 };
 
 use super::percentiles;
 
 mod reference;
+mod udp;
 
 /// The published ports: Skein's and the reference's differ (they share the hosts' addresses).
 const SKEIN_HTTP: u16 = 8080;
@@ -111,6 +102,7 @@ struct Row(String, Option<f64>, Option<f64>, usize);
 
 pub(crate) fn run(args: Args) -> Result<()> {
     ensure_debian_packages()?;
+    use_release_binary()?;
     say("mesh: 3 hosts + a client on a wire-like underlay; Skein's mesh and the kernel reference");
     let bed = Testbed::new("bench-mesh", TestbedConfig::with_hosts(3))?;
     bed.make_wire_like()?;
@@ -124,14 +116,6 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
     say("kernel reference: vxlan 78 + bridge brm + nftables numgen DNAT/masquerade on h1..h3");
     let (reference, _servers) = reference::build(&bed, &blob_dir)?;
-    if args.hold > 0 {
-        say(&format!(
-            "holding {} s: testbed {}",
-            args.hold,
-            bed.prefix()
-        ));
-        std::thread::sleep(Duration::from_secs(args.hold));
-    }
     reference::check(&bed)?;
 
     let mut skein = None;
@@ -141,6 +125,14 @@ pub(crate) fn run(args: Args) -> Result<()> {
         let (a, token) = start_cluster(&bed)?;
         agents = a;
         skein = Some((skein_side(&bed, &blob_dir)?, token));
+    }
+    if args.hold > 0 {
+        say(&format!(
+            "holding {} s: testbed {}",
+            args.hold,
+            bed.prefix()
+        ));
+        std::thread::sleep(Duration::from_secs(args.hold));
     }
     let sides: Vec<&Side> = skein
         .as_ref()
@@ -165,11 +157,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
         args.udp_rounds, args.udp_seconds, args.udp_flows
     ));
     let duration = Duration::from_secs(args.udp_seconds.into());
-    let mut udp: Vec<Vec<reference::UdpFigures>> = vec![Vec::new(); sides.len()];
+    let mut udp: Vec<Vec<udp::UdpFigures>> = vec![Vec::new(); sides.len()];
     for round in 1..=args.udp_rounds {
         for (side, runs) in sides.iter().zip(&mut udp) {
             // A side that fails a run is reported n/a, the other side still measured.
-            match reference::udp_run(&bed, side, args.udp_flows, duration) {
+            match udp::run(&bed, side, args.udp_flows, duration) {
                 Ok(f) => {
                     println!("   round {round}, {}: {}", side.label, f.describe());
                     runs.push(f);
@@ -178,7 +170,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
             }
         }
     }
-    let med = |f: fn(&reference::UdpFigures) -> Option<f64>| -> Vec<Option<f64>> {
+    let med = |f: fn(&udp::UdpFigures) -> Option<f64>| -> Vec<Option<f64>> {
         udp.iter()
             .map(|runs| median(runs.iter().filter_map(f).collect()))
             .collect()
@@ -193,6 +185,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
         &mut rows,
         "  ingress CPU ns/frame",
         &med(|f| f.ingress_ns_per_frame()),
+        0,
+    );
+    both(
+        &mut rows,
+        "  ingress NAPI thread busy (%)",
+        &med(|f| Some(f.ingress_busy() * 100.0)),
         0,
     );
     both(
@@ -332,11 +330,32 @@ pub(crate) fn run(args: Args) -> Result<()> {
     print_table(&rows);
     println!(
         "   (wire-like underlay: GRO on the switch ports, tx checksumming off on every eth0; \
-         UDP: medians of the socket generator in the client, ingress CPU by difference from a baseline \
-         run dropped at the client's switch port; HTTP CPU: whole machine /proc/stat; a shared \
+         UDP: medians of the socket generator in the client, ingress CPU = its eth0's threaded NAPI \
+         thread; HTTP CPU: whole machine /proc/stat; a shared \
          machine: compare within this table only)"
     );
     drop(agents);
+    Ok(())
+}
+
+/// Both sides run `skein` (Skein's agents, and `skein whoami` as the servers of both) built
+/// as users deploy it, in release mode: an unoptimised whoami would spend so much per
+/// request that it, not the path under test, would set every HTTP figure. `SKEIN_BIN`, when
+/// set, is used as it is.
+fn use_release_binary() -> Result<()> {
+    if std::env::var_os("SKEIN_BIN").is_some() {
+        return Ok(());
+    }
+    let root = crate::build_ebpf::workspace_root();
+    say("building the skein binary in release mode (the first time takes minutes)");
+    run_checked(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&root)
+            .args(["build", "--release", "--package", "agent", "--bin", "skein"]),
+    )?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    std::env::set_var("SKEIN_BIN", target.join("release/skein"));
     Ok(())
 }
 

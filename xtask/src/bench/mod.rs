@@ -8,6 +8,7 @@ pub(crate) mod mesh;
 pub(crate) mod mesh_cost;
 pub(crate) mod overlay;
 pub(crate) mod pktgen;
+pub(crate) mod rawbpf;
 pub(crate) mod services;
 
 #[derive(clap::Subcommand)]

@@ -1,8 +1,9 @@
-//! A 64-byte UDP packet generator for the overlay bench that is not itself the bottleneck:
-//! `BPF_PROG_TEST_RUN` in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, Linux ≥ 5.18, what
-//! `xdp-trafficgen` uses), fed into a sender endpoint's `eth0` as if that interface had
-//! received the frames, with a two-instruction XDP program (`r0 = XDP_TX; exit`) that sends
-//! each one straight back out of it. The frames therefore leave the endpoint exactly like
+//! A 64-byte UDP packet generator for the overlay and mesh benches that is not itself the
+//! bottleneck: `BPF_PROG_TEST_RUN` in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, Linux ≥
+//! 5.18, what `xdp-trafficgen` uses), fed into a sender's `eth0` as if that interface had
+//! received the frames, with a small XDP program per flow that writes the flow's frame over
+//! the packet (pages are recycled without their data being reset: [`stamp_program`]) and
+//! sends it straight back out with `XDP_TX`. The frames therefore leave the endpoint exactly like
 //! packets its own stack would send (same MACs, IPs, complete checksums) and cross the
 //! dataplane under test (Skein or the kernel reference) to the receiving endpoint.
 //!
@@ -13,8 +14,7 @@
 //!   its neighbour entry for the next hop, read after a ping so the entry exists — Skein's
 //!   gateway MAC `02:53:4b:00:00:01`, which the endpoint program answers ARP with; the
 //!   reference receiver's own MAC). The source port changes per call (every [`CHUNK`]
-//!   frames), not per packet: live mode sends `data_in` unchanged unless the program edits
-//!   it, and this program does not.
+//!   frames), not per packet: one program per flow.
 //! - Sending: a thread `setns()`s into the sender's namespace (the test run looks
 //!   `ingress_ifindex` up in the caller's namespace) and calls `BPF_PROG_TEST_RUN` with
 //!   `data_in` = one flow's frame, `ctx_in` = `xdp_md { ingress_ifindex: eth0 }`,
@@ -52,9 +52,8 @@
 use std::{
     fs::File,
     io,
-    mem::size_of,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -62,6 +61,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use dataplane_ebpf_test_run::{xdp_live_frames, LiveFrames};
+
+use super::rawbpf::{insn, load_xdp};
 use serde_json::Value;
 use xtask::testbed::run_command;
 
@@ -156,89 +157,82 @@ fn fold(mut sum: u32) -> u16 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The XDP program, loaded by the raw bpf() syscall; the live-frames test run is the shared
-// `dataplane_ebpf_test_run::xdp_live_frames`.
+// The XDP program, loaded by the raw bpf() syscall (`rawbpf`); the live-frames test run is
+// the shared `dataplane_ebpf_test_run::xdp_live_frames`.
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 const XDP_TX: u64 = 3;
 
-/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD` (the kernel zero-fills the rest).
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: `attr` is a valid, initialised `repr(C)` prefix of `union bpf_attr` of the given
-    // size; every pointer inside it points at memory that outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// The loaded program `r0 = XDP_TX; exit`.
-pub(crate) struct XdpTx(OwnedFd);
-
-impl XdpTx {
-    pub(crate) fn load() -> Result<XdpTx> {
-        // struct bpf_insn, little-endian: code, dst/src regs, off, imm.
-        // 0xb7 = BPF_ALU64 | BPF_MOV | BPF_K into r0; 0x95 = BPF_JMP | BPF_EXIT.
-        let insns: [u64; 2] = [0xb7 | (XDP_TX << 32), 0x95];
-        let license = c"GPL";
-        let mut name = [0u8; 16];
-        name[..11].copy_from_slice(b"skein_pktgn");
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            prog_name: name,
-            ..Default::default()
+/// The instructions of a program that writes `frame` over the packet (when the packet is
+/// at least that long) and returns `XDP_TX`.
+///
+/// Why write the frame on every run: live frames live in a page pool that the kernel
+/// recycles without copying `data_in` again, and a dataplane under test may rewrite a frame
+/// in place (the kernel's NAT in the skb built on the page, Skein's XDP in the frame) before
+/// the page comes back; without this every later "new" frame would carry those rewritten
+/// headers. Immediate stores (no map): 4 bytes per instruction, the tail in 2 and 1.
+fn stamp_program(frame: &[u8]) -> Vec<u64> {
+    let len = i32::try_from(frame.len()).expect("a frame shorter than 2 GiB");
+    let mut stores = Vec::new();
+    let mut at = 0usize;
+    while at < frame.len() {
+        let left = frame.len() - at;
+        let (code, width) = match left {
+            4.. => (0x62, 4),   // BPF_ST | BPF_MEM | BPF_W
+            2 | 3 => (0x6a, 2), // BPF_ST | BPF_MEM | BPF_H
+            _ => (0x72, 1),     // BPF_ST | BPF_MEM | BPF_B
         };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD of `r0 = XDP_TX; exit`")?;
-        // SAFETY: a successful BPF_PROG_LOAD returns a new file descriptor that we own.
-        Ok(XdpTx(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+        let mut bytes = [0u8; 4];
+        bytes[..width].copy_from_slice(&frame[at..at + width]);
+        let off = i16::try_from(at).expect("a frame shorter than 32 KiB");
+        stores.push(insn(code, 2, 0, off, i32::from_le_bytes(bytes)));
+        at += width;
+    }
+    let skip = i16::try_from(stores.len()).expect("fewer than 32 Ki stores");
+    let mut insns = vec![
+        insn(0x61, 2, 1, 0, 0),    // r2 = ctx->data (BPF_LDX | BPF_MEM | BPF_W)
+        insn(0x61, 3, 1, 4, 0),    // r3 = ctx->data_end
+        insn(0xbf, 4, 2, 0, 0),    // r4 = r2
+        insn(0x07, 4, 0, 0, len),  // r4 += len
+        insn(0x2d, 4, 3, skip, 0), // if r4 > r3: skip the stores
+    ];
+    insns.extend(stores);
+    insns.push(insn(0xb7, 0, 0, 0, XDP_TX as i32)); // r0 = XDP_TX
+    insns.push(insn(0x95, 0, 0, 0, 0)); // exit
+    insns
+}
+
+/// One flow of the generator: a loaded program that writes its frame over every live frame
+/// and sends it with `XDP_TX` ([`stamp_program`]), and the frame (`data_in`).
+pub(crate) struct FrameSender {
+    prog: OwnedFd,
+    frame: [u8; FRAME_LEN],
+}
+
+impl FrameSender {
+    pub(crate) fn load(frame: [u8; FRAME_LEN]) -> Result<FrameSender> {
+        let prog = load_xdp(&stamp_program(&frame), "skein_pktgn")
+            .context("loading the generator's frame-writing program")?;
+        Ok(FrameSender { prog, frame })
     }
 
-    /// One live-frames run: `repeat` copies of `frame` as if received on `ifindex` (in the
+    /// One live-frames run: `repeat` copies of the frame as if received on `ifindex` (in the
     /// calling thread's network namespace).
-    fn run_live(&self, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
+    fn run_live(&self, ifindex: u32, repeat: u32) -> io::Result<()> {
         let live = LiveFrames {
             ingress_ifindex: ifindex,
             repeat,
             batch_size: BATCH_SIZE,
         };
-        xdp_live_frames(self.0.as_fd(), frame, &live)
+        xdp_live_frames(self.prog.as_fd(), &self.frame, &live)
     }
 }
 
 /// What [`send`] did: frames sent, wall time, and the generator thread's own CPU time (which,
 /// with no `IRQ_TIME_ACCOUNTING`, includes the softirqs that ran in its context).
-struct Sent {
-    frames: u64,
-    elapsed: Duration,
-    thread_cpu: Duration,
+pub(crate) struct Sent {
+    pub frames: u64,
+    pub elapsed: Duration,
+    pub thread_cpu: Duration,
 }
 
 /// This thread's CPU time (the scheduler's exact `sum_exec_runtime`).
@@ -252,9 +246,9 @@ fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Sends the frames (cycling through them, [`CHUNK`] per call) out of `eth0` of namespace
-/// `netns` for `duration`, from a thread that enters the namespace.
-fn send(prog: &XdpTx, netns: &str, frames: &[[u8; FRAME_LEN]], duration: Duration) -> Result<Sent> {
+/// Sends the senders' frames (cycling through them, [`CHUNK`] per call) out of `eth0` of
+/// namespace `netns` for `duration`, from a thread that enters the namespace.
+pub(crate) fn send(senders: &[FrameSender], netns: &str, duration: Duration) -> Result<Sent> {
     let ns_file = File::open(format!("/run/netns/{netns}"))
         .with_context(|| format!("opening /run/netns/{netns}"))?;
     let max_calls = (MAX_PPS_BOUND * duration.as_secs().max(1)).div_ceil(u64::from(CHUNK));
@@ -274,8 +268,8 @@ fn send(prog: &XdpTx, netns: &str, frames: &[[u8; FRAME_LEN]], duration: Duratio
                 if start.elapsed() >= duration {
                     break;
                 }
-                let frame = &frames[call as usize % frames.len()];
-                match prog.run_live(frame, ifindex, CHUNK) {
+                let sender = &senders[call as usize % senders.len()];
+                match sender.run_live(ifindex, CHUNK) {
                     Ok(()) => sent += u64::from(CHUNK),
                     Err(e) => {
                         return Err(e).with_context(|| {
@@ -609,7 +603,11 @@ pub(crate) fn ksoftirqd_cpu() -> Result<Duration> {
 /// endpoint that entry is the gateway MAC its endpoint program answers ARP with; for the
 /// reference it is the receiving endpoint's own MAC, learnt across the bridges and VXLAN.
 fn addressing(side: &Side) -> Result<Addressing> {
-    let ns = side.sender_netns;
+    addressing_to(side.sender_netns, side.receiver_ip)
+}
+
+/// [`addressing`] of a packet from namespace `ns` to `receiver_ip`.
+pub(crate) fn addressing_to(ns: &str, receiver_ip: &str) -> Result<Addressing> {
     let _ = run_command(Command::new("ip").args(["netns", "exec", ns]).args([
         "ping",
         "-n",
@@ -618,16 +616,16 @@ fn addressing(side: &Side) -> Result<Addressing> {
         "1",
         "-W",
         "1",
-        side.receiver_ip,
+        receiver_ip,
     ]));
-    let route = ip_json(ns, &["route", "get", side.receiver_ip])?;
+    let route = ip_json(ns, &["route", "get", receiver_ip])?;
     let route = &route[0];
     ensure!(
         route["dev"] == "eth0",
         "the route from {ns} to {} is not via eth0: {route}",
-        side.receiver_ip
+        receiver_ip
     );
-    let next_hop = route["gateway"].as_str().unwrap_or(side.receiver_ip);
+    let next_hop = route["gateway"].as_str().unwrap_or(receiver_ip);
     let src_ip: Ipv4Addr = route["prefsrc"]
         .as_str()
         .with_context(|| format!("no prefsrc in the route from {ns}: {route}"))?
@@ -646,14 +644,15 @@ fn addressing(side: &Side) -> Result<Addressing> {
         src_mac,
         dst_mac,
         src_ip,
-        dst_ip: side.receiver_ip.parse()?,
+        dst_ip: receiver_ip.parse()?,
     })
 }
 
-/// `flows` frames, one per UDP source port, all to [`SINK_PORT`]: the same set for every side.
-fn frames(addr: &Addressing, flows: u16) -> Vec<[u8; FRAME_LEN]> {
-    (0..flows)
-        .map(|i| udp_frame(addr, FIRST_SRC_PORT + i, SINK_PORT))
+/// The generator's flows: one per UDP source port (`FIRST_SRC_PORT..`), all to `dst_port`;
+/// the same set for every side.
+pub(crate) fn senders(addr: &Addressing, flows: u16, dst_port: u16) -> Result<Vec<FrameSender>> {
+    (0..flows.max(1))
+        .map(|i| FrameSender::load(udp_frame(addr, FIRST_SRC_PORT + i, dst_port)))
         .collect()
 }
 
@@ -671,13 +670,8 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// One bounded run of `duration` for `side`: GRO on the sender's host-side veth, a counting
 /// sink in the receiver, the generator, the counter after a short drain, and the CPU time.
-pub(crate) fn measure(
-    prog: &XdpTx,
-    side: &Side,
-    flows: u16,
-    duration: Duration,
-) -> Result<Figures> {
-    let frames = frames(&addressing(side)?, flows);
+pub(crate) fn measure(side: &Side, flows: u16, duration: Duration) -> Result<Figures> {
+    let senders = senders(&addressing(side)?, flows, SINK_PORT)?;
     let _gro = PeerGro::enable(side.sender_netns, side.sender_host_netns)?;
     let sink = Sink::install(side.receiver_netns)?;
     let before = sink.packets()?;
@@ -685,7 +679,7 @@ pub(crate) fn measure(
     thread::sleep(BACKGROUND_SAMPLE);
     let (cpu_start, softirqd_start) = (CpuTimes::now()?, ksoftirqd_cpu()?);
     let (_, _, background) = cpu_start.since(bg_start);
-    let sent = send(prog, side.sender_netns, &frames, duration)?;
+    let sent = send(&senders, side.sender_netns, duration)?;
     thread::sleep(DRAIN);
     let (cpu_seconds, kernel_cpu_seconds, _) = CpuTimes::now()?.since(cpu_start);
     let softirqd = ksoftirqd_cpu()?.saturating_sub(softirqd_start);
@@ -746,7 +740,6 @@ pub(crate) fn compare(
     rounds: u32,
     duration: Duration,
 ) -> Result<Vec<Vec<Figures>>> {
-    let prog = XdpTx::load()?;
     for (label, side) in sides {
         let a = addressing(side)?;
         println!(
@@ -764,8 +757,8 @@ pub(crate) fn compare(
     let mut runs = vec![Vec::new(); sides.len()];
     for round in 1..=rounds {
         for ((label, side), runs) in sides.iter().zip(&mut runs) {
-            let f = measure(&prog, side, flows, duration)
-                .with_context(|| format!("pktgen run, {label}"))?;
+            let f =
+                measure(side, flows, duration).with_context(|| format!("pktgen run, {label}"))?;
             println!("   round {round}, {label}: {}", f.describe());
             runs.push(f);
         }
@@ -850,28 +843,58 @@ mod tests {
         assert_eq!(fold(sum16(&h)), 0);
     }
 
+    #[test]
+    fn the_stamp_program_writes_every_byte_of_the_frame() {
+        for len in [FRAME_LEN, 7, 6, 5, 1] {
+            let frame: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(37) ^ 0xa5)
+                .collect();
+            let insns = stamp_program(&frame);
+            let mut written = vec![0u8; len];
+            for insn in &insns[5..insns.len() - 2] {
+                let width = match *insn as u8 {
+                    0x62 => 4,
+                    0x6a => 2,
+                    0x72 => 1,
+                    code => panic!("not a store: {code:#x}"),
+                };
+                assert_eq!((insn >> 8) as u8, 2, "stores go through r2 (the packet)");
+                let off = usize::from((insn >> 16) as u16);
+                let imm = ((insn >> 32) as u32).to_le_bytes();
+                written[off..off + width].copy_from_slice(&imm[..width]);
+            }
+            assert_eq!(written, frame);
+            // The bounds check skips exactly the stores.
+            assert_eq!((insns[4] >> 16) as u16 as usize, insns.len() - 7);
+        }
+    }
+
     /// Needs root (BPF_PROG_LOAD), like every xtask test: the privileged tier.
     #[test]
     fn the_generator_program_runs_plain_and_in_live_frames_mode() {
-        let prog = XdpTx::load().expect("loading `r0 = XDP_TX; exit` (needs root)");
         let frame = udp_frame(&ADDR, 40001, SINK_PORT);
-        let out = dataplane_ebpf_test_run::test_run(prog.0.as_fd(), &frame, 4).unwrap();
+        let sender = FrameSender::load(frame).expect("loading the generator program (needs root)");
+        // Whatever the page holds, the program writes its frame over it.
+        let stale = [0x33u8; FRAME_LEN];
+        let out = dataplane_ebpf_test_run::test_run(sender.prog.as_fd(), &stale, 4).unwrap();
         assert_eq!(out.retval, XDP_TX as u32);
-        assert_eq!(out.data_out, frame, "XDP_TX leaves the frame as it is");
+        assert_eq!(out.data_out, frame, "the program writes the frame");
+        // Too short a packet is left alone.
+        let out = dataplane_ebpf_test_run::test_run(sender.prog.as_fd(), &stale[..60], 1).unwrap();
+        assert_eq!(out.data_out, stale[..60]);
         // Live frames into this namespace's loopback: lo cannot transmit XDP frames, so the
         // kernel drops them, but the run (flags, context, batch size) must be accepted.
         // SAFETY: a NUL-terminated name.
         let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
         assert_ne!(lo, 0);
-        prog.run_live(&frame, lo, 8)
-            .expect("a live-frames run on lo");
+        sender.run_live(lo, 8).expect("a live-frames run on lo");
         // The batch size only counts in live mode, where more than 256 is E2BIG.
         let too_big = LiveFrames {
             ingress_ifindex: lo,
             repeat: 1,
             batch_size: 257,
         };
-        let error = xdp_live_frames(prog.0.as_fd(), &frame, &too_big).unwrap_err();
+        let error = xdp_live_frames(sender.prog.as_fd(), &frame, &too_big).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(libc::E2BIG), "{error}");
     }
 

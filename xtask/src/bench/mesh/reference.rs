@@ -1,17 +1,16 @@
 //! The kernel reference of `bench mesh` (Swarm's routing mesh without IPVS) and the
-//! measurements both sides share: the UDP ingress runs, wrk, the download.
+//! measurements both sides share: wrk, the download.
 
 use std::{
     path::Path,
     process::Command,
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use xtask::testbed::{run_command, skein_binary, wait_until, Host, Process, Testbed};
 
-use super::{super::pktgen, Side};
+use super::Side;
 
 /// The reference's VNI (Skein allocates from 4096 up; the overlay bench uses 77).
 const VNI: &str = "78";
@@ -20,12 +19,6 @@ const OVERLAY_MTU: &str = "1450";
 const HTTP_PORT: u16 = 8180;
 const DOWNLOAD_PORT: u16 = 8181;
 const UDP_PORT: u16 = 1009;
-/// What leaving the ingress node towards a remote backend looks like, for both sides:
-/// VXLAN (the reference's kernel device and Skein's mesh both encapsulate on port 4789).
-/// Matching it keeps the agents' gossip and anything else the host sends out of the count.
-const LEAVING: &str = "ip protocol udp udp dport 4789";
-/// How long the receiver's counter is given to settle after the generator stops.
-const DRAIN: Duration = Duration::from_millis(300);
 
 fn host_mac(i: usize) -> String {
     format!("02:78:00:00:00:{:02x}", i + 1)
@@ -306,246 +299,6 @@ pub(super) fn curl_ok(bed: &Testbed, url: &str, seconds: u32) -> bool {
         .args(["--max-time", &seconds.to_string(), url])
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-// ---------------------------------------------------------------------------------------------
-// (a) 64-byte UDP through one ingress node.
-
-/// An nftables `netdev` ingress chain on a switch port (the frames a host sends into the
-/// switch), counting the IPv4 packets that match `what` (an nft match) and dropping them;
-/// removed on drop. (This kernel
-/// has no tc `matchall`.)
-struct PortFilter {
-    netns: String,
-    table: String,
-}
-
-impl PortFilter {
-    fn install(netns: &str, dev: &str, what: &str) -> Result<PortFilter> {
-        let table = format!("skport_{dev}");
-        let rules = format!(
-            "table netdev {table} {{\n  chain in {{\n    type filter hook ingress device \"{dev}\" priority 0; policy accept;\n    meta protocol ip {what} counter drop\n  }}\n}}\n"
-        );
-        let _ = in_ns(netns, &["nft", "delete", "table", "netdev", &table]);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .context("starting nft")?;
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .context("nft stdin")?
-            .write_all(rules.as_bytes())?;
-        ensure!(child.wait()?.success(), "nft -f failed on:\n{rules}");
-        Ok(PortFilter {
-            netns: netns.to_owned(),
-            table,
-        })
-    }
-
-    /// IPv4 packets the chain has seen.
-    fn packets(&self) -> Result<u64> {
-        let out = in_ns(
-            &self.netns,
-            &["nft", "list", "table", "netdev", &self.table],
-        )?;
-        out.split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no packet count in nft's answer: {out}"))
-    }
-}
-
-impl Drop for PortFilter {
-    fn drop(&mut self) {
-        let _ = in_ns(
-            &self.netns,
-            &["nft", "delete", "table", "netdev", &self.table],
-        );
-    }
-}
-
-/// The three runs of one round (see the module docs of `bench mesh`).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct UdpFigures {
-    base_sent: u64,
-    base_cpu: f64,
-    ing_sent: u64,
-    ing_leaving: u64,
-    ing_cpu: f64,
-    ing_seconds: f64,
-    del_sent: u64,
-    del_delivered: u64,
-    del_cpu: f64,
-    del_seconds: f64,
-}
-
-impl UdpFigures {
-    /// CPU-seconds of the ingress node in the drop-after-ingress run: that run's path minus
-    /// the generator and switch's share from the baseline, per frame sent.
-    fn ingress_cpu(&self) -> Option<f64> {
-        let base = self.base_cpu / self.base_sent.max(1) as f64 * self.ing_sent as f64;
-        let cpu = self.ing_cpu - base;
-        (cpu > 0.0 && self.ing_leaving > 0).then_some(cpu)
-    }
-    pub(super) fn leaving_per_cpu_s(&self) -> Option<f64> {
-        Some(self.ing_leaving as f64 / self.ingress_cpu()?)
-    }
-    pub(super) fn ingress_ns_per_frame(&self) -> Option<f64> {
-        Some(self.ingress_cpu()? * 1e9 / self.ing_leaving as f64)
-    }
-    pub(super) fn leaving_kpps(&self) -> f64 {
-        self.ing_leaving as f64 / self.ing_seconds / 1e3
-    }
-    pub(super) fn delivered_kpps(&self) -> f64 {
-        self.del_delivered as f64 / self.del_seconds / 1e3
-    }
-    pub(super) fn sent_kpps(&self) -> f64 {
-        self.del_sent as f64 / self.del_seconds / 1e3
-    }
-    pub(super) fn path_ns_per_delivered(&self) -> Option<f64> {
-        (self.del_delivered > 0).then(|| self.del_cpu * 1e9 / self.del_delivered as f64)
-    }
-    pub(super) fn describe(&self) -> String {
-        let ns = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}"));
-        format!(
-            "leaving the ingress {:.0} kpps at {} ns ingress CPU/frame (baseline {:.0} ns/frame); \
-             delivered {:.0} of {:.0} kpps sent, path {} ns/packet",
-            self.leaving_kpps(),
-            ns(self.ingress_ns_per_frame()),
-            self.base_cpu * 1e9 / self.base_sent.max(1) as f64,
-            self.delivered_kpps(),
-            self.sent_kpps(),
-            ns(self.path_ns_per_delivered()),
-        )
-    }
-}
-
-/// What [`send`] did.
-struct Sent {
-    frames: u64,
-    elapsed: Duration,
-    /// The generator thread's CPU time plus every ksoftirqd's over the run and a short
-    /// drain: the whole path's softirq work runs in one or the other.
-    cpu: f64,
-}
-
-/// This thread's CPU time (the scheduler's exact `sum_exec_runtime`).
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Sends 64-byte UDP datagrams from `flows` sockets (one source port each, in turn) in the
-/// client namespace to `target:port` for `duration`, from a thread that enters the namespace.
-///
-/// Why sockets and not the live-frames generator (`pktgen.rs`): live frames live in a
-/// page pool that the test run recycles without re-initialising their data, and both
-/// dataplanes rewrite the frame in place (the kernel's NAT in the skb, Skein's XDP in the
-/// frame), so after the first round every "new" frame carries the previous one's rewritten
-/// headers (seen: the ingress node counted them all as `otherhost`). A socket's packets are
-/// fresh skbs; the client's tx checksumming is off, so their checksums are complete, as
-/// from a NIC.
-fn send(netns: &str, target: &str, port: u16, flows: u16, duration: Duration) -> Result<Sent> {
-    let ns_file = std::fs::File::open(format!("/run/netns/{netns}"))
-        .with_context(|| format!("opening /run/netns/{netns}"))?;
-    let dest: std::net::SocketAddr = format!("{target}:{port}").parse()?;
-    let soft = pktgen::ksoftirqd_cpu()?;
-    let (frames, elapsed, thread_cpu) = thread::scope(|s| {
-        s.spawn(|| -> Result<(u64, Duration, Duration)> {
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: a valid namespace fd; only this thread changes namespace, and it ends
-            // right after the run.
-            if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns into the client");
-            }
-            let sockets = (0..flows.max(1))
-                .map(|_| {
-                    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-                    s.connect(dest)?;
-                    Ok(s)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let payload = [0x5au8; pktgen::PAYLOAD_LEN];
-            // A hard bound whatever the rate: 5 M datagrams per second of the run.
-            let max = 5_000_000 * duration.as_secs().max(1);
-            let (start, cpu_start) = (Instant::now(), thread_cpu_time());
-            let mut sent = 0u64;
-            'run: while sent < max {
-                for socket in &sockets {
-                    for _ in 0..64 {
-                        // ENOBUFS/ECONNREFUSED (an ICMP error from a refusal): not sent.
-                        if socket.send(&payload).is_ok() {
-                            sent += 1;
-                        }
-                    }
-                    if start.elapsed() >= duration {
-                        break 'run;
-                    }
-                }
-            }
-            Ok((
-                sent,
-                start.elapsed(),
-                thread_cpu_time().saturating_sub(cpu_start),
-            ))
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
-    })?;
-    thread::sleep(DRAIN);
-    let soft = pktgen::ksoftirqd_cpu()?.saturating_sub(soft);
-    Ok(Sent {
-        frames,
-        elapsed,
-        cpu: (thread_cpu + soft).as_secs_f64(),
-    })
-}
-
-/// One round for `side`: baseline, drop-after-ingress, delivery.
-pub(super) fn udp_run(
-    bed: &Testbed,
-    side: &Side,
-    flows: u16,
-    duration: Duration,
-) -> Result<UdpFigures> {
-    let ingress = bed.host(side.udp_ingress);
-    let (client, ul) = (bed.client().netns(), bed.underlay_netns());
-    let target = ingress.underlay_ip().to_string();
-    let run = || send(client, &target, side.udp_port, flows, duration);
-    let base = {
-        let _f = PortFilter::install(ul, bed.client().name(), "")?;
-        run()?
-    };
-    let (ing, leaving) = {
-        let f = PortFilter::install(ul, ingress.name(), LEAVING)?;
-        let s = run()?;
-        (s, f.packets()?)
-    };
-    let sink = pktgen::Sink::install(&side.udp_receiver)?;
-    let before = sink.packets()?;
-    let del = run()?;
-    let delivered = sink.packets()?.saturating_sub(before);
-    Ok(UdpFigures {
-        base_sent: base.frames,
-        base_cpu: base.cpu,
-        ing_sent: ing.frames,
-        ing_leaving: leaving,
-        ing_cpu: ing.cpu,
-        ing_seconds: ing.elapsed.as_secs_f64(),
-        del_sent: del.frames,
-        del_delivered: delivered,
-        del_cpu: del.cpu,
-        del_seconds: del.elapsed.as_secs_f64(),
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
