@@ -67,6 +67,9 @@ pub(crate) struct Args {
     /// UDP flows (source ports) the generator cycles through.
     #[arg(long, default_value_t = 8)]
     udp_flows: u16,
+    /// Rounds of the wrk runs (each side once per round, alternating; medians reported).
+    #[arg(long, default_value_t = 3)]
+    wrk_rounds: u32,
     /// Seconds of each wrk run.
     #[arg(long, default_value_t = 5)]
     wrk_seconds: u32,
@@ -226,26 +229,33 @@ pub(crate) fn run(args: Args) -> Result<()> {
             "keep-alive"
         };
         say(&format!(
-            "(b) wrk, {label}, {} s, {} connections",
-            args.wrk_seconds, args.wrk_connections
+            "(b) wrk, {label}: {} rounds × {} s, {} connections",
+            args.wrk_rounds, args.wrk_seconds, args.wrk_connections
         ));
-        let mut figures = Vec::new();
-        for side in &sides {
-            let ip = bed.host(0).underlay_ip();
-            let url = format!("http://{ip}:{}/", side.http_port);
-            let w = reference::wrk(&bed, &url, close, &args_wrk(&args));
-            match &w {
-                Ok(w) => println!("   {}: {}", side.label, w.describe()),
-                Err(e) => println!("   {}: failed: {e:#}", side.label),
+        let mut runs: Vec<Vec<reference::Wrk>> = vec![Vec::new(); sides.len()];
+        for round in 1..=args.wrk_rounds {
+            for (side, runs) in sides.iter().zip(&mut runs) {
+                let ip = bed.host(0).underlay_ip();
+                let url = format!("http://{ip}:{}/", side.http_port);
+                match reference::wrk(&bed, &url, close, &args_wrk(&args)) {
+                    Ok(w) => {
+                        println!("   round {round}, {}: {}", side.label, w.describe());
+                        runs.push(w);
+                    }
+                    Err(e) => println!("   round {round}, {}: failed: {e:#}", side.label),
+                }
             }
-            figures.push(w.ok());
         }
+        // Medians over the rounds, figure by figure; errors summed.
         let v = |f: fn(&reference::Wrk) -> Option<f64>| {
-            figures
-                .iter()
-                .map(|w| w.as_ref().and_then(f))
+            runs.iter()
+                .map(|r| median(r.iter().filter_map(f).collect()))
                 .collect::<Vec<_>>()
         };
+        let errors: Vec<Option<f64>> = runs
+            .iter()
+            .map(|r| (!r.is_empty()).then(|| r.iter().map(|w| w.errors as f64).sum()))
+            .collect();
         both(
             &mut rows,
             &format!("HTTP {label}: req/s"),
@@ -261,8 +271,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
         );
         both(
             &mut rows,
-            "  errors (socket + non-2xx)",
-            &v(|w| Some(w.errors as f64)),
+            "  errors (socket + non-2xx), all rounds",
+            &errors,
             0,
         );
     }

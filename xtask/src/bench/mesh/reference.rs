@@ -321,6 +321,7 @@ fn busy_seconds() -> Result<f64> {
     Ok((f[..8].iter().sum::<u64>() - f[3] - f[4]) as f64 / hz)
 }
 
+#[derive(Clone)]
 pub(super) struct Wrk {
     pub(super) requests_per_s: f64,
     requests: u64,
