@@ -39,7 +39,11 @@ fn main() -> Result<()> {
     };
     let object = build(&toolchain, &workspace_root)?;
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?);
-    fs::copy(&object, out_dir.join("skein-dataplane.o"))
+    // A new file, not a write into the old one: a target directory copied with hard links
+    // (one per git worktree) would otherwise hand every copy this build's object.
+    let embedded = out_dir.join("skein-dataplane.o");
+    let _ = fs::remove_file(&embedded);
+    fs::copy(&object, &embedded)
         .with_context(|| format!("copying {} into OUT_DIR", object.display()))?;
     Ok(())
 }
