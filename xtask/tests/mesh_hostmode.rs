@@ -4,13 +4,17 @@
 //! each with its own tasks (round robin among them when it has several); any other node
 //! refuses like a port nobody published (the packet goes to that host's stack: its own
 //! listener, if any, gets it); a task on a node without one reaches another node's port;
-//! scaling opens and closes the port with the tasks; an unhealthy task opens the port but
-//! gets no flow. Needs root.
+//! scaling opens and closes the port with the tasks; a node's last task, draining, finishes
+//! its downloads while new flows are refused, then the port closes; an unhealthy task
+//! opens the port but gets no flow. Needs root.
 //!
 //! Every wait is bounded; the testbed removes everything on failure.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -30,12 +34,13 @@ const EDGE: u16 = 9090;
 /// How fast a refusal must come: a RST or ICMP answer, not a timeout.
 const REFUSED_WITHIN: Duration = Duration::from_secs(2);
 
-/// A 3-host cluster on a wire-like underlay; a short drain window, so scaling down closes
-/// a port within seconds.
-fn cluster(label: &str) -> (Testbed, Vec<Process>) {
+/// A 3-host cluster on a wire-like underlay, its agents draining a stopped task for
+/// `drain` (short, so scaling down closes a port within seconds, unless the drain itself
+/// is tested).
+fn cluster(label: &str, drain: &str) -> (Testbed, Vec<Process>) {
     let bed = Testbed::new(label, TestbedConfig::with_hosts(3)).expect("testbed");
     bed.make_wire_like().expect("wire-like underlay");
-    let extra = vec!["--drain-window".to_owned(), "2s".to_owned()];
+    let extra = vec!["--drain-window".to_owned(), drain.to_owned()];
     let (agents, _) = start_cluster_with(&bed, |_| extra.clone(), &[]).expect("cluster");
     (bed, agents)
 }
@@ -217,7 +222,7 @@ fn edge_samples(host: &Host) -> u64 {
 
 #[test]
 fn host_mode_answers_only_where_a_task_runs_with_that_nodes_own_tasks() {
-    let (bed, _agents) = cluster("hostmode");
+    let (bed, _agents) = cluster("hostmode", "2s");
     let client = bed.client().netns().to_owned();
     let client_ip = CLIENT_UNDERLAY_IP.to_string();
     create(
@@ -357,7 +362,7 @@ fn host_mode_answers_only_where_a_task_runs_with_that_nodes_own_tasks() {
 
 #[test]
 fn an_unhealthy_host_mode_task_opens_the_port_but_gets_no_flow() {
-    let (bed, _agents) = cluster("hostmode-health");
+    let (bed, _agents) = cluster("hostmode-health", "2s");
     // Never healthy: its port opens on its node, refused there by the mesh itself.
     create(
         &bed,
@@ -430,4 +435,145 @@ fn an_unhealthy_host_mode_task_opens_the_port_but_gets_no_flow() {
             );
         }
     }
+}
+
+fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn a_nodes_draining_last_task_finishes_its_downloads_then_the_port_closes() {
+    let (bed, _agents) = cluster("hostmode-drain", "10s");
+    // 8 MB at 2 MB/s: 4 s, well inside the 10 s drain window.
+    let dir = bed.run_dir().join("blob");
+    std::fs::create_dir_all(&dir).unwrap();
+    let blob = dir.join("blob");
+    let status = Command::new("head")
+        .args(["-c", &(8u64 << 20).to_string(), "/dev/urandom"])
+        .stdout(std::fs::File::create(&blob).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sum = sha256_file(&blob);
+    create(
+        &bed,
+        "edge",
+        &[
+            "--replicas",
+            "2",
+            "--publish-mode",
+            "host",
+            "--publish",
+            "9090:8000",
+        ],
+        &[
+            "/usr/bin/python3".into(),
+            "-m".into(),
+            "http.server".into(),
+            "8000".into(),
+            "--directory".into(),
+            dir.display().to_string(),
+        ],
+    );
+    let placed = by_host(&bed, &wait_running(&bed, "edge", 2));
+    let with: Vec<usize> = placed
+        .iter()
+        .filter(|(_, t)| !t.is_empty())
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(with.len(), 2, "{placed:?}");
+    let url = |i: usize| format!("http://{}:{EDGE}/blob", bed.host(i).underlay_ip());
+    let client = bed.client();
+    for &i in &with {
+        wait_until(&format!("{} serving", bed.host(i).name()), DEADLINE, || {
+            in_netns(
+                client.netns(),
+                &[
+                    "curl",
+                    "-sSf",
+                    "--max-time",
+                    "5",
+                    "-o",
+                    "/dev/null",
+                    "-r",
+                    "0-0",
+                    &url(i),
+                ],
+            )
+            .is_ok_and(|o| o.status.success())
+        })
+        .unwrap();
+    }
+    // A slow download through each node; then one task is scaled away mid-download.
+    let mut downloads = Vec::new();
+    for &i in &with {
+        let dest = bed.run_dir().join(format!("downloaded-{i}"));
+        let mut cmd = client.command("curl");
+        cmd.args(["-sS", "-f", "--limit-rate", "2M", "--max-time", "60", "-o"])
+            .arg(&dest)
+            .arg(url(i));
+        downloads.push((
+            i,
+            dest,
+            client.spawn(cmd, &format!("download-{i}")).unwrap(),
+        ));
+    }
+    thread::sleep(Duration::from_secs(1));
+    skein_ok(bed.host(0), &["service", "scale", "edge=1"]).unwrap();
+    let draining = wait_until("a draining edge task", DEADLINE, || {
+        service_tasks(bed.host(0), "edge")
+            .into_iter()
+            .find(|t| t.state == "draining")
+    })
+    .unwrap();
+    let at = bed
+        .hosts()
+        .iter()
+        .position(|h| h.netns() == draining.host)
+        .unwrap();
+    // While it drains: its node's port is still the mesh's, and refuses new flows itself.
+    let no_backend = |i: usize| verdict_packets(&scrape(bed.host(i)).unwrap(), "mesh_no_backend");
+    let before = no_backend(at);
+    match get(client.netns(), &bed.host(at).underlay_ip().to_string()) {
+        Got::Refused(took) if took < REFUSED_WITHIN => {}
+        other => panic!("a new flow to the draining node: {other:?}"),
+    }
+    assert_eq!(
+        no_backend(at) - before,
+        1,
+        "refused by the mesh, not the host"
+    );
+    assert!(
+        service_tasks(bed.host(0), "edge")
+            .iter()
+            .any(|t| t.state == "draining"),
+        "the check ran during the drain"
+    );
+    // Both downloads finish intact, the one from the draining task too.
+    for (i, dest, mut download) in downloads {
+        let status = download
+            .wait(Duration::from_secs(60))
+            .expect("the download ends");
+        assert!(
+            status.success(),
+            "the download through {} failed: {}",
+            bed.host(i).name(),
+            download.log()
+        );
+        assert_eq!(sha256_file(&dest), sum, "through {}", bed.host(i).name());
+    }
+    // The drain over and the task stopped, its node closes the port.
+    wait_running(&bed, "edge", 1);
+    wait_until(
+        &format!("{} without edge rows", bed.host(at).name()),
+        DEADLINE,
+        || edge_samples(bed.host(at)) == 0,
+    )
+    .unwrap();
+    refuses(&bed, bed.host(at));
 }
