@@ -509,7 +509,15 @@ fn a_nodes_draining_last_task_finishes_its_downloads_then_the_port_closes() {
         })
         .unwrap();
     }
-    // A slow download through each node; then one task is scaled away mid-download.
+    // A slow download through each node; then one task is scaled away mid-download. The
+    // client's receive buffer is kept small, so the server cannot push the file ahead
+    // into it: the transfer needs the client's ACKs to reach the task all along.
+    let out = in_netns(
+        client.netns(),
+        &["sysctl", "-w", "net.ipv4.tcp_rmem=4096 32768 65536"],
+    )
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
     let mut downloads = Vec::new();
     for &i in &with {
         let dest = bed.run_dir().join(format!("downloaded-{i}"));
@@ -536,18 +544,21 @@ fn a_nodes_draining_last_task_finishes_its_downloads_then_the_port_closes() {
         .iter()
         .position(|h| h.netns() == draining.host)
         .unwrap();
-    // While it drains: its node's port is still the mesh's, and refuses new flows itself.
+    // While it drains: its node's port is still the mesh's, and refuses new flows itself
+    // (once its agent has synced the drain: `service ps` may show it a moment earlier).
     let no_backend = |i: usize| verdict_packets(&scrape(bed.host(i)).unwrap(), "mesh_no_backend");
     let before = no_backend(at);
-    match get(client.netns(), &bed.host(at).underlay_ip().to_string()) {
-        Got::Refused(took) if took < REFUSED_WITHIN => {}
-        other => panic!("a new flow to the draining node: {other:?}"),
-    }
-    assert_eq!(
-        no_backend(at) - before,
-        1,
-        "refused by the mesh, not the host"
-    );
+    let ip = bed.host(at).underlay_ip().to_string();
+    wait_until(
+        "the draining node refusing new flows",
+        DEADLINE,
+        || match get(client.netns(), &ip) {
+            Got::Refused(took) if took < REFUSED_WITHIN => Ok(()),
+            other => Err(anyhow::anyhow!("{other:?}")),
+        },
+    )
+    .unwrap();
+    let refused_by_mesh = no_backend(at) - before;
     assert!(
         service_tasks(bed.host(0), "edge")
             .iter()
@@ -567,6 +578,10 @@ fn a_nodes_draining_last_task_finishes_its_downloads_then_the_port_closes() {
         );
         assert_eq!(sha256_file(&dest), sum, "through {}", bed.host(i).name());
     }
+    assert!(
+        refused_by_mesh >= 1,
+        "the draining node's refusal was the mesh's (its port still open), not the host's"
+    );
     // The drain over and the task stopped, its node closes the port.
     wait_running(&bed, "edge", 1);
     wait_until(
