@@ -592,3 +592,96 @@ fn a_nodes_draining_last_task_finishes_its_downloads_then_the_port_closes() {
     .unwrap();
     refuses(&bed, bed.host(at));
 }
+
+/// `n` datagrams to `ip:port` from the client, each from a new connected socket (so an
+/// ICMP port unreachable comes back as `REFUSED`): one line per datagram, the answer's
+/// first line, `REFUSED` or `TIMEOUT`.
+fn udp(bed: &Testbed, ip: &str, port: u16, n: usize) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import socket, sys
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for _ in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect((ip, port))
+    try:
+        s.send(b"hostmode")
+        print(s.recv(65535).split(b"\n")[0].decode(errors="replace"), flush=True)
+    except ConnectionRefusedError:
+        print("REFUSED", flush=True)
+    except socket.timeout:
+        print("TIMEOUT", flush=True)
+    s.close()
+"#;
+    let out = in_netns(
+        bed.client().netns(),
+        &[
+            "python3",
+            "-c",
+            SCRIPT,
+            ip,
+            &port.to_string(),
+            &n.to_string(),
+        ],
+    )
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// whoami's UDP answer `Hostname: H Task: T ...`: H.
+fn udp_host(line: &str) -> &str {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["Hostname:", host, ..] => host,
+        _ => "",
+    }
+}
+
+#[test]
+fn host_mode_udp_answers_from_the_nodes_own_task_and_elsewhere_is_unreachable() {
+    let (bed, _agents) = cluster("hostmode-udp", "2s");
+    create(
+        &bed,
+        "dns",
+        &[
+            "--replicas",
+            "2",
+            "--publish-mode",
+            "host",
+            "--publish",
+            "5300:5300/udp",
+        ],
+        &whoami(&["--udp", "--port", "5300"]),
+    );
+    let placed = by_host(&bed, &wait_running(&bed, "dns", 2));
+    for (i, tasks) in &placed {
+        let ip = bed.host(*i).underlay_ip().to_string();
+        if tasks.is_empty() {
+            // Not the mesh's here: the host's stack answers ICMP port unreachable.
+            assert_eq!(
+                udp(&bed, &ip, 5300, 3),
+                ["REFUSED"; 3],
+                "{}",
+                bed.host(*i).name()
+            );
+            continue;
+        }
+        wait_until(&format!("UDP answers from {ip}"), DEADLINE, || {
+            !udp_host(&udp(&bed, &ip, 5300, 1)[0]).is_empty()
+        })
+        .unwrap();
+        let lines = udp(&bed, &ip, 5300, 6);
+        let named: BTreeSet<&str> = lines.iter().map(|l| udp_host(l)).collect();
+        let own: BTreeSet<&str> = tasks.iter().map(String::as_str).collect();
+        assert_eq!(
+            named,
+            own,
+            "{}: only its own task: {lines:?}",
+            bed.host(*i).name()
+        );
+    }
+}
