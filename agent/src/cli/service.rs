@@ -133,7 +133,9 @@ pub(crate) struct ServiceCreate {
     /// Publish a port: PUBLISHED:TARGET[/tcp|/udp]. Repeatable.
     #[arg(long, short, value_parser = parse_publish, value_name = "PUBLISHED:TARGET[/PROTO]")]
     pub(crate) publish: Vec<PublishedPort>,
-    /// Where published ports open: on every node (`ingress`) or only where a task runs.
+    /// Where published ports open: on every node, balanced over all tasks (`ingress`), or
+    /// only on nodes running a task, to that node's tasks (`host`). Either way a port is
+    /// the service's cluster-wide: no other service may publish it.
     #[arg(long, value_enum, default_value_t = PublishModeArg::Ingress)]
     pub(crate) publish_mode: PublishModeArg,
     /// `vip`: a virtual IP balanced across the tasks; `dnsrr`: DNS answers task IPs.

@@ -5,18 +5,28 @@
 //! What each map holds (see `dataplane_ebpf::mesh` and MESH-DESIGN.md):
 //! - `MESH_CONFIG`: the ingress VNI ([`INGRESS_VNI`]), the MSS clamp (overlay MTU − 40),
 //!   the conntrack timeouts;
-//! - `MESH_PORTS`: every published port of every `ingress`-mode service → its slot and
-//!   target port;
+//! - `MESH_PORTS`: every published port of every `ingress`-mode service, and of every
+//!   `host`-mode service with a task on this node (`opens_here`) → its slot and target
+//!   port;
 //! - `MESH_SERVICES[slot]`: how many backends, and the VNI of the service's network (the
 //!   cursor is the programs');
-//! - `MESH_BACKENDS[(slot, i)]`: the service's serving tasks cluster-wide (running,
-//!   healthy, not draining, on an up node, endpoint live), ordered by task slot then ID;
+//! - `MESH_BACKENDS[(slot, i)]`: the service's serving tasks (running, healthy, not
+//!   draining, on an up node, endpoint live) — cluster-wide in ingress mode, this node's
+//!   own in host mode —, ordered by task slot then ID;
 //! - `MESH_NODES`: every known node's underlay address (up or down);
 //! - `MESH_TARGETS`: this node's own tasks of ingress services in any state whose
 //!   endpoint exists × the target ports (a draining task still receives its established
-//!   flows);
+//!   flows); never a host-mode task's, since no other node forwards to one;
 //! - `MESH_STATS`: a zeroed row for (slot, 0) and for (slot, task) of every live task
-//!   of the service (a backend that leaves the rotation keeps counting its flows).
+//!   the slot balances over (a backend that leaves the rotation keeps counting its flows).
+//!
+//! **Host mode** (`--publish-mode host`) reuses the ingress path unchanged: on a node
+//! holding a task of the service the port is in `MESH_PORTS` with only that node's tasks
+//! as backends, so every flow is a local delivery; on any other node the port is simply
+//! not there, and the packet goes to the host stack untouched, like any port Skein does
+//! not publish (closed unless the host itself listens). The port stays open while the
+//! node's last task drains (its established flows go on; new ones are refused in XDP
+//! like a service without a serving task) and closes when that task's endpoint goes.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -161,15 +171,40 @@ fn protocol_number(protocol: Protocol) -> u8 {
     }
 }
 
-/// The services the mesh balances: valid, `ingress` publish mode, at least one published
-/// port, their network known.
+/// The services the mesh balances: valid, at least one published port, their network
+/// known; either publish mode (each gets a slot on every node, so its slot stays put
+/// while host-mode tasks come and go; a host-mode service's slot stays empty on a node
+/// without its tasks).
 pub(crate) fn mesh_services(view: &ClusterView) -> Vec<&Service> {
     view.services
         .valid
         .iter()
-        .filter(|s| s.publish_mode == PublishMode::Ingress && !s.ports.is_empty())
+        .filter(|s| !s.ports.is_empty())
         .filter(|s| view.network(&s.network).is_some())
         .collect()
+}
+
+/// Whether `service`'s published ports open on this node: always in ingress mode; in
+/// host mode while this node holds a task of it (in any state: starting, serving,
+/// unhealthy, exited and awaiting its restart, draining) whose endpoint (`own`: this
+/// node's endpoints by ID) is on the service's network (`vni`). Keeping the port through
+/// a drain matters: the programs look the port up before the conntrack, so closing it
+/// early would cut the draining task's established flows.
+fn opens_here(
+    view: &ClusterView,
+    own: &HashMap<&str, &Endpoint>,
+    service: &Service,
+    vni: u32,
+) -> bool {
+    if service.publish_mode == PublishMode::Ingress {
+        return true;
+    }
+    view.tasks_of(service)
+        .filter(|(node, _)| *node == view.self_id)
+        .any(|(_, task)| {
+            own.get(task.endpoint.as_str())
+                .is_some_and(|e| e.vni == vni)
+        })
 }
 
 /// The mesh maps for `view` with the slots in `slots` (assigned by the caller from
@@ -213,6 +248,12 @@ pub(crate) fn desired_mesh(
             continue;
         };
         let vni = network.vni;
+        if !opens_here(view, &own, service, vni) {
+            continue;
+        }
+        // Host mode balances over this node's tasks only.
+        let host_mode = service.publish_mode == PublishMode::Host;
+        let balanced = |node: &NodeId| !host_mode || *node == view.self_id;
         // A task's endpoint, if live on the service's network, with its host's address.
         let placed = |node: &NodeId, endpoint: &str| {
             let e = live.get(&(*node, endpoint)).filter(|e| e.vni == vni)?;
@@ -221,6 +262,7 @@ pub(crate) fn desired_mesh(
         let mut backends: Vec<(u32, &str, [u8; 4], [u8; 4])> = view
             .tasks_of(service)
             .serving()
+            .filter(|(node, _)| balanced(node))
             .filter_map(|(node, task)| {
                 let (ip, host) = placed(node, &task.endpoint)?;
                 Some((task.slot, task.id.as_str(), ip, host))
@@ -255,6 +297,9 @@ pub(crate) fn desired_mesh(
             (),
         );
         for (node, task) in view.tasks_of(service).live() {
+            if !balanced(node) {
+                continue;
+            }
             if let Some((ip, _)) = placed(node, &task.endpoint) {
                 desired.stats.insert(
                     MeshStatKey {
@@ -276,7 +321,12 @@ pub(crate) fn desired_mesh(
                 },
             );
         }
-        // This node's tasks of the service, draining or not, while their endpoint exists.
+        // This node's tasks of the service, draining or not, while their endpoint exists:
+        // what other nodes may forward to. Nothing in host mode (fail closed: no other
+        // node's frames on the ingress VNI reach a host-mode task).
+        if host_mode {
+            continue;
+        }
         for (node, task) in view.tasks_of(service) {
             if *node != view.self_id {
                 continue;

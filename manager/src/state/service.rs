@@ -3,9 +3,12 @@
 //!
 //! A service is cluster-scoped: any node may create, scale or remove it. Same-name creates
 //! settle by last-writer-wins on the key. Different services claiming one published port
-//! (protocol and number, cluster-wide: the routing mesh opens it on every node) or one VIP
-//! are settled by [`valid_services`], a pure function of the store: the earliest `created`
-//! stamp wins, the others are reported as conflicted, on every node alike.
+//! (protocol and number, cluster-wide: the routing mesh opens it on every node; a
+//! host-mode port, opened only where the service's tasks run, is claimed cluster-wide
+//! too — simpler than Swarm, which lets services share a host-mode port on disjoint
+//! nodes, and a task can then be placed anywhere) or one VIP are settled by
+//! [`valid_services`], a pure function of the store: the earliest `created` stamp wins,
+//! the others are reported as conflicted, on every node alike.
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr, time::Duration};
 
@@ -620,6 +623,59 @@ mod tests {
             "{}",
             set.conflicted[0].1
         );
+    }
+
+    #[test]
+    fn host_mode_ports_are_claimed_cluster_wide_like_ingress_ones() {
+        let host = |name: &str, ports: &[&str], created| Service {
+            publish_mode: PublishMode::Host,
+            ..service(name, ports, created)
+        };
+        let mut store = Store::new();
+        let services = [
+            host("edge", &["9090:80"], stamp(10, 1)),
+            // Host mode against host mode, and ingress against host mode, both ways.
+            host("edge2", &["9090:81"], stamp(11, 2)),
+            service("web", &["9090:82"], stamp(12, 3)),
+            service("api", &["7070:80"], stamp(13, 1)),
+            host("late", &["7070:80"], stamp(14, 2)),
+            host("dns", &["9090:53/udp"], stamp(15, 3)),
+        ];
+        for s in &services {
+            store.merge(Record {
+                key: Service::key(&s.name),
+                stamp: s.created,
+                value: Some(s.encode()),
+            });
+        }
+        let set = valid_services(&store);
+        let names: Vec<_> = set.valid.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["api", "dns", "edge"]);
+        let reasons: Vec<_> = set
+            .conflicted
+            .iter()
+            .map(|(s, r)| (s.name.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    "edge2",
+                    "port 9090/tcp is already published by service \"edge\""
+                ),
+                (
+                    "late",
+                    "port 7070/tcp is already published by service \"api\""
+                ),
+                (
+                    "web",
+                    "port 9090/tcp is already published by service \"edge\""
+                ),
+            ]
+        );
+        assert!(set
+            .conflicts_with(&host("new", &["9090:80"], stamp(20, 1)))
+            .is_some());
     }
 
     #[test]

@@ -213,7 +213,8 @@ fn serving_tasks_cluster_wide_are_the_backends_in_slot_then_id_order() {
 }
 
 #[test]
-fn a_task_without_a_live_endpoint_is_no_backend_and_host_mode_services_get_nothing() {
+fn a_task_without_a_live_endpoint_is_no_backend_and_a_host_mode_service_without_a_task_here_gets_nothing(
+) {
     let web = web();
     let host_mode = Service {
         publish_mode: PublishMode::Host,
@@ -239,10 +240,202 @@ fn a_task_without_a_live_endpoint_is_no_backend_and_host_mode_services_get_nothi
     // b's endpoint is gone from the view.
     view.endpoints.valid.retain(|(_, e)| e.id != "b");
     let (desired, slots) = desired(&view);
-    assert_eq!(slots.by_slot().len(), 1, "only web has a slot");
+    assert_eq!(
+        slots
+            .by_slot()
+            .values()
+            .map(|s| s.0.as_str())
+            .collect::<Vec<_>>(),
+        ["hosted", "web"],
+        "a service without published ports has no slot"
+    );
+    let web_slot = slots.slot("web", web.created).unwrap();
     assert_eq!(desired.backends.len(), 1);
-    assert_eq!(desired.services[&0].backends, 1);
+    assert_eq!(
+        desired.services.keys().copied().collect::<Vec<_>>(),
+        [web_slot],
+        "hosted has no task here: its slot stays empty"
+    );
+    assert_eq!(desired.services[&web_slot].backends, 1);
+    assert!(
+        desired.ports.values().all(|p| p.slot == web_slot),
+        "hosted's ports are not open here"
+    );
     assert!(desired.targets.is_empty(), "no task of web on this node");
+}
+
+/// `edge` publishing 9090→80/tcp in host mode.
+fn edge() -> Service {
+    Service {
+        publish_mode: PublishMode::Host,
+        ports: vec![PublishedPort {
+            published: 9090,
+            target: 80,
+            protocol: Protocol::Tcp,
+        }],
+        ..testing::service("edge", Mode::Replicated { replicas: 5 }, stamp(200))
+    }
+}
+
+fn in_state(mut task: Task, state: TaskState) -> Task {
+    task.state = state;
+    task
+}
+
+/// Backends as (index, address, host), stats rows' addresses, the port's slot if open.
+type Seen = (Vec<(u32, [u8; 4], [u8; 4])>, Vec<[u8; 4]>, Option<u32>);
+
+fn seen(desired: &DesiredMesh) -> Seen {
+    (
+        desired
+            .backends
+            .iter()
+            .map(|(k, b)| (k.index, b.ip, b.host_ip))
+            .collect(),
+        desired.stats.keys().map(|k| k.backend_ip).collect(),
+        desired
+            .ports
+            .get(&MeshPortKey::new(IPPROTO_TCP, 9090))
+            .map(|p| p.slot),
+    )
+}
+
+#[test]
+fn host_mode_opens_only_where_a_task_runs_and_balances_over_that_nodes_tasks() {
+    let edge = edge();
+    let tasks = vec![
+        (id(1), testing::task("a", &edge, 0, [10, 10, 0, 21])),
+        (id(2), testing::task("b", &edge, 1, [10, 10, 0, 22])),
+        (id(1), testing::task("c", &edge, 2, [10, 10, 0, 23])),
+        (
+            id(1),
+            in_state(
+                testing::task("d", &edge, 3, [10, 10, 0, 24]),
+                TaskState::Unhealthy,
+            ),
+        ),
+        (
+            id(1),
+            in_state(
+                testing::task("e", &edge, 4, [10, 10, 0, 25]),
+                TaskState::Draining,
+            ),
+        ),
+    ];
+    let mut view = view(vec![edge.clone()], tasks);
+    let (desired, slots) = desired(&view);
+    let slot = slots.slot("edge", edge.created).unwrap();
+    let own = [10, 200, 0, 1];
+    // Node 1: its two serving tasks only (not node 2's, not the unhealthy or draining
+    // one), all local; every live local task keeps a stats row.
+    assert_eq!(
+        seen(&desired),
+        (
+            vec![(0, [10, 10, 0, 21], own), (1, [10, 10, 0, 23], own)],
+            vec![
+                [0; 4],
+                [10, 10, 0, 21],
+                [10, 10, 0, 23],
+                [10, 10, 0, 24],
+                [10, 10, 0, 25]
+            ],
+            Some(slot)
+        )
+    );
+    assert_eq!(desired.services[&slot].backends, 2);
+    assert_eq!(desired.services[&slot].vni, VNI);
+    assert_eq!(
+        desired.ports[&MeshPortKey::new(IPPROTO_TCP, 9090)].target_port_be,
+        80u16.to_be_bytes()
+    );
+    assert!(
+        desired.targets.is_empty(),
+        "no other node forwards to a host-mode task: none may"
+    );
+    // Node 2 sees the same cluster: its own task alone.
+    view.self_id = id(2);
+    let (desired, _) = self::desired(&view);
+    assert_eq!(
+        seen(&desired),
+        (
+            vec![(0, [10, 10, 0, 22], [10, 200, 0, 2])],
+            vec![[0; 4], [10, 10, 0, 22]],
+            Some(slot)
+        )
+    );
+    // A node without a task of it: nothing at all — the port is not the mesh's there.
+    view.tasks.retain(|(node, _)| *node == id(1));
+    let (desired, slots) = self::desired(&view);
+    assert_eq!(seen(&desired), (vec![], vec![], None));
+    assert!(desired.services.is_empty());
+    assert_eq!(
+        slots.slot("edge", edge.created),
+        Some(slot),
+        "it keeps a slot, so the slot stays put as tasks come and go"
+    );
+}
+
+#[test]
+fn a_host_mode_port_stays_open_until_the_last_local_tasks_endpoint_goes() {
+    let edge = edge();
+    for state in [
+        TaskState::Starting,
+        TaskState::Unhealthy,
+        TaskState::Exited,
+        TaskState::Draining,
+    ] {
+        let task = in_state(testing::task("a", &edge, 0, [10, 10, 0, 21]), state);
+        let serving = testing::task("b", &edge, 1, [10, 10, 0, 22]);
+        let mut view = view(vec![edge.clone()], vec![(id(1), task), (id(2), serving)]);
+        let (desired, slots) = desired(&view);
+        let slot = slots.slot("edge", edge.created).unwrap();
+        // Open with no backend: new flows are refused in XDP (RST / ICMP), a draining
+        // task's established flows go on.
+        assert_eq!(
+            seen(&desired),
+            (vec![], vec![[0; 4], [10, 10, 0, 21]], Some(slot)),
+            "{state:?}"
+        );
+        assert_eq!(desired.services[&slot].backends, 0, "{state:?}");
+        // Its endpoint gone (the task stopped): the port closes.
+        view.endpoints.valid.retain(|(_, e)| e.id != "a");
+        let (desired, _) = self::desired(&view);
+        assert_eq!(seen(&desired), (vec![], vec![], None), "{state:?}, stopped");
+    }
+}
+
+#[test]
+fn host_and_ingress_services_side_by_side_keep_their_own_backends() {
+    let web = web();
+    let edge = edge();
+    let tasks = vec![
+        (id(1), testing::task("w1", &web, 0, [10, 10, 0, 11])),
+        (id(2), testing::task("w2", &web, 1, [10, 10, 0, 12])),
+        (id(1), testing::task("e1", &edge, 0, [10, 10, 0, 21])),
+        (id(2), testing::task("e2", &edge, 1, [10, 10, 0, 22])),
+    ];
+    let view = view(vec![edge.clone(), web.clone()], tasks);
+    let (desired, slots) = desired(&view);
+    let (web_slot, edge_slot) = (
+        slots.slot("web", web.created).unwrap(),
+        slots.slot("edge", edge.created).unwrap(),
+    );
+    let of = |slot: u32| -> Vec<[u8; 4]> {
+        desired
+            .backends
+            .iter()
+            .filter(|(k, _)| k.slot == slot)
+            .map(|(_, b)| b.ip)
+            .collect()
+    };
+    assert_eq!(of(web_slot), [[10, 10, 0, 11], [10, 10, 0, 12]]);
+    assert_eq!(of(edge_slot), [[10, 10, 0, 21]]);
+    let targets: Vec<[u8; 4]> = desired.targets.keys().map(|k| k.ip).collect();
+    assert_eq!(
+        targets,
+        [[10, 10, 0, 11], [10, 10, 0, 11]],
+        "web's local task × its two ports; edge's none"
+    );
 }
 
 #[test]
