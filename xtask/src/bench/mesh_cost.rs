@@ -49,7 +49,7 @@ use xtask::{
 use super::pktgen::{udp_frame, Addressing};
 
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 const VNI: u32 = 4096;
 const INGRESS_VNI: u32 = 4000;
 const BACKEND: [u8; 4] = [10, 0, 1, 4];
@@ -157,16 +157,30 @@ pub(crate) fn run(runs: u32) -> Result<CostReport> {
     // A flow: its SYN and first ACK, then the ACK is the hit.
     let syn = tcp(me, &addr, 40000, 0x02);
     let ack = tcp(me, &addr, 40000, 0x10);
-    expect(fd, &syn, XDP_TX, "the flow's SYN")?;
-    expect(fd, &ack, XDP_TX, "the flow's ACK")?;
+    expect(fd, &syn, XDP_REDIRECT, "the flow's SYN")?;
+    expect(fd, &ack, XDP_REDIRECT, "the flow's ACK")?;
     let hit_raw_ns = mean(fd, &ack, runs, 1)?;
+    if let Ok(case) = std::env::var("XDPTUNE_PROFILE") {
+        let t = std::time::Instant::now();
+        let mut i = 0u32;
+        while t.elapsed().as_secs() < 8 {
+            i = i.wrapping_add(1);
+            let frame = match case.as_str() {
+                "hit" => ack.clone(),
+                "pass" => pass.clone(),
+                _ => tcp(me, &addr, 1024 + (i % 60_000) as u16, 0x02),
+            };
+            test_run(fd, &frame, 1)?;
+        }
+        bail!("profiled {case}");
+    }
 
     let mut samples = Vec::with_capacity(runs as usize);
     for i in 0..runs {
         let frame = tcp(me, &addr, 1024 + (i % 60_000) as u16, 0x02);
         let out = test_run(fd, &frame, 1)?;
-        if out.retval != XDP_TX {
-            bail!("new flow {i}: XDP action {} (expected XDP_TX)", out.retval);
+        if out.retval != XDP_REDIRECT {
+            bail!("new flow {i}: XDP action {} (expected XDP_REDIRECT)", out.retval);
         }
         samples.push(out.duration_ns);
     }

@@ -25,7 +25,6 @@ use crate::{
         answer, drop, Client, Decision, Plan, ANSWER_REFUSE, ANSWER_RESET, NEW_FLOW,
         NEW_FLOW_REPLACING, PLAN_DELIVER,
     },
-    mesh_nat::NextHop,
     parse::*,
 };
 
@@ -69,19 +68,16 @@ pub(crate) fn conntrack(config: &MeshConfig, c: &Client, plan: &mut Plan) -> Dec
             |f| keep_reply(&c.key, f, now),
         );
         stat_backend(flow.slot, flow.backend_ip, 0, c.len);
-        *plan = Plan {
-            backend: MeshBackend {
-                ip: flow.backend_ip,
-                host_ip: flow.backend_host,
-            },
-            vni: flow.vni,
-            target_port_be: flow.target_port_be,
-            ifindex: endpoint,
-            verdict: Verdict::MESH_FLOW.slot(),
-            answer: 0,
-            mtu: 0,
-            hop: NextHop::default(),
+        // Field by field: the caller zeroed the plan, and a whole struct with a default
+        // `hop` would be a `memset` call (see `zeroed`).
+        plan.backend = MeshBackend {
+            ip: flow.backend_ip,
+            host_ip: flow.backend_host,
         };
+        plan.vni = flow.vni;
+        plan.target_port_be = flow.target_port_be;
+        plan.ifindex = endpoint;
+        plan.verdict = Verdict::MESH_FLOW.slot();
         return PLAN_DELIVER;
     }
     if !opens && tcp {
@@ -250,16 +246,11 @@ pub(crate) fn new_flow(c: &Client, plan: &mut Plan, fresh: bool) -> Decision {
     let rk = reply_key(&c.key, backend.ip, c.target_port_be);
     let _ = MESH_REPLIES.insert(&rk, &reply_value(&c.key, now), 0);
     stat_backend(slot, backend.ip, 1, c.len);
-    *plan = Plan {
-        backend,
-        vni,
-        target_port_be: c.target_port_be,
-        ifindex,
-        verdict: Verdict::MESH_NEW_FLOW.slot(),
-        answer: 0,
-        mtu: 0,
-        hop: NextHop::default(),
-    };
+    plan.backend = backend;
+    plan.vni = vni;
+    plan.target_port_be = c.target_port_be;
+    plan.ifindex = ifindex;
+    plan.verdict = Verdict::MESH_NEW_FLOW.slot();
     PLAN_DELIVER
 }
 

@@ -5,6 +5,8 @@
 //! `tc_underlay_ingress`, `XDP_PASS`) or out to the backend's host in VXLAN on the ingress
 //! VNI, redirected out of the FIB's interface (see `send`: not `XDP_TX`).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, xdp_action, xdp_md, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS,
@@ -27,7 +29,7 @@ use dataplane_ebpf::{
 
 use crate::{
     decap::inner_ethernet,
-    mesh_ingress::{decided, drop, Client, Decision, Plan, ANSWER_FRAG_NEEDED, L4, PLAN_ANSWER},
+    mesh_ingress::{decided, drop, zero, Client, Decision, Plan, ANSWER_FRAG_NEEDED, L4, PLAN_ANSWER},
     parse::*,
 };
 
@@ -229,7 +231,9 @@ pub(crate) fn clamp_syn_mss(ctx_ptr: *mut xdp_md, mss: u16) {
     if options_len == 0 || options_len > TCP_MAX_OPTIONS as u32 {
         return;
     }
-    let mut options = [0u8; TCP_MAX_OPTIONS];
+    let mut options = MaybeUninit::uninit();
+    // SAFETY: bytes.
+    let options: &mut [u8; TCP_MAX_OPTIONS] = unsafe { zero(&mut options) };
     // SAFETY: `options` has room for `options_len` (at most 40) bytes.
     let rc = unsafe {
         bpf_xdp_load_bytes(
@@ -242,7 +246,7 @@ pub(crate) fn clamp_syn_mss(ctx_ptr: *mut xdp_md, mss: u16) {
     if rc != 0 {
         return;
     }
-    let Some(at) = mss_in_first_options(&options, options_len as usize) else {
+    let Some(at) = mss_in_first_options(options, options_len as usize) else {
         return;
     };
     let mut old = [0u8; 2];
@@ -296,7 +300,9 @@ pub(crate) fn next_hop(
     out: &mut NextHop,
 ) -> u32 {
     // SAFETY: an all-zero `bpf_fib_lookup` is valid (plain integers and unions of them).
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut fib = MaybeUninit::uninit();
+    // SAFETY: as said.
+    let fib: &mut bpf_fib_lookup = unsafe { zero(&mut fib) };
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_UDP;
     fib.ifindex = underlay.ifindex;
@@ -312,7 +318,7 @@ pub(crate) fn next_hop(
     let rc = unsafe {
         fib_lookup(
             ctx_ptr.cast(),
-            &mut fib,
+            fib,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
