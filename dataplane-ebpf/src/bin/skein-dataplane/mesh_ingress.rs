@@ -24,7 +24,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
-    helpers::generated::{bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use dataplane_ebpf::{
@@ -130,7 +130,7 @@ pub(crate) struct Client {
     /// The published port's service slot and target port (`MESH_PORTS`).
     pub(crate) slot: u32,
     pub(crate) target_port_be: [u8; 2],
-    /// `bpf_ktime_get_ns` when the packet arrived.
+    /// `bpf_ktime_get_coarse_ns` when the packet arrived.
     pub(crate) now: u64,
 }
 
@@ -285,8 +285,11 @@ fn parse(ctx_ptr: *mut xdp_md, underlay: &UnderlayValue, len: u64, c: &mut Clien
     *c = valid;
     c.slot = port.slot;
     c.target_port_be = port.target_port_be;
+    // The tick's time (CLOCK_MONOTONIC_COARSE: the same clock as `bpf_ktime_get_ns`, at
+    // most a tick behind): timeouts are seconds (tests: tens of milliseconds), and the
+    // fine clock's TSC read was a sixteenth of a conntrack hit.
     // SAFETY: a plain helper call.
-    c.now = unsafe { bpf_ktime_get_ns() };
+    c.now = unsafe { bpf_ktime_get_coarse_ns() };
     PARSED
 }
 
