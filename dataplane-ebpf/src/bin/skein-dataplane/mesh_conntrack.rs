@@ -25,6 +25,7 @@ use crate::{
         answer, drop, Client, Decision, Plan, ANSWER_REFUSE, ANSWER_RESET, NEW_FLOW,
         NEW_FLOW_REPLACING, PLAN_DELIVER,
     },
+    mesh_nat::NextHop,
     parse::*,
 };
 
@@ -57,7 +58,7 @@ pub(crate) fn conntrack(config: &MeshConfig, c: &Client, plan: &mut Plan) -> Dec
         } else {
             (flow.state, flow.flags)
         };
-        touch(
+        let refreshed = touch(
             entry,
             &flow,
             state,
@@ -67,6 +68,17 @@ pub(crate) fn conntrack(config: &MeshConfig, c: &Client, plan: &mut Plan) -> Dec
             now,
             |f| keep_reply(&c.key, f, now),
         );
+        if flow.hop_ifindex != 0 && !refreshed {
+            plan.hop = NextHop {
+                dmac: flow.hop_dmac,
+                smac: flow.hop_smac,
+                ifindex: flow.hop_ifindex,
+                mtu: flow.hop_mtu,
+            };
+        } else {
+            // `mesh_nat::deliver` asks the FIB and caches its answer here.
+            plan.entry = entry;
+        }
         stat_backend(flow.slot, flow.backend_ip, 0, c.len);
         // Field by field: the caller zeroed the plan, and a whole struct with a default
         // `hop` would be a `memset` call (see `zeroed`).
@@ -109,7 +121,8 @@ fn alive(vni: u32, ip: [u8; 4], host_ip: [u8; 4]) -> u32 {
 }
 
 /// Writes a flow's new state, and its last-seen time when it is older than
-/// [`refresh_after_ns`] allows; `on_refresh` runs when the time is written.
+/// [`refresh_after_ns`] allows; `on_refresh` runs when the time is written. Whether it
+/// was (the flow's cached next hop is renewed then too).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn touch(
@@ -121,7 +134,7 @@ pub(crate) fn touch(
     protocol: u8,
     now: u64,
     on_refresh: impl FnOnce(&Flow),
-) {
+) -> bool {
     let changed = state != flow.state || flags != flow.flags;
     let stale = now.saturating_sub(flow.last_seen_ns) > refresh_after_ns(config, protocol, state);
     // SAFETY: a valid map value; plain stores of whole fields (another CPU reading the
@@ -138,6 +151,7 @@ pub(crate) fn touch(
     if stale {
         on_refresh(flow);
     }
+    stale
 }
 
 /// Puts the flow's reply entry back if the LRU evicted it (checked once per refresh, so
@@ -230,9 +244,13 @@ pub(crate) fn new_flow(c: &Client, plan: &mut Plan, fresh: bool) -> Decision {
         target_port_be: c.target_port_be,
         state,
         flags: 0,
-        _pad: [0; 4],
+        hop_ifindex: 0,
         created_ns: now,
         last_seen_ns: now,
+        hop_dmac: [0; 6],
+        hop_smac: [0; 6],
+        hop_mtu: 0,
+        _pad: [0; 2],
     };
     if fresh {
         // Another CPU may have created the entry for this very flow a moment ago; the

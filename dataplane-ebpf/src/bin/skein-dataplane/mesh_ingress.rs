@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use dataplane_ebpf::{
     counters::Verdict,
-    mesh::{tcp_flags_valid, FlowKey, MeshBackend},
+    mesh::{tcp_flags_valid, Flow, FlowKey, MeshBackend},
     overlay::{UnderlayValue, ETH_LEN, IPV4_LEN, VXLAN_PORT},
     respond::{fold, pseudo_header_sum},
 };
@@ -208,7 +208,7 @@ pub(crate) const ANSWER_REFUSE: u8 = 2;
 pub(crate) const ANSWER_FRAG_NEEDED: u8 = 3;
 
 /// Where a client's packet goes (or what answers it), as the conntrack decided.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub(crate) struct Plan {
     pub(crate) backend: MeshBackend,
     /// The backend's network.
@@ -221,8 +221,12 @@ pub(crate) struct Plan {
     pub(crate) answer: u8,
     /// For [`ANSWER_FRAG_NEEDED`].
     pub(crate) mtu: u16,
-    /// The next hop to a remote backend's host (`mesh_nat::deliver` fills it in).
+    /// The next hop to a remote backend's host: the flow's cached one, or (`ifindex`
+    /// 0) `mesh_nat::deliver` asks the FIB.
     pub(crate) hop: NextHop,
+    /// The flow's conntrack entry when its cached next hop is to be (re)written; null
+    /// otherwise.
+    pub(crate) entry: *mut Flow,
 }
 
 #[inline(always)]

@@ -70,14 +70,16 @@ pub(crate) fn deliver(
     let local = be32(plan.backend.host_ip) == be32(d.underlay.ip);
     if !local {
         let outer_len = ip_len + (ENCAP_LEN - ETH_LEN) as u32;
-        let host = plan.backend.host_ip;
-        match next_hop(ctx_ptr, d.underlay, &host, outer_len, &mut plan.hop) {
-            HOP_OK => {}
-            HOP_TOO_BIG => {
-                let mtu = plan.hop.mtu.saturating_sub((ENCAP_LEN - ETH_LEN) as u16);
-                return too_big(c, plan, mtu);
+        if plan.hop.ifindex == 0 || outer_len > plan.hop.mtu as u32 {
+            let host = plan.backend.host_ip;
+            match next_hop(ctx_ptr, d.underlay, &host, outer_len, &mut plan.hop) {
+                HOP_OK => cache_hop(plan),
+                HOP_TOO_BIG => {
+                    let mtu = plan.hop.mtu.saturating_sub((ENCAP_LEN - ETH_LEN) as u16);
+                    return too_big(c, plan, mtu);
+                }
+                _ => return drop(Verdict::NO_ROUTE),
             }
-            _ => return drop(Verdict::NO_ROUTE),
         }
     }
     let rewrite = Rewrite {
@@ -104,6 +106,25 @@ pub(crate) fn deliver(
         return drop(Verdict::ERROR);
     }
     decided(verdict, send(&plan.hop, d.underlay))
+}
+
+/// Keeps the FIB's answer in the flow's entry when the conntrack asked for it (see
+/// `Flow::hop_dmac`). Field by field: another CPU reading the entry meanwhile sees each
+/// field old or new (a MAC half renewed for one packet at worst, once a neighbour
+/// changes).
+#[inline(always)]
+fn cache_hop(plan: &Plan) {
+    let entry = plan.entry;
+    if entry.is_null() || plan.hop.mtu == 0 {
+        return;
+    }
+    // SAFETY: the conntrack's map value, valid for this run.
+    unsafe {
+        (*entry).hop_dmac = plan.hop.dmac;
+        (*entry).hop_smac = plan.hop.smac;
+        (*entry).hop_mtu = plan.hop.mtu;
+        (*entry).hop_ifindex = plan.hop.ifindex;
+    }
 }
 
 /// Too big for the overlay (or the underlay once encapsulated): with DF the client
@@ -276,7 +297,7 @@ pub(crate) struct NextHop {
     pub(crate) dmac: [u8; 6],
     pub(crate) smac: [u8; 6],
     pub(crate) ifindex: u32,
-    /// The route's MTU, when the FIB found the packet too big.
+    /// The route's MTU: what the packet was too big for, or (found) what it fits.
     pub(crate) mtu: u16,
 }
 
@@ -331,6 +352,13 @@ pub(crate) fn next_hop(
             out.dmac = fib.dmac;
             out.smac = fib.smac;
             out.ifindex = fib.ifindex;
+            // SAFETY: on success with a length to check, the kernel writes the route's
+            // MTU into the union (`bpf_fib_set_fwd_params`); 0 when unchecked.
+            out.mtu = if tot_len > 0 {
+                unsafe { fib.__bindgen_anon_1.mtu_result }
+            } else {
+                0
+            };
             HOP_OK
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {

@@ -99,7 +99,7 @@ pub(crate) fn reply(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
     } else {
         (flow.state, flow.flags)
     };
-    touch(
+    let _ = touch(
         m.entry,
         &flow,
         state,
