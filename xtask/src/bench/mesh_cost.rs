@@ -183,7 +183,10 @@ pub(crate) fn run(runs: u32) -> Result<CostReport> {
             opened += 1;
             let out = test_run(fd, &frame, 1)?;
             if out.retval != XDP_REDIRECT {
-                bail!("new flow: XDP action {} (expected XDP_REDIRECT)", out.retval);
+                bail!(
+                    "new flow: XDP action {} (expected XDP_REDIRECT)",
+                    out.retval
+                );
             }
             new_flow.push(out.duration_ns);
         }

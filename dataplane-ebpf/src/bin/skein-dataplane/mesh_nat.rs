@@ -29,7 +29,9 @@ use dataplane_ebpf::{
 
 use crate::{
     decap::inner_ethernet,
-    mesh_ingress::{decided, drop, zero, Client, Decision, Plan, ANSWER_FRAG_NEEDED, L4, PLAN_ANSWER},
+    mesh_ingress::{
+        decided, drop, zero, Client, Decision, Plan, ANSWER_FRAG_NEEDED, L4, PLAN_ANSWER,
+    },
     parse::*,
 };
 
@@ -336,14 +338,7 @@ pub(crate) fn next_hop(
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(underlay.ip);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*dst);
     // SAFETY: `fib` is a stack struct of the size we pass.
-    let rc = unsafe {
-        fib_lookup(
-            ctx_ptr.cast(),
-            fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { fib_lookup(ctx_ptr.cast(), fib, size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc < 0 {
         return HOP_NONE;
     }
