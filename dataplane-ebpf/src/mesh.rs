@@ -130,10 +130,21 @@ pub struct Flow {
     pub state: u8,
     /// [`FIN_FROM_CLIENT`] | [`FIN_FROM_BACKEND`].
     pub flags: u8,
-    pub _pad: [u8; 4],
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the flow was created and last seen.
+    /// The next hop to a remote `backend_host` as the FIB last answered (0: none
+    /// cached; see [`Flow::hop_dmac`]).
+    pub hop_ifindex: u32,
+    /// CLOCK_MONOTONIC when the flow was created and last seen (the programs read the
+    /// coarse variant, at most a tick behind).
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// The cached next hop: the ingress program asks the FIB once per refresh of
+    /// `last_seen_ns` (see [`refresh_after_ns`]), not per packet — a FIB lookup was a
+    /// fifth of a conntrack hit. `hop_mtu` is the route's MTU (what the outer packet is
+    /// checked against); a packet larger goes through a fresh lookup.
+    pub hop_dmac: [u8; 6],
+    pub hop_smac: [u8; 6],
+    pub hop_mtu: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Key of [`crate::maps::MESH_REPLIES`]: a flow as the task's replies carry it.
@@ -406,7 +417,7 @@ const _: () = {
     assert!(size_of::<MeshBackendKey>() == 8);
     assert!(size_of::<MeshBackend>() == 8);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<Flow>() == 40);
+    assert!(size_of::<Flow>() == 56);
     assert!(size_of::<ReplyKey>() == 16);
     assert!(size_of::<Reply>() == 16);
     assert!(size_of::<MeshTargetKey>() == 8);

@@ -1004,3 +1004,94 @@ fn with_the_mesh_off_published_ports_pass_untouched() {
     }
     assert_eq!(b.cursor(1), 0);
 }
+
+/// A flow's next hop comes from the FIB once and is kept in its conntrack entry (no FIB
+/// lookup per packet); it is asked again at the flow's next refresh of `last_seen_ns`
+/// (here after 500 ms: a quarter of a 2 s timeout; long enough that the commands between
+/// the packets cannot reach it on a loaded machine), so a host's new MAC is used from
+/// then on.
+#[test]
+fn a_flow_keeps_its_next_hop_until_its_refresh() {
+    let mut b = Bed::new(
+        "mesh-hop",
+        MeshConfig {
+            syn_timeout_ns: 2_000_000_000,
+            established_timeout_ns: 2_000_000_000,
+            ..config()
+        },
+    );
+    let _netns = InNetns::enter(b.host());
+    let (me, mac) = (b.me, b.my_mac);
+    // The rotation's second pick is REMOTE_A (on HOST_A).
+    expect_delivery(
+        &mut b,
+        "syn 1",
+        &tcp(me, mac, 45000, TCP_PORT, SYN, b""),
+        Verdict::MESH_NEW_FLOW,
+    );
+    let sport = 45001;
+    let picked = expect_delivery(
+        &mut b,
+        "syn 2",
+        &tcp(me, mac, sport, TCP_PORT, SYN, b""),
+        Verdict::MESH_NEW_FLOW,
+    );
+    assert_eq!(picked, REMOTE_A);
+    let ack = tcp(me, mac, sport, TCP_PORT, ACK, b"x");
+    expect_delivery(&mut b, "first ack", &ack, Verdict::MESH_FLOW);
+    let key = FlowKey {
+        client_ip: CLIENT,
+        node_ip: me,
+        client_port_be: sport.to_be_bytes(),
+        published_port_be: TCP_PORT.to_be_bytes(),
+        protocol: 6,
+        _pad: [0; 3],
+    };
+    let flow = b.flows().get(&key, 0).expect("the flow's entry");
+    let eth0: u32 = b
+        .host()
+        .run("cat", ["/sys/class/net/eth0/ifindex"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        (flow.hop_ifindex, flow.hop_dmac, flow.hop_smac),
+        (eth0, HOST_A_MAC, b.my_mac),
+        "next hop kept in the entry"
+    );
+    assert!(flow.hop_mtu >= 1500, "the route's MTU: {}", flow.hop_mtu);
+
+    let moved = [0x02, 0, 0, 0, 0, 0x99];
+    b.host()
+        .run(
+            "ip",
+            [
+                "neigh",
+                "replace",
+                "10.200.0.12",
+                "lladdr",
+                "02:00:00:00:00:99",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+        .unwrap();
+    let out = b.run("ack, kept hop", &ack, XDP_REDIRECT, Verdict::MESH_FLOW);
+    assert_eq!(
+        &out[..6],
+        &HOST_A_MAC,
+        "the kept next hop, not a FIB lookup"
+    );
+    thread::sleep(Duration::from_millis(700));
+    let out = b.run(
+        "ack after the refresh",
+        &ack,
+        XDP_REDIRECT,
+        Verdict::MESH_FLOW,
+    );
+    assert_eq!(&out[..6], &moved, "asked the FIB again at the refresh");
+    assert_eq!(b.flows().get(&key, 0).unwrap().hop_dmac, moved);
+}

@@ -58,7 +58,7 @@ pub(crate) fn conntrack(config: &MeshConfig, c: &Client, plan: &mut Plan) -> Dec
         } else {
             (flow.state, flow.flags)
         };
-        touch(
+        let refreshed = touch(
             entry,
             &flow,
             state,
@@ -68,20 +68,28 @@ pub(crate) fn conntrack(config: &MeshConfig, c: &Client, plan: &mut Plan) -> Dec
             now,
             |f| keep_reply(&c.key, f, now),
         );
+        if flow.hop_ifindex != 0 && !refreshed {
+            plan.hop = NextHop {
+                dmac: flow.hop_dmac,
+                smac: flow.hop_smac,
+                ifindex: flow.hop_ifindex,
+                mtu: flow.hop_mtu,
+            };
+        } else {
+            // `mesh_nat::deliver` asks the FIB and caches its answer here.
+            plan.entry = entry;
+        }
         stat_backend(flow.slot, flow.backend_ip, 0, c.len);
-        *plan = Plan {
-            backend: MeshBackend {
-                ip: flow.backend_ip,
-                host_ip: flow.backend_host,
-            },
-            vni: flow.vni,
-            target_port_be: flow.target_port_be,
-            ifindex: endpoint,
-            verdict: Verdict::MESH_FLOW.slot(),
-            answer: 0,
-            mtu: 0,
-            hop: NextHop::default(),
+        // Field by field: the caller zeroed the plan, and a whole struct with a default
+        // `hop` would be a `memset` call (see `zeroed`).
+        plan.backend = MeshBackend {
+            ip: flow.backend_ip,
+            host_ip: flow.backend_host,
         };
+        plan.vni = flow.vni;
+        plan.target_port_be = flow.target_port_be;
+        plan.ifindex = endpoint;
+        plan.verdict = Verdict::MESH_FLOW.slot();
         return PLAN_DELIVER;
     }
     if !opens && tcp {
@@ -113,7 +121,8 @@ fn alive(vni: u32, ip: [u8; 4], host_ip: [u8; 4]) -> u32 {
 }
 
 /// Writes a flow's new state, and its last-seen time when it is older than
-/// [`refresh_after_ns`] allows; `on_refresh` runs when the time is written.
+/// [`refresh_after_ns`] allows; `on_refresh` runs when the time is written. Whether it
+/// was (the flow's cached next hop is renewed then too).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn touch(
@@ -125,7 +134,7 @@ pub(crate) fn touch(
     protocol: u8,
     now: u64,
     on_refresh: impl FnOnce(&Flow),
-) {
+) -> bool {
     let changed = state != flow.state || flags != flow.flags;
     let stale = now.saturating_sub(flow.last_seen_ns) > refresh_after_ns(config, protocol, state);
     // SAFETY: a valid map value; plain stores of whole fields (another CPU reading the
@@ -142,6 +151,7 @@ pub(crate) fn touch(
     if stale {
         on_refresh(flow);
     }
+    stale
 }
 
 /// Puts the flow's reply entry back if the LRU evicted it (checked once per refresh, so
@@ -234,9 +244,13 @@ pub(crate) fn new_flow(c: &Client, plan: &mut Plan, fresh: bool) -> Decision {
         target_port_be: c.target_port_be,
         state,
         flags: 0,
-        _pad: [0; 4],
+        hop_ifindex: 0,
         created_ns: now,
         last_seen_ns: now,
+        hop_dmac: [0; 6],
+        hop_smac: [0; 6],
+        hop_mtu: 0,
+        _pad: [0; 2],
     };
     if fresh {
         // Another CPU may have created the entry for this very flow a moment ago; the
@@ -250,16 +264,11 @@ pub(crate) fn new_flow(c: &Client, plan: &mut Plan, fresh: bool) -> Decision {
     let rk = reply_key(&c.key, backend.ip, c.target_port_be);
     let _ = MESH_REPLIES.insert(&rk, &reply_value(&c.key, now), 0);
     stat_backend(slot, backend.ip, 1, c.len);
-    *plan = Plan {
-        backend,
-        vni,
-        target_port_be: c.target_port_be,
-        ifindex,
-        verdict: Verdict::MESH_NEW_FLOW.slot(),
-        answer: 0,
-        mtu: 0,
-        hop: NextHop::default(),
-    };
+    plan.backend = backend;
+    plan.vni = vni;
+    plan.target_port_be = c.target_port_be;
+    plan.ifindex = ifindex;
+    plan.verdict = Verdict::MESH_NEW_FLOW.slot();
     PLAN_DELIVER
 }
 

@@ -20,14 +20,16 @@
 //! raw context pointer, so no frame holds more than its own part (512 bytes for the
 //! whole call chain).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
-    helpers::generated::{bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use dataplane_ebpf::{
     counters::Verdict,
-    mesh::{tcp_flags_valid, FlowKey, MeshBackend},
+    mesh::{tcp_flags_valid, Flow, FlowKey, MeshBackend},
     overlay::{UnderlayValue, ETH_LEN, IPV4_LEN, VXLAN_PORT},
     respond::{fold, pseudo_header_sum},
 };
@@ -62,6 +64,40 @@ pub(crate) fn drop(verdict: Verdict) -> Decision {
     decided(verdict, xdp_action::XDP_DROP)
 }
 
+/// `slot` filled with zero bytes, in place, by volatile stores as wide as `T`'s
+/// alignment. `Default`, `mem::zeroed` and `[0; N]` become calls to `memset`, which this
+/// target links as a loop storing one byte per turn (measured: a fifth of the
+/// pass-through's time and of a conntrack hit's). Volatile, so LLVM cannot merge the
+/// stores back into a `memset`; in place, because a zeroed value copied into its
+/// variable is a `memset` again.
+///
+/// # Safety
+/// All zero bytes must be a valid `T` (integers and arrays of them).
+#[inline(always)]
+pub(crate) unsafe fn zero<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    let at = slot.as_mut_ptr();
+    // SAFETY: every store lies inside `slot`, at `T`'s alignment; the caller vouches
+    // that zero bytes are a `T`.
+    unsafe {
+        match align_of::<T>() {
+            1 => zero_words::<u8>(at.cast(), size_of::<T>()),
+            2 => zero_words::<u16>(at.cast(), size_of::<T>() / 2),
+            4 => zero_words::<u32>(at.cast(), size_of::<T>() / 4),
+            _ => zero_words::<u64>(at.cast(), size_of::<T>() / 8),
+        }
+        slot.assume_init_mut()
+    }
+}
+
+/// `n` volatile zero stores of `W` from `at`.
+#[inline(always)]
+unsafe fn zero_words<W: Copy + Default>(at: *mut W, n: usize) {
+    for i in 0..n {
+        // SAFETY: the caller's: `n` words from `at` are writable and aligned.
+        unsafe { core::ptr::write_volatile(at.add(i), W::default()) };
+    }
+}
+
 /// The mesh's decision on a frame arriving on the underlay, or `None` when the frame is
 /// not the mesh's (then the overlay's decapsulation judges it). `len` is the whole
 /// frame's length (all buffers of a multi-buffer frame).
@@ -94,7 +130,7 @@ pub(crate) struct Client {
     /// The published port's service slot and target port (`MESH_PORTS`).
     pub(crate) slot: u32,
     pub(crate) target_port_be: [u8; 2],
-    /// `bpf_ktime_get_ns` when the packet arrived.
+    /// `bpf_ktime_get_coarse_ns` when the packet arrived.
     pub(crate) now: u64,
 }
 
@@ -122,35 +158,39 @@ fn client(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
     let Some(underlay) = underlay_config() else {
         return NOT_OURS;
     };
-    let mut client = Client::default();
-    let d = parse(ctx_ptr, &underlay, len, &mut client);
+    let mut client = MaybeUninit::uninit();
+    // SAFETY: integers and arrays of them.
+    let client: &mut Client = unsafe { zero(&mut client) };
+    let d = parse(ctx_ptr, &underlay, len, client);
     if d != PARSED {
         return d;
     }
     // One call site each for delivery and answers: the verifier walks a BPF function
     // once per call site.
-    let mut plan = Plan::default();
+    let mut plan = MaybeUninit::uninit();
+    // SAFETY: as above.
+    let plan: &mut Plan = unsafe { zero(&mut plan) };
     // The packet must fit the overlay (MSS + 40 = the overlay MTU: a local task's veth
     // has it, a remote one's host drops anything larger), checked before the conntrack
     // so a datagram too big opens no flow and takes no pick.
     let ip_len = client.l4_len as u32 + IPV4_LEN as u32;
     let mut d = if config.mss != 0 && ip_len > config.mss as u32 + 40 {
-        too_big(&client, &mut plan, config.mss + 40)
+        too_big(client, plan, config.mss + 40)
     } else {
-        conntrack(config, &client, &mut plan)
+        conntrack(config, client, plan)
     };
     if d == NEW_FLOW || d == NEW_FLOW_REPLACING {
-        if client.key.protocol == IPPROTO_TCP && !syn_checksum_ok(ctx_ptr, &client) {
+        if client.key.protocol == IPPROTO_TCP && !syn_checksum_ok(ctx_ptr, client) {
             stat_service(client.slot, 0, client.len);
             return drop(Verdict::MESH_INVALID);
         }
-        d = new_flow(&client, &mut plan, d == NEW_FLOW);
+        d = new_flow(client, plan, d == NEW_FLOW);
     }
     if d == PLAN_DELIVER {
-        d = deliver(ctx_ptr, config, &underlay, &client, &mut plan);
+        d = deliver(ctx_ptr, config, &underlay, client, plan);
     }
     if d == PLAN_ANSWER {
-        d = mesh_respond::answer(ctx_ptr, &client, &plan);
+        d = mesh_respond::answer(ctx_ptr, client, plan);
     }
     d
 }
@@ -168,7 +208,7 @@ pub(crate) const ANSWER_REFUSE: u8 = 2;
 pub(crate) const ANSWER_FRAG_NEEDED: u8 = 3;
 
 /// Where a client's packet goes (or what answers it), as the conntrack decided.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub(crate) struct Plan {
     pub(crate) backend: MeshBackend,
     /// The backend's network.
@@ -181,8 +221,12 @@ pub(crate) struct Plan {
     pub(crate) answer: u8,
     /// For [`ANSWER_FRAG_NEEDED`].
     pub(crate) mtu: u16,
-    /// The next hop to a remote backend's host (`mesh_nat::deliver` fills it in).
+    /// The next hop to a remote backend's host: the flow's cached one, or (`ifindex`
+    /// 0) `mesh_nat::deliver` asks the FIB.
     pub(crate) hop: NextHop,
+    /// The flow's conntrack entry when its cached next hop is to be (re)written; null
+    /// otherwise.
+    pub(crate) entry: *mut Flow,
 }
 
 #[inline(always)]
@@ -245,8 +289,11 @@ fn parse(ctx_ptr: *mut xdp_md, underlay: &UnderlayValue, len: u64, c: &mut Clien
     *c = valid;
     c.slot = port.slot;
     c.target_port_be = port.target_port_be;
+    // The tick's time (CLOCK_MONOTONIC_COARSE: the same clock as `bpf_ktime_get_ns`, at
+    // most a tick behind): timeouts are seconds (tests: tens of milliseconds), and the
+    // fine clock's TSC read was a sixteenth of a conntrack hit.
     // SAFETY: a plain helper call.
-    c.now = unsafe { bpf_ktime_get_ns() };
+    c.now = unsafe { bpf_ktime_get_coarse_ns() };
     PARSED
 }
 
@@ -331,7 +378,9 @@ fn syn_checksum_ok(ctx_ptr: *mut xdp_md, c: &Client) -> bool {
     if len < 20 {
         return false;
     }
-    let mut segment = [0u32; SYN_CHECKED_LEN / 4];
+    let mut segment = MaybeUninit::uninit();
+    // SAFETY: integers.
+    let segment: &mut [u32; SYN_CHECKED_LEN / 4] = unsafe { zero(&mut segment) };
     // SAFETY: `segment` has room for `len` (at most 60) bytes.
     let rc = unsafe { bpf_xdp_load_bytes(ctx_ptr, L4 as u32, segment.as_mut_ptr().cast(), len) };
     if rc != 0 {

@@ -5,6 +5,8 @@
 //! `tc_underlay_ingress`, `XDP_PASS`) or out to the backend's host in VXLAN on the ingress
 //! VNI, redirected out of the FIB's interface (see `send`: not `XDP_TX`).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, xdp_action, xdp_md, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS,
@@ -27,7 +29,9 @@ use dataplane_ebpf::{
 
 use crate::{
     decap::inner_ethernet,
-    mesh_ingress::{decided, drop, Client, Decision, Plan, ANSWER_FRAG_NEEDED, L4, PLAN_ANSWER},
+    mesh_ingress::{
+        decided, drop, zero, Client, Decision, Plan, ANSWER_FRAG_NEEDED, L4, PLAN_ANSWER,
+    },
     parse::*,
 };
 
@@ -68,14 +72,16 @@ pub(crate) fn deliver(
     let local = be32(plan.backend.host_ip) == be32(d.underlay.ip);
     if !local {
         let outer_len = ip_len + (ENCAP_LEN - ETH_LEN) as u32;
-        let host = plan.backend.host_ip;
-        match next_hop(ctx_ptr, d.underlay, &host, outer_len, &mut plan.hop) {
-            HOP_OK => {}
-            HOP_TOO_BIG => {
-                let mtu = plan.hop.mtu.saturating_sub((ENCAP_LEN - ETH_LEN) as u16);
-                return too_big(c, plan, mtu);
+        if plan.hop.ifindex == 0 || outer_len > plan.hop.mtu as u32 {
+            let host = plan.backend.host_ip;
+            match next_hop(ctx_ptr, d.underlay, &host, outer_len, &mut plan.hop) {
+                HOP_OK => cache_hop(plan),
+                HOP_TOO_BIG => {
+                    let mtu = plan.hop.mtu.saturating_sub((ENCAP_LEN - ETH_LEN) as u16);
+                    return too_big(c, plan, mtu);
+                }
+                _ => return drop(Verdict::NO_ROUTE),
             }
-            _ => return drop(Verdict::NO_ROUTE),
         }
     }
     let rewrite = Rewrite {
@@ -102,6 +108,25 @@ pub(crate) fn deliver(
         return drop(Verdict::ERROR);
     }
     decided(verdict, send(&plan.hop, d.underlay))
+}
+
+/// Keeps the FIB's answer in the flow's entry when the conntrack asked for it (see
+/// `Flow::hop_dmac`). Field by field: another CPU reading the entry meanwhile sees each
+/// field old or new (a MAC half renewed for one packet at worst, once a neighbour
+/// changes).
+#[inline(always)]
+fn cache_hop(plan: &Plan) {
+    let entry = plan.entry;
+    if entry.is_null() || plan.hop.mtu == 0 {
+        return;
+    }
+    // SAFETY: the conntrack's map value, valid for this run.
+    unsafe {
+        (*entry).hop_dmac = plan.hop.dmac;
+        (*entry).hop_smac = plan.hop.smac;
+        (*entry).hop_mtu = plan.hop.mtu;
+        (*entry).hop_ifindex = plan.hop.ifindex;
+    }
 }
 
 /// Too big for the overlay (or the underlay once encapsulated): with DF the client
@@ -229,7 +254,9 @@ pub(crate) fn clamp_syn_mss(ctx_ptr: *mut xdp_md, mss: u16) {
     if options_len == 0 || options_len > TCP_MAX_OPTIONS as u32 {
         return;
     }
-    let mut options = [0u8; TCP_MAX_OPTIONS];
+    let mut options = MaybeUninit::uninit();
+    // SAFETY: bytes.
+    let options: &mut [u8; TCP_MAX_OPTIONS] = unsafe { zero(&mut options) };
     // SAFETY: `options` has room for `options_len` (at most 40) bytes.
     let rc = unsafe {
         bpf_xdp_load_bytes(
@@ -242,7 +269,7 @@ pub(crate) fn clamp_syn_mss(ctx_ptr: *mut xdp_md, mss: u16) {
     if rc != 0 {
         return;
     }
-    let Some(at) = mss_in_first_options(&options, options_len as usize) else {
+    let Some(at) = mss_in_first_options(options, options_len as usize) else {
         return;
     };
     let mut old = [0u8; 2];
@@ -272,7 +299,7 @@ pub(crate) struct NextHop {
     pub(crate) dmac: [u8; 6],
     pub(crate) smac: [u8; 6],
     pub(crate) ifindex: u32,
-    /// The route's MTU, when the FIB found the packet too big.
+    /// The route's MTU: what the packet was too big for, or (found) what it fits.
     pub(crate) mtu: u16,
 }
 
@@ -296,7 +323,9 @@ pub(crate) fn next_hop(
     out: &mut NextHop,
 ) -> u32 {
     // SAFETY: an all-zero `bpf_fib_lookup` is valid (plain integers and unions of them).
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut fib = MaybeUninit::uninit();
+    // SAFETY: as said.
+    let fib: &mut bpf_fib_lookup = unsafe { zero(&mut fib) };
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_UDP;
     fib.ifindex = underlay.ifindex;
@@ -309,14 +338,7 @@ pub(crate) fn next_hop(
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(underlay.ip);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*dst);
     // SAFETY: `fib` is a stack struct of the size we pass.
-    let rc = unsafe {
-        fib_lookup(
-            ctx_ptr.cast(),
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { fib_lookup(ctx_ptr.cast(), fib, size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc < 0 {
         return HOP_NONE;
     }
@@ -325,6 +347,13 @@ pub(crate) fn next_hop(
             out.dmac = fib.dmac;
             out.smac = fib.smac;
             out.ifindex = fib.ifindex;
+            // SAFETY: on success with a length to check, the kernel writes the route's
+            // MTU into the union (`bpf_fib_set_fwd_params`); 0 when unchecked.
+            out.mtu = if tot_len > 0 {
+                unsafe { fib.__bindgen_anon_1.mtu_result }
+            } else {
+                0
+            };
             HOP_OK
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {

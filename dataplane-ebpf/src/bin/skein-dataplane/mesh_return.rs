@@ -89,8 +89,9 @@ pub(crate) fn reply(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
     if m.tcp_flags & TCP_SYN != 0 {
         clamp_syn_mss(ctx_ptr, config.mss);
     }
+    // The tick's time, as on the client path (`mesh_ingress::parse`).
     // SAFETY: a plain helper call.
-    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
     // SAFETY: the map value `match_reply` found, valid for this run; copied at once.
     let flow = unsafe { *m.entry };
     let (state, flags) = if m.protocol == IPPROTO_TCP {
@@ -98,7 +99,7 @@ pub(crate) fn reply(ctx_ptr: *mut xdp_md, len: u64) -> Decision {
     } else {
         (flow.state, flow.flags)
     };
-    touch(
+    let _ = touch(
         m.entry,
         &flow,
         state,
