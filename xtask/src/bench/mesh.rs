@@ -80,6 +80,9 @@ pub(crate) struct Args {
     /// checking and measuring (to inspect it by hand; it is still removed at the end).
     #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// Runs of each `BPF_PROG_TEST_RUN` cost case (0: skip the XDP cost figures).
+    #[arg(long, default_value_t = 20_000)]
+    cost_runs: u32,
     /// Host deaths timed (Skein only).
     #[arg(long, default_value_t = 3)]
     deaths: usize,
@@ -106,6 +109,12 @@ struct Row(String, Option<f64>, Option<f64>, usize);
 pub(crate) fn run(args: Args) -> Result<()> {
     ensure_debian_packages()?;
     use_release_binary()?;
+    let cost = if args.cost_runs > 0 && !args.reference_only {
+        say("XDP program cost per packet (BPF_PROG_TEST_RUN), before the testbed is built");
+        Some(super::mesh_cost::run(args.cost_runs)?)
+    } else {
+        None
+    };
     say("mesh: 3 hosts + a client on a wire-like underlay; Skein's mesh and the kernel reference");
     let bed = Testbed::new("bench-mesh", TestbedConfig::with_hosts(3))?;
     bed.make_wire_like()?;
@@ -153,6 +162,32 @@ pub(crate) fn run(args: Args) -> Result<()> {
         };
         rows.push(Row(metric.to_owned(), s, r, precision));
     };
+
+    if let Some(c) = &cost {
+        let skein_only = |rows: &mut Vec<Row>, metric: &str, v: f64, precision| {
+            rows.push(Row(metric.to_owned(), Some(v), None, precision));
+        };
+        skein_only(
+            &mut rows,
+            "XDP cost: conntrack hit (× pass-through)",
+            c.hit_ratio(),
+            2,
+        );
+        skein_only(
+            &mut rows,
+            "XDP cost: new flow (× pass-through)",
+            c.new_flow_ratio(),
+            2,
+        );
+        skein_only(
+            &mut rows,
+            "  pass-through ns (program's own cost)",
+            c.pass_ns,
+            0,
+        );
+        skein_only(&mut rows, "  hit ns", c.hit_ns, 0);
+        skein_only(&mut rows, "  new flow ns", c.new_flow_ns, 0);
+    }
 
     // (a) 64-byte UDP through one ingress node.
     say(&format!(
