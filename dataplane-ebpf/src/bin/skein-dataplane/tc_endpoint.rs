@@ -44,6 +44,7 @@ use crate::{
     mesh_reply::{self, Route},
     outcome::{count, Outcome},
     parse::*,
+    vip_nat,
 };
 
 /// `skb->pkt_type` of a frame for this host (include/uapi/linux/if_packet.h).
@@ -138,6 +139,11 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
                 return Outcome::drop(Verdict::OTHER_NETWORK);
             }
         }
+        // A node's published port: balanced here like the service's VIP (vip_nat).
+        match vip_nat::forward(ctx, port.vni) {
+            vip_nat::NONE => {}
+            status => return after_vip(ctx, port.vni, status),
+        }
         // A task's reply to a client of the routing mesh goes back the way its flow came:
         // translated back here, or encapsulated to the flow's ingress node below.
         let Some(reply) = mesh_reply::find(ctx, &ip) else {
@@ -158,6 +164,10 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
         };
         if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &key) {
             if ep.ifindex != 0 {
+                // A local backend's reply to a VIP flow is translated back here.
+                if vip_nat::reverse(ctx, port.vni) == vip_nat::FAILED {
+                    return Outcome::error();
+                }
                 return local(ctx, ep.ifindex, dst);
             }
             Tunnel {
@@ -169,6 +179,11 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
                 verdict: Verdict::ENCAP,
             }
         } else {
+            // A service's VIP (or a hairpin flow's reply to it).
+            match vip_nat::at_vip(ctx, port.vni) {
+                vip_nat::NONE => {}
+                status => return after_vip(ctx, port.vni, status),
+            }
             let vtep = VtepKey::lookup(port.vni, dst);
             let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) else {
                 debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
@@ -194,6 +209,45 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
     if let Some(mtu) = too_big(ctx, underlay.ifindex, &ip) {
         return frag_needed(ctx, net.gateway, mtu);
     }
+    encap(ctx, &underlay, &tunnel)
+}
+
+/// Delivers a packet [`vip_nat`] translated (to its backend, on the endpoint's network
+/// `vni`: local, or VXLAN to the backend's host), or drops a refused one.
+#[inline(never)]
+fn after_vip(ctx: &TcContext, vni: u32, status: u32) -> Outcome {
+    match status {
+        vip_nat::TRANSLATED => {}
+        vip_nat::REFUSED => return Outcome::drop(Verdict::VIP_REFUSED),
+        _ => return Outcome::error(),
+    }
+    let Some(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Outcome::error();
+    };
+    let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &EndpointKey { vni, ip: ip.dst }) else {
+        return Outcome::drop(Verdict::UNKNOWN_ENDPOINT);
+    };
+    if ep.ifindex != 0 {
+        return local(ctx, ep.ifindex, ip.dst);
+    }
+    let Some(underlay) = underlay_config() else {
+        return Outcome::drop(Verdict::NO_ROUTE);
+    };
+    if underlay.ifindex == 0 {
+        return Outcome::drop(Verdict::NO_ROUTE);
+    }
+    if too_big(ctx, underlay.ifindex, &ip).is_some() {
+        // The endpoint's MTU is the overlay's: only a misconfigured one gets here.
+        return Outcome::drop(Verdict::TOO_BIG);
+    }
+    let tunnel = Tunnel {
+        vni,
+        src: ip.src,
+        dst: ip.dst,
+        remote: ep.host_ip,
+        inner_dst_mac: endpoint_mac(ip.dst),
+        verdict: Verdict::ENCAP,
+    };
     encap(ctx, &underlay, &tunnel)
 }
 
