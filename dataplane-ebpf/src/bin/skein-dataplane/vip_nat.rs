@@ -30,7 +30,7 @@ use dataplane_ebpf::{
     mesh::{opens_flow, pick_index},
     overlay::{EndpointKey, ETH_LEN, IPV4_LEN},
     vip::{
-        reply_of, source_seen, VipBackendKey, VipFlow, VipFlowKey, VipPortKey, VipServiceKey,
+        reply_of, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipServiceKey,
         VIP_CLOSED_PORT, VIP_FLOW, VIP_NEW_FLOW, VIP_NO_BACKEND, VIP_NO_FLOW, VIP_REPLY,
     },
 };
@@ -101,8 +101,9 @@ fn alive(vni: u32, ip: [u8; 4]) -> bool {
 
 /// A packet to an address of the endpoint's network that is not an endpoint: a reply of
 /// a hairpin flow (to the VIP), or a client's packet to a VIP. Anything else to a VIP is
-/// refused; to an address that is no VIP, [`NONE`].
-#[inline(never)]
+/// refused; to an address that is no VIP, [`NONE`]. Inlined: a call level of its own
+/// would cost the endpoint program's call chain 32 bytes of stack.
+#[inline(always)]
 pub(crate) fn at_vip(ctx: &TcContext, vni: u32) -> u32 {
     let status = reverse(ctx, vni);
     if status != NONE {
@@ -124,12 +125,34 @@ pub(crate) fn at_vip(ctx: &TcContext, vni: u32) -> u32 {
 }
 
 /// A client's packet to a balanced destination (`VIP_PORTS`): translated to its flow's
-/// backend or a new pick; [`NONE`] when the destination is not balanced.
-#[inline(never)]
+/// backend, or a new flow opened first; [`NONE`] when the destination is not balanced.
+/// The new flow is opened by a separate call between two tries, so no one frame holds
+/// both the translation's and the new flow's keys (the endpoint program's call chain
+/// has 512 bytes of stack, most of them its own).
+#[inline(always)]
 pub(crate) fn forward(ctx: &TcContext, vni: u32) -> u32 {
-    let Some((ip, sport, dport)) = balanced(ctx) else {
-        return NONE;
-    };
+    let status = translate(ctx, vni);
+    if status != OPEN {
+        return status;
+    }
+    let status = open(ctx, vni);
+    if status != TRANSLATED {
+        return status;
+    }
+    match translate(ctx, vni) {
+        // Opened a moment ago: only a map that refused the write gets here.
+        OPEN => FAILED,
+        status => status,
+    }
+}
+
+/// [`translate`]: no live flow; [`open`] one.
+const OPEN: u32 = 4;
+
+/// The port entry and flow key of a client's packet to a balanced destination.
+#[inline(always)]
+fn flow_of(ctx: &TcContext, vni: u32) -> Option<(VipPort, VipFlowKey)> {
+    let (ip, sport, dport) = balanced(ctx)?;
     let port_key = VipPortKey {
         vni,
         ip: ip.dst,
@@ -137,65 +160,83 @@ pub(crate) fn forward(ctx: &TcContext, vni: u32) -> u32 {
         protocol: ip.protocol,
         _pad: 0,
     };
-    let Some(port) = lookup(&VIP_PORTS, &port_key) else {
+    let port = lookup(&VIP_PORTS, &port_key)?;
+    Some((
+        port,
+        VipFlowKey {
+            vni,
+            client_ip: ip.src,
+            dst_ip: ip.dst,
+            client_port_be: sport,
+            dst_port_be: dport,
+            protocol: ip.protocol,
+            _pad: [0; 3],
+        },
+    ))
+}
+
+/// Translates a client's packet of a live flow to its backend: [`TRANSLATED`], or
+/// [`OPEN`] without one, [`NONE`] if the destination is not balanced.
+#[inline(never)]
+fn translate(ctx: &TcContext, vni: u32) -> u32 {
+    let Some((_, key)) = flow_of(ctx, vni) else {
         return NONE;
     };
-    let flow_key = VipFlowKey {
-        vni,
-        client_ip: ip.src,
-        dst_ip: ip.dst,
-        client_port_be: sport,
-        dst_port_be: dport,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
     // SAFETY: copied at once; the kernel may reuse the element's memory later.
-    let tracked = unsafe { VIP_FLOWS.get(&flow_key).copied() };
-    let flow = match tracked {
-        Some(flow) if alive(vni, flow.backend_ip) => {
-            event(VIP_FLOW);
-            flow
-        }
-        _ => {
-            if ip.protocol == IPPROTO_TCP {
-                let Some(flags) = read_at::<u8>(ctx, TCP_FLAGS) else {
-                    return NONE;
-                };
-                if !opens_flow(flags) {
-                    event(VIP_NO_FLOW);
-                    return REFUSED;
-                }
-            }
-            let Some(backend) = pick(vni, port.vip) else {
-                event(VIP_NO_BACKEND);
-                return REFUSED;
-            };
-            let flow = VipFlow {
-                backend_ip: backend,
-                source_ip: source_seen(ip.src, backend, port.vip),
-                target_port_be: port.target_port_be,
-                _pad: [0; 2],
-            };
-            let (reply_key, reply) = reply_of(&flow_key, backend, port.target_port_be, port.vip);
-            if VIP_REPLIES.insert(&reply_key, &reply, 0).is_err()
-                || VIP_FLOWS.insert(&flow_key, &flow, 0).is_err()
-            {
-                return FAILED;
-            }
-            event(VIP_NEW_FLOW);
-            flow
-        }
+    let Some(flow) = (unsafe { VIP_FLOWS.get(&key).copied() }) else {
+        return OPEN;
     };
-    let check = checksum_offset(ip.protocol);
-    let ok = set_addr(ctx, check, IP_DST, ip.dst, flow.backend_ip)
-        && set_port(ctx, check, L4 + 2, dport, flow.target_port_be)
-        && (be32(flow.source_ip) == be32(ip.src)
-            || set_addr(ctx, check, IP_SRC, ip.src, flow.source_ip));
-    if ok {
-        TRANSLATED
-    } else {
-        FAILED
+    if !alive(vni, flow.backend_ip) {
+        return OPEN;
     }
+    let check = checksum_offset(key.protocol);
+    let ok = set_addr(ctx, check, IP_DST, key.dst_ip, flow.backend_ip)
+        && set_port(ctx, check, L4 + 2, key.dst_port_be, flow.target_port_be)
+        && (be32(flow.source_ip) == be32(key.client_ip)
+            || set_addr(ctx, check, IP_SRC, key.client_ip, flow.source_ip));
+    if !ok {
+        return FAILED;
+    }
+    event(VIP_FLOW);
+    TRANSLATED
+}
+
+/// Opens a flow for a client's packet that has none (or whose backend is gone): TCP only
+/// on a SYN; the next backend of the rotation; the flow and its reply entry written.
+/// [`TRANSLATED`] means opened (the packet is not rewritten yet).
+#[inline(never)]
+fn open(ctx: &TcContext, vni: u32) -> u32 {
+    let Some((port, key)) = flow_of(ctx, vni) else {
+        return NONE;
+    };
+    if key.protocol == IPPROTO_TCP {
+        let Some(flags) = read_at::<u8>(ctx, TCP_FLAGS) else {
+            return NONE;
+        };
+        if !opens_flow(flags) {
+            event(VIP_NO_FLOW);
+            return REFUSED;
+        }
+    }
+    let Some(backend) = pick(vni, port.vip) else {
+        event(VIP_NO_BACKEND);
+        return REFUSED;
+    };
+    let (reply_key, reply) = reply_of(&key, backend, port.target_port_be, port.vip);
+    if VIP_REPLIES.insert(&reply_key, &reply, 0).is_err() {
+        return FAILED;
+    }
+    let flow = VipFlow {
+        backend_ip: backend,
+        source_ip: reply_key.client_ip,
+        target_port_be: port.target_port_be,
+        _pad: [0; 2],
+    };
+    if VIP_FLOWS.insert(&key, &flow, 0).is_err() {
+        return FAILED;
+    }
+    event(VIP_NEW_FLOW);
+    TRANSLATED
 }
 
 /// The next backend of the service (`vni`, `vip`) from its shared cursor, skipping
