@@ -5,7 +5,8 @@
 //! `dnat to numgen inc mod 1 map { 0 : <task> }` in the output hook, conntrack reversing
 //! the replies) over the same overlay. Needs root.
 //!
-//! One 3-host cluster on a wire-like underlay; `web` = 1 × whoami on one host, the client
+//! One 3-host cluster on a wire-like underlay; `web` = 1 × whoami on one host (publishing
+//! 8080:80: a VIP takes the published ports' targets), the client
 //! an endpoint (`endpoint create`) on another, so every request crosses the overlay and
 //! all three paths reach the same task the same way: only the balancing differs. `wrk -t1`
 //! keep-alive and `Connection: close` (a new connection, so a new flow, per request), the
@@ -107,6 +108,9 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
             "web",
             "--replicas",
             "1",
+            // A VIP takes the target ports of the published ones.
+            "--publish",
+            "8080:80",
             "--",
             &whoami,
             "whoami",
@@ -132,15 +136,21 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
         .iter()
         .find(|h| h.netns() != task.host && h.name() != task.host)
         .context("no host without the task")?;
-    let (ns, _) = create_endpoint(client_host, "skein", "bench-client")?;
+    // One client endpoint per path, side by side on that host: the reference's NAT table
+    // turns on conntrack for everything in its namespace, which the other paths must not
+    // pay, and one path's thousands of TIME_WAIT sockets stay out of the next one's way
+    // (wrk to a second destination from a namespace full of them hung past its duration).
+    let (ns, _) = create_endpoint(client_host, "skein", "bench-vip")?;
+    let (task_ns, _) = create_endpoint(client_host, "skein", "bench-task")?;
+    let (ref_ns, _) = create_endpoint(client_host, "skein", "bench-ref")?;
     // The reference: the kernel balances REF_VIP in the client's own namespace.
     let rules = format!(
-        "table ip vipref {{ chain out {{ type nat hook output priority -100; \
-         ip daddr {REF_VIP} tcp dport 80 dnat to numgen inc mod 1 map {{ 0 : {} }} }} }}",
+        "table ip vipref {{\n chain out {{\n  type nat hook output priority -100;\n  \
+         ip daddr {REF_VIP} tcp dport 80 dnat to numgen inc mod 1 map {{ 0 : {} }}\n }}\n}}\n",
         task.ip
     );
     let nft = Command::new("ip")
-        .args(["netns", "exec", &ns, "nft", "-f", "-"])
+        .args(["netns", "exec", &ref_ns, "nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .and_then(|mut child| {
@@ -155,26 +165,40 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
     ensure!(nft.success(), "nft rules in the client namespace");
 
     let urls = [
-        format!("http://{vip}:80/"),
-        format!("http://{}:80/", task.ip),
-        format!("http://{REF_VIP}:80/"),
+        (&ns, format!("http://{vip}:80/")),
+        (&task_ns, format!("http://{}:80/", task.ip)),
+        (&ref_ns, format!("http://{REF_VIP}:80/")),
     ];
-    for url in &urls {
-        wait_until(&format!("{url} answering"), DEADLINE, || {
-            let out = in_netns(&ns, &["curl", "-sf", "--max-time", "2", url])
+    for (ns, url) in &urls {
+        let answered = wait_until(&format!("{url} answering"), DEADLINE, || {
+            let out = in_netns(ns, &["curl", "-sf", "--max-time", "2", url])
                 .map_err(|e| e.to_string())?;
             out.status
                 .success()
                 .then_some(())
                 .ok_or_else(|| "no answer".to_owned())
-        })?;
+        });
+        if let Err(error) = answered {
+            let maps = skein_ok(client_host, &["debug", "maps"]).unwrap_or_default();
+            bail!("{error:#}\nclient host's maps:\n{maps}");
+        }
     }
     let mut samples: Vec<[Vec<WrkFigures>; 2]> =
         vec![Default::default(), Default::default(), Default::default()];
     for _ in 0..rounds {
-        for (path, url) in urls.iter().enumerate() {
+        for (path, (ns, url)) in urls.iter().enumerate() {
             for (mode, close) in [(KEEP_ALIVE, false), (NEW_CONNECTION, true)] {
-                samples[path][mode].push(wrk(&ns, url, close, seconds, connections)?);
+                let figures = match wrk(ns, url, close, seconds, connections) {
+                    Ok(f) => f,
+                    Err(error) => {
+                        let ss = in_netns(ns, &["ss", "-tanp"])
+                            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                            .unwrap_or_default();
+                        let maps = skein_ok(client_host, &["debug", "maps"]).unwrap_or_default();
+                        bail!("{error:#}\nss:\n{ss}\nclient host's maps:\n{maps}");
+                    }
+                };
+                samples[path][mode].push(figures);
             }
         }
     }
@@ -219,14 +243,20 @@ fn busy_seconds() -> Result<f64> {
 /// `wrk -t1 -cN -dS --latency [-H 'Connection: close'] url` in namespace `ns`.
 fn wrk(ns: &str, url: &str, close: bool, seconds: u32, connections: u32) -> Result<WrkFigures> {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, "timeout", &(seconds + 20).to_string()])
-        .args([
-            "wrk",
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-        ]);
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "timeout",
+        &(3 * seconds + 30).to_string(),
+    ])
+    .args([
+        "wrk",
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
