@@ -114,8 +114,13 @@ impl Verdict {
     /// header checksum, nonsense TCP flags): dropped.
     pub const MESH_INVALID: Verdict = Verdict(28);
 
+    /// A packet for a service VIP (or a node's published port) the sending host's
+    /// balancer refused: no serving task, not a target port, TCP without a flow. The
+    /// reason is in `VIP_EVENTS` (see [`crate::vip`]). Dropped.
+    pub const VIP_REFUSED: Verdict = Verdict(29);
+
     /// Every verdict, in slot order.
-    pub const ALL: [Verdict; 29] = [
+    pub const ALL: [Verdict; 30] = [
         Verdict::PASS,
         Verdict::DROP,
         Verdict::REDIRECT,
@@ -145,13 +150,14 @@ impl Verdict {
         Verdict::MESH_FRAG_NEEDED,
         Verdict::MESH_REFUSED,
         Verdict::MESH_INVALID,
+        Verdict::VIP_REFUSED,
     ];
 
     /// The `verdict` label of this slot in `/metrics`: what happened to the packet.
     pub const fn name(self) -> &'static str {
         match self.0 {
             0 | 9 | 10 => "pass",
-            1 | 11..=19 | 27 | 28 => "drop",
+            1 | 11..=19 | 27..=29 => "drop",
             2 | 5..=7 | 20..=23 => "redirect",
             3 | 8 | 24..=26 => "tx",
             4 => "error",
@@ -186,6 +192,7 @@ impl Verdict {
             26 => Some("mesh_frag_needed"),
             27 => Some("mesh_refused"),
             28 => Some("mesh_invalid"),
+            29 => Some("vip_refused"),
             _ => None,
         }
     }

@@ -10,6 +10,7 @@
 //! - [`guard`]: what keeps the overlay closed: the guarded hosts and ports, and the rule.
 //! - [`mesh`]: the routing mesh's maps, conntrack states and checksum/MSS helpers.
 //! - [`respond`]: the answers the mesh sends in place of a packet (TCP reset, ICMP).
+//! - [`vip`]: service VIPs balanced on the sending host (east-west).
 //!
 //! Rules for every map key/value type (hash maps compare raw bytes, and the two sides
 //! must agree on layout without a compiler to check them): `#[repr(C)]`, `Copy`, no
@@ -25,3 +26,4 @@ pub mod model;
 pub mod names;
 pub mod overlay;
 pub mod respond;
+pub mod vip;

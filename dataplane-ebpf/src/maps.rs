@@ -20,6 +20,10 @@ use crate::{
         EndpointKey, EndpointValue, NetworkKey, NetworkValue, PortKey, PortValue, SubnetKey,
         SubnetValue, UnderlayValue, VtepKey, VtepValue,
     },
+    vip::{
+        VipBackend, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipReply, VipReplyKey,
+        VipService, VipServiceKey, VIP_EVENT_SLOTS,
+    },
 };
 
 /// The kernel's map type of a pinned map.
@@ -148,6 +152,25 @@ pub const MESH_STATS: MapSpec =
 pub const MESH_CT_EVENTS: MapSpec =
     MapSpec::new::<u32, u64>("MESH_CT_EVENTS", MapKind::PerCpuArray, CT_EVENT_SLOTS);
 
+/// Service VIPs (see [`crate::vip`]): destinations an endpoint balances to.
+pub const VIP_PORTS: MapSpec =
+    MapSpec::new::<VipPortKey, VipPort>("VIP_PORTS", MapKind::Hash, 65_536);
+/// Each VIP service's rotation (backend count, shared cursor).
+pub const VIP_SERVICES: MapSpec =
+    MapSpec::new::<VipServiceKey, VipService>("VIP_SERVICES", MapKind::Hash, 4_096);
+/// Each VIP service's serving tasks on its network.
+pub const VIP_BACKENDS: MapSpec =
+    MapSpec::new::<VipBackendKey, VipBackend>("VIP_BACKENDS", MapKind::Hash, 65_536);
+/// The sending host's VIP conntrack.
+pub const VIP_FLOWS: MapSpec =
+    MapSpec::new::<VipFlowKey, VipFlow>("VIP_FLOWS", MapKind::LruHash, 262_144);
+/// The reverse translation of VIP flows' replies.
+pub const VIP_REPLIES: MapSpec =
+    MapSpec::new::<VipReplyKey, VipReply>("VIP_REPLIES", MapKind::LruHash, 262_144);
+/// What the VIP balancer did, per event (`vip::VIP_*`), per CPU.
+pub const VIP_EVENTS: MapSpec =
+    MapSpec::new::<u32, u64>("VIP_EVENTS", MapKind::PerCpuArray, VIP_EVENT_SLOTS);
+
 /// Every map the agent pins under `<bpf-dir>/maps`, so a restarted agent adopts them.
 pub const PINNED: &[MapSpec] = &[
     XDP_UNDERLAY_COUNTERS,
@@ -171,6 +194,12 @@ pub const PINNED: &[MapSpec] = &[
     MESH_TARGETS,
     MESH_STATS,
     MESH_CT_EVENTS,
+    VIP_PORTS,
+    VIP_SERVICES,
+    VIP_BACKENDS,
+    VIP_FLOWS,
+    VIP_REPLIES,
+    VIP_EVENTS,
 ];
 
 /// Every counters map, with the program it counts for.

@@ -50,7 +50,9 @@ use self::{
 use crate::{
     api,
     config::AgentConfig,
-    dataplane::{AttachedMode, Attachments, Counters, Dataplane, MeshMaps, OverlayMaps, PinDirs},
+    dataplane::{
+        AttachedMode, Attachments, Counters, Dataplane, MeshMaps, OverlayMaps, PinDirs, VipMaps,
+    },
     metrics,
     peer::Peers,
     reconcile::{MapSyncErrors, MeshSetup, Reconciler},
@@ -143,6 +145,7 @@ fn start(
         MeshSetup {
             maps: mesh_maps,
             timeouts: config.mesh,
+            vip: VipMaps::open(&pins).context("opening the VIP maps")?,
         },
     ));
     let metrics_mesh = metrics::MeshSource::new(

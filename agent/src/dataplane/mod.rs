@@ -23,7 +23,8 @@
 //! Layout: `links` (pinned bpf_links: the one adopt-or-attach for every kind of link,
 //! unpin), `maps` (the adoption check against the ABI's table of pinned maps, typed map
 //! handles: `MapHandle`), `overlay` ([`OverlayMaps`], `skein debug maps`), `mesh`
-//! ([`MeshMaps`]: the routing mesh's maps, its conntrack walk and statistics), `bpffs`
+//! ([`MeshMaps`]: the routing mesh's maps, its conntrack walk and statistics), `vip`
+//! ([`VipMaps`]: the service VIPs' maps), `bpffs`
 //! (mounting the pin directory's filesystem). `BPF_PROG_TEST_RUN` (for the privileged
 //! tests and the packet generator) is the `dataplane-ebpf-test-run` crate.
 
@@ -33,6 +34,7 @@ mod logs;
 mod maps;
 mod mesh;
 mod overlay;
+mod vip;
 
 use std::{
     fs, io,
@@ -61,6 +63,7 @@ pub use maps::CAPACITY_OVERRIDE_ENV;
 pub(crate) use mesh::ServicesHandle;
 pub use mesh::{protocol_name, MeshMaps};
 pub use overlay::OverlayMaps;
+pub use vip::VipMaps;
 
 /// The eBPF object, built by `build.rs` through the same function as
 /// `cargo xtask build-ebpf`, embedded so the agent is one self-contained binary.

@@ -19,6 +19,7 @@ mod maps;
 mod mesh;
 mod plumbing;
 mod sync_errors;
+mod vip;
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
 
@@ -31,7 +32,7 @@ use dataplane_ebpf::guard::GuardedPort;
 
 use crate::{
     config::MeshTimeouts,
-    dataplane::{Dataplane, MapHandle, MeshMaps, OverlayMaps},
+    dataplane::{Dataplane, MapHandle, MeshMaps, OverlayMaps, VipMaps},
 };
 
 use desired::desired_maps;
@@ -73,12 +74,16 @@ pub struct Reconciler {
     /// What `/metrics`, the API and the peer RPC read of the mesh.
     mesh_status: Arc<MeshStatus>,
     mesh_timeouts: MeshTimeouts,
+    /// The service VIPs' maps (`vip`).
+    vip: std::sync::Mutex<VipMaps>,
 }
 
 /// What the reconciler needs for the routing mesh: its maps and conntrack timeouts.
 pub(crate) struct MeshSetup {
     pub(crate) maps: MeshMaps,
     pub(crate) timeouts: MeshTimeouts,
+    /// The service VIPs' maps (east-west balancing on the sending host).
+    pub(crate) vip: VipMaps,
 }
 
 /// The reconciler's own mesh state.
@@ -132,6 +137,7 @@ impl Reconciler {
             }),
             mesh_status: Arc::new(MeshStatus::default()),
             mesh_timeouts: mesh.timeouts,
+            vip: std::sync::Mutex::new(mesh.vip),
         }
     }
 
@@ -204,6 +210,12 @@ impl Reconciler {
             debug!(changes, "overlay maps updated");
         }
         self.sync_mesh(view, mtu, removals);
+        let desired = vip::desired_vip(view);
+        let mut vip_maps = self.vip.lock().expect("vip lock");
+        let changes = vip::sync_vip(&mut vip_maps, &desired, removals, &self.sync_errors);
+        if changes > 0 {
+            debug!(changes, "vip maps updated");
+        }
         removed
     }
 
@@ -291,6 +303,7 @@ impl Reconciler {
     pub fn dump_maps(&self) -> Result<String> {
         let mut out = self.maps.lock().expect("maps lock").dump();
         self.with_mesh_maps(|mesh| mesh.dump(&mut out));
+        self.vip.lock().expect("vip lock").dump(&mut out);
         for (map, error) in self.sync_errors.unconverged() {
             let _ = writeln!(out, "not converged: {map}: {error}");
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 pub(crate) mod gossip;
 pub(crate) mod mesh;
 pub(crate) mod mesh_cost;
+pub(crate) mod mesh_vip;
 pub(crate) mod overlay;
 pub(crate) mod pktgen;
 pub(crate) mod rawbpf;
@@ -21,6 +22,8 @@ pub(crate) enum Bench {
     Overlay(overlay::Args),
     /// Services: create → converged, and a host's death → its tasks running elsewhere.
     Services(services::Args),
+    /// Endpoint → service VIP vs endpoint → task IP vs nftables DNAT in the client (wrk).
+    MeshVip(mesh_vip::Args),
     /// The routing mesh's XDP cost per packet (conntrack hit, new flow) vs a pass-through.
     MeshCost {
         /// Runs of each case.
@@ -35,6 +38,7 @@ pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Mesh(args) => mesh::run(args),
         Bench::Overlay(args) => overlay::run(args),
         Bench::Services(args) => services::run(args),
+        Bench::MeshVip(args) => mesh_vip::run(args),
         Bench::MeshCost { runs } => mesh_cost::run(runs).map(|_| ()),
     }
 }

@@ -21,6 +21,8 @@
 //! - `mesh_decap`: the routing mesh on a backend host: the rules for VXLAN on the ingress
 //!   VNI (a branch of `decap`'s classification).
 //! - `mesh_reply`: a task's replies to the mesh's clients (`tc_endpoint_ingress`).
+//! - `vip_nat`: service VIPs balanced on the sending host (`tc_endpoint_ingress`), and
+//!   their replies translated back on the way into the client (both tc programs).
 //! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups.
 //! - `parse`: header layouts and the bounds-checked packet accessor.
 //! - `outcome`: what a program decided and its counting.
@@ -48,6 +50,7 @@ mod outcome;
 mod parse;
 mod tc_endpoint;
 mod tc_underlay;
+mod vip_nat;
 mod xdp_underlay;
 
 #[cfg(not(test))]

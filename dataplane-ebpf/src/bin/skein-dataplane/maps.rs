@@ -19,6 +19,10 @@ use dataplane_ebpf::{
         MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey,
     },
     overlay::{EndpointKey, EndpointValue, NetworkValue, PortValue, UnderlayValue, VtepValue},
+    vip::{
+        VipBackend, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipReply, VipReplyKey,
+        VipService, VipServiceKey,
+    },
 };
 
 /// The kernel's view of an aya-ebpf map type: its kind and key/value sizes.
@@ -104,6 +108,12 @@ pinned!(MESH_NODES: HashMap<[u8; 4], u32>);
 pinned!(MESH_TARGETS: HashMap<MeshTargetKey, MeshTarget>);
 pinned!(MESH_STATS: PerCpuHashMap<MeshStatKey, MeshStats>);
 pinned!(MESH_CT_EVENTS: PerCpuArray<u64>);
+pinned!(VIP_PORTS: HashMap<VipPortKey, VipPort>);
+pinned!(VIP_SERVICES: HashMap<VipServiceKey, VipService>);
+pinned!(VIP_BACKENDS: HashMap<VipBackendKey, VipBackend>);
+pinned!(VIP_FLOWS: LruHashMap<VipFlowKey, VipFlow>);
+pinned!(VIP_REPLIES: LruHashMap<VipReplyKey, VipReply>);
+pinned!(VIP_EVENTS: PerCpuArray<u64>);
 
 /// A copy of a hash map value (copied at once: the kernel may reuse the element's memory
 /// after an update from userspace).

@@ -44,6 +44,7 @@ use crate::{
     mesh_reply::{self, Route},
     outcome::{count, Outcome},
     parse::*,
+    vip_nat,
 };
 
 /// `skb->pkt_type` of a frame for this host (include/uapi/linux/if_packet.h).
@@ -138,15 +139,25 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
                 return Outcome::drop(Verdict::OTHER_NETWORK);
             }
         }
-        // A task's reply to a client of the routing mesh goes back the way its flow came:
-        // translated back here, or encapsulated to the flow's ingress node below.
-        let Some(reply) = mesh_reply::find(ctx, &ip) else {
-            // Outside the overlay: the host routes it (egress, NAT).
-            return to_host(ctx, ifindex, &ip, net.gateway);
-        };
-        match mesh_reply::route(ctx, &ip, &reply) {
-            Route::Done(outcome) => return outcome,
-            Route::Tunnel(tunnel) => tunnel,
+        // A node's published port: balanced here like the service's VIP (vip_nat).
+        match vip_nat::forward(ctx, port.vni) {
+            vip_nat::NONE => {
+                // A task's reply to a client of the routing mesh goes back the way its
+                // flow came: translated back here, or encapsulated to the flow's ingress
+                // node below.
+                let Some(reply) = mesh_reply::find(ctx, &ip) else {
+                    // Outside the overlay: the host routes it (egress, NAT).
+                    return to_host(ctx, ifindex, &ip, net.gateway);
+                };
+                match mesh_reply::route(ctx, &ip, &reply) {
+                    Route::Done(outcome) => return outcome,
+                    Route::Tunnel(tunnel) => tunnel,
+                }
+            }
+            status => match translated(ctx, port.vni, status) {
+                Ok(tunnel) => tunnel,
+                Err(outcome) => return outcome,
+            },
         }
     } else {
         if be32(dst) == be32(net.gateway) {
@@ -158,6 +169,10 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
         };
         if let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &key) {
             if ep.ifindex != 0 {
+                // A local backend's reply to a VIP flow is translated back here.
+                if vip_nat::reverse(ctx, port.vni) == vip_nat::FAILED {
+                    return Outcome::error();
+                }
                 return local(ctx, ep.ifindex, dst);
             }
             Tunnel {
@@ -169,21 +184,38 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
                 verdict: Verdict::ENCAP,
             }
         } else {
-            let vtep = VtepKey::lookup(port.vni, dst);
-            let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) else {
-                debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
-                return Outcome::drop(Verdict::UNKNOWN_ENDPOINT);
-            };
-            Tunnel {
-                vni: port.vni,
-                src,
-                dst,
-                remote: v.underlay_ip,
-                inner_dst_mac: v.mac,
-                verdict: Verdict::ENCAP,
+            // A service's VIP (or a hairpin flow's reply to it).
+            match vip_nat::at_vip(ctx, port.vni) {
+                vip_nat::NONE => {
+                    let vtep = VtepKey::lookup(port.vni, dst);
+                    let Some(v) = OVERLAY_VTEPS.get(Key::new(vtep.prefix_len, vtep.data())) else {
+                        debug!(ctx, "{:i} -> {:i}: no such endpoint: dropped", src, dst);
+                        return Outcome::drop(Verdict::UNKNOWN_ENDPOINT);
+                    };
+                    Tunnel {
+                        vni: port.vni,
+                        src,
+                        dst,
+                        remote: v.underlay_ip,
+                        inner_dst_mac: v.mac,
+                        verdict: Verdict::ENCAP,
+                    }
+                }
+                status => match translated(ctx, port.vni, status) {
+                    Ok(tunnel) => tunnel,
+                    Err(outcome) => return outcome,
+                },
             }
         }
     };
+    send(ctx, &ip, net.gateway, &tunnel)
+}
+
+/// VXLAN to another host (or, if too big for the underlay once encapsulated, ICMP
+/// "fragmentation needed" back from `gateway`). One call site for `encap`, which stays
+/// inlined: the call chain's stack has no room for it as a separate frame.
+#[inline(always)]
+fn send(ctx: &TcContext, ip: &Ipv4Hdr, gateway: [u8; 4], tunnel: &Tunnel) -> Outcome {
     let Some(underlay) = underlay_config() else {
         return Outcome::drop(Verdict::NO_ROUTE);
     };
@@ -191,10 +223,39 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortValue) -> Outcome {
         debug!(ctx, "no underlay configured: dropped");
         return Outcome::drop(Verdict::NO_ROUTE);
     }
-    if let Some(mtu) = too_big(ctx, underlay.ifindex, &ip) {
-        return frag_needed(ctx, net.gateway, mtu);
+    if let Some(mtu) = too_big(ctx, underlay.ifindex, ip) {
+        return frag_needed(ctx, gateway, mtu);
     }
-    encap(ctx, &underlay, &tunnel)
+    encap(ctx, &underlay, tunnel)
+}
+
+/// Where a packet [`vip_nat`] translated goes (to its backend on the endpoint's network
+/// `vni`): `Err` with the outcome if decided here (refused, failed, or delivered to a
+/// local backend), else the tunnel to the backend's host.
+#[inline(always)]
+fn translated(ctx: &TcContext, vni: u32, status: u32) -> Result<Tunnel, Outcome> {
+    match status {
+        vip_nat::TRANSLATED => {}
+        vip_nat::REFUSED => return Err(Outcome::drop(Verdict::VIP_REFUSED)),
+        _ => return Err(Outcome::error()),
+    }
+    let Some(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Err(Outcome::error());
+    };
+    let Some(ep) = lookup(&OVERLAY_ENDPOINTS, &EndpointKey { vni, ip: ip.dst }) else {
+        return Err(Outcome::drop(Verdict::UNKNOWN_ENDPOINT));
+    };
+    if ep.ifindex != 0 {
+        return Err(local(ctx, ep.ifindex, ip.dst));
+    }
+    Ok(Tunnel {
+        vni,
+        src: ip.src,
+        dst: ip.dst,
+        remote: ep.host_ip,
+        inner_dst_mac: endpoint_mac(ip.dst),
+        verdict: Verdict::ENCAP,
+    })
 }
 
 /// To the host's stack, unless it is for one of the cluster's own ports. The endpoint

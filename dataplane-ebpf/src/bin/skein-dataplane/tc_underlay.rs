@@ -19,6 +19,7 @@ use crate::{
     maps::{lookup, OVERLAY_PORTS, TC_UNDERLAY_COUNTERS},
     outcome::{count, Outcome},
     parse::*,
+    vip_nat,
 };
 
 /// Underlay interface, tc ingress: VXLAN for this host's endpoints.
@@ -94,12 +95,12 @@ fn handle(ctx: &TcContext) -> Outcome {
             Outcome::drop(Verdict::MESH_REFUSED)
         }
         Vxlan::Deliver {
+            vni,
             dst,
             ifindex,
             protocol,
             mesh,
-            ..
-        } => decap(ctx, ifindex, dst, protocol, delivered(mesh)),
+        } => decap(ctx, ifindex, (vni, dst), protocol, delivered(mesh)),
     }
 }
 
@@ -125,6 +126,10 @@ fn deliver_marked(ctx: &TcContext, meta: &DecapMeta) -> Outcome {
     match lookup(&OVERLAY_PORTS, &meta.ifindex) {
         Some(port) if port.vni == meta.vni && be32(port.ip) == be32(ip.dst) => {
             let verdict = delivered(meta.magic == MESH_DECAP_META_MAGIC);
+            // A remote backend's reply to a VIP flow of this endpoint: translated back.
+            if vip_nat::reverse(ctx, meta.vni) == vip_nat::FAILED {
+                return Outcome::error();
+            }
             into_endpoint(ctx, meta.ifindex, ip.protocol, verdict)
         }
         _ => {
@@ -140,7 +145,13 @@ fn deliver_marked(ctx: &TcContext, meta: &DecapMeta) -> Outcome {
 
 /// Removes outer IPv4 + UDP + VXLAN + inner Ethernet (the 50 bytes after the outer
 /// Ethernet header, which stays and is rewritten), then delivers into the endpoint.
-fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4], protocol: u8, verdict: Verdict) -> Outcome {
+fn decap(
+    ctx: &TcContext,
+    ifindex: u32,
+    (vni, dst): (u32, [u8; 4]),
+    protocol: u8,
+    verdict: Verdict,
+) -> Outcome {
     if ctx
         .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .is_err()
@@ -149,6 +160,9 @@ fn decap(ctx: &TcContext, ifindex: u32, dst: [u8; 4], protocol: u8, verdict: Ver
         return Outcome::error();
     }
     if ctx.store(0, &inner_ethernet(dst), 0).is_err() {
+        return Outcome::error();
+    }
+    if vip_nat::reverse(ctx, vni) == vip_nat::FAILED {
         return Outcome::error();
     }
     into_endpoint(ctx, ifindex, protocol, verdict)

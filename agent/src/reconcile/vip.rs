@@ -1,0 +1,145 @@
+//! The service VIPs' desired maps, computed from a cluster snapshot ([`desired_vip`]), and
+//! their sync ([`sync_vip`]). Rules: `dataplane_ebpf::vip`.
+//!
+//! For every valid service in `vip` endpoint mode whose network is known, on its network:
+//! - `VIP_SERVICES[(vni, VIP)]`: how many backends (the cursor is the programs');
+//! - `VIP_BACKENDS[(vni, VIP, i)]`: the serving tasks cluster-wide (running, healthy, not
+//!   draining, on an up node, endpoint live on the network), ordered by task slot then ID
+//!   as the ingress mesh orders them; a draining task leaves here first and keeps its
+//!   endpoint, so its tracked flows go on until it stops;
+//! - `VIP_PORTS[(vni, VIP, target port)]` for every published port's target, and, for
+//!   every port published in `ingress` mode, `VIP_PORTS[(vni, node address, published
+//!   port)]` for every known node: an endpoint reaching any node's published port is
+//!   balanced on its own host like one reaching the VIP (the port on its own node
+//!   included, which the host stack would refuse).
+//!
+//! A `dnsrr` service has no VIP and no entry. Nothing is written for other networks, so
+//! a VIP is unreachable from them (their packets to it find no entry).
+
+use std::collections::{BTreeMap, HashMap};
+
+use dataplane_ebpf::{
+    guard::{IPPROTO_TCP, IPPROTO_UDP},
+    vip::{VipBackend, VipBackendKey, VipPort, VipPortKey, VipService, VipServiceKey},
+};
+use manager::{
+    state::{Endpoint, EndpointMode, Protocol, PublishMode},
+    view::ClusterView,
+    NodeId,
+};
+
+use super::{maps::sync_map, MapSyncErrors};
+use crate::dataplane::VipMaps;
+
+// What the manager allows stays below what the maps hold.
+const _: () = {
+    use dataplane_ebpf::maps;
+    use manager::limits;
+    assert!(limits::MAX_SERVICES <= maps::VIP_SERVICES.capacity as usize);
+    assert!(limits::MAX_ENDPOINTS <= maps::VIP_BACKENDS.capacity as usize);
+};
+
+/// The VIP maps' desired content.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DesiredVip {
+    pub(crate) ports: BTreeMap<VipPortKey, VipPort>,
+    pub(crate) services: BTreeMap<VipServiceKey, VipService>,
+    pub(crate) backends: BTreeMap<VipBackendKey, VipBackend>,
+}
+
+fn protocol_number(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    }
+}
+
+/// The VIP maps for `view`.
+pub(crate) fn desired_vip(view: &ClusterView) -> DesiredVip {
+    let mut desired = DesiredVip::default();
+    let live: HashMap<(NodeId, &str), &Endpoint> = view
+        .live_endpoints()
+        .map(|(node, e)| ((*node, e.id.as_str()), e))
+        .collect();
+    let nodes: Vec<[u8; 4]> = view
+        .nodes
+        .iter()
+        .filter_map(|n| Some(n.info.as_ref()?.underlay_ip.octets()))
+        .collect();
+    for service in view.services.valid.iter() {
+        let (EndpointMode::Vip, Some(vip)) = (service.endpoint_mode, service.vip) else {
+            continue;
+        };
+        let Some(network) = view.network(&service.network) else {
+            continue;
+        };
+        let (vni, vip) = (network.vni, vip.octets());
+        let mut backends: Vec<(u32, &str, [u8; 4])> = view
+            .tasks_of(service)
+            .serving()
+            .filter_map(|(node, task)| {
+                let endpoint = live
+                    .get(&(*node, task.endpoint.as_str()))
+                    .filter(|e| e.vni == vni)?;
+                Some((task.slot, task.id.as_str(), endpoint.ip.octets()))
+            })
+            .collect();
+        backends.sort();
+        for (index, (_, _, ip)) in backends.iter().enumerate() {
+            desired.backends.insert(
+                VipBackendKey {
+                    vni,
+                    vip,
+                    index: index as u32,
+                },
+                VipBackend { ip: *ip },
+            );
+        }
+        desired.services.insert(
+            VipServiceKey { vni, vip },
+            VipService {
+                backends: backends.len() as u32,
+                cursor: 0,
+            },
+        );
+        for port in &service.ports {
+            let protocol = protocol_number(port.protocol);
+            let value = VipPort {
+                vip,
+                target_port_be: port.target.to_be_bytes(),
+                _pad: [0; 2],
+            };
+            let key = |ip: [u8; 4], port: u16| VipPortKey {
+                vni,
+                ip,
+                port_be: port.to_be_bytes(),
+                protocol,
+                _pad: 0,
+            };
+            desired.ports.insert(key(vip, port.target), value);
+            if service.publish_mode == PublishMode::Ingress {
+                for node in &nodes {
+                    desired.ports.insert(key(*node, port.published), value);
+                }
+            }
+        }
+    }
+    desired
+}
+
+/// Converges the VIP maps to `desired`: new backends before the counts that include
+/// them, counts before the removal of backends they no longer include, ports last.
+pub(crate) fn sync_vip(
+    maps: &mut VipMaps,
+    desired: &DesiredVip,
+    removals: bool,
+    errors: &MapSyncErrors,
+) -> usize {
+    sync_map(&mut maps.backends, &desired.backends, false, errors)
+        + sync_map(&mut maps.services, &desired.services, removals, errors)
+        + sync_map(&mut maps.backends, &desired.backends, removals, errors)
+        + sync_map(&mut maps.ports, &desired.ports, removals, errors)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! `cargo xtask bench mesh-vip`: an endpoint reaching a service through its VIP (balanced
+//! on the sending host by `tc_endpoint_ingress`, `vip_nat`), next to the same endpoint
+//! reaching the task's own address, and next to the kernel's way of balancing a VIP in
+//! the client's namespace (Swarm puts IPVS there; this kernel has no IPVS, so nftables:
+//! `dnat to numgen inc mod 1 map { 0 : <task> }` in the output hook, conntrack reversing
+//! the replies) over the same overlay. Needs root.
+//!
+//! One 3-host cluster on a wire-like underlay; `web` = 1 × whoami on one host (publishing
+//! 8080:80: a VIP takes the published ports' targets), the client
+//! an endpoint (`endpoint create`) on another, so every request crosses the overlay and
+//! all three paths reach the same task the same way: only the balancing differs. `wrk -t1`
+//! keep-alive and `Connection: close` (a new connection, so a new flow, per request), the
+//! three paths interleaved in every round; medians over the rounds; CPU is the whole
+//! machine's busy time per request (client, dataplane and server share 2 cores).
+//!
+//! [`measure`] is what `bench mesh` can call; [`run`] prints its table.
+
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use xtask::{
+    cluster::{create_endpoint, in_netns, running_tasks, skein_ok, start_cluster_with, DEADLINE},
+    testbed::{run_command, skein_binary, wait_until, Testbed, TestbedConfig},
+};
+
+/// The reference's virtual address (TEST-NET-1: routed via the gateway, then rewritten).
+const REF_VIP: &str = "192.0.2.80";
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Rounds (each runs every path once per mode).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+}
+
+/// One wrk run's figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WrkFigures {
+    pub(crate) requests_per_s: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) cpu_us_per_request: f64,
+    pub(crate) errors: u64,
+}
+
+/// Medians per path, keep-alive and new connection per request.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct VipFigures {
+    /// Endpoint → the service's VIP (Skein, balanced in tc).
+    pub(crate) vip: [WrkFigures; 2],
+    /// Endpoint → the task's own address (no balancing).
+    pub(crate) task_ip: [WrkFigures; 2],
+    /// Endpoint → nftables DNAT in its own namespace → the task (the kernel reference).
+    pub(crate) nft_dnat: [WrkFigures; 2],
+}
+
+/// Index of [`VipFigures`]' arrays.
+pub(crate) const KEEP_ALIVE: usize = 0;
+pub(crate) const NEW_CONNECTION: usize = 1;
+
+pub(crate) fn run(args: Args) -> Result<()> {
+    let f = measure(args.rounds, args.seconds, args.connections)?;
+    println!(
+        "endpoint → service, wrk -t1 -c{} -d{}s, medians of {} rounds",
+        args.connections, args.seconds, args.rounds
+    );
+    for (mode, i) in [
+        ("keep-alive", KEEP_ALIVE),
+        ("new connection", NEW_CONNECTION),
+    ] {
+        for (path, w) in [
+            ("VIP (Skein tc)", f.vip[i]),
+            ("task IP", f.task_ip[i]),
+            ("nftables DNAT (reference)", f.nft_dnat[i]),
+        ] {
+            println!(
+                "  {mode:<15} {path:<26} {:>8.0} req/s  p99 {:>6.2} ms  {:>6.1} µs CPU/req  {} errors",
+                w.requests_per_s, w.p99_ms, w.cpu_us_per_request, w.errors
+            );
+        }
+        println!(
+            "  {mode:<15} VIP / reference {:.2}×, VIP / task IP {:.2}×",
+            f.vip[i].requests_per_s / f.nft_dnat[i].requests_per_s,
+            f.vip[i].requests_per_s / f.task_ip[i].requests_per_s
+        );
+    }
+    Ok(())
+}
+
+/// Builds the testbed, measures every path `rounds` times (interleaved), removes it.
+pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<VipFigures> {
+    let bed = Testbed::new("bench-vip", TestbedConfig::with_hosts(3))?;
+    bed.make_wire_like()?;
+    let (_agents, _) = start_cluster_with(&bed, |_| Vec::new(), &[])?;
+    let whoami = skein_binary()?.display().to_string();
+    skein_ok(
+        bed.host(0),
+        &[
+            "service",
+            "create",
+            "web",
+            "--replicas",
+            "1",
+            // A VIP takes the target ports of the published ones.
+            "--publish",
+            "8080:80",
+            "--",
+            &whoami,
+            "whoami",
+            "--port",
+            "80",
+        ],
+    )?;
+    let task = wait_until("web running", DEADLINE, || {
+        running_tasks(bed.host(0), "web")
+            .into_iter()
+            .next()
+            .ok_or("not yet")
+    })?;
+    let inspect: Value =
+        serde_json::from_str(&skein_ok(bed.host(0), &["service", "inspect", "web"])?)?;
+    let vip = inspect["vip"]
+        .as_str()
+        .context("web has no VIP")?
+        .to_owned();
+    // The client on another host than the task.
+    let client_host = bed
+        .hosts()
+        .iter()
+        .find(|h| h.netns() != task.host && h.name() != task.host)
+        .context("no host without the task")?;
+    // One client endpoint per path, side by side on that host: the reference's NAT table
+    // turns on conntrack for everything in its namespace, which the other paths must not
+    // pay, and one path's thousands of TIME_WAIT sockets stay out of the next one's way
+    // (wrk to a second destination from a namespace full of them hung past its duration).
+    let (ns, _) = create_endpoint(client_host, "skein", "bench-vip")?;
+    let (task_ns, _) = create_endpoint(client_host, "skein", "bench-task")?;
+    let (ref_ns, _) = create_endpoint(client_host, "skein", "bench-ref")?;
+    // The reference: the kernel balances REF_VIP in the client's own namespace.
+    let rules = format!(
+        "table ip vipref {{\n chain out {{\n  type nat hook output priority -100;\n  \
+         ip daddr {REF_VIP} tcp dport 80 dnat to numgen inc mod 1 map {{ 0 : {} }}\n }}\n}}\n",
+        task.ip
+    );
+    let nft = Command::new("ip")
+        .args(["netns", "exec", &ref_ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(rules.as_bytes())?;
+            child.wait()
+        })?;
+    ensure!(nft.success(), "nft rules in the client namespace");
+
+    let urls = [
+        (&ns, format!("http://{vip}:80/")),
+        (&task_ns, format!("http://{}:80/", task.ip)),
+        (&ref_ns, format!("http://{REF_VIP}:80/")),
+    ];
+    for (ns, url) in &urls {
+        let answered = wait_until(&format!("{url} answering"), DEADLINE, || {
+            let out = in_netns(ns, &["curl", "-sf", "--max-time", "2", url])
+                .map_err(|e| e.to_string())?;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| "no answer".to_owned())
+        });
+        if let Err(error) = answered {
+            let maps = skein_ok(client_host, &["debug", "maps"]).unwrap_or_default();
+            bail!("{error:#}\nclient host's maps:\n{maps}");
+        }
+    }
+    let mut samples: Vec<[Vec<WrkFigures>; 2]> =
+        vec![Default::default(), Default::default(), Default::default()];
+    for _ in 0..rounds {
+        for (path, (ns, url)) in urls.iter().enumerate() {
+            for (mode, close) in [(KEEP_ALIVE, false), (NEW_CONNECTION, true)] {
+                let figures = match wrk(ns, url, close, seconds, connections) {
+                    Ok(f) => f,
+                    Err(error) => {
+                        let ss = in_netns(ns, &["ss", "-tanp"])
+                            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                            .unwrap_or_default();
+                        let maps = skein_ok(client_host, &["debug", "maps"]).unwrap_or_default();
+                        bail!("{error:#}\nss:\n{ss}\nclient host's maps:\n{maps}");
+                    }
+                };
+                samples[path][mode].push(figures);
+            }
+        }
+    }
+    let median = |runs: &[WrkFigures]| -> WrkFigures {
+        let pick = |f: fn(&WrkFigures) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        WrkFigures {
+            requests_per_s: pick(|w| w.requests_per_s),
+            p99_ms: pick(|w| w.p99_ms),
+            cpu_us_per_request: pick(|w| w.cpu_us_per_request),
+            errors: runs.iter().map(|w| w.errors).sum(),
+        }
+    };
+    let both = |s: &[Vec<WrkFigures>; 2]| [median(&s[0]), median(&s[1])];
+    Ok(VipFigures {
+        vip: both(&samples[0]),
+        task_ip: both(&samples[1]),
+        nft_dnat: both(&samples[2]),
+    })
+}
+
+/// Busy CPU-seconds of the whole machine so far (`/proc/stat`: all but idle and iowait).
+fn busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    ensure!(f.len() >= 8, "short cpu line in /proc/stat");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((f[..8].iter().sum::<u64>() - f[3] - f[4]) as f64 / hz)
+}
+
+/// `wrk -t1 -cN -dS --latency [-H 'Connection: close'] url` in namespace `ns`.
+fn wrk(ns: &str, url: &str, close: bool, seconds: u32, connections: u32) -> Result<WrkFigures> {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "timeout",
+        &(3 * seconds + 30).to_string(),
+    ])
+    .args([
+        "wrk",
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(url);
+    let before = busy_seconds()?;
+    let out = run_command(&mut cmd)?;
+    let cpu_s = busy_seconds()? - before;
+    let mut w = WrkFigures::default();
+    let mut requests = 0u64;
+    for line in out.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            w.requests_per_s = v.trim().parse().context("Requests/sec")?;
+        } else if words.get(1) == Some(&"requests") && words.get(2) == Some(&"in") {
+            requests = words[0].parse().context("requests")?;
+        } else if words.first() == Some(&"99%") && words.len() == 2 {
+            w.p99_ms = latency_ms(words[1]).unwrap_or(f64::NAN);
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            w.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            w.errors += v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    if requests == 0 {
+        bail!("wrk made no requests to {url}:\n{out}");
+    }
+    w.cpu_us_per_request = cpu_s * 1e6 / requests as f64;
+    Ok(w)
+}
+
+/// `1.23ms`, `456.00us`, `1.2s` → milliseconds.
+fn latency_ms(v: &str) -> Option<f64> {
+    for (unit, scale) in [("us", 1e-3), ("ms", 1.0), ("s", 1e3), ("m", 60e3)] {
+        if let Some(n) = v.strip_suffix(unit) {
+            return n.parse::<f64>().ok().map(|n| n * scale);
+        }
+    }
+    None
+}

@@ -1,0 +1,282 @@
+//! Service VIPs end to end (issue 12, parts 4, 6, 7), on three hosts on a wire-like
+//! underlay, driven through the `skein` CLI: from a task of `client`, 8 requests to web's
+//! VIP name both tasks four times (the task sees the client's own address); the same from
+//! a namespace attached with `endpoint create`; a `web` task reaching its own VIP gets
+//! answers from both tasks, itself included (hairpin); from inside a task `curl <node>:8080`
+//! works for every node, its own included; the VIP does not answer from another network
+//! nor on a port that is not a target (counted `vip_refused`); a `dnsrr` service has no
+//! VIP; scaling changes the rotation (new tasks join, tasks scaled away leave). Needs root.
+//!
+//! Requests run with `ip netns exec` in the task's (or endpoint's) namespace. Every wait is
+//! bounded; the testbed removes everything on failure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use xtask::{
+    cluster::{
+        create_endpoint, in_netns, running_tasks, skein, skein_ok, start_cluster_with, TaskInfo,
+        DEADLINE,
+    },
+    scrape::{scrape, verdict_packets},
+    testbed::{skein_binary, wait_until, Host, Testbed, TestbedConfig},
+};
+
+const WEB: u16 = 8080;
+
+fn cluster(label: &str) -> (Testbed, Vec<xtask::testbed::Process>) {
+    let bed = Testbed::new(label, TestbedConfig::with_hosts(3)).expect("testbed");
+    bed.make_wire_like().expect("wire-like underlay");
+    let (agents, _) = start_cluster_with(&bed, |_| Vec::new(), &[]).expect("cluster");
+    (bed, agents)
+}
+
+/// `service create NAME FLAGS -- COMMAND` on h1; panics unless it converges.
+fn create(bed: &Testbed, name: &str, flags: &[&str], command: &[&str]) {
+    let mut all: Vec<&str> = vec!["service", "create", name];
+    all.extend_from_slice(flags);
+    all.push("--");
+    all.extend_from_slice(command);
+    let out = skein(bed.host(0), &all).unwrap();
+    assert!(
+        out.status.success(),
+        "service create {name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn whoami() -> Vec<String> {
+    vec![
+        skein_binary().unwrap().display().to_string(),
+        "whoami".into(),
+        "--port".into(),
+        "80".into(),
+    ]
+}
+
+/// Waits until every host lists `n` running tasks of `service`; returns h1's list.
+fn wait_running(bed: &Testbed, service: &str, n: usize) -> Vec<TaskInfo> {
+    for host in bed.hosts() {
+        wait_until(
+            &format!("{n} running {service} tasks on {}", host.name()),
+            DEADLINE,
+            || running_tasks(host, service).len() == n,
+        )
+        .unwrap();
+    }
+    running_tasks(bed.host(0), service)
+}
+
+/// `service inspect NAME` as JSON.
+fn inspect(bed: &Testbed, name: &str) -> Value {
+    serde_json::from_str(&skein_ok(bed.host(0), &["service", "inspect", name]).unwrap()).unwrap()
+}
+
+/// The namespace of `task` (on the host `service ps` names): the endpoint with its address.
+fn task_netns(bed: &Testbed, task: &TaskInfo) -> String {
+    let host = host_named(bed, &task.host);
+    let endpoints: Vec<Value> =
+        serde_json::from_str(&skein_ok(host, &["endpoint", "ls", "--format", "json"]).unwrap())
+            .unwrap();
+    let endpoint = endpoints
+        .iter()
+        .find(|e| e["ip"] == task.ip.as_str())
+        .unwrap_or_else(|| panic!("no endpoint for task {task:?} in {endpoints:?}"));
+    endpoint["netns"].as_str().unwrap().to_owned()
+}
+
+fn host_named<'a>(bed: &'a Testbed, name: &str) -> &'a Host {
+    bed.hosts()
+        .iter()
+        .find(|h| h.netns() == name || h.name() == name)
+        .unwrap_or_else(|| panic!("no host {name}"))
+}
+
+/// `curl` in namespace `ns`: the body, or an error with curl's stderr.
+fn curl_in(ns: &str, url: &str) -> Result<String, String> {
+    let out = in_netns(ns, &["curl", "-sS", "--max-time", "3", url]).map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "curl {url} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn field<'a>(body: &'a str, name: &str) -> &'a str {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// 8 requests to `url` from `ns` after one that must succeed within the deadline: how
+/// often each task answered, and the client addresses the tasks saw.
+fn eight(ns: &str, url: &str) -> (BTreeMap<String, usize>, BTreeSet<String>) {
+    wait_until(&format!("{url} answering in {ns}"), DEADLINE, || {
+        curl_in(ns, url)
+    })
+    .unwrap();
+    let mut answers = BTreeMap::new();
+    let mut remotes = BTreeSet::new();
+    for i in 0..8 {
+        let body = curl_in(ns, url).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        *answers
+            .entry(field(&body, "Hostname:").to_owned())
+            .or_insert(0) += 1;
+        let remote = field(&body, "RemoteAddr:");
+        remotes.insert(
+            remote
+                .rsplit_once(':')
+                .map_or(remote, |(ip, _)| ip)
+                .to_owned(),
+        );
+    }
+    (answers, remotes)
+}
+
+fn assert_four_each(answers: &BTreeMap<String, usize>, tasks: &[TaskInfo], what: &str) {
+    let want: BTreeMap<String, usize> = tasks.iter().map(|t| (t.id.clone(), 4)).collect();
+    assert_eq!(answers, &want, "{what}: answers per task");
+}
+
+#[test]
+fn a_vip_rotates_from_tasks_and_attached_namespaces_hairpins_and_stays_in_its_network() {
+    let (bed, _agents) = cluster("vip-rotate");
+    let web_cmd = whoami();
+    let web_cmd: Vec<&str> = web_cmd.iter().map(String::as_str).collect();
+    create(
+        &bed,
+        "web",
+        &["--replicas", "2", "--publish", "8080:80"],
+        &web_cmd,
+    );
+    create(&bed, "client", &["--replicas", "1"], &["sleep", "3600"]);
+    create(
+        &bed,
+        "names",
+        &["--replicas", "1", "--endpoint-mode", "dnsrr"],
+        &web_cmd,
+    );
+    let web = wait_running(&bed, "web", 2);
+    let client = wait_running(&bed, "client", 1);
+    wait_running(&bed, "names", 1);
+
+    // dnsrr: no VIP; vip mode: one.
+    assert!(
+        inspect(&bed, "names")["vip"].is_null(),
+        "a dnsrr service has no VIP: {}",
+        inspect(&bed, "names")
+    );
+    let vip = inspect(&bed, "web")["vip"]
+        .as_str()
+        .expect("web has a VIP")
+        .to_owned();
+    let url = format!("http://{vip}:80/");
+
+    // From the client task: both tasks four times each, the client's own address kept.
+    let client_ns = task_netns(&bed, &client[0]);
+    let (answers, remotes) = eight(&client_ns, &url);
+    assert_four_each(&answers, &web, "client task → VIP");
+    assert_eq!(
+        remotes,
+        BTreeSet::from([client[0].ip.clone()]),
+        "the tasks see the client's own address"
+    );
+
+    // From a namespace attached to the same network on every host (containers' way).
+    for (i, host) in bed.hosts().iter().enumerate() {
+        let (ns, ip) = create_endpoint(host, "skein", &format!("probe{i}")).unwrap();
+        let (answers, remotes) = eight(&ns, &url);
+        assert_four_each(
+            &answers,
+            &web,
+            &format!("endpoint on {} → VIP", host.name()),
+        );
+        assert_eq!(remotes, BTreeSet::from([ip]));
+    }
+
+    // Hairpin: each web task reaches its own VIP; it answers too (it sees the VIP).
+    for task in &web {
+        let ns = task_netns(&bed, task);
+        let (answers, remotes) = eight(&ns, &url);
+        assert_four_each(&answers, &web, &format!("web task {} → VIP", task.id));
+        let allowed = BTreeSet::from([task.ip.clone(), vip.clone()]);
+        assert!(
+            remotes.is_subset(&allowed) && remotes.contains(&vip),
+            "{}: the other task sees the client's address, itself the VIP: {remotes:?}",
+            task.id
+        );
+    }
+
+    // Not a target port: refused (no answer), counted where the client runs.
+    let client_host = host_named(&bed, &client[0].host);
+    let before = verdict_packets(&scrape(client_host).unwrap(), "vip_refused");
+    assert!(curl_in(&client_ns, &format!("http://{vip}:81/")).is_err());
+    let after = verdict_packets(&scrape(client_host).unwrap(), "vip_refused");
+    assert!(after > before, "vip_refused {before} → {after}");
+
+    // Another network: the VIP does not answer there.
+    skein_ok(bed.host(0), &["network", "create", "other"]).unwrap();
+    let (other_ns, _) = create_endpoint(bed.host(1), "other", "stranger").unwrap();
+    for attempt in 0..3 {
+        assert!(
+            curl_in(&other_ns, &url).is_err(),
+            "attempt {attempt}: the VIP answered another network"
+        );
+    }
+
+    // Scaling: a third task joins the rotation, then two leave it.
+    skein_ok(bed.host(0), &["service", "scale", "web=3"]).unwrap();
+    let web3 = wait_running(&bed, "web", 3);
+    wait_until("the third task in the rotation", DEADLINE, || {
+        let (answers, _) = eight(&client_ns, &url);
+        (answers.len() == 3).then_some(()).ok_or("not yet")
+    })
+    .unwrap();
+    skein_ok(bed.host(0), &["service", "scale", "web=1"]).unwrap();
+    let web1 = wait_running(&bed, "web", 1);
+    assert!(web3.iter().any(|t| t.id == web1[0].id));
+    wait_until("only the remaining task answers", DEADLINE, || {
+        let (answers, _) = eight(&client_ns, &url);
+        (answers.len() == 1 && answers.contains_key(&web1[0].id))
+            .then_some(())
+            .ok_or("not yet")
+    })
+    .unwrap();
+}
+
+#[test]
+fn tasks_reach_every_nodes_published_port_their_own_included() {
+    let (bed, _agents) = cluster("vip-nodeports");
+    let web_cmd = whoami();
+    let web_cmd: Vec<&str> = web_cmd.iter().map(String::as_str).collect();
+    create(
+        &bed,
+        "web",
+        &["--replicas", "2", "--publish", "8080:80"],
+        &web_cmd,
+    );
+    create(&bed, "client", &["--replicas", "1"], &["sleep", "3600"]);
+    let web = wait_running(&bed, "web", 2);
+    let client = wait_running(&bed, "client", 1);
+    let client_ns = task_netns(&bed, &client[0]);
+    for host in bed.hosts() {
+        let url = format!("http://{}:{WEB}/", host.underlay_ip());
+        let (answers, _) = eight(&client_ns, &url);
+        assert_four_each(
+            &answers,
+            &web,
+            &format!("client task on {} → {}", client[0].host, host.name()),
+        );
+    }
+    // A web task to its own node's published port (the hairpin through a node address).
+    let ns = task_netns(&bed, &web[0]);
+    let own = host_named(&bed, &web[0].host);
+    let url = format!("http://{}:{WEB}/", own.underlay_ip());
+    let (answers, _) = eight(&ns, &url);
+    assert_four_each(&answers, &web, "web task → its own node's 8080");
+}
