@@ -5,10 +5,12 @@
 //! connection tracking and reverse translation.
 //!
 //! - [`crate::maps::VIP_PORTS`] `(vni, address, port, protocol)` → the service ([`VipPort`]):
-//!   `(network, VIP, target port)` for every service in `vip` endpoint mode, and
-//!   `(network, node address, published port)` for every node of the cluster and every
-//!   port the service publishes in `ingress` mode. A VIP with a port not in this map is
-//!   refused (counted [`VIP_CLOSED_PORT`]).
+//!   `(network, VIP, ANY_PORT)` for every service in `vip` endpoint mode (the VIP takes
+//!   every port and keeps it, as Swarm's do), and `(network, node address, published port)`
+//!   → the target port for every node of the cluster and every port the service publishes
+//!   in `ingress` mode. The exact key is looked up first, then the VIP's `ANY_PORT`. An
+//!   address with neither is not balanced; a VIP without the entry is refused (counted
+//!   [`VIP_CLOSED_PORT`]).
 //! - [`crate::maps::VIP_SERVICES`] `(vni, VIP)` → how many backends and the shared
 //!   round-robin cursor (advanced only by the programs, with an atomic fetch-add).
 //! - [`crate::maps::VIP_BACKENDS`] `(vni, VIP, index)` → a serving task's address on the
@@ -24,6 +26,10 @@
 //!
 //! Byte order: fields ending in `_be` or typed `[u8; N]` are network order; the rest are
 //! host order.
+
+/// The port of a VIP's [`VipPortKey`] that stands for every port, and the
+/// [`VipPort::target_port_be`] that means "the port the client chose".
+pub const ANY_PORT: u16 = 0;
 
 /// Key of [`crate::maps::VIP_PORTS`]: a destination an endpoint may balance to.
 #[repr(C)]

@@ -3,8 +3,9 @@
 //! VIP name both tasks four times (the task sees the client's own address); the same from
 //! a namespace attached with `endpoint create`; a `web` task reaching its own VIP gets
 //! answers from both tasks, itself included (hairpin); from inside a task `curl <node>:8080`
-//! works for every node, its own included; the VIP does not answer from another network
-//! nor on a port that is not a target (counted `vip_refused`); a `dnsrr` service has no
+//! works for every node, its own included; the VIP does not answer from another network;
+//! it takes every port and keeps it (a port no task listens on is refused by the task, a
+//! service that publishes nothing is reached on its own port); a `dnsrr` service has no
 //! VIP; scaling changes the rotation (new tasks join, tasks scaled away leave). Needs root.
 //!
 //! Requests run with `ip netns exec` in the task's (or endpoint's) namespace. Every wait is
@@ -212,12 +213,41 @@ fn a_vip_rotates_from_tasks_and_attached_namespaces_hairpins_and_stays_in_its_ne
         );
     }
 
-    // Not a target port: refused (no answer), counted where the client runs.
+    // The VIP takes every port and keeps it: a port no task listens on is refused by the
+    // task's own stack at once (a reset, not a timeout), and the balancer refused nothing.
     let client_host = host_named(&bed, &client[0].host);
     let before = verdict_packets(&scrape(client_host).unwrap(), "vip_refused");
-    assert!(curl_in(&client_ns, &format!("http://{vip}:81/")).is_err());
+    let refused = curl_in(&client_ns, &format!("http://{vip}:81/")).unwrap_err();
+    // curl's exit 7 ("Failed to connect"), not 28 (a timeout: the packet went nowhere).
+    assert!(
+        refused.contains("Failed to connect") && !refused.contains("timed out"),
+        "{refused}"
+    );
     let after = verdict_packets(&scrape(client_host).unwrap(), "vip_refused");
-    assert!(after > before, "vip_refused {before} → {after}");
+    assert_eq!(
+        after, before,
+        "vip_refused moved for a port the VIP forwards"
+    );
+
+    // A service that publishes nothing (a database reached by name) is reached on its VIP
+    // at the port its task listens on.
+    let db_cmd: Vec<String> = whoami()
+        .into_iter()
+        .map(|a| if a == "80" { "6379".to_owned() } else { a })
+        .collect();
+    let db_cmd: Vec<&str> = db_cmd.iter().map(String::as_str).collect();
+    create(&bed, "db", &["--replicas", "1"], &db_cmd);
+    let db = wait_running(&bed, "db", 1);
+    let db_vip = inspect(&bed, "db")["vip"]
+        .as_str()
+        .expect("db has a VIP")
+        .to_owned();
+    let (answers, _) = eight(&client_ns, &format!("http://{db_vip}:6379/"));
+    assert_eq!(
+        answers,
+        BTreeMap::from([(db[0].id.clone(), 8)]),
+        "client → db's VIP"
+    );
 
     // Another network: the VIP does not answer there.
     skein_ok(bed.host(0), &["network", "create", "other"]).unwrap();

@@ -7,11 +7,14 @@
 //!   draining, on an up node, endpoint live on the network), ordered by task slot then ID
 //!   as the ingress mesh orders them; a draining task leaves here first and keeps its
 //!   endpoint, so its tracked flows go on until it stops;
-//! - `VIP_PORTS[(vni, VIP, target port)]` for every published port's target, and, for
-//!   every port published in `ingress` mode, `VIP_PORTS[(vni, node address, published
-//!   port)]` for every known node: an endpoint reaching any node's published port is
-//!   balanced on its own host like one reaching the VIP (the port on its own node
-//!   included, which the host stack would refuse).
+//! - `VIP_PORTS[(vni, VIP, port 0, TCP and UDP)]`: the VIP takes **every port** and
+//!   keeps it (the tasks listen on the port the client chose), as Swarm's VIPs do — a
+//!   service that publishes nothing (a database reached by name) is reached on its own
+//!   ports; a port no task listens on is refused by the task's own stack;
+//! - for every port published in `ingress` mode, `VIP_PORTS[(vni, node address,
+//!   published port)]` → the target port, for every known node: an endpoint reaching any
+//!   node's published port is balanced on its own host like one reaching the VIP (the
+//!   port on its own node included, which the host stack would refuse).
 //!
 //! A `dnsrr` service has no VIP and no entry. Nothing is written for other networks, so
 //! a VIP is unreachable from them (their packets to it find no entry).
@@ -20,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use dataplane_ebpf::{
     guard::{IPPROTO_TCP, IPPROTO_UDP},
-    vip::{VipBackend, VipBackendKey, VipPort, VipPortKey, VipService, VipServiceKey},
+    vip::{VipBackend, VipBackendKey, VipPort, VipPortKey, VipService, VipServiceKey, ANY_PORT},
 };
 use manager::{
     state::{Endpoint, EndpointMode, Protocol, PublishMode},
@@ -102,24 +105,30 @@ pub(crate) fn desired_vip(view: &ClusterView) -> DesiredVip {
                 cursor: 0,
             },
         );
-        for port in &service.ports {
-            let protocol = protocol_number(port.protocol);
-            let value = VipPort {
-                vip,
-                target_port_be: port.target.to_be_bytes(),
-                _pad: [0; 2],
-            };
-            let key = |ip: [u8; 4], port: u16| VipPortKey {
-                vni,
-                ip,
-                port_be: port.to_be_bytes(),
-                protocol,
-                _pad: 0,
-            };
-            desired.ports.insert(key(vip, port.target), value);
-            if service.publish_mode == PublishMode::Ingress {
+        let key = |ip: [u8; 4], port: u16, protocol: u8| VipPortKey {
+            vni,
+            ip,
+            port_be: port.to_be_bytes(),
+            protocol,
+            _pad: 0,
+        };
+        let to = |target: u16| VipPort {
+            vip,
+            target_port_be: target.to_be_bytes(),
+            _pad: [0; 2],
+        };
+        for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
+            desired
+                .ports
+                .insert(key(vip, ANY_PORT, protocol), to(ANY_PORT));
+        }
+        if service.publish_mode == PublishMode::Ingress {
+            for port in &service.ports {
+                let protocol = protocol_number(port.protocol);
                 for node in &nodes {
-                    desired.ports.insert(key(*node, port.published), value);
+                    desired
+                        .ports
+                        .insert(key(*node, port.published, protocol), to(port.target));
                 }
             }
         }

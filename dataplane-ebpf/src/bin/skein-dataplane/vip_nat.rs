@@ -30,7 +30,7 @@ use dataplane_ebpf::{
     mesh::{opens_flow, pick_index},
     overlay::{EndpointKey, ETH_LEN, IPV4_LEN},
     vip::{
-        reply_of, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipServiceKey,
+        reply_of, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipServiceKey, ANY_PORT,
         VIP_CLOSED_PORT, VIP_FLOW, VIP_NEW_FLOW, VIP_NO_BACKEND, VIP_NO_FLOW, VIP_REPLY,
     },
 };
@@ -160,7 +160,19 @@ fn flow_of(ctx: &TcContext, vni: u32) -> Option<(VipPort, VipFlowKey)> {
         protocol: ip.protocol,
         _pad: 0,
     };
-    let port = lookup(&VIP_PORTS, &port_key)?;
+    let port = match lookup(&VIP_PORTS, &port_key) {
+        Some(port) => port,
+        None => {
+            // A VIP takes every port and keeps it.
+            let any = VipPortKey {
+                port_be: ANY_PORT.to_be_bytes(),
+                ..port_key
+            };
+            let mut port = lookup(&VIP_PORTS, &any)?;
+            port.target_port_be = dport;
+            port
+        }
+    };
     Some((
         port,
         VipFlowKey {
