@@ -25,3 +25,4 @@ pub mod model;
 pub mod names;
 pub mod overlay;
 pub mod respond;
+pub mod sock;

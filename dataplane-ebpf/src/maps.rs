@@ -16,6 +16,7 @@ use crate::{
         MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey, CT_EVENT_SLOTS,
         MESH_MAX_SERVICES,
     },
+    sock::{HostFlow, SockAddr, SockConfig, SockKey},
     overlay::{
         EndpointKey, EndpointValue, NetworkKey, NetworkValue, PortKey, PortValue, SubnetKey,
         SubnetValue, UnderlayValue, VtepKey, VtepValue,
@@ -148,6 +149,21 @@ pub const MESH_STATS: MapSpec =
 pub const MESH_CT_EVENTS: MapSpec =
     MapSpec::new::<u32, u64>("MESH_CT_EVENTS", MapKind::PerCpuArray, CT_EVENT_SLOTS);
 
+/// Per-CPU counters of `tc_host_egress`, indexed by [`crate::counters::Verdict`].
+pub const TC_HOST_COUNTERS: MapSpec = counters("TC_HOST_COUNTERS");
+/// One slot: whose host namespace the socket hooks act for (see [`crate::sock`]).
+pub const SOCK_CONFIG: MapSpec = MapSpec::new::<u32, SockConfig>("SOCK_CONFIG", MapKind::Array, 1);
+/// (socket, backend address) → the service address it stands for (`recvmsg`,
+/// `getpeername`). LRU: a socket's entry ends with it or with the least recent use.
+pub const SOCK_REVERSE: MapSpec =
+    MapSpec::new::<SockKey, SockAddr>("SOCK_REVERSE", MapKind::LruHash, 262_144);
+/// (unconnected UDP socket, service address) → the backend picked for it.
+pub const SOCK_PICKS: MapSpec =
+    MapSpec::new::<SockKey, SockAddr>("SOCK_PICKS", MapKind::LruHash, 65_536);
+/// Connections this host opened to tasks on other nodes (see [`crate::sock::HostFlow`]).
+pub const HOST_FLOWS: MapSpec =
+    MapSpec::new::<ReplyKey, HostFlow>("HOST_FLOWS", MapKind::LruHash, 65_536);
+
 /// Every map the agent pins under `<bpf-dir>/maps`, so a restarted agent adopts them.
 pub const PINNED: &[MapSpec] = &[
     XDP_UNDERLAY_COUNTERS,
@@ -171,6 +187,11 @@ pub const PINNED: &[MapSpec] = &[
     MESH_TARGETS,
     MESH_STATS,
     MESH_CT_EVENTS,
+    TC_HOST_COUNTERS,
+    SOCK_CONFIG,
+    SOCK_REVERSE,
+    SOCK_PICKS,
+    HOST_FLOWS,
 ];
 
 /// Every counters map, with the program it counts for.
@@ -178,6 +199,7 @@ pub const COUNTERS: &[(&str, MapSpec)] = &[
     (crate::names::XDP_UNDERLAY, XDP_UNDERLAY_COUNTERS),
     (crate::names::TC_ENDPOINT_INGRESS, TC_ENDPOINT_COUNTERS),
     (crate::names::TC_UNDERLAY_INGRESS, TC_UNDERLAY_COUNTERS),
+    (crate::names::TC_HOST_EGRESS, TC_HOST_COUNTERS),
 ];
 
 /// The table entry named `name`.

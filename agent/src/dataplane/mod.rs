@@ -28,6 +28,7 @@
 //! tests and the packet generator) is the `dataplane-ebpf-test-run` crate.
 
 mod bpffs;
+mod cgroup;
 mod links;
 mod logs;
 mod maps;
@@ -53,6 +54,7 @@ use dataplane_ebpf::{
 use tracing::{debug, info, warn};
 
 use links::Attachment;
+pub(crate) use cgroup::{remove_host_path, route_subnets};
 pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
 pub(crate) use logs::EbpfLogs;
 pub(crate) use maps::MapHandle;
@@ -221,6 +223,7 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
         tc.load()
             .map_err(|source| DataplaneError::Verify { name, source })?;
     }
+    cgroup::load(&mut ebpf)?;
     Ok(ebpf)
 }
 
@@ -284,6 +287,7 @@ impl Dataplane {
                 .iter()
                 .map(|i| links::pin_name(names::TC_ENDPOINT_INGRESS, i)),
         )
+        .chain(cgroup::wanted_pins())
         .collect();
         links::unpin_unwanted(&links_dir, &wanted)?;
 
@@ -325,6 +329,8 @@ impl Dataplane {
             program = names::TC_UNDERLAY_INGRESS,
             "underlay program attached"
         );
+        // After the underlay: the host path's program reads it.
+        cgroup::start(&mut ebpf, &pins, &want.underlay_iface)?;
         let mut dataplane = Dataplane {
             ebpf,
             pins,

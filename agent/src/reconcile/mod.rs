@@ -16,6 +16,7 @@
 
 mod desired;
 mod maps;
+mod host_path;
 mod mesh;
 mod plumbing;
 mod sync_errors;
@@ -192,6 +193,7 @@ impl Reconciler {
             Ok(())
         };
         self.sync_egress(view);
+        self.sync_host_path(view);
         if self.map_sync_disabled {
             return removed;
         }

@@ -21,6 +21,9 @@
 //! - `mesh_decap`: the routing mesh on a backend host: the rules for VXLAN on the ingress
 //!   VNI (a branch of `decap`'s classification).
 //! - `mesh_reply`: a task's replies to the mesh's clients (`tc_endpoint_ingress`).
+//! - `sock_hooks`: the cgroup socket hooks (host-local access to published ports);
+//!   `tc_host`: `tc_host_egress`, the host's own connections to tasks on other nodes;
+//!   `sock_return`: their replies, handed to the host's stack by `xdp_underlay`.
 //! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups.
 //! - `parse`: header layouts and the bounds-checked packet accessor.
 //! - `outcome`: what a program decided and its counting.
@@ -46,7 +49,10 @@ mod mesh_respond;
 mod mesh_return;
 mod outcome;
 mod parse;
+mod sock_hooks;
+mod sock_return;
 mod tc_endpoint;
+mod tc_host;
 mod tc_underlay;
 mod xdp_underlay;
 

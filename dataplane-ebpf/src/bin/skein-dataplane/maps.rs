@@ -18,6 +18,7 @@ use dataplane_ebpf::{
         Flow, FlowKey, MeshBackend, MeshBackendKey, MeshConfig, MeshPort, MeshPortKey, MeshService,
         MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey,
     },
+    sock::{HostFlow, SockAddr, SockConfig, SockKey},
     overlay::{EndpointKey, EndpointValue, NetworkValue, PortValue, UnderlayValue, VtepValue},
 };
 
@@ -104,6 +105,11 @@ pinned!(MESH_NODES: HashMap<[u8; 4], u32>);
 pinned!(MESH_TARGETS: HashMap<MeshTargetKey, MeshTarget>);
 pinned!(MESH_STATS: PerCpuHashMap<MeshStatKey, MeshStats>);
 pinned!(MESH_CT_EVENTS: PerCpuArray<u64>);
+pinned!(TC_HOST_COUNTERS: PerCpuArray<Counter>);
+pinned!(SOCK_CONFIG: Array<SockConfig>);
+pinned!(SOCK_REVERSE: LruHashMap<SockKey, SockAddr>);
+pinned!(SOCK_PICKS: LruHashMap<SockKey, SockAddr>);
+pinned!(HOST_FLOWS: LruHashMap<ReplyKey, HostFlow>);
 
 /// A copy of a hash map value (copied at once: the kernel may reuse the element's memory
 /// after an update from userspace).
