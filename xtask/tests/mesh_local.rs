@@ -118,6 +118,24 @@ fn assert_rotation(host: &Host, url: &str, peer: &str, tasks: &BTreeSet<String>)
     assert_eq!(counts, want, "{} {url}: 8 requests, 4 per task", host.name());
 }
 
+/// Waits until `host`'s maps have converged on `tasks`: 4 requests to `url` in a row
+/// reach every one of them (and nothing else). A node's maps follow the view a pass
+/// later than `service ps` shows the tasks running.
+fn wait_converged(host: &Host, url: &str, tasks: &BTreeSet<String>) {
+    wait_until(
+        &format!("{} reaching every task through {url}", host.name()),
+        DEADLINE,
+        || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..2 * tasks.len() {
+                seen.insert(curl_host(host, url).ok()?.0);
+            }
+            (&seen == tasks).then_some(())
+        },
+    )
+    .unwrap();
+}
+
 /// Every node: localhost, 127.0.0.1, its own address and the next node's address rotate
 /// over `tasks` on `port`.
 fn assert_every_node_rotates(bed: &Testbed, hosts: &[usize], port: u16, tasks: &BTreeSet<String>) {
@@ -127,12 +145,7 @@ fn assert_every_node_rotates(bed: &Testbed, hosts: &[usize], port: u16, tasks: &
         let own = host.underlay_ip().to_string();
         let other_ip = other.underlay_ip().to_string();
         let local = format!("http://127.0.0.1:{port}/");
-        wait_until(
-            &format!("{} reaching its published port", host.name()),
-            DEADLINE,
-            || curl_host(host, &local),
-        )
-        .unwrap();
+        wait_converged(host, &local, tasks);
         assert_rotation(
             host,
             &format!("http://localhost:{port}/"),
@@ -382,10 +395,7 @@ fn assert_every_node_rotates_among(
         let host = bed.host(i);
         let other = bed.host(hosts[(k + 1) % hosts.len()]);
         let local = format!("http://127.0.0.1:{port}/");
-        wait_until(&format!("{} answering", host.name()), DEADLINE, || {
-            curl_host(host, &local).ok().filter(|(n, _)| tasks.contains(n))
-        })
-        .unwrap();
+        wait_converged(host, &local, tasks);
         assert_rotation(
             host,
             &format!("http://localhost:{port}/"),
