@@ -418,3 +418,83 @@ fn assert_every_node_rotates_among(
         );
     }
 }
+
+const INTO_OVERLAY_HOST_PATH: &str =
+    "skein_tc_host_egress_packets_total{verdict=\"drop\",reason=\"routed_into_overlay\"}";
+
+/// Part 3's fail-closed rule for the host path: only connections the host itself opened
+/// (and the socket hooks redirected) leave through it. A machine routing into the overlay
+/// through a node — here a namespace on a link of h3's that is not the underlay, so no XDP
+/// program stands in its way and h3's own routes to the overlay are what it meets — gets
+/// nothing through; nor does the host dialling a task's address itself.
+#[test]
+fn only_the_hosts_own_redirected_connections_take_the_host_path() {
+    let (bed, _agents, _) = cluster("local-closed");
+    let tasks = web(&bed, WEB);
+    // h3 runs one task at most: pick a task on another node, reached only by the host path.
+    let all = running_tasks(bed.host(0), "web");
+    let h3 = bed.host(2);
+    let remote = all
+        .iter()
+        .find(|t| t.host != h3.netns())
+        .expect("a task off h3")
+        .clone();
+    wait_converged(h3, &format!("http://127.0.0.1:{WEB}/"), &tasks);
+
+    // An outsider behind h3, with h3 as its router to the overlay.
+    let outsider = format!("{}-out", h3.netns());
+    let sh = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&["netns", "add", &outsider]);
+    sh(&[
+        "link", "add", "skout0", "netns", &outsider, "type", "veth", "peer", "name", "skout1",
+        "netns", h3.netns(),
+    ]);
+    sh(&["-n", &outsider, "addr", "add", "192.0.2.2/24", "dev", "skout0"]);
+    sh(&["-n", &outsider, "link", "set", "skout0", "up"]);
+    sh(&["-n", h3.netns(), "addr", "add", "192.0.2.1/24", "dev", "skout1"]);
+    sh(&["-n", h3.netns(), "link", "set", "skout1", "up"]);
+    sh(&["-n", &outsider, "route", "add", "10.0.0.0/8", "via", "192.0.2.1"]);
+    h3.run("sysctl", ["-w", "net.ipv4.ip_forward=1"]).unwrap();
+
+    let before = xtask::scrape::scrape(h3).unwrap();
+    let url = format!("http://{}:80/", remote.ip);
+    let outsider_curl = Command::new("ip")
+        .args(["netns", "exec", &outsider, "curl", "-sS", "--max-time", "3", &url])
+        .output()
+        .unwrap();
+    let host_curl = curl_host(h3, &url);
+    let after = xtask::scrape::scrape(h3).unwrap();
+    let _ = Command::new("ip").args(["netns", "del", &outsider]).status();
+
+    assert!(
+        !outsider_curl.status.success(),
+        "a machine routing through h3 reached task {}: {}",
+        remote.ip,
+        String::from_utf8_lossy(&outsider_curl.stdout)
+    );
+    assert!(
+        host_curl.is_err(),
+        "h3 dialling task {} itself (no published address) went through: {host_curl:?}",
+        remote.ip
+    );
+    let moved = after.get(INTO_OVERLAY_HOST_PATH).copied().unwrap_or(0)
+        - before.get(INTO_OVERLAY_HOST_PATH).copied().unwrap_or(0);
+    assert!(
+        moved >= 2,
+        "the host path dropped {moved} packets as routed_into_overlay, expected the outsider's and the host's SYNs"
+    );
+    // And the host path still serves what it is for.
+    assert_rotation(
+        h3,
+        &format!("http://localhost:{WEB}/"),
+        &format!("127.0.0.1:{WEB}"),
+        &tasks,
+    );
+}
