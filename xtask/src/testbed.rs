@@ -37,6 +37,7 @@
 mod cleanup;
 mod in_netns;
 mod process;
+mod sock_sweep;
 #[cfg(test)]
 mod tests;
 mod wire;
