@@ -6,6 +6,7 @@ use std::time::Duration;
 pub(crate) mod gossip;
 pub(crate) mod mesh;
 pub(crate) mod mesh_cost;
+pub(crate) mod mesh_local;
 pub(crate) mod overlay;
 pub(crate) mod pktgen;
 pub(crate) mod services;
@@ -16,6 +17,8 @@ pub(crate) enum Bench {
     Gossip(gossip::Args),
     /// Routing mesh vs a kernel VXLAN + nftables DNAT reference (Swarm without IPVS).
     Mesh(mesh::Args),
+    /// `curl localhost:P` (socket hooks) vs the local task's own address, wrk side by side.
+    MeshLocal(mesh_local::Args),
     /// Overlay dataplane vs the kernel VXLAN + bridge reference, same testbed, side by side.
     Overlay(overlay::Args),
     /// Services: create → converged, and a host's death → its tasks running elsewhere.
@@ -32,6 +35,7 @@ pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Gossip(args) => gossip::run(args),
         Bench::Mesh(args) => mesh::run(args),
+        Bench::MeshLocal(args) => mesh_local::run(args),
         Bench::Overlay(args) => overlay::run(args),
         Bench::Services(args) => services::run(args),
         Bench::MeshCost { runs } => mesh_cost::run(runs).map(|_| ()),
