@@ -16,11 +16,11 @@ use crate::{
         MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey, CT_EVENT_SLOTS,
         MESH_MAX_SERVICES,
     },
-    sock::{HostFlow, SockAddr, SockConfig, SockKey},
     overlay::{
         EndpointKey, EndpointValue, NetworkKey, NetworkValue, PortKey, PortValue, SubnetKey,
         SubnetValue, UnderlayValue, VtepKey, VtepValue,
     },
+    sock::{HostFlow, SockAddr, SockConfig, SockKey},
 };
 
 /// The kernel's map type of a pinned map.

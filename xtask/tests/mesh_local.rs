@@ -115,7 +115,12 @@ fn assert_rotation(host: &Host, url: &str, peer: &str, tasks: &BTreeSet<String>)
         *counts.entry(name).or_default() += 1;
     }
     let want: BTreeMap<String, usize> = tasks.iter().map(|t| (t.clone(), 4)).collect();
-    assert_eq!(counts, want, "{} {url}: 8 requests, 4 per task", host.name());
+    assert_eq!(
+        counts,
+        want,
+        "{} {url}: 8 requests, 4 per task",
+        host.name()
+    );
 }
 
 /// Waits until `host`'s maps have converged on `tasks`: 4 requests to `url` in a row
@@ -214,7 +219,15 @@ print(data.split(b"\n")[0].decode(errors="replace"))
 fn udp_client(host: &Host, mode: &str, ip: &str) -> Result<Vec<String>, String> {
     let out = host
         .command("timeout")
-        .args(["10", "python3", "-c", UDP_CLIENT, mode, ip, &UDP.to_string()])
+        .args([
+            "10",
+            "python3",
+            "-c",
+            UDP_CLIENT,
+            mode,
+            ip,
+            &UDP.to_string(),
+        ])
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -304,9 +317,8 @@ fn agents_on_one_kernel_leave_each_other_and_the_root_namespace_alone() {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf);
-            let _ = stream.write_all(
-                b"HTTP/1.0 200 OK\r\nContent-Length: 19\r\n\r\nHostname: root-ns\r\n",
-            );
+            let _ = stream
+                .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 19\r\n\r\nHostname: root-ns\r\n");
         }
     });
     let (bed, mut agents, token) = cluster("local-agents");
@@ -314,7 +326,12 @@ fn agents_on_one_kernel_leave_each_other_and_the_root_namespace_alone() {
     assert_every_node_rotates(&bed, &[0, 1, 2], port, &tasks);
     let root = || {
         let out = Command::new("curl")
-            .args(["-sS", "--max-time", "5", &format!("http://127.0.0.1:{port}/")])
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -375,9 +392,11 @@ fn agents_on_one_kernel_leave_each_other_and_the_root_namespace_alone() {
     .unwrap();
     let left: BTreeSet<String> = left.into_iter().map(|t| t.id).collect();
     for host in &bed.hosts()[..2] {
-        wait_until(&format!("{} serving after h3 left", host.name()), DEADLINE, || {
-            running_tasks(host, "web").len() == 2
-        })
+        wait_until(
+            &format!("{} serving after h3 left", host.name()),
+            DEADLINE,
+            || running_tasks(host, "web").len() == 2,
+        )
         .unwrap();
     }
     assert_every_node_rotates_among(&bed, &[0, 1], port, &left);
@@ -453,25 +472,70 @@ fn only_the_hosts_own_redirected_connections_take_the_host_path() {
     };
     sh(&["netns", "add", &outsider]);
     sh(&[
-        "link", "add", "skout0", "netns", &outsider, "type", "veth", "peer", "name", "skout1",
-        "netns", h3.netns(),
+        "link",
+        "add",
+        "skout0",
+        "netns",
+        &outsider,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "skout1",
+        "netns",
+        h3.netns(),
     ]);
-    sh(&["-n", &outsider, "addr", "add", "192.0.2.2/24", "dev", "skout0"]);
+    sh(&[
+        "-n",
+        &outsider,
+        "addr",
+        "add",
+        "192.0.2.2/24",
+        "dev",
+        "skout0",
+    ]);
     sh(&["-n", &outsider, "link", "set", "skout0", "up"]);
-    sh(&["-n", h3.netns(), "addr", "add", "192.0.2.1/24", "dev", "skout1"]);
+    sh(&[
+        "-n",
+        h3.netns(),
+        "addr",
+        "add",
+        "192.0.2.1/24",
+        "dev",
+        "skout1",
+    ]);
     sh(&["-n", h3.netns(), "link", "set", "skout1", "up"]);
-    sh(&["-n", &outsider, "route", "add", "10.0.0.0/8", "via", "192.0.2.1"]);
+    sh(&[
+        "-n",
+        &outsider,
+        "route",
+        "add",
+        "10.0.0.0/8",
+        "via",
+        "192.0.2.1",
+    ]);
     h3.run("sysctl", ["-w", "net.ipv4.ip_forward=1"]).unwrap();
 
     let before = xtask::scrape::scrape(h3).unwrap();
     let url = format!("http://{}:80/", remote.ip);
     let outsider_curl = Command::new("ip")
-        .args(["netns", "exec", &outsider, "curl", "-sS", "--max-time", "3", &url])
+        .args([
+            "netns",
+            "exec",
+            &outsider,
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &url,
+        ])
         .output()
         .unwrap();
     let host_curl = curl_host(h3, &url);
     let after = xtask::scrape::scrape(h3).unwrap();
-    let _ = Command::new("ip").args(["netns", "del", &outsider]).status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", &outsider])
+        .status();
 
     assert!(
         !outsider_curl.status.success(),

@@ -33,8 +33,7 @@ use aya::{
     Ebpf,
 };
 use dataplane_ebpf::{
-    maps as spec,
-    names,
+    maps as spec, names,
     sock::{SockConfig, HOST_PATH_IFACE},
 };
 use tracing::{debug, info, warn};
@@ -138,7 +137,12 @@ pub(crate) fn start(
         links::adopt_or_attach(&on, tc, names::TC_HOST_EGRESS, &links_dir, HOST_PATH_IFACE)?,
         Attachment::Adopted
     );
-    info!(iface = HOST_PATH_IFACE, adopted, program = names::TC_HOST_EGRESS, "host path attached");
+    info!(
+        iface = HOST_PATH_IFACE,
+        adopted,
+        program = names::TC_HOST_EGRESS,
+        "host path attached"
+    );
     Ok(())
 }
 
@@ -246,7 +250,9 @@ fn adopt_or_attach_cgroup(
     let link = program
         .take_link(id)
         .map_err(|e| attach_error(Box::new(e)))?;
-    let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| attach_error(Box::new(e)))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| attach_error(Box::new(e)))?;
     fd_link.pin(&pin).map_err(|e| DataplaneError::Pin {
         what: "pinning a link",
         path: pin.clone(),
@@ -327,13 +333,31 @@ impl LinkKind for TcxEgressOn<'_> {
 fn ensure_host_path(underlay_iface: &str) -> anyhow::Result<()> {
     let peer = format!("{HOST_PATH_IFACE}-p");
     if links::if_index(HOST_PATH_IFACE).is_err() {
-        ip(&["link", "add", HOST_PATH_IFACE, "type", "veth", "peer", "name", &peer])?;
+        ip(&[
+            "link",
+            "add",
+            HOST_PATH_IFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
     }
     let underlay_mtu: u32 = fs::read_to_string(format!("/sys/class/net/{underlay_iface}/mtu"))?
         .trim()
         .parse()?;
     let mtu = (underlay_mtu - 50).to_string();
-    ip(&["link", "set", HOST_PATH_IFACE, "mtu", &mtu, "arp", "off", "up"])?;
+    ip(&[
+        "link",
+        "set",
+        HOST_PATH_IFACE,
+        "mtu",
+        &mtu,
+        "arp",
+        "off",
+        "up",
+    ])?;
     ip(&["link", "set", &peer, "down"])?;
     Ok(())
 }
@@ -352,7 +376,15 @@ pub(crate) fn route_subnets(subnets: &[String], source: &str) -> anyhow::Result<
     let mut changes = 0;
     for subnet in subnets {
         if !present.contains(subnet) {
-            ip(&["route", "replace", subnet, "dev", HOST_PATH_IFACE, "src", source])?;
+            ip(&[
+                "route",
+                "replace",
+                subnet,
+                "dev",
+                HOST_PATH_IFACE,
+                "src",
+                source,
+            ])?;
             changes += 1;
         }
     }

@@ -53,8 +53,8 @@ use dataplane_ebpf::{
 };
 use tracing::{debug, info, warn};
 
-use links::Attachment;
 pub(crate) use cgroup::{remove_host_path, route_subnets};
+use links::Attachment;
 pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
 pub(crate) use logs::EbpfLogs;
 pub(crate) use maps::MapHandle;

@@ -29,7 +29,9 @@ impl Reconciler {
         match crate::dataplane::route_subnets(&subnets, &own_ip.to_string()) {
             Ok(0) => {}
             Ok(changes) => debug!(changes, "host path routes updated"),
-            Err(error) => warn!(error = %format!("{error:#}"), "could not route the overlay through the host path"),
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "could not route the overlay through the host path")
+            }
         }
     }
 }

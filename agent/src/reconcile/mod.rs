@@ -15,8 +15,8 @@
 //! anything changed behind its back).
 
 mod desired;
-mod maps;
 mod host_path;
+mod maps;
 mod mesh;
 mod plumbing;
 mod sync_errors;

@@ -154,8 +154,16 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let out = skein(
         host,
         &[
-            "service", "create", "web", "--publish", "8080:80", "--", &whoami, "whoami",
-            "--port", "80",
+            "service",
+            "create",
+            "web",
+            "--publish",
+            "8080:80",
+            "--",
+            &whoami,
+            "whoami",
+            "--port",
+            "80",
         ],
     )?;
     if !out.status.success() {
@@ -166,7 +174,15 @@ pub(crate) fn run(args: Args) -> Result<()> {
     })?;
     wait_until("127.0.0.1:8080 answering", DEADLINE, || {
         Command::new("ip")
-            .args(["netns", "exec", host.netns(), "curl", "-sf", "--max-time", "2"])
+            .args([
+                "netns",
+                "exec",
+                host.netns(),
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+            ])
             .arg("http://127.0.0.1:8080/")
             .status()
             .map(|s| s.success())

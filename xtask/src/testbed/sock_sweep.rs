@@ -130,7 +130,8 @@ fn bpftool(args: &[&str]) -> Result<Value> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("bpftool {} output", args.join(" ")))
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("bpftool {} output", args.join(" ")))
 }
 
 /// The cookies of every network namespace a process or a bind mount holds.
@@ -139,7 +140,12 @@ fn live_netns_cookies() -> BTreeSet<u64> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
         .map(|e| e.path().join("ns/net"))
         .collect();
     paths.extend(
@@ -207,7 +213,8 @@ mod tests {
 
     #[test]
     fn bpftool_bytes_read_as_a_little_endian_u64() {
-        let v: Value = serde_json::json!(["0x2a", "0x01", "0x00", "0x00", "0x00", "0x00", "0x00", "0x00"]);
+        let v: Value =
+            serde_json::json!(["0x2a", "0x01", "0x00", "0x00", "0x00", "0x00", "0x00", "0x00"]);
         assert_eq!(value_u64(&v), Some(0x012a));
         assert_eq!(value_u64(&serde_json::json!(["0x01"])), None);
     }

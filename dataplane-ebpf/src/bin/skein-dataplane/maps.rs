@@ -18,8 +18,8 @@ use dataplane_ebpf::{
         Flow, FlowKey, MeshBackend, MeshBackendKey, MeshConfig, MeshPort, MeshPortKey, MeshService,
         MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey,
     },
-    sock::{HostFlow, SockAddr, SockConfig, SockKey},
     overlay::{EndpointKey, EndpointValue, NetworkValue, PortValue, UnderlayValue, VtepValue},
+    sock::{HostFlow, SockAddr, SockConfig, SockKey},
 };
 
 /// The kernel's view of an aya-ebpf map type: its kind and key/value sizes.

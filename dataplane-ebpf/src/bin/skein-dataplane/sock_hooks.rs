@@ -122,11 +122,14 @@ fn redirect(ctx: &SockAddrContext, unconnected: bool) -> i32 {
     let (user_ip, user_port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
     let ip = user_ip.to_ne_bytes();
     let port_be = port_from_ctx(user_port);
-    let Some(published) = lookup(&MESH_PORTS, &MeshPortKey {
-        port_be,
-        protocol,
-        _pad: 0,
-    }) else {
+    let Some(published) = lookup(
+        &MESH_PORTS,
+        &MeshPortKey {
+            port_be,
+            protocol,
+            _pad: 0,
+        },
+    ) else {
         return ALLOW;
     };
     if !service_address(ip) {

@@ -7,7 +7,9 @@
 //! flow is one this host opened (`HOST_FLOWS`) to a task on that very node. Anything else
 //! is not ours ([`NOT_OURS`]): the mesh and the overlay judge it (and refuse it).
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
+};
 use dataplane_ebpf::{
     counters::Verdict,
     mesh::ReplyKey,
