@@ -34,33 +34,48 @@ fn is_hook(name: &str) -> bool {
     name.len() >= "sock_connect4".len() && HOOK_NAMES.iter().any(|h| h.starts_with(name))
 }
 
-/// Detaches every Skein socket hook whose namespace is gone; how many.
-pub(crate) fn detach_orphaned_socket_hooks() -> Result<usize> {
+/// One of Skein's socket hooks at a cgroup, as the kernel lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketHook {
+    /// The bpf_link's ID.
+    pub link_id: u64,
+    /// The namespace it acts for (its `SOCK_CONFIG`).
+    pub cookie: u64,
+}
+
+/// Every Skein socket hook attached to a cgroup (detached links still pinned somewhere
+/// are left out).
+pub fn socket_hooks() -> Result<Vec<SocketHook>> {
     let links = bpftool(&["link", "show"])?;
-    let Some(links) = links.as_array() else {
-        return Ok(0);
-    };
-    let mut orphans = Vec::new();
-    let mut live: Option<BTreeSet<u64>> = None;
-    for link in links {
+    let mut hooks = Vec::new();
+    for link in links.as_array().into_iter().flatten() {
         // A detached link (its pin still held somewhere) has no cgroup any more.
         if link["type"] != "cgroup" || link["cgroup_id"].as_u64().unwrap_or(0) == 0 {
             continue;
         }
-        let (Some(id), Some(prog_id)) = (link["id"].as_u64(), link["prog_id"].as_u64()) else {
+        let (Some(link_id), Some(prog_id)) = (link["id"].as_u64(), link["prog_id"].as_u64())
+        else {
             continue;
         };
-        let Some(cookie) = hook_cookie(prog_id)? else {
-            continue;
-        };
-        let live = match &live {
-            Some(live) => live,
-            None => live.insert(live_netns_cookies()),
-        };
-        if cookie != 0 && !live.contains(&cookie) {
-            orphans.push(id);
+        if let Some(cookie) = hook_cookie(prog_id)? {
+            hooks.push(SocketHook { link_id, cookie });
         }
     }
+    Ok(hooks)
+}
+
+/// Detaches every Skein socket hook whose namespace is gone; how many.
+pub(crate) fn detach_orphaned_socket_hooks() -> Result<usize> {
+    let hooks = socket_hooks()?;
+    if hooks.is_empty() {
+        return Ok(0);
+    }
+    let live = live_netns_cookies();
+    let orphans: Vec<u64> = hooks
+        .iter()
+        .filter(|h| h.cookie != 0 && !live.contains(&h.cookie))
+        .map(|h| h.link_id)
+        .collect();
     for id in &orphans {
         let out = Command::new("bpftool")
             .args(["link", "detach", "id", &id.to_string()])
@@ -172,7 +187,7 @@ fn live_netns_cookies() -> BTreeSet<u64> {
 }
 
 /// `SO_NETNS_COOKIE` of the namespace at `path`, read on a thread that enters it.
-fn netns_cookie(path: &Path) -> Result<u64> {
+pub fn netns_cookie(path: &Path) -> Result<u64> {
     let ns = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::scope(|scope| {
         scope
