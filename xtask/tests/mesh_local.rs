@@ -611,9 +611,15 @@ fn sweep_detaches_the_hooks_of_a_gone_namespace_only() {
         .args(["netns", "del", bed.host(1).netns()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_until("h2's namespace gone", DEADLINE, || {
-        !PathBuf::from("/run/netns").join(bed.host(1).netns()).exists()
+        !PathBuf::from("/run/netns")
+            .join(bed.host(1).netns())
+            .exists()
     })
     .unwrap();
     assert_eq!(hooks_of(c2), 4, "nothing detached them yet");

@@ -53,8 +53,7 @@ pub fn socket_hooks() -> Result<Vec<SocketHook>> {
         if link["type"] != "cgroup" || link["cgroup_id"].as_u64().unwrap_or(0) == 0 {
             continue;
         }
-        let (Some(link_id), Some(prog_id)) = (link["id"].as_u64(), link["prog_id"].as_u64())
-        else {
+        let (Some(link_id), Some(prog_id)) = (link["id"].as_u64(), link["prog_id"].as_u64()) else {
             continue;
         };
         if let Some(cookie) = hook_cookie(prog_id)? {
