@@ -23,7 +23,8 @@
 //! Layout: `links` (pinned bpf_links: the one adopt-or-attach for every kind of link,
 //! unpin), `maps` (the adoption check against the ABI's table of pinned maps, typed map
 //! handles: `MapHandle`), `overlay` ([`OverlayMaps`], `skein debug maps`), `mesh`
-//! ([`MeshMaps`]: the routing mesh's maps, its conntrack walk and statistics), `bpffs`
+//! ([`MeshMaps`]: the routing mesh's maps, its conntrack walk and statistics), `cgroup`
+//! (host-local access: the socket hooks at the cgroup root, the host path), `bpffs`
 //! (mounting the pin directory's filesystem). `BPF_PROG_TEST_RUN` (for the privileged
 //! tests and the packet generator) is the `dataplane-ebpf-test-run` crate.
 
