@@ -26,4 +26,5 @@ pub mod model;
 pub mod names;
 pub mod overlay;
 pub mod respond;
+pub mod sock;
 pub mod vip;

@@ -20,6 +20,7 @@ use crate::{
         EndpointKey, EndpointValue, NetworkKey, NetworkValue, PortKey, PortValue, SubnetKey,
         SubnetValue, UnderlayValue, VtepKey, VtepValue,
     },
+    sock::{HostFlow, SockAddr, SockConfig, SockKey},
     vip::{
         VipBackend, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipReply, VipReplyKey,
         VipService, VipServiceKey, VIP_EVENT_SLOTS,
@@ -170,6 +171,20 @@ pub const VIP_REPLIES: MapSpec =
 /// What the VIP balancer did, per event (`vip::VIP_*`), per CPU.
 pub const VIP_EVENTS: MapSpec =
     MapSpec::new::<u32, u64>("VIP_EVENTS", MapKind::PerCpuArray, VIP_EVENT_SLOTS);
+/// Per-CPU counters of `tc_host_egress`, indexed by [`crate::counters::Verdict`].
+pub const TC_HOST_COUNTERS: MapSpec = counters("TC_HOST_COUNTERS");
+/// One slot: whose host namespace the socket hooks act for (see [`crate::sock`]).
+pub const SOCK_CONFIG: MapSpec = MapSpec::new::<u32, SockConfig>("SOCK_CONFIG", MapKind::Array, 1);
+/// (socket, backend address) → the service address it stands for (`recvmsg`,
+/// `getpeername`). LRU: a socket's entry ends with it or with the least recent use.
+pub const SOCK_REVERSE: MapSpec =
+    MapSpec::new::<SockKey, SockAddr>("SOCK_REVERSE", MapKind::LruHash, 262_144);
+/// (unconnected UDP socket, service address) → the backend picked for it.
+pub const SOCK_PICKS: MapSpec =
+    MapSpec::new::<SockKey, SockAddr>("SOCK_PICKS", MapKind::LruHash, 65_536);
+/// Connections this host opened to tasks on other nodes (see [`crate::sock::HostFlow`]).
+pub const HOST_FLOWS: MapSpec =
+    MapSpec::new::<ReplyKey, HostFlow>("HOST_FLOWS", MapKind::LruHash, 65_536);
 
 /// Every map the agent pins under `<bpf-dir>/maps`, so a restarted agent adopts them.
 pub const PINNED: &[MapSpec] = &[
@@ -200,6 +215,11 @@ pub const PINNED: &[MapSpec] = &[
     VIP_FLOWS,
     VIP_REPLIES,
     VIP_EVENTS,
+    TC_HOST_COUNTERS,
+    SOCK_CONFIG,
+    SOCK_REVERSE,
+    SOCK_PICKS,
+    HOST_FLOWS,
 ];
 
 /// Every counters map, with the program it counts for.
@@ -207,6 +227,7 @@ pub const COUNTERS: &[(&str, MapSpec)] = &[
     (crate::names::XDP_UNDERLAY, XDP_UNDERLAY_COUNTERS),
     (crate::names::TC_ENDPOINT_INGRESS, TC_ENDPOINT_COUNTERS),
     (crate::names::TC_UNDERLAY_INGRESS, TC_UNDERLAY_COUNTERS),
+    (crate::names::TC_HOST_EGRESS, TC_HOST_COUNTERS),
 ];
 
 /// The table entry named `name`.

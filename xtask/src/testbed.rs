@@ -37,6 +37,7 @@
 mod cleanup;
 mod in_netns;
 mod process;
+mod sock_sweep;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -64,6 +65,7 @@ use anyhow::{bail, ensure, Context, Result};
 pub use cleanup::{sweep_dead_runs, SweepReport};
 pub use in_netns::InNetns;
 pub use process::Process;
+pub use sock_sweep::{netns_cookie, socket_hooks, SocketHook};
 
 use cleanup::{remove_run, write_owner_file};
 use process::Registry;

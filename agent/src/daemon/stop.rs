@@ -32,6 +32,7 @@ pub(super) async fn os_signal() {
 /// program fds must be closed first, or they keep the links alive.
 pub(super) fn remove_dataplane(pins: &PinDirs) -> Result<usize> {
     let removed = dataplane::cleanup(pins).context("removing the dataplane")?;
+    dataplane::remove_host_path();
     remove_egress_rule();
     Ok(removed)
 }
@@ -47,6 +48,7 @@ pub(crate) fn cleanup(bpf_dir: &Path) -> Result<()> {
     remove_egress_rule();
     let removed = dataplane::cleanup(&PinDirs::new(bpf_dir))
         .with_context(|| format!("cleaning up {}", bpf_dir.display()))?;
+    dataplane::remove_host_path();
     println!("removed {removed} pins under {}", bpf_dir.display());
     Ok(())
 }

@@ -24,11 +24,13 @@
 //! unpin), `maps` (the adoption check against the ABI's table of pinned maps, typed map
 //! handles: `MapHandle`), `overlay` ([`OverlayMaps`], `skein debug maps`), `mesh`
 //! ([`MeshMaps`]: the routing mesh's maps, its conntrack walk and statistics), `vip`
-//! ([`VipMaps`]: the service VIPs' maps), `bpffs`
+//! ([`VipMaps`]: the service VIPs' maps), `cgroup` (host-local access: the socket hooks at
+//! the cgroup root, the host path), `bpffs`
 //! (mounting the pin directory's filesystem). `BPF_PROG_TEST_RUN` (for the privileged
 //! tests and the packet generator) is the `dataplane-ebpf-test-run` crate.
 
 mod bpffs;
+mod cgroup;
 mod links;
 mod logs;
 mod maps;
@@ -54,6 +56,7 @@ use dataplane_ebpf::{
 };
 use tracing::{debug, info, warn};
 
+pub(crate) use cgroup::{remove_host_path, route_subnets};
 use links::Attachment;
 pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
 pub(crate) use logs::EbpfLogs;
@@ -224,6 +227,7 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
         tc.load()
             .map_err(|source| DataplaneError::Verify { name, source })?;
     }
+    cgroup::load(&mut ebpf)?;
     Ok(ebpf)
 }
 
@@ -287,6 +291,7 @@ impl Dataplane {
                 .iter()
                 .map(|i| links::pin_name(names::TC_ENDPOINT_INGRESS, i)),
         )
+        .chain(cgroup::wanted_pins())
         .collect();
         links::unpin_unwanted(&links_dir, &wanted)?;
 
@@ -328,6 +333,8 @@ impl Dataplane {
             program = names::TC_UNDERLAY_INGRESS,
             "underlay program attached"
         );
+        // After the underlay: the host path's program reads it.
+        cgroup::start(&mut ebpf, &pins, &want.underlay_iface)?;
         let mut dataplane = Dataplane {
             ebpf,
             pins,

@@ -15,6 +15,7 @@
 //! anything changed behind its back).
 
 mod desired;
+mod host_path;
 mod maps;
 mod mesh;
 mod plumbing;
@@ -198,6 +199,7 @@ impl Reconciler {
             Ok(())
         };
         self.sync_egress(view);
+        self.sync_host_path(view);
         if self.map_sync_disabled {
             return removed;
         }

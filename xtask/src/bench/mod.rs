@@ -6,6 +6,7 @@ use std::time::Duration;
 pub(crate) mod gossip;
 pub(crate) mod mesh;
 pub(crate) mod mesh_cost;
+pub(crate) mod mesh_local;
 pub(crate) mod mesh_vip;
 pub(crate) mod overlay;
 pub(crate) mod pktgen;
@@ -18,6 +19,8 @@ pub(crate) enum Bench {
     Gossip(gossip::Args),
     /// Routing mesh vs a kernel VXLAN + nftables DNAT reference (Swarm without IPVS).
     Mesh(mesh::Args),
+    /// `curl localhost:P` (socket hooks) vs the local task's own address, wrk side by side.
+    MeshLocal(mesh_local::Args),
     /// Overlay dataplane vs the kernel VXLAN + bridge reference, same testbed, side by side.
     Overlay(overlay::Args),
     /// Services: create → converged, and a host's death → its tasks running elsewhere.
@@ -36,6 +39,7 @@ pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Gossip(args) => gossip::run(args),
         Bench::Mesh(args) => mesh::run(args),
+        Bench::MeshLocal(args) => mesh_local::run(args),
         Bench::Overlay(args) => overlay::run(args),
         Bench::Services(args) => services::run(args),
         Bench::MeshVip(args) => mesh_vip::run(args),

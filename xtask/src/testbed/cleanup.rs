@@ -38,6 +38,8 @@ pub struct SweepReport {
     pub mounts: usize,
     /// Processes killed inside the dead runs' namespaces.
     pub processes: usize,
+    /// Socket hooks at the cgroup root detached because their namespace is gone.
+    pub socket_hooks: usize,
 }
 
 impl fmt::Display for SweepReport {
@@ -46,7 +48,11 @@ impl fmt::Display for SweepReport {
             f,
             "{} dead testbed runs: removed {} namespaces and {} mounts, killed {} processes",
             self.runs, self.namespaces, self.mounts, self.processes
-        )
+        )?;
+        if self.socket_hooks > 0 {
+            write!(f, "; detached {} orphaned socket hooks", self.socket_hooks)?;
+        }
+        Ok(())
     }
 }
 
@@ -56,6 +62,7 @@ impl std::ops::AddAssign for SweepReport {
         self.namespaces += other.namespaces;
         self.mounts += other.mounts;
         self.processes += other.processes;
+        self.socket_hooks += other.socket_hooks;
     }
 }
 
@@ -113,6 +120,11 @@ pub fn sweep_dead_runs() -> Result<SweepReport> {
         report += removal.report;
         report.runs += 1;
         errors.extend(removal.errors);
+    }
+    // After the runs' mounts are gone: hooks pinned there have detached with them.
+    match super::sock_sweep::detach_orphaned_socket_hooks() {
+        Ok(n) => report.socket_hooks = n,
+        Err(error) => errors.push(format!("socket hooks: {error:#}")),
     }
     if !errors.is_empty() {
         bail!(
@@ -517,6 +529,7 @@ mod tests {
             namespaces: 5,
             mounts: 3,
             processes: 1,
+            socket_hooks: 0,
         };
         assert_eq!(
             report.to_string(),

@@ -61,6 +61,9 @@ pub(crate) struct Tunnel {
 }
 
 /// VXLAN to `t.remote` (a Skein host or an external VTEP), then out of the underlay.
+/// Inlined into each caller: an outlined frame on top of `tc_endpoint_ingress`'s would
+/// exceed BPF's 512 bytes of stack.
+#[inline(always)]
 pub(crate) fn encap(ctx: &TcContext, underlay: &UnderlayValue, t: &Tunnel) -> Outcome {
     // The inner flow's hash, taken before the outer headers exist, so each flow keeps
     // one UDP source port (and so one ECMP path) and flows spread across ports.

@@ -23,6 +23,9 @@
 //! - `mesh_reply`: a task's replies to the mesh's clients (`tc_endpoint_ingress`).
 //! - `vip_nat`: service VIPs balanced on the sending host (`tc_endpoint_ingress`), and
 //!   their replies translated back on the way into the client (both tc programs).
+//! - `sock_hooks`: the cgroup socket hooks (host-local access to published ports);
+//!   `tc_host`: `tc_host_egress`, the host's own connections to tasks on other nodes;
+//!   `sock_return`: their replies, handed to the host's stack by `xdp_underlay`.
 //! - `maps`: the pinned maps, declared from the ABI's table, and typed lookups.
 //! - `parse`: header layouts and the bounds-checked packet accessor.
 //! - `outcome`: what a program decided and its counting.
@@ -48,7 +51,10 @@ mod mesh_respond;
 mod mesh_return;
 mod outcome;
 mod parse;
+mod sock_hooks;
+mod sock_return;
 mod tc_endpoint;
+mod tc_host;
 mod tc_underlay;
 mod vip_nat;
 mod xdp_underlay;

@@ -19,6 +19,7 @@ use dataplane_ebpf::{
         MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply, ReplyKey,
     },
     overlay::{EndpointKey, EndpointValue, NetworkValue, PortValue, UnderlayValue, VtepValue},
+    sock::{HostFlow, SockAddr, SockConfig, SockKey},
     vip::{
         VipBackend, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipReply, VipReplyKey,
         VipService, VipServiceKey,
@@ -114,6 +115,11 @@ pinned!(VIP_BACKENDS: HashMap<VipBackendKey, VipBackend>);
 pinned!(VIP_FLOWS: LruHashMap<VipFlowKey, VipFlow>);
 pinned!(VIP_REPLIES: LruHashMap<VipReplyKey, VipReply>);
 pinned!(VIP_EVENTS: PerCpuArray<u64>);
+pinned!(TC_HOST_COUNTERS: PerCpuArray<Counter>);
+pinned!(SOCK_CONFIG: Array<SockConfig>);
+pinned!(SOCK_REVERSE: LruHashMap<SockKey, SockAddr>);
+pinned!(SOCK_PICKS: LruHashMap<SockKey, SockAddr>);
+pinned!(HOST_FLOWS: LruHashMap<ReplyKey, HostFlow>);
 
 /// A copy of a hash map value (copied at once: the kernel may reuse the element's memory
 /// after an update from userspace).

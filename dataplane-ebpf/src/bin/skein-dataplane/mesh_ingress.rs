@@ -106,7 +106,11 @@ pub(crate) fn handle(ctx: &XdpContext, len: u64) -> Option<(Verdict, u32)> {
     // Two separate paths, each called straight from the program: BPF's 512 bytes of
     // stack are for the whole call chain.
     let d = if maybe_vxlan(ctx) {
-        mesh_return::reply(ctx.ctx, len)
+        match mesh_return::reply(ctx.ctx, len) {
+            // Not a mesh client's reply: perhaps one to this host's own connection.
+            NOT_OURS => crate::sock_return::host_reply(ctx.ctx),
+            d => d,
+        }
     } else {
         client(ctx.ctx, len)
     };

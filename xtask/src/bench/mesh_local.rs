@@ -1,0 +1,211 @@
+//! `cargo xtask bench mesh-local`: the `curl localhost:P` path (issue 12's figure) — `wrk`
+//! from a node's host namespace to `127.0.0.1:P` (the socket hooks give each connection a
+//! task once, at connect) against `wrk` to the task's own address, keep-alive and
+//! `Connection: close`, side by side in one run. The target: within 5 %.
+//!
+//! [`measure`] is the part `bench mesh` can call on its own testbed: a node with a local
+//! task of a service published on `port`.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use xtask::{
+    cluster::{running_tasks, skein, start_cluster_with, DEADLINE},
+    testbed::{skein_binary, wait_until, Host, Testbed, TestbedConfig},
+};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// Rounds (each: the four runs, alternating paths).
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+}
+
+/// One `wrk` run.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Run {
+    pub(crate) requests_per_s: f64,
+    pub(crate) errors: u64,
+}
+
+/// The four figures of one round.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LocalFigures {
+    pub(crate) localhost_keepalive: Run,
+    pub(crate) direct_keepalive: Run,
+    pub(crate) localhost_close: Run,
+    pub(crate) direct_close: Run,
+}
+
+impl LocalFigures {
+    /// localhost ÷ direct, keep-alive and new connection.
+    pub(crate) fn ratios(&self) -> (f64, f64) {
+        (
+            self.localhost_keepalive.requests_per_s / self.direct_keepalive.requests_per_s,
+            self.localhost_close.requests_per_s / self.direct_close.requests_per_s,
+        )
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let (ka, close) = self.ratios();
+        format!(
+            "keep-alive: localhost {:.0} req/s vs task IP {:.0} req/s ({:.3}×); \
+             Connection: close: localhost {:.0} vs task IP {:.0} ({:.3}×); errors {}/{}/{}/{}",
+            self.localhost_keepalive.requests_per_s,
+            self.direct_keepalive.requests_per_s,
+            ka,
+            self.localhost_close.requests_per_s,
+            self.direct_close.requests_per_s,
+            close,
+            self.localhost_keepalive.errors,
+            self.direct_keepalive.errors,
+            self.localhost_close.errors,
+            self.direct_close.errors,
+        )
+    }
+}
+
+/// On `host` (running a task at `task_ip`:`target_port` of a service published on
+/// `port`): wrk to `127.0.0.1:port` and to the task directly, keep-alive then
+/// `Connection: close`, each for `seconds` with `connections` connections.
+pub(crate) fn measure(
+    host: &Host,
+    port: u16,
+    task_ip: &str,
+    target_port: u16,
+    seconds: u32,
+    connections: u32,
+) -> Result<LocalFigures> {
+    let localhost = format!("http://127.0.0.1:{port}/");
+    let direct = format!("http://{task_ip}:{target_port}/");
+    // Alternating which path goes first, so neither always meets the other's leftovers
+    // (TIME_WAIT sockets, a warm cache).
+    let direct_keepalive = wrk(host, &direct, false, seconds, connections)?;
+    let localhost_keepalive = wrk(host, &localhost, false, seconds, connections)?;
+    let localhost_close = wrk(host, &localhost, true, seconds, connections)?;
+    let direct_close = wrk(host, &direct, true, seconds, connections)?;
+    Ok(LocalFigures {
+        localhost_keepalive,
+        direct_keepalive,
+        localhost_close,
+        direct_close,
+    })
+}
+
+/// `wrk -t1 -cN -dS [-H 'Connection: close'] url` in `host`'s namespace.
+fn wrk(host: &Host, url: &str, close: bool, seconds: u32, connections: u32) -> Result<Run> {
+    let mut cmd = host.command("timeout");
+    cmd.args([
+        &(seconds + 20).to_string(),
+        "wrk",
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(url);
+    let out = cmd.output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk {url}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text)
+}
+
+fn parse_wrk(out: &str) -> Result<Run> {
+    let mut run = Run::default();
+    for line in out.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            run.requests_per_s = v.trim().parse().context("Requests/sec")?;
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            run.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            run.errors += v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    if run.requests_per_s == 0.0 {
+        bail!("wrk made no requests:\n{out}");
+    }
+    Ok(run)
+}
+
+/// A one-node cluster running one whoami task published on 8080, then [`measure`]
+/// `rounds` times.
+pub(crate) fn run(args: Args) -> Result<()> {
+    let bed = Testbed::new("bench-mesh-local", TestbedConfig::with_hosts(1))?;
+    let _agents = start_cluster_with(&bed, |_| Vec::new(), &[])?.0;
+    let host = bed.host(0);
+    // New-connection runs open tens of thousands of connections to one address: reuse
+    // TIME_WAIT ports as a load generator would, or the port space runs out mid-run.
+    host.run("sysctl", ["-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+    host.run("sysctl", ["-qw", "net.ipv4.ip_local_port_range=1024 65000"])?;
+    let whoami = skein_binary()?.display().to_string();
+    let out = skein(
+        host,
+        &[
+            "service",
+            "create",
+            "web",
+            "--publish",
+            "8080:80",
+            "--",
+            &whoami,
+            "whoami",
+            "--port",
+            "80",
+        ],
+    )?;
+    if !out.status.success() {
+        bail!("service create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let task = wait_until("web running", DEADLINE, || {
+        running_tasks(host, "web").into_iter().next()
+    })?;
+    wait_until("127.0.0.1:8080 answering", DEADLINE, || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                host.netns(),
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+            ])
+            .arg("http://127.0.0.1:8080/")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    })?;
+    for round in 1..=args.rounds {
+        let figures = measure(host, 8080, &task.ip, 80, args.seconds, args.connections)?;
+        println!("round {round}: {}", figures.describe());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_parses() {
+        let out = "Running 5s test @ http://127.0.0.1:8080/\n  1 threads and 16 connections\n\
+                   12345 requests in 5.00s, 1.2MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n\
+                   Requests/sec:   2469.00\nTransfer/sec:    245.00KB\n";
+        let run = parse_wrk(out).unwrap();
+        assert_eq!(run.requests_per_s, 2469.0);
+        assert_eq!(run.errors, 3);
+    }
+}
