@@ -267,17 +267,25 @@ fn graceful_exit_keeps_the_dataplane_and_cleanup_removes_only_its_own() {
     wait_for_metrics(h1);
     wait_for_metrics(h2);
     // Every map and link of the agent is pinned (as many as the object has maps).
-    let expected: Vec<String> = ["links/xdp_underlay@eth0", "links/tc_underlay_ingress@eth0"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(
-            dataplane_ebpf::maps::PINNED
-                .iter()
-                .map(|m| format!("maps/{}", m.name)),
-        )
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let expected: Vec<String> = [
+        "links/xdp_underlay@eth0",
+        "links/tc_underlay_ingress@eth0",
+        "links/tc_host_egress@skein-mesh",
+        "links/sock_connect4@cgroup",
+        "links/sock_sendmsg4@cgroup",
+        "links/sock_recvmsg4@cgroup",
+        "links/sock_getpeername4@cgroup",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(
+        dataplane_ebpf::maps::PINNED
+            .iter()
+            .map(|m| format!("maps/{}", m.name)),
+    )
+    .collect::<std::collections::BTreeSet<_>>()
+    .into_iter()
+    .collect();
     assert_eq!(pins(h1), expected);
 
     let status = a1.terminate(Duration::from_secs(10)).expect("SIGTERM");

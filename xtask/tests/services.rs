@@ -113,7 +113,12 @@ fn leftovers(host: &Host) -> (usize, usize) {
         .run("ip", ["-o", "link", "show"])
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("sk")))
+        // Endpoint veths ("sk<hex>"), not the host path's pair (`skein-mesh`, `-p`).
+        .filter(|l| {
+            l.split(": ").nth(1).is_some_and(|n| {
+                n.starts_with("sk") && !n.starts_with(dataplane_ebpf::sock::HOST_PATH_IFACE)
+            })
+        })
         .count();
     (namespaces, veths)
 }

@@ -83,6 +83,10 @@ pub(crate) struct Args {
     /// Runs of each `BPF_PROG_TEST_RUN` cost case (0: skip the XDP cost figures).
     #[arg(long, default_value_t = 20_000)]
     cost_runs: u32,
+    /// Skip the host-local access and VIP figures (issue 12; each on its own testbed,
+    /// measured before the main one is built).
+    #[arg(long)]
+    skip_local_and_vip: bool,
     /// Host deaths timed (Skein only).
     #[arg(long, default_value_t = 3)]
     deaths: usize,
@@ -115,6 +119,22 @@ pub(crate) fn run(args: Args) -> Result<()> {
     } else {
         None
     };
+    if !args.skip_local_and_vip && !args.reference_only {
+        let (seconds, connections, rounds) =
+            (args.wrk_seconds, args.wrk_connections, args.wrk_rounds);
+        say("(d) `curl localhost:P` on a node vs the task's own address (own 1-host testbed)");
+        super::mesh_local::run(super::mesh_local::Args {
+            seconds,
+            connections,
+            rounds,
+        })?;
+        say("(e) endpoint → VIP vs task IP vs nftables DNAT in the client (own testbed)");
+        super::mesh_vip::run(super::mesh_vip::Args {
+            rounds,
+            seconds,
+            connections,
+        })?;
+    }
     say("mesh: 3 hosts + a client on a wire-like underlay; Skein's mesh and the kernel reference");
     let bed = Testbed::new("bench-mesh", TestbedConfig::with_hosts(3))?;
     bed.make_wire_like()?;

@@ -18,13 +18,13 @@ use xtask::{
 pub(crate) struct Args {
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 5)]
-    seconds: u32,
+    pub(crate) seconds: u32,
     /// wrk connections.
     #[arg(long, default_value_t = 16)]
-    connections: u32,
+    pub(crate) connections: u32,
     /// Rounds (each: the four runs, alternating paths).
     #[arg(long, default_value_t = 2)]
-    rounds: u32,
+    pub(crate) rounds: u32,
 }
 
 /// One `wrk` run.

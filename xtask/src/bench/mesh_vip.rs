@@ -32,13 +32,13 @@ const REF_VIP: &str = "192.0.2.80";
 pub(crate) struct Args {
     /// Rounds (each runs every path once per mode).
     #[arg(long, default_value_t = 3)]
-    rounds: u32,
+    pub(crate) rounds: u32,
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 5)]
-    seconds: u32,
+    pub(crate) seconds: u32,
     /// wrk connections.
     #[arg(long, default_value_t = 16)]
-    connections: u32,
+    pub(crate) connections: u32,
 }
 
 /// One wrk run's figures.
