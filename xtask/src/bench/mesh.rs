@@ -395,8 +395,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
     print_table(&rows);
     println!(
         "   (wire-like underlay: GRO on the switch ports, tx checksumming off on every eth0; \
-         UDP: medians of the socket generator in the client, ingress CPU = its eth0's threaded NAPI \
-         thread; HTTP CPU: whole machine /proc/stat; a shared \
+         UDP: medians, live frames handed to the ingress node as raw frames, ingress CPU = its \
+         eth0's threaded NAPI thread; HTTP CPU: whole machine /proc/stat; a shared \
          machine: compare within this table only)"
     );
     drop(agents);
