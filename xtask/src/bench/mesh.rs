@@ -41,7 +41,7 @@ use xtask::{
     toolchain::{ensure_debian_packages, run_checked, say},
 };
 
-use super::percentiles;
+use super::{percentiles, wrk};
 
 mod reference;
 mod udp;
@@ -287,12 +287,18 @@ pub(crate) fn run(args: Args) -> Result<()> {
             "(b) wrk, {label}: {} rounds × {} s, {} connections",
             args.wrk_rounds, args.wrk_seconds, args.wrk_connections
         ));
-        let mut runs: Vec<Vec<reference::Wrk>> = vec![Vec::new(); sides.len()];
+        let mut runs: Vec<Vec<wrk::Wrk>> = vec![Vec::new(); sides.len()];
         for round in 1..=args.wrk_rounds {
             for (side, runs) in sides.iter().zip(&mut runs) {
                 let ip = bed.host(0).underlay_ip();
                 let url = format!("http://{ip}:{}/", side.http_port);
-                match reference::wrk(&bed, &url, close, &args_wrk(&args)) {
+                match wrk::run(
+                    bed.client().netns(),
+                    &url,
+                    close,
+                    args.wrk_seconds,
+                    args.wrk_connections,
+                ) {
                     Ok(w) => {
                         println!("   round {round}, {}: {}", side.label, w.describe());
                         runs.push(w);
@@ -302,7 +308,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
             }
         }
         // Medians over the rounds, figure by figure; errors summed.
-        let v = |f: fn(&reference::Wrk) -> Option<f64>| {
+        let v = |f: fn(&wrk::Wrk) -> Option<f64>| {
             runs.iter()
                 .map(|r| median(r.iter().filter_map(f).collect()))
                 .collect::<Vec<_>>()
@@ -422,10 +428,6 @@ fn use_release_binary() -> Result<()> {
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
     std::env::set_var("SKEIN_BIN", target.join("release/skein"));
     Ok(())
-}
-
-fn args_wrk(args: &Args) -> (u32, u32) {
-    (args.wrk_seconds, args.wrk_connections)
 }
 
 /// Skein's side: its three services, created through the CLI on h1.

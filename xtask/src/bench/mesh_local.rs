@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use xtask::{
     cluster::{running_tasks, skein, start_cluster_with, DEADLINE},
     testbed::{skein_binary, wait_until, Host, Testbed, TestbedConfig},
@@ -98,46 +98,13 @@ pub(crate) fn measure(
     })
 }
 
-/// `wrk -t1 -cN -dS [-H 'Connection: close'] url` in `host`'s namespace.
+/// One wrk run in `host`'s namespace (the shared runner).
 fn wrk(host: &Host, url: &str, close: bool, seconds: u32, connections: u32) -> Result<Run> {
-    let mut cmd = host.command("timeout");
-    cmd.args([
-        &(seconds + 20).to_string(),
-        "wrk",
-        "-t1",
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-    ]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
-    }
-    cmd.arg(url);
-    let out = cmd.output().context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!("wrk {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    parse_wrk(&text)
-}
-
-fn parse_wrk(out: &str) -> Result<Run> {
-    let mut run = Run::default();
-    for line in out.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            run.requests_per_s = v.trim().parse().context("Requests/sec")?;
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            run.errors += v.trim().parse::<u64>().unwrap_or(0);
-        } else if let Some(v) = line.strip_prefix("Socket errors:") {
-            run.errors += v
-                .split(',')
-                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
-    }
-    if run.requests_per_s == 0.0 {
-        bail!("wrk made no requests:\n{out}");
-    }
-    Ok(run)
+    let w = super::wrk::run(host.netns(), url, close, seconds, connections)?;
+    Ok(Run {
+        requests_per_s: w.requests_per_s,
+        errors: w.errors,
+    })
 }
 
 /// A one-node cluster running one whoami task published on 8080, then [`measure`]
@@ -193,19 +160,4 @@ pub(crate) fn run(args: Args) -> Result<()> {
         println!("round {round}: {}", figures.describe());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrk_output_parses() {
-        let out = "Running 5s test @ http://127.0.0.1:8080/\n  1 threads and 16 connections\n\
-                   12345 requests in 5.00s, 1.2MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n\
-                   Requests/sec:   2469.00\nTransfer/sec:    245.00KB\n";
-        let run = parse_wrk(out).unwrap();
-        assert_eq!(run.requests_per_s, 2469.0);
-        assert_eq!(run.errors, 3);
-    }
 }

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use xtask::{
     cluster::{create_endpoint, in_netns, running_tasks, skein_ok, start_cluster_with, DEADLINE},
-    testbed::{run_command, skein_binary, wait_until, Testbed, TestbedConfig},
+    testbed::{skein_binary, wait_until, Testbed, TestbedConfig},
 };
 
 /// The reference's virtual address (TEST-NET-1: routed via the gateway, then rewritten).
@@ -223,79 +223,13 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
     })
 }
 
-/// Busy CPU-seconds of the whole machine so far (`/proc/stat`: all but idle and iowait).
-fn busy_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let f: Vec<u64> = stat
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("cpu "))
-        .context("no cpu line in /proc/stat")?
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    ensure!(f.len() >= 8, "short cpu line in /proc/stat");
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((f[..8].iter().sum::<u64>() - f[3] - f[4]) as f64 / hz)
-}
-
-/// `wrk -t1 -cN -dS --latency [-H 'Connection: close'] url` in namespace `ns`.
+/// One wrk run in namespace `ns` (the shared runner), as this bench's figures.
 fn wrk(ns: &str, url: &str, close: bool, seconds: u32, connections: u32) -> Result<WrkFigures> {
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        ns,
-        "timeout",
-        &(3 * seconds + 30).to_string(),
-    ])
-    .args([
-        "wrk",
-        "-t1",
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-        "--latency",
-    ]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
-    }
-    cmd.arg(url);
-    let before = busy_seconds()?;
-    let out = run_command(&mut cmd)?;
-    let cpu_s = busy_seconds()? - before;
-    let mut w = WrkFigures::default();
-    let mut requests = 0u64;
-    for line in out.lines().map(str::trim) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            w.requests_per_s = v.trim().parse().context("Requests/sec")?;
-        } else if words.get(1) == Some(&"requests") && words.get(2) == Some(&"in") {
-            requests = words[0].parse().context("requests")?;
-        } else if words.first() == Some(&"99%") && words.len() == 2 {
-            w.p99_ms = latency_ms(words[1]).unwrap_or(f64::NAN);
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            w.errors += v.trim().parse::<u64>().unwrap_or(0);
-        } else if let Some(v) = line.strip_prefix("Socket errors:") {
-            w.errors += v
-                .split(',')
-                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
-    }
-    if requests == 0 {
-        bail!("wrk made no requests to {url}:\n{out}");
-    }
-    w.cpu_us_per_request = cpu_s * 1e6 / requests as f64;
-    Ok(w)
-}
-
-/// `1.23ms`, `456.00us`, `1.2s` → milliseconds.
-fn latency_ms(v: &str) -> Option<f64> {
-    for (unit, scale) in [("us", 1e-3), ("ms", 1.0), ("s", 1e3), ("m", 60e3)] {
-        if let Some(n) = v.strip_suffix(unit) {
-            return n.parse::<f64>().ok().map(|n| n * scale);
-        }
-    }
-    None
+    let w = super::wrk::run(ns, url, close, seconds, connections)?;
+    Ok(WrkFigures {
+        requests_per_s: w.requests_per_s,
+        p99_ms: w.p99_ms.unwrap_or(f64::NAN),
+        cpu_us_per_request: w.cpu_us_per_request().unwrap_or(f64::NAN),
+        errors: w.errors,
+    })
 }

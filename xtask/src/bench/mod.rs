@@ -12,6 +12,7 @@ pub(crate) mod overlay;
 pub(crate) mod pktgen;
 pub(crate) mod rawbpf;
 pub(crate) mod services;
+pub(crate) mod wrk;
 
 #[derive(clap::Subcommand)]
 pub(crate) enum Bench {
