@@ -242,3 +242,26 @@ pub fn wait_node_down(watchers: &[&Host], down_host: &str, timeout: Duration) ->
     }
     Ok(())
 }
+
+/// `<skein> whoami ARGS`: the command of a test service's tasks.
+pub fn whoami(args: &[&str]) -> Vec<String> {
+    let skein = crate::testbed::skein_binary().expect("the skein binary");
+    let mut v = vec![skein.display().to_string(), "whoami".into()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `service create NAME FLAGS -- COMMAND` on h1; panics unless it succeeds.
+pub fn create_service(bed: &Testbed, name: &str, flags: &[&str], command: &[String]) {
+    let mut all: Vec<&str> = vec!["service", "create", name];
+    all.extend_from_slice(flags);
+    all.push("--");
+    all.extend(command.iter().map(String::as_str));
+    let out = skein(bed.host(0), &all).expect("running skein");
+    assert!(
+        out.status.success(),
+        "service create {name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

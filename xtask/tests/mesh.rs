@@ -21,11 +21,11 @@ use std::{
 
 use xtask::{
     cluster::{
-        in_netns, kill_host, netns_with_ip, node_rows, running_tasks, skein, skein_ok,
-        start_cluster_with, wait_node_down, TaskInfo, DEADLINE,
+        create_service, in_netns, kill_host, netns_with_ip, node_rows, running_tasks, skein,
+        skein_ok, start_cluster_with, wait_node_down, whoami, TaskInfo, DEADLINE,
     },
     scrape::{scrape, verdict_packets},
-    testbed::{skein_binary, wait_until, Process, Testbed, TestbedConfig, CLIENT_UNDERLAY_IP},
+    testbed::{wait_until, Process, Testbed, TestbedConfig, CLIENT_UNDERLAY_IP},
 };
 
 /// The ingress VNI (MESH-DESIGN: `MeshConfig.ingress_vni`; the first of Skein's VNI range).
@@ -52,30 +52,6 @@ fn cluster(label: &str, extra: &[String]) -> (Testbed, Vec<Process>, String) {
     let extra = extra.to_vec();
     let (agents, token) = start_cluster_with(&bed, |_| extra.clone(), &[]).expect("cluster");
     (bed, agents, token)
-}
-
-fn whoami(args: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        skein_binary().unwrap().display().to_string(),
-        "whoami".into(),
-    ];
-    v.extend(args.iter().map(|s| s.to_string()));
-    v
-}
-
-/// `service create NAME FLAGS -- COMMAND` on h1; panics unless it converges.
-fn create(bed: &Testbed, name: &str, flags: &[&str], command: &[String]) {
-    let mut all: Vec<&str> = vec!["service", "create", name];
-    all.extend_from_slice(flags);
-    all.push("--");
-    all.extend(command.iter().map(String::as_str));
-    let out = skein(bed.host(0), &all).unwrap();
-    assert!(
-        out.status.success(),
-        "service create {name}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Waits until every host lists `n` running tasks of `service`; returns h1's list.
@@ -156,7 +132,7 @@ fn assert_strict_rotation(answers: &[String], tasks: &BTreeSet<String>, what: &s
 #[test]
 fn published_tcp_port_rotates_over_every_task_through_every_node_keeping_the_client_address() {
     let (bed, _agents, _) = cluster("mesh-rotate", &[]);
-    create(
+    create_service(
         &bed,
         "web",
         &["--replicas", "3", "--publish", "8080:80"],
@@ -190,7 +166,7 @@ fn published_tcp_port_rotates_over_every_task_through_every_node_keeping_the_cli
 #[test]
 fn published_udp_port_answers_through_every_node_and_rotates_per_flow() {
     let (bed, _agents, _) = cluster("mesh-udp", &[]);
-    create(
+    create_service(
         &bed,
         "dns",
         &["--replicas", "3", "--publish", "5300:5300/udp"],
@@ -291,13 +267,13 @@ fn hundred_megabytes_both_ways_through_every_node_also_to_an_mtu_1500_backend() 
     let (bed, _agents, _) = cluster("mesh-bulk", &[]);
     let (blob_path, sum) = blob(&bed, MB100);
     let blob_dir = blob_path.parent().unwrap().to_owned();
-    create(
+    create_service(
         &bed,
         "web",
         &["--replicas", "3", "--publish", "8080:80"],
         &whoami(&["--port", "80"]),
     );
-    create(
+    create_service(
         &bed,
         "files",
         &["--replicas", "3", "--publish", "8081:8000"],
@@ -315,7 +291,7 @@ fn hundred_megabytes_both_ways_through_every_node_also_to_an_mtu_1500_backend() 
         .status()
         .unwrap()
         .success());
-    create(
+    create_service(
         &bed,
         "big",
         &[
@@ -392,7 +368,7 @@ fn hundred_megabytes_both_ways_through_every_node_also_to_an_mtu_1500_backend() 
 #[test]
 fn udp_with_df_too_big_once_encapsulated_gets_fragmentation_needed() {
     let (bed, _agents, _) = cluster("mesh-df", &[]);
-    create(
+    create_service(
         &bed,
         "dns",
         &["--replicas", "3", "--publish", "5300:5300/udp"],
@@ -438,7 +414,7 @@ fn udp_with_df_too_big_once_encapsulated_gets_fragmentation_needed() {
 fn a_long_download_continues_across_scaling_up_and_back() {
     let (bed, _agents, _) = cluster("mesh-scale", &[]);
     let (blob_path, sum) = blob(&bed, MB100);
-    create(
+    create_service(
         &bed,
         "web",
         &["--replicas", "3", "--publish", "8080:8000"],
@@ -477,7 +453,7 @@ fn a_long_download_continues_across_scaling_up_and_back() {
 #[test]
 fn a_killed_host_resets_its_flows_and_the_survivors_serve_every_request() {
     let (bed, mut agents, _) = cluster("mesh-kill", &[]);
-    create(
+    create_service(
         &bed,
         "web",
         &["--replicas", "3", "--publish", "8080:80"],
@@ -561,7 +537,7 @@ fn idle_connections_outlive_short_timeouts_and_an_expired_one_is_reset() {
     bed.make_wire_like().unwrap();
     let extra = short_timeouts(&bed, "8s");
     let (_agents, _) = start_cluster_with(&bed, |_| extra.clone(), &[]).unwrap();
-    create(
+    create_service(
         &bed,
         "web",
         &["--replicas", "3", "--publish", "8080:80"],
@@ -596,13 +572,13 @@ fn idle_connections_outlive_short_timeouts_and_an_expired_one_is_reset() {
 #[test]
 fn hostile_traffic_is_counted_and_the_agent_and_other_traffic_are_unaffected() {
     let (bed, _agents, _) = cluster("mesh-hostile", &[]);
-    create(
+    create_service(
         &bed,
         "web",
         &["--replicas", "3", "--publish", "8080:80"],
         &whoami(&["--port", "80"]),
     );
-    create(
+    create_service(
         &bed,
         "empty",
         &["--replicas", "0", "--publish", "8090:80"],
@@ -733,7 +709,7 @@ fn csum_errors(ns: &str) -> u64 {
 #[test]
 fn mesh_traffic_on_the_underlay_is_vxlan_on_the_ingress_vni_with_valid_checksums() {
     let (bed, _agents, _) = cluster("mesh-wire", &[]);
-    create(
+    create_service(
         &bed,
         "web",
         &["--replicas", "3", "--publish", "8080:80"],
@@ -877,7 +853,7 @@ fn mesh_traffic_on_the_underlay_is_vxlan_on_the_ingress_vni_with_valid_checksums
 #[test]
 fn only_published_ports_open_and_skeins_own_ports_cannot_be_published() {
     let (bed, _agents, _) = cluster("mesh-closed", &[]);
-    create(
+    create_service(
         &bed,
         "web",
         &["--replicas", "3", "--publish", "8080:80"],

@@ -20,13 +20,11 @@ use std::{
 
 use xtask::{
     cluster::{
-        in_netns, netns_with_ip, service_tasks, skein, skein_ok, start_cluster_with, TaskInfo,
-        DEADLINE,
+        create_service, in_netns, netns_with_ip, service_tasks, skein_ok, start_cluster_with,
+        whoami, TaskInfo, DEADLINE,
     },
     scrape::{scrape, verdict_packets},
-    testbed::{
-        skein_binary, wait_until, Host, Process, Testbed, TestbedConfig, CLIENT_UNDERLAY_IP,
-    },
+    testbed::{wait_until, Host, Process, Testbed, TestbedConfig, CLIENT_UNDERLAY_IP},
 };
 
 /// The published port.
@@ -43,30 +41,6 @@ fn cluster(label: &str, drain: &str) -> (Testbed, Vec<Process>) {
     let extra = vec!["--drain-window".to_owned(), drain.to_owned()];
     let (agents, _) = start_cluster_with(&bed, |_| extra.clone(), &[]).expect("cluster");
     (bed, agents)
-}
-
-fn whoami(args: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        skein_binary().unwrap().display().to_string(),
-        "whoami".into(),
-    ];
-    v.extend(args.iter().map(|s| s.to_string()));
-    v
-}
-
-/// `service create NAME FLAGS -- COMMAND` on h1; panics unless it succeeds.
-fn create(bed: &Testbed, name: &str, flags: &[&str], command: &[String]) {
-    let mut all: Vec<&str> = vec!["service", "create", name];
-    all.extend_from_slice(flags);
-    all.push("--");
-    all.extend(command.iter().map(String::as_str));
-    let out = skein(bed.host(0), &all).unwrap();
-    assert!(
-        out.status.success(),
-        "service create {name}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Waits until every host lists exactly `n` tasks of `service`, all running (draining ones
@@ -225,7 +199,7 @@ fn host_mode_answers_only_where_a_task_runs_with_that_nodes_own_tasks() {
     let (bed, _agents) = cluster("hostmode", "2s");
     let client = bed.client().netns().to_owned();
     let client_ip = CLIENT_UNDERLAY_IP.to_string();
-    create(
+    create_service(
         &bed,
         "edge",
         &[
@@ -296,7 +270,7 @@ fn host_mode_answers_only_where_a_task_runs_with_that_nodes_own_tasks() {
 
     // A task on the third node reaches the first node's port: out through its host's
     // egress NAT (so the task there sees the third host's address), into the first's XDP.
-    create(
+    create_service(
         &bed,
         "probe",
         &["--mode", "global"],
@@ -364,7 +338,7 @@ fn host_mode_answers_only_where_a_task_runs_with_that_nodes_own_tasks() {
 fn an_unhealthy_host_mode_task_opens_the_port_but_gets_no_flow() {
     let (bed, _agents) = cluster("hostmode-health", "2s");
     // Never healthy: its port opens on its node, refused there by the mesh itself.
-    create(
+    create_service(
         &bed,
         "edge",
         &[
@@ -460,7 +434,7 @@ fn a_nodes_draining_last_task_finishes_its_downloads_then_the_port_closes() {
         .unwrap();
     assert!(status.success());
     let sum = sha256_file(&blob);
-    create(
+    create_service(
         &bed,
         "edge",
         &[
@@ -644,7 +618,7 @@ fn udp_host(line: &str) -> &str {
 #[test]
 fn host_mode_udp_answers_from_the_nodes_own_task_and_elsewhere_is_unreachable() {
     let (bed, _agents) = cluster("hostmode-udp", "2s");
-    create(
+    create_service(
         &bed,
         "dns",
         &[

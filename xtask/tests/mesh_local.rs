@@ -18,9 +18,10 @@ use std::{
 
 use xtask::{
     cluster::{
-        ready_count, running_tasks, skein, skein_ok, start_cluster_with, TaskInfo, DEADLINE,
+        create_service, ready_count, running_tasks, skein_ok, start_cluster_with, whoami, TaskInfo,
+        DEADLINE,
     },
-    testbed::{skein_binary, wait_until, Host, Process, Testbed, TestbedConfig},
+    testbed::{wait_until, Host, Process, Testbed, TestbedConfig},
 };
 
 const WEB: u16 = 8080;
@@ -31,30 +32,6 @@ fn cluster(label: &str) -> (Testbed, Vec<Process>, String) {
     bed.make_wire_like().expect("wire-like underlay");
     let (agents, token) = start_cluster_with(&bed, |_| Vec::new(), &[]).expect("cluster");
     (bed, agents, token)
-}
-
-fn whoami(args: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        skein_binary().unwrap().display().to_string(),
-        "whoami".into(),
-    ];
-    v.extend(args.iter().map(|s| s.to_string()));
-    v
-}
-
-/// `service create NAME FLAGS -- COMMAND` on h1; panics unless it succeeds.
-fn create(bed: &Testbed, name: &str, flags: &[&str], command: &[String]) {
-    let mut all: Vec<&str> = vec!["service", "create", name];
-    all.extend_from_slice(flags);
-    all.push("--");
-    all.extend(command.iter().map(String::as_str));
-    let out = skein(bed.host(0), &all).unwrap();
-    assert!(
-        out.status.success(),
-        "service create {name}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Waits until every host lists `n` running tasks of `service`; returns h1's list.
@@ -177,7 +154,7 @@ fn assert_every_node_rotates(bed: &Testbed, hosts: &[usize], port: u16, tasks: &
 }
 
 fn web(bed: &Testbed, port: u16) -> BTreeSet<String> {
-    create(
+    create_service(
         bed,
         "web",
         &["--replicas", "2", "--publish", &format!("{port}:80")],
@@ -245,7 +222,7 @@ fn udp_client(host: &Host, mode: &str, ip: &str) -> Result<Vec<String>, String> 
 #[test]
 fn udp_answers_from_the_published_address_connected_and_not() {
     let (bed, _agents, _) = cluster("local-udp");
-    create(
+    create_service(
         &bed,
         "dns",
         &["--replicas", "2", "--publish", &format!("{UDP}:{UDP}/udp")],
