@@ -283,6 +283,9 @@ async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<E
     let deadline = tokio::time::Instant::now() + wait.timeout;
     let mut shown = None;
     let mut verifying = false;
+    // A task that crashes and restarts may be `running` at the deadline: the last
+    // problems seen still say why the service is not stable.
+    let mut last_problems = Vec::new();
     loop {
         let status = expect_status(
             call(
@@ -293,6 +296,9 @@ async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<E
             )
             .await?,
         )?;
+        if !status.problems.is_empty() {
+            last_problems.clone_from(&status.problems);
+        }
         if shown != Some((status.running, status.wanted)) {
             println!(
                 "overall progress: {} out of {} tasks",
@@ -324,7 +330,7 @@ async fn follow_progress(socket: &Path, name: &str, wait: &WaitArgs) -> Result<E
                 "service {name} did not converge within {:?}: {} out of {} tasks running",
                 wait.timeout, status.running, status.wanted
             );
-            for problem in &status.problems {
+            for problem in &last_problems {
                 reason.push_str("; ");
                 reason.push_str(problem);
             }

@@ -21,7 +21,6 @@ use std::{
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use aya::{
@@ -37,6 +36,8 @@ use dataplane_ebpf::{
     sock::{SockConfig, HOST_PATH_IFACE},
 };
 use tracing::{debug, info, warn};
+
+use crate::netlink;
 
 use super::{
     links::{self, Attachment, LinkKind},
@@ -329,89 +330,30 @@ impl LinkKind for TcxEgressOn<'_> {
 /// and with the underlay's MTU less the 50 bytes of VXLAN (so the host's segments fit once
 /// encapsulated), the peer down (nothing ever crosses: the program redirects or drops
 /// everything first). The overlay's subnets are routed through it by the reconciler
-/// ([`route_subnets`]). Made with iproute2, as the egress rule is made with nft.
+/// (`crate::reconcile` `host_path`, with [`netlink::sync_routes_through`]).
 fn ensure_host_path(underlay_iface: &str) -> anyhow::Result<()> {
-    let peer = format!("{HOST_PATH_IFACE}-p");
-    if links::if_index(HOST_PATH_IFACE).is_err() {
-        ip(&[
-            "link",
-            "add",
-            HOST_PATH_IFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ])?;
-    }
     let underlay_mtu: u32 = fs::read_to_string(format!("/sys/class/net/{underlay_iface}/mtu"))?
         .trim()
         .parse()?;
-    let mtu = (underlay_mtu - 50).to_string();
-    ip(&[
-        "link",
-        "set",
-        HOST_PATH_IFACE,
-        "mtu",
-        &mtu,
-        "arp",
-        "off",
-        "up",
-    ])?;
-    ip(&["link", "set", &peer, "down"])?;
+    let mtu = underlay_mtu.saturating_sub(50);
+    let peer = format!("{HOST_PATH_IFACE}-p");
+    // Dataplane start is synchronous: one netlink exchange on a thread of its own, in
+    // this thread's namespace.
+    netlink::run_in_netns(Path::new(OWN_NETNS), || {
+        netlink::ensure_host_path_link(HOST_PATH_IFACE, &peer, mtu)
+    })??;
     Ok(())
 }
 
-/// Routes each of `subnets` (the overlay's networks) through the host path with this
-/// node's underlay address as the source, and removes routes through it to any other
-/// subnet. Local tasks keep their more specific /32 routes to their veths.
-pub(crate) fn route_subnets(subnets: &[String], source: &str) -> anyhow::Result<usize> {
-    let out = Command::new("ip")
-        .args(["-4", "route", "show", "dev", HOST_PATH_IFACE])
-        .output()?;
-    let present: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect();
-    let mut changes = 0;
-    for subnet in subnets {
-        if !present.contains(subnet) {
-            ip(&[
-                "route",
-                "replace",
-                subnet,
-                "dev",
-                HOST_PATH_IFACE,
-                "src",
-                source,
-            ])?;
-            changes += 1;
-        }
-    }
-    for stale in present.iter().filter(|p| !subnets.contains(p)) {
-        ip(&["route", "del", stale, "dev", HOST_PATH_IFACE])?;
-        changes += 1;
-    }
-    Ok(changes)
-}
+/// The calling thread's network namespace, for [`netlink::run_in_netns`].
+const OWN_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// Removes the host path (`skein agent cleanup`); missing is fine.
 pub(crate) fn remove_host_path() {
-    if links::if_index(HOST_PATH_IFACE).is_ok() {
-        if let Err(error) = ip(&["link", "del", HOST_PATH_IFACE]) {
-            warn!(%error, "could not remove the host path");
-        }
+    let removed = netlink::run_in_netns(Path::new(OWN_NETNS), || {
+        netlink::remove_link(HOST_PATH_IFACE)
+    });
+    if let Err(error) = removed.and_then(|r| r) {
+        warn!(%error, "could not remove the host path");
     }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

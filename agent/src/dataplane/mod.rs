@@ -56,7 +56,7 @@ use dataplane_ebpf::{
 };
 use tracing::{debug, info, warn};
 
-pub(crate) use cgroup::{remove_host_path, route_subnets};
+pub(crate) use cgroup::remove_host_path;
 use links::Attachment;
 pub use links::{if_index, AttachedMode, UnknownXdpMode, XdpMode};
 pub(crate) use logs::EbpfLogs;

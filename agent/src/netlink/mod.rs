@@ -40,6 +40,7 @@
 
 mod conn;
 mod endpoint;
+mod host_path;
 mod link;
 mod names;
 mod netns;
@@ -53,6 +54,7 @@ pub use endpoint::{
     ensure_endpoint_link, prepare_endpoint_link, remove_endpoint_link, Change, EndpointLink,
     EndpointLinkState, PreparedLink,
 };
+pub(crate) use host_path::{ensure_host_path_link, remove_link, sync_routes_through};
 pub use link::{link_index, links_with_prefix, set_mtu};
 pub(crate) use names::check_ifname;
 pub use names::{host_ifname, IfnameError, IFNAMSIZ_MAX};

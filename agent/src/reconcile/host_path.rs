@@ -3,6 +3,7 @@
 //! own connections that the socket hooks gave a task on another node leave through
 //! `tc_host_egress`. Local tasks keep their /32 routes to their own veths.
 
+use dataplane_ebpf::sock::HOST_PATH_IFACE;
 use manager::view::ClusterView;
 use tracing::{debug, warn};
 
@@ -10,7 +11,7 @@ use super::Reconciler;
 
 impl Reconciler {
     /// Converges the host path's routes with the view's networks.
-    pub(super) fn sync_host_path(&self, view: &ClusterView) {
+    pub(super) async fn sync_host_path(&self, view: &ClusterView) {
         let Some(own_ip) = view
             .node(&view.self_id)
             .and_then(|n| n.info.as_ref())
@@ -18,15 +19,10 @@ impl Reconciler {
         else {
             return;
         };
-        let mut subnets: Vec<String> = view
-            .networks
-            .valid
-            .iter()
-            .map(|n| n.subnet.to_string())
-            .collect();
+        let mut subnets: Vec<_> = view.networks.valid.iter().map(|n| n.subnet).collect();
         subnets.sort();
         subnets.dedup();
-        match crate::dataplane::route_subnets(&subnets, &own_ip.to_string()) {
+        match crate::netlink::sync_routes_through(HOST_PATH_IFACE, &subnets, own_ip).await {
             Ok(0) => {}
             Ok(changes) => debug!(changes, "host path routes updated"),
             Err(error) => {

@@ -199,7 +199,7 @@ impl Reconciler {
             Ok(())
         };
         self.sync_egress(view);
-        self.sync_host_path(view);
+        self.sync_host_path(view).await;
         if self.map_sync_disabled {
             return removed;
         }

@@ -92,7 +92,11 @@ pub(crate) fn detach_orphaned_socket_hooks() -> Result<usize> {
 
 /// The namespace cookie a Skein socket hook acts for, or `None` if the program is not one.
 fn hook_cookie(prog_id: u64) -> Result<Option<u64>> {
-    let prog = bpftool(&["prog", "show", "id", &prog_id.to_string()])?;
+    // Programs, maps and links of other agents come and go while we read (agents start
+    // and stop beside us): one gone between two reads is simply not a hook any more.
+    let Some(prog) = bpftool_object(&["prog", "show", "id", &prog_id.to_string()])? else {
+        return Ok(None);
+    };
     let name = prog["name"].as_str().unwrap_or_default();
     if !is_hook(name) {
         return Ok(None);
@@ -101,11 +105,13 @@ fn hook_cookie(prog_id: u64) -> Result<Option<u64>> {
         let Some(map_id) = map_id.as_u64() else {
             continue;
         };
-        let map = bpftool(&["map", "show", "id", &map_id.to_string()])?;
+        let Some(map) = bpftool_object(&["map", "show", "id", &map_id.to_string()])? else {
+            return Ok(None);
+        };
         if map["name"] != "SOCK_CONFIG" {
             continue;
         }
-        let entry = bpftool(&[
+        let Some(entry) = bpftool_object(&[
             "map",
             "lookup",
             "id",
@@ -115,7 +121,10 @@ fn hook_cookie(prog_id: u64) -> Result<Option<u64>> {
             "0",
             "0",
             "0",
-        ])?;
+        ])?
+        else {
+            return Ok(None);
+        };
         return Ok(Some(value_u64(&entry["value"]).unwrap_or(0)));
     }
     Ok(None)
@@ -132,19 +141,30 @@ fn value_u64(value: &Value) -> Option<u64> {
 }
 
 fn bpftool(args: &[&str]) -> Result<Value> {
+    bpftool_object(args)?.with_context(|| format!("bpftool {}: no such object", args.join(" ")))
+}
+
+/// `bpftool -j ARGS`, or `None` if the object asked for does not exist (any more).
+fn bpftool_object(args: &[&str]) -> Result<Option<Value>> {
     let out = Command::new("bpftool")
         .arg("-j")
         .args(args)
         .output()
         .context("running bpftool")?;
     if !out.status.success() {
-        bail!(
-            "bpftool {}: {}",
-            args.join(" "),
+        // With -j, bpftool reports errors as {"error": "..."} on stdout.
+        let said = format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
+        if said.contains("No such file or directory") {
+            return Ok(None);
+        }
+        bail!("bpftool {}: {said}", args.join(" "));
     }
     serde_json::from_slice(&out.stdout)
+        .map(Some)
         .with_context(|| format!("bpftool {} output", args.join(" ")))
 }
 

@@ -6,8 +6,8 @@
 //! 3. tier 1, no root: `cargo test` over the default members (unit tests, ABI layout);
 //! 4. tier 2, root: sweeps leftovers of killed runs, runs the agent's root-only unit tests
 //!    (`#[ignore = "needs root…"]`, run with `--ignored`; they fail without root), builds
-//!    `skein`, then runs xtask's tests (the testbed and the end-to-end tests in network
-//!    namespaces).
+//!    `skein`, then runs xtask's test binaries (the testbed and the end-to-end tests in
+//!    network namespaces), a few at once (`binaries`).
 //!
 //! Tier 2 never skips silently: without root it fails, saying why.
 
@@ -20,11 +20,16 @@ use xtask::toolchain::{
 
 use crate::build_ebpf::workspace_root;
 
+mod binaries;
+
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// Run only the unprivileged tier (no root needed).
     #[arg(long)]
     unprivileged_only: bool,
+    /// How many privileged test binaries run at once (each with two test threads).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
+    jobs: u8,
     /// Extra arguments for the privileged test binaries, e.g. a test name filter.
     #[arg(last = true)]
     filter: Vec<String>,
@@ -73,13 +78,28 @@ pub(crate) fn run(args: Args) -> Result<()> {
     say("building the skein binary for the end-to-end tests");
     run_checked(cargo(&root).args(["build", "--package", "agent", "--bin", "skein"]))?;
 
-    say("tier 2: privileged tests (testbed, BPF_PROG_TEST_RUN, agents in network namespaces)");
-    let mut tier2 = cargo(&root);
-    tier2
-        .args(["test", "--package", "xtask", "--", "--test-threads=2"])
-        .args(&args.filter)
-        .env("SKEIN_BIN", root.join("target/debug/skein"));
-    run_checked(tier2)?;
+    say("building the privileged tests");
+    let binaries = binaries::build(&mut cargo(&root))?;
+    say(&format!(
+        "tier 2: privileged tests (testbed, BPF_PROG_TEST_RUN, agents in network namespaces), {} binaries, {} at once",
+        binaries.len(),
+        args.jobs
+    ));
+    let mut test_args = vec!["--test-threads=2".to_owned()];
+    test_args.extend(args.filter);
+    let skein = root.join("target/debug/skein");
+    let manifest_dir = root.join("xtask");
+    binaries::run_all(
+        binaries,
+        usize::from(args.jobs),
+        &test_args,
+        &manifest_dir,
+        &[
+            ("SKEIN_BIN", skein.as_os_str()),
+            // What `cargo test` sets for a test binary at run time.
+            ("CARGO_MANIFEST_DIR", manifest_dir.as_os_str()),
+        ],
+    )?;
     say("all tests passed");
     Ok(())
 }
