@@ -80,8 +80,16 @@ fn parse_artifacts(json_lines: &str) -> Result<Vec<TestBinary>> {
             continue;
         };
         if is_test {
+            // `tests/NAME.rs` is `NAME`; the library's and the binary's own unit tests
+            // share the package's name, so they carry their kind.
+            let kind = message["target"]["kind"][0].as_str().unwrap_or("test");
+            let name = if kind == "test" {
+                name.to_owned()
+            } else {
+                format!("{name} ({kind})")
+            };
             binaries.push(TestBinary {
-                name: name.to_owned(),
+                name,
                 path: PathBuf::from(path),
             });
         }
@@ -164,7 +172,7 @@ fn start(
     let child = command
         .spawn()
         .with_context(|| format!("could not start {}", binary.path.display()))?;
-    eprintln!("==> started tests/{}", binary.name);
+    eprintln!("==> started {}", binary.name);
     Ok(Running {
         binary,
         child,
@@ -184,12 +192,12 @@ fn report(done: &mut Running, passed: bool) -> Result<bool> {
             .filter(|l| l.starts_with("test result:"))
             .last()
             .unwrap_or_default();
-        eprintln!("==> tests/{}: {summary} ({seconds:.0} s)", done.binary.name);
+        eprintln!("==> {}: {summary} ({seconds:.0} s)", done.binary.name);
     } else {
         let mut output = String::new();
         done.log.read_to_string(&mut output)?;
         eprintln!(
-            "==> tests/{} FAILED after {seconds:.0} s; its output:\n{output}",
+            "==> {} FAILED after {seconds:.0} s; its output:\n{output}",
             done.binary.name
         );
     }
@@ -225,7 +233,7 @@ mod tests {
                     path: "/t/mesh-1".into()
                 },
                 TestBinary {
-                    name: "xtask".into(),
+                    name: "xtask (lib)".into(),
                     path: "/t/xtask-2".into()
                 },
             ]
