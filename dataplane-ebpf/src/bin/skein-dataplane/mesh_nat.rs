@@ -19,10 +19,10 @@ use aya_ebpf::{
 };
 use dataplane_ebpf::{
     counters::Verdict,
-    mesh::{clamp_mss, flow_hash, MeshConfig, TCP_MAX_OPTIONS},
+    mesh::{clamp_mss, flow_hash, published_port_mac, MeshConfig, TCP_MAX_OPTIONS},
     overlay::{
-        outer_ipv4, vxlan_header, vxlan_source_port, DecapMeta, UnderlayValue, DECAP_META_MAGIC,
-        ENCAP_LEN, ETH_LEN, IPV4_LEN, UDP_LEN, VXLAN_PORT,
+        endpoint_mac, outer_ipv4, vxlan_header, vxlan_source_port, DecapMeta, UnderlayValue,
+        DECAP_META_MAGIC, ENCAP_LEN, ETH_LEN, IPV4_LEN, UDP_LEN, VXLAN_PORT,
     },
     respond::csum_replace2_at,
 };
@@ -367,7 +367,7 @@ pub(crate) fn next_hop(
 
 /// Pushes outer Ethernet (from the FIB), IPv4 (DF clear, TTL 64), UDP (to 4789, checksum
 /// 0 as the kernel's VXLAN device sends), VXLAN (the ingress VNI) and the inner Ethernet
-/// header the backend's host expects, in front of the translated IPv4 packet. Written
+/// header (its source: the published port), in front of the translated IPv4 packet. Written
 /// piece by piece: the whole 64 bytes at once would not fit the stack beside the rest.
 #[inline(never)]
 fn push_vxlan(ctx_ptr: *mut xdp_md, d: &Delivery, plan: &Plan) -> bool {
@@ -405,7 +405,17 @@ fn push_vxlan(ctx_ptr: *mut xdp_md, d: &Delivery, plan: &Plan) -> bool {
     if !write_at(ctx, ETH_LEN + IPV4_LEN + UDP_LEN, &vxlan) {
         return false;
     }
-    write_at(ctx, ENCAP_LEN, &inner_ethernet(plan.backend.ip))
+    // The inner source carries the published port to the backend's host (in place of
+    // the gateway's MAC, which its decapsulation writes back): its replies bring it back,
+    // so this node keeps no reply entry for the flow.
+    let (m, p) = (
+        endpoint_mac(plan.backend.ip),
+        published_port_mac(d.client.key.published_port_be),
+    );
+    let inner = [
+        m[0], m[1], m[2], m[3], m[4], m[5], p[0], p[1], p[2], p[3], p[4], p[5], 0x08, 0x00,
+    ];
+    write_at(ctx, ENCAP_LEN, &inner)
 }
 
 /// Options looked at for the MSS: every stack in use puts it first in a SYN (Linux,
