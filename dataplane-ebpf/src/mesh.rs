@@ -10,7 +10,9 @@
 //! records which ingress node the flow came through ([`Reply`], by [`ReplyKey`]) and sends
 //! the task's replies back through it, where they are translated back. So the path is
 //! symmetric and nothing on the underlay sees a packet from an address that did not send
-//! it.
+//! it. The published port rides along in the inner Ethernet header both ways
+//! ([`published_port_mac`]), so the ingress node finds a remote backend's replies' flow
+//! without a reply entry of its own.
 //!
 //! Byte order: fields ending in `_be` or typed `[u8; N]` are network order; the rest are
 //! host order.
