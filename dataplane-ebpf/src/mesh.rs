@@ -10,7 +10,9 @@
 //! records which ingress node the flow came through ([`Reply`], by [`ReplyKey`]) and sends
 //! the task's replies back through it, where they are translated back. So the path is
 //! symmetric and nothing on the underlay sees a packet from an address that did not send
-//! it.
+//! it. The published port rides along in the inner Ethernet header both ways
+//! ([`published_port_mac`]), so the ingress node finds a remote backend's replies' flow
+//! without a reply entry of its own.
 //!
 //! Byte order: fields ending in `_be` or typed `[u8; N]` are network order; the rest are
 //! host order.
@@ -167,7 +169,10 @@ pub struct Reply {
     /// the client (the backend is local, or the reply came back from the backend's host);
     /// another node's: encapsulate on the ingress VNI to it.
     pub ingress_ip: [u8; 4],
-    /// The published port (on the ingress node only; 0 on a backend host).
+    /// The published port the flow came in by. On the ingress node (local backends
+    /// only: a remote backend's replies carry it back, see [`published_port_mac`]) it
+    /// keys the flow's conntrack entry; on a backend host it is the port the ingress
+    /// node sent along, echoed in the replies (0 if that node sent none).
     pub published_port_be: [u8; 2],
     pub _pad: [u8; 2],
     /// `bpf_ktime_get_ns` when written (the agent sweeps entries older than the
@@ -438,16 +443,51 @@ pub const MESH_DECAP_META_MAGIC: u32 = 0x534b_4d44;
 pub const REPLY_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Whether the backend host must (re)write the [`Reply`] of a mesh request that came
-/// through `ingress_ip` at `now_ns`, given the entry already there: when there is none,
-/// when it names another ingress node (the flow's path changed), or when it was last
-/// written more than [`REPLY_REFRESH_NS`] ago.
-pub const fn reply_needs_write(current: Option<&Reply>, ingress_ip: [u8; 4], now_ns: u64) -> bool {
+/// through `ingress_ip` for `published_port_be` at `now_ns`, given the entry already
+/// there: when there is none, when it names another ingress node or port (the flow's path
+/// changed), or when it was last written more than [`REPLY_REFRESH_NS`] ago.
+pub const fn reply_needs_write(
+    current: Option<&Reply>,
+    ingress_ip: [u8; 4],
+    published_port_be: [u8; 2],
+    now_ns: u64,
+) -> bool {
     match current {
         None => true,
         Some(r) => {
             u32::from_ne_bytes(r.ingress_ip) != u32::from_ne_bytes(ingress_ip)
+                || u16::from_ne_bytes(r.published_port_be) != u16::from_ne_bytes(published_port_be)
                 || now_ns.saturating_sub(r.seen_ns) > REPLY_REFRESH_NS
         }
+    }
+}
+
+/// The first four bytes of a [`published_port_mac`]: locally administered, unicast, and
+/// unlike every [`crate::overlay::endpoint_mac`] (`02:53:…`) and the gateway's.
+pub const PORT_MAC_PREFIX: [u8; 4] = [0x06, 0x53, 0x4b, 0x50];
+
+/// The inner Ethernet address that carries a mesh flow's published port across the
+/// ingress VNI, `06:53:4b:50:<port>`: the ingress node writes it as the inner *source* of
+/// a client's packet (where the gateway's MAC would be), the backend host keeps the port
+/// in its [`Reply`] and writes it as the inner *destination* of the task's replies. So
+/// the ingress node needs no reply entry of its own for a remote backend: the port and
+/// the packet's addresses make the flow's conntrack key, and the entry found must name
+/// the very backend and host the reply came from (a forged reply still finds none).
+/// Both ends overwrite the inner Ethernet header before the frame goes on, so the
+/// address is never seen outside the ingress VNI.
+pub const fn published_port_mac(port_be: [u8; 2]) -> [u8; 6] {
+    let p = PORT_MAC_PREFIX;
+    [p[0], p[1], p[2], p[3], port_be[0], port_be[1]]
+}
+
+/// The published port a [`published_port_mac`] carries; `None` for any other address
+/// (a node of an older version sent the gateway's).
+pub const fn published_port_of(mac: &[u8; 6]) -> Option<[u8; 2]> {
+    let p = PORT_MAC_PREFIX;
+    if mac[0] == p[0] && mac[1] == p[1] && mac[2] == p[2] && mac[3] == p[3] {
+        Some([mac[4], mac[5]])
+    } else {
+        None
     }
 }
 
@@ -587,12 +627,31 @@ mod tests {
             seen_ns: 5_000_000_000,
             ..Reply::default()
         };
-        assert!(reply_needs_write(None, [10, 200, 0, 1], 0));
-        assert!(!reply_needs_write(Some(&r), [10, 200, 0, 1], 5_500_000_000));
-        assert!(reply_needs_write(Some(&r), [10, 200, 0, 2], 5_500_000_000));
-        assert!(reply_needs_write(Some(&r), [10, 200, 0, 1], 6_000_000_001));
+        let (a, b, port) = ([10, 200, 0, 1], [10, 200, 0, 2], [0x1f, 0x90]);
+        let r = Reply {
+            published_port_be: port,
+            ..r
+        };
+        assert!(reply_needs_write(None, a, port, 0));
+        assert!(!reply_needs_write(Some(&r), a, port, 5_500_000_000));
+        assert!(reply_needs_write(Some(&r), b, port, 5_500_000_000));
+        assert!(reply_needs_write(Some(&r), a, [0x1f, 0x91], 5_500_000_000));
+        assert!(reply_needs_write(Some(&r), a, port, 6_000_000_001));
         // A clock behind the entry (written on another CPU) is no reason to write.
-        assert!(!reply_needs_write(Some(&r), [10, 200, 0, 1], 1));
+        assert!(!reply_needs_write(Some(&r), a, port, 1));
+    }
+
+    #[test]
+    fn a_port_mac_carries_the_published_port_and_nothing_else_does() {
+        let mac = published_port_mac(8080u16.to_be_bytes());
+        assert_eq!(mac, [0x06, 0x53, 0x4b, 0x50, 0x1f, 0x90]);
+        assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+        assert_eq!(published_port_of(&mac), Some(8080u16.to_be_bytes()));
+        assert_eq!(published_port_of(&crate::overlay::GATEWAY_MAC), None);
+        assert_eq!(
+            published_port_of(&crate::overlay::endpoint_mac([0x4b, 0x50, 1, 2])),
+            None
+        );
     }
 }
 

@@ -800,6 +800,10 @@ fn mesh_traffic_on_the_underlay_is_vxlan_on_the_ingress_vni_with_valid_checksums
             "ip.src",
             "-e",
             "ip.dst",
+            "-e",
+            "eth.src",
+            "-e",
+            "eth.dst",
         ])
         .output()
         .unwrap();
@@ -841,6 +845,14 @@ fn mesh_traffic_on_the_underlay_is_vxlan_on_the_ingress_vni_with_valid_checksums
         assert!(
             hosts.iter().any(|h| h == outer[0]),
             "outer source is a cluster host: {frame}"
+        );
+        // The inner Ethernet header carries the published port both ways (the request's
+        // source, the reply's destination: `mesh::published_port_mac`).
+        let port_mac = "06:53:4b:50:1f:90";
+        let inner_mac = |field: &str| field.split(',').nth(1) == Some(port_mac);
+        assert!(
+            inner_mac(f[5]) || inner_mac(f[6]),
+            "the published port in the inner Ethernet header: {frame}"
         );
     }
     let errors_after: Vec<u64> = task_ns.iter().map(|ns| csum_errors(ns)).collect();

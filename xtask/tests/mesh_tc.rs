@@ -24,8 +24,9 @@ use dataplane_ebpf::{
     guard::{IPPROTO_TCP, IPPROTO_UDP},
     maps::{self as spec, MapSpec},
     mesh::{
-        Flow, FlowKey, MeshConfig, MeshStatKey, MeshStats, MeshTarget, MeshTargetKey, Reply,
-        ReplyKey, FIN_FROM_BACKEND, MESH_DECAP_META_MAGIC, TCP_CLOSING, TCP_SYN_SENT, UDP_OPEN,
+        published_port_mac, Flow, FlowKey, MeshConfig, MeshStatKey, MeshStats, MeshTarget,
+        MeshTargetKey, Reply, ReplyKey, FIN_FROM_BACKEND, MESH_DECAP_META_MAGIC, TCP_CLOSING,
+        TCP_SYN_SENT, UDP_OPEN,
     },
     names,
     overlay::{
@@ -321,8 +322,11 @@ fn backend_host_tc_delivers_mesh_requests_to_published_targets_only() {
     let replies = replies(&pins);
 
     // From a cluster node to a published target of a local task: decapsulated and
-    // delivered into the task's network, the ingress node recorded for the replies.
-    let inner = tcp_to(TASK, TARGET_PORT, 40000);
+    // delivered into the task's network (the inner source MAC, which carried the
+    // published port, back to the gateway's), the ingress node and the published port
+    // recorded for the replies.
+    let mut inner = tcp_to(TASK, TARGET_PORT, 40000);
+    inner[6..12].copy_from_slice(&published_port_mac(PUBLISHED_PORT.to_be_bytes()));
     let frame = vxlan_from(NODE_B, me, INGRESS_VNI, &inner);
     let out = run(
         "a mesh request",
@@ -334,7 +338,7 @@ fn backend_host_tc_delivers_mesh_requests_to_published_targets_only() {
     let key = reply_key(TASK, TARGET_PORT, 40000, IPPROTO_TCP);
     let reply = replies.get(&key, 0).expect("reply entry written");
     assert_eq!(reply.ingress_ip, NODE_B, "the ingress node");
-    assert_eq!(reply.published_port_be, [0, 0]);
+    assert_eq!(reply.published_port_be, PUBLISHED_PORT.to_be_bytes());
     assert!(reply.seen_ns > 0, "seen");
     // Later packets of the flow only read the entry (rewritten at most once a second).
     run(
@@ -352,6 +356,27 @@ fn backend_host_tc_delivers_mesh_requests_to_published_targets_only() {
         Verdict::MESH_DELIVER,
     );
     assert_eq!(replies.get(&key, 0).unwrap().ingress_ip, NODE_C);
+    // ... and through another published port of the same target (or from a node that
+    // sends no port: 0).
+    let mut other_port = inner.clone();
+    other_port[6..12].copy_from_slice(&published_port_mac(8081u16.to_be_bytes()));
+    run(
+        "the flow by another published port",
+        &vxlan_from(NODE_C, me, INGRESS_VNI, &other_port),
+        TC_ACT_REDIRECT,
+        Verdict::MESH_DELIVER,
+    );
+    assert_eq!(
+        replies.get(&key, 0).unwrap().published_port_be,
+        8081u16.to_be_bytes()
+    );
+    run(
+        "the flow without a published port",
+        &vxlan_from(NODE_C, me, INGRESS_VNI, &tcp_to(TASK, TARGET_PORT, 40000)),
+        TC_ACT_REDIRECT,
+        Verdict::MESH_DELIVER,
+    );
+    assert_eq!(replies.get(&key, 0).unwrap().published_port_be, [0, 0]);
     // UDP to its target port.
     let inner = udp_to(TASK, UDP_TARGET_PORT, 40001);
     let out = run(
@@ -620,7 +645,7 @@ fn task_replies_go_back_through_their_ingress_node() {
         &pins,
         reply_key(ME, TARGET_PORT, 40000, IPPROTO_TCP),
         NODE_B,
-        0,
+        PUBLISHED_PORT,
     );
     let frame = task_tcp(40000, true, false, false);
     let out = run(
@@ -654,7 +679,7 @@ fn task_replies_go_back_through_their_ingress_node() {
         &pins,
         reply_key(ME, UDP_TARGET_PORT, 40001, IPPROTO_UDP),
         NODE_B,
-        0,
+        PUBLISHED_PORT,
     );
     let frame = task_udp(40001, true);
     let out = run(
@@ -780,7 +805,8 @@ fn task_replies_go_back_through_their_ingress_node() {
 }
 
 /// `out` is the task's `frame` in VXLAN on the ingress VNI from `me` to `node`, with
-/// valid outer checksums (the inner packet is checked by the caller).
+/// valid outer checksums and the published port in the inner destination MAC (the
+/// inner packet is checked by the caller).
 fn check_mesh_encap(out: &[u8], frame: &[u8], me: [u8; 4], node: [u8; 4]) {
     assert_eq!(out.len(), frame.len() + 50, "50 bytes pushed");
     let ip: [u8; 20] = out[14..34].try_into().unwrap();
@@ -796,7 +822,11 @@ fn check_mesh_encap(out: &[u8], frame: &[u8], me: [u8; 4], node: [u8; 4]) {
     );
     assert_eq!(&out[40..42], &[0, 0], "outer UDP checksum 0 (none)");
     assert_eq!(&out[42..50], &vxlan_header(INGRESS_VNI), "the ingress VNI");
-    assert_eq!(&out[50..56], &GATEWAY_MAC, "inner destination MAC");
+    assert_eq!(
+        &out[50..56],
+        &published_port_mac(PUBLISHED_PORT.to_be_bytes()),
+        "inner destination MAC: the published port"
+    );
     assert_eq!(&out[56..62], &endpoint_mac(ME), "inner source MAC");
     assert_eq!(&out[62..64], &[0x08, 0x00]);
     assert!(checksums_verify(&out[64..]), "inner checksums verify");

@@ -25,8 +25,9 @@ use dataplane_ebpf::{
     counters::Verdict,
     maps as spec,
     mesh::{
-        Flow, FlowKey, MeshBackend, MeshBackendKey, MeshConfig, MeshPort, MeshPortKey, MeshService,
-        MeshStatKey, MeshStats, CT_DELETED, CT_INSERTED, TCP_ESTABLISHED,
+        published_port_mac, Flow, FlowKey, MeshBackend, MeshBackendKey, MeshConfig, MeshPort,
+        MeshPortKey, MeshService, MeshStatKey, MeshStats, Reply, ReplyKey, CT_DELETED, CT_INSERTED,
+        TCP_ESTABLISHED,
     },
     names,
     overlay::{
@@ -490,6 +491,17 @@ fn delivered(what: &str, b: &Bed, out: &[u8], retval_local: bool) -> ([u8; 4], V
         &endpoint_mac(backend),
         "{what}: inner dst MAC"
     );
+    let published: [u8; 2] = out[64 + 22..64 + 24].try_into().unwrap();
+    let published = match u16::from_be_bytes(published) {
+        TCP_TARGET => TCP_PORT,
+        UDP_TARGET => UDP_PORT,
+        other => panic!("{what}: unexpected target port {other}"),
+    };
+    assert_eq!(
+        &out[56..62],
+        &published_port_mac(published.to_be_bytes()),
+        "{what}: inner src MAC carries the published port"
+    );
     (backend, out[64..].to_vec())
 }
 
@@ -929,17 +941,45 @@ fn a_backends_reply_is_translated_back_to_the_client() {
     );
     assert_eq!(backend, REMOTE_A);
 
-    // The task's SYN-ACK, encapsulated by its host on the ingress VNI.
-    let mut inner = Vec::new();
-    PacketBuilder::ethernet2(endpoint_mac(REMOTE_A), GATEWAY_MAC)
-        .ipv4(REMOTE_A, CLIENT, 64)
-        .tcp(TCP_TARGET, 45001, 7000, 65160)
-        .syn()
-        .ack(1001)
-        .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
-        .unwrap()
-        .write(&mut inner, b"")
-        .unwrap();
+    // Only the local backend's flow has a reply entry here: a remote one's replies carry
+    // the published port back.
+    let replies: HashMap<_, ReplyKey, Reply> =
+        HashMap::try_from(map(&b.pins, spec::MESH_REPLIES.name)).unwrap();
+    let reply_key = |backend: [u8; 4], client_port: u16| ReplyKey {
+        backend_ip: backend,
+        client_ip: CLIENT,
+        backend_port_be: TCP_TARGET.to_be_bytes(),
+        client_port_be: client_port.to_be_bytes(),
+        protocol: 6,
+        _pad: [0; 3],
+    };
+    let local = replies.get(&reply_key(LOCAL_BACKEND, 45000), 0).unwrap();
+    assert_eq!(
+        (local.ingress_ip, local.published_port_be),
+        (me, TCP_PORT.to_be_bytes())
+    );
+    assert!(
+        replies.get(&reply_key(REMOTE_A, 45001), 0).is_err(),
+        "no reply entry for a remote backend's flow"
+    );
+    drop(replies);
+
+    // The task's SYN-ACK, encapsulated by its host on the ingress VNI, the published
+    // port in the inner destination MAC.
+    let syn_ack = |dst_mac: [u8; 6]| {
+        let mut inner = Vec::new();
+        PacketBuilder::ethernet2(endpoint_mac(REMOTE_A), dst_mac)
+            .ipv4(REMOTE_A, CLIENT, 64)
+            .tcp(TCP_TARGET, 45001, 7000, 65160)
+            .syn()
+            .ack(1001)
+            .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
+            .unwrap()
+            .write(&mut inner, b"")
+            .unwrap();
+        inner
+    };
+    let inner = syn_ack(published_port_mac(TCP_PORT.to_be_bytes()));
     let from = |src: [u8; 4], vni: u32, inner: &[u8]| {
         let mut payload = vxlan_header(vni).to_vec();
         payload.extend_from_slice(inner);
@@ -972,14 +1012,28 @@ fn a_backends_reply_is_translated_back_to_the_client() {
     assert_eq!(out.len(), inner.len(), "outer headers gone");
     assert_eq!(b.stats(1, REMOTE_A).packets, 2, "syn and reply counted");
 
-    // Not a reply from that backend's host: on the ingress VNI it is judged by the
-    // backend host's rules (no local target here), so refused and dropped — never passed
-    // to the host stack. On another VNI it is not the mesh's (unknown VNIs pass untouched).
+    // Not a reply from that backend's host, or not naming the flow's published port: on
+    // the ingress VNI it is judged by the backend host's rules (no local target here), so
+    // refused and dropped — never passed to the host stack. On another VNI it is not the
+    // mesh's (unknown VNIs pass untouched).
     for (what, frame) in [
         ("from another node", from(HOST_B, INGRESS_VNI, &inner)),
         (
             "from a stranger",
             from([10, 200, 0, 99], INGRESS_VNI, &inner),
+        ),
+        ("from this node itself", from(me, INGRESS_VNI, &inner)),
+        (
+            "without the published port",
+            from(HOST_A, INGRESS_VNI, &syn_ack(GATEWAY_MAC)),
+        ),
+        (
+            "naming another published port",
+            from(
+                HOST_A,
+                INGRESS_VNI,
+                &syn_ack(published_port_mac(UDP_PORT.to_be_bytes())),
+            ),
         ),
     ] {
         b.run(what, &frame, XDP_DROP, Verdict::MESH_REFUSED);

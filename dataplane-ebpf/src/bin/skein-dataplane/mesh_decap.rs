@@ -12,8 +12,10 @@
 //! tasks (`MESH_TARGETS`), which names the task's network. Everything else on the ingress
 //! VNI is refused (dropped, `mesh_refused`); nothing on it ever reaches the host stack.
 //!
-//! An accepted packet records which ingress node the flow came through (`MESH_REPLIES`),
-//! so the task's replies go back the same way (`crate::mesh_reply`).
+//! An accepted packet records which ingress node the flow came through, and the
+//! published port that node carried in the inner Ethernet source
+//! ([`mesh::published_port_mac`]), in `MESH_REPLIES`, so the task's replies go back the
+//! same way with the port (`crate::mesh_reply`).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_ebpf::{
@@ -98,6 +100,12 @@ pub(crate) fn classify<P: Packet>(
         Some(ep) if ep.ifindex != 0 => ep.ifindex,
         _ => return refused,
     };
+    // Read again here, not kept from the header above: held across the lookups it
+    // would take the underlay program's stack that every call chain shares.
+    let Some(src_mac) = read_at::<[u8; 6]>(ctx, inner.eth + 6) else {
+        return refused;
+    };
+    let published_port_be = mesh::published_port_of(&src_mac).unwrap_or([0; 2]);
     remember_ingress(
         &ReplyKey {
             backend_ip: ip.dst,
@@ -108,6 +116,7 @@ pub(crate) fn classify<P: Packet>(
             _pad: [0; 3],
         },
         outer_src,
+        published_port_be,
     );
     Vxlan::Deliver {
         vni: target.vni,
@@ -118,21 +127,23 @@ pub(crate) fn classify<P: Packet>(
     }
 }
 
-/// Records that the flow `key` came through the ingress node `ingress_ip`, writing only
-/// when the entry is missing, names another node, or is due for a refresh
-/// ([`mesh::reply_needs_write`]): most packets of a flow only read it.
-#[inline(always)]
-fn remember_ingress(key: &ReplyKey, ingress_ip: [u8; 4]) {
+/// Records that the flow `key` came through the ingress node `ingress_ip` for
+/// `published_port_be`, writing only when the entry is missing, names another node or
+/// port, or is due for a refresh ([`mesh::reply_needs_write`]): most packets of a flow
+/// only read it. A BPF function of its own: inlined, its key and entry would sit in the
+/// underlay program's frame, under every call chain (512 bytes of stack in all).
+#[inline(never)]
+fn remember_ingress(key: &ReplyKey, ingress_ip: [u8; 4], published_port_be: [u8; 2]) {
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: copied at once; the kernel may reuse the element's memory later.
     let current = unsafe { MESH_REPLIES.get(key).copied() };
-    if !mesh::reply_needs_write(current.as_ref(), ingress_ip, now) {
+    if !mesh::reply_needs_write(current.as_ref(), ingress_ip, published_port_be, now) {
         return;
     }
     let reply = Reply {
         ingress_ip,
-        published_port_be: [0; 2],
+        published_port_be,
         _pad: [0; 2],
         seen_ns: now,
     };

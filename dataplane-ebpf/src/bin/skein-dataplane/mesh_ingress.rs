@@ -24,7 +24,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
-    helpers::generated::{bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
 use dataplane_ebpf::{
@@ -368,34 +368,49 @@ const IP_DF: u16 = 0x4000;
 /// Whether a flow-opening segment's TCP checksum verifies (segments longer than
 /// [`SYN_CHECKED_LEN`], or with a payload that is not a multiple of 4 bytes, are left to
 /// the backend's stack). So a flood of SYNs with bad checksums creates no entries and
-/// does not advance the rotation. The segment is copied to the stack and summed by the
-/// kernel (`bpf_csum_diff`): no loop for the verifier to walk.
+/// does not advance the rotation. The kernel sums the segment where it lies in the
+/// packet (`bpf_csum_diff`): no copy, no loop for the verifier to walk. A segment not
+/// wholly in the frame's first buffer (never for a frame this short) fails.
 #[inline(never)]
 fn syn_checksum_ok(ctx_ptr: *mut xdp_md, c: &Client) -> bool {
-    let computed = c.l4_len as u32;
-    // SAFETY: a read of a local, opaque to LLVM, so the checks below stay in the form
-    // that gives the verifier the size's bounds (20..=60).
-    let len = unsafe { core::ptr::read_volatile(&computed) };
-    if len > SYN_CHECKED_LEN as u32 || len % 4 != 0 {
+    let len = c.l4_len as usize;
+    if len > SYN_CHECKED_LEN || len % 4 != 0 {
         return true;
-    }
-    if len < 20 {
-        return false;
-    }
-    let mut segment = MaybeUninit::uninit();
-    // SAFETY: integers.
-    let segment: &mut [u32; SYN_CHECKED_LEN / 4] = unsafe { zero(&mut segment) };
-    // SAFETY: `segment` has room for `len` (at most 60) bytes.
-    let rc = unsafe { bpf_xdp_load_bytes(ctx_ptr, L4 as u32, segment.as_mut_ptr().cast(), len) };
-    if rc != 0 {
-        return false;
     }
     // The kernel sums 16-bit words in host order (little-endian): a byte-swapped sum,
     // which folds to "valid" exactly when the network-order one does, given a seed
     // swapped the same way.
     let pseudo = pseudo_header_sum(c.key.client_ip, c.key.node_ip, IPPROTO_TCP, c.l4_len);
     let seed = (!fold(pseudo)).swap_bytes() as u32;
-    // SAFETY: no "from" buffer; "to" is `len` bytes of `segment`.
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, segment.as_mut_ptr(), len, seed) };
+    let ctx = &XdpContext::new(ctx_ptr);
+    // One arm per length: the helper's size must be a constant the verifier has checked
+    // against the packet's end (a variable one it cannot bound from below).
+    let sum = match len {
+        20 => segment_sum::<20>(ctx, seed),
+        24 => segment_sum::<24>(ctx, seed),
+        28 => segment_sum::<28>(ctx, seed),
+        32 => segment_sum::<32>(ctx, seed),
+        36 => segment_sum::<36>(ctx, seed),
+        40 => segment_sum::<40>(ctx, seed),
+        44 => segment_sum::<44>(ctx, seed),
+        48 => segment_sum::<48>(ctx, seed),
+        52 => segment_sum::<52>(ctx, seed),
+        56 => segment_sum::<56>(ctx, seed),
+        60 => segment_sum::<60>(ctx, seed),
+        _ => -1,
+    };
     sum >= 0 && fold(sum as u32) == 0
+}
+
+/// `bpf_csum_diff` of the `N` bytes at the L4 header, seeded with `seed`; negative if
+/// they are not all in the packet's first buffer.
+#[inline(always)]
+fn segment_sum<const N: usize>(ctx: &XdpContext, seed: u32) -> i64 {
+    let at = ctx.data() + L4;
+    if at + N > ctx.data_end() {
+        return -1;
+    }
+    // SAFETY: no "from" buffer; "to" is `N` bytes of the packet (checked above), which
+    // the helper only reads.
+    unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, at as *mut u32, N as u32, seed) }
 }

@@ -13,16 +13,16 @@ use aya_ebpf::{
     },
     helpers::generated::{
         bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_meta, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_xdp_adjust_meta,
     },
     programs::XdpContext,
 };
 use dataplane_ebpf::{
     counters::Verdict,
-    mesh::{clamp_mss, flow_hash, MeshConfig, TCP_MAX_OPTIONS},
+    mesh::{clamp_mss, flow_hash, published_port_mac, MeshConfig, TCP_MAX_OPTIONS},
     overlay::{
-        outer_ipv4, vxlan_header, vxlan_source_port, DecapMeta, UnderlayValue, DECAP_META_MAGIC,
-        ENCAP_LEN, ETH_LEN, IPV4_LEN, UDP_LEN, VXLAN_PORT,
+        endpoint_mac, outer_ipv4, vxlan_header, vxlan_source_port, DecapMeta, UnderlayValue,
+        DECAP_META_MAGIC, ENCAP_LEN, ETH_LEN, IPV4_LEN, UDP_LEN, VXLAN_PORT,
     },
     respond::csum_replace2_at,
 };
@@ -234,62 +234,35 @@ pub(crate) fn rewrite_packet(ctx_ptr: *mut xdp_md, r: &Rewrite) -> bool {
 
 /// Lowers the MSS option of the SYN (or SYN-ACK) after the Ethernet and IPv4 headers to
 /// `mss` if it announces more, fixing the TCP checksum; inserts none. So segments in both
-/// directions fit the overlay, whatever MTU the client or the backend has.
+/// directions fit the overlay, whatever MTU the client or the backend has. Read and
+/// written where it lies in the packet (no copies, no helper calls).
 #[inline(never)]
 pub(crate) fn clamp_syn_mss(ctx_ptr: *mut xdp_md, mss: u16) {
     let ctx = &XdpContext::new(ctx_ptr);
-    let Some(tcp) = read_at::<[u8; 20]>(ctx, L4) else {
+    let Some(doff) = read_at::<u8>(ctx, L4 + 12) else {
         return;
     };
-    let doff = (tcp[12] >> 4) as u32;
-    if doff <= 5 || mss == 0 {
+    let options_len = usize::from(doff >> 4) * 4;
+    if options_len <= 20 || mss == 0 {
         return;
     }
-    // LLVM folds the length's arithmetic into a form whose lower bound the verifier
-    // loses; read back through memory (opaque to LLVM), the checks below stay and give
-    // the verifier the bounds (1..=40) the helper's size needs.
-    let computed = (doff - 5) * 4;
-    // SAFETY: a read of a local.
-    let options_len = unsafe { core::ptr::read_volatile(&computed) };
-    if options_len == 0 || options_len > TCP_MAX_OPTIONS as u32 {
-        return;
-    }
-    let mut options = MaybeUninit::uninit();
-    // SAFETY: bytes.
-    let options: &mut [u8; TCP_MAX_OPTIONS] = unsafe { zero(&mut options) };
-    // SAFETY: `options` has room for `options_len` (at most 40) bytes.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx_ptr,
-            (L4 + 20) as u32,
-            options.as_mut_ptr().cast(),
-            options_len,
-        )
-    };
-    if rc != 0 {
-        return;
-    }
-    let Some(at) = mss_in_first_options(options, options_len as usize) else {
+    let options_len = options_len - 20;
+    let Some(at) = mss_in_first_options(ctx, options_len) else {
         return;
     };
-    let mut old = [0u8; 2];
-    let offset = (L4 + 20 + at) as u32;
-    // SAFETY: 2 bytes into a stack array of 2; the helper checks the packet's bounds.
-    if unsafe { bpf_xdp_load_bytes(ctx_ptr, offset, old.as_mut_ptr().cast(), 2) } != 0 {
+    let Some(old) = read_at::<[u8; 2]>(ctx, at) else {
         return;
-    }
+    };
     let Some(new) = clamp_mss(be16(old), mss) else {
         return;
     };
     let Some(check) = read_at::<[u8; 2]>(ctx, L4 + 16) else {
         return;
     };
-    let new_be = new.to_be_bytes();
-    // SAFETY: as above; the helper checks the packet's bounds.
-    if unsafe { bpf_xdp_store_bytes(ctx_ptr, offset, new_be.as_ptr() as *mut _, 2) } != 0 {
+    if !write_at(ctx, at, &new.to_be_bytes()) {
         return;
     }
-    let check = csum_replace2_at(be16(check), 20 + at, be16(old), new);
+    let check = csum_replace2_at(be16(check), at - L4, be16(old), new);
     write_at(ctx, L4 + 16, &check.to_be_bytes());
 }
 
@@ -367,7 +340,7 @@ pub(crate) fn next_hop(
 
 /// Pushes outer Ethernet (from the FIB), IPv4 (DF clear, TTL 64), UDP (to 4789, checksum
 /// 0 as the kernel's VXLAN device sends), VXLAN (the ingress VNI) and the inner Ethernet
-/// header the backend's host expects, in front of the translated IPv4 packet. Written
+/// header (its source: the published port), in front of the translated IPv4 packet. Written
 /// piece by piece: the whole 64 bytes at once would not fit the stack beside the rest.
 #[inline(never)]
 fn push_vxlan(ctx_ptr: *mut xdp_md, d: &Delivery, plan: &Plan) -> bool {
@@ -405,7 +378,17 @@ fn push_vxlan(ctx_ptr: *mut xdp_md, d: &Delivery, plan: &Plan) -> bool {
     if !write_at(ctx, ETH_LEN + IPV4_LEN + UDP_LEN, &vxlan) {
         return false;
     }
-    write_at(ctx, ENCAP_LEN, &inner_ethernet(plan.backend.ip))
+    // The inner source carries the published port to the backend's host (in place of
+    // the gateway's MAC, which its decapsulation writes back): its replies bring it back,
+    // so this node keeps no reply entry for the flow.
+    let (m, p) = (
+        endpoint_mac(plan.backend.ip),
+        published_port_mac(d.client.key.published_port_be),
+    );
+    let inner = [
+        m[0], m[1], m[2], m[3], m[4], m[5], p[0], p[1], p[2], p[3], p[4], p[5], 0x08, 0x00,
+    ];
+    write_at(ctx, ENCAP_LEN, &inner)
 }
 
 /// Options looked at for the MSS: every stack in use puts it first in a SYN (Linux,
@@ -414,16 +397,16 @@ fn push_vxlan(ctx_ptr: *mut xdp_md, d: &Delivery, plan: &Plan) -> bool {
 /// can walk in this program (a million instructions).
 const MSS_SCAN_STEPS: usize = 4;
 
-/// Where the MSS value lies in `options[..len]` if the option is among the first
-/// [`MSS_SCAN_STEPS`] (NOPs counted).
+/// The packet offset of the MSS value if its option is among the first
+/// [`MSS_SCAN_STEPS`] of the `len` bytes of TCP options (NOPs counted).
 #[inline(always)]
-fn mss_in_first_options(options: &[u8; TCP_MAX_OPTIONS], len: usize) -> Option<usize> {
+fn mss_in_first_options(ctx: &XdpContext, len: usize) -> Option<usize> {
     let mut i = 0usize;
     for _ in 0..MSS_SCAN_STEPS {
         if i + 1 >= len || i + 1 >= TCP_MAX_OPTIONS {
             return None;
         }
-        let kind = options[i];
+        let [kind, opt_len] = read_at::<[u8; 2]>(ctx, L4 + 20 + i)?;
         if kind == 0 {
             return None;
         }
@@ -431,10 +414,10 @@ fn mss_in_first_options(options: &[u8; TCP_MAX_OPTIONS], len: usize) -> Option<u
             i += 1;
             continue;
         }
-        let opt_len = options[i + 1] as usize;
+        let opt_len = opt_len as usize;
         if kind == 2 {
             return if opt_len == 4 && i + 4 <= len {
-                Some(i + 2)
+                Some(L4 + 20 + i + 2)
             } else {
                 None
             };

@@ -17,7 +17,8 @@
 //!   underlay towards the client, the flow's conntrack state and counters updated;
 //! - flowed through another node: encapsulated on the ingress VNI to that node, which
 //!   translates it back (a symmetric path: the client only ever hears from the address
-//!   it sent to).
+//!   it sent to); the inner destination MAC carries the published port back to it
+//!   ([`mesh::published_port_mac`]), as the request brought it.
 //!
 //! Checksums are updated with `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which keep a
 //! `CHECKSUM_PARTIAL` skb (what a task's stack with offloads sends) and a GSO super-packet
@@ -34,7 +35,7 @@ use dataplane_ebpf::{
     mesh::{
         self, FlowKey, MeshConfig, MeshStatKey, Reply, ReplyKey, TCP_ACK, TCP_MAX_OPTIONS, TCP_SYN,
     },
-    overlay::{ETH_LEN, GATEWAY_MAC, IPV4_LEN},
+    overlay::{ETH_LEN, IPV4_LEN},
 };
 
 use crate::{
@@ -148,8 +149,9 @@ pub(crate) fn route(ctx: &TcContext, ip: &Ipv4Hdr, m: &MeshReply) -> Route {
         src: ip.src,
         dst: ip.dst,
         remote: m.reply.ingress_ip,
-        // The ingress node pops the inner Ethernet header unread: any fixed MAC does.
-        inner_dst_mac: GATEWAY_MAC,
+        // The ingress node finds the flow by this port (it keeps no reply entry of its
+        // own for a remote backend) and overwrites the header.
+        inner_dst_mac: mesh::published_port_mac(m.reply.published_port_be),
         verdict: Verdict::MESH_REPLY,
     })
 }

@@ -4,23 +4,26 @@
 //! client sees the address it sent to) and leave towards the client.
 //!
 //! Taken only when everything agrees: the VNI is the ingress VNI, the outer source is a
-//! cluster node (`MESH_NODES`), the inner packet is plain IPv4 TCP/UDP whose flow has a
-//! `MESH_REPLIES` entry naming this node as its ingress, and the flow's conntrack entry
-//! names that very backend on that very host. Anything else on the ingress VNI is not
+//! cluster node (`MESH_NODES`) other than this one, the inner packet is plain IPv4
+//! TCP/UDP, its inner destination MAC carries the published port
+//! (`mesh::published_port_mac`: the backend's host echoes what this node sent), and the
+//! conntrack entry of the flow so named (client address and port, published port) names
+//! that very backend address and port on that very host. No reply entry is needed here:
+//! the conntrack entry is the proof that this node sent that flow to that backend. Anything else on the ingress VNI is not
 //! ours here: the overlay's decapsulation judges it (a backend host's requests are
 //! delivered there, the rest dropped).
 
 use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use dataplane_ebpf::{
     counters::Verdict,
-    mesh::{tcp_next, Flow, FlowKey, MeshConfig, ReplyKey},
+    mesh::{published_port_of, tcp_next, Flow, FlowKey, MeshConfig},
     overlay::{vxlan_vni, UnderlayValue, ENCAP_LEN, ETH_LEN, IPV4_LEN, UDP_LEN},
 };
 
 use crate::{
-    maps::{underlay_config, MESH_CONFIG, MESH_FLOWS, MESH_NODES, MESH_REPLIES},
+    maps::{underlay_config, MESH_CONFIG, MESH_FLOWS, MESH_NODES},
     mesh_conntrack::{stat_backend, touch},
-    mesh_ingress::{decided, drop, Decision, NOT_OURS},
+    mesh_ingress::{decided, drop, zero, Decision, NOT_OURS},
     mesh_nat::{
         clamp_syn_mss, next_hop, rewrite_packet, send, NextHop, Rewrite, HOP_OK, IP_SRC, L4_SPORT,
     },
@@ -152,15 +155,15 @@ fn match_reply(
     if vxlan_vni(&vxlan) != Some(config.ingress_vni) {
         return false;
     }
-    if MESH_NODES.get_ptr(&outer.src).is_none() {
+    if be32(outer.src) == be32(underlay.ip) || MESH_NODES.get_ptr(&outer.src).is_none() {
         return false;
     }
     // One check at a time: merged conditions compile to arithmetic on the packet
     // pointers, which the verifier refuses.
-    let Some(eth) = read_at::<EthHdr>(ctx, INNER_ETH) else {
+    let Some(ether_type) = read_at::<[u8; 2]>(ctx, INNER_ETH + 12) else {
         return false;
     };
-    if be16(eth.ether_type) != ETHERTYPE_IPV4 {
+    if be16(ether_type) != ETHERTYPE_IPV4 {
         return false;
     }
     let Some(inner) = read_at::<Ipv4Hdr>(ctx, INNER_IP) else {
@@ -179,29 +182,24 @@ fn match_reply(
         return false;
     };
     let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
-    let reply_key = ReplyKey {
-        backend_ip: inner.src,
-        client_ip: inner.dst,
-        backend_port_be: sport,
-        client_port_be: dport,
-        protocol: inner.protocol,
-        _pad: [0; 3],
-    };
-    let Some(r) = lookup_lru_reply(&reply_key) else {
+    // Read here, not kept from the header above (stack: see `reply`).
+    let Some(port_mac) = read_at::<[u8; 6]>(ctx, INNER_ETH) else {
         return false;
     };
-    if be32(r.0) != be32(underlay.ip) {
+    let Some(published_port_be) = published_port_of(&port_mac) else {
         return false;
-    }
-    let flow_key = FlowKey {
-        client_ip: inner.dst,
-        node_ip: underlay.ip,
-        client_port_be: dport,
-        published_port_be: r.1,
-        protocol: inner.protocol,
-        _pad: [0; 3],
     };
-    let Some(entry) = MESH_FLOWS.get_ptr_mut(&flow_key) else {
+    // Zeroed in place and filled field by field: a struct literal's zero padding is a
+    // `memset` call, across which every byte of the key would be spilled to the stack.
+    let mut flow_key = core::mem::MaybeUninit::uninit();
+    // SAFETY: integers and arrays of them.
+    let flow_key: &mut FlowKey = unsafe { zero(&mut flow_key) };
+    flow_key.client_ip = inner.dst;
+    flow_key.node_ip = underlay.ip;
+    flow_key.client_port_be = dport;
+    flow_key.published_port_be = published_port_be;
+    flow_key.protocol = inner.protocol;
+    let Some(entry) = MESH_FLOWS.get_ptr_mut(flow_key) else {
         return false;
     };
     // SAFETY: a valid map value for this run; copied at once.
@@ -223,18 +221,9 @@ fn match_reply(
     *m = Matched {
         entry,
         client_ip: inner.dst,
-        published_port_be: r.1,
+        published_port_be,
         protocol: inner.protocol,
         tcp_flags,
     };
     true
-}
-
-/// The reply entry's ingress address and published port.
-#[inline(always)]
-fn lookup_lru_reply(key: &ReplyKey) -> Option<([u8; 4], [u8; 2])> {
-    let r = MESH_REPLIES.get_ptr(key)?;
-    // SAFETY: a valid map value for this run; copied at once.
-    let r = unsafe { *r };
-    Some((r.ingress_ip, r.published_port_be))
 }
