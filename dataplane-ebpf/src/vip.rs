@@ -394,7 +394,13 @@ mod tests {
         let c = config();
         // Live: a retransmitted SYN keeps its pick; data of an established flow.
         assert!(flow_carries(&c, 6, &tracked(TCP_SYN_SENT, 100), true, 150));
-        assert!(flow_carries(&c, 6, &tracked(TCP_ESTABLISHED, 100), false, 8000));
+        assert!(flow_carries(
+            &c,
+            6,
+            &tracked(TCP_ESTABLISHED, 100),
+            false,
+            8000
+        ));
         // The last ACK of a closing flow still goes through; a SYN reusing its port
         // does not.
         assert!(flow_carries(&c, 6, &tracked(TCP_CLOSING, 100), false, 105));
@@ -402,11 +408,28 @@ mod tests {
         // Idle past the state's timeout.
         assert!(!flow_carries(&c, 6, &tracked(TCP_CLOSING, 100), false, 111));
         assert!(!flow_carries(&c, 6, &tracked(TCP_SYN_SENT, 100), true, 161));
-        assert!(!flow_carries(&c, 17, &tracked(crate::mesh::UDP_OPEN, 100), false, 401));
+        assert!(!flow_carries(
+            &c,
+            17,
+            &tracked(crate::mesh::UDP_OPEN, 100),
+            false,
+            401
+        ));
         // No configuration yet: nothing expires.
         let none = MeshConfig::default();
-        assert!(flow_carries(&none, 6, &tracked(TCP_SYN_SENT, 0), false, u64::MAX));
-        assert!(!flow_expired(&none, 17, &tracked(crate::mesh::UDP_OPEN, 0), u64::MAX));
+        assert!(flow_carries(
+            &none,
+            6,
+            &tracked(TCP_SYN_SENT, 0),
+            false,
+            u64::MAX
+        ));
+        assert!(!flow_expired(
+            &none,
+            17,
+            &tracked(crate::mesh::UDP_OPEN, 0),
+            u64::MAX
+        ));
     }
 
     #[test]

@@ -362,8 +362,10 @@ sys.stdout.write(body.decode(errors="replace"))
 /// that port), then the VIP again must get a working connection every time. Without TCP
 /// state the third request rode its first flow's stale entry and the task's answers came
 /// back from the node's address: the client reset them and the connection never opened.
+/// Then, with no task left, the VIP refuses a connection at once like a closed port (a
+/// TCP reset) and counts it, where it used to drop the SYN in silence (a timeout).
 #[test]
-fn a_reused_client_port_gets_a_new_working_connection() {
+fn a_reused_client_port_gets_a_new_connection_and_a_vip_without_tasks_refuses() {
     let (bed, _agents) = cluster("vip-reuse");
     let web_cmd = whoami();
     let web_cmd: Vec<&str> = web_cmd.iter().map(String::as_str).collect();
@@ -404,4 +406,22 @@ fn a_reused_client_port_gets_a_new_working_connection() {
             "request {i}"
         );
     }
+
+    // No serving task: refused at once (a reset, as from a closed port), and counted.
+    skein_ok(bed.host(0), &["service", "scale", "web=0"]).unwrap();
+    wait_running(&bed, "web", 0);
+    let refused_before = verdict_packets(&scrape(client_host).unwrap(), "vip_refused");
+    let url = format!("http://{vip}:80/");
+    wait_until("the VIP refusing at once", DEADLINE, || {
+        match curl_in(&ns, &url) {
+            Err(e) if e.contains("Failed to connect") && !e.contains("timed out") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    let refused_after = verdict_packets(&scrape(client_host).unwrap(), "vip_refused");
+    assert!(
+        refused_after > refused_before,
+        "vip_refused {refused_before} -> {refused_after}"
+    );
 }

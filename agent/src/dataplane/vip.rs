@@ -12,8 +12,8 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use dataplane_ebpf::{
     maps,
     vip::{
-        VipBackend, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipReply,
-        VipReplyKey, VipService, VipServiceKey, VIP_EVENT_NAMES,
+        VipBackend, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipReply, VipReplyKey,
+        VipService, VipServiceKey, VIP_EVENT_NAMES,
     },
 };
 

@@ -220,7 +220,9 @@ impl Reconciler {
         }
         let swept = vip::sweep_vip(
             &mut vip_maps,
-            &self.mesh_timeouts.apply(dataplane_ebpf::mesh::MeshConfig::default()),
+            &self
+                .mesh_timeouts
+                .apply(dataplane_ebpf::mesh::MeshConfig::default()),
         );
         if swept > 0 {
             debug!(swept, "vip conntrack swept");

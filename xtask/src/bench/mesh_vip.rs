@@ -280,8 +280,15 @@ fn counter_deltas(
     WATCHED
         .iter()
         .map(|name| {
-            let d = after.get(*name).unwrap_or(&0) - before.get(*name).unwrap_or(&0).min(after.get(*name).unwrap_or(&0));
-            format!("{} {d}", name.trim_start_matches("TcpExt").trim_start_matches("Tcp"))
+            let d = after.get(*name).unwrap_or(&0)
+                - before
+                    .get(*name)
+                    .unwrap_or(&0)
+                    .min(after.get(*name).unwrap_or(&0));
+            format!(
+                "{} {d}",
+                name.trim_start_matches("TcpExt").trim_start_matches("Tcp")
+            )
         })
         .collect::<Vec<_>>()
         .join(", ")
