@@ -143,7 +143,8 @@ pub const fn flow_carries(
     opens: bool,
     now_ns: u64,
 ) -> bool {
-    !flow_expired(config, protocol, flow, now_ns) && !(opens && flow.state == TCP_CLOSING)
+    let reused = opens && flow.state == TCP_CLOSING;
+    !(reused || flow_expired(config, protocol, flow, now_ns))
 }
 
 /// Whether `flow` has been idle past its state's timeout at `now_ns` (the agent sweeps
