@@ -99,7 +99,15 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
     let bed = Testbed::new("bench-vip", TestbedConfig::with_hosts(3))?;
     bed.make_wire_like()?;
     let (_agents, _) = start_cluster_with(&bed, |_| Vec::new(), &[])?;
-    let whoami = skein_binary()?.display().to_string();
+    // The server's binary may differ from the agents' (`SKEIN_WHOAMI_BIN`): a debug
+    // agent — the data path is its eBPF object, compiled the same either way — serving
+    // with a release whoami, so the server is not the bottleneck.
+    let whoami = match std::env::var_os("SKEIN_WHOAMI_BIN") {
+        Some(bin) => std::path::PathBuf::from(bin),
+        None => skein_binary()?,
+    }
+    .display()
+    .to_string();
     skein_ok(
         bed.host(0),
         &[
