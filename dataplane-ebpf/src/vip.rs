@@ -24,8 +24,13 @@
 //! (a packet from its own address would be dropped by its stack as a martian); its reply
 //! to the VIP is translated back on the same host.
 //!
+//! Connection tracking follows the routing mesh's rules and timeouts (`MESH_CONFIG`):
+//! see [`VipFlow`], [`flow_carries`].
+//!
 //! Byte order: fields ending in `_be` or typed `[u8; N]` are network order; the rest are
 //! host order.
+
+use crate::mesh::{timeout_ns, MeshConfig, TCP_CLOSING};
 
 /// The port of a VIP's [`VipPortKey`] that stands for every port, and the
 /// [`VipPort::target_port_be`] that means "the port the client chose".
@@ -105,7 +110,11 @@ pub struct VipFlowKey {
     pub _pad: [u8; 3],
 }
 
-/// A tracked flow: where its packets go.
+/// A tracked flow: where its packets go, and how far its connection got. The state
+/// follows the routing mesh's conntrack rules ([`crate::mesh::tcp_next`],
+/// [`crate::mesh::timeout_ns`] with the mesh's configured timeouts), so a client port
+/// reused after a close — or after the entry sat idle past its timeout — opens a new
+/// flow instead of riding the old one (whose reply entry may since belong to another).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipFlow {
@@ -113,7 +122,65 @@ pub struct VipFlow {
     /// The source the backend sees: the client's address, or the VIP (hairpin).
     pub source_ip: [u8; 4],
     pub target_port_be: [u8; 2],
-    pub _pad: [u8; 2],
+    /// [`crate::mesh::TCP_SYN_SENT`], `TCP_ESTABLISHED`, `TCP_CLOSING`; `UDP_OPEN`.
+    pub state: u8,
+    /// [`crate::mesh::FIN_FROM_CLIENT`] | `FIN_FROM_BACKEND`.
+    pub flags: u8,
+    pub _pad: [u8; 4],
+    /// CLOCK_MONOTONIC (coarse) when last written; refreshed at most every
+    /// [`crate::mesh::refresh_after_ns`], not per packet.
+    pub last_seen_ns: u64,
+}
+
+/// Whether a tracked flow may carry the client's next segment (`opens`: it is a SYN
+/// without ACK): its backend is alive, it has not been idle past its state's timeout, and
+/// it is not a SYN on a closed connection — a reused client port is a new connection,
+/// balanced afresh. The routing mesh's rule (`mesh_conntrack::conntrack`).
+pub const fn flow_carries(
+    config: &MeshConfig,
+    protocol: u8,
+    flow: &VipFlow,
+    opens: bool,
+    now_ns: u64,
+) -> bool {
+    let reused = opens && flow.state == TCP_CLOSING;
+    !(reused || flow_expired(config, protocol, flow, now_ns))
+}
+
+/// Whether `flow` has been idle past its state's timeout at `now_ns` (the agent sweeps
+/// such entries; the programs treat them as gone). A zero timeout is a mesh
+/// configuration not written yet: no expiry then.
+pub const fn flow_expired(config: &MeshConfig, protocol: u8, flow: &VipFlow, now_ns: u64) -> bool {
+    let timeout = timeout_ns(config, protocol, flow.state);
+    timeout != 0 && now_ns.saturating_sub(flow.last_seen_ns) > timeout
+}
+
+/// The reply entry a flow wrote when it opened (see [`reply_of`]), and whether an entry
+/// found there is still that flow's (a later flow of another client port may own it).
+pub const fn reply_key_of(key: &VipFlowKey, flow: &VipFlow) -> VipReplyKey {
+    VipReplyKey {
+        vni: key.vni,
+        backend_ip: flow.backend_ip,
+        client_ip: flow.source_ip,
+        backend_port_be: flow.target_port_be,
+        client_port_be: key.client_port_be,
+        protocol: key.protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// The flow key of a reply entry's flow (the reverse path tracks the backend's FIN and
+/// RST on it): `key` as the backend sent it, `reply` what the client had sent to.
+pub const fn flow_of_reply(key: &VipReplyKey, reply: &VipReply) -> VipFlowKey {
+    VipFlowKey {
+        vni: key.vni,
+        client_ip: reply.client_ip,
+        dst_ip: reply.dst_ip,
+        client_port_be: key.client_port_be,
+        dst_port_be: reply.dst_port_be,
+        protocol: key.protocol,
+        _pad: [0; 3],
+    }
 }
 
 /// Key of [`crate::maps::VIP_REPLIES`]: a backend's reply as it left the backend.
@@ -219,7 +286,7 @@ const _: () = {
     assert!(size_of::<VipBackendKey>() == 12);
     assert!(size_of::<VipBackend>() == 4);
     assert!(size_of::<VipFlowKey>() == 20);
-    assert!(size_of::<VipFlow>() == 12);
+    assert!(size_of::<VipFlow>() == 24);
     assert!(size_of::<VipReplyKey>() == 20);
     assert!(size_of::<VipReply>() == 12);
 };
@@ -299,6 +366,87 @@ mod tests {
         let (key, reply) = reply_of(&flow(BACKEND, VIP, 80), BACKEND, 80u16.to_be_bytes(), VIP);
         assert_eq!((key.backend_ip, key.client_ip), (BACKEND, VIP));
         assert_eq!((reply.dst_ip, reply.client_ip), (VIP, BACKEND));
+    }
+
+    fn config() -> MeshConfig {
+        MeshConfig {
+            syn_timeout_ns: 60,
+            established_timeout_ns: 8000,
+            closing_timeout_ns: 10,
+            udp_timeout_ns: 300,
+            ..MeshConfig::default()
+        }
+    }
+
+    fn tracked(state: u8, last_seen_ns: u64) -> VipFlow {
+        VipFlow {
+            backend_ip: BACKEND,
+            source_ip: CLIENT,
+            target_port_be: 80u16.to_be_bytes(),
+            state,
+            last_seen_ns,
+            ..VipFlow::default()
+        }
+    }
+
+    #[test]
+    fn a_syn_on_a_closed_flow_or_any_packet_on_an_idle_one_starts_a_new_flow() {
+        use crate::mesh::{TCP_ESTABLISHED, TCP_SYN_SENT};
+        let c = config();
+        // Live: a retransmitted SYN keeps its pick; data of an established flow.
+        assert!(flow_carries(&c, 6, &tracked(TCP_SYN_SENT, 100), true, 150));
+        assert!(flow_carries(
+            &c,
+            6,
+            &tracked(TCP_ESTABLISHED, 100),
+            false,
+            8000
+        ));
+        // The last ACK of a closing flow still goes through; a SYN reusing its port
+        // does not.
+        assert!(flow_carries(&c, 6, &tracked(TCP_CLOSING, 100), false, 105));
+        assert!(!flow_carries(&c, 6, &tracked(TCP_CLOSING, 100), true, 105));
+        // Idle past the state's timeout.
+        assert!(!flow_carries(&c, 6, &tracked(TCP_CLOSING, 100), false, 111));
+        assert!(!flow_carries(&c, 6, &tracked(TCP_SYN_SENT, 100), true, 161));
+        assert!(!flow_carries(
+            &c,
+            17,
+            &tracked(crate::mesh::UDP_OPEN, 100),
+            false,
+            401
+        ));
+        // No configuration yet: nothing expires.
+        let none = MeshConfig::default();
+        assert!(flow_carries(
+            &none,
+            6,
+            &tracked(TCP_SYN_SENT, 0),
+            false,
+            u64::MAX
+        ));
+        assert!(!flow_expired(
+            &none,
+            17,
+            &tracked(crate::mesh::UDP_OPEN, 0),
+            u64::MAX
+        ));
+    }
+
+    #[test]
+    fn a_flow_is_found_again_from_its_reply_and_its_reply_from_it() {
+        for (client, dst) in [(CLIENT, VIP), (BACKEND, VIP), (CLIENT, [192, 168, 0, 1])] {
+            let key = flow(client, dst, 8080);
+            let (reply_key, reply) = reply_of(&key, BACKEND, 80u16.to_be_bytes(), VIP);
+            assert_eq!(flow_of_reply(&reply_key, &reply), key);
+            let f = VipFlow {
+                backend_ip: BACKEND,
+                source_ip: source_seen(client, BACKEND, VIP),
+                target_port_be: 80u16.to_be_bytes(),
+                ..VipFlow::default()
+            };
+            assert_eq!(reply_key_of(&key, &f), reply_key);
+        }
     }
 
     #[test]

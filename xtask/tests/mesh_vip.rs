@@ -310,3 +310,118 @@ fn tasks_reach_every_nodes_published_port_their_own_included() {
     let (answers, _) = eight(&ns, &url);
     assert_four_each(&answers, &web, "web task → its own node's 8080");
 }
+
+/// One HTTP request from `ns` to `ip:port` out of local port `local_port` (set with
+/// `SO_REUSEADDR`), `Connection: close`: the server closes first and the client only after
+/// reading to the end, so the port is free again at once (the TIME_WAIT is the server's),
+/// as with any client that reuses ports quickly. The body, or why not.
+fn request_from_port(ns: &str, local_port: u16, ip: &str, port: u16) -> Result<String, String> {
+    const SCRIPT: &str = r#"
+import socket, sys
+local, ip, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.settimeout(5)
+s.bind(("0.0.0.0", local))
+s.connect((ip, port))
+s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+body = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    body += chunk
+s.close()
+sys.stdout.write(body.decode(errors="replace"))
+"#;
+    let out = in_netns(
+        ns,
+        &[
+            "python3",
+            "-c",
+            SCRIPT,
+            &local_port.to_string(),
+            ip,
+            &port.to_string(),
+        ],
+    )
+    .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{ip}:{port} from port {local_port} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A client port reused right after a close is a new connection (the VIP's conntrack
+/// knows TCP states, as a real balancer's): the same port reaching the VIP, then a node's
+/// published port of the same service (whose flow takes over the task's reply entry for
+/// that port), then the VIP again must get a working connection every time. Without TCP
+/// state the third request rode its first flow's stale entry and the task's answers came
+/// back from the node's address: the client reset them and the connection never opened.
+/// Then, with no task left, the VIP refuses a connection at once like a closed port (a
+/// TCP reset) and counts it, where it used to drop the SYN in silence (a timeout).
+#[test]
+fn a_reused_client_port_gets_a_new_connection_and_a_vip_without_tasks_refuses() {
+    let (bed, _agents) = cluster("vip-reuse");
+    let web_cmd = whoami();
+    let web_cmd: Vec<&str> = web_cmd.iter().map(String::as_str).collect();
+    create(
+        &bed,
+        "web",
+        &["--replicas", "1", "--publish", "8080:80"],
+        &web_cmd,
+    );
+    let web = wait_running(&bed, "web", 1);
+    let vip = inspect(&bed, "web")["vip"]
+        .as_str()
+        .expect("web has a VIP")
+        .to_owned();
+    // The client on another host than the task: replies cross the underlay.
+    let client_host = bed
+        .hosts()
+        .iter()
+        .find(|h| h.netns() != web[0].host && h.name() != web[0].host)
+        .expect("a host without the task");
+    let (ns, client_ip) = create_endpoint(client_host, "skein", "reuser").unwrap();
+    wait_until("the VIP answering", DEADLINE, || {
+        curl_in(&ns, &format!("http://{vip}:80/"))
+    })
+    .unwrap();
+    let node = client_host.underlay_ip().to_string();
+    let port = 40_123;
+    for (i, (ip, dport)) in [(vip.as_str(), 80), (node.as_str(), WEB), (vip.as_str(), 80)]
+        .into_iter()
+        .enumerate()
+    {
+        let body = request_from_port(&ns, port, ip, dport)
+            .unwrap_or_else(|e| panic!("request {i} from port {port}: {e}"));
+        assert_eq!(field(&body, "Hostname:"), web[0].id, "request {i}: {body}");
+        assert_eq!(
+            field(&body, "RemoteAddr:"),
+            format!("{client_ip}:{port}"),
+            "request {i}"
+        );
+    }
+
+    // No serving task: refused at once (a reset, as from a closed port), and counted.
+    skein_ok(bed.host(0), &["service", "scale", "web=0"]).unwrap();
+    wait_running(&bed, "web", 0);
+    let refused_before = verdict_packets(&scrape(client_host).unwrap(), "vip_refused");
+    let url = format!("http://{vip}:80/");
+    wait_until("the VIP refusing at once", DEADLINE, || {
+        match curl_in(&ns, &url) {
+            Err(e) if e.contains("Failed to connect") && !e.contains("timed out") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    let refused_after = verdict_packets(&scrape(client_host).unwrap(), "vip_refused");
+    assert!(
+        refused_after > refused_before,
+        "vip_refused {refused_before} -> {refused_after}"
+    );
+}

@@ -274,7 +274,7 @@ pub fn protocol_name(protocol: u8) -> String {
     }
 }
 
-fn page<K: Pod, V: Pod>(
+pub(super) fn page<K: Pod, V: Pod>(
     map: &HashMap<MapData, K, V>,
     name: &'static str,
     after: Option<K>,

@@ -12,14 +12,14 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use dataplane_ebpf::{
     maps,
     vip::{
-        VipBackend, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipService,
-        VipServiceKey, VIP_EVENT_NAMES,
+        VipBackend, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipReply, VipReplyKey,
+        VipService, VipServiceKey, VIP_EVENT_NAMES,
     },
 };
 
 use super::{
     maps::{listed, open_pin, removed, typed, written, HashHandle, MapHandle},
-    mesh::protocol_name,
+    mesh::{page, protocol_name, Page},
     DataplaneError, PinDirs,
 };
 
@@ -29,7 +29,10 @@ pub struct VipMaps {
     pub(crate) services: VipServicesHandle,
     pub(crate) backends: HashHandle<VipBackendKey, VipBackend>,
     flows: HashMap<MapData, VipFlowKey, VipFlow>,
+    replies: HashMap<MapData, VipReplyKey, VipReply>,
     events: PerCpuArray<MapData, u64>,
+    /// Where the conntrack sweep goes on (`reconcile::vip::sweep_vip`).
+    pub(crate) sweep_after: Option<VipFlowKey>,
 }
 
 impl VipMaps {
@@ -44,8 +47,36 @@ impl VipMaps {
             },
             backends: HashHandle::open(pins, &maps::VIP_BACKENDS)?,
             flows: typed(&maps::VIP_FLOWS, open_pin(pins, &maps::VIP_FLOWS)?.0)?,
+            replies: typed(&maps::VIP_REPLIES, open_pin(pins, &maps::VIP_REPLIES)?.0)?,
             events: typed(&maps::VIP_EVENTS, open_pin(pins, &maps::VIP_EVENTS)?.0)?,
+            sweep_after: None,
         })
+    }
+
+    /// Up to `limit` conntrack entries after `after` (`None`: from the start), and where
+    /// the next page starts (`None`: the walk is over).
+    pub(crate) fn flows_page(
+        &self,
+        after: Option<VipFlowKey>,
+        limit: usize,
+    ) -> Result<Page<VipFlowKey, VipFlow>, DataplaneError> {
+        page(&self.flows, maps::VIP_FLOWS.name, after, limit)
+    }
+
+    pub(crate) fn flow(&self, key: &VipFlowKey) -> Option<VipFlow> {
+        self.flows.get(key, 0).ok()
+    }
+
+    pub(crate) fn remove_flow(&mut self, key: &VipFlowKey) -> Result<bool, DataplaneError> {
+        removed(maps::VIP_FLOWS.name, self.flows.remove(key))
+    }
+
+    pub(crate) fn reply(&self, key: &VipReplyKey) -> Option<VipReply> {
+        self.replies.get(key, 0).ok()
+    }
+
+    pub(crate) fn remove_reply(&mut self, key: &VipReplyKey) -> Result<bool, DataplaneError> {
+        removed(maps::VIP_REPLIES.name, self.replies.remove(key))
     }
 
     /// Each event's count (summed over CPUs), with its label.

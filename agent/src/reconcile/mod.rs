@@ -218,6 +218,15 @@ impl Reconciler {
         if changes > 0 {
             debug!(changes, "vip maps updated");
         }
+        let swept = vip::sweep_vip(
+            &mut vip_maps,
+            &self
+                .mesh_timeouts
+                .apply(dataplane_ebpf::mesh::MeshConfig::default()),
+        );
+        if swept > 0 {
+            debug!(swept, "vip conntrack swept");
+        }
         removed
     }
 

@@ -31,7 +31,17 @@ use manager::{
     NodeId,
 };
 
-use super::{maps::sync_map, MapSyncErrors};
+use dataplane_ebpf::{
+    mesh::MeshConfig,
+    vip::{flow_expired, flow_of_reply, reply_key_of},
+};
+use tracing::warn;
+
+use super::{
+    maps::sync_map,
+    mesh::{monotonic_ns, SWEEP_BATCH},
+    MapSyncErrors,
+};
 use crate::dataplane::VipMaps;
 
 // What the manager allows stays below what the maps hold.
@@ -148,6 +158,45 @@ pub(crate) fn sync_vip(
         + sync_map(&mut maps.services, &desired.services, removals, errors)
         + sync_map(&mut maps.backends, &desired.backends, removals, errors)
         + sync_map(&mut maps.ports, &desired.ports, removals, errors)
+}
+
+/// Deletes up to [`SWEEP_BATCH`] conntrack entries idle past their timeout (the mesh's,
+/// `config`) per pass, going on where the last pass stopped, with their reply entries
+/// when those are still theirs. The programs already treat such a flow as gone (a new
+/// one replaces it); the sweep gives the LRU its room back before it has to evict live
+/// flows. Each entry is re-read just before deletion, so one a packet refreshed stays.
+/// Returns how many flows were deleted.
+pub(crate) fn sweep_vip(maps: &mut VipMaps, config: &MeshConfig) -> u64 {
+    let (page, next) = match maps.flows_page(maps.sweep_after, SWEEP_BATCH) {
+        Ok(page) => page,
+        Err(error) => {
+            maps.sweep_after = None;
+            warn!(%error, "could not sweep the VIP conntrack");
+            return 0;
+        }
+    };
+    maps.sweep_after = next;
+    let mut swept = 0;
+    for (key, flow) in page {
+        if !flow_expired(config, key.protocol, &flow, monotonic_ns()) {
+            continue;
+        }
+        let still = maps
+            .flow(&key)
+            .is_some_and(|f| f == flow || flow_expired(config, key.protocol, &f, monotonic_ns()));
+        if !(still && maps.remove_flow(&key).unwrap_or(false)) {
+            continue;
+        }
+        swept += 1;
+        let reply_key = reply_key_of(&key, &flow);
+        if maps
+            .reply(&reply_key)
+            .is_some_and(|r| flow_of_reply(&reply_key, &r) == key)
+        {
+            let _ = maps.remove_reply(&reply_key);
+        }
+    }
+    swept
 }
 
 #[cfg(test)]

@@ -99,7 +99,15 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
     let bed = Testbed::new("bench-vip", TestbedConfig::with_hosts(3))?;
     bed.make_wire_like()?;
     let (_agents, _) = start_cluster_with(&bed, |_| Vec::new(), &[])?;
-    let whoami = skein_binary()?.display().to_string();
+    // The server's binary may differ from the agents' (`SKEIN_WHOAMI_BIN`): a debug
+    // agent — the data path is its eBPF object, compiled the same either way — serving
+    // with a release whoami, so the server is not the bottleneck.
+    let whoami = match std::env::var_os("SKEIN_WHOAMI_BIN") {
+        Some(bin) => std::path::PathBuf::from(bin),
+        None => skein_binary()?,
+    }
+    .display()
+    .to_string();
     skein_ok(
         bed.host(0),
         &[
@@ -188,8 +196,21 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
     for _ in 0..rounds {
         for (path, (ns, url)) in urls.iter().enumerate() {
             for (mode, close) in [(KEEP_ALIVE, false), (NEW_CONNECTION, true)] {
+                let before = tcp_counters(ns);
                 let figures = match wrk(ns, url, close, seconds, connections) {
-                    Ok(f) => f,
+                    Ok(f) => {
+                        let after = tcp_counters(ns);
+                        println!(
+                            "  {:<14} {:<14} {:>8.0} req/s  p99 {:>7.2} ms  {:>7.1} µs CPU/req  client TCP: {}",
+                            PATHS[path],
+                            if close { "new connection" } else { "keep-alive" },
+                            f.requests_per_s,
+                            f.p99_ms,
+                            f.cpu_us_per_request,
+                            counter_deltas(&before, &after)
+                        );
+                        f
+                    }
                     Err(error) => {
                         let ss = in_netns(ns, &["ss", "-tanp"])
                             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -201,6 +222,11 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
                 samples[path][mode].push(figures);
             }
         }
+    }
+    // What the balancer did on the client's host over all the runs.
+    let maps = skein_ok(client_host, &["debug", "maps"]).unwrap_or_default();
+    for line in maps.lines().filter(|l| l.contains("vip")) {
+        println!("  client host: {}", line.trim());
     }
     let median = |runs: &[WrkFigures]| -> WrkFigures {
         let pick = |f: fn(&WrkFigures) -> f64| {
@@ -221,6 +247,59 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
         task_ip: both(&samples[1]),
         nft_dnat: both(&samples[2]),
     })
+}
+
+/// The paths in the order [`measure`] runs them (for the per-run lines).
+const PATHS: [&str; 3] = ["VIP", "task IP", "nft DNAT"];
+
+/// The client namespace's TCP counters that tell a healthy run from a collapsing one
+/// (retransmitted SYNs, resets, failed opens), printed per run as deltas.
+const WATCHED: [&str; 7] = [
+    "TcpActiveOpens",
+    "TcpAttemptFails",
+    "TcpEstabResets",
+    "TcpOutRsts",
+    "TcpRetransSegs",
+    "TcpExtTCPSynRetrans",
+    "TcpExtTCPTimeouts",
+];
+
+/// `nstat -asz` in `ns`: absolute counters, history untouched; empty if it fails (the
+/// figures do not depend on it).
+fn tcp_counters(ns: &str) -> std::collections::BTreeMap<String, u64> {
+    let Ok(out) = in_netns(ns, &["nstat", "-asz"]) else {
+        return Default::default();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?;
+            let value = words.next()?.parse().ok()?;
+            WATCHED.contains(&name).then(|| (name.to_owned(), value))
+        })
+        .collect()
+}
+
+fn counter_deltas(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    WATCHED
+        .iter()
+        .map(|name| {
+            let d = after.get(*name).unwrap_or(&0)
+                - before
+                    .get(*name)
+                    .unwrap_or(&0)
+                    .min(after.get(*name).unwrap_or(&0));
+            format!(
+                "{} {d}",
+                name.trim_start_matches("TcpExt").trim_start_matches("Tcp")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One wrk run in namespace `ns` (the shared runner), as this bench's figures.

@@ -57,6 +57,7 @@ mod tc_endpoint;
 mod tc_host;
 mod tc_underlay;
 mod vip_nat;
+mod vip_respond;
 mod xdp_underlay;
 
 #[cfg(not(test))]

@@ -44,7 +44,7 @@ use crate::{
     mesh_reply::{self, Route},
     outcome::{count, Outcome},
     parse::*,
-    vip_nat,
+    vip_nat, vip_respond,
 };
 
 /// `skb->pkt_type` of a frame for this host (include/uapi/linux/if_packet.h).
@@ -237,6 +237,7 @@ fn translated(ctx: &TcContext, vni: u32, status: u32) -> Result<Tunnel, Outcome>
     match status {
         vip_nat::TRANSLATED => {}
         vip_nat::REFUSED => return Err(Outcome::drop(Verdict::VIP_REFUSED)),
+        vip_nat::ANSWER => return Err(vip_respond::answer(ctx)),
         _ => return Err(Outcome::error()),
     }
     let Some(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {

@@ -10,7 +10,8 @@
 //!   the address and port the client sent to.
 //! - [`at_vip`]: both, for a packet to a VIP (a hairpin flow's reply is one).
 //!
-//! Each returns a status ([`NONE`], [`TRANSLATED`], [`REFUSED`], [`FAILED`]) and leaves
+//!
+//! Each returns a status ([`NONE`], [`TRANSLATED`], [`REFUSED`], [`ANSWER`], [`FAILED`]) and leaves
 //! the caller to read the rewritten header again: functions that are not inlined return
 //! one register, and the endpoint program's stack (512 bytes for the call chain) is
 //! mostly taken already. The cost on the paths that are not VIP traffic: one hash lookup
@@ -24,21 +25,26 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     programs::TcContext,
 };
 use dataplane_ebpf::{
-    mesh::{opens_flow, pick_index},
+    mesh::{
+        opens_flow, pick_index, refresh_after_ns, tcp_next, MeshConfig, TCP_FIN, TCP_RST,
+        TCP_SYN_SENT, UDP_OPEN,
+    },
     overlay::{EndpointKey, ETH_LEN, IPV4_LEN},
     vip::{
-        reply_of, VipBackendKey, VipFlow, VipFlowKey, VipPort, VipPortKey, VipServiceKey, ANY_PORT,
-        VIP_CLOSED_PORT, VIP_FLOW, VIP_NEW_FLOW, VIP_NO_BACKEND, VIP_NO_FLOW, VIP_REPLY,
+        flow_carries, flow_of_reply, reply_of, VipBackendKey, VipFlow, VipFlowKey, VipPort,
+        VipPortKey, VipReply, VipReplyKey, VipServiceKey, ANY_PORT, VIP_CLOSED_PORT, VIP_FLOW,
+        VIP_NEW_FLOW, VIP_NO_BACKEND, VIP_NO_FLOW, VIP_REPLY,
     },
 };
 
 use crate::{
     maps::{
-        lookup, OVERLAY_ENDPOINTS, VIP_BACKENDS, VIP_EVENTS, VIP_FLOWS, VIP_PORTS, VIP_REPLIES,
-        VIP_SERVICES,
+        lookup, MESH_CONFIG, OVERLAY_ENDPOINTS, VIP_BACKENDS, VIP_EVENTS, VIP_FLOWS, VIP_PORTS,
+        VIP_REPLIES, VIP_SERVICES,
     },
     parse::*,
 };
@@ -51,6 +57,10 @@ pub(crate) const TRANSLATED: u32 = 1;
 pub(crate) const REFUSED: u32 = 2;
 /// A helper failed: drop as an error.
 pub(crate) const FAILED: u32 = 3;
+/// Refused a connection (no serving task; TCP of no live flow), counted in
+/// `VIP_EVENTS`: the client gets the answer of a closed port (`vip_respond::answer`) at once
+/// instead of retrying into silence.
+pub(crate) const ANSWER: u32 = 5;
 
 const IP: usize = ETH_LEN;
 const IP_CHECK: usize = IP + 10;
@@ -188,19 +198,46 @@ fn flow_of(ctx: &TcContext, vni: u32) -> Option<(VipPort, VipFlowKey)> {
 }
 
 /// Translates a client's packet of a live flow to its backend: [`TRANSLATED`], or
-/// [`OPEN`] without one, [`NONE`] if the destination is not balanced.
+/// [`OPEN`] without one, [`NONE`] if the destination is not balanced. A flow whose
+/// backend is gone, that sat idle past its timeout, or that a SYN finds closed (a client
+/// port reused) is no live flow: the packet opens a new one (the mesh's rules,
+/// [`flow_carries`]). The state follows the client's segments here and the backend's
+/// FIN and RST in [`reverse`].
 #[inline(never)]
 fn translate(ctx: &TcContext, vni: u32) -> u32 {
     let Some((_, key)) = flow_of(ctx, vni) else {
         return NONE;
     };
-    // SAFETY: copied at once; the kernel may reuse the element's memory later.
-    let Some(flow) = (unsafe { VIP_FLOWS.get(&key).copied() }) else {
+    let Some(entry) = VIP_FLOWS.get_ptr_mut(&key) else {
         return OPEN;
     };
+    // SAFETY: a valid map value for this run; copied at once.
+    let flow = unsafe { *entry };
     if !alive(vni, flow.backend_ip) {
         return OPEN;
     }
+    let tcp_flags = if key.protocol == IPPROTO_TCP {
+        let Some(flags) = read_at::<u8>(ctx, TCP_FLAGS) else {
+            return NONE;
+        };
+        flags
+    } else {
+        0
+    };
+    let now = now_ns();
+    let Some(config) = MESH_CONFIG.get(0) else {
+        return FAILED;
+    };
+    let opens = key.protocol == IPPROTO_TCP && opens_flow(tcp_flags);
+    if !flow_carries(config, key.protocol, &flow, opens, now) {
+        return OPEN;
+    }
+    let (state, flags) = if key.protocol == IPPROTO_TCP {
+        tcp_next(flow.state, flow.flags, tcp_flags, true)
+    } else {
+        (flow.state, flow.flags)
+    };
+    touch(entry, &flow, state, flags, config, key.protocol, now);
     let check = checksum_offset(key.protocol);
     let ok = set_addr(ctx, check, IP_DST, key.dst_ip, flow.backend_ip)
         && set_port(ctx, check, L4 + 2, key.dst_port_be, flow.target_port_be)
@@ -211,6 +248,41 @@ fn translate(ctx: &TcContext, vni: u32) -> u32 {
     }
     event(VIP_FLOW);
     TRANSLATED
+}
+
+/// `bpf_ktime_get_coarse_ns`: the flows' clock (a tick behind at most, as the mesh's).
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Writes a flow's new state, and its last-seen time when the state changed or the time
+/// is older than [`refresh_after_ns`] allows (a busy flow writes its entry about once a
+/// second, not per packet).
+#[inline(always)]
+fn touch(
+    entry: *mut VipFlow,
+    flow: &VipFlow,
+    state: u8,
+    flags: u8,
+    config: &MeshConfig,
+    protocol: u8,
+    now: u64,
+) {
+    let changed = state != flow.state || flags != flow.flags;
+    let stale = now.saturating_sub(flow.last_seen_ns) > refresh_after_ns(config, protocol, state);
+    // SAFETY: a valid map value; plain stores of whole fields (another CPU reading the
+    // entry meanwhile sees each field old or new).
+    unsafe {
+        if changed {
+            (*entry).state = state;
+            (*entry).flags = flags;
+        }
+        if changed || stale {
+            (*entry).last_seen_ns = now;
+        }
+    }
 }
 
 /// Opens a flow for a client's packet that has none (or whose backend is gone): TCP only
@@ -227,12 +299,12 @@ fn open(ctx: &TcContext, vni: u32) -> u32 {
         };
         if !opens_flow(flags) {
             event(VIP_NO_FLOW);
-            return REFUSED;
+            return ANSWER;
         }
     }
     let Some(backend) = pick(vni, port.vip) else {
         event(VIP_NO_BACKEND);
-        return REFUSED;
+        return ANSWER;
     };
     let (reply_key, reply) = reply_of(&key, backend, port.target_port_be, port.vip);
     if VIP_REPLIES.insert(&reply_key, &reply, 0).is_err() {
@@ -242,7 +314,14 @@ fn open(ctx: &TcContext, vni: u32) -> u32 {
         backend_ip: backend,
         source_ip: reply_key.client_ip,
         target_port_be: port.target_port_be,
-        _pad: [0; 2],
+        state: if key.protocol == IPPROTO_TCP {
+            TCP_SYN_SENT
+        } else {
+            UDP_OPEN
+        },
+        flags: 0,
+        _pad: [0; 4],
+        last_seen_ns: now_ns(),
     };
     if VIP_FLOWS.insert(&key, &flow, 0).is_err() {
         return FAILED;
@@ -290,7 +369,7 @@ pub(crate) fn reverse(ctx: &TcContext, vni: u32) -> u32 {
     let Some((ip, sport, dport)) = balanced(ctx) else {
         return NONE;
     };
-    let key = dataplane_ebpf::vip::VipReplyKey {
+    let key = VipReplyKey {
         vni,
         backend_ip: ip.src,
         client_ip: ip.dst,
@@ -303,6 +382,9 @@ pub(crate) fn reverse(ctx: &TcContext, vni: u32) -> u32 {
     let Some(reply) = (unsafe { VIP_REPLIES.get(&key).copied() }) else {
         return NONE;
     };
+    if ip.protocol == IPPROTO_TCP {
+        backend_closes(ctx, &key, &reply);
+    }
     let check = checksum_offset(ip.protocol);
     let ok = set_addr(ctx, check, IP_SRC, ip.src, reply.dst_ip)
         && set_port(ctx, check, L4, sport, reply.dst_port_be)
@@ -313,6 +395,32 @@ pub(crate) fn reverse(ctx: &TcContext, vni: u32) -> u32 {
     }
     event(VIP_REPLY);
     TRANSLATED
+}
+
+/// A backend's FIN or RST moves its flow's state (both FINs or a RST: closing, so the
+/// client's next SYN from that port is balanced afresh). Only when the flow still
+/// leads to this backend: a late segment of an old connection leaves a new one alone.
+#[inline(always)]
+fn backend_closes(ctx: &TcContext, key: &VipReplyKey, reply: &VipReply) {
+    let Some(tcp_flags) = read_at::<u8>(ctx, TCP_FLAGS) else {
+        return;
+    };
+    if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    let Some(entry) = VIP_FLOWS.get_ptr_mut(&flow_of_reply(key, reply)) else {
+        return;
+    };
+    // SAFETY: a valid map value for this run; plain loads and stores of whole fields.
+    unsafe {
+        if be32((*entry).backend_ip) != be32(key.backend_ip) {
+            return;
+        }
+        let (state, flags) = tcp_next((*entry).state, (*entry).flags, tcp_flags, false);
+        (*entry).state = state;
+        (*entry).flags = flags;
+        (*entry).last_seen_ns = now_ns();
+    }
 }
 
 #[inline(always)]
