@@ -206,6 +206,8 @@ fn metric(samples: &std::collections::BTreeMap<String, u64>, key: &str) -> u64 {
 
 #[test]
 fn service_names_follow_the_live_view() {
+    let started = Instant::now();
+    let stage = |what: &str| eprintln!("[{:>5.1} s] {what}", started.elapsed().as_secs_f64());
     let bed = Testbed::new("dns", TestbedConfig::with_hosts(3)).expect("testbed");
     let upstream = start_upstream(&bed);
     let upstream_arg = format!("--dns-upstream={CLIENT_UNDERLAY_IP}");
@@ -214,6 +216,7 @@ fn service_names_follow_the_live_view() {
     let hosts: Vec<&Host> = bed.hosts().iter().collect();
     let (h1, h2, h3) = (bed.host(0), bed.host(1), bed.host(2));
 
+    stage("cluster up");
     let health_dir = PathBuf::from(bed.run_dir()).join("health");
     std::fs::create_dir_all(&health_dir).unwrap();
     let web_cmd = whoami(&["--port", "80"]);
@@ -287,6 +290,7 @@ fn service_names_follow_the_live_view() {
     let web_ips: BTreeSet<String> = web.iter().map(|t| t.ip.clone()).collect();
     let rr_ips: BTreeSet<String> = rr.iter().map(|t| t.ip.clone()).collect();
 
+    stage("services running");
     // From a web task on every host (one per host: 3 replicas on 3 hosts).
     for task in &web {
         let ns = task_netns(&bed, task);
@@ -400,12 +404,14 @@ fn service_names_follow_the_live_view() {
     let debug = skein_ok(web_host, &["debug", "dns", "secret", "--netns", &web_ns]).unwrap();
     assert!(debug.contains("NXDOMAIN"), "{debug}");
 
+    stage("names checked from every host");
     // The counter service reaches redis by name, through its resolv.conf.
     wait_until("counter reaching redis by name", DEADLINE, || {
         skein_ok(h1, &["service", "logs", "counter"]).is_ok_and(|logs| logs.contains("Hostname:"))
     })
     .unwrap();
 
+    stage("counter reached redis");
     // Scale: answers equal `service ps` on every node.
     skein_ok(h1, &["service", "scale", "web=2"]).unwrap();
     for host in &hosts {
@@ -431,6 +437,7 @@ fn service_names_follow_the_live_view() {
         answers_follow_ps(host, "hc", |ips| !ips.contains(&hc[0].ip));
     }
 
+    stage("scale, rm, health");
     // A host's death and return.
     kill_host(h3, &mut agents[2]).unwrap();
     wait_node_down(&[h1, h2], h3.netns(), DEADLINE).unwrap();
@@ -452,6 +459,7 @@ fn service_names_follow_the_live_view() {
         answers_follow_ps(host, "web", |ips| ips.len() == 3);
     }
 
+    stage("host death and return");
     // An agent restart (kill -9): the sockets in its tasks' namespaces come back.
     let h2_web = running_tasks(h2, "web")
         .into_iter()
@@ -470,6 +478,7 @@ fn service_names_follow_the_live_view() {
     .unwrap();
     answers_follow_ps(h2, "web", |ips| ips.len() == 3);
 
+    stage("agent restart");
     // Sockets follow endpoints: created, attached, removed.
     let (probe_ns, _) = create_endpoint(h1, "skein", "probe").unwrap();
     assert_eq!(
@@ -513,6 +522,7 @@ fn service_names_follow_the_live_view() {
         .args(["netns", "del", &attached])
         .status();
 
+    stage("endpoints");
     // The upstream stops: forwarded names get SERVFAIL; Skein's names still answer.
     drop(upstream);
     wait_until("SERVFAIL without the upstream", DEADLINE, || {

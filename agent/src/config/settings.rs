@@ -454,6 +454,49 @@ mod tests {
     }
 
     #[test]
+    fn dns_settings_come_from_flags_or_the_file_and_are_checked() {
+        let file = file(
+            r#"
+            underlay-iface = "eth0"
+            dns-addr = "127.0.0.1:53"
+            dns-upstream = ["10.0.0.2", "10.0.0.3:5353"]
+            dns_ttl = "5s"
+            "#,
+        );
+        let config = merge(&AgentSettings::default(), &file, &defaults()).unwrap();
+        assert_eq!(
+            config.dns,
+            DnsConfig {
+                addr: "127.0.0.1:53".parse().unwrap(),
+                upstreams: vec![
+                    "10.0.0.2:53".parse().unwrap(),
+                    "10.0.0.3:5353".parse().unwrap()
+                ],
+                ttl: Duration::from_secs(5),
+            }
+        );
+        let given = AgentSettings {
+            dns_ttl: Some(Duration::ZERO),
+            dns_upstreams: Some(vec!["10.9.9.9:53".parse().unwrap()]),
+            ..AgentSettings::default()
+        };
+        let config = merge(&given, &file, &defaults()).unwrap();
+        assert_eq!(config.dns.ttl, Duration::ZERO, "0s: no caching");
+        assert_eq!(config.dns.upstreams, ["10.9.9.9:53".parse().unwrap()]);
+        for bad in [
+            "dns-ttl = \"1500ms\"",
+            "dns-ttl = \"2h\"",
+            "dns-upstream = \"nameserver\"",
+        ] {
+            let text = format!("underlay-iface = \"eth0\"\n{bad}");
+            let error = parse_file(&text, Path::new("/etc/skein/agent.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("dns"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn missing_underlay_says_how_to_give_it() {
         let error = merge(
             &AgentSettings::default(),

@@ -21,6 +21,8 @@ mod forward;
 mod handler;
 mod netns;
 mod records;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
