@@ -379,3 +379,86 @@ async fn a_silent_upstream_gives_servfail() {
     assert_eq!((counts.forwarded, counts.upstream_failures), (1, 1));
     assert!(counts.queries.contains(&("A", "SERVFAIL", 1)), "{counts:?}");
 }
+
+/// What serving one endpoint namespace costs: bind time, descriptors, memory. Root only
+/// (it makes namespaces), so ignored; run with
+/// `cargo test -p agent --lib dns::tests::cost_per_namespace -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: makes network namespaces"]
+async fn cost_per_namespace() {
+    const N: usize = 200;
+    let prefix = format!("skdnscost{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    let names: Vec<String> = (0..N).map(|i| format!("{prefix}-{i}")).collect();
+    for name in &names {
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+    let rss_kib = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .unwrap()
+    };
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let core = Arc::new(Core {
+        records: RwLock::new(Arc::new(Records::build(&view(), 2))),
+        forwarder: Forwarder::new(vec![], Duration::from_millis(300)),
+        counters: Arc::new(DnsCounters::default()),
+    });
+    let namespaces = super::netns::Namespaces::new(core);
+    let (rss0, fds0) = (rss_kib(), fds());
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for name in &names {
+        let one = std::time::Instant::now();
+        namespaces.ensure(name, &["net".to_owned()]).unwrap();
+        slowest = slowest.max(one.elapsed());
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (rss1, fds1) = (rss_kib(), fds());
+    // One answers, to show they serve.
+    let answer = {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &names[N - 1],
+                "dig",
+                "+short",
+                "+time=2",
+                "@127.0.0.11",
+                "web",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for name in &names {
+        namespaces.close(name);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fds2 = fds();
+    for name in &names {
+        ip(&["netns", "del", name]);
+    }
+    eprintln!(
+        "{N} namespaces: {:.0} µs each (slowest {:.0} µs), {:.1} descriptors each, {:.1} KiB RSS each; after closing all: {} descriptors left over the start; web → {answer}",
+        took.as_secs_f64() * 1e6 / N as f64,
+        slowest.as_secs_f64() * 1e6,
+        (fds1 - fds0) as f64 / N as f64,
+        (rss1.saturating_sub(rss0)) as f64 / N as f64,
+        fds2.saturating_sub(fds0),
+    );
+    assert_eq!(answer, "10.10.0.250");
+    assert_eq!(fds2, fds0, "every socket closed");
+}
