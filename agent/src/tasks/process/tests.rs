@@ -375,17 +375,24 @@ async fn mounts_of_a_task_stay_in_its_mount_namespace() {
     let _unmount = Unmount(c_mount_point);
     let spec = TaskSpec {
         command: sh(&format!(
-            "mount -t tmpfs skein-test {0} && touch {0}/inside && echo mounted; sleep 30",
+            "mount -t tmpfs skein-test {0} && touch {0}/inside && echo mounted && cat /etc/resolv.conf; sleep 30",
             mount_point.display()
         )),
         ..spec(&unique("t"), &netns.path(), &tmp.0)
     };
     let task = TaskProcess::spawn(&spec).unwrap();
     let _kill = KillOnDrop(task.clone());
+    // Its resolv.conf names the agent's DNS server; the host's is untouched.
+    let host_resolv_conf = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     eventually("the task's mount", || {
-        fs::read_to_string(log_path(&spec.dir)).is_ok_and(|s| s == "mounted\n")
+        fs::read_to_string(log_path(&spec.dir))
+            .is_ok_and(|s| s == format!("mounted\n{}", super::spawn::TASK_RESOLV_CONF))
     })
     .await;
+    assert_eq!(
+        fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_resolv_conf
+    );
     let leaked = fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()

@@ -1,0 +1,464 @@
+//! The naming rules on hand-built views (`Records`), and the server end to end over
+//! UDP on 127.0.0.1 with a fake upstream: answers, scoping, forwarding, SERVFAIL,
+//! FORMERR and the counters. No root needed.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use hickory_server::{
+    proto::{
+        op::{Message, MessageType, OpCode, Query, ResponseCode},
+        rr::{LowerName, Name, RData, Record, RecordType},
+    },
+    Server,
+};
+use manager::{
+    state::{
+        EndpointMode, EndpointSet, Mode, Network, NetworkSet, Protocol, PublishedPort, Service,
+        ServiceSet, Stamp, Task, TaskState,
+    },
+    testing,
+    view::ClusterView,
+    NodeId,
+};
+use tokio::net::UdpSocket;
+
+use super::{
+    counters::DnsCounters,
+    forward::Forwarder,
+    handler::{Asker, DnsHandler},
+    records::{Records, Resolution, Scope},
+    Core,
+};
+
+fn id(i: u8) -> NodeId {
+    NodeId([i; 16])
+}
+
+fn stamp(hlc: u64) -> Stamp {
+    Stamp { hlc, writer: id(9) }
+}
+
+fn network(name: &str, subnet: &str, vni: u32) -> Network {
+    Network {
+        name: name.into(),
+        subnet: subnet.parse().unwrap(),
+        vni,
+        created: stamp(1),
+    }
+}
+
+/// `web` (VIP 10.10.0.250, 8080→80/tcp) with tasks on nodes 1 and 2 running, one
+/// starting and one on the down node 3; `rr` (dnsrr) with two running tasks; `secret` on
+/// network `other`. This node (1) has an endpoint namespace `client` on `net` and
+/// `stranger` on `other`.
+fn view() -> ClusterView {
+    let web = Service {
+        ports: vec![PublishedPort {
+            published: 8080,
+            target: 80,
+            protocol: Protocol::Tcp,
+        }],
+        vip: Some(Ipv4Addr::new(10, 10, 0, 250)),
+        endpoint_mode: EndpointMode::Vip,
+        ..testing::service("web", Mode::Replicated { replicas: 4 }, stamp(100))
+    };
+    let rr = Service {
+        endpoint_mode: EndpointMode::Dnsrr,
+        vip: None,
+        ..testing::service("rr", Mode::Replicated { replicas: 2 }, stamp(100))
+    };
+    let secret = Service {
+        network: "other".into(),
+        ..testing::service("secret", Mode::Replicated { replicas: 1 }, stamp(100))
+    };
+    let starting = Task {
+        state: TaskState::Starting,
+        ..testing::task("w3", &web, 2, [10, 10, 0, 13])
+    };
+    let tasks = vec![
+        (id(1), testing::task("w1", &web, 0, [10, 10, 0, 11])),
+        (id(2), testing::task("w2", &web, 1, [10, 10, 0, 12])),
+        (id(2), starting),
+        (id(3), testing::task("w4", &web, 3, [10, 10, 0, 14])),
+        (id(1), testing::task("r1", &rr, 0, [10, 10, 0, 21])),
+        (id(2), testing::task("r2", &rr, 1, [10, 10, 0, 22])),
+        (id(2), testing::task("s1", &secret, 0, [10, 20, 0, 31])),
+    ];
+    ClusterView {
+        self_id: id(1),
+        store_version: 1,
+        nodes: vec![
+            testing::node(1, true, [10, 200, 0, 1]),
+            testing::node(2, true, [10, 200, 0, 2]),
+            testing::node(3, false, [10, 200, 0, 3]),
+        ],
+        networks: NetworkSet {
+            valid: vec![
+                network("net", "10.10.0.0/24", 4200),
+                network("other", "10.20.0.0/24", 4201),
+            ],
+            conflicted: vec![],
+        },
+        endpoints: EndpointSet {
+            valid: vec![
+                (
+                    id(1),
+                    testing::endpoint("client", "net", 4200, [10, 10, 0, 2]),
+                ),
+                (
+                    id(1),
+                    testing::endpoint("stranger", "other", 4201, [10, 20, 0, 2]),
+                ),
+            ],
+            collided: vec![],
+        },
+        vteps: vec![],
+        services: ServiceSet {
+            valid: vec![web, rr, secret],
+            conflicted: vec![],
+        },
+        tasks,
+        overlay_mtu: Some(1450),
+    }
+}
+
+fn name(text: &str) -> LowerName {
+    LowerName::from(Name::from_ascii(text).unwrap())
+}
+
+/// The answers' data as text, sorted; `None` for NODATA/NXDOMAIN/Forward.
+fn data(resolution: &Resolution<'_>) -> Option<BTreeSet<String>> {
+    match resolution {
+        Resolution::Answer { answers, .. } => {
+            Some(answers.iter().map(|r| r.data.to_string()).collect())
+        }
+        _ => None,
+    }
+}
+
+fn set(items: &[&str]) -> Option<BTreeSet<String>> {
+    Some(items.iter().map(|s| s.to_string()).collect())
+}
+
+#[test]
+fn names_resolve_to_the_serving_tasks_within_the_askers_networks() {
+    let records = Records::build(&view(), 2);
+    let client = records.scope_of("client").unwrap();
+    assert_eq!(client, Scope::Networks(vec!["net".into()]));
+    let a = |n: &str| records.resolve(&client, &name(n), RecordType::A);
+
+    assert_eq!(data(&a("web.")), set(&["10.10.0.250"]), "vip mode: the VIP");
+    // Running tasks of up nodes only: not the starting one, not the down node's.
+    assert_eq!(data(&a("tasks.web.")), set(&["10.10.0.11", "10.10.0.12"]));
+    assert_eq!(data(&a("rr.")), set(&["10.10.0.21", "10.10.0.22"]), "dnsrr");
+    assert_eq!(data(&a("w2.")), set(&["10.10.0.12"]), "a task ID");
+    assert_eq!(data(&a("web.2.w2.")), set(&["10.10.0.12"]), "NAME.SLOT.ID");
+    assert_eq!(data(&a("WEB.")), set(&["10.10.0.250"]), "case-insensitive");
+    assert_eq!(a("w3."), Resolution::NxDomain, "a starting task");
+    assert_eq!(a("w4."), Resolution::NxDomain, "a down node's task");
+    assert_eq!(a("nosuch."), Resolution::NxDomain);
+    assert_eq!(a("tasks.nosuch."), Resolution::NxDomain);
+    assert_eq!(a("example.com."), Resolution::Forward);
+    assert_eq!(
+        records.resolve(&client, &name("web."), RecordType::AAAA),
+        Resolution::NoData
+    );
+    // Another network's names do not exist for this namespace; the operator sees them.
+    assert_eq!(a("secret."), Resolution::NxDomain);
+    assert_eq!(a("s1."), Resolution::NxDomain);
+    let stranger = records.scope_of("stranger").unwrap();
+    assert_eq!(
+        data(&records.resolve(&stranger, &name("tasks.secret."), RecordType::A)),
+        set(&["10.20.0.31"])
+    );
+    assert_eq!(
+        records.resolve(&stranger, &name("web."), RecordType::A),
+        Resolution::NxDomain
+    );
+    assert_eq!(
+        data(&records.resolve(&Scope::All, &name("secret."), RecordType::A)),
+        set(&["10.20.0.31"])
+    );
+}
+
+#[test]
+fn reverse_and_service_records() {
+    let records = Records::build(&view(), 2);
+    let client = records.scope_of("client").unwrap();
+    let ptr = |n: &str| records.resolve(&client, &name(n), RecordType::PTR);
+    assert_eq!(data(&ptr("12.0.10.10.in-addr.arpa.")), set(&["web.2.w2."]));
+    assert_eq!(data(&ptr("250.0.10.10.in-addr.arpa.")), set(&["web."]));
+    assert_eq!(
+        ptr("99.0.10.10.in-addr.arpa."),
+        Resolution::NxDomain,
+        "ours"
+    );
+    assert_eq!(ptr("8.8.8.8.in-addr.arpa."), Resolution::Forward);
+
+    let srv = |n: &str| records.resolve(&client, &name(n), RecordType::SRV);
+    assert_eq!(
+        data(&srv("_8080._tcp.web.")),
+        set(&["0 10 8080 nodes.h1.", "0 10 8080 nodes.h2."]),
+        "the published port: every up node"
+    );
+    let Resolution::Answer { additionals, .. } = srv("_80._tcp.web.") else {
+        panic!("no SRV for the target port");
+    };
+    assert_eq!(
+        data(&srv("_80._tcp.web.")),
+        set(&["0 10 80 web.1.w1.", "0 10 80 web.2.w2."])
+    );
+    let glue: BTreeSet<String> = additionals
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.data))
+        .collect();
+    assert_eq!(
+        glue,
+        ["web.1.w1. 10.10.0.11", "web.2.w2. 10.10.0.12"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    assert_eq!(
+        data(&records.resolve(&client, &name("nodes.h2."), RecordType::A)),
+        set(&["10.200.0.2"])
+    );
+    assert_eq!(
+        records.resolve(&client, &name("nodes.h3."), RecordType::A),
+        Resolution::NxDomain,
+        "a down node"
+    );
+}
+
+#[test]
+fn tasks_answers_are_shuffled() {
+    let records = Records::build(&view(), 2);
+    let orders: BTreeSet<Vec<String>> = (0..64)
+        .map(
+            |_| match records.resolve(&Scope::All, &name("tasks.web."), RecordType::A) {
+                Resolution::Answer { answers, .. } => {
+                    answers.iter().map(|r| r.data.to_string()).collect()
+                }
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(
+        orders.len(),
+        2,
+        "both orders seen in 64 answers: {orders:?}"
+    );
+}
+
+/// A fake upstream on 127.0.0.1: answers every query with A 192.0.2.1.
+async fn fake_upstream() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buffer = vec![0; 4096];
+        while let Ok((n, from)) = socket.recv_from(&mut buffer).await {
+            let Ok(query) = Message::from_vec(&buffer[..n]) else {
+                continue;
+            };
+            let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+            answer.metadata.recursion_available = true;
+            for q in &query.queries {
+                answer.add_query(q.clone());
+                answer.answers.push(Record::from_rdata(
+                    q.name().clone(),
+                    60,
+                    RData::A(Ipv4Addr::new(192, 0, 2, 1).into()),
+                ));
+            }
+            let _ = socket.send_to(&answer.to_vec().unwrap(), from).await;
+        }
+    });
+    addr
+}
+
+/// A server for `asker` on 127.0.0.1:0 forwarding to `upstream`; its address.
+async fn server(
+    upstream: SocketAddr,
+    asker: Asker,
+) -> (SocketAddr, Arc<DnsCounters>, Server<DnsHandler>) {
+    let counters = Arc::new(DnsCounters::default());
+    let core = Arc::new(Core {
+        records: RwLock::new(Arc::new(Records::build(&view(), 2))),
+        forwarder: Forwarder::new(vec![upstream], Duration::from_millis(300)),
+        counters: counters.clone(),
+    });
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut server = Server::new(DnsHandler { core, asker });
+    server.register_socket(socket);
+    (addr, counters, server)
+}
+
+async fn ask(server: SocketAddr, message: &Message) -> Message {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&message.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buffer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buffer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    Message::from_vec(&buffer[..n]).unwrap()
+}
+
+fn query(text: &str, qtype: RecordType) -> Message {
+    let mut message = Message::new(7, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_ascii(text).unwrap(), qtype));
+    message
+}
+
+fn a_answers(message: &Message) -> Vec<String> {
+    message.answers.iter().map(|r| r.data.to_string()).collect()
+}
+
+#[tokio::test]
+async fn the_server_answers_forwards_and_fails_over_udp() {
+    let upstream = fake_upstream().await;
+    let asker = Asker::Netns {
+        netns: "client".into(),
+        networks: vec![],
+    };
+    let (addr, counters, _server) = server(upstream, asker).await;
+
+    let answer = ask(addr, &query("web.", RecordType::A)).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(answer.metadata.authoritative);
+    assert_eq!(a_answers(&answer), ["10.10.0.250"]);
+    assert_eq!(answer.answers[0].ttl, 2);
+
+    let answer = ask(addr, &query("secret.", RecordType::A)).await;
+    assert_eq!(
+        answer.metadata.response_code,
+        ResponseCode::NXDomain,
+        "scoped"
+    );
+
+    let answer = ask(addr, &query("example.com.", RecordType::A)).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_answers(&answer), ["192.0.2.1"], "forwarded");
+
+    let mut two = query("web.", RecordType::A);
+    two.add_query(Query::query(
+        Name::from_ascii("rr.").unwrap(),
+        RecordType::A,
+    ));
+    let answer = ask(addr, &two).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+
+    let counts = counters.read();
+    assert_eq!(counts.forwarded, 1);
+    assert_eq!(counts.malformed, 1);
+    assert!(counts.queries.contains(&("A", "NOERROR", 2)), "{counts:?}");
+    assert!(counts.queries.contains(&("A", "NXDOMAIN", 1)), "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_silent_upstream_gives_servfail() {
+    // Bound, never read: every forwarded query times out.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (addr, counters, _server) = server(silent.local_addr().unwrap(), Asker::Host).await;
+    let answer = ask(addr, &query("example.com.", RecordType::A)).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    // Skein's names are still answered, and never forwarded.
+    let answer = ask(addr, &query("nosuch.", RecordType::A)).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+    let counts = counters.read();
+    assert_eq!((counts.forwarded, counts.upstream_failures), (1, 1));
+    assert!(counts.queries.contains(&("A", "SERVFAIL", 1)), "{counts:?}");
+}
+
+/// What serving one endpoint namespace costs: bind time, descriptors, memory. Root only
+/// (it makes namespaces), so ignored; run with
+/// `cargo test -p agent --lib dns::tests::cost_per_namespace -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: makes network namespaces"]
+async fn cost_per_namespace() {
+    const N: usize = 200;
+    let prefix = format!("skdnscost{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    let names: Vec<String> = (0..N).map(|i| format!("{prefix}-{i}")).collect();
+    for name in &names {
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+    let rss_kib = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .unwrap()
+    };
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let core = Arc::new(Core {
+        records: RwLock::new(Arc::new(Records::build(&view(), 2))),
+        forwarder: Forwarder::new(vec![], Duration::from_millis(300)),
+        counters: Arc::new(DnsCounters::default()),
+    });
+    let namespaces = super::netns::Namespaces::new(core);
+    let (rss0, fds0) = (rss_kib(), fds());
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for name in &names {
+        let one = std::time::Instant::now();
+        namespaces.ensure(name, &["net".to_owned()]).unwrap();
+        slowest = slowest.max(one.elapsed());
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (rss1, fds1) = (rss_kib(), fds());
+    // One answers, to show they serve.
+    let answer = {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &names[N - 1],
+                "dig",
+                "+short",
+                "+time=2",
+                "@127.0.0.11",
+                "web",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for name in &names {
+        namespaces.close(name);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fds2 = fds();
+    for name in &names {
+        ip(&["netns", "del", name]);
+    }
+    eprintln!(
+        "{N} namespaces: {:.0} µs each (slowest {:.0} µs), {:.1} descriptors each, {:.1} KiB RSS each; after closing all: {} descriptors left over the start; web → {answer}",
+        took.as_secs_f64() * 1e6 / N as f64,
+        slowest.as_secs_f64() * 1e6,
+        (fds1 - fds0) as f64 / N as f64,
+        (rss1.saturating_sub(rss0)) as f64 / N as f64,
+        fds2.saturating_sub(fds0),
+    );
+    assert_eq!(answer, "10.10.0.250");
+    assert_eq!(fds2, fds0, "every socket closed");
+}
