@@ -55,7 +55,11 @@ fn header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
 }
 
 fn push_name(msg: &mut Vec<u8>, name: &str) {
-    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
         msg.push(label.len() as u8);
         msg.extend_from_slice(label.as_bytes());
     }
@@ -66,7 +70,10 @@ fn push_name(msg: &mut Vec<u8>, name: &str) {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Answer {
     A(Ipv4Addr),
-    Srv { port: u16, target: String },
+    Srv {
+        port: u16,
+        target: String,
+    },
     Ptr(String),
     /// Any other type, by number.
     Other(u16),
@@ -129,7 +136,10 @@ pub fn parse_response(msg: &[u8]) -> Result<Response> {
             TYPE_SRV => {
                 ensure!(len >= 7, "SRV record of {len} bytes");
                 let port = u16::from_be_bytes([data[4], data[5]]);
-                let mut at = Reader { msg, pos: start + 6 };
+                let mut at = Reader {
+                    msg,
+                    pos: start + 6,
+                };
                 Answer::Srv {
                     port,
                     target: at.name()?,
@@ -167,7 +177,11 @@ pub fn check_message(msg: &[u8]) -> Result<()> {
         let len = r.u16()? as usize;
         r.take(len)?;
     }
-    ensure!(r.pos == msg.len(), "{} bytes after the last record", msg.len() - r.pos);
+    ensure!(
+        r.pos == msg.len(),
+        "{} bytes after the last record",
+        msg.len() - r.pos
+    );
     Ok(())
 }
 
@@ -179,14 +193,20 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8]> {
         let Some(bytes) = self.msg.get(self.pos..self.pos + n) else {
-            bail!("message ends at {} reading {n} bytes at {}", self.msg.len(), self.pos)
+            bail!(
+                "message ends at {} reading {n} bytes at {}",
+                self.msg.len(),
+                self.pos
+            )
         };
         self.pos += n;
         Ok(bytes)
     }
 
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     /// A name at the cursor, following compression pointers (only backwards, so every
