@@ -92,6 +92,7 @@ struct Figures {
     cpu_us_per_query: Vec<f64>,
     lost: u64,
     other_rcodes: Vec<String>,
+    response_bytes: u64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     lost_at_rate: u64,
@@ -123,8 +124,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
         create_services(host, args.services, args.replicas)?;
         skein_records(host, args.services, args.replicas)?
     };
-    let _dnsmasq = refs::start_dnsmasq(host, &records, args.ttl)?;
-    let _knot = refs::start_knot(host, &records, args.ttl)?;
+    let dnsmasq = refs::start_dnsmasq(host, &records, args.ttl)?;
+    let knot = refs::start_knot(host, &records, args.ttl)?;
     let mut servers = Vec::new();
     if let Some(agent) = agents.first() {
         // Every thread of the agent, and those it starts later, on the servers' CPU.
@@ -144,12 +145,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
     servers.push(Server {
         label: "dnsmasq",
         port: refs::DNSMASQ_PORT,
-        pid: _dnsmasq.pid(),
+        pid: dnsmasq.pid(),
     });
     servers.push(Server {
         label: "Knot",
         port: refs::KNOT_PORT,
-        pid: _knot.pid(),
+        pid: knot.pid(),
     });
     let queries = host.dir().join("queries.txt");
     std::fs::write(
@@ -184,6 +185,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
                 .push(cpu.as_secs_f64() * 1e6 / run.completed.max(1) as f64);
             f.lost += run.sent - run.completed;
             f.other_rcodes.extend(run.other_rcodes);
+            f.response_bytes = run.response_bytes;
             say(&format!(
                 "round {round}: {} {:.0} queries/s",
                 s.label, run.qps
@@ -277,9 +279,10 @@ fn print_table(servers: &[Server], figures: &[Figures], rate: u64, args: &Args) 
     );
     for (s, f) in servers.iter().zip(figures) {
         println!(
-            "   {}: max-rate runs {:?} q/s, lost {} (at the rate: {}), other response codes {:?}",
+            "   {}: max-rate runs {:?} q/s, average response {} bytes, lost {} (at the rate: {}), other response codes {:?}",
             s.label,
             f.max_qps.iter().map(|q| q.round()).collect::<Vec<_>>(),
+            f.response_bytes,
             f.lost,
             f.lost_at_rate,
             f.other_rcodes

@@ -134,7 +134,9 @@ pub(super) fn run(args: &Convergence, ttl: u32) -> Result<()> {
     let mut by_kind: Vec<(&'static str, Vec<Duration>, Vec<Duration>)> = Vec::new();
     let mut missed = 0usize;
     for round in 0..args.conv_rounds {
-        let before = settle(&bed, &sockets, n, limit)
+        // A scale up leaves one more task for the scale down that follows it.
+        let at_rest = if round % 4 == 1 { n + 1 } else { n };
+        let before = settle(&bed, &sockets, at_rest, limit)
             .with_context(|| format!("the service settling before round {round}"))?;
         let tasks = running_tasks(h1, "conv");
         let victim = tasks

@@ -20,6 +20,8 @@ pub(super) struct Run {
     pub(super) latencies: Vec<f64>,
     /// Response codes that were not NOERROR, as dnsperf counts them ("NXDOMAIN 3").
     pub(super) other_rcodes: Vec<String>,
+    /// Average response size, bytes: the servers must answer alike for a fair rate.
+    pub(super) response_bytes: u64,
 }
 
 /// One dnsperf run of `seconds` in `host` against `addr:port` with `queries` (a data
@@ -79,6 +81,10 @@ pub(super) fn parse(text: &str) -> Result<Run> {
         } else if let Some(v) = line.strip_prefix("Queries per second:") {
             run.qps = v.trim().parse().context("queries per second")?;
             seen_qps = true;
+        } else if let Some(v) = line.strip_prefix("Average packet size:") {
+            if let Some(r) = v.split("response").nth(1) {
+                run.response_bytes = first_number(r)?;
+            }
         } else if let Some(v) = line.strip_prefix("Response codes:") {
             run.other_rcodes = v
                 .split(',')
@@ -138,6 +144,7 @@ mod tests {
         \x20 Queries completed:    96590 (99.99%)\n\
         \x20 Queries lost:         10 (0.01%)\n\n\
         \x20 Response codes:       NOERROR 96589 (100.00%), NXDOMAIN 1 (0.00%)\n\
+        \x20 Average packet size:  request 20, response 36\n\
         \x20 Run time (s):         2.000280\n\
         \x20 Queries per second:   48293.238947\n\n\
         \x20 Average Latency (s):  0.001649 (min 0.000014, max 0.010574)\n";
@@ -148,6 +155,7 @@ mod tests {
         assert_eq!((run.sent, run.completed), (96600, 96590));
         assert!((run.qps - 48293.238947).abs() < 1e-6);
         assert_eq!(run.other_rcodes, vec!["NXDOMAIN 1".to_owned()]);
+        assert_eq!(run.response_bytes, 36);
         assert_eq!(run.latencies.len(), 3);
         assert_eq!(quantile(&mut run.latencies, 0.99), Some(0.002));
         assert_eq!(quantile(&mut run.latencies, 0.5), Some(0.000150));
