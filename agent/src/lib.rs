@@ -8,6 +8,8 @@
 //!   and client).
 //! - `daemon`: `skein agent`: the composition root, the API's handlers per object, the
 //!   background loops and the draining shutdown.
+//! - `dns`: the service-discovery DNS server (hickory-server): the live view's names,
+//!   served at 127.0.0.11:53 in every endpoint namespace and at `--dns-addr`.
 //! - [`dataplane`]: the only code that touches aya: load, attach, pin, adopt, counters.
 //! - `http_server`: the bounded hyper HTTP/1.1 server under `/metrics` and `whoami`.
 //! - `metrics`: `/metrics` in the OpenMetrics text format (prometheus-client).
@@ -20,6 +22,7 @@ pub mod cli;
 mod config;
 mod daemon;
 pub mod dataplane;
+mod dns;
 mod egress;
 mod http_server;
 mod metrics;

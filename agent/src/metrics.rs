@@ -37,6 +37,7 @@ use manager::Manager;
 
 use crate::{
     dataplane::{Counters, MeshMaps},
+    dns::{DnsCounters, DnsCounts},
     http_server::{self, Limits},
     peer::Peers,
     reconcile::{MapSyncErrors, MeshStatus, SyncErrorReason},
@@ -58,6 +59,7 @@ struct Sources {
     peers: Option<Arc<Peers>>,
     sync_errors: Arc<MapSyncErrors>,
     mesh: Option<Mutex<MeshSource>>,
+    dns: Option<Arc<DnsCounters>>,
 }
 
 /// How stale the conntrack's entry count (and so the eviction count derived from it) may
@@ -153,6 +155,7 @@ pub(crate) async fn serve(
     peers: Option<Arc<Peers>>,
     sync_errors: Arc<MapSyncErrors>,
     mesh: Option<MeshSource>,
+    dns: Option<Arc<DnsCounters>>,
 ) {
     let sources = Arc::new(Sources {
         counters,
@@ -160,6 +163,7 @@ pub(crate) async fn serve(
         peers,
         sync_errors,
         mesh: mesh.map(Mutex::new),
+        dns,
     });
     http_server::serve(listener, LIMITS, |_remote: SocketAddr| {
         let sources = sources.clone();
@@ -236,6 +240,7 @@ impl Sources {
         if let Some(mesh) = &self.mesh {
             snapshot.mesh = Some(mesh.lock().await.read());
         }
+        snapshot.dns = self.dns.as_ref().map(|dns| dns.read());
         snapshot
     }
 }
@@ -280,6 +285,8 @@ struct Snapshot {
     peer_rejected: Option<Vec<(&'static str, u64)>>,
     /// The routing mesh, when the agent runs one.
     mesh: Option<Mesh>,
+    /// The DNS server's counters, when the agent runs one.
+    dns: Option<DnsCounts>,
 }
 
 #[derive(Debug, Default)]
@@ -420,8 +427,46 @@ impl Collector for Snapshot {
         if let Some(mesh) = &self.mesh {
             encode_mesh(mesh, &mut encoder)?;
         }
+        if let Some(dns) = &self.dns {
+            encode_dns(dns, &mut encoder)?;
+        }
         Ok(())
     }
+}
+
+fn encode_dns(dns: &DnsCounts, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    counter_family(
+        encoder,
+        "skein_dns_queries",
+        "DNS queries answered (host listener and every endpoint namespace), by query type \
+         and result code.",
+        dns.queries
+            .iter()
+            .map(|&(qtype, rcode, n)| (vec![("type", qtype), ("rcode", rcode)], n)),
+    )?;
+    for (name, help, value) in [
+        (
+            "skein_dns_forwarded",
+            "DNS queries for names that are not Skein's, forwarded upstream.",
+            dns.forwarded,
+        ),
+        (
+            "skein_dns_upstream_failures",
+            "Forwarded DNS queries no upstream answered (timeout, error, too many in \
+             flight): answered SERVFAIL.",
+            dns.upstream_failures,
+        ),
+        (
+            "skein_dns_malformed",
+            "DNS requests refused as malformed (FORMERR): not exactly one question, or not \
+             a query.",
+            dns.malformed,
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(metric)?;
+    }
+    Ok(())
 }
 
 fn encode_mesh(mesh: &Mesh, encoder: &mut DescriptorEncoder) -> fmt::Result {

@@ -99,6 +99,9 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The routing mesh: its bench (`wrk`) and its hostile-traffic test (`hping3`).
     ("wrk", "wrk"),
     ("hping3", "hping3"),
+    // Service discovery DNS: queries from inside tasks (`dig`), the tests' upstream.
+    ("dig", "bind9-dnsutils"),
+    ("dnsmasq", "dnsmasq"),
 ];
 
 /// Installs the Debian packages whose commands are missing (one `apt-get` run).

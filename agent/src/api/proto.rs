@@ -61,6 +61,13 @@ pub(crate) enum Request {
     /// `skein debug conntrack`: this node's routing-mesh flows (it being their ingress
     /// node).
     DebugConntrack,
+    /// `skein debug dns NAME [--type T] [--netns NS]`: what a client in that endpoint
+    /// namespace (or the operator, without one) gets, answered by the DNS server's path.
+    DebugDns {
+        name: String,
+        record_type: String,
+        netns: Option<String>,
+    },
     /// `skein service create ...`
     ServiceCreate(ServiceSpec),
     /// `skein service ls`

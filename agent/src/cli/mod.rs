@@ -83,10 +83,14 @@ pub(crate) enum Command {
 /// Entry point of the `skein` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // hickory-server logs every DNS request at info; its warnings are enough unless a
+    // `RUST_LOG` directive names it.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("hickory")) {
+        filter = filter.add_directive("hickory_server=warn".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

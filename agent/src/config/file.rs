@@ -19,8 +19,9 @@ use std::{
 };
 
 use super::{
-    check_port, parse_advertise_addr, parse_duration, parse_iface, parse_nonzero_duration,
-    parse_socket_addr, parse_token, parse_word, AgentSettings, ConfigError, JoinEntry,
+    check_port, parse_advertise_addr, parse_dns_ttl, parse_dns_upstream, parse_duration,
+    parse_iface, parse_nonzero_duration, parse_socket_addr, parse_token, parse_word, AgentSettings,
+    ConfigError, JoinEntry,
 };
 use crate::dataplane::XdpMode;
 
@@ -55,6 +56,9 @@ const FILE_KEYS: &[&str] = &[
     "mesh-syn-timeout",
     "mesh-closing-timeout",
     "mesh-udp-timeout",
+    "dns-addr",
+    "dns-upstream",
+    "dns-ttl",
 ];
 
 /// Parses a config file's text; `path` only names the file in errors.
@@ -163,6 +167,18 @@ pub(crate) fn parse_file(text: &str, path: &Path) -> Result<AgentSettings, Confi
             "mesh-udp-timeout" => set_once(
                 &mut settings.mesh_udp_timeout,
                 duration_string(value).and_then(parse_nonzero_duration),
+            ),
+            "dns-addr" => set_once(
+                &mut settings.dns_addr,
+                string(value).and_then(parse_socket_addr),
+            ),
+            "dns-upstream" => set_once(
+                &mut settings.dns_upstreams,
+                list(value).and_then(|items| items.into_iter().map(parse_dns_upstream).collect()),
+            ),
+            "dns-ttl" => set_once(
+                &mut settings.dns_ttl,
+                duration_string(value).and_then(parse_dns_ttl),
             ),
             _ => {
                 return Err(ConfigError::UnknownKey {

@@ -42,8 +42,8 @@ pub(crate) use paths::DefaultPaths;
 pub(crate) use paths::{default_paths, Defaults};
 pub(crate) use settings::{merge, AgentConfig, AgentSettings};
 pub(crate) use values::{
-    check_port, parse_advertise_addr, parse_iface, parse_port, parse_socket_addr, parse_token,
-    parse_word, xdp_mode_parser, JoinEntry,
+    check_port, parse_advertise_addr, parse_dns_ttl, parse_dns_upstream, parse_iface, parse_port,
+    parse_socket_addr, parse_token, parse_word, xdp_mode_parser, JoinEntry,
 };
 
 /// Errors in the settings: each one sentence naming the bad value and the fix.

@@ -9,17 +9,22 @@ use std::{
 };
 
 use super::{
-    parse_advertise_addr, parse_duration, parse_iface, parse_nonzero_duration, parse_port,
-    parse_socket_addr, parse_token, parse_word, xdp_mode_parser, ConfigError, Defaults, JoinEntry,
-    MeshTimeouts,
+    parse_advertise_addr, parse_dns_ttl, parse_dns_upstream, parse_duration, parse_iface,
+    parse_nonzero_duration, parse_port, parse_socket_addr, parse_token, parse_word,
+    xdp_mode_parser, ConfigError, Defaults, JoinEntry, MeshTimeouts,
 };
-use crate::dataplane::XdpMode;
+use crate::{dataplane::XdpMode, dns::DnsConfig};
 
 /// Gossip between managers runs on this port unless `--gossip-port` says otherwise.
 const DEFAULT_GOSSIP_PORT: u16 = 7946;
 /// Where `/metrics` is served by default.
 const DEFAULT_METRICS_ADDR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9946));
+/// Where operators query the service-discovery DNS server on the host.
+const DEFAULT_DNS_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5353));
+/// DNS answers' TTL: short, so a resolver's cache follows the cluster within seconds
+/// (Docker's 600 s keeps stale answers alive for ten minutes).
+const DEFAULT_DNS_TTL: Duration = Duration::from_secs(2);
 /// How long `--join` waits for a member to answer by default.
 const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prefix of the namespaces and interfaces an agent creates, by default.
@@ -56,6 +61,8 @@ pub(crate) struct AgentConfig {
     pub(crate) drain_window: Duration,
     /// The routing mesh's conntrack timeouts.
     pub(crate) mesh: MeshTimeouts,
+    /// The service-discovery DNS server.
+    pub(crate) dns: DnsConfig,
 }
 
 // By hand, so that logging the config never prints the cluster's join token.
@@ -79,6 +86,7 @@ impl fmt::Debug for AgentConfig {
             .field("hostname", &self.hostname)
             .field("drain_window", &self.drain_window)
             .field("mesh", &self.mesh)
+            .field("dns", &self.dns)
             .finish()
     }
 }
@@ -211,6 +219,27 @@ pub(crate) struct AgentSettings {
     /// How long a mesh UDP flow may be idle. [default: 60s]
     #[arg(long, env = "SKEIN_MESH_UDP_TIMEOUT", value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub(crate) mesh_udp_timeout: Option<Duration>,
+
+    /// Where operators query the service-discovery DNS server on the host (UDP and TCP);
+    /// endpoints query it at 127.0.0.11:53 in their own namespace. [default: 127.0.0.1:5353]
+    #[arg(long, env = "SKEIN_DNS_ADDR", value_name = "ADDR", value_parser = parse_socket_addr)]
+    pub(crate) dns_addr: Option<SocketAddr>,
+
+    /// An upstream resolver for names that are not Skein's: IP or IP:PORT (repeatable,
+    /// or comma-separated; tried in order, at most 3). [default: the nameservers of the
+    /// host's /etc/resolv.conf]
+    #[arg(
+        long = "dns-upstream",
+        env = "SKEIN_DNS_UPSTREAMS",
+        value_name = "ADDR",
+        value_delimiter = ',',
+        value_parser = parse_dns_upstream
+    )]
+    pub(crate) dns_upstreams: Option<Vec<SocketAddr>>,
+
+    /// The TTL of Skein's DNS answers, in whole seconds, like 2s or 0s. [default: 2s]
+    #[arg(long, env = "SKEIN_DNS_TTL", value_name = "DURATION", value_parser = parse_dns_ttl)]
+    pub(crate) dns_ttl: Option<Duration>,
 }
 
 /// Applies the precedence given > file > defaults and checks the combination.
@@ -272,6 +301,11 @@ pub(crate) fn merge(
         drain_window: pick(&given.drain_window, &file.drain_window)
             .unwrap_or(crate::tasks::plan::DEFAULT_DRAIN_WINDOW),
         mesh,
+        dns: DnsConfig {
+            addr: pick(&given.dns_addr, &file.dns_addr).unwrap_or(DEFAULT_DNS_ADDR),
+            upstreams: pick(&given.dns_upstreams, &file.dns_upstreams).unwrap_or_default(),
+            ttl: pick(&given.dns_ttl, &file.dns_ttl).unwrap_or(DEFAULT_DNS_TTL),
+        },
     })
 }
 
@@ -328,6 +362,11 @@ mod tests {
                 hostname: "host1".into(),
                 drain_window: Duration::from_secs(10),
                 mesh: MeshTimeouts::default(),
+                dns: DnsConfig {
+                    addr: "127.0.0.1:5353".parse().unwrap(),
+                    upstreams: vec![],
+                    ttl: Duration::from_secs(2),
+                },
             }
         );
     }

@@ -53,6 +53,28 @@ pub(crate) fn parse_socket_addr(addr: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "not an address and port like 127.0.0.1:9946".into())
 }
 
+/// An upstream DNS resolver: `IP` (port 53) or `IP:PORT` (`[IPv6]:PORT`).
+pub(crate) fn parse_dns_upstream(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = addr.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    addr.parse()
+        .map_err(|_| "not a resolver address like 10.0.0.2 or 10.0.0.2:53".into())
+}
+
+/// A DNS answer's TTL: whole seconds, 0 to 1 hour (answers must follow the view, so a
+/// long TTL defeats them; 0 is valid: no caching).
+pub(crate) fn parse_dns_ttl(value: &str) -> Result<std::time::Duration, String> {
+    let ttl = super::parse_duration(value)?;
+    if ttl.subsec_nanos() != 0 {
+        return Err("DNS TTLs are whole seconds, like 2s".into());
+    }
+    if ttl > std::time::Duration::from_secs(3600) {
+        return Err("longer than 1h; answers would outlive the state they describe".into());
+    }
+    Ok(ttl)
+}
+
 /// An IPv4 address this node can be reached at.
 pub(crate) fn parse_advertise_addr(addr: &str) -> Result<Ipv4Addr, String> {
     let ip =

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::{endpoint::Endpoints, mesh, network, node, service, stop::Stop, vtep};
 use crate::{
     api::{Backend, Body, Request, Response},
+    dns::Dns,
     peer::{self, PeerRequest, PeerResponse, Peers},
     reconcile::Reconciler,
     tasks::supervisor::Supervisor,
@@ -24,6 +25,8 @@ pub(super) struct AgentBackend {
     pub(super) endpoints: Endpoints,
     pub(super) supervisor: Arc<Supervisor>,
     pub(super) peers: Arc<Peers>,
+    /// `skein debug dns` asks it.
+    pub(super) dns: Arc<Dns>,
     /// Ports this agent uses that no service may publish (its metrics port); the
     /// cluster's own are the manager's to check.
     pub(super) reserved_ports: Vec<ReservedPort>,
@@ -79,6 +82,15 @@ impl AgentBackend {
                 service::create(manager, spec, &self.reserved_ports).await?
             }
             Request::DebugConntrack => mesh::conntrack(&self.endpoints.reconciler)?,
+            Request::DebugDns {
+                name,
+                record_type,
+                netns,
+            } => Body::Text(
+                self.dns
+                    .debug(&name, &record_type, netns.as_deref())
+                    .await?,
+            ),
             Request::ServiceLs => service::ls(&view()),
             Request::ServicePs { name } => service::ps(&view(), &name)?,
             Request::ServiceInspect { name } => {

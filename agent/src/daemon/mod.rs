@@ -53,6 +53,7 @@ use crate::{
     dataplane::{
         AttachedMode, Attachments, Counters, Dataplane, MeshMaps, OverlayMaps, PinDirs, VipMaps,
     },
+    dns::Dns,
     metrics,
     peer::Peers,
     reconcile::{MapSyncErrors, MeshSetup, Reconciler},
@@ -148,6 +149,10 @@ fn start(
             vip: VipMaps::open(&pins).context("opening the VIP maps")?,
         },
     ));
+    let dns = Dns::start(&config.dns, listeners.dns, manager.clone())
+        .context("starting the DNS server")?;
+    reconciler.set_watcher(dns.clone());
+    background.spawn_until_shutdown("dns", dns.clone().run());
     let metrics_mesh = metrics::MeshSource::new(
         MeshMaps::open(&pins).context("opening the mesh maps")?,
         reconciler.mesh_status(),
@@ -161,6 +166,7 @@ fn start(
             Some(peers.clone()),
             sync_errors,
             Some(metrics_mesh),
+            Some(dns.counters()),
         ),
     );
     background.spawn_until_shutdown("reconciler", reconciler.clone().run());
@@ -194,6 +200,7 @@ fn start(
         },
         supervisor: supervisor.clone(),
         peers,
+        dns,
         reserved_ports: vec![ReservedPort::new(
             metrics_addr.port(),
             Some(Protocol::Tcp),

@@ -20,7 +20,7 @@ use tracing::info;
 use crate::{
     api,
     config::AgentConfig,
-    dataplane, netif,
+    dataplane, dns, netif,
     state_dir::{Membership, StateDir},
 };
 
@@ -88,6 +88,8 @@ pub(super) struct Listeners {
     pub(super) peer: TcpListener,
     pub(super) metrics: TcpListener,
     pub(super) api: UnixListener,
+    /// The DNS server's host listener (`--dns-addr`).
+    pub(super) dns: dns::HostSockets,
 }
 
 impl Listeners {
@@ -111,6 +113,7 @@ impl Listeners {
                     config.metrics_addr
                 )
             })?;
+        let dns = dns::HostSockets::bind(config.dns.addr).await?;
         let api = api::bind(&config.socket)
             .with_context(|| format!("could not serve the API on {}", config.socket.display()))?;
         Ok((
@@ -120,6 +123,7 @@ impl Listeners {
                 peer,
                 metrics,
                 api,
+                dns,
             },
         ))
     }

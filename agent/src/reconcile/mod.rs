@@ -77,6 +77,16 @@ pub struct Reconciler {
     mesh_timeouts: MeshTimeouts,
     /// The service VIPs' maps (`vip`).
     vip: std::sync::Mutex<VipMaps>,
+    /// Told of every endpoint plumbed and unplumbed (the DNS server's sockets).
+    watcher: std::sync::OnceLock<Arc<dyn EndpointWatcher>>,
+}
+
+/// Told when this node's endpoints are plumbed (every sync pass too: must be cheap when
+/// nothing changed) and unplumbed: the DNS server opens and closes its sockets in their
+/// namespaces.
+pub(crate) trait EndpointWatcher: Send + Sync {
+    fn plumbed(&self, endpoint: &Endpoint);
+    fn unplumbed(&self, endpoint: &Endpoint);
 }
 
 /// What the reconciler needs for the routing mesh: its maps and conntrack timeouts.
@@ -139,7 +149,13 @@ impl Reconciler {
             mesh_status: Arc::new(MeshStatus::default()),
             mesh_timeouts: mesh.timeouts,
             vip: std::sync::Mutex::new(mesh.vip),
+            watcher: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the one [`EndpointWatcher`] (later calls are ignored).
+    pub(crate) fn set_watcher(&self, watcher: Arc<dyn EndpointWatcher>) {
+        let _ = self.watcher.set(watcher);
     }
 
     /// The mesh's slots and sweep counts, for `/metrics`, the API and the peer RPC.

@@ -75,6 +75,9 @@ impl Reconciler {
         if !state.changes.is_empty() {
             info!(endpoint = %endpoint.name, ip = %endpoint.ip, changes = ?state.changes, "endpoint plumbed");
         }
+        if let Some(watcher) = self.watcher.get() {
+            watcher.plumbed(endpoint);
+        }
         Ok(state.host_ifindex)
     }
 
@@ -107,6 +110,9 @@ impl Reconciler {
     /// too); the first error is returned.
     pub async fn unplumb(&self, endpoint: &Endpoint) -> Result<()> {
         let _busy = self.busy.lock().await;
+        if let Some(watcher) = self.watcher.get() {
+            watcher.unplumbed(endpoint);
+        }
         let detached = self
             .dataplane
             .lock()

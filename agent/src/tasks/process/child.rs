@@ -19,6 +19,9 @@ pub(super) struct ChildSetup {
     /// mounts are made private.
     pub(super) unshare: libc::c_int,
     pub(super) hostname: Option<CString>,
+    /// A file bind-mounted over `/etc/resolv.conf` in the new mount namespace (the task's
+    /// resolver: the agent's DNS server at 127.0.0.11).
+    pub(super) resolv_conf: Option<CString>,
     pub(super) ids: Option<(u32, u32)>,
     /// Where the child records how far it got (see [`StepPage`]).
     pub(super) step: usize,
@@ -26,7 +29,7 @@ pub(super) struct ChildSetup {
 
 /// The steps of [`ChildSetup::run`], for error messages. Index 0: std's own preparation
 /// (stdio, cwd) before ours.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "redirecting stdio or changing to /",
     "entering a namespace",
     "creating its UTS and mount namespaces",
@@ -36,8 +39,10 @@ const STEPS: [&str; 9] = [
     "resetting its signals",
     "switching to its user",
     "executing it",
+    "mounting its resolv.conf",
 ];
 const STEP_EXEC: u32 = 8;
+const STEP_RESOLV_CONF: u32 = 9;
 
 impl ChildSetup {
     pub(super) fn run(&self) -> io::Result<()> {
@@ -67,6 +72,16 @@ impl ChildSetup {
                         libc::MS_REC | libc::MS_PRIVATE,
                         std::ptr::null(),
                     ))?;
+                    if let Some(resolv_conf) = &self.resolv_conf {
+                        self.set_step(STEP_RESOLV_CONF);
+                        check(libc::mount(
+                            resolv_conf.as_ptr(),
+                            c"/etc/resolv.conf".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ))?;
+                    }
                 }
             }
             if let Some(hostname) = &self.hostname {

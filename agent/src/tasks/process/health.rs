@@ -82,6 +82,8 @@ pub(crate) async fn health_check(
             ],
             unshare: 0,
             hostname: None,
+            // It enters the task's mount namespace, which has the task's resolv.conf.
+            resolv_conf: None,
             ids: (ids != (0, 0)).then_some(ids),
             step: steps.addr(),
         };

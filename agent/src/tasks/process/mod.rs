@@ -13,7 +13,10 @@
 //!   directory, so its output survives restarts of the task and of the agent;
 //! - cwd `/`, and a clean environment: `PATH` (the spec's, else the agent's), `HOME`,
 //!   `HOSTNAME`, the spec's variables, then `SKEIN_SERVICE`, `SKEIN_TASK`, `SKEIN_NODE`;
-//! - with a user, that uid and gid and no supplementary groups; root otherwise.
+//! - with a user, that uid and gid and no supplementary groups; root otherwise;
+//! - `/etc/resolv.conf` bind-mounted (in its own mount namespace) from `resolv.conf` in
+//!   its state directory: `nameserver 127.0.0.11`, `options ndots:0` — the agent's DNS
+//!   server, served inside the endpoint's namespace (`crate::dns`).
 //!
 //! # Lifetime and reaping
 //! [`TaskProcess::spawn`] and [`TaskProcess::adopt`] start a watcher on the current tokio

@@ -114,6 +114,27 @@ fn is_executable(meta: &fs::Metadata) -> bool {
     meta.is_file() && meta.permissions().mode() & 0o111 != 0
 }
 
+/// What a task's `/etc/resolv.conf` says: the agent's DNS server in its own namespace,
+/// and `ndots:0` (as Docker writes it) so a dotted name is asked as given first.
+pub(crate) const TASK_RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
+
+/// Writes `<dir>/resolv.conf` (world-readable: tasks may run as any user) and returns
+/// its path for the child to bind-mount; `None` when the host has no `/etc/resolv.conf`
+/// to mount over (the task then resolves as the host does).
+fn write_resolv_conf(dir: &Path) -> Result<Option<CString>, SpawnError> {
+    if fs::metadata("/etc/resolv.conf").is_err() {
+        return Ok(None);
+    }
+    let path = dir.join("resolv.conf");
+    let what = format!("writing the task's resolv.conf {}", path.display());
+    fs::write(&path, TASK_RESOLV_CONF).map_err(SpawnError::io(what.clone()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+        .map_err(SpawnError::io(what.clone()))?;
+    CString::new(path.into_os_string().into_encoded_bytes())
+        .map(Some)
+        .map_err(|_| SpawnError::io(what)(std::io::ErrorKind::InvalidInput.into()))
+}
+
 fn validate_task_id(task_id: &str) -> Result<(), SpawnError> {
     if task_id.is_empty() || task_id.len() > HOST_NAME_MAX || task_id.contains(['\0', '/']) {
         return Err(SpawnError::InvalidTaskId {
@@ -187,6 +208,7 @@ impl TaskProcess {
         let log_err = log
             .try_clone()
             .map_err(SpawnError::io("duplicating the log descriptor"))?;
+        let resolv_conf = write_resolv_conf(&spec.dir)?;
         let boot_id = boot_id().map_err(SpawnError::io("reading the boot ID"))?;
         let netns =
             netlink::open_netns_blocking(&spec.netns_path).map_err(|source| SpawnError::Netns {
@@ -221,6 +243,7 @@ impl TaskProcess {
             hostname: Some(
                 CString::new(spec.task_id.as_str()).expect("task IDs were checked for NUL"),
             ),
+            resolv_conf,
             ids: user.as_ref().map(|u| (u.uid, u.gid)),
             step: steps.addr(),
         };
