@@ -295,11 +295,11 @@ impl Malformed {
     /// One message of this kind; `seed` varies the bytes (same seed, same message).
     pub fn message(self, seed: u64) -> Vec<u8> {
         let mut rng = XorShift::new(seed);
-        let id = rng.next() as u16;
+        let id = rng.next_u64() as u16;
         match self {
             Malformed::RandomBytes => {
-                let len = 1 + (rng.next() % 1024) as usize;
-                let mut msg: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let len = 1 + (rng.next_u64() % 1024) as usize;
+                let mut msg: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
                 if check_message(&msg).is_ok() {
                     // A lucky draw (e.g. 12 bytes, all counts 0): claim a question that
                     // is not there.
@@ -309,22 +309,22 @@ impl Malformed {
                 msg
             }
             Malformed::TruncatedHeader => {
-                let len = (rng.next() % 12) as usize;
+                let len = (rng.next_u64() % 12) as usize;
                 query(id, "web", TYPE_A)[..len].to_vec()
             }
             Malformed::AbsurdCounts => {
                 let mut msg = query(id, "web", TYPE_A);
-                let which = 4 + 2 * (rng.next() % 4) as usize;
-                let count = 1000 + (rng.next() % 64536) as u16;
+                let which = 4 + 2 * (rng.next_u64() % 4) as usize;
+                let count = 1000 + (rng.next_u64() % 64536) as u16;
                 msg[which..which + 2].copy_from_slice(&count.max(2).to_be_bytes());
-                if rng.next() % 2 == 0 {
+                if rng.next_u64().is_multiple_of(2) {
                     msg.truncate(12);
                 }
                 msg
             }
             Malformed::HugeName => {
                 let mut msg = header(id, 0x0100, [1, 0, 0, 0]);
-                let labels = 5 + (rng.next() % 60) as usize;
+                let labels = 5 + (rng.next_u64() % 60) as usize;
                 for i in 0..labels {
                     msg.push(MAX_LABEL as u8);
                     msg.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, MAX_LABEL));
@@ -335,7 +335,7 @@ impl Malformed {
             }
             Malformed::BadLabelType => {
                 let mut msg = header(id, 0x0100, [1, 0, 0, 0]);
-                msg.push(0x40 | (rng.next() % 0x40) as u8);
+                msg.push(0x40 | (rng.next_u64() % 0x40) as u8);
                 msg.extend_from_slice(b"web\x00\x00\x01\x00\x01");
                 msg
             }
@@ -355,14 +355,14 @@ impl Malformed {
             }
             Malformed::PointerPastEnd => {
                 let mut msg = header(id, 0x0100, [1, 0, 0, 0]);
-                let target = 0x100 + (rng.next() % 0x3e00) as u16;
+                let target = 0x100 + (rng.next_u64() % 0x3e00) as u16;
                 msg.extend_from_slice(&(0xc000 | target).to_be_bytes());
                 msg.extend_from_slice(&[0, 1, 0, 1]);
                 msg
             }
             Malformed::TruncatedQuestion => {
                 let msg = query(id, "tasks.web", TYPE_A);
-                let cut = 13 + (rng.next() as usize) % (msg.len() - 13);
+                let cut = 13 + (rng.next_u64() as usize) % (msg.len() - 13);
                 msg[..cut].to_vec()
             }
         }
@@ -378,7 +378,7 @@ impl XorShift {
         XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
