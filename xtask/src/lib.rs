@@ -6,8 +6,10 @@
 //! - [`toolchain`]: installs what is missing (nightly rust-src, bpf-linker, Debian packages).
 //! - [`testbed`]: RAII multi-host testbeds in network namespaces.
 //! - [`scrape`]: reads an agent's `/metrics` from inside its host.
+//! - [`dns_wire`]: DNS messages by hand, well-formed and malformed (DNS bench and tests).
 
 pub mod cluster;
+pub mod dns_wire;
 pub mod scrape;
 pub mod testbed;
 pub mod toolchain;

@@ -106,7 +106,13 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 /// Installs the Debian packages whose commands are missing (one `apt-get` run).
 pub fn ensure_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    ensure_packages(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` (command, Debian package) whose commands are missing (one
+/// `apt-get` run); for what only one benchmark drives.
+pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(command, _)| !command_exists(command))
         .map(|(_, package)| *package)

@@ -413,7 +413,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
 /// as users deploy it, in release mode: an unoptimised whoami would spend so much per
 /// request that it, not the path under test, would set every HTTP figure. `SKEIN_BIN`, when
 /// set, is used as it is.
-fn use_release_binary() -> Result<()> {
+pub(crate) fn use_release_binary() -> Result<()> {
     if std::env::var_os("SKEIN_BIN").is_some() {
         return Ok(());
     }

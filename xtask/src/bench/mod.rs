@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub(crate) mod dns;
 pub(crate) mod gossip;
 pub(crate) mod mesh;
 pub(crate) mod mesh_cost;
@@ -16,6 +17,8 @@ pub(crate) mod wrk;
 
 #[derive(clap::Subcommand)]
 pub(crate) enum Bench {
+    /// DNS server vs dnsmasq and Knot (dnsperf), and how fast answers follow the state.
+    Dns(dns::Args),
     /// Control plane: change propagation, failure detection, false downs, RSS, bandwidth.
     Gossip(gossip::Args),
     /// Routing mesh vs a kernel VXLAN + nftables DNAT reference (Swarm without IPVS).
@@ -38,6 +41,7 @@ pub(crate) enum Bench {
 
 pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
+        Bench::Dns(args) => dns::run(args),
         Bench::Gossip(args) => gossip::run(args),
         Bench::Mesh(args) => mesh::run(args),
         Bench::MeshLocal(args) => mesh_local::run(args),
