@@ -458,9 +458,14 @@ fn encode_dns(dns: &DnsCounts, encoder: &mut DescriptorEncoder) -> fmt::Result {
         ),
         (
             "skein_dns_malformed",
-            "DNS requests refused as malformed (FORMERR): not exactly one question, or not \
-             a query.",
+            "DNS messages refused as malformed: unreadable or a response (dropped), or \
+             not exactly one question or not a query (FORMERR).",
             dns.malformed,
+        ),
+        (
+            "skein_dns_overloaded",
+            "DNS queries and TCP connections dropped over the bound on those in progress.",
+            dns.overloaded,
         ),
     ] {
         let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -48,6 +48,7 @@ pub(crate) struct DnsCounters {
     forwarded: AtomicU64,
     upstream_failures: AtomicU64,
     malformed: AtomicU64,
+    overloaded: AtomicU64,
 }
 
 /// The counters read at one scrape.
@@ -58,6 +59,7 @@ pub(crate) struct DnsCounts {
     pub(crate) forwarded: u64,
     pub(crate) upstream_failures: u64,
     pub(crate) malformed: u64,
+    pub(crate) overloaded: u64,
 }
 
 impl DnsCounters {
@@ -77,6 +79,10 @@ impl DnsCounters {
         self.malformed.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn overloaded(&self) {
+        self.overloaded.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn read(&self) -> DnsCounts {
         let mut queries = Vec::new();
         for (t, row) in self.queries.iter().enumerate() {
@@ -92,6 +98,7 @@ impl DnsCounters {
             forwarded: self.forwarded.load(Relaxed),
             upstream_failures: self.upstream_failures.load(Relaxed),
             malformed: self.malformed.load(Relaxed),
+            overloaded: self.overloaded.load(Relaxed),
         }
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! Layout:
 //! - `records`: view → [`records::Records`] (names, scopes), the naming rules.
+//! - `listen`: the UDP and TCP receive loops (decode, count malformed, bound the work).
 //! - `handler`: the hickory `RequestHandler` per socket pair, and [`Core::answer`], the
 //!   one answering path (`skein debug dns` uses it too).
 //! - `forward`: upstream forwarding (timeout, bound on queries in flight, SERVFAIL).
@@ -19,6 +20,7 @@
 mod counters;
 mod forward;
 mod handler;
+mod listen;
 mod netns;
 mod records;
 #[cfg(test)]
@@ -29,17 +31,14 @@ use std::{
     fmt::Write as _,
     net::SocketAddr,
     str::FromStr,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
-use hickory_server::{
-    proto::{
-        op::{LowerQuery, Query},
-        rr::{Name, RecordType},
-    },
-    Server,
+use hickory_server::proto::{
+    op::{LowerQuery, Query},
+    rr::{Name, RecordType},
 };
 use manager::{state::Endpoint, Manager};
 use tokio::net::{TcpListener, UdpSocket};
@@ -51,15 +50,12 @@ pub(crate) use forward::host_upstreams;
 use self::{
     forward::Forwarder,
     handler::{Answer, Asker, DnsHandler},
+    listen::Listener,
     netns::Namespaces,
     records::{Records, Scope},
 };
 use crate::reconcile::EndpointWatcher;
 
-/// How long a TCP client may stay silent before its connection is closed.
-const TCP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Per-connection buffer of TCP answers waiting to be written.
-const TCP_RESPONSE_BUFFER: usize = 16;
 /// How often the view loop retries namespaces it could not serve yet.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -111,7 +107,7 @@ pub(crate) struct Dns {
     manager: Manager,
     ttl: u32,
     /// The host listener (kept so it runs as long as the agent does).
-    _host: Mutex<Server<DnsHandler>>,
+    _host: Listener,
 }
 
 impl Dns {
@@ -136,22 +132,21 @@ impl Dns {
             forwarder: Forwarder::new(upstreams, forward::UPSTREAM_TIMEOUT),
             counters: Arc::new(DnsCounters::default()),
         });
-        let host_server = {
-            let mut server = Server::new(DnsHandler {
+        let host_server = Listener::start(
+            DnsHandler {
                 core: core.clone(),
                 asker: Asker::Host,
-            });
-            server.register_socket(host.udp);
-            server.register_listener(host.tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
-            server
-        };
+            },
+            host.udp,
+            host.tcp,
+        );
         info!(addr = %config.addr, upstreams = ?core.forwarder.upstreams(), ttl, "DNS server running");
         Ok(Arc::new(Dns {
             namespaces: Namespaces::new(core.clone()),
             core,
             manager,
             ttl,
-            _host: Mutex::new(host_server),
+            _host: host_server,
         }))
     }
 

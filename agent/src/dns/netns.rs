@@ -1,5 +1,5 @@
 //! The server inside each endpoint namespace: a UDP socket and a TCP listener bound to
-//! `127.0.0.11:53` there, as Docker's resolver has, served by one hickory `Server` per
+//! `127.0.0.11:53` there, as Docker's resolver has, served by one [`Listener`] per
 //! namespace whose handler knows the namespace (so answers are scoped to its networks).
 //!
 //! A socket belongs to the network namespace it was created in, whichever thread uses it
@@ -23,12 +23,12 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use hickory_server::Server;
 use tracing::{debug, info};
 
 use super::{
     handler::{Asker, DnsHandler},
-    Core, TCP_RESPONSE_BUFFER, TCP_TIMEOUT,
+    listen::Listener,
+    Core,
 };
 use crate::netlink;
 
@@ -87,37 +87,27 @@ fn loopback_is_up() -> Result<bool> {
     Ok(flags & libc::IFF_UP as libc::c_short != 0)
 }
 
-/// A server for one socket pair; dropping it stops it and closes the sockets.
+/// Serves one socket pair; dropping the listener stops it and closes the sockets.
 pub(crate) fn serve(
     core: &Arc<Core>,
     asker: Asker,
     udp: std::net::UdpSocket,
     tcp: std::net::TcpListener,
-) -> Result<Server<DnsHandler>> {
-    let mut server = Server::new(DnsHandler {
+) -> Result<Listener> {
+    let handler = DnsHandler {
         core: core.clone(),
         asker,
-    });
-    server.register_socket(tokio::net::UdpSocket::from_std(udp)?);
-    server.register_listener(
+    };
+    Ok(Listener::start(
+        handler,
+        tokio::net::UdpSocket::from_std(udp)?,
         tokio::net::TcpListener::from_std(tcp)?,
-        TCP_TIMEOUT,
-        TCP_RESPONSE_BUFFER,
-    );
-    Ok(server)
+    ))
 }
 
 struct Open {
-    server: Server<DnsHandler>,
+    _listener: Listener,
     since: Instant,
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        // Dropping the server aborts its tasks (and so closes the sockets); cancelling
-        // first lets them end at their next await.
-        self.server.shutdown_token().cancel();
-    }
 }
 
 /// The namespaces served, by the `netns` their endpoints record.
@@ -149,7 +139,7 @@ impl Namespaces {
             netns: netns.to_owned(),
             networks: networks.to_vec(),
         };
-        let server = serve(&self.core, asker, udp, tcp)?;
+        let listener = serve(&self.core, asker, udp, tcp)?;
         info!(
             netns,
             took_us = started.elapsed().as_micros() as u64,
@@ -158,7 +148,7 @@ impl Namespaces {
         open.insert(
             netns.to_owned(),
             Open {
-                server,
+                _listener: listener,
                 since: Instant::now(),
             },
         );

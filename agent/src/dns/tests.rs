@@ -9,12 +9,9 @@ use std::{
     time::Duration,
 };
 
-use hickory_server::{
-    proto::{
-        op::{Message, MessageType, OpCode, Query, ResponseCode},
-        rr::{LowerName, Name, RData, Record, RecordType},
-    },
-    Server,
+use hickory_server::proto::{
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{LowerName, Name, RData, Record, RecordType},
 };
 use manager::{
     state::{
@@ -31,6 +28,7 @@ use super::{
     counters::DnsCounters,
     forward::Forwarder,
     handler::{Asker, DnsHandler},
+    listen::Listener,
     records::{Records, Resolution, Scope},
     Core,
 };
@@ -282,10 +280,7 @@ async fn fake_upstream() -> SocketAddr {
 }
 
 /// A server for `asker` on 127.0.0.1:0 forwarding to `upstream`; its address.
-async fn server(
-    upstream: SocketAddr,
-    asker: Asker,
-) -> (SocketAddr, Arc<DnsCounters>, Server<DnsHandler>) {
+async fn server(upstream: SocketAddr, asker: Asker) -> (SocketAddr, Arc<DnsCounters>, Listener) {
     let counters = Arc::new(DnsCounters::default());
     let core = Arc::new(Core {
         records: RwLock::new(Arc::new(Records::build(&view(), 2))),
@@ -294,9 +289,9 @@ async fn server(
     });
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
-    let mut server = Server::new(DnsHandler { core, asker });
-    server.register_socket(socket);
-    (addr, counters, server)
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let listener = Listener::start(DnsHandler { core, asker }, socket, tcp);
+    (addr, counters, listener)
 }
 
 async fn ask(server: SocketAddr, message: &Message) -> Message {
@@ -363,6 +358,44 @@ async fn the_server_answers_forwards_and_fails_over_udp() {
     assert_eq!(counts.malformed, 1);
     assert!(counts.queries.contains(&("A", "NOERROR", 2)), "{counts:?}");
     assert!(counts.queries.contains(&("A", "NXDOMAIN", 1)), "{counts:?}");
+}
+
+/// What hickory's own `Server` would drop or answer before any handler saw it is counted
+/// here, and the server goes on answering, over UDP and TCP.
+#[tokio::test]
+async fn unreadable_messages_and_responses_are_counted_and_dropped() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (addr, counters, _server) = server(silent.local_addr().unwrap(), Asker::Host).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut response = query("web.", RecordType::A);
+    response.metadata.message_type = MessageType::Response;
+    let bad: Vec<Vec<u8>> = vec![
+        vec![1, 2, 3],                                                  // shorter than a header
+        vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 63],                   // a question cut short
+        vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1], // pointer to itself
+        response.to_vec().unwrap(),                                     // a response: no reflection
+    ];
+    for message in &bad {
+        client.send_to(message, addr).await.unwrap();
+    }
+    // Over TCP: a framed unreadable message, then a good query on the same connection.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let framed = |m: &[u8]| [&(m.len() as u16).to_be_bytes()[..], m].concat();
+    tcp.write_all(&framed(&bad[1])).await.unwrap();
+    tcp.write_all(&framed(&query("web.", RecordType::A).to_vec().unwrap()))
+        .await
+        .unwrap();
+    let mut len = [0; 2];
+    tcp.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0; usize::from(u16::from_be_bytes(len))];
+    tcp.read_exact(&mut body).await.unwrap();
+    let answer = Message::from_vec(&body).unwrap();
+    assert_eq!(a_answers(&answer), ["10.10.0.250"], "TCP still answers");
+
+    let answer = ask(addr, &query("web.", RecordType::A)).await;
+    assert_eq!(a_answers(&answer), ["10.10.0.250"], "UDP still answers");
+    assert_eq!(counters.read().malformed, 5, "4 over UDP, 1 over TCP");
 }
 
 #[tokio::test]
