@@ -149,11 +149,15 @@ fn rss_and_fds(pid: u32) -> (u64, usize) {
     (rss, fds)
 }
 
+/// Malformed messages counted, plus those dropped unread over the server's bound on TCP
+/// connections (`skein_dns_overloaded`): both are counted drops.
 fn malformed_count(host: &Host) -> u64 {
     scrape(host)
         .expect("metrics")
         .iter()
-        .filter(|(k, _)| k.starts_with("skein_dns_malformed"))
+        .filter(|(k, _)| {
+            k.starts_with("skein_dns_malformed") || k.starts_with("skein_dns_overloaded")
+        })
         .map(|(_, v)| v)
         .sum()
 }
@@ -339,6 +343,11 @@ fn ten_thousand_malformed_queries_leave_the_server_answering_and_counted() {
         agents[0].log()
     );
     let counted = malformed_count(h1) - malformed_before;
+    for (name, value) in scrape(h1).expect("metrics").iter() {
+        if name.starts_with("skein_dns_") {
+            eprintln!("{name} {value}");
+        }
+    }
     let (rss_after, _) = rss_and_fds(agent_pid);
     eprintln!(
         "malformed: {UDP_MESSAGES} UDP ({overflowed} dropped by the kernel for a full buffer), \

@@ -6,9 +6,10 @@
 //! unreadable ones itself (FORMERR, even to a message marked as a response) before any
 //! handler sees them, so malformed input could not be counted (issue 13 part 5), and it
 //! bounds neither queries in flight nor TCP connections. Here a message that does not
-//! decode, or is a response, is dropped and counted as malformed; queries in flight and
-//! TCP connections are bounded (over the bound: dropped and counted); a TCP client silent
-//! for [`TCP_TIMEOUT`] is disconnected (slowloris).
+//! decode, a response, and a broken TCP frame (zero length, cut short) are dropped and
+//! counted as malformed; queries in flight and TCP connections are bounded (over the
+//! bound: dropped and counted); a TCP client silent for [`TCP_TIMEOUT`] is disconnected
+//! (slowloris).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -39,7 +40,7 @@ const TCP_RESPONSE_BUFFER: usize = 16;
 /// UDP queries being answered at once per listener (forwarded ones wait on upstreams).
 const UDP_IN_FLIGHT: usize = 2048;
 /// TCP connections at once per listener.
-const TCP_CONNECTIONS: usize = 128;
+const TCP_CONNECTIONS: usize = 256;
 
 /// One socket pair being served; dropping it stops the loops and closes the sockets.
 pub(crate) struct Listener {
@@ -134,7 +135,18 @@ async fn serve_tcp(handler: Arc<DnsHandler>, listener: TcpListener) {
             );
             let mut messages = TimeoutStream::new(stream, TCP_TIMEOUT);
             // One query at a time per connection: a client cannot make us hold more.
-            while let Some(Ok(message)) = messages.next().await {
+            while let Some(message) = messages.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    // Silent too long: an idle client, closed without counting.
+                    Err(error) if error.kind() == std::io::ErrorKind::TimedOut => break,
+                    // A broken frame (zero length, cut short, closed mid-message):
+                    // the connection ends, counted.
+                    Err(_) => {
+                        handler.core.counters.malformed();
+                        break;
+                    }
+                };
                 let (bytes, src) = message.into_parts();
                 let Some(request) = decode(&handler, bytes, src, Protocol::Tcp) else {
                     continue;
