@@ -395,6 +395,27 @@ fn ten_thousand_malformed_queries_leave_the_server_answering_and_counted() {
     // The probe must be able to fail: a stopped server (a stall) and a dead one.
     // SAFETY: signals to the agent this test started.
     unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
+    // A stop is asynchronous: wait until every thread of the agent is stopped.
+    wait_until("every agent thread stopped", Duration::from_secs(5), || {
+        let running: Vec<String> = std::fs::read_dir(format!("/proc/{agent_pid}/task"))
+            .map_err(|e| e.to_string())?
+            .filter_map(|t| {
+                let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                let state = stat
+                    .rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .next()?
+                    .to_owned();
+                (state != "T" && state != "t").then_some(state)
+            })
+            .collect();
+        running
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("threads not stopped yet: {running:?}"))
+    })
+    .expect("the agent stops");
     let stalled = probe.check();
     unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
     assert!(stalled.is_err(), "the probe detects a stalled server");
