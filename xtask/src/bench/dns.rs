@@ -37,6 +37,15 @@ mod refs;
 pub(crate) const SKEIN_PORT: u16 = 5353;
 /// The agents' upstream: a port nothing listens on, on the host's own loopback.
 pub(crate) const CLOSED_UPSTREAM: &str = "127.0.0.1:5399";
+
+/// The DNS flags of every agent the benches start: nothing forwarded out, answers with
+/// `ttl_seconds`.
+pub(crate) fn agent_dns_args(ttl_seconds: u32) -> Vec<String> {
+    let ttl = format!("{ttl_seconds}s");
+    ["--dns-upstream", CLOSED_UPSTREAM, "--dns-ttl", &ttl]
+        .map(str::to_owned)
+        .to_vec()
+}
 /// What the DNS bench runs, installed if missing (command, Debian package).
 const PACKAGES: &[(&str, &str)] = &[
     ("dnsperf", "dnsperf"),
@@ -110,16 +119,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let records = if args.references_only {
         made_up_records(args.services, args.replicas)
     } else {
-        let ttl = format!("{}s", args.ttl);
-        let (started, _) = start_cluster_with(
-            &bed,
-            |_| {
-                ["--dns-upstream", CLOSED_UPSTREAM, "--dns-ttl", &ttl]
-                    .map(str::to_owned)
-                    .to_vec()
-            },
-            &[],
-        )?;
+        let (started, _) = start_cluster_with(&bed, |_| agent_dns_args(args.ttl), &[])?;
         agents = started;
         create_services(host, args.services, args.replicas)?;
         skein_records(host, args.services, args.replicas)?

@@ -30,7 +30,7 @@ use xtask::{
     toolchain::say,
 };
 
-use super::{ask, udp_socket_in, CLOSED_UPSTREAM, SKEIN_PORT};
+use super::{agent_dns_args, ask, udp_socket_in, SKEIN_PORT};
 use crate::bench::percentiles;
 
 #[derive(clap::Args)]
@@ -84,16 +84,7 @@ pub(super) fn run(args: &Convergence, ttl: u32) -> Result<()> {
         args.nodes
     ));
     let bed = Testbed::new("bench-dnsconv", TestbedConfig::with_hosts(args.nodes))?;
-    let ttl = format!("{ttl}s");
-    let (_agents, _) = start_cluster_with(
-        &bed,
-        |_| {
-            ["--dns-upstream", CLOSED_UPSTREAM, "--dns-ttl", &ttl]
-                .map(str::to_owned)
-                .to_vec()
-        },
-        &[],
-    )?;
+    let (_agents, _) = start_cluster_with(&bed, |_| agent_dns_args(ttl), &[])?;
     let h1 = bed.host(0);
     let sick = bed.run_dir().join("sick");
     fs::create_dir_all(&sick)?;
