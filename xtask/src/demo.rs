@@ -1,28 +1,45 @@
-//! `cargo xtask demo`: a 3-host Skein cluster in network namespaces — one agent creates
-//! it, two join with its token — `node ls`, an overlay network created on one node, an
-//! endpoint on every host, traffic between the endpoints over VXLAN (ping, iperf3) with
-//! the encap/decap counters moving, an agent killed and restarted without losing a packet,
-//! a replicated service (`skein whoami` tasks, one per host) answering curl on its tasks'
-//! overlay IPs and, through the routing mesh, a client on the underlay curling every
-//! node's published port with the answers rotating across the tasks on every host, a
-//! host's death leaving no stale entry and its task moving elsewhere; then everything is
-//! removed.
+//! `cargo xtask demo`: the seeds' tutorial (seed 000: a swarm, an overlay network
+//! `backend`, `redis`, and a `counter` service published on 4568) replayed with Skein on this
+//! machine. Four hosts and a client are network namespaces on one bridged underlay; h1 creates
+//! the cluster, the others join it with the token from a file; `redis` is Debian's
+//! `redis-server`; `counter` is `skein whoami --counter`, which counts hits per task in redis
+//! (found by name, through the tasks' DNS) and answers `<task> > <count>` lines like the
+//! tutorial's `subicura/counter`. The client curls every host's 4568 and a host that runs no
+//! counter curls `localhost:4568`: the answers rotate across the tasks on every host, the
+//! counts rise, each task sees the client's own address. `dig tasks.counter` from inside a
+//! task lists them. Then a host running a counter (not redis) dies (`kill -9`, its link cut)
+//! and the service heals: the task moves, new requests succeed and the count goes on.
+//!
+//! Every step says what it does; any failure stops the demo with a non-zero status. Without
+//! `--keep`, everything is removed at the end (and on failure); with it the cluster stays up
+//! and the demo prints how to reach it (`cargo xtask sweep` removes it later).
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
 use xtask::{
-    cluster::{create_endpoint, in_netns, skein_ok},
-    scrape::{sample, scrape},
-    testbed::{sweep_dead_runs, wait_until, Host, Testbed, TestbedConfig},
+    cluster::{in_netns, kill_host, running_tasks, skein_ok, TaskInfo},
+    testbed::{sweep_dead_runs, wait_until, Host, Process, Testbed, TestbedConfig},
     toolchain::{ensure_debian_packages, ensure_ebpf_toolchain, run_checked, say},
 };
 
 use crate::build_ebpf::workspace_root;
 
-const HOSTS: usize = 3;
+/// `cargo xtask demo` flags.
+#[derive(Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// Leave the cluster running at the end and print how to reach it.
+    #[arg(long)]
+    keep: bool,
+}
 
-pub(crate) fn run() -> Result<()> {
+const HOSTS: usize = 4;
+const REPLICAS: usize = 3;
+/// How long one step may take before the demo gives up on it.
+const STEP: Duration = Duration::from_secs(60);
+
+pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     ensure!(
         unsafe { libc::geteuid() } == 0,
         "the demo creates network namespaces and loads eBPF programs: run it as root"
@@ -36,356 +53,392 @@ pub(crate) fn run() -> Result<()> {
             .current_dir(&root)
             .args(["build", "--package", "agent", "--bin", "skein"]),
     )?;
-    std::env::set_var("SKEIN_BIN", root.join("target/debug/skein"));
+    let skein = root.join("target/debug/skein").display().to_string();
+    std::env::set_var("SKEIN_BIN", &skein);
     sweep_dead_runs()?;
 
     say(&format!(
-        "creating {HOSTS} hosts (network namespaces) on a bridged underlay, 10.200.0.0/24"
+        "creating {HOSTS} hosts and a client (network namespaces) on one bridged underlay, 10.200.0.0/24"
     ));
     let bed = Testbed::new("demo", TestbedConfig::with_hosts(HOSTS))?;
     // XDP transmits into the bridge and the client sends complete checksums, as on a
     // physical network (see `testbed::wire`).
     bed.make_wire_like()?;
-    let mut agents = Vec::new();
-    let h1 = bed.host(0);
-    say(&format!(
-        "h1: `skein agent --underlay-iface eth0 --init` ({}): a new cluster",
-        h1.underlay_ip()
-    ));
-    agents.push(h1.start_agent(&["--init"])?);
-    let token = wait_until("the join token", Duration::from_secs(20), || {
-        skein_ok(h1, &["join-token"]).map(|t| t.trim().to_owned())
-    })?;
-    println!("   join token: {token}");
-    let seed = h1.underlay_ip().to_string();
-    let join_args = ["--join", seed.as_str(), "--token", token.as_str()];
-    for host in &bed.hosts()[1..] {
-        say(&format!(
-            "{}: `skein agent --underlay-iface eth0 --join {seed} --token …` ({})",
-            host.name(),
-            host.underlay_ip()
-        ));
-        agents.push(host.start_agent(&join_args)?);
+    let mut demo = Demo {
+        bed: &bed,
+        agents: Vec::new(),
+        dead: None,
+        skein,
+    };
+    let outcome = demo.tutorial();
+    if outcome.is_err() {
+        demo.show_state();
     }
-    let h2 = bed.host(1);
-    wait_until("3 ready nodes", Duration::from_secs(30), || {
-        node_ls(h2).is_some_and(|table| table.matches(" ready ").count() == HOSTS)
-    })?;
-    say("`skein node ls` on h2");
-    print!("{}", indent(&node_ls(h2).unwrap_or_default()));
-    say("`skein network create web` on h3, then `skein network ls` on h1");
-    let created = skein_ok(bed.host(2), &["network", "create", "web"])
-        .context("`skein network create web` on h3 failed")?;
-    print!("{}", indent(&created));
-    wait_until("web on h1", Duration::from_secs(20), || {
-        skein_ok(h1, &["network", "ls"])
-            .ok()
-            .is_some_and(|t| t.contains("web"))
-    })?;
-    print!(
-        "{}",
-        indent(&skein_ok(h1, &["network", "ls"]).ok().unwrap_or_default())
-    );
-    for host in bed.hosts() {
-        wait_until("the agent's /metrics", Duration::from_secs(20), || {
-            scrape(host)
-        })
-        .with_context(|| format!("agent on {}", host.name()))?;
-        let link = host.run("ip", ["link", "show", "dev", "eth0"])?;
-        let attached = link
-            .lines()
-            .find(|l| l.contains("prog/xdp"))
-            .unwrap_or("(no XDP program!)");
-        println!("   {}: eth0 {}", host.name(), attached.trim());
+    if args.keep && outcome.is_ok() {
+        demo.keep();
+        return Ok(());
     }
-
-    say("`skein endpoint create --network web --name app` on every host (a namespace each)");
-    let mut endpoints = Vec::new();
-    for host in bed.hosts() {
-        endpoints.push(
-            create_endpoint(host, "web", "app")
-                .with_context(|| format!("`skein endpoint create` on {}", host.name()))?,
-        );
-    }
-    print!(
-        "{}",
-        indent(&skein_ok(h1, &["endpoint", "ls"]).ok().unwrap_or_default())
-    );
-
-    let before = counters(&bed)?;
-    say("overlay traffic: every endpoint pings the others (VXLAN between hosts), then iperf3 h1's endpoint -> h3's for 2 s");
-    for (i, (from_ns, _)) in endpoints.iter().enumerate() {
-        for (j, (_, to_ip)) in endpoints.iter().enumerate().filter(|(j, _)| *j != i) {
-            let out = stdout_in(
-                from_ns,
-                &[
-                    "ping", "-n", "-q", "-c", "20", "-i", "0.01", "-W", "2", to_ip,
-                ],
-            )?;
-            let summary = out
-                .lines()
-                .find(|l| l.contains("transmitted"))
-                .unwrap_or("no answer")
-                .to_owned();
-            println!(
-                "   h{}'s app -> h{}'s app ({to_ip}): {summary}",
-                i + 1,
-                j + 1
-            );
-        }
-    }
-    let h3 = bed.host(2);
-    let mut server = h3.spawn(
-        {
-            let mut cmd = h3.command("ip");
-            cmd.args(["netns", "exec", &endpoints[2].0, "iperf3", "-s", "-1"]);
-            cmd
-        },
-        "iperf3-server",
-    )?;
-    std::thread::sleep(Duration::from_millis(400));
-    let out = stdout_in(
-        &endpoints[0].0,
-        &["iperf3", "-c", &endpoints[2].1, "-t", "2", "-f", "g"],
-    )?;
-    if let Some(line) = out.lines().rev().find(|l| l.contains("receiver")) {
-        println!("   iperf3 over the overlay: {}", line.trim());
-    }
-    let _ = server.wait(Duration::from_secs(5));
-    print_counters(&bed, &before, &counters(&bed)?);
-
-    say("kill -9 the agent on h2 while h1's endpoint pings h2's 300 times; then start a new agent");
-    let mut pinger = h1.spawn(
-        {
-            let mut cmd = h1.command("ip");
-            cmd.args([
-                "netns",
-                "exec",
-                &endpoints[0].0,
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                "300",
-                "-i",
-                "0.01",
-            ])
-            .arg(&endpoints[1].1);
-            cmd
-        },
-        "ping-restart",
-    )?;
-    let before_restart = counters(&bed)?;
-    std::thread::sleep(Duration::from_millis(800));
-    agents[1].kill9()?;
-    let link = h2.run("ip", ["link", "show", "dev", "eth0"])?;
-    println!(
-        "   h2's agent killed; eth0 still has: {}",
-        link.lines()
-            .find(|l| l.contains("prog/xdp"))
-            .unwrap_or("(nothing)")
-            .trim()
-    );
-    std::thread::sleep(Duration::from_millis(700));
-    agents[1] = h2.start_agent(&join_args)?;
-    wait_until("the new agent's /metrics", Duration::from_secs(20), || {
-        scrape(h2)
-    })?;
-    pinger.wait(Duration::from_secs(20))?;
-    let summary = pinger.log();
-    println!(
-        "   overlay ping across the restart: {}",
-        summary
-            .lines()
-            .find(|l| l.contains("transmitted"))
-            .unwrap_or("(no summary)")
-    );
-    print_counters(&bed, &before_restart, &counters(&bed)?);
-    wait_until("3 ready again", Duration::from_secs(30), || {
-        node_ls(h1).is_some_and(|t| t.matches(" ready ").count() == HOSTS)
-    })?;
-    println!("   h1's view after the restart (same node ID):");
-    print!("{}", indent(&node_ls(h1).unwrap_or_default()));
-
-    let whoami = root.join("target/debug/skein").display().to_string();
-    say("`skein service create web --network web --replicas 3 --publish 8080:80 -- skein whoami --port 80` on h1");
-    let created = skein_ok(
-        h1,
-        &[
-            "service",
-            "create",
-            "web",
-            "--network",
-            "web",
-            "--replicas",
-            "3",
-            "--publish",
-            "8080:80",
-            "--",
-            &whoami,
-            "whoami",
-            "--port",
-            "80",
-        ],
-    )
-    .context("`skein service create` failed")?;
-    print!("{}", indent(&created));
-    say("`skein service ps web` on h2: one task per host, each in its own namespace");
-    let ps = skein_ok(h2, &["service", "ps", "web"])?;
-    print!("{}", indent(&ps));
-    say("h1's endpoint curls every task by its overlay IP (across hosts for two of them)");
-    for ip in task_ips(h1)? {
-        let body = stdout_in(
-            &endpoints[0].0,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "3",
-                &format!("http://{ip}:80/"),
-            ],
-        )?;
-        let field = |name: &str| {
-            body.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-                .unwrap_or("?")
-                .to_owned()
-        };
-        println!(
-            "   curl http://{ip}:80/ -> Hostname: {}, Node: {}, RemoteAddr: {}",
-            field("Hostname"),
-            short(&field("Node")),
-            field("RemoteAddr")
-        );
-    }
-    say("the routing mesh: a client on the underlay curls 8080 on every host, answers rotate");
-    for host in bed.hosts() {
-        let url = format!("http://{}:8080/", host.underlay_ip());
-        for _ in 0..3 {
-            let body = stdout_in(
-                bed.client().netns(),
-                &["curl", "-sS", "--max-time", "3", &url],
-            )?;
-            let field = |name: &str| {
-                body.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-                    .unwrap_or("?")
-                    .to_owned()
-            };
-            println!(
-                "   curl {url} -> Hostname: {}, Node: {}, RemoteAddr: {}",
-                field("Hostname"),
-                short(&field("Node")),
-                field("RemoteAddr")
-            );
-        }
-    }
-    println!("   (RemoteAddr is the client's own address: no SNAT)");
-
-    say("kill -9 h3's agent for good: its endpoint leaves every other host's maps, its task moves");
-    agents[2].kill9()?;
-    let h3_ip = endpoints[2].1.clone();
-    wait_until(
-        "h3's endpoint gone from h1's maps",
-        Duration::from_secs(20),
-        || {
-            skein_ok(h1, &["debug", "maps"])
-                .ok()
-                .is_some_and(|m| !m.contains(&format!("ip {h3_ip} ")))
-        },
-    )?;
-    print!("{}", indent(&node_ls(h1).unwrap_or_default()));
-    println!("   h1's maps no longer hold {h3_ip}");
-    let h3_name = h3.netns().to_owned();
-    wait_until(
-        "h3's task running elsewhere",
-        Duration::from_secs(20),
-        || {
-            skein_ok(h1, &["service", "ps", "web", "--format", "json"])
-                .ok()
-                .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
-                .is_some_and(|rows| {
-                    rows.iter()
-                        .filter(|r| r["state"] == "running" && r["hostname"] != h3_name.as_str())
-                        .count()
-                        == 3
-                })
-        },
-    )?;
-    say("`skein service ps web` on h1: h3's task is down, a new one runs on h1 or h2");
-    print!("{}", indent(&skein_ok(h1, &["service", "ps", "web"])?));
-
-    say("removing the testbed: agents, namespaces, bpffs mounts");
-    drop(agents);
+    say("removing everything: agents, tasks, namespaces, bpffs mounts");
+    drop(demo);
     drop(bed);
+    outcome?;
     say("done");
     Ok(())
 }
 
-/// The overlay IPs of web's running tasks, as `service ps` lists them on `host`.
-fn task_ips(host: &Host) -> Result<Vec<String>> {
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&skein_ok(
-        host,
-        &["service", "ps", "web", "--format", "json"],
-    )?)?;
-    Ok(rows
-        .iter()
-        .filter(|r| r["state"] == "running")
-        .filter_map(|r| r["ip"].as_str().map(str::to_owned))
-        .collect())
+/// The cluster while the demo runs.
+struct Demo<'a> {
+    bed: &'a Testbed,
+    /// One per host, in host order.
+    agents: Vec<Process>,
+    /// The host the demo killed, once it has.
+    dead: Option<usize>,
+    /// The skein binary the tasks run.
+    skein: String,
 }
 
-/// The first 12 hex digits of a node ID, as tables show it.
-fn short(id: &str) -> String {
-    id.chars().take(12).collect()
-}
+impl Demo<'_> {
+    fn tutorial(&mut self) -> Result<()> {
+        self.start_cluster()?;
+        let h1 = self.bed.host(0);
 
-/// Per host: (packets encapsulated, packets decapsulated).
-type Counts = BTreeMap<String, (u64, u64)>;
+        say("`skein network create backend` (an overlay network: VXLAN between the hosts)");
+        print!("{}", indent(&skein_ok(h1, &["network", "create", "backend"])?));
 
-fn counters(bed: &Testbed) -> Result<Counts> {
-    bed.hosts()
-        .iter()
-        .map(|host: &Host| {
-            let m = scrape(host)?;
-            Ok((
-                host.name().to_owned(),
-                (sample(&m, ENCAP_PACKETS)?, sample(&m, DECAP_PACKETS)?),
-            ))
-        })
-        .collect()
-}
+        say("`skein service create redis --network backend -- redis-server …` (Debian's redis)");
+        let redis = [
+            "service",
+            "create",
+            "redis",
+            "--network",
+            "backend",
+            "--",
+            "redis-server",
+            "--port",
+            "6379",
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        print!("{}", indent(&skein_ok(h1, &redis)?));
 
-fn print_counters(bed: &Testbed, before: &Counts, after: &Counts) {
-    println!(
-        "   {:<6} {:>22} {:>22}",
-        "host", "VXLAN encapsulated", "VXLAN decapsulated"
-    );
-    for host in bed.hosts() {
-        let (b, a) = (before[host.name()], after[host.name()]);
-        println!(
-            "   {:<6} {:>22} {:>22}",
-            host.name(),
-            format!("{} (+{})", a.0, a.0 - b.0),
-            format!("{} (+{})", a.1, a.1 - b.1)
+        say(&format!(
+            "`skein service create counter --network backend --replicas {REPLICAS} -e REDIS_HOST=redis --publish 4568:4567 -- skein whoami --counter --port 4567`"
+        ));
+        let replicas = REPLICAS.to_string();
+        let counter = [
+            "service",
+            "create",
+            "counter",
+            "--network",
+            "backend",
+            "--replicas",
+            &replicas,
+            "-e",
+            "REDIS_HOST=redis",
+            "--publish",
+            "4568:4567",
+            "--",
+            &self.skein,
+            "whoami",
+            "--counter",
+            "--port",
+            "4567",
+        ];
+        print!("{}", indent(&skein_ok(h1, &counter)?));
+        say("`skein service ps counter` and `skein service ps redis`");
+        print!("{}", indent(&skein_ok(h1, &["service", "ps", "counter"])?));
+        print!("{}", indent(&skein_ok(h1, &["service", "ps", "redis"])?));
+
+        let mut counts = Counts::default();
+        say("the client curls 4568 on every host: the routing mesh rotates across the tasks");
+        for round in 0..2 {
+            for i in 0..HOSTS {
+                let ip = self.bed.host(i).underlay_ip().to_string();
+                self.curl(self.bed.client().netns(), &ip, &mut counts)
+                    .with_context(|| format!("round {}: curl {ip}:4568", round + 1))?;
+            }
+        }
+        println!("   (the address each task saw is the client's own: no SNAT on the way)");
+
+        let tasks = running_tasks(h1, "counter");
+        let quiet = (0..HOSTS)
+            .find(|&i| !tasks.iter().any(|t| t.host == self.bed.host(i).netns()))
+            .context("every host runs a counter")?;
+        let quiet_host = self.bed.host(quiet);
+        say(&format!(
+            "on {} (it runs no counter): `curl localhost:4568` three times",
+            quiet_host.name()
+        ));
+        for _ in 0..3 {
+            self.curl(quiet_host.netns(), "localhost", &mut counts)?;
+        }
+
+        let first = tasks.first().context("no counter task running")?;
+        let task_ns = self.task_netns(first)?;
+        say(&format!(
+            "`dig tasks.counter` inside task {} (its resolver is 127.0.0.11 in its own namespace)",
+            first.name
+        ));
+        let dig = stdout_in(
+            &task_ns,
+            &["dig", "+short", "+time=2", "@127.0.0.11", "tasks.counter"],
+        )?;
+        print!("{}", indent(&dig));
+        let mut listed: Vec<&str> = dig.split_whitespace().collect();
+        listed.sort_unstable();
+        let mut running: Vec<&str> = tasks.iter().map(|t| t.ip.as_str()).collect();
+        running.sort_unstable();
+        ensure!(
+            listed == running,
+            "dig tasks.counter listed {listed:?}, the running tasks are {running:?}"
         );
+
+        self.kill_a_counter_host()?;
+        Ok(())
+    }
+
+    /// h1 creates the cluster; the others join with the token read from a file.
+    fn start_cluster(&mut self) -> Result<()> {
+        let h1 = self.bed.host(0);
+        say(&format!(
+            "h1: `skein agent --underlay-iface eth0 --init` ({}): a new cluster",
+            h1.underlay_ip()
+        ));
+        self.agents.push(h1.start_agent(&["--init"])?);
+        let token = wait_until("the join token", STEP, || {
+            skein_ok(h1, &["join-token"]).map(|t| t.trim().to_owned())
+        })?;
+        let token_file = self.bed.run_dir().join("join-token");
+        write_secret(&token_file, &token)?;
+        say(&format!(
+            "`skein join-token > {}` on h1 (mode 0600): the token is the cluster's key",
+            token_file.display()
+        ));
+        let seed = h1.underlay_ip().to_string();
+        let token_path = token_file.display().to_string();
+        for host in &self.bed.hosts()[1..] {
+            say(&format!(
+                "{}: `skein agent --underlay-iface eth0 --join {seed} --token-file {token_path}` ({})",
+                host.name(),
+                host.underlay_ip()
+            ));
+            self.agents
+                .push(host.start_agent(&["--join", &seed, "--token", &token])?);
+        }
+        wait_until(&format!("{HOSTS} ready nodes"), STEP, || {
+            skein_ok(h1, &["node", "ls"])
+                .ok()
+                .filter(|t| t.matches(" ready ").count() == HOSTS)
+        })?;
+        say("`skein node ls`");
+        print!("{}", indent(&skein_ok(h1, &["node", "ls"])?));
+        Ok(())
+    }
+
+    /// Kills a host that runs a counter but not redis, waits for the service to heal and
+    /// curls every live host again: every request answered, the counts going on.
+    fn kill_a_counter_host(&mut self) -> Result<()> {
+        let cli = self.bed.host(0);
+        let tasks = running_tasks(cli, "counter");
+        let redis_hosts: Vec<String> = running_tasks(cli, "redis")
+            .into_iter()
+            .map(|t| t.host)
+            .collect();
+        let victim = (1..HOSTS)
+            .rev()
+            .chain([0])
+            .find(|&i| {
+                let ns = self.bed.host(i).netns();
+                tasks.iter().any(|t| t.host == ns) && !redis_hosts.iter().any(|h| h == ns)
+            })
+            .context("no host runs a counter without redis")?;
+        let host = self.bed.host(victim);
+        say(&format!(
+            "kill -9 {}: its link goes down, its agent and its tasks are killed",
+            host.name()
+        ));
+        kill_host(host, &mut self.agents[victim])?;
+        self.dead = Some(victim);
+        let cli = self.live_host();
+        wait_until(
+            &format!("{REPLICAS} counters running on the live hosts"),
+            STEP,
+            || {
+                let running = running_tasks(cli, "counter");
+                (running.len() == REPLICAS && running.iter().all(|t| t.host != host.netns()))
+                    .then_some(())
+            },
+        )?;
+        say("the service healed: `skein service ps counter`");
+        print!("{}", indent(&skein_ok(cli, &["service", "ps", "counter"])?));
+        say("the client curls 4568 on every live host: every request answered, the counts go on");
+        let mut counts = Counts::default();
+        for i in (0..HOSTS).filter(|&i| i != victim) {
+            let ip = self.bed.host(i).underlay_ip().to_string();
+            for _ in 0..2 {
+                self.curl(self.bed.client().netns(), &ip, &mut counts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `curl ADDRESS:4568` from namespace `from`, printing which task answered (the one
+    /// whose count rose), its count, the client address it saw, and every task's count.
+    fn curl(&self, from: &str, address: &str, counts: &mut Counts) -> Result<()> {
+        let url = format!("http://{address}:4568/");
+        let output = in_netns(from, &["curl", "-sS", "--max-time", "5", &url])?;
+        let body = String::from_utf8_lossy(&output.stdout).into_owned();
+        ensure!(
+            output.status.success(),
+            "curl {url} failed: {}{body}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let (now, remote) = parse_counter(&body).with_context(|| format!("{url} answered {body:?}"))?;
+        let answered = now
+            .iter()
+            .find(|(task, count)| counts.get(*task).is_none_or(|before| before < *count))
+            .map(|(task, count)| format!("{} (its count now {count})", self.task_label(task)))
+            .unwrap_or_else(|| "? (no count rose)".to_owned());
+        let all: Vec<String> = now.iter().map(|(t, c)| format!("{} > {c}", short(t))).collect();
+        println!(
+            "   curl {url} -> {answered}, saw the client as {remote}   [{}]",
+            all.join(", ")
+        );
+        *counts = now;
+        Ok(())
+    }
+
+    /// `counter.2 on h3 (4f0c1a9e…)` for a task ID, as the live hosts list it.
+    fn task_label(&self, id: &str) -> String {
+        let tasks = running_tasks(self.live_host(), "counter");
+        match tasks.iter().find(|t| t.id == id) {
+            Some(task) => format!("{} on {}", task.name, self.host_name(&task.host)),
+            None => short(id),
+        }
+    }
+
+    /// The testbed name (`h2`) of the host whose namespace is `netns`.
+    fn host_name(&self, netns: &str) -> String {
+        self.bed
+            .hosts()
+            .iter()
+            .find(|h| h.netns() == netns)
+            .map_or_else(|| netns.to_owned(), |h| h.name().to_owned())
+    }
+
+    /// The network namespace of a running task, found by its overlay IP on its host.
+    fn task_netns(&self, task: &TaskInfo) -> Result<String> {
+        let host = self
+            .bed
+            .hosts()
+            .iter()
+            .find(|h| h.netns() == task.host)
+            .with_context(|| format!("task {} is on no testbed host", task.name))?;
+        xtask::cluster::netns_with_ip(host, &task.ip)
+    }
+
+    /// A host whose agent is alive, for CLI commands.
+    fn live_host(&self) -> &Host {
+        let i = (0..HOSTS).find(|&i| Some(i) != self.dead).unwrap_or(0);
+        self.bed.host(i)
+    }
+
+    /// What the cluster looked like when a step failed: its services' tasks and the end of
+    /// every agent's log.
+    fn show_state(&self) {
+        let cli = self.live_host();
+        for service in ["redis", "counter"] {
+            if let Ok(ps) = skein_ok(cli, &["service", "ps", service]) {
+                say(&format!("when it failed, `skein service ps {service}`:"));
+                print!("{}", indent(&ps));
+            }
+        }
+        for (i, agent) in self.agents.iter().enumerate() {
+            let log = agent.log();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            say(&format!("the last lines of h{}'s agent log:", i + 1));
+            for line in tail.iter().rev() {
+                println!("   {line}");
+            }
+        }
+    }
+
+    /// Leaves the cluster running: the agents keep running after the demo exits.
+    fn keep(self) {
+        let cli = self.live_host();
+        say("--keep: the cluster stays up. Try:");
+        println!(
+            "   ip netns exec {} {} service ls",
+            cli.netns(),
+            self.skein
+        );
+        println!(
+            "   ip netns exec {} curl http://{}:4568/",
+            self.bed.client().netns(),
+            cli.underlay_ip()
+        );
+        println!("   `cargo xtask sweep` removes it (and so does the next test run or demo).");
+        for agent in self.agents {
+            std::mem::forget(agent);
+        }
     }
 }
 
-fn node_ls(host: &Host) -> Option<String> {
-    skein_ok(host, &["node", "ls"]).ok()
+/// Every task's count, by task ID.
+type Counts = BTreeMap<String, u64>;
+
+/// A counter answer: `<task> > <count>` lines, then `RemoteAddr: A`.
+fn parse_counter(body: &str) -> Result<(Counts, String)> {
+    let mut counts = Counts::new();
+    let mut remote = None;
+    for line in body.lines() {
+        if let Some(addr) = line.strip_prefix("RemoteAddr: ") {
+            remote = Some(addr.to_owned());
+        } else if let Some((task, count)) = line.split_once(" > ") {
+            counts.insert(task.to_owned(), count.trim().parse()?);
+        } else {
+            bail!("unexpected line {line:?}");
+        }
+    }
+    Ok((counts, remote.context("no RemoteAddr line")?))
+}
+
+/// Writes `text` to `path`, readable by root only.
+fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{text}")?;
+    Ok(())
+}
+
+/// The first 12 characters of a task or node ID, as tables show them.
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("   {l}\n")).collect()
 }
 
-const ENCAP_PACKETS: &str =
-    "skein_tc_endpoint_ingress_packets_total{verdict=\"redirect\",reason=\"encap\"}";
-const DECAP_PACKETS: &str =
-    "skein_tc_underlay_ingress_packets_total{verdict=\"redirect\",reason=\"decap\"}";
-
-/// Stdout of `args` run inside the network namespace `netns`.
+/// Stdout of `args` run inside the network namespace `netns`; fails unless it succeeds.
 fn stdout_in(netns: &str, args: &[&str]) -> Result<String> {
-    Ok(String::from_utf8_lossy(&in_netns(netns, args)?.stdout).into_owned())
+    let output = in_netns(netns, args)?;
+    ensure!(
+        output.status.success(),
+        "{} in {netns} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

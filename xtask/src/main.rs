@@ -24,9 +24,10 @@ enum Command {
     /// Run the whole test suite: unit tests without root, then the privileged
     /// end-to-end tests in network namespaces (needs root).
     Test(test::Args),
-    /// Run the demo: a 3-host Skein testbed in network namespaces, traffic between the
-    /// hosts, the counters moving; everything is removed afterwards.
-    Demo,
+    /// Run the demo: the seeds' tutorial (redis and a counter service published on 4568)
+    /// on a 4-host Skein cluster in network namespaces; everything is removed afterwards
+    /// unless --keep.
+    Demo(demo::DemoArgs),
     /// Remove namespaces, mounts and processes left behind by killed test runs.
     Sweep,
     /// Measure figures (see each benchmark's help).
@@ -38,7 +39,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf => build_ebpf::run().map(|_| ()),
         Command::Test(args) => test::run(args),
-        Command::Demo => demo::run(),
+        Command::Demo(args) => demo::run(&args),
         Command::Bench(bench) => bench::run(bench),
         Command::Sweep => {
             let report = xtask::testbed::sweep_dead_runs()?;

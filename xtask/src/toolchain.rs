@@ -102,6 +102,8 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // Service discovery DNS: queries from inside tasks (`dig`), the tests' upstream.
     ("dig", "bind9-dnsutils"),
     ("dnsmasq", "dnsmasq"),
+    // The demo's (and the seeds' tutorial's) redis.
+    ("redis-server", "redis-server"),
 ];
 
 /// Installs the Debian packages whose commands are missing (one `apt-get` run).

@@ -36,6 +36,20 @@ impl Whoami {
                 "{}RemoteAddr: {remote}\nLength: {length}\nSHA256: {sha256}\n",
                 self.prefix
             )
+        } else if let Some(counter) = &self.counter {
+            discard(body).await?;
+            return Ok(
+                match counter
+                    .hit(&self.identity.hostname, &remote.to_string())
+                    .await
+                {
+                    Ok(text) => text_response(StatusCode::OK, text),
+                    Err(error) => text_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{:#}\n", error),
+                    ),
+                },
+            );
         } else {
             // The body is read and dropped, never held.
             discard(body).await?;

@@ -23,6 +23,7 @@
 //!
 //! [`Whoami::run`] takes bound sockets and a shutdown future, so tests bind port 0.
 
+mod counter;
 mod http;
 mod identity;
 mod udp;
@@ -41,6 +42,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
 
 use crate::http_server::{self, Limits};
+use counter::Counter;
 use identity::Identity;
 
 /// The largest request head (request line and headers) accepted; larger gets 431.
@@ -65,7 +67,11 @@ POST /upload answers Length and SHA256 of the body (hashed as it streams in, nev
 after the Hostname..RemoteAddr lines.
 
 With --udp, each datagram is answered with one line `Hostname: H Task: T Node: N \
-RemoteAddr: A` and the payload echoed after it.")]
+RemoteAddr: A` and the payload echoed after it.
+
+With --counter (the seeds' tutorial counter), every request other than POST /upload counts \
+a hit for this hostname in Redis at --redis-host and is answered with one `HOSTNAME > \
+COUNT` line per task that was hit, then `RemoteAddr:`; 503 while Redis cannot be reached.")]
 pub struct WhoamiArgs {
     /// The TCP (and UDP) port to listen on, on all addresses.
     #[arg(long, default_value_t = 80, env = "SKEIN_WHOAMI_PORT")]
@@ -73,6 +79,14 @@ pub struct WhoamiArgs {
     /// Also answer UDP datagrams on the same port.
     #[arg(long)]
     pub udp: bool,
+    /// Count every request in Redis and answer with each task's count, like the
+    /// tutorial's `subicura/counter`.
+    #[arg(long)]
+    pub counter: bool,
+    /// Where --counter finds Redis: NAME or NAME:PORT (port 6379 by default), resolved
+    /// through the task's resolver.
+    #[arg(long, env = "REDIS_HOST", default_value = "redis")]
+    pub redis_host: String,
 }
 
 /// Entry point of `skein whoami`: listens on the port on all addresses and serves until
@@ -96,10 +110,14 @@ pub fn main(args: &WhoamiArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-        let whoami = Whoami::new(Identity::from_env());
+        let mut whoami = Whoami::new(Identity::from_env());
+        if args.counter {
+            whoami.counter = Some(Counter::new(&args.redis_host)?);
+        }
         info!(
             port,
             udp = args.udp,
+            counter = args.counter,
             hostname = whoami.identity.hostname,
             "whoami listening"
         );
@@ -134,6 +152,8 @@ pub(crate) struct Whoami {
     prefix: String,
     /// [`SHUTDOWN_GRACE`].
     shutdown_grace: Duration,
+    /// `--counter`: requests count hits in Redis.
+    counter: Option<Counter>,
 }
 
 impl Whoami {
@@ -154,6 +174,7 @@ impl Whoami {
             },
             prefix,
             shutdown_grace: SHUTDOWN_GRACE,
+            counter: None,
         }
     }
 
