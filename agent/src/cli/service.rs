@@ -23,6 +23,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long every task must have been running before a service counts as converged.
 const STABLE: Duration = Duration::from_secs(1);
 
+// Parsed once per process: the size of `create`'s variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum ServiceCommand {
     /// Create a service: N replicas (or one per node) of a command, each in its own

@@ -178,7 +178,7 @@ fn start(
             config.resource_prefix.clone(),
             config.drain_window,
         )
-        .hiding(hidden_from_tasks(&config, state.path())),
+        .hiding(hidden_from_tasks(config, state.path())),
     );
     background.spawn_until_shutdown("supervisor", supervisor.clone().run());
     start_cluster_loops(
