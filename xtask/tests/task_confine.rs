@@ -361,7 +361,8 @@ fn the_init_stops_adopts_and_health_checks_run_in_the_task() {
     agents[0] = h1
         .start_agent(&["--init", no_drain[0], no_drain[1]])
         .unwrap();
-    wait_until("the restarted agent adopts its tasks", DEADLINE, || {
+    // An agent's start verifies its programs: > 30 s when the machine is busy.
+    wait_until("the restarted agent adopts its tasks", 2 * DEADLINE, || {
         agents[0]
             .log()
             .contains("adopted a running task")
