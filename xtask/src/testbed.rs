@@ -72,6 +72,8 @@ use process::Registry;
 
 /// Where run directories live. Under `/run` so a reboot clears them along with the namespaces.
 pub const RUN_ROOT: &str = "/run/skein-test";
+/// Where [`Testbed::shared_dir`]s go: somewhere tasks can see.
+pub const SHARED_ROOT: &str = "/var/lib/skein-test";
 
 /// The underlay interface's name inside every host namespace.
 pub const UNDERLAY_IFACE: &str = "eth0";
@@ -378,8 +380,21 @@ impl Testbed {
     }
 
     /// `/run/skein-test/<prefix>`: the owner record, and per host its bpffs and logs.
+    /// Tasks do not see it (they get an empty `/run`): files for tasks go to
+    /// [`Testbed::shared_dir`].
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
+    }
+
+    /// `/var/lib/skein-test/<prefix>`, created on first use: files a test shares with its
+    /// services' tasks, which get `/run`, `/tmp` and `/var/lib/skein` empty (issue 14).
+    /// Removed with the run.
+    pub fn shared_dir(&self) -> PathBuf {
+        let dir = Path::new(SHARED_ROOT).join(&self.prefix);
+        if let Err(e) = fs::create_dir_all(&dir) {
+            panic!("creating {}: {e}", dir.display());
+        }
+        dir
     }
 
     /// `sk-<pid>-<n>`: every namespace and directory of this testbed starts with it.

@@ -20,7 +20,6 @@
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -217,7 +216,7 @@ fn service_names_follow_the_live_view() {
     let (h1, h2, h3) = (bed.host(0), bed.host(1), bed.host(2));
 
     stage("cluster up");
-    let health_dir = PathBuf::from(bed.run_dir()).join("health");
+    let health_dir = bed.shared_dir().join("health");
     std::fs::create_dir_all(&health_dir).unwrap();
     let web_cmd = whoami(&["--port", "80"]);
     create_service(

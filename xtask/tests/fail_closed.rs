@@ -728,7 +728,7 @@ fn first_packets_of_tasks_and_attached_namespaces_are_checked() {
         .collect();
     let spoofs = "10.65.0.250,192.0.2.66";
     // A file, not `python3 -c`: a service definition holds at most 1024 bytes.
-    let script = bed.run_dir().join("spoofer.py");
+    let script = bed.shared_dir().join("spoofer.py");
     std::fs::write(&script, SPOOFER).unwrap();
     let script = script.display().to_string();
 

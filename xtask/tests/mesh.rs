@@ -209,7 +209,7 @@ fn published_udp_port_answers_through_every_node_and_rotates_per_flow() {
 
 /// A file of `bytes` random bytes in the run directory, and its sha256.
 fn blob(bed: &Testbed, bytes: u64) -> (PathBuf, String) {
-    let dir = bed.run_dir().join("blob");
+    let dir = bed.shared_dir().join("blob");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("blob");
     let status = Command::new("head")

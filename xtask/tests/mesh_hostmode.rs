@@ -424,7 +424,7 @@ fn sha256_file(path: &Path) -> String {
 fn a_nodes_draining_last_task_finishes_its_downloads_then_the_port_closes() {
     let (bed, _agents) = cluster("hostmode-drain", "10s");
     // 8 MB at 2 MB/s: 4 s, well inside the 10 s drain window.
-    let dir = bed.run_dir().join("blob");
+    let dir = bed.shared_dir().join("blob");
     std::fs::create_dir_all(&dir).unwrap();
     let blob = dir.join("blob");
     let status = Command::new("head")

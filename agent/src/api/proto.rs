@@ -5,7 +5,9 @@
 use std::{fmt, future::Future, net::Ipv4Addr, pin::Pin, time::Duration};
 
 use ipnet::Ipv4Net;
-use manager::state::{EndpointMode, Mode, PublishMode, PublishedPort, TaskState};
+use manager::state::{
+    service::Security, EndpointMode, Mode, PublishMode, PublishedPort, TaskState,
+};
 use serde::{Deserialize, Serialize};
 
 /// What the CLI asks of its agent.
@@ -109,6 +111,8 @@ pub(crate) struct ServiceSpec {
     pub(crate) health_interval: Duration,
     pub(crate) restart_delay: Duration,
     pub(crate) command: Vec<String>,
+    /// `--cap-add`, `--cap-drop` (normalized names), `--allow-new-privileges`.
+    pub(crate) security: Security,
 }
 
 /// The agent's answer: a result or one clear sentence saying what went wrong.
@@ -365,6 +369,11 @@ mod tests {
                 health_interval: Duration::from_millis(300),
                 restart_delay: Duration::from_secs(1),
                 command: vec!["sleep".into(), "1".into()],
+                security: Security {
+                    cap_add: vec!["NET_ADMIN".into()],
+                    cap_drop: vec!["ALL".into()],
+                    new_privileges: true,
+                },
             }),
             Request::VtepAdd {
                 network: "n".into(),

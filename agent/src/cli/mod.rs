@@ -78,6 +78,9 @@ pub(crate) enum Command {
     /// Serve HTTP (and UDP) answers saying which task, service and node answered; a
     /// diagnostic to run as a service.
     Whoami(crate::whoami::WhoamiArgs),
+    /// PID 1 of a task's PID namespace, started by the agent (`tasks::confine::init`).
+    #[command(hide = true)]
+    TaskInit(crate::tasks::confine::init::TaskInitArgs),
 }
 
 /// Entry point of the `skein` binary.
@@ -119,6 +122,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crate::whoami::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::TaskInit(args) => Ok(crate::tasks::confine::init::run(args)),
     }
 }
 

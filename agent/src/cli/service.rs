@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, io::Write, path::Path, process::ExitCode, time:
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use manager::state::{service::parse_env, EndpointMode, Mode, PublishMode, PublishedPort};
+use manager::state::{
+    service::{parse_capability, parse_env, Security},
+    EndpointMode, Mode, PublishMode, PublishedPort,
+};
 
 use super::{
     args::{non_empty, FormatArg},
@@ -20,6 +23,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long every task must have been running before a service counts as converged.
 const STABLE: Duration = Duration::from_secs(1);
 
+// Parsed once per process: the size of `create`'s variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum ServiceCommand {
     /// Create a service: N replicas (or one per node) of a command, each in its own
@@ -157,6 +162,17 @@ pub(crate) struct ServiceCreate {
     /// Time to wait before restarting a task whose process exited.
     #[arg(long, value_parser = crate::config::parse_duration, default_value = "1s", value_name = "DURATION")]
     pub(crate) restart_delay: Duration,
+    /// Give the tasks a capability beyond the default set (Docker's), e.g. NET_ADMIN, or
+    /// ALL. Repeatable.
+    #[arg(long, value_parser = parse_cap, value_name = "CAPABILITY")]
+    pub(crate) cap_add: Vec<String>,
+    /// Take a capability from the tasks' default set, or ALL. Repeatable.
+    #[arg(long, value_parser = parse_cap, value_name = "CAPABILITY")]
+    pub(crate) cap_drop: Vec<String>,
+    /// Let setuid programs and file capabilities raise the tasks' privileges (by default
+    /// tasks run with no_new_privs, like Docker's `--security-opt no-new-privileges`).
+    #[arg(long)]
+    pub(crate) allow_new_privileges: bool,
     #[command(flatten)]
     pub(crate) wait: WaitArgs,
     /// The command each task runs, after `--`.
@@ -174,6 +190,10 @@ fn parse_replicas(value: &str) -> Result<u32, String> {
 
 fn parse_publish(value: &str) -> Result<PublishedPort, String> {
     value.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_cap(value: &str) -> Result<String, String> {
+    parse_capability(value).map_err(|e| format!("{e}"))
 }
 
 fn parse_env_var(value: &str) -> Result<(String, String), String> {
@@ -221,6 +241,11 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                 health_interval: create.health_interval,
                 restart_delay: create.restart_delay,
                 command: create.command,
+                security: Security {
+                    cap_add: create.cap_add,
+                    cap_drop: create.cap_drop,
+                    new_privileges: create.allow_new_privileges,
+                },
             };
             let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
             println!("{}", status.service.name);

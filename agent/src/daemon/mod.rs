@@ -170,13 +170,16 @@ fn start(
         ),
     );
     background.spawn_until_shutdown("reconciler", reconciler.clone().run());
-    let supervisor = Arc::new(Supervisor::new(
-        manager.clone(),
-        reconciler.clone(),
-        state.path().join("tasks"),
-        config.resource_prefix.clone(),
-        config.drain_window,
-    ));
+    let supervisor = Arc::new(
+        Supervisor::new(
+            manager.clone(),
+            reconciler.clone(),
+            state.path().join("tasks"),
+            config.resource_prefix.clone(),
+            config.drain_window,
+        )
+        .hiding(hidden_from_tasks(config, state.path())),
+    );
     background.spawn_until_shutdown("supervisor", supervisor.clone().run());
     start_cluster_loops(
         &manager,
@@ -355,4 +358,12 @@ impl Agent {
         info!(removed, "left the cluster; dataplane removed");
         Ok(())
     }
+}
+
+/// What tasks must not reach besides every agent's defaults: this agent's state
+/// directory, the directory of its socket and its bpffs, wherever its flags put them.
+fn hidden_from_tasks(config: &AgentConfig, state_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths = vec![state_dir.to_path_buf(), config.bpf_dir.clone()];
+    paths.extend(config.socket.parent().map(std::path::Path::to_path_buf));
+    paths
 }

@@ -4,6 +4,8 @@
 //! - [`process`]: one task's process: spawned into its endpoint's network namespace (and
 //!   its own UTS and mount namespaces), detached, logged, adopted after an agent restart,
 //!   health-checked; split into spawn, child setup, users, identity, pidfd and health.
+//! - [`confine`]: what else confines a task: a PID namespace under `skein task-init`,
+//!   capabilities, `no_new_privs`, agents' directories hidden; health checks alike.
 //! - [`plan`]: the supervisor's decisions (adopt, start, drain, stop, move away, restart,
 //!   replace, remove orphan endpoints) as pure functions of (view, local tasks, now).
 //! - [`supervisor`]: converges this node's tasks to what placement gives it: runs the
@@ -11,6 +13,7 @@
 //! - [`status`]: `service ls`/`ps` rows and convergence, from a cluster view (the tasks
 //!   of a service come from [`manager::view::ClusterView::tasks_of`]).
 
+pub(crate) mod confine;
 pub(crate) mod plan;
 pub(crate) mod process;
 pub(crate) mod status;

@@ -23,7 +23,9 @@ use super::{
 };
 
 mod reserved;
+mod security;
 pub use reserved::{cluster_reserved_ports, ReservedPort, VXLAN_PORT};
+pub use security::{capability_names, parse_capability, Security, CAPABILITIES, DEFAULT_CAPS};
 
 /// The most replicas a replicated service may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
@@ -152,6 +154,9 @@ pub struct Service {
     /// The stamp of the write that created it; scaling keeps it. Decides claims, and tells a
     /// re-created service's tasks from the old one's.
     pub created: Stamp,
+    /// Capabilities and `no_new_privs` of its tasks (`--cap-add`, `--cap-drop`,
+    /// `--allow-new-privileges`).
+    pub security: Security,
 }
 
 /// Why a service definition is not acceptable: one sentence naming the bad value.
@@ -179,6 +184,13 @@ pub enum ServiceSpecError {
          shorten the command, environment or health command"
     )]
     TooLarge { size: usize, max: usize },
+    #[error("capability {name:?} is unknown: give a Linux capability such as NET_ADMIN, or ALL")]
+    UnknownCapability { name: String },
+    #[error(
+        "capability {name} is both added and dropped: give it to only one of --cap-add and \
+         --cap-drop"
+    )]
+    CapabilityAddedAndDropped { name: String },
 }
 
 /// Checks a service name: a DNS label (1 to 63 lowercase letters, digits and '-',
@@ -266,6 +278,7 @@ impl Service {
                 return Err(ServiceSpecError::BadEnv { text: key.clone() });
             }
         }
+        self.security.validate()?;
         let size = self.encode().len();
         if size > MAX_VALUE_BYTES {
             return Err(ServiceSpecError::TooLarge {
@@ -527,6 +540,7 @@ mod tests {
             health: None,
             restart_delay_ms: 1000,
             created,
+            security: Security::default(),
         }
     }
 

@@ -218,6 +218,15 @@ pub(crate) fn remove_run(prefix: &str) -> Removal {
         }
     }
 
+    let shared = Path::new(super::SHARED_ROOT).join(prefix);
+    if let Err(e) = fs::remove_dir_all(&shared) {
+        if e.kind() != io::ErrorKind::NotFound {
+            removal
+                .errors
+                .push(format!("removing {}: {e}", shared.display()));
+        }
+    }
+
     let dir = run_dir(prefix);
     match mounts_under(&dir) {
         Ok(mounts) => {

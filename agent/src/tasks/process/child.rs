@@ -2,12 +2,14 @@
 
 use std::{
     ffi::CString,
+    fs::File,
     io,
     os::fd::RawFd,
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use super::SpawnError;
+use crate::tasks::confine::{cgroup_join, switch_user, MountPlan, MountStep, Privileges};
 
 /// What the forked child does before `execve`. Runs after `fork` in a multi-threaded
 /// process, so only async-signal-safe syscalls and no allocation: everything it needs
@@ -19,17 +21,26 @@ pub(super) struct ChildSetup {
     /// mounts are made private.
     pub(super) unshare: libc::c_int,
     pub(super) hostname: Option<CString>,
-    /// A file bind-mounted over `/etc/resolv.conf` in the new mount namespace (the task's
-    /// resolver: the agent's DNS server at 127.0.0.11).
-    pub(super) resolv_conf: Option<CString>,
+    /// What to mount in the new mount namespace (a task's init: `/proc`, covers,
+    /// resolv.conf; see `confine::mounts`).
+    pub(super) mounts: Option<MountPlan>,
+    /// `cgroup.procs` of groups to join (a health check: its task's).
+    pub(super) cgroups: Vec<File>,
     pub(super) ids: Option<(u32, u32)>,
+    /// Capabilities and `no_new_privs` to take (a health check: its task's; a task's init
+    /// takes none here, it confines the command it starts).
+    pub(super) privileges: Option<Privileges>,
+    /// A descriptor to keep open across `execve`, as descriptor 3 (the init's report).
+    pub(super) keep_fd: Option<RawFd>,
+    /// The step recorded just before `execve` ([`STEP_EXEC`] or [`STEP_INIT`]).
+    pub(super) exec_step: u32,
     /// Where the child records how far it got (see [`StepPage`]).
     pub(super) step: usize,
 }
 
-/// The steps of [`ChildSetup::run`], for error messages. Index 0: std's own preparation
-/// (stdio, cwd) before ours.
-const STEPS: [&str; 10] = [
+/// The steps of [`ChildSetup::run`] and of `skein task-init`, for error messages. Index
+/// 0: std's own preparation (stdio, cwd) before ours.
+const STEPS: [&str; 17] = [
     "redirecting stdio or changing to /",
     "entering a namespace",
     "creating its UTS and mount namespaces",
@@ -40,9 +51,24 @@ const STEPS: [&str; 10] = [
     "switching to its user",
     "executing it",
     "mounting its resolv.conf",
+    "mounting its /proc",
+    "making /proc/sys and /sys read-only",
+    "hiding the agents' directories",
+    "limiting its capabilities",
+    "setting no_new_privs",
+    "joining its task's cgroups",
+    "starting its init (skein task-init)",
 ];
-const STEP_EXEC: u32 = 8;
+pub(crate) const STEP_USER: u32 = 7;
+pub(crate) const STEP_EXEC: u32 = 8;
 const STEP_RESOLV_CONF: u32 = 9;
+const STEP_PROC: u32 = 10;
+const STEP_READ_ONLY: u32 = 11;
+const STEP_HIDE: u32 = 12;
+pub(crate) const STEP_CAPS: u32 = 13;
+pub(crate) const STEP_NO_NEW_PRIVS: u32 = 14;
+const STEP_CGROUPS: u32 = 15;
+pub(super) const STEP_INIT: u32 = 16;
 
 impl ChildSetup {
     pub(super) fn run(&self) -> io::Result<()> {
@@ -56,6 +82,8 @@ impl ChildSetup {
         // SAFETY (whole function): plain syscalls with pointers to memory prepared before
         // the fork; `step` points into a live shared mapping.
         unsafe {
+            self.set_step(STEP_CGROUPS);
+            cgroup_join::join(&self.cgroups)?;
             self.set_step(1);
             for &(fd, kind) in self.namespaces.iter().flatten() {
                 check(libc::setns(fd, kind))?;
@@ -72,15 +100,15 @@ impl ChildSetup {
                         libc::MS_REC | libc::MS_PRIVATE,
                         std::ptr::null(),
                     ))?;
-                    if let Some(resolv_conf) = &self.resolv_conf {
-                        self.set_step(STEP_RESOLV_CONF);
-                        check(libc::mount(
-                            resolv_conf.as_ptr(),
-                            c"/etc/resolv.conf".as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_BIND,
-                            std::ptr::null(),
-                        ))?;
+                    if let Some(mounts) = &self.mounts {
+                        mounts.apply(&|step| {
+                            self.set_step(match step {
+                                MountStep::Proc => STEP_PROC,
+                                MountStep::ReadOnly => STEP_READ_ONLY,
+                                MountStep::Hide => STEP_HIDE,
+                                MountStep::ResolvConf => STEP_RESOLV_CONF,
+                            })
+                        })?;
                     }
                 }
             }
@@ -101,44 +129,62 @@ impl ChildSetup {
                     libc::signal(signal, libc::SIG_DFL);
                 }
             }
-            if let Some((uid, gid)) = self.ids {
-                self.set_step(7);
-                check(libc::setgroups(0, std::ptr::null()))?;
-                check(libc::setgid(gid))?;
-                check(libc::setuid(uid))?;
+            if let Some(privileges) = &self.privileges {
+                self.set_step(STEP_CAPS);
+                privileges.limit_bounding_set()?;
             }
+            if let Some((uid, gid)) = self.ids {
+                self.set_step(STEP_USER);
+                switch_user(uid, gid)?;
+            }
+            if let Some(privileges) = &self.privileges {
+                self.set_step(STEP_CAPS);
+                privileges.set_capabilities()?;
+                self.set_step(STEP_NO_NEW_PRIVS);
+                privileges.set_no_new_privs()?;
+            }
+            let first_closed = match self.keep_fd {
+                Some(fd) => {
+                    // dup2 clears close-on-exec on the copy; onto itself it does nothing.
+                    if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0);
+                    } else if libc::dup2(fd, 3) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    4
+                }
+                None => 3,
+            };
             // No descriptor of the agent's may leak into the task, even one a library
             // opened without O_CLOEXEC; stdio is 0-2. Best effort: kernels before 5.11
             // lack close_range.
             libc::syscall(
                 libc::SYS_close_range,
-                3 as libc::c_uint,
+                first_closed as libc::c_uint,
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
-            self.set_step(STEP_EXEC);
+            self.set_step(self.exec_step);
         }
         Ok(())
     }
 
     fn set_step(&self, step: u32) {
-        // SAFETY: `self.step` is the address of a live, aligned AtomicU32 in a shared
-        // mapping (see StepPage); an atomic store is async-signal-safe.
-        unsafe { (*(self.step as *const AtomicU32)).store(step, Ordering::Relaxed) };
+        StepPage::set_at(self.step, step);
     }
 }
 
 /// A page shared between the agent and a forked child (`MAP_SHARED`), in which the child
 /// records its setup step, so a failure std reports as a bare errno can say what failed
 /// and an `execve` error can be told from a setup error.
-pub(super) struct StepPage {
+pub(crate) struct StepPage {
     ptr: *mut libc::c_void,
 }
 
 const STEP_PAGE_LEN: usize = 4096;
 
 impl StepPage {
-    pub(super) fn new() -> Result<StepPage, SpawnError> {
+    pub(crate) fn new() -> Result<StepPage, SpawnError> {
         // SAFETY: a fresh anonymous mapping; no address hint.
         let ptr = unsafe {
             libc::mmap(
@@ -160,26 +206,39 @@ impl StepPage {
         Ok(StepPage { ptr })
     }
 
-    pub(super) fn addr(&self) -> usize {
+    pub(crate) fn addr(&self) -> usize {
         self.ptr as usize
     }
 
-    fn step(&self) -> u32 {
+    /// Records `step` in the page at `addr` (from [`StepPage::addr`]). Async-signal-safe.
+    pub(crate) fn set_at(addr: usize, step: u32) {
+        // SAFETY: `addr` is the address of a live, aligned AtomicU32 in a shared mapping;
+        // an atomic store is async-signal-safe.
+        unsafe { (*(addr as *const AtomicU32)).store(step, Ordering::Relaxed) };
+    }
+
+    pub(crate) fn step(&self) -> u32 {
         // SAFETY: the live mapping holds an AtomicU32 at its start.
         unsafe { (*(self.ptr as *const AtomicU32)).load(Ordering::Relaxed) }
     }
 
     /// Turns std's spawn error into a [`SpawnError`] naming the step that failed.
     pub(super) fn error(&self, command: &str, source: io::Error) -> SpawnError {
-        let command = command.to_owned();
-        match self.step() {
-            STEP_EXEC => SpawnError::Exec { command, source },
-            step => SpawnError::Setup {
-                command,
-                step: STEPS.get(step as usize).copied().unwrap_or(STEPS[0]),
-                source,
-            },
-        }
+        step_error(self.step(), command, source)
+    }
+}
+
+/// The [`SpawnError`] for a failure at `step` (recorded by a child or reported by
+/// `skein task-init`).
+pub(super) fn step_error(step: u32, command: &str, source: io::Error) -> SpawnError {
+    let command = command.to_owned();
+    match step {
+        STEP_EXEC => SpawnError::Exec { command, source },
+        step => SpawnError::Setup {
+            command,
+            step: STEPS.get(step as usize).copied().unwrap_or(STEPS[0]),
+            source,
+        },
     }
 }
 

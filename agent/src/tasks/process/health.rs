@@ -1,10 +1,11 @@
-//! Health checks: a command run inside a task's namespaces, as its user.
+//! Health checks: a command run inside a task's namespaces and cgroups, with the
+//! service's user, environment and privileges.
 
 use std::{
     ffi::{CStr, OsStr},
-    fs, io,
+    fs,
     os::{
-        fd::AsRawFd,
+        fd::{AsFd, AsRawFd},
         unix::{ffi::OsStrExt, process::CommandExt},
     },
     process::{Command, Stdio},
@@ -14,22 +15,28 @@ use std::{
 use tracing::debug;
 
 use super::{
-    child::{ChildSetup, StepPage},
+    child::{ChildSetup, StepPage, STEP_EXEC},
     pidfd::{abort_child, pidfd_exited, pidfd_open},
-    spawn::no_nul,
-    SpawnError, TaskProcess,
+    spawn::{no_nul, spawn_in_pid_ns},
+    users::lookup_user,
+    SpawnError, TaskProcess, TaskSpec,
 };
+use crate::tasks::confine::{cgroup_join, Privileges};
 
 /// The shell health checks run with, resolved in the task's mount namespace.
 const HEALTH_SHELL: &CStr = c"/bin/sh";
 
-/// Runs `sh -c cmd` inside the task's network, UTS and mount namespaces, as the task's
-/// user, with the task's initial environment, in a session of its own; stdin, stdout and
-/// stderr are `/dev/null`. `Ok(true)` iff it exits with status 0 within `timeout`; on
-/// timeout its process group is killed and the check counts as failed (`Ok(false)`).
-/// An error if the task has exited or the check could not be started.
+/// Runs `sh -c cmd` inside the task's PID, network, UTS and mount namespaces and its
+/// cgroups, as the service's user (`spec.user`), with the service's environment (as the
+/// task got it: [`TaskSpec::environment`]) and privileges, in a session of its own; stdin,
+/// stdout and stderr are `/dev/null`. Nothing is taken from the task's running process
+/// but its namespaces and groups, so a task cannot change what its checks run with.
+/// `Ok(true)` iff it exits with status 0 within `timeout`; on timeout its process group is
+/// killed and the check counts as failed (`Ok(false)`). An error if the task has exited
+/// or the check could not be started.
 pub(crate) async fn health_check(
     task: &TaskProcess,
+    spec: &TaskSpec,
     cmd: &str,
     timeout: Duration,
 ) -> Result<bool, SpawnError> {
@@ -40,12 +47,12 @@ pub(crate) async fn health_check(
     if task.has_exited() {
         return Err(gone());
     }
+    let user = spec.user.as_deref().map(lookup_user).transpose()?;
     let open = |kind: &str| {
         fs::File::open(format!("/proc/{pid}/ns/{kind}")).map_err(|_| SpawnError::TaskExited { pid })
     };
-    let (net, uts, mnt) = (open("net")?, open("uts")?, open("mnt")?);
-    let environ = fs::read(format!("/proc/{pid}/environ")).map_err(|_| gone())?;
-    let ids = proc_ids(pid).map_err(|_| gone())?;
+    let (net, uts, mnt, pidns) = (open("net")?, open("uts")?, open("mnt")?, open("pid")?);
+    let cgroups = cgroup_join::task_cgroups(pid).map_err(|_| gone())?;
     // Everything above was read from the PID; it was the task's only if it still runs.
     if pidfd_exited(&task.shared.pidfd) {
         return Err(gone());
@@ -56,15 +63,7 @@ pub(crate) async fn health_check(
         .arg("-c")
         .arg(cmd)
         .env_clear()
-        .envs(environ.split(|&b| b == 0).filter_map(|var| {
-            let eq = var.iter().position(|&b| b == b'=')?;
-            (eq > 0).then(|| {
-                (
-                    OsStr::from_bytes(&var[..eq]),
-                    OsStr::from_bytes(&var[eq + 1..]),
-                )
-            })
-        }))
+        .envs(spec.environment(user.as_ref()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,20 +81,24 @@ pub(crate) async fn health_check(
             ],
             unshare: 0,
             hostname: None,
-            // It enters the task's mount namespace, which has the task's resolv.conf.
-            resolv_conf: None,
-            ids: (ids != (0, 0)).then_some(ids),
+            // It enters the task's mount namespace: its /proc, covers and resolv.conf.
+            mounts: None,
+            cgroups,
+            ids: user.as_ref().map(|u| (u.uid, u.gid)),
+            privileges: Some(Privileges::of(&spec.security)),
+            keep_fd: None,
+            exec_step: STEP_EXEC,
             step: steps.addr(),
         };
         // SAFETY: see `TaskProcess::spawn`.
         unsafe { command.pre_exec(move || setup.run()) };
-        command
-            .spawn()
+        spawn_in_pid_ns(&mut command, Some(pidns.as_fd()))
+            .map_err(|_| gone())?
             .map_err(|source| steps.error("/bin/sh", source))?
     };
     let check_pid = child.id();
     drop(child);
-    drop((net, uts, mnt));
+    drop((net, uts, mnt, pidns));
     let pidfd = match pidfd_open(check_pid) {
         Ok(pidfd) => pidfd,
         Err(source) => {
@@ -115,24 +118,5 @@ pub(crate) async fn health_check(
             check.exited().await;
             Ok(false)
         }
-    }
-}
-
-/// (effective uid, effective gid) from `/proc/PID/status`.
-fn proc_ids(pid: u32) -> io::Result<(u32, u32)> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|v| v.split_ascii_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    match (field("Uid:"), field("Gid:")) {
-        (Some(uid), Some(gid)) => Ok((uid, gid)),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("no Uid/Gid in /proc/{pid}/status"),
-        )),
     }
 }

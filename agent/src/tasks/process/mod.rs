@@ -60,6 +60,7 @@ use std::{
 use tokio::{io::unix::AsyncFd, sync::watch};
 use tracing::{debug, warn};
 
+pub(crate) use child::{StepPage, STEP_CAPS, STEP_EXEC, STEP_NO_NEW_PRIVS, STEP_USER};
 pub(crate) use health::health_check;
 pub(crate) use spawn::{resolve_command, TaskSpec};
 pub(crate) use users::resolve_user;

@@ -3,28 +3,45 @@
 use std::{
     ffi::{CString, OsStr, OsString},
     fs::{self, OpenOptions},
+    io,
     os::{
-        fd::AsRawFd,
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::{
             fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
             process::CommandExt,
         },
     },
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
-use tracing::debug;
+use manager::state::service::Security;
+use tracing::{debug, warn};
 
 use super::{
-    child::{ChildSetup, StepPage},
+    child::{step_error, ChildSetup, StepPage, STEP_INIT},
     identity::{boot_id, identity_path, proc_stat, write_identity, Identity},
     log_path,
     pidfd::{abort_child, pidfd_open},
-    users::lookup_user,
+    users::{lookup_user, User},
     SpawnError, TaskProcess,
 };
-use crate::netlink;
+use crate::{
+    netlink,
+    tasks::confine::{init::init_args, MountPlan, Privileges},
+};
+
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out-array of two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: two new descriptors nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
 
 /// The `PATH` of a task, and the one commands are resolved in, when neither the spec nor
 /// the agent has one.
@@ -56,6 +73,51 @@ pub(crate) struct TaskSpec {
     /// The task's state directory, created if missing (mode 0700): its log
     /// ([`log_path`]) and identity file.
     pub(crate) dir: PathBuf,
+    /// Capabilities and `no_new_privs` (the service's `--cap-add`, `--cap-drop`,
+    /// `--allow-new-privileges`).
+    pub(crate) security: Security,
+    /// This agent's own state directory, socket directory and bpffs, hidden from the task
+    /// besides every agent's defaults (`confine::HIDDEN_BY_DEFAULT`).
+    pub(crate) hidden: Vec<PathBuf>,
+}
+
+impl TaskSpec {
+    /// The `PATH` of the task: the spec's, else the agent's, else [`DEFAULT_PATH`].
+    pub(super) fn path(&self) -> OsString {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.into())
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| DEFAULT_PATH.into())
+    }
+
+    /// The task's environment (and its health check's): `PATH`, `HOME` (the user's, or
+    /// `/root`), `HOSTNAME`, the spec's variables, then `SKEIN_SERVICE`, `SKEIN_TASK`,
+    /// `SKEIN_NODE`; later entries win.
+    pub(super) fn environment(&self, user: Option<&User>) -> Vec<(OsString, OsString)> {
+        let home: OsString = match user {
+            Some(user) => user.home.clone().unwrap_or_else(|| "/".into()).into(),
+            None => "/root".into(),
+        };
+        let mut env = vec![
+            ("PATH".into(), self.path()),
+            ("HOME".into(), home),
+            ("HOSTNAME".into(), self.task_id.clone().into()),
+        ];
+        env.extend(
+            self.env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        );
+        env.extend([
+            ("SKEIN_SERVICE".into(), self.service.clone().into()),
+            ("SKEIN_TASK".into(), self.task_id.clone().into()),
+            ("SKEIN_NODE".into(), self.node_id.clone().into()),
+        ]);
+        env
+    }
 }
 
 /// Looks `argv0` up like `execvp` would in the agent's `PATH` (or [`DEFAULT_PATH`]), and
@@ -121,7 +183,7 @@ pub(crate) const TASK_RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:
 /// Writes `<dir>/resolv.conf` (world-readable: tasks may run as any user) and returns
 /// its path for the child to bind-mount; `None` when the host has no `/etc/resolv.conf`
 /// to mount over (the task then resolves as the host does).
-fn write_resolv_conf(dir: &Path) -> Result<Option<CString>, SpawnError> {
+fn write_resolv_conf(dir: &Path) -> Result<Option<PathBuf>, SpawnError> {
     if fs::metadata("/etc/resolv.conf").is_err() {
         return Ok(None);
     }
@@ -130,9 +192,108 @@ fn write_resolv_conf(dir: &Path) -> Result<Option<CString>, SpawnError> {
     fs::write(&path, TASK_RESOLV_CONF).map_err(SpawnError::io(what.clone()))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
         .map_err(SpawnError::io(what.clone()))?;
-    CString::new(path.into_os_string().into_encoded_bytes())
-        .map(Some)
-        .map_err(|_| SpawnError::io(what)(std::io::ErrorKind::InvalidInput.into()))
+    Ok(Some(path))
+}
+
+/// The `skein` binary that runs `task-init`: the agent's own, through the task's new
+/// `/proc`. Unit tests run in the test harness's binary, so they name the built `skein`.
+fn init_program() -> PathBuf {
+    #[cfg(test)]
+    {
+        std::env::var_os("SKEIN_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/skein"))
+    }
+    #[cfg(not(test))]
+    {
+        PathBuf::from("/proc/self/exe")
+    }
+}
+
+/// How long the agent waits for `skein task-init` to report whether the command started.
+const INIT_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Forks from a new thread whose PID namespace for children is a fresh one, so the child
+/// is PID 1 there (a thread may unshare its PID namespace only once; see
+/// `confine`). `enter_pid_ns`: `setns` into an existing PID namespace instead. The outer
+/// error: the namespace could not be made or entered; the inner one is std's spawn.
+pub(super) fn spawn_in_pid_ns(
+    command: &mut Command,
+    enter_pid_ns: Option<BorrowedFd<'_>>,
+) -> Result<io::Result<Child>, SpawnError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: plain syscalls on this thread's own namespace state.
+                let rc = unsafe {
+                    match enter_pid_ns {
+                        None => libc::unshare(libc::CLONE_NEWPID),
+                        Some(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWPID),
+                    }
+                };
+                if rc != 0 {
+                    return Err(SpawnError::io("entering the task's PID namespace")(
+                        io::Error::last_os_error(),
+                    ));
+                }
+                Ok(command.spawn())
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(SpawnError::io("forking the task")(io::Error::other(
+                    "the forking thread panicked",
+                )))
+            })
+    })
+}
+
+/// Waits for `skein task-init`'s report on `report` (the read end): `Ok` once it closes
+/// without one (the command was executed), the failing step otherwise.
+fn read_init_report(report: &OwnedFd, command: &str) -> Result<(), SpawnError> {
+    let deadline = Instant::now() + INIT_REPORT_TIMEOUT;
+    let mut message = [0u8; 8];
+    let mut len = 0;
+    while len < message.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            warn!(
+                command,
+                "skein task-init did not report within 10s; assuming it runs"
+            );
+            return Ok(());
+        }
+        let mut pfd = libc::pollfd {
+            fd: report.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as libc::c_int) };
+        if rc <= 0 {
+            continue;
+        }
+        // SAFETY: reading into the rest of a local buffer.
+        let n = unsafe {
+            libc::read(
+                report.as_raw_fd(),
+                message[len..].as_mut_ptr().cast(),
+                message.len() - len,
+            )
+        };
+        match n {
+            0 => return Ok(()),
+            n if n > 0 => len += n as usize,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return Ok(()),
+        }
+    }
+    let step = u32::from_le_bytes(message[..4].try_into().expect("4 bytes"));
+    let errno = i32::from_le_bytes(message[4..].try_into().expect("4 bytes"));
+    Err(step_error(
+        step,
+        command,
+        io::Error::from_raw_os_error(errno),
+    ))
 }
 
 fn validate_task_id(task_id: &str) -> Result<(), SpawnError> {
@@ -177,15 +338,7 @@ impl TaskProcess {
         }
         no_nul("service", &spec.service)?;
         no_nul("node ID", &spec.node_id)?;
-        let path: OsString = spec
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.into())
-            .or_else(|| std::env::var_os("PATH"))
-            .unwrap_or_else(|| DEFAULT_PATH.into());
-        let program = resolve_command_in(argv0, &path)?;
+        let program = resolve_command_in(argv0, &spec.path())?;
         let user = spec.user.as_deref().map(lookup_user).transpose()?;
 
         fs::DirBuilder::new()
@@ -209,6 +362,11 @@ impl TaskProcess {
             .try_clone()
             .map_err(SpawnError::io("duplicating the log descriptor"))?;
         let resolv_conf = write_resolv_conf(&spec.dir)?;
+        let mounts = MountPlan::new(&spec.hidden, resolv_conf.as_deref())
+            .map_err(SpawnError::io("preparing the task's mounts"))?;
+        let privileges = Privileges::of(&spec.security);
+        let (report_read, report_write) =
+            pipe().map_err(SpawnError::io("creating the init's report pipe"))?;
         let boot_id = boot_id().map_err(SpawnError::io("reading the boot ID"))?;
         let netns =
             netlink::open_netns_blocking(&spec.netns_path).map_err(|source| SpawnError::Netns {
@@ -216,22 +374,23 @@ impl TaskProcess {
                 source: Box::new(source),
             })?;
 
-        let home = match &user {
-            Some(user) => user.home.clone().unwrap_or_else(|| "/".into()),
-            None => "/root".into(),
-        };
-        let mut command = Command::new(&program);
+        // The agent's own binary, found through the new /proc even if its directory is
+        // hidden, as `skein task-init` (see `confine`); it starts `program`.
+        let mut command = Command::new(init_program());
         command
-            .arg0(argv0)
+            .arg0("skein")
+            .arg("task-init")
+            .args(init_args(
+                3,
+                &privileges,
+                user.as_ref().map(|u| (u.uid, u.gid)),
+            ))
+            .arg("--")
+            .arg(&program)
+            .arg(argv0)
             .args(args)
             .env_clear()
-            .env("PATH", &path)
-            .env("HOME", home)
-            .env("HOSTNAME", &spec.task_id)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .env("SKEIN_SERVICE", &spec.service)
-            .env("SKEIN_TASK", &spec.task_id)
-            .env("SKEIN_NODE", &spec.node_id)
+            .envs(spec.environment(user.as_ref()))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -243,20 +402,29 @@ impl TaskProcess {
             hostname: Some(
                 CString::new(spec.task_id.as_str()).expect("task IDs were checked for NUL"),
             ),
-            resolv_conf,
-            ids: user.as_ref().map(|u| (u.uid, u.gid)),
+            mounts: Some(mounts),
+            cgroups: Vec::new(),
+            // The init stays root; it switches the command's user.
+            ids: None,
+            privileges: None,
+            keep_fd: Some(report_write.as_raw_fd()),
+            exec_step: STEP_INIT,
             step: steps.addr(),
         };
         // SAFETY: `ChildSetup::run` makes only async-signal-safe syscalls and allocates
         // nothing; the descriptors and strings it uses outlive the spawn.
         unsafe { command.pre_exec(move || setup.run()) };
-        let child = command
-            .spawn()
-            .map_err(|source| steps.error(argv0, source))?;
+        let child =
+            spawn_in_pid_ns(&mut command, None)?.map_err(|source| steps.error(argv0, source))?;
         let pid = child.id();
         // std does not reap on drop; the watcher does.
         drop(child);
         drop(netns);
+        drop(report_write);
+        if let Err(e) = read_init_report(&report_read, argv0) {
+            abort_child(pid);
+            return Err(e);
+        }
 
         let started = (|| {
             let pidfd = pidfd_open(pid).map_err(SpawnError::io("opening a pidfd"))?;

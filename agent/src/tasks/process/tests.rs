@@ -130,6 +130,8 @@ fn spec(task_id: &str, netns: &Path, dir: &Path) -> TaskSpec {
         env: vec![("GREETING".into(), "hello".into())],
         user: None,
         dir: dir.join("task"),
+        security: Default::default(),
+        hidden: vec![],
     }
 }
 
@@ -228,9 +230,9 @@ async fn task_runs_in_its_namespaces_and_session_and_is_adopted_and_stopped() {
 
     // Health checks run in the task's namespaces, with its environment.
     let check = |cmd: String| {
-        let task = task.clone();
+        let (task, spec) = (task.clone(), spec.clone());
         async move {
-            health_check(&task, &cmd, Duration::from_secs(5))
+            health_check(&task, &spec, &cmd, Duration::from_secs(5))
                 .await
                 .unwrap_or_else(|e| panic!("health check {cmd:?}: {e}"))
         }
@@ -243,9 +245,11 @@ async fn task_runs_in_its_namespaces_and_session_and_is_adopted_and_stopped() {
     assert!(check("test \"$(ip -o link | wc -l)\" = 1".into()).await);
     assert!(!check("test \"$(hostname)\" = not-the-task".into()).await);
     let started = Instant::now();
-    assert!(!health_check(&task, "sleep 20", Duration::from_millis(200))
-        .await
-        .unwrap());
+    assert!(
+        !health_check(&task, &spec, "sleep 20", Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "the timeout bounds it"
@@ -269,7 +273,7 @@ async fn task_runs_in_its_namespaces_and_session_and_is_adopted_and_stopped() {
         "the task was reaped"
     );
     assert!(matches!(
-        health_check(&task, "true", Duration::from_secs(1)).await,
+        health_check(&task, &spec, "true", Duration::from_secs(1)).await,
         Err(SpawnError::TaskExited { .. })
     ));
 }

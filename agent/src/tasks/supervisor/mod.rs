@@ -107,6 +107,8 @@ pub struct Supervisor {
     membership: std::sync::Mutex<Membership>,
     /// How long a task to stop drains first (`--drain-window`).
     drain_window: Duration,
+    /// This agent's own directories hidden from its tasks (see [`Supervisor::hiding`]).
+    hidden: Vec<PathBuf>,
 }
 
 impl Supervisor {
@@ -132,7 +134,15 @@ impl Supervisor {
             create_backoff: std::sync::Mutex::new(BTreeMap::new()),
             membership: std::sync::Mutex::new(Membership::new(started)),
             drain_window,
+            hidden: Vec::new(),
         }
+    }
+
+    /// Hides `paths` (the agent's state directory, socket directory, bpffs) from its
+    /// tasks, besides every agent's default places (`tasks::confine`).
+    pub fn hiding(mut self, paths: Vec<PathBuf>) -> Supervisor {
+        self.hidden = paths;
+        self
     }
 
     /// The per-task directory of `id` (its log is in there).

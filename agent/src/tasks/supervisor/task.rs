@@ -117,16 +117,7 @@ impl Supervisor {
     pub(super) async fn spawn(&self, local: &mut Local) {
         local.restart_at = None;
         let restarts = local.task.restarts + u32::from(local.task.state != TaskState::Starting);
-        let spec = TaskSpec {
-            task_id: local.task.id.clone(),
-            service: local.service.name.clone(),
-            node_id: self.manager.node().to_string(),
-            netns_path: reconcile::netns_path(&local.endpoint.netns),
-            command: local.service.command.clone(),
-            env: local.service.env.clone(),
-            user: local.service.user.clone(),
-            dir: self.task_dir(&local.task.id),
-        };
+        let spec = self.task_spec(local);
         let task = match TaskProcess::spawn(&spec) {
             Ok(process) => {
                 let process = Arc::new(process);
@@ -161,6 +152,22 @@ impl Supervisor {
         self.publish(local, task).await;
     }
 
+    /// What a task's process (and its health checks) run as: from the service definition.
+    fn task_spec(&self, local: &Local) -> TaskSpec {
+        TaskSpec {
+            task_id: local.task.id.clone(),
+            service: local.service.name.clone(),
+            node_id: self.manager.node().to_string(),
+            netns_path: reconcile::netns_path(&local.endpoint.netns),
+            command: local.service.command.clone(),
+            env: local.service.env.clone(),
+            user: local.service.user.clone(),
+            dir: self.task_dir(&local.task.id),
+            security: local.service.security.clone(),
+            hidden: self.hidden.clone(),
+        }
+    }
+
     /// Watches a process: its exit, and its health command if the service has one.
     pub(super) fn watch(&self, local: &Local, process: Arc<TaskProcess>) {
         let id = local.task.id.clone();
@@ -168,13 +175,18 @@ impl Supervisor {
         let events = self.events.clone();
         if let Some(health) = local.service.health.clone() {
             let (events, id, process) = (events.clone(), id.clone(), process.clone());
+            let spec = self.task_spec(local);
             let interval = Duration::from_millis(health.interval_ms.max(100));
             tokio::spawn(async move {
                 loop {
-                    let ok =
-                        health_check(&process, &health.cmd, interval.max(Duration::from_secs(1)))
-                            .await
-                            .unwrap_or(false);
+                    let ok = health_check(
+                        &process,
+                        &spec,
+                        &health.cmd,
+                        interval.max(Duration::from_secs(1)),
+                    )
+                    .await
+                    .unwrap_or(false);
                     if events
                         .send(Event::Health {
                             id: id.clone(),
