@@ -109,6 +109,9 @@ pub(crate) struct ServiceSpec {
     pub(crate) health_interval: Duration,
     pub(crate) restart_delay: Duration,
     pub(crate) command: Vec<String>,
+    /// `--limit-memory`, `--limit-cpu`, `--limit-pids`.
+    #[serde(default)]
+    pub(crate) limits: manager::state::service::Limits,
 }
 
 /// The agent's answer: a result or one clear sentence saying what went wrong.
@@ -365,6 +368,11 @@ mod tests {
                 health_interval: Duration::from_millis(300),
                 restart_delay: Duration::from_secs(1),
                 command: vec!["sleep".into(), "1".into()],
+                limits: manager::state::service::Limits {
+                    memory_bytes: Some(64 << 20),
+                    cpu_millis: Some(1500),
+                    pids: Some(20),
+                },
             }),
             Request::VtepAdd {
                 network: "n".into(),

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, io::Write, path::Path, process::ExitCode, time:
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use manager::state::{service::parse_env, EndpointMode, Mode, PublishMode, PublishedPort};
+use manager::state::{
+    service::{parse_cpus, parse_env, parse_memory, parse_pids, Limits},
+    EndpointMode, Mode, PublishMode, PublishedPort,
+};
 
 use super::{
     args::{non_empty, FormatArg},
@@ -158,10 +161,45 @@ pub(crate) struct ServiceCreate {
     #[arg(long, value_parser = crate::config::parse_duration, default_value = "1s", value_name = "DURATION")]
     pub(crate) restart_delay: Duration,
     #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+    #[command(flatten)]
     pub(crate) wait: WaitArgs,
     /// The command each task runs, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
+}
+
+/// Resource limits of each task, held by its cgroup (Swarm's flags and units).
+#[derive(Args, Debug)]
+pub(crate) struct LimitArgs {
+    /// Memory limit of each task, e.g. 64M or 1.5G; a task exceeding it is killed by the
+    /// kernel and restarted.
+    #[arg(long, value_parser = |v: &str| parse_memory(v).map_err(|e| e.to_string()), value_name = "BYTES")]
+    pub(crate) limit_memory: Option<u64>,
+    /// CPU limit of each task in CPUs, e.g. 0.5 or 1.5.
+    #[arg(long, value_parser = |v: &str| parse_cpus(v).map_err(|e| e.to_string()), value_name = "CPUS")]
+    pub(crate) limit_cpu: Option<u32>,
+    /// Most processes and threads each task may have at once, e.g. 100.
+    #[arg(long, value_parser = |v: &str| parse_pids(v).map_err(|e| e.to_string()), value_name = "N")]
+    pub(crate) limit_pids: Option<u32>,
+    /// Not supported: refused with an explanation (Skein does not reserve resources).
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub(crate) reserve_memory: Option<String>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Result<Limits> {
+        if self.reserve_memory.is_some() {
+            bail!(
+                "--reserve-memory is not supported: Skein places tasks without reserving                  memory for them; use --limit-memory to cap what each task may use"
+            );
+        }
+        Ok(Limits {
+            memory_bytes: self.limit_memory,
+            cpu_millis: self.limit_cpu,
+            pids: self.limit_pids,
+        })
+    }
 }
 
 fn parse_replicas(value: &str) -> Result<u32, String> {
@@ -221,6 +259,7 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                 health_interval: create.health_interval,
                 restart_delay: create.restart_delay,
                 command: create.command,
+                limits: create.limits.limits()?,
             };
             let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
             println!("{}", status.service.name);

@@ -4,6 +4,8 @@
 //! - [`process`]: one task's process: spawned into its endpoint's network namespace (and
 //!   its own UTS and mount namespaces), detached, logged, adopted after an agent restart,
 //!   health-checked; split into spawn, child setup, users, identity, pidfd and health.
+//! - [`cgroup`]: each task's cgroup (every process of a task ends with it; limits),
+//!   found or mounted on v2 and hybrid hosts, adopted after an agent restart.
 //! - [`plan`]: the supervisor's decisions (adopt, start, drain, stop, move away, restart,
 //!   replace, remove orphan endpoints) as pure functions of (view, local tasks, now).
 //! - [`supervisor`]: converges this node's tasks to what placement gives it: runs the
@@ -11,6 +13,7 @@
 //! - [`status`]: `service ls`/`ps` rows and convergence, from a cluster view (the tasks
 //!   of a service come from [`manager::view::ClusterView::tasks_of`]).
 
+pub(crate) mod cgroup;
 pub(crate) mod plan;
 pub(crate) mod process;
 pub(crate) mod status;

@@ -22,7 +22,9 @@ use super::{
     store::Store,
 };
 
+mod limits;
 mod reserved;
+pub use limits::{parse_cpus, parse_memory, parse_pids, Bytes, Limits, LimitsError};
 pub use reserved::{cluster_reserved_ports, ReservedPort, VXLAN_PORT};
 
 /// The most replicas a replicated service may ask for.
@@ -152,6 +154,8 @@ pub struct Service {
     /// The stamp of the write that created it; scaling keeps it. Decides claims, and tells a
     /// re-created service's tasks from the old one's.
     pub created: Stamp,
+    /// Each task's memory, CPU and process limits (its cgroup's).
+    pub limits: Limits,
 }
 
 /// Why a service definition is not acceptable: one sentence naming the bad value.
@@ -179,6 +183,8 @@ pub enum ServiceSpecError {
          shorten the command, environment or health command"
     )]
     TooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 /// Checks a service name: a DNS label (1 to 63 lowercase letters, digits and '-',
@@ -266,6 +272,7 @@ impl Service {
                 return Err(ServiceSpecError::BadEnv { text: key.clone() });
             }
         }
+        self.limits.validate()?;
         let size = self.encode().len();
         if size > MAX_VALUE_BYTES {
             return Err(ServiceSpecError::TooLarge {
@@ -527,6 +534,7 @@ mod tests {
             health: None,
             restart_delay_ms: 1000,
             created,
+            limits: Limits::default(),
         }
     }
 

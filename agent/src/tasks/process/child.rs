@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::SpawnError;
+use crate::tasks::cgroup::EntryFds;
 
 /// What the forked child does before `execve`. Runs after `fork` in a multi-threaded
 /// process, so only async-signal-safe syscalls and no allocation: everything it needs
@@ -25,11 +26,13 @@ pub(super) struct ChildSetup {
     pub(super) ids: Option<(u32, u32)>,
     /// Where the child records how far it got (see [`StepPage`]).
     pub(super) step: usize,
+    /// The task's cgroup, entered first, so everything after runs (and is charged) in it.
+    pub(super) cgroup: EntryFds,
 }
 
 /// The steps of [`ChildSetup::run`], for error messages. Index 0: std's own preparation
 /// (stdio, cwd) before ours.
-const STEPS: [&str; 10] = [
+const STEPS: [&str; 11] = [
     "redirecting stdio or changing to /",
     "entering a namespace",
     "creating its UTS and mount namespaces",
@@ -40,9 +43,11 @@ const STEPS: [&str; 10] = [
     "switching to its user",
     "executing it",
     "mounting its resolv.conf",
+    "entering its cgroup",
 ];
 const STEP_EXEC: u32 = 8;
 const STEP_RESOLV_CONF: u32 = 9;
+const STEP_CGROUP: u32 = 10;
 
 impl ChildSetup {
     pub(super) fn run(&self) -> io::Result<()> {
@@ -56,6 +61,8 @@ impl ChildSetup {
         // SAFETY (whole function): plain syscalls with pointers to memory prepared before
         // the fork; `step` points into a live shared mapping.
         unsafe {
+            self.set_step(STEP_CGROUP);
+            self.cgroup.enter()?;
             self.set_step(1);
             for &(fd, kind) in self.namespaces.iter().flatten() {
                 check(libc::setns(fd, kind))?;

@@ -86,6 +86,7 @@ pub(crate) async fn health_check(
             resolv_conf: None,
             ids: (ids != (0, 0)).then_some(ids),
             step: steps.addr(),
+            cgroup: Default::default(),
         };
         // SAFETY: see `TaskProcess::spawn`.
         unsafe { command.pre_exec(move || setup.run()) };
@@ -106,7 +107,7 @@ pub(crate) async fn health_check(
             });
         }
     };
-    let check = TaskProcess::watch(&runtime, check_pid, 0, pidfd, true);
+    let check = TaskProcess::watch(&runtime, check_pid, 0, pidfd, true, None);
     match tokio::time::timeout(timeout, check.exited()).await {
         Ok(code) => Ok(code == Some(0)),
         Err(_) => {

@@ -24,7 +24,11 @@ use super::{
     users::lookup_user,
     SpawnError, TaskProcess,
 };
-use crate::netlink;
+use crate::{
+    netlink,
+    tasks::cgroup::{CgroupError, TaskCgroup},
+};
+use manager::state::service::Limits;
 
 /// The `PATH` of a task, and the one commands are resolved in, when neither the spec nor
 /// the agent has one.
@@ -56,6 +60,10 @@ pub(crate) struct TaskSpec {
     /// The task's state directory, created if missing (mode 0700): its log
     /// ([`log_path`]) and identity file.
     pub(crate) dir: PathBuf,
+    /// The task's cgroup, made fresh with `limits` and entered before `execve`. `None`
+    /// (no cgroup support on this node) runs it without one, and refuses limits.
+    pub(crate) cgroup: Option<TaskCgroup>,
+    pub(crate) limits: Limits,
 }
 
 /// Looks `argv0` up like `execvp` would in the agent's `PATH` (or [`DEFAULT_PATH`]), and
@@ -237,6 +245,11 @@ impl TaskProcess {
             .stderr(log_err)
             .current_dir("/");
         let steps = StepPage::new()?;
+        let cgroup_entry = match &spec.cgroup {
+            Some(cgroup) => Some(cgroup.create(&spec.limits)?),
+            None if spec.limits.any() => return Err(CgroupError::Unavailable.into()),
+            None => None,
+        };
         let setup = ChildSetup {
             namespaces: [Some((netns.as_raw_fd(), libc::CLONE_NEWNET)), None, None],
             unshare: libc::CLONE_NEWUTS | libc::CLONE_NEWNS,
@@ -246,6 +259,10 @@ impl TaskProcess {
             resolv_conf,
             ids: user.as_ref().map(|u| (u.uid, u.gid)),
             step: steps.addr(),
+            cgroup: cgroup_entry
+                .as_ref()
+                .map(|entry| entry.fds())
+                .unwrap_or_default(),
         };
         // SAFETY: `ChildSetup::run` makes only async-signal-safe syscalls and allocates
         // nothing; the descriptors and strings it uses outlive the spawn.
@@ -257,6 +274,7 @@ impl TaskProcess {
         // std does not reap on drop; the watcher does.
         drop(child);
         drop(netns);
+        drop(cgroup_entry);
 
         let started = (|| {
             let pidfd = pidfd_open(pid).map_err(SpawnError::io("opening a pidfd"))?;
@@ -281,7 +299,14 @@ impl TaskProcess {
             }
         };
         debug!(pid, task = spec.task_id, "started task process");
-        Ok(TaskProcess::watch(&runtime, pid, start_time, pidfd, true))
+        Ok(TaskProcess::watch(
+            &runtime,
+            pid,
+            start_time,
+            pidfd,
+            true,
+            spec.cgroup.clone(),
+        ))
     }
 }
 

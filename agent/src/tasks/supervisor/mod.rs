@@ -36,7 +36,8 @@ use tokio::sync::{mpsc, Mutex};
 use tracing::{info, warn};
 
 use super::{
-    plan::{self, Action, LocalTask, Membership, Now, CREATE_BACKOFF},
+    cgroup::{oom_message, Cgroups, TaskCgroup},
+    plan::{self, Action, LocalTask, Membership, Now, CREATE_BACKOFF, WARMUP},
     process::TaskProcess,
 };
 use crate::reconcile::Reconciler;
@@ -107,6 +108,8 @@ pub struct Supervisor {
     membership: std::sync::Mutex<Membership>,
     /// How long a task to stop drains first (`--drain-window`).
     drain_window: Duration,
+    /// The tasks' cgroups; `None` if this node has no usable hierarchy.
+    cgroups: Option<Arc<Cgroups>>,
 }
 
 impl Supervisor {
@@ -119,6 +122,15 @@ impl Supervisor {
     ) -> Supervisor {
         let (events, events_rx) = mpsc::unbounded_channel();
         let started = Instant::now();
+        // The state directory holds `tasks/`.
+        let state_dir = dir.parent().unwrap_or(&dir).to_owned();
+        let cgroups = match Cgroups::prepare(&state_dir, &manager.node().to_string()) {
+            Ok(cgroups) => Some(Arc::new(cgroups)),
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "tasks run without cgroups: stopping a task may leave processes it daemonized, and limits are refused");
+                None
+            }
+        };
         Supervisor {
             manager,
             reconciler,
@@ -132,6 +144,39 @@ impl Supervisor {
             create_backoff: std::sync::Mutex::new(BTreeMap::new()),
             membership: std::sync::Mutex::new(Membership::new(started)),
             drain_window,
+            cgroups,
+        }
+    }
+
+    /// The cgroup of task `id`, if this node has cgroups.
+    fn cgroup(&self, id: &str) -> Option<TaskCgroup> {
+        self.cgroups.as_ref().map(|c| c.task(id))
+    }
+
+    /// Removes (in the background) the groups under this node's group that belong to no
+    /// task this agent runs or is stopping: left by a task whose record is gone, or by an
+    /// agent killed between making a group and recording its task. Only after the warm-up,
+    /// once the saved tasks were adopted.
+    fn remove_stray_groups(&self, tasks: &BTreeMap<String, Local>) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        if self.started.elapsed() < WARMUP {
+            return;
+        }
+        let stopping = self.stopping.lock().expect("stopping lock").clone();
+        for id in cgroups.task_ids() {
+            if tasks.contains_key(&id) || stopping.contains(&id) {
+                continue;
+            }
+            warn!(task = %id, "removing the cgroup of a task this agent does not run");
+            let cgroup = cgroups.task(&id);
+            self.while_stopping(id, async move {
+                let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+                if let Ok(Err(error)) = removed {
+                    warn!(error = %format!("{error:#}"), "could not remove a stray task cgroup");
+                }
+            });
         }
     }
 
@@ -186,10 +231,15 @@ impl Supervisor {
                     info!(task = %local.task.id, "a draining task's process ended");
                     return;
                 }
-                let message = match code {
+                let mut message = match code {
                     Some(code) => format!("exited with code {code}"),
                     None => "exited".to_owned(),
                 };
+                // Read before the restart makes the group fresh.
+                let oom_kills = self.cgroup(&id).and_then(|c| c.oom_kills()).unwrap_or(0);
+                if oom_kills > 0 {
+                    message = format!("{} ({message})", oom_message(&local.service.limits));
+                }
                 info!(task = %local.task.id, service = %local.task.service, %message, "task process ended");
                 let task = Task {
                     state: TaskState::Exited,
@@ -255,6 +305,7 @@ impl Supervisor {
                 self.apply(view, &mut tasks, action, now).await;
             }
         }
+        self.remove_stray_groups(&tasks);
     }
 
     /// Carries out one decision of the plan.
@@ -344,7 +395,7 @@ impl Supervisor {
         let process = if attached {
             None
         } else {
-            TaskProcess::adopt(&self.task_dir(&task.id)).map(Arc::new)
+            TaskProcess::adopt(&self.task_dir(&task.id), self.cgroup(&task.id)).map(Arc::new)
         };
         match &process {
             Some(p) => info!(task = %task.id, pid = p.pid(), "adopted a running task"),
@@ -375,7 +426,7 @@ impl Supervisor {
     fn clean_up(&self, task: Task, endpoint: Option<Endpoint>) {
         let teardown = self.teardown_ctx(&task.id);
         self.while_stopping(task.id.clone(), async move {
-            let process = TaskProcess::adopt(&teardown.dir).map(Arc::new);
+            let process = TaskProcess::adopt(&teardown.dir, teardown.cgroup.clone()).map(Arc::new);
             teardown
                 .run(&task, endpoint.as_ref(), process.as_deref())
                 .await;

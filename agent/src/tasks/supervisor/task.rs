@@ -23,6 +23,7 @@ use crate::{
     reconcile::{self, Reconciler},
     tasks::{
         plan,
+        cgroup::TaskCgroup,
         process::{health_check, TaskProcess, TaskSpec},
     },
 };
@@ -126,6 +127,8 @@ impl Supervisor {
             env: local.service.env.clone(),
             user: local.service.user.clone(),
             dir: self.task_dir(&local.task.id),
+            cgroup: self.cgroup(&local.task.id),
+            limits: local.service.limits,
         };
         let task = match TaskProcess::spawn(&spec) {
             Ok(process) => {
@@ -260,6 +263,7 @@ impl Supervisor {
             manager: self.manager.clone(),
             reconciler: self.reconciler.clone(),
             dir: self.task_dir(id),
+            cgroup: self.cgroup(id),
         }
     }
 }
@@ -270,6 +274,7 @@ pub(super) struct Teardown {
     manager: Manager,
     reconciler: Arc<Reconciler>,
     pub(super) dir: PathBuf,
+    pub(super) cgroup: Option<TaskCgroup>,
 }
 
 impl Teardown {
@@ -283,6 +288,13 @@ impl Teardown {
     ) {
         if let Some(process) = process {
             process.stop(STOP_GRACE).await;
+        }
+        // Whatever the task started, in any session, and its group.
+        if let Some(cgroup) = self.cgroup.clone() {
+            let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+            if let Ok(Err(error)) = removed {
+                warn!(task = %task.id, error = %format!("{error:#}"), "could not remove a task's cgroup");
+            }
         }
         if let Some(endpoint) = endpoint {
             // The record first: while it exists, a sync would plumb the endpoint again.
