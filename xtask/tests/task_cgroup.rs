@@ -48,7 +48,7 @@ fn marked(marker: u32) -> Vec<(u32, String)> {
         let environ = fs::read(entry.path().join("environ")).unwrap_or_default();
         let in_argv = cmdline.split(|&b| b == 0).any(|a| a == word.as_bytes());
         let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
-        let in_env = vars.iter().any(|v| *v == env.as_bytes());
+        let in_env = vars.contains(&env.as_bytes());
         if in_argv || in_env {
             let task = vars
                 .iter()
@@ -206,9 +206,11 @@ fn every_process_of_a_task_ends_with_it() {
         skein_ok(h1, &["service", "ls"]).is_ok()
     })
     .unwrap();
-    wait_until("killed restarted after the agent restart", DEADLINE * 2, || {
-        ends_logged(&agents[0], "killed") >= 2
-    })
+    wait_until(
+        "killed restarted after the agent restart",
+        DEADLINE * 2,
+        || ends_logged(&agents[0], "killed") >= 2,
+    )
     .unwrap();
     rm(h1, "killed");
     none_left(killed, DEADLINE, "no process of killed after rm");
@@ -244,7 +246,11 @@ fn every_process_of_a_task_ends_with_it() {
     let scaled = started.elapsed();
     let started = Instant::now();
     rm(h1, "stubborn");
-    none_left(stubborn, DRAIN + STOP_GRACE + SLACK, "no stubborn process after rm");
+    none_left(
+        stubborn,
+        DRAIN + STOP_GRACE + SLACK,
+        "no stubborn process after rm",
+    );
     println!(
         "SIGTERM ignored: scale 3→1 done in {scaled:?}, rm in {:?} (drain {DRAIN:?} + grace {STOP_GRACE:?})",
         started.elapsed()
@@ -274,7 +280,9 @@ fn limits_hold_and_say_why_a_task_died() {
         "exec python3 -c 'import time; a = bytearray(256 << 20); time.sleep(1000)'",
     );
     wait_until("hog OOM killed and shown", DEADLINE * 2, || {
-        service_tasks(h1, "hog").iter().any(|t| t.state != "running")
+        service_tasks(h1, "hog")
+            .iter()
+            .any(|t| t.state != "running")
             && skein_ok(h1, &["service", "ps", "hog"])
                 .is_ok_and(|out| out.contains("OOM killed: memory limit 64MiB"))
     })

@@ -27,7 +27,7 @@ const STABLE: Duration = Duration::from_secs(1);
 pub(crate) enum ServiceCommand {
     /// Create a service: N replicas (or one per node) of a command, each in its own
     /// network namespace on the service's overlay network.
-    Create(ServiceCreate),
+    Create(Box<ServiceCreate>),
     /// List services.
     Ls(FormatArg),
     /// List a service's tasks: node, overlay IP, state.
@@ -183,22 +183,26 @@ pub(crate) struct LimitArgs {
     #[arg(long, value_parser = |v: &str| parse_pids(v).map_err(|e| e.to_string()), value_name = "N")]
     pub(crate) limit_pids: Option<u32>,
     /// Not supported: refused with an explanation (Skein does not reserve resources).
-    #[arg(long, value_name = "BYTES", hide = true)]
-    pub(crate) reserve_memory: Option<String>,
+    #[arg(long, value_name = "BYTES", hide = true, value_parser = refuse_reserve_memory)]
+    pub(crate) reserve_memory: Option<bool>,
+}
+
+/// `--reserve-memory` is refused whatever its value.
+fn refuse_reserve_memory(_: &str) -> Result<bool, String> {
+    Err(
+        "Skein does not reserve memory for tasks when placing them; \
+         use --limit-memory to cap what each task may use"
+            .to_owned(),
+    )
 }
 
 impl LimitArgs {
-    fn limits(&self) -> Result<Limits> {
-        if self.reserve_memory.is_some() {
-            bail!(
-                "--reserve-memory is not supported: Skein places tasks without reserving                  memory for them; use --limit-memory to cap what each task may use"
-            );
-        }
-        Ok(Limits {
+    fn limits(&self) -> Limits {
+        Limits {
             memory_bytes: self.limit_memory,
             cpu_millis: self.limit_cpu,
             pids: self.limit_pids,
-        })
+        }
     }
 }
 
@@ -259,7 +263,7 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                 health_interval: create.health_interval,
                 restart_delay: create.restart_delay,
                 command: create.command,
-                limits: create.limits.limits()?,
+                limits: create.limits.limits(),
             };
             let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
             println!("{}", status.service.name);

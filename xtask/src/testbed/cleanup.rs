@@ -543,11 +543,17 @@ mod tests {
             mounts: 3,
             processes: 1,
             socket_hooks: 0,
+            cgroups: 0,
         };
         assert_eq!(
             report.to_string(),
             "2 dead testbed runs: removed 5 namespaces and 3 mounts, killed 1 processes"
         );
+        let report = SweepReport {
+            cgroups: 4,
+            ..report
+        };
+        assert!(report.to_string().ends_with("; removed 4 task cgroups"));
     }
 
     #[test]

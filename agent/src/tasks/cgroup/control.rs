@@ -35,7 +35,10 @@ pub(super) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 /// The `cpu.max` line of a limit in thousandths of a CPU.
 pub(super) fn cpu_max(millis: u32) -> String {
-    format!("{} {CPU_PERIOD_US}", u64::from(millis) * CPU_PERIOD_US / 1000)
+    format!(
+        "{} {CPU_PERIOD_US}",
+        u64::from(millis) * CPU_PERIOD_US / 1000
+    )
 }
 
 /// A counter of a flat-keyed file such as `memory.events` or v1 `memory.oom_control`.
@@ -185,7 +188,10 @@ mod tests {
         assert_eq!(keyed_counter(events, "oom"), Some(3));
         let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n";
         assert_eq!(keyed_counter(v1, "oom_kill"), Some(1));
-        assert_eq!(keyed_counter("populated 0\nfrozen 0\n", "populated"), Some(0));
+        assert_eq!(
+            keyed_counter("populated 0\nfrozen 0\n", "populated"),
+            Some(0)
+        );
         assert_eq!(keyed_counter("", "oom_kill"), None);
         assert_eq!(cpu_max(1500), "150000 100000");
         assert_eq!(cpu_max(1), "100 100000");

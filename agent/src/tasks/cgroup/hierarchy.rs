@@ -172,10 +172,7 @@ pub(super) fn find_or_mount(private: &Path) -> io::Result<Layout> {
         needed.push("freezer");
     }
     for controller in needed {
-        let Some(hierarchy) = kernel
-            .iter()
-            .find(|h| h.controllers.contains(controller))
-        else {
+        let Some(hierarchy) = kernel.iter().find(|h| h.controllers.contains(controller)) else {
             continue;
         };
         let found = mounts

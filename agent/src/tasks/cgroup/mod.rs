@@ -105,7 +105,8 @@ impl Cgroups {
         if let Some(unified) = &layout.unified {
             let node_dir = unified.join(&node_group);
             make_dir(&node_dir)?;
-            let offered = fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
+            let offered =
+                fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
             for controller in WANTED {
                 if !offered.split_whitespace().any(|c| c == controller) {
                     continue;

@@ -55,8 +55,13 @@ fn spawn_in(entry: &Entry, script: &str) -> std::process::Child {
 }
 
 fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 #[test]
@@ -68,7 +73,10 @@ fn daemonized_processes_are_in_the_group_and_killed_with_it() {
     let mut child = spawn_in(&entry, "setsid sleep 1000 & echo $!; exec sleep 1000");
     let deadline = Instant::now() + Duration::from_secs(10);
     while task.pids().len() < 2 {
-        assert!(Instant::now() < deadline, "the child and its daemon join the group");
+        assert!(
+            Instant::now() < deadline,
+            "the child and its daemon join the group"
+        );
         thread::sleep(Duration::from_millis(10));
     }
     let pids = task.pids();
@@ -100,13 +108,20 @@ fn limits_are_applied_and_oom_kills_counted() {
     };
     let entry = task.create(&limits).unwrap();
     let (memory, v2) = task.controller_dir("memory", "").unwrap();
-    let max = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
+    let max = if v2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
     assert_eq!(
         fs::read_to_string(memory.join(max)).unwrap().trim(),
         (32u64 << 20).to_string()
     );
     let (pids, _) = task.controller_dir("pids", "").unwrap();
-    assert_eq!(fs::read_to_string(pids.join("pids.max")).unwrap().trim(), "5");
+    assert_eq!(
+        fs::read_to_string(pids.join("pids.max")).unwrap().trim(),
+        "5"
+    );
     assert_eq!(task.oom_kills(), Some(0));
 
     // Allocates (and touches) 128 MiB against 32: the kernel kills it.

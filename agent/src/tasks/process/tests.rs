@@ -225,7 +225,10 @@ async fn task_runs_in_its_namespaces_and_session_and_is_adopted_and_stopped() {
     identity.start_time -= 1;
     identity.boot_id = "00000000-0000-0000-0000-000000000000".into();
     write_identity(&forged_dir, &identity).unwrap();
-    assert!(TaskProcess::adopt(&forged_dir, None).is_none(), "another boot");
+    assert!(
+        TaskProcess::adopt(&forged_dir, None).is_none(),
+        "another boot"
+    );
     assert!(TaskProcess::adopt(&tmp.0.join("nothing-here"), None).is_none());
 
     // Health checks run in the task's namespaces, with its environment.

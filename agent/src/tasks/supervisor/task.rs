@@ -22,8 +22,8 @@ use crate::{
     netlink,
     reconcile::{self, Reconciler},
     tasks::{
-        plan,
         cgroup::TaskCgroup,
+        plan,
         process::{health_check, TaskProcess, TaskSpec},
     },
 };

@@ -181,10 +181,14 @@ impl fmt::Display for Bytes {
         for (unit, shift) in UNITS {
             let size = 1u64 << shift;
             if self.0 >= size {
-                if self.0 % size == 0 {
+                if self.0.is_multiple_of(size) {
                     return write!(f, "{}{unit}", self.0 >> shift);
                 }
-                if (self.0 * 10) % size == 0 {
+                if self
+                    .0
+                    .checked_mul(10)
+                    .is_some_and(|v| v.is_multiple_of(size))
+                {
                     return write!(f, "{:.1}{unit}", self.0 as f64 / size as f64);
                 }
             }
@@ -213,7 +217,9 @@ mod tests {
         ] {
             assert_eq!(parse_memory(text), Ok(bytes), "{text}");
         }
-        for bad in ["", "M", "-1M", "64X", "64MM", "1..5G", "1.", ".5G", "64ib", "1e3"] {
+        for bad in [
+            "", "M", "-1M", "64X", "64MM", "1..5G", "1.", ".5G", "64ib", "1e3",
+        ] {
             assert!(
                 matches!(parse_memory(bad), Err(LimitsError::BadMemory { .. })),
                 "{bad:?}: {:?}",
@@ -241,10 +247,7 @@ mod tests {
     fn pids_are_whole_and_positive() {
         assert_eq!(parse_pids("20"), Ok(20));
         assert_eq!(parse_pids("0"), Err(LimitsError::PidsOutOfRange));
-        assert!(matches!(
-            parse_pids("-3"),
-            Err(LimitsError::BadPids { .. })
-        ));
+        assert!(matches!(parse_pids("-3"), Err(LimitsError::BadPids { .. })));
         assert!(parse_pids("99999999999").is_err());
     }
 
