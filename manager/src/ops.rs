@@ -16,7 +16,7 @@ use crate::{
     state::{
         self,
         endpoint::pick_free_ip,
-        service::{pick_free_vip, ReservedPort},
+        service::{pick_free_vip, Limits, ReservedPort},
         Endpoint, EndpointMode, HealthCheck, Kind, Mode, Network, NetworkSpecError, NodeInfo,
         PublishMode, PublishedPort, RecordKey, Scope, Service, ServiceSpecError, Stamp, Vtep,
         DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_PREFIX, DEFAULT_VNI_RANGE,
@@ -131,6 +131,7 @@ pub struct ServiceRequest {
     pub user: Option<String>,
     pub health: Option<HealthCheck>,
     pub restart_delay_ms: u64,
+    pub limits: Limits,
     /// Ports the creating node's agent uses besides the cluster's own (its metrics port):
     /// peers do not know them, so only this create refuses them.
     pub local_reserved: Vec<ReservedPort>,
@@ -593,6 +594,7 @@ impl Manager {
                 writer: self.node(),
             },
             security: request.security,
+            limits: request.limits,
         };
         candidate.validate()?;
         candidate.check_reserved(&reserved_ports(&view, &request.local_reserved))?;

@@ -28,6 +28,7 @@ pub fn service(name: &str, mode: Mode, created: Stamp) -> Service {
         restart_delay_ms: 0,
         created,
         security: Default::default(),
+        limits: Default::default(),
     }
 }
 

@@ -34,6 +34,7 @@
 //! - `wire`: [`Testbed::make_wire_like`], an underlay that behaves like NICs and a switch
 //!   for programs that transmit from XDP.
 
+mod cgroup_sweep;
 mod cleanup;
 mod in_netns;
 mod process;

@@ -113,6 +113,9 @@ pub(crate) struct ServiceSpec {
     pub(crate) command: Vec<String>,
     /// `--cap-add`, `--cap-drop` (normalized names), `--allow-new-privileges`.
     pub(crate) security: Security,
+    /// `--limit-memory`, `--limit-cpu`, `--limit-pids`.
+    #[serde(default)]
+    pub(crate) limits: manager::state::service::Limits,
 }
 
 /// The agent's answer: a result or one clear sentence saying what went wrong.
@@ -373,6 +376,11 @@ mod tests {
                     cap_add: vec!["NET_ADMIN".into()],
                     cap_drop: vec!["ALL".into()],
                     new_privileges: true,
+                },
+                limits: manager::state::service::Limits {
+                    memory_bytes: Some(64 << 20),
+                    cpu_millis: Some(1500),
+                    pids: Some(20),
                 },
             }),
             Request::VtepAdd {

@@ -283,6 +283,46 @@ mod tests {
             ),
             (
                 &[
+                    "service",
+                    "create",
+                    "w",
+                    "--limit-memory",
+                    "64X",
+                    "--",
+                    "true",
+                ],
+                "64X",
+            ),
+            (
+                &[
+                    "service",
+                    "create",
+                    "w",
+                    "--limit-cpu",
+                    "1.2345",
+                    "--",
+                    "true",
+                ],
+                "1.2345",
+            ),
+            (
+                &["service", "create", "w", "--limit-pids", "0", "--", "true"],
+                "between 1 and",
+            ),
+            (
+                &[
+                    "service",
+                    "create",
+                    "w",
+                    "--reserve-memory",
+                    "64M",
+                    "--",
+                    "true",
+                ],
+                "does not reserve memory",
+            ),
+            (
+                &[
                     "network",
                     "vtep",
                     "add",

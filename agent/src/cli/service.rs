@@ -7,7 +7,9 @@ use std::{collections::BTreeMap, io::Write, path::Path, process::ExitCode, time:
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use manager::state::{
-    service::{parse_capability, parse_env, Security},
+    service::{
+        parse_capability, parse_cpus, parse_env, parse_memory, parse_pids, Limits, Security,
+    },
     EndpointMode, Mode, PublishMode, PublishedPort,
 };
 
@@ -29,7 +31,7 @@ const STABLE: Duration = Duration::from_secs(1);
 pub(crate) enum ServiceCommand {
     /// Create a service: N replicas (or one per node) of a command, each in its own
     /// network namespace on the service's overlay network.
-    Create(ServiceCreate),
+    Create(Box<ServiceCreate>),
     /// List services.
     Ls(FormatArg),
     /// List a service's tasks: node, overlay IP, state.
@@ -174,10 +176,49 @@ pub(crate) struct ServiceCreate {
     #[arg(long)]
     pub(crate) allow_new_privileges: bool,
     #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+    #[command(flatten)]
     pub(crate) wait: WaitArgs,
     /// The command each task runs, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
+}
+
+/// Resource limits of each task, held by its cgroup (Swarm's flags and units).
+#[derive(Args, Debug)]
+pub(crate) struct LimitArgs {
+    /// Memory limit of each task, e.g. 64M or 1.5G; a task exceeding it is killed by the
+    /// kernel and restarted.
+    #[arg(long, value_parser = |v: &str| parse_memory(v).map_err(|e| e.to_string()), value_name = "BYTES")]
+    pub(crate) limit_memory: Option<u64>,
+    /// CPU limit of each task in CPUs, e.g. 0.5 or 1.5.
+    #[arg(long, value_parser = |v: &str| parse_cpus(v).map_err(|e| e.to_string()), value_name = "CPUS")]
+    pub(crate) limit_cpu: Option<u32>,
+    /// Most processes and threads each task may have at once, e.g. 100.
+    #[arg(long, value_parser = |v: &str| parse_pids(v).map_err(|e| e.to_string()), value_name = "N")]
+    pub(crate) limit_pids: Option<u32>,
+    /// Not supported: refused with an explanation (Skein does not reserve resources).
+    #[arg(long, value_name = "BYTES", hide = true, value_parser = refuse_reserve_memory)]
+    pub(crate) reserve_memory: Option<bool>,
+}
+
+/// `--reserve-memory` is refused whatever its value.
+fn refuse_reserve_memory(_: &str) -> Result<bool, String> {
+    Err(
+        "Skein does not reserve memory for tasks when placing them; \
+         use --limit-memory to cap what each task may use"
+            .to_owned(),
+    )
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.limit_memory,
+            cpu_millis: self.limit_cpu,
+            pids: self.limit_pids,
+        }
+    }
 }
 
 fn parse_replicas(value: &str) -> Result<u32, String> {
@@ -246,6 +287,7 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                     cap_drop: create.cap_drop,
                     new_privileges: create.allow_new_privileges,
                 },
+                limits: create.limits.limits(),
             };
             let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
             println!("{}", status.service.name);

@@ -69,6 +69,7 @@ pub(super) async fn create(
                 interval_ms: millis(spec.health_interval),
             }),
             restart_delay_ms: millis(spec.restart_delay),
+            limits: spec.limits,
             local_reserved: local_reserved.to_vec(),
             security: spec.security,
         })

@@ -22,8 +22,10 @@ use super::{
     store::Store,
 };
 
+mod limits;
 mod reserved;
 mod security;
+pub use limits::{parse_cpus, parse_memory, parse_pids, Bytes, Limits, LimitsError};
 pub use reserved::{cluster_reserved_ports, ReservedPort, VXLAN_PORT};
 pub use security::{capability_names, parse_capability, Security, CAPABILITIES, DEFAULT_CAPS};
 
@@ -157,6 +159,8 @@ pub struct Service {
     /// Capabilities and `no_new_privs` of its tasks (`--cap-add`, `--cap-drop`,
     /// `--allow-new-privileges`).
     pub security: Security,
+    /// Each task's memory, CPU and process limits (its cgroup's).
+    pub limits: Limits,
 }
 
 /// Why a service definition is not acceptable: one sentence naming the bad value.
@@ -191,6 +195,8 @@ pub enum ServiceSpecError {
          --cap-drop"
     )]
     CapabilityAddedAndDropped { name: String },
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 /// Checks a service name: a DNS label (1 to 63 lowercase letters, digits and '-',
@@ -279,6 +285,7 @@ impl Service {
             }
         }
         self.security.validate()?;
+        self.limits.validate()?;
         let size = self.encode().len();
         if size > MAX_VALUE_BYTES {
             return Err(ServiceSpecError::TooLarge {
@@ -541,6 +548,7 @@ mod tests {
             restart_delay_ms: 1000,
             created,
             security: Security::default(),
+            limits: Limits::default(),
         }
     }
 

@@ -40,6 +40,8 @@ pub struct SweepReport {
     pub processes: usize,
     /// Socket hooks at the cgroup root detached because their namespace is gone.
     pub socket_hooks: usize,
+    /// Task cgroups of the dead runs' agents removed.
+    pub cgroups: usize,
 }
 
 impl fmt::Display for SweepReport {
@@ -52,6 +54,9 @@ impl fmt::Display for SweepReport {
         if self.socket_hooks > 0 {
             write!(f, "; detached {} orphaned socket hooks", self.socket_hooks)?;
         }
+        if self.cgroups > 0 {
+            write!(f, "; removed {} task cgroups", self.cgroups)?;
+        }
         Ok(())
     }
 }
@@ -63,6 +68,7 @@ impl std::ops::AddAssign for SweepReport {
         self.mounts += other.mounts;
         self.processes += other.processes;
         self.socket_hooks += other.socket_hooks;
+        self.cgroups += other.cgroups;
     }
 }
 
@@ -208,6 +214,13 @@ pub(crate) fn remove_run(prefix: &str) -> Removal {
         let names = list_dir_names(Path::new(root)).unwrap_or_default();
         for name in names.into_iter().filter(|n| n.starts_with(&own)) {
             let path = Path::new(root).join(name);
+            // Its agent's task groups, found by the node ID the directory holds.
+            if let Some(node_id) = super::cgroup_sweep::node_id_of(&path) {
+                match super::cgroup_sweep::remove_node_groups(&node_id) {
+                    Ok(n) => removal.report.cgroups += n,
+                    Err(e) => removal.errors.push(e),
+                }
+            }
             if let Err(e) = fs::remove_dir_all(&path) {
                 if e.kind() != io::ErrorKind::NotFound {
                     removal
@@ -539,11 +552,17 @@ mod tests {
             mounts: 3,
             processes: 1,
             socket_hooks: 0,
+            cgroups: 0,
         };
         assert_eq!(
             report.to_string(),
             "2 dead testbed runs: removed 5 namespaces and 3 mounts, killed 1 processes"
         );
+        let report = SweepReport {
+            cgroups: 4,
+            ..report
+        };
+        assert!(report.to_string().ends_with("; removed 4 task cgroups"));
     }
 
     #[test]

@@ -9,7 +9,10 @@ use std::{
 };
 
 use super::SpawnError;
-use crate::tasks::confine::{cgroup_join, switch_user, MountPlan, MountStep, Privileges};
+use crate::tasks::{
+    cgroup::EntryFds,
+    confine::{cgroup_join, switch_user, MountPlan, MountStep, Privileges},
+};
 
 /// What the forked child does before `execve`. Runs after `fork` in a multi-threaded
 /// process, so only async-signal-safe syscalls and no allocation: everything it needs
@@ -36,11 +39,13 @@ pub(super) struct ChildSetup {
     pub(super) exec_step: u32,
     /// Where the child records how far it got (see [`StepPage`]).
     pub(super) step: usize,
+    /// The task's cgroup, entered first, so everything after runs (and is charged) in it.
+    pub(super) cgroup: EntryFds,
 }
 
 /// The steps of [`ChildSetup::run`] and of `skein task-init`, for error messages. Index
 /// 0: std's own preparation (stdio, cwd) before ours.
-const STEPS: [&str; 17] = [
+const STEPS: [&str; 18] = [
     "redirecting stdio or changing to /",
     "entering a namespace",
     "creating its UTS and mount namespaces",
@@ -58,6 +63,7 @@ const STEPS: [&str; 17] = [
     "setting no_new_privs",
     "joining its task's cgroups",
     "starting its init (skein task-init)",
+    "entering its cgroup",
 ];
 pub(crate) const STEP_USER: u32 = 7;
 pub(crate) const STEP_EXEC: u32 = 8;
@@ -69,6 +75,7 @@ pub(crate) const STEP_CAPS: u32 = 13;
 pub(crate) const STEP_NO_NEW_PRIVS: u32 = 14;
 const STEP_CGROUPS: u32 = 15;
 pub(super) const STEP_INIT: u32 = 16;
+const STEP_CGROUP: u32 = 17;
 
 impl ChildSetup {
     pub(super) fn run(&self) -> io::Result<()> {
@@ -82,6 +89,10 @@ impl ChildSetup {
         // SAFETY (whole function): plain syscalls with pointers to memory prepared before
         // the fork; `step` points into a live shared mapping.
         unsafe {
+            // The task's own group first (a task's init: everything it starts is in it),
+            // then a health check's task groups.
+            self.set_step(STEP_CGROUP);
+            self.cgroup.enter()?;
             self.set_step(STEP_CGROUPS);
             cgroup_join::join(&self.cgroups)?;
             self.set_step(1);

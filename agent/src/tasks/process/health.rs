@@ -89,6 +89,7 @@ pub(crate) async fn health_check(
             keep_fd: None,
             exec_step: STEP_EXEC,
             step: steps.addr(),
+            cgroup: Default::default(),
         };
         // SAFETY: see `TaskProcess::spawn`.
         unsafe { command.pre_exec(move || setup.run()) };
@@ -109,7 +110,7 @@ pub(crate) async fn health_check(
             });
         }
     };
-    let check = TaskProcess::watch(&runtime, check_pid, 0, pidfd, true);
+    let check = TaskProcess::watch(&runtime, check_pid, 0, pidfd, true, None);
     match tokio::time::timeout(timeout, check.exited()).await {
         Ok(code) => Ok(code == Some(0)),
         Err(_) => {

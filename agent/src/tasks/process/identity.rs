@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use super::{pidfd::pidfd_open, TaskProcess, OWN_CHILDREN};
+use crate::tasks::cgroup::TaskCgroup;
 
 /// Who the task's process is (see [`Identity`]), in its state directory.
 const IDENTITY_FILE: &str = "identity.json";
@@ -88,7 +89,7 @@ impl TaskProcess {
     /// that PID is still alive, started at the recorded time in this boot (so it is not a
     /// reused PID). `None` otherwise, or outside a tokio runtime. Its exit code will not
     /// be known unless it is the agent's own child.
-    pub(crate) fn adopt(dir: &Path) -> Option<TaskProcess> {
+    pub(crate) fn adopt(dir: &Path, cgroup: Option<TaskCgroup>) -> Option<TaskProcess> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             warn!("TaskProcess::adopt called outside a tokio runtime");
             return None;
@@ -129,6 +130,7 @@ impl TaskProcess {
             start_time,
             pidfd,
             child,
+            cgroup,
         ))
     }
 }

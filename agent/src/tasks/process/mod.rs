@@ -65,7 +65,10 @@ pub(crate) use health::health_check;
 pub(crate) use spawn::{resolve_command, TaskSpec};
 pub(crate) use users::resolve_user;
 
-use crate::netlink::NetlinkError;
+use crate::{
+    netlink::NetlinkError,
+    tasks::cgroup::{CgroupError, TaskCgroup},
+};
 use pidfd::{pidfd_exited, pidfd_send_signal, reap, reap_peek};
 
 /// The task's stdout and stderr, appended, in its state directory.
@@ -120,6 +123,8 @@ pub(crate) enum SpawnError {
     TaskExited { pid: u32 },
     #[error("task processes are watched on a tokio runtime: call this from within one")]
     NoRuntime,
+    #[error("preparing the task's cgroup failed: {0}")]
+    Cgroup(#[from] CgroupError),
 }
 
 impl SpawnError {
@@ -155,6 +160,8 @@ struct Shared {
     /// Held while signalling the process group and while reaping, so a group is never
     /// signalled after its leader's PID was freed (and could be reused).
     reap_lock: Mutex<()>,
+    /// The task's cgroup: emptied when the main process exits or ignores SIGTERM.
+    cgroup: Option<TaskCgroup>,
 }
 
 /// A running (or exited) task process, watched by a task on the tokio runtime it was
@@ -183,6 +190,7 @@ impl TaskProcess {
         start_time: u64,
         pidfd: OwnedFd,
         child: bool,
+        cgroup: Option<TaskCgroup>,
     ) -> TaskProcess {
         let (status, _) = watch::channel(Status::Running);
         let shared = Arc::new(Shared {
@@ -192,6 +200,7 @@ impl TaskProcess {
             child,
             status,
             reap_lock: Mutex::new(()),
+            cgroup,
         });
         if child {
             OWN_CHILDREN
@@ -258,16 +267,19 @@ impl TaskProcess {
         matches!(*self.shared.status.borrow(), Status::Exited(_))
     }
 
-    /// Sends SIGTERM to the task's process group and main process, SIGKILL after
-    /// `grace`, and waits until the main process is gone (its group is then swept by the
-    /// watcher).
+    /// Sends SIGTERM to the task's process group and main process, after `grace` kills
+    /// its whole cgroup (or SIGKILLs the main process and its group without one), and
+    /// waits until the main process is gone (what is left is then killed by the watcher).
     pub(crate) async fn stop(&self, grace: Duration) {
         if self.has_exited() {
             return;
         }
         self.signal(libc::SIGTERM);
         if tokio::time::timeout(grace, self.exited()).await.is_err() {
-            debug!(pid = self.pid(), "task ignored SIGTERM; sending SIGKILL");
+            debug!(pid = self.pid(), "task ignored SIGTERM; killing it");
+            if let Some(cgroup) = &self.shared.cgroup {
+                cgroup.kill();
+            }
             self.signal(libc::SIGKILL);
             self.exited().await;
         }
@@ -328,6 +340,10 @@ impl Shared {
         // SAFETY: kill takes no pointers. For our child the PID is still held by the
         // zombie, so the group cannot be another's.
         unsafe { libc::kill(-(self.pid as libc::pid_t), libc::SIGKILL) };
+        // And every other process the task started, in whatever session.
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
         let code = if self.child {
             match reap(&self.pidfd) {
                 Ok(code) => code,

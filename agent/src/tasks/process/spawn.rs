@@ -29,8 +29,12 @@ use super::{
 };
 use crate::{
     netlink,
-    tasks::confine::{init::init_args, MountPlan, Privileges},
+    tasks::{
+        cgroup::{CgroupError, TaskCgroup},
+        confine::{init::init_args, MountPlan, Privileges},
+    },
 };
+use manager::state::service::Limits;
 
 /// A pipe, both ends close-on-exec: (read, write).
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -73,6 +77,10 @@ pub(crate) struct TaskSpec {
     /// The task's state directory, created if missing (mode 0700): its log
     /// ([`log_path`]) and identity file.
     pub(crate) dir: PathBuf,
+    /// The task's cgroup, made fresh with `limits` and entered before `execve`. `None`
+    /// (no cgroup support on this node) runs it without one, and refuses limits.
+    pub(crate) cgroup: Option<TaskCgroup>,
+    pub(crate) limits: Limits,
     /// Capabilities and `no_new_privs` (the service's `--cap-add`, `--cap-drop`,
     /// `--allow-new-privileges`).
     pub(crate) security: Security,
@@ -396,6 +404,11 @@ impl TaskProcess {
             .stderr(log_err)
             .current_dir("/");
         let steps = StepPage::new()?;
+        let cgroup_entry = match &spec.cgroup {
+            Some(cgroup) => Some(cgroup.create(&spec.limits)?),
+            None if spec.limits.any() => return Err(CgroupError::Unavailable.into()),
+            None => None,
+        };
         let setup = ChildSetup {
             namespaces: [Some((netns.as_raw_fd(), libc::CLONE_NEWNET)), None, None],
             unshare: libc::CLONE_NEWUTS | libc::CLONE_NEWNS,
@@ -410,6 +423,10 @@ impl TaskProcess {
             keep_fd: Some(report_write.as_raw_fd()),
             exec_step: STEP_INIT,
             step: steps.addr(),
+            cgroup: cgroup_entry
+                .as_ref()
+                .map(|entry| entry.fds())
+                .unwrap_or_default(),
         };
         // SAFETY: `ChildSetup::run` makes only async-signal-safe syscalls and allocates
         // nothing; the descriptors and strings it uses outlive the spawn.
@@ -420,6 +437,7 @@ impl TaskProcess {
         // std does not reap on drop; the watcher does.
         drop(child);
         drop(netns);
+        drop(cgroup_entry);
         drop(report_write);
         if let Err(e) = read_init_report(&report_read, argv0) {
             abort_child(pid);
@@ -449,7 +467,14 @@ impl TaskProcess {
             }
         };
         debug!(pid, task = spec.task_id, "started task process");
-        Ok(TaskProcess::watch(&runtime, pid, start_time, pidfd, true))
+        Ok(TaskProcess::watch(
+            &runtime,
+            pid,
+            start_time,
+            pidfd,
+            true,
+            spec.cgroup.clone(),
+        ))
     }
 }
 

@@ -132,6 +132,8 @@ fn spec(task_id: &str, netns: &Path, dir: &Path) -> TaskSpec {
         dir: dir.join("task"),
         security: Default::default(),
         hidden: vec![],
+        cgroup: None,
+        limits: Default::default(),
     }
 }
 
@@ -213,7 +215,7 @@ async fn task_runs_in_its_namespaces_and_session_and_is_adopted_and_stopped() {
     assert!(environ.contains("HOME=/root\0"), "{environ}");
 
     // Adopt: same PID and start time; a forged start time is another process.
-    let adopted = TaskProcess::adopt(&spec.dir).expect("the task is adopted");
+    let adopted = TaskProcess::adopt(&spec.dir, None).expect("the task is adopted");
     assert_eq!(adopted.pid(), pid);
     assert_eq!(adopted.start_time(), task.start_time());
     let forged_dir = tmp.0.join("forged");
@@ -221,12 +223,15 @@ async fn task_runs_in_its_namespaces_and_session_and_is_adopted_and_stopped() {
     let mut identity = read_identity(&spec.dir).unwrap();
     identity.start_time += 1;
     write_identity(&forged_dir, &identity).unwrap();
-    assert!(TaskProcess::adopt(&forged_dir).is_none());
+    assert!(TaskProcess::adopt(&forged_dir, None).is_none());
     identity.start_time -= 1;
     identity.boot_id = "00000000-0000-0000-0000-000000000000".into();
     write_identity(&forged_dir, &identity).unwrap();
-    assert!(TaskProcess::adopt(&forged_dir).is_none(), "another boot");
-    assert!(TaskProcess::adopt(&tmp.0.join("nothing-here")).is_none());
+    assert!(
+        TaskProcess::adopt(&forged_dir, None).is_none(),
+        "another boot"
+    );
+    assert!(TaskProcess::adopt(&tmp.0.join("nothing-here"), None).is_none());
 
     // Health checks run in the task's namespaces, with its environment.
     let check = |cmd: String| {
@@ -296,7 +301,7 @@ async fn exit_code_is_reported_and_the_child_reaped() {
     assert_eq!(code, Some(3));
     assert!(!Path::new(&format!("/proc/{}", task.pid())).exists());
     assert!(
-        TaskProcess::adopt(&spec.dir).is_none(),
+        TaskProcess::adopt(&spec.dir, None).is_none(),
         "gone, so not adopted"
     );
 }

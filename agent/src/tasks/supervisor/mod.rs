@@ -36,7 +36,8 @@ use tokio::sync::{mpsc, Mutex};
 use tracing::{info, warn};
 
 use super::{
-    plan::{self, Action, LocalTask, Membership, Now, CREATE_BACKOFF},
+    cgroup::{oom_message, Cgroups, TaskCgroup},
+    plan::{self, Action, LocalTask, Membership, Now, CREATE_BACKOFF, WARMUP},
     process::TaskProcess,
 };
 use crate::reconcile::Reconciler;
@@ -109,6 +110,8 @@ pub struct Supervisor {
     drain_window: Duration,
     /// This agent's own directories hidden from its tasks (see [`Supervisor::hiding`]).
     hidden: Vec<PathBuf>,
+    /// The tasks' cgroups; `None` if this node has no usable hierarchy.
+    cgroups: Option<Arc<Cgroups>>,
 }
 
 impl Supervisor {
@@ -121,6 +124,15 @@ impl Supervisor {
     ) -> Supervisor {
         let (events, events_rx) = mpsc::unbounded_channel();
         let started = Instant::now();
+        // The state directory holds `tasks/`.
+        let state_dir = dir.parent().unwrap_or(&dir).to_owned();
+        let cgroups = match Cgroups::prepare(&state_dir, &manager.node().to_string()) {
+            Ok(cgroups) => Some(Arc::new(cgroups)),
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "tasks run without cgroups: stopping a task may leave processes it daemonized, and limits are refused");
+                None
+            }
+        };
         Supervisor {
             manager,
             reconciler,
@@ -135,6 +147,39 @@ impl Supervisor {
             membership: std::sync::Mutex::new(Membership::new(started)),
             drain_window,
             hidden: Vec::new(),
+            cgroups,
+        }
+    }
+
+    /// The cgroup of task `id`, if this node has cgroups.
+    fn cgroup(&self, id: &str) -> Option<TaskCgroup> {
+        self.cgroups.as_ref().map(|c| c.task(id))
+    }
+
+    /// Removes (in the background) the groups under this node's group that belong to no
+    /// task this agent runs or is stopping: left by a task whose record is gone, or by an
+    /// agent killed between making a group and recording its task. Only after the warm-up,
+    /// once the saved tasks were adopted.
+    fn remove_stray_groups(&self, tasks: &BTreeMap<String, Local>) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        if self.started.elapsed() < WARMUP {
+            return;
+        }
+        let stopping = self.stopping.lock().expect("stopping lock").clone();
+        for id in cgroups.task_ids() {
+            if tasks.contains_key(&id) || stopping.contains(&id) {
+                continue;
+            }
+            warn!(task = %id, "removing the cgroup of a task this agent does not run");
+            let cgroup = cgroups.task(&id);
+            self.while_stopping(id, async move {
+                let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+                if let Ok(Err(error)) = removed {
+                    warn!(error = %format!("{error:#}"), "could not remove a stray task cgroup");
+                }
+            });
         }
     }
 
@@ -196,10 +241,15 @@ impl Supervisor {
                     info!(task = %local.task.id, "a draining task's process ended");
                     return;
                 }
-                let message = match code {
+                let mut message = match code {
                     Some(code) => format!("exited with code {code}"),
                     None => "exited".to_owned(),
                 };
+                // Read before the restart makes the group fresh.
+                let oom_kills = self.cgroup(&id).and_then(|c| c.oom_kills()).unwrap_or(0);
+                if oom_kills > 0 {
+                    message = format!("{} ({message})", oom_message(&local.service.limits));
+                }
                 info!(task = %local.task.id, service = %local.task.service, %message, "task process ended");
                 let task = Task {
                     state: TaskState::Exited,
@@ -265,6 +315,7 @@ impl Supervisor {
                 self.apply(view, &mut tasks, action, now).await;
             }
         }
+        self.remove_stray_groups(&tasks);
     }
 
     /// Carries out one decision of the plan.
@@ -354,7 +405,7 @@ impl Supervisor {
         let process = if attached {
             None
         } else {
-            TaskProcess::adopt(&self.task_dir(&task.id)).map(Arc::new)
+            TaskProcess::adopt(&self.task_dir(&task.id), self.cgroup(&task.id)).map(Arc::new)
         };
         match &process {
             Some(p) => info!(task = %task.id, pid = p.pid(), "adopted a running task"),
@@ -385,7 +436,7 @@ impl Supervisor {
     fn clean_up(&self, task: Task, endpoint: Option<Endpoint>) {
         let teardown = self.teardown_ctx(&task.id);
         self.while_stopping(task.id.clone(), async move {
-            let process = TaskProcess::adopt(&teardown.dir).map(Arc::new);
+            let process = TaskProcess::adopt(&teardown.dir, teardown.cgroup.clone()).map(Arc::new);
             teardown
                 .run(&task, endpoint.as_ref(), process.as_deref())
                 .await;

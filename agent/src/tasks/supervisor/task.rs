@@ -22,6 +22,7 @@ use crate::{
     netlink,
     reconcile::{self, Reconciler},
     tasks::{
+        cgroup::TaskCgroup,
         plan,
         process::{health_check, TaskProcess, TaskSpec},
     },
@@ -165,6 +166,8 @@ impl Supervisor {
             dir: self.task_dir(&local.task.id),
             security: local.service.security.clone(),
             hidden: self.hidden.clone(),
+            cgroup: self.cgroup(&local.task.id),
+            limits: local.service.limits,
         }
     }
 
@@ -272,6 +275,7 @@ impl Supervisor {
             manager: self.manager.clone(),
             reconciler: self.reconciler.clone(),
             dir: self.task_dir(id),
+            cgroup: self.cgroup(id),
         }
     }
 }
@@ -282,6 +286,7 @@ pub(super) struct Teardown {
     manager: Manager,
     reconciler: Arc<Reconciler>,
     pub(super) dir: PathBuf,
+    pub(super) cgroup: Option<TaskCgroup>,
 }
 
 impl Teardown {
@@ -295,6 +300,13 @@ impl Teardown {
     ) {
         if let Some(process) = process {
             process.stop(STOP_GRACE).await;
+        }
+        // Whatever the task started, in any session, and its group.
+        if let Some(cgroup) = self.cgroup.clone() {
+            let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+            if let Ok(Err(error)) = removed {
+                warn!(task = %task.id, error = %format!("{error:#}"), "could not remove a task's cgroup");
+            }
         }
         if let Some(endpoint) = endpoint {
             // The record first: while it exists, a sync would plumb the endpoint again.
