@@ -72,8 +72,8 @@ impl AnswerCache {
         }
     }
 
-    /// The stored reply to `query`, with `query`'s ID, written to `out`; `None` if there
-    /// is none (yet) for it.
+    /// The stored reply to `query`, with `query`'s ID, appended to `out`; `None` if
+    /// there is none (yet) for it.
     pub(crate) fn reply(&mut self, query: &[u8], out: &mut Vec<u8>) -> Option<Hit> {
         let entry = self.entries.get_mut(query.get(ID_LEN..)?)?;
         if entry.orders.len() < entry.wanted {
@@ -81,9 +81,9 @@ impl AnswerCache {
         }
         let reply = &entry.orders[entry.next % entry.orders.len()];
         entry.next = entry.next.wrapping_add(1);
-        out.clear();
+        let start = out.len();
         out.extend_from_slice(reply);
-        out[..ID_LEN].copy_from_slice(&query[..ID_LEN]);
+        out[start..start + ID_LEN].copy_from_slice(&query[..ID_LEN]);
         Some(Hit {
             qtype: entry.qtype,
             rcode: entry.rcode,
@@ -136,8 +136,9 @@ mod tests {
         cache.follow(&Arc::new(Records::default()));
         let mut out = Vec::new();
         cache.insert(b"\x00\x01query", b"\x00\x01reply", 1, HIT);
+        out.extend_from_slice(b"before");
         assert_eq!(cache.reply(b"\xab\xcdquery", &mut out), Some(HIT));
-        assert_eq!(out, b"\xab\xcdreply");
+        assert_eq!(out, b"before\xab\xcdreply");
         assert_eq!(cache.reply(b"\xab\xcdQuery", &mut out), None, "other bytes");
         assert_eq!(cache.reply(b"\xab", &mut out), None, "too short");
     }
@@ -148,16 +149,24 @@ mod tests {
         cache.follow(&Arc::new(Records::default()));
         let mut out = Vec::new();
         cache.insert(b"\x00\x00q", b"\x00\x00a", 2, HIT);
-        assert_eq!(cache.reply(b"\x00\x00q", &mut out), None, "one of two orders");
+        assert_eq!(
+            cache.reply(b"\x00\x00q", &mut out),
+            None,
+            "one of two orders"
+        );
         cache.insert(b"\x00\x00q", b"\x00\x00b", 2, HIT);
         cache.insert(b"\x00\x00q", b"\x00\x00c", 2, HIT);
         let given: Vec<Vec<u8>> = (0..4)
             .map(|_| {
+                out.clear();
                 cache.reply(b"\x00\x00q", &mut out).unwrap();
                 out.clone()
             })
             .collect();
-        assert_eq!(given, [b"\x00\x00a", b"\x00\x00b", b"\x00\x00a", b"\x00\x00b"]);
+        assert_eq!(
+            given,
+            [b"\x00\x00a", b"\x00\x00b", b"\x00\x00a", b"\x00\x00b"]
+        );
     }
 
     #[test]
@@ -168,7 +177,10 @@ mod tests {
         let mut out = Vec::new();
         cache.insert(b"\x00\x00q", b"\x00\x00a", 1, HIT);
         cache.follow(&first);
-        assert!(cache.reply(b"\x00\x00q", &mut out).is_some(), "same records");
+        assert!(
+            cache.reply(b"\x00\x00q", &mut out).is_some(),
+            "same records"
+        );
         cache.follow(&Arc::new(Records::default()));
         assert!(cache.reply(b"\x00\x00q", &mut out).is_none(), "new records");
 

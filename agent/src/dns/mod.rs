@@ -11,7 +11,8 @@
 //! - `records`: view → [`records::Records`] (names, scopes), the naming rules.
 //! - `listen`: the listener of one socket pair; the TCP loop (decode, count malformed,
 //!   bound the work).
-//! - `udp`: the UDP loop, answering in place; `answers`: the replies it keeps encoded.
+//! - `udp`: the UDP loop, answering in place; `answers`: the replies it keeps encoded;
+//!   `mmsg`: datagrams read and sent in batches.
 //! - `handler`: the hickory `RequestHandler` per socket pair, and [`Core::answer`], the
 //!   one answering path (`skein debug dns` uses it too).
 //! - `forward`: upstream forwarding (timeout, bound on queries in flight, SERVFAIL).
@@ -24,6 +25,7 @@ mod counters;
 mod forward;
 mod handler;
 mod listen;
+mod mmsg;
 mod netns;
 mod records;
 #[cfg(test)]

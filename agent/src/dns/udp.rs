@@ -1,8 +1,8 @@
 //! The UDP receive loop: every datagram is answered in the loop itself — no task spawned,
 //! no channel to a socket task — unless it must be forwarded.
 //!
-//! Per wake-up the loop drains the socket (`try_recv_from` until it would block, at most
-//! [`BATCH`]); per datagram: a reply already encoded for these bytes ([`AnswerCache`]) is
+//! Per wake-up the loop reads a batch of datagrams with one system call and sends their
+//! replies with one (`mmsg`); per datagram: a reply already encoded for these bytes ([`AnswerCache`]) is
 //! sent with the query's ID; otherwise hickory decodes it (unreadable messages and
 //! responses: dropped and counted, as in `listen`) and the hickory [`RequestHandler`]
 //! answers it, polled once in place: Skein's own names never wait, so the handler has
@@ -30,21 +30,18 @@ use hickory_server::{
     server::{RequestHandler, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponse,
 };
-use tokio::{net::UdpSocket, sync::Semaphore, task::JoinSet};
+use tokio::{io::Interest, net::UdpSocket, sync::Semaphore, task::JoinSet};
 use tracing::debug;
 
 use super::{
     answers::{AnswerCache, Hit, ORDERS},
     handler::DnsHandler,
     listen::decode,
+    mmsg::{with_batch, Received},
 };
 
 /// UDP queries waiting on upstreams at once per listener.
 const UDP_IN_FLIGHT: usize = 2048;
-/// Datagrams read per wake-up before other tasks get a turn.
-const BATCH: usize = 64;
-/// The largest datagram read whole (a longer one is cut and then fails to decode).
-const MAX_DATAGRAM: usize = 4096;
 /// A reply's size limit without EDNS (RFC 1035 4.2.1).
 const PLAIN_UDP_SIZE: u16 = 512;
 
@@ -53,8 +50,6 @@ pub(super) async fn serve_udp(handler: Arc<DnsHandler>, socket: UdpSocket) {
     let in_flight = Arc::new(Semaphore::new(UDP_IN_FLIGHT));
     let mut forwarding = JoinSet::new();
     let mut cache = AnswerCache::default();
-    let mut datagram = vec![0; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(usize::from(PLAIN_UDP_SIZE));
     loop {
         if let Err(error) = socket.readable().await {
             debug!(%error, "DNS: waiting on UDP");
@@ -62,34 +57,51 @@ pub(super) async fn serve_udp(handler: Arc<DnsHandler>, socket: UdpSocket) {
         }
         while forwarding.try_join_next().is_some() {}
         cache.follow(&handler.core.records());
-        for _ in 0..BATCH {
-            let (len, src) = match socket.try_recv_from(&mut datagram) {
-                Ok(received) => received,
-                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+        // One batch, answered without awaiting (the buffers are the thread's); what the
+        // socket would not take now is sent after.
+        let unsent = with_batch(|inbox, outbox| {
+            let received = socket.try_io(Interest::READABLE, || inbox.receive(&*socket));
+            let count = match received {
+                Ok(count) => count,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Vec::new(),
                 Err(error) => {
                     debug!(%error, "DNS: receiving on UDP");
-                    break;
+                    return Vec::new();
                 }
             };
-            let query = &datagram[..len];
-            if let Some(hit) = cache.reply(query, &mut out) {
-                handler.core.counters.answered(hit.qtype, hit.rcode);
-                send(&socket, &out, src).await;
-                continue;
-            }
-            let Some(waiting) = answer(&handler, &socket, &mut cache, query, src) else {
-                continue;
-            };
-            match in_flight.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    forwarding.spawn(async move {
-                        waiting.await;
-                        drop(permit);
-                    });
+            for datagram in (0..count).filter_map(|i| inbox.datagram(i)) {
+                let Received {
+                    bytes: query,
+                    src,
+                    truncated,
+                } = datagram;
+                if truncated {
+                    handler.core.counters.malformed();
+                    continue;
                 }
-                // Dropping the query's future ends its forwarding.
-                Err(_) => handler.core.counters.overloaded(),
+                if let Some(hit) = cache.reply(query, outbox.reply_buffer()) {
+                    handler.core.counters.answered(hit.qtype, hit.rcode);
+                    outbox.add_reply(src);
+                    continue;
+                }
+                let Some(waiting) = answer(&handler, &socket, &mut cache, query, src) else {
+                    continue;
+                };
+                match in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        forwarding.spawn(async move {
+                            waiting.await;
+                            drop(permit);
+                        });
+                    }
+                    // Dropping the query's future ends its forwarding.
+                    Err(_) => handler.core.counters.overloaded(),
+                }
             }
+            outbox.send(&*socket)
+        });
+        for (reply, dst) in unsent {
+            send(&socket, &reply, dst).await;
         }
     }
 }
@@ -107,10 +119,9 @@ fn answer(
     src: SocketAddr,
 ) -> Option<Waiting> {
     let request = decode(handler, query.to_vec(), src, Protocol::Udp)?;
-    let max_size = request
-        .edns
-        .as_ref()
-        .map_or(PLAIN_UDP_SIZE, |edns| edns.max_payload().max(PLAIN_UDP_SIZE));
+    let max_size = request.edns.as_ref().map_or(PLAIN_UDP_SIZE, |edns| {
+        edns.max_payload().max(PLAIN_UDP_SIZE)
+    });
     let info = request.request_info().ok();
     let orders = info
         .as_ref()
