@@ -108,10 +108,11 @@ impl Inbox {
             )
         };
         let count = usize::try_from(count).map_err(|_| io::Error::last_os_error())?;
-        for i in 0..count {
-            self.lengths[i] = (headers[i].msg_len as usize).min(MAX_DATAGRAM);
-            self.truncated[i] = headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.sources[i] = socket_addr(&addresses[i]);
+        let read = headers.iter().zip(&addresses).take(count);
+        for (i, (header, address)) in read.enumerate() {
+            self.lengths[i] = (header.msg_len as usize).min(MAX_DATAGRAM);
+            self.truncated[i] = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.sources[i] = socket_addr(address);
         }
         self.received = count;
         Ok(count)
