@@ -1,6 +1,6 @@
-//! The receive loops in front of the hickory [`RequestHandler`]: UDP datagrams and TCP
-//! connections read with hickory's own streams, each message decoded with hickory's
-//! `Request::from_bytes`, and every readable query handed to [`DnsHandler`].
+//! The receive loops in front of the hickory [`RequestHandler`]: UDP datagrams (`udp`)
+//! and TCP connections (here, read with hickory's own streams), each message decoded with
+//! hickory's `Request::from_bytes`, and every readable query handed to [`DnsHandler`].
 //!
 //! Why not hickory's `Server`: it drops messages shorter than a header and answers
 //! unreadable ones itself (FORMERR, even to a message marked as a response) before any
@@ -16,9 +16,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use futures::StreamExt;
 use hickory_server::{
     net::{
-        runtime::{iocompat::AsyncIoTokioAsStd, TokioRuntimeProvider, TokioTime},
+        runtime::{iocompat::AsyncIoTokioAsStd, TokioTime},
         tcp::TcpStream,
-        udp::UdpStream,
         xfer::Protocol,
     },
     proto::op::MessageType,
@@ -37,8 +36,6 @@ use super::handler::DnsHandler;
 pub(crate) const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per-connection buffer of TCP answers waiting to be written.
 const TCP_RESPONSE_BUFFER: usize = 16;
-/// UDP queries being answered at once per listener (forwarded ones wait on upstreams).
-const UDP_IN_FLIGHT: usize = 2048;
 /// TCP connections at once per listener.
 const TCP_CONNECTIONS: usize = 256;
 
@@ -52,14 +49,14 @@ impl Listener {
     pub(crate) fn start(handler: DnsHandler, udp: UdpSocket, tcp: TcpListener) -> Listener {
         let handler = Arc::new(handler);
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve_udp(handler.clone(), udp));
+        tasks.spawn(super::udp::serve_udp(handler.clone(), udp));
         tasks.spawn(serve_tcp(handler, tcp));
         Listener { _tasks: tasks }
     }
 }
 
 /// A query to answer, or `None` (counted) for anything else.
-fn decode(
+pub(super) fn decode(
     handler: &DnsHandler,
     bytes: Vec<u8>,
     src: SocketAddr,
@@ -71,40 +68,6 @@ fn decode(
             handler.core.counters.malformed();
             None
         }
-    }
-}
-
-async fn serve_udp(handler: Arc<DnsHandler>, socket: UdpSocket) {
-    // The remote address is per message (`with_remote_addr`); this one is never used.
-    let (mut stream, sender) =
-        UdpStream::<TokioRuntimeProvider>::with_bound(socket, ([127, 255, 255, 254], 0).into());
-    let in_flight = Arc::new(Semaphore::new(UDP_IN_FLIGHT));
-    let mut answering = JoinSet::new();
-    while let Some(message) = stream.next().await {
-        while answering.try_join_next().is_some() {}
-        let message = match message {
-            Ok(message) => message,
-            Err(error) => {
-                debug!(%error, "DNS: receiving on UDP");
-                continue;
-            }
-        };
-        let (bytes, src) = message.into_parts();
-        let Some(request) = decode(&handler, bytes, src, Protocol::Udp) else {
-            continue;
-        };
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            handler.core.counters.overloaded();
-            continue;
-        };
-        let response = ResponseHandle::new(src, sender.with_remote_addr(src), Protocol::Udp);
-        let handler = handler.clone();
-        answering.spawn(async move {
-            handler
-                .handle_request::<_, TokioTime>(&request, response)
-                .await;
-            drop(permit);
-        });
     }
 }
 

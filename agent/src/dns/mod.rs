@@ -9,7 +9,10 @@
 //!
 //! Layout:
 //! - `records`: view → [`records::Records`] (names, scopes), the naming rules.
-//! - `listen`: the UDP and TCP receive loops (decode, count malformed, bound the work).
+//! - `listen`: the listener of one socket pair; the TCP loop (decode, count malformed,
+//!   bound the work).
+//! - `udp`: the UDP loop, answering in place; `answers`: the replies it keeps encoded;
+//!   `mmsg`: datagrams read and sent in batches.
 //! - `handler`: the hickory `RequestHandler` per socket pair, and [`Core::answer`], the
 //!   one answering path (`skein debug dns` uses it too).
 //! - `forward`: upstream forwarding (timeout, bound on queries in flight, SERVFAIL).
@@ -17,14 +20,17 @@
 //! - `counters`: the `/metrics` counters.
 //! - here: [`Dns`], the wiring: start, the view loop, the plumbing hook, debug.
 
+mod answers;
 mod counters;
 mod forward;
 mod handler;
 mod listen;
+mod mmsg;
 mod netns;
 mod records;
 #[cfg(test)]
 mod tests;
+mod udp;
 
 use std::{
     collections::HashMap,

@@ -292,6 +292,16 @@ impl Records {
         }
     }
 
+    /// Whether answers to `qname`/`qtype` come in a varying order (several task IPs,
+    /// shuffled per answer).
+    pub(crate) fn shuffles(&self, qname: &LowerName, qtype: RecordType) -> bool {
+        qtype == RecordType::A
+            && self
+                .names
+                .get(qname)
+                .is_some_and(|entry| entry.shuffled && entry.a.len() > 1)
+    }
+
     /// Whether a name that matches nothing is still Skein's to answer (NXDOMAIN).
     fn is_ours(&self, qname: &LowerName) -> bool {
         let labels = qname.num_labels();

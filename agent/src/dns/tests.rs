@@ -281,17 +281,25 @@ async fn fake_upstream() -> SocketAddr {
 
 /// A server for `asker` on 127.0.0.1:0 forwarding to `upstream`; its address.
 async fn server(upstream: SocketAddr, asker: Asker) -> (SocketAddr, Arc<DnsCounters>, Listener) {
-    let counters = Arc::new(DnsCounters::default());
+    let (addr, core, listener) = served(upstream, asker).await;
+    (addr, core.counters.clone(), listener)
+}
+
+/// [`server`], with its [`Core`] (to change its records).
+async fn served(upstream: SocketAddr, asker: Asker) -> (SocketAddr, Arc<Core>, Listener) {
     let core = Arc::new(Core {
         records: RwLock::new(Arc::new(Records::build(&view(), 2))),
         forwarder: Forwarder::new(vec![upstream], Duration::from_millis(300)),
-        counters: counters.clone(),
+        counters: Arc::new(DnsCounters::default()),
     });
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let listener = Listener::start(DnsHandler { core, asker }, socket, tcp);
-    (addr, counters, listener)
+    let handler = DnsHandler {
+        core: core.clone(),
+        asker,
+    };
+    (addr, core, Listener::start(handler, socket, tcp))
 }
 
 async fn ask(server: SocketAddr, message: &Message) -> Message {
@@ -358,6 +366,57 @@ async fn the_server_answers_forwards_and_fails_over_udp() {
     assert_eq!(counts.malformed, 1);
     assert!(counts.queries.contains(&("A", "NOERROR", 2)), "{counts:?}");
     assert!(counts.queries.contains(&("A", "NXDOMAIN", 1)), "{counts:?}");
+}
+
+/// The UDP loop gives repeated queries replies it keeps encoded: each must still carry
+/// its query's ID and letter case, vary in order where shuffled, follow new records, and
+/// never stand in for a forwarded answer or an error.
+#[tokio::test]
+async fn repeated_queries_get_their_own_id_and_case_and_follow_the_records() {
+    let upstream = fake_upstream().await;
+    let (addr, core, _server) = served(upstream, Asker::Host).await;
+    let mut orders = BTreeSet::new();
+    for id in 0..64 {
+        let mut asked = query("tasks.web.", RecordType::A);
+        asked.metadata.id = 1000 + id;
+        let answer = ask(addr, &asked).await;
+        assert_eq!(answer.metadata.id, 1000 + id, "the query's own ID");
+        orders.insert(a_answers(&answer));
+    }
+    let both = [["10.10.0.11", "10.10.0.12"], ["10.10.0.12", "10.10.0.11"]];
+    assert_eq!(orders, both.map(|o| o.map(str::to_owned).to_vec()).into());
+    assert!(
+        core.counters.read().queries.contains(&("A", "NOERROR", 64)),
+        "every reply counted"
+    );
+
+    for text in ["web.", "WeB.", "web."] {
+        let answer = ask(addr, &query(text, RecordType::A)).await;
+        assert_eq!(
+            answer.queries[0].name().to_ascii(),
+            text,
+            "the asker's case"
+        );
+        assert_eq!(a_answers(&answer), ["10.10.0.250"]);
+        assert_eq!(answer.answers[0].ttl, 2);
+    }
+    *core.records.write().unwrap() = Arc::new(Records::build(&view(), 9));
+    let answer = ask(addr, &query("web.", RecordType::A)).await;
+    assert_eq!(answer.answers[0].ttl, 9, "the new records' answer");
+
+    let mut two = query("web.", RecordType::A);
+    two.add_query(Query::query(
+        Name::from_ascii("rr.").unwrap(),
+        RecordType::A,
+    ));
+    for _ in 0..2 {
+        let answer = ask(addr, &query("example.com.", RecordType::A)).await;
+        assert_eq!(a_answers(&answer), ["192.0.2.1"]);
+        let answer = ask(addr, &two).await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+    }
+    let counts = core.counters.read();
+    assert_eq!((counts.forwarded, counts.malformed), (2, 2), "asked again");
 }
 
 /// What hickory's own `Server` would drop or answer before any handler saw it is counted
