@@ -134,6 +134,8 @@ pub struct ServiceRequest {
     /// Ports the creating node's agent uses besides the cluster's own (its metrics port):
     /// peers do not know them, so only this create refuses them.
     pub local_reserved: Vec<ReservedPort>,
+    /// The stack deploying it (`stack deploy`), or `None`.
+    pub stack: Option<crate::state::service::StackMember>,
 }
 
 /// What `endpoint create`/`attach` asks for.
@@ -590,6 +592,7 @@ impl Manager {
                 hlc: u64::MAX,
                 writer: self.node(),
             },
+            stack: request.stack,
         };
         candidate.validate()?;
         candidate.check_reserved(&reserved_ports(&view, &request.local_reserved))?;

@@ -27,6 +27,7 @@ pub fn service(name: &str, mode: Mode, created: Stamp) -> Service {
         health: None,
         restart_delay_ms: 0,
         created,
+        stack: None,
     }
 }
 

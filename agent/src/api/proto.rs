@@ -5,7 +5,9 @@
 use std::{fmt, future::Future, net::Ipv4Addr, pin::Pin, time::Duration};
 
 use ipnet::Ipv4Net;
-use manager::state::{EndpointMode, Mode, PublishMode, PublishedPort, TaskState};
+use manager::state::{
+    service::StackMember, EndpointMode, Mode, PublishMode, PublishedPort, TaskState,
+};
 use serde::{Deserialize, Serialize};
 
 /// What the CLI asks of its agent.
@@ -109,6 +111,9 @@ pub(crate) struct ServiceSpec {
     pub(crate) health_interval: Duration,
     pub(crate) restart_delay: Duration,
     pub(crate) command: Vec<String>,
+    /// The stack deploying it (`stack deploy`); absent for `service create`.
+    #[serde(default)]
+    pub(crate) stack: Option<StackMember>,
 }
 
 /// The agent's answer: a result or one clear sentence saying what went wrong.
@@ -178,6 +183,9 @@ pub(crate) struct ServiceRow {
     /// The VIP, or empty in dnsrr mode.
     pub(crate) vip: String,
     pub(crate) command: String,
+    /// The stack that deployed it, or empty.
+    #[serde(default)]
+    pub(crate) stack: String,
 }
 
 /// `service ps`: the service's tasks and whether it has converged.
@@ -365,6 +373,7 @@ mod tests {
                 health_interval: Duration::from_millis(300),
                 restart_delay: Duration::from_secs(1),
                 command: vec!["sleep".into(), "1".into()],
+                stack: None,
             }),
             Request::VtepAdd {
                 network: "n".into(),

@@ -221,6 +221,7 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                 health_interval: create.health_interval,
                 restart_delay: create.restart_delay,
                 command: create.command,
+                stack: None,
             };
             let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
             println!("{}", status.service.name);

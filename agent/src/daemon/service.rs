@@ -70,6 +70,7 @@ pub(super) async fn create(
             }),
             restart_delay_ms: millis(spec.restart_delay),
             local_reserved: local_reserved.to_vec(),
+            stack: spec.stack,
         })
         .await?;
     Ok(Body::ServiceStatus(Box::new(service_status(

@@ -23,7 +23,9 @@ use super::{
 };
 
 mod reserved;
+pub mod stack;
 pub use reserved::{cluster_reserved_ports, ReservedPort, VXLAN_PORT};
+pub use stack::{StackMember, StackNameError};
 
 /// The most replicas a replicated service may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
@@ -152,16 +154,20 @@ pub struct Service {
     /// The stamp of the write that created it; scaling keeps it. Decides claims, and tells a
     /// re-created service's tasks from the old one's.
     pub created: Stamp,
+    /// The stack that deployed it (`skein stack deploy`); `None` for `service create`.
+    pub stack: Option<StackMember>,
 }
 
 /// Why a service definition is not acceptable: one sentence naming the bad value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceSpecError {
     #[error(
-        "service name {name:?} is invalid: use 1 to 63 lowercase letters, digits or '-', \
+        "service name {name:?} is invalid: use 1 to 63 lowercase letters, digits, '-' or '_', \
          starting with a letter or digit"
     )]
     BadName { name: String },
+    #[error(transparent)]
+    Stack(#[from] StackNameError),
     #[error("--publish {text:?} is invalid: use PUBLISHED:TARGET[/tcp|/udp] with ports 1-65535")]
     BadPublish { text: String },
     #[error("port {port} is published twice")]
@@ -181,15 +187,17 @@ pub enum ServiceSpecError {
     TooLarge { size: usize, max: usize },
 }
 
-/// Checks a service name: a DNS label (1 to 63 lowercase letters, digits and '-',
-/// starting with a letter or digit), so `<service>` and `tasks.<service>` resolve.
+/// Checks a service name: one DNS label (1 to 63 lowercase letters, digits, '-' and '_',
+/// starting with a letter or digit), so `<service>` and `tasks.<service>` resolve. `_` is
+/// allowed because stacks name their services `STACK_service` as Docker does; DNS labels
+/// may hold it (RFC 2181 §11; hickory accepts it, as in SRV owner names).
 pub fn validate_service_name(name: &str) -> Result<(), ServiceSpecError> {
     let bytes = name.as_bytes();
     let ok = (1..=63).contains(&bytes.len())
         && bytes[0].is_ascii_alphanumeric()
         && bytes
             .iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
     if ok {
         Ok(())
     } else {
@@ -243,6 +251,9 @@ impl Service {
     /// definition fits one record.
     pub fn validate(&self) -> Result<(), ServiceSpecError> {
         validate_service_name(&self.name)?;
+        if let Some(member) = &self.stack {
+            member.validate(&self.name)?;
+        }
         if let Mode::Replicated { replicas } = self.mode {
             if replicas > MAX_REPLICAS {
                 return Err(ServiceSpecError::ReplicasOutOfRange { replicas });
@@ -527,6 +538,7 @@ mod tests {
             health: None,
             restart_delay_ms: 1000,
             created,
+            stack: None,
         }
     }
 
@@ -590,12 +602,23 @@ mod tests {
         let mut bad = ok.clone();
         bad.mode = Mode::Replicated { replicas: 100_000 };
         assert!(bad.validate().is_err());
-        let mut bad = ok;
+        let mut bad = ok.clone();
         bad.command = vec!["x".repeat(2000)];
         assert!(matches!(
             bad.validate(),
             Err(ServiceSpecError::TooLarge { .. })
         ));
+        let mut fine = ok;
+        fine.name = "shop_redis".into();
+        assert_eq!(fine.validate(), Ok(()), "stacks name services STACK_service");
+        fine.stack = Some(StackMember {
+            stack: "shop".into(),
+            short_name: "web".into(),
+        });
+        assert!(
+            matches!(fine.validate(), Err(ServiceSpecError::Stack(_))),
+            "a member must be named STACK_short"
+        );
         assert!(parse_env("=x").is_err());
         assert!(parse_env("novalue").is_err());
         assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
