@@ -149,7 +149,9 @@ fn a_compose_file_deploys_as_a_stack_and_is_removed_whole() {
             .filter(|n| *n >= 10)
     })
     .unwrap();
-    stage(&format!("counter reached redis by its short name ({counted} hits)"));
+    stage(&format!(
+        "counter reached redis by its short name ({counted} hits)"
+    ));
 
     let ls = skein_ok(h2, &["stack", "ls"]).unwrap();
     assert!(
@@ -182,16 +184,26 @@ fn a_compose_file_deploys_as_a_stack_and_is_removed_whole() {
     let changed = write(&dir, "changed.yaml", &seed_000("V=2"));
     let out = skein(h1, &["stack", "deploy", "-c", &changed, "app"]).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "deployed a change without service update");
+    assert!(
+        !out.status.success(),
+        "deployed a change without service update"
+    );
     assert!(
         stderr.contains("service app_counter differs (environment)")
             && stderr.contains("service update"),
         "{stderr}"
     );
-    assert_eq!(task_ids(h1, "app_counter"), counter_ids, "counter untouched");
+    assert_eq!(
+        task_ids(h1, "app_counter"),
+        counter_ids,
+        "counter untouched"
+    );
     assert_eq!(task_ids(h1, "app_redis"), redis_ids, "redis untouched");
     let inspect = skein_ok(h1, &["service", "inspect", "app_counter"]).unwrap();
-    assert!(inspect.contains("\"V\"") && inspect.contains("\"1\""), "{inspect}");
+    assert!(
+        inspect.contains("\"V\"") && inspect.contains("\"1\""),
+        "{inspect}"
+    );
     stage("re-deploys: unchanged left alone, a change refused");
 
     // `stack rm` removes everything: services, task namespaces, the network.

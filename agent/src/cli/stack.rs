@@ -165,8 +165,7 @@ fn status(response: Response) -> Result<ServiceStatus> {
 
 /// Reads at most [`MAX_FILE_BYTES`] (and one more, to tell a file that is too big).
 fn read_file(path: &Path) -> Result<String> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut text = String::new();
     file.take(MAX_FILE_BYTES as u64 + 1)
         .read_to_string(&mut text)

@@ -123,7 +123,10 @@ pub(crate) fn plan(text: &str, stack: &str) -> Result<StackPlan, ComposeError> {
     };
     let defined = entries(services, "services")?;
     if defined.is_empty() {
-        return Err(ComposeError::at(services.line, "`services:` lists no service"));
+        return Err(ComposeError::at(
+            services.line,
+            "`services:` lists no service",
+        ));
     }
     for (key, value) in defined {
         let member = StackMember {

@@ -55,7 +55,10 @@ pub(super) fn read(
             "environment" => spec.env = environment(value, &path)?,
             "ports" => {
                 let Value::Seq(items) = &value.value else {
-                    return Err(ComposeError::at(value.line, format!("`{path}` must be a list")));
+                    return Err(ComposeError::at(
+                        value.line,
+                        format!("`{path}` must be a list"),
+                    ));
                 };
                 for item in items {
                     let (port, mode) = port(item, &path)?;

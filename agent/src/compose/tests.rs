@@ -144,7 +144,11 @@ services:
     );
     assert_eq!(web.health_interval, Duration::from_secs(2));
     assert_eq!(web.user.as_deref(), Some("nobody"));
-    assert_eq!(plan.networks, ["s_default"], "no networks: the stack's default");
+    assert_eq!(
+        plan.networks,
+        ["s_default"],
+        "no networks: the stack's default"
+    );
 
     let shell = plan_one("healthcheck:\n      test: [\"CMD-SHELL\", \"redis-cli ping\"]");
     assert_eq!(shell.health_cmd.as_deref(), Some("redis-cli ping"));
@@ -170,9 +174,18 @@ fn bad_values_are_errors_on_their_line() {
         ("networks: [a, b]", "more than one network"),
         ("networks: [nope]", "does not define"),
         ("deploy:\n      replicas: -1", "whole number"),
-        ("deploy:\n      replicas: 2\n      mode: global", "mode: global"),
-        ("deploy:\n      update_config:\n        parallelism: 1", "rolling updates"),
-        ("deploy:\n      resources:\n        limits: {}", "resource limits"),
+        (
+            "deploy:\n      replicas: 2\n      mode: global",
+            "mode: global",
+        ),
+        (
+            "deploy:\n      update_config:\n        parallelism: 1",
+            "rolling updates",
+        ),
+        (
+            "deploy:\n      resources:\n        limits: {}",
+            "resource limits",
+        ),
         ("healthcheck:\n      test: x\n      retries: 3", "retries"),
         ("healthcheck:\n      interval: 5", "unit"),
         ("command: \"a 'b\"", "unclosed quote"),
@@ -183,9 +196,15 @@ fn bad_values_are_errors_on_their_line() {
         assert!(error.line.is_some_and(|l| l >= 3), "{extra}: {error}");
         assert!(error.to_string().contains(needle), "{extra}: {error}");
     }
-    assert!(refused("services:\n  Web:\n    command: x").message.contains("\"Web\""));
-    assert!(refused("services:\n  a: {}").message.contains("no `command:`"));
-    assert!(refused("version: '2'\nservices: {}").message.contains("version 3"));
+    assert!(refused("services:\n  Web:\n    command: x")
+        .message
+        .contains("\"Web\""));
+    assert!(refused("services:\n  a: {}")
+        .message
+        .contains("no `command:`"));
+    assert!(refused("version: '2'\nservices: {}")
+        .message
+        .contains("version 3"));
     assert!(refused("networks:\n  n:\n    driver: bridge\nservices: {}")
         .message
         .contains("bridge"));
@@ -201,10 +220,11 @@ fn duplicate_keys_are_refused_naming_both_lines() {
     assert_eq!(error.line, Some(4));
 }
 
-
 #[test]
 fn alias_bombs_and_deep_or_big_files_are_refused() {
-    let mut bomb = String::from("x-a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut bomb = String::from(
+        "x-a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     for (name, previous) in ["b", "c", "d", "e", "f", "g", "h", "i"]
         .iter()
         .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
@@ -226,10 +246,16 @@ fn alias_bombs_and_deep_or_big_files_are_refused() {
     let big = format!("# {}\nservices: {{}}\n", "x".repeat(MAX_FILE_BYTES));
     assert!(refused(&big).message.contains("at most"));
 
-    assert!(refused("services: {}\n---\nservices: {}\n").message.contains("second"));
+    assert!(refused("services: {}\n---\nservices: {}\n")
+        .message
+        .contains("second"));
     assert!(refused("services: !custom {}\n").message.contains("tag"));
-    assert!(refused("services: *nowhere\n").message.contains("not valid YAML")
-        || refused("services: *nowhere\n").message.contains("anchor"));
+    assert!(
+        refused("services: *nowhere\n")
+            .message
+            .contains("not valid YAML")
+            || refused("services: *nowhere\n").message.contains("anchor")
+    );
 }
 
 #[test]
@@ -249,7 +275,11 @@ services:
     let plan = plan(text, "s").unwrap();
     assert_eq!(plan.services[0].command, ["skein", "whoami"]);
     assert_eq!(plan.services[0].env, [("A".into(), "a".into())]);
-    assert_eq!(plan.services[1].command, ["true"], "the mapping's own key wins");
+    assert_eq!(
+        plan.services[1].command,
+        ["true"],
+        "the mapping's own key wins"
+    );
 }
 
 #[test]

@@ -507,22 +507,20 @@ fn stack_short_names_answer_on_the_stacks_own_network_only() {
             short_name: short.into(),
         })
     };
-    let stack_service = |stack: &str, short: &str, network: &str, vip: Option<[u8; 4]>| {
-        Service {
-            network: network.into(),
-            vip: vip.map(Ipv4Addr::from),
-            endpoint_mode: if vip.is_some() {
-                EndpointMode::Vip
-            } else {
-                EndpointMode::Dnsrr
-            },
-            stack: member(stack, short),
-            ..testing::service(
-                &format!("{stack}_{short}"),
-                Mode::Replicated { replicas: 1 },
-                stamp(100),
-            )
-        }
+    let stack_service = |stack: &str, short: &str, network: &str, vip: Option<[u8; 4]>| Service {
+        network: network.into(),
+        vip: vip.map(Ipv4Addr::from),
+        endpoint_mode: if vip.is_some() {
+            EndpointMode::Vip
+        } else {
+            EndpointMode::Dnsrr
+        },
+        stack: member(stack, short),
+        ..testing::service(
+            &format!("{stack}_{short}"),
+            Mode::Replicated { replicas: 1 },
+            stamp(100),
+        )
     };
     let a_redis = stack_service("a", "redis", "a_net", Some([10, 30, 0, 250]));
     let b_redis = stack_service("b", "redis", "b_net", Some([10, 40, 0, 250]));
@@ -554,10 +552,26 @@ fn stack_short_names_answer_on_the_stacks_own_network_only() {
     let a = |ns: &str, n: &str| {
         data(&records.resolve(&records.scope_of(ns).unwrap(), &name(n), RecordType::A))
     };
-    assert_eq!(a("in-a", "redis."), set(&["10.30.0.250"]), "stack a's redis");
-    assert_eq!(a("in-b", "redis."), set(&["10.40.0.250"]), "stack b's redis");
-    assert_eq!(a("in-a", "a_redis."), set(&["10.30.0.250"]), "the full name");
-    assert_eq!(a("stranger", "redis."), set(&["10.20.0.250"]), "a plain service");
+    assert_eq!(
+        a("in-a", "redis."),
+        set(&["10.30.0.250"]),
+        "stack a's redis"
+    );
+    assert_eq!(
+        a("in-b", "redis."),
+        set(&["10.40.0.250"]),
+        "stack b's redis"
+    );
+    assert_eq!(
+        a("in-a", "a_redis."),
+        set(&["10.30.0.250"]),
+        "the full name"
+    );
+    assert_eq!(
+        a("stranger", "redis."),
+        set(&["10.20.0.250"]),
+        "a plain service"
+    );
     // `net` is not stack a's own network: its task answers by the full name only.
     assert_eq!(a("client", "a_db."), set(&["10.10.0.41"]));
     assert_eq!(a("client", "db."), None);

@@ -610,7 +610,11 @@ mod tests {
         ));
         let mut fine = ok;
         fine.name = "shop_redis".into();
-        assert_eq!(fine.validate(), Ok(()), "stacks name services STACK_service");
+        assert_eq!(
+            fine.validate(),
+            Ok(()),
+            "stacks name services STACK_service"
+        );
         fine.stack = Some(StackMember {
             stack: "shop".into(),
             short_name: "web".into(),
