@@ -429,8 +429,9 @@ fn deploy(node: &Node, path: &str, spec: &mut ServiceSpec) -> Result<(), Compose
                 }
             }
             "update_config" | "rollback_config" => return Err(not_yet(field, &what, ROLLOUT)),
+            // Nothing under `resources` is supported yet: its first key is the error.
             "resources" => {
-                for (kind, _) in entries(value, &what)? {
+                if let Some((kind, _)) = entries(value, &what)?.first() {
                     let what = format!("{what}.{}", kind.name);
                     return Err(match kind.name.as_str() {
                         "limits" => not_yet(kind, &what, LIMITS),
