@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`cli`]: the `skein` command line (clap), one file per command group, and its entry
 //!   point [`cli::main`].
+//! - `compose`: compose files (`skein stack deploy`) read into services and networks.
 //! - `api`: the local API between the CLI and its agent (messages, Unix-socket server
 //!   and client).
 //! - `daemon`: `skein agent`: the composition root, the API's handlers per object, the
@@ -19,6 +20,7 @@
 
 mod api;
 pub mod cli;
+mod compose;
 mod config;
 mod daemon;
 pub mod dataplane;

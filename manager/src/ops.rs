@@ -137,6 +137,8 @@ pub struct ServiceRequest {
     pub local_reserved: Vec<ReservedPort>,
     /// `--cap-add`, `--cap-drop`, `--allow-new-privileges`.
     pub security: state::service::Security,
+    /// The stack deploying it (`stack deploy`), or `None`.
+    pub stack: Option<crate::state::service::StackMember>,
 }
 
 /// What `endpoint create`/`attach` asks for.
@@ -595,6 +597,7 @@ impl Manager {
             },
             security: request.security,
             limits: request.limits,
+            stack: request.stack,
         };
         candidate.validate()?;
         candidate.check_reserved(&reserved_ports(&view, &request.local_reserved))?;

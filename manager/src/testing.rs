@@ -29,6 +29,7 @@ pub fn service(name: &str, mode: Mode, created: Stamp) -> Service {
         created,
         security: Default::default(),
         limits: Default::default(),
+        stack: None,
     }
 }
 

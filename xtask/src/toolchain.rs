@@ -102,8 +102,9 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // Service discovery DNS: queries from inside tasks (`dig`), the tests' upstream.
     ("dig", "bind9-dnsutils"),
     ("dnsmasq", "dnsmasq"),
-    // The demo's (and the seeds' tutorial's) redis.
+    // `stack deploy` of seed 000's compose file: its redis, and the counter's client.
     ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
 ];
 
 /// Installs the Debian packages whose commands are missing (one `apt-get` run).

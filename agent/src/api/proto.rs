@@ -6,7 +6,7 @@ use std::{fmt, future::Future, net::Ipv4Addr, pin::Pin, time::Duration};
 
 use ipnet::Ipv4Net;
 use manager::state::{
-    service::Security, EndpointMode, Mode, PublishMode, PublishedPort, TaskState,
+    service::{Security, StackMember}, EndpointMode, Mode, PublishMode, PublishedPort, TaskState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +116,9 @@ pub(crate) struct ServiceSpec {
     /// `--limit-memory`, `--limit-cpu`, `--limit-pids`.
     #[serde(default)]
     pub(crate) limits: manager::state::service::Limits,
+    /// The stack deploying it (`stack deploy`); absent for `service create`.
+    #[serde(default)]
+    pub(crate) stack: Option<StackMember>,
 }
 
 /// The agent's answer: a result or one clear sentence saying what went wrong.
@@ -185,6 +188,9 @@ pub(crate) struct ServiceRow {
     /// The VIP, or empty in dnsrr mode.
     pub(crate) vip: String,
     pub(crate) command: String,
+    /// The stack that deployed it, or empty.
+    #[serde(default)]
+    pub(crate) stack: String,
 }
 
 /// `service ps`: the service's tasks and whether it has converged.
@@ -382,6 +388,7 @@ mod tests {
                     cpu_millis: Some(1500),
                     pids: Some(20),
                 },
+                stack: None,
             }),
             Request::VtepAdd {
                 network: "n".into(),

@@ -11,6 +11,7 @@
 //! - `network`: `network create|ls|rm`, `network vtep add|rm|ls`.
 //! - `endpoint`: `endpoint create|attach|ls|rm`.
 //! - `service`: `service ...`, with progress following and log paging.
+//! - `stack`: `stack deploy|ls|services|ps|rm` (compose files, `crate::compose`).
 //! - `debug`: `debug maps`.
 //! - `args`: shared value parsers and `--format`; `client`: one request and printing its
 //!   answer; `output`: tables and JSON.
@@ -24,6 +25,7 @@ mod network;
 mod node;
 mod output;
 mod service;
+mod stack;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
@@ -33,7 +35,7 @@ use tracing_subscriber::EnvFilter;
 
 use self::{
     agent::AgentCommand, debug::DebugCommand, endpoint::EndpointCommand, network::NetworkCommand,
-    node::NodeCommand, service::ServiceCommand,
+    node::NodeCommand, service::ServiceCommand, stack::StackCommand,
 };
 
 /// Skein: Swarm-style service networking — VXLAN overlay, routing mesh, service
@@ -72,6 +74,9 @@ pub(crate) enum Command {
     /// Create and manage services: replicated or global tasks across the cluster.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Deploy a compose file as a stack of services; list, inspect and remove stacks.
+    #[command(subcommand)]
+    Stack(StackCommand),
     /// Look inside the agent.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -117,6 +122,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Network(command) => command.run(&socket()),
         Command::Endpoint(command) => command.run(&socket()),
         Command::Service(command) => command.run(&socket()),
+        Command::Stack(command) => command.run(&socket()),
         Command::Debug(command) => command.run(&socket()),
         Command::Whoami(args) => {
             crate::whoami::main(&args)?;

@@ -288,6 +288,7 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                     new_privileges: create.allow_new_privileges,
                 },
                 limits: create.limits.limits(),
+                stack: None,
             };
             let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
             println!("{}", status.service.name);

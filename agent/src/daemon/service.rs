@@ -72,6 +72,7 @@ pub(super) async fn create(
             limits: spec.limits,
             local_reserved: local_reserved.to_vec(),
             security: spec.security,
+            stack: spec.stack,
         })
         .await?;
     Ok(Body::ServiceStatus(Box::new(service_status(

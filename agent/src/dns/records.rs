@@ -15,7 +15,11 @@
 //!   port). Where both numbers are equal both sets are given. The targets' A records come
 //!   in the additional section.
 //! - `nodes.HOSTNAME`: an up node's underlay address (the SRV targets of published ports);
-//! - PTR of a serving task's IP → `NAME.LABEL.TASKID`, of a VIP → `NAME`.
+//! - PTR of a serving task's IP → `NAME.LABEL.TASKID`, of a VIP → `NAME`;
+//! - `SHORT` for a stack's service `STACK_SHORT` on the stack's own network (`STACK_*`):
+//!   what `NAME` answers, so a compose file's `REDIS_HOST=redis` works unchanged. Two
+//!   stacks may both have a `redis`: short names are kept per network, and a service's
+//!   own name wins over another's short name.
 //!
 //! "Serving" is the one rule load balancers and `service ps` use:
 //! `view.tasks_of(service).serving()` (running, healthy, on an up node).
@@ -88,6 +92,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Records {
     names: HashMap<LowerName, Entry>,
+    /// Stack services' short names, one entry per network that has the name.
+    short_names: HashMap<LowerName, Vec<Entry>>,
     /// The overlay subnets: reverse names inside them are Skein's.
     subnets: Vec<Ipv4Net>,
     /// The networks of each of this node's endpoint namespaces (by the endpoint's
@@ -192,6 +198,7 @@ impl Records {
                 self.entry(&reverse, Some(&network)).ptr.push(ptr);
             }
         }
+        self.add_short_name(service, &network, &serving, ttl);
         if let (EndpointMode::Vip, Some(vip)) = (service.endpoint_mode, service.vip) {
             if let Some(reverse) = reverse_name(vip) {
                 let ptr =
@@ -241,6 +248,44 @@ impl Records {
         }
     }
 
+    /// `SHORT` for the stack service `STACK_SHORT` on its stack's own network.
+    fn add_short_name(
+        &mut self,
+        service: &Service,
+        network: &Arc<str>,
+        serving: &[(&NodeId, &Task, Name)],
+        ttl: u32,
+    ) {
+        let Some(member) = &service.stack else {
+            return;
+        };
+        let own_network = network
+            .strip_prefix(member.stack.as_str())
+            .is_some_and(|rest| rest.starts_with('_'));
+        let Some(short) = name(&format!("{}.", member.short_name)).filter(|_| own_network) else {
+            return;
+        };
+        let (a, shuffled) = match (service.endpoint_mode, service.vip) {
+            (EndpointMode::Vip, Some(vip)) => (vec![a_record(&short, ttl, vip)], false),
+            _ => (
+                serving
+                    .iter()
+                    .map(|(_, task, _)| a_record(&short, ttl, task.ip))
+                    .collect(),
+                true,
+            ),
+        };
+        self.short_names
+            .entry(LowerName::new(&short))
+            .or_default()
+            .push(Entry {
+                network: Some(network.clone()),
+                a,
+                shuffled,
+                ..Entry::default()
+            });
+    }
+
     /// The networks an endpoint namespace of this node sees (`netns` as its endpoints
     /// record it); `None` if no endpoint of this node is there.
     pub(crate) fn scope_of(&self, netns: &str) -> Option<Scope> {
@@ -259,11 +304,12 @@ impl Records {
         qname: &LowerName,
         qtype: RecordType,
     ) -> Resolution<'_> {
-        let Some(entry) = self
-            .names
-            .get(qname)
-            .filter(|e| scope.sees(e.network.as_deref()))
-        else {
+        let visible = |e: &&Entry| scope.sees(e.network.as_deref());
+        let Some(entry) = self.names.get(qname).filter(visible).or_else(|| {
+            self.short_names
+                .get(qname)
+                .and_then(|entries| entries.iter().find(visible))
+        }) else {
             return if self.is_ours(qname) {
                 Resolution::NxDomain
             } else {

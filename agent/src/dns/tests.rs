@@ -554,3 +554,85 @@ async fn cost_per_namespace() {
     assert_eq!(answer, "10.10.0.250");
     assert_eq!(fds2, fds0, "every socket closed");
 }
+
+/// Stacks `a` and `b` both have a `redis` (VIP) on their own networks; stack `a`'s `db`
+/// (dnsrr) is on network `net`, not its own; a plain `redis` service runs on `other`.
+#[test]
+fn stack_short_names_answer_on_the_stacks_own_network_only() {
+    use manager::state::service::StackMember;
+    let member = |stack: &str, short: &str| {
+        Some(StackMember {
+            stack: stack.into(),
+            short_name: short.into(),
+        })
+    };
+    let stack_service = |stack: &str, short: &str, network: &str, vip: Option<[u8; 4]>| Service {
+        network: network.into(),
+        vip: vip.map(Ipv4Addr::from),
+        endpoint_mode: if vip.is_some() {
+            EndpointMode::Vip
+        } else {
+            EndpointMode::Dnsrr
+        },
+        stack: member(stack, short),
+        ..testing::service(
+            &format!("{stack}_{short}"),
+            Mode::Replicated { replicas: 1 },
+            stamp(100),
+        )
+    };
+    let a_redis = stack_service("a", "redis", "a_net", Some([10, 30, 0, 250]));
+    let b_redis = stack_service("b", "redis", "b_net", Some([10, 40, 0, 250]));
+    let a_db = stack_service("a", "db", "net", None);
+    let plain = Service {
+        network: "other".into(),
+        vip: Some(Ipv4Addr::new(10, 20, 0, 250)),
+        ..testing::service("redis", Mode::Replicated { replicas: 1 }, stamp(100))
+    };
+    let mut view = view();
+    view.networks.valid.extend([
+        network("a_net", "10.30.0.0/24", 4300),
+        network("b_net", "10.40.0.0/24", 4400),
+    ]);
+    view.endpoints.valid.extend([
+        (
+            id(1),
+            testing::endpoint("in-a", "a_net", 4300, [10, 30, 0, 2]),
+        ),
+        (
+            id(1),
+            testing::endpoint("in-b", "b_net", 4400, [10, 40, 0, 2]),
+        ),
+    ]);
+    view.tasks
+        .push((id(1), testing::task("d1", &a_db, 0, [10, 10, 0, 41])));
+    view.services.valid.extend([a_redis, b_redis, a_db, plain]);
+    let records = Records::build(&view, 2);
+    let a = |ns: &str, n: &str| {
+        data(&records.resolve(&records.scope_of(ns).unwrap(), &name(n), RecordType::A))
+    };
+    assert_eq!(
+        a("in-a", "redis."),
+        set(&["10.30.0.250"]),
+        "stack a's redis"
+    );
+    assert_eq!(
+        a("in-b", "redis."),
+        set(&["10.40.0.250"]),
+        "stack b's redis"
+    );
+    assert_eq!(
+        a("in-a", "a_redis."),
+        set(&["10.30.0.250"]),
+        "the full name"
+    );
+    assert_eq!(
+        a("stranger", "redis."),
+        set(&["10.20.0.250"]),
+        "a plain service"
+    );
+    // `net` is not stack a's own network: its task answers by the full name only.
+    assert_eq!(a("client", "a_db."), set(&["10.10.0.41"]));
+    assert_eq!(a("client", "db."), None);
+    assert_eq!(a("client", "redis."), None, "no stack network here");
+}

@@ -145,6 +145,11 @@ fn row(service: &Service, running: usize, wanted: usize) -> ServiceRow {
             _ => String::new(),
         },
         command: service.command.join(" "),
+        stack: service
+            .stack
+            .as_ref()
+            .map(|m| m.stack.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -25,9 +25,11 @@ use super::{
 mod limits;
 mod reserved;
 mod security;
+pub mod stack;
 pub use limits::{parse_cpus, parse_memory, parse_pids, Bytes, Limits, LimitsError};
 pub use reserved::{cluster_reserved_ports, ReservedPort, VXLAN_PORT};
 pub use security::{capability_names, parse_capability, Security, CAPABILITIES, DEFAULT_CAPS};
+pub use stack::{StackMember, StackNameError};
 
 /// The most replicas a replicated service may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
@@ -161,16 +163,20 @@ pub struct Service {
     pub security: Security,
     /// Each task's memory, CPU and process limits (its cgroup's).
     pub limits: Limits,
+    /// The stack that deployed it (`skein stack deploy`); `None` for `service create`.
+    pub stack: Option<StackMember>,
 }
 
 /// Why a service definition is not acceptable: one sentence naming the bad value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceSpecError {
     #[error(
-        "service name {name:?} is invalid: use 1 to 63 lowercase letters, digits or '-', \
+        "service name {name:?} is invalid: use 1 to 63 lowercase letters, digits, '-' or '_', \
          starting with a letter or digit"
     )]
     BadName { name: String },
+    #[error(transparent)]
+    Stack(#[from] StackNameError),
     #[error("--publish {text:?} is invalid: use PUBLISHED:TARGET[/tcp|/udp] with ports 1-65535")]
     BadPublish { text: String },
     #[error("port {port} is published twice")]
@@ -199,15 +205,17 @@ pub enum ServiceSpecError {
     Limits(#[from] LimitsError),
 }
 
-/// Checks a service name: a DNS label (1 to 63 lowercase letters, digits and '-',
-/// starting with a letter or digit), so `<service>` and `tasks.<service>` resolve.
+/// Checks a service name: one DNS label (1 to 63 lowercase letters, digits, '-' and '_',
+/// starting with a letter or digit), so `<service>` and `tasks.<service>` resolve. `_` is
+/// allowed because stacks name their services `STACK_service` as Docker does; DNS labels
+/// may hold it (RFC 2181 §11; hickory accepts it, as in SRV owner names).
 pub fn validate_service_name(name: &str) -> Result<(), ServiceSpecError> {
     let bytes = name.as_bytes();
     let ok = (1..=63).contains(&bytes.len())
         && bytes[0].is_ascii_alphanumeric()
         && bytes
             .iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
     if ok {
         Ok(())
     } else {
@@ -261,6 +269,9 @@ impl Service {
     /// definition fits one record.
     pub fn validate(&self) -> Result<(), ServiceSpecError> {
         validate_service_name(&self.name)?;
+        if let Some(member) = &self.stack {
+            member.validate(&self.name)?;
+        }
         if let Mode::Replicated { replicas } = self.mode {
             if replicas > MAX_REPLICAS {
                 return Err(ServiceSpecError::ReplicasOutOfRange { replicas });
@@ -549,6 +560,7 @@ mod tests {
             created,
             security: Security::default(),
             limits: Limits::default(),
+            stack: None,
         }
     }
 
@@ -612,12 +624,27 @@ mod tests {
         let mut bad = ok.clone();
         bad.mode = Mode::Replicated { replicas: 100_000 };
         assert!(bad.validate().is_err());
-        let mut bad = ok;
+        let mut bad = ok.clone();
         bad.command = vec!["x".repeat(2000)];
         assert!(matches!(
             bad.validate(),
             Err(ServiceSpecError::TooLarge { .. })
         ));
+        let mut fine = ok;
+        fine.name = "shop_redis".into();
+        assert_eq!(
+            fine.validate(),
+            Ok(()),
+            "stacks name services STACK_service"
+        );
+        fine.stack = Some(StackMember {
+            stack: "shop".into(),
+            short_name: "web".into(),
+        });
+        assert!(
+            matches!(fine.validate(), Err(ServiceSpecError::Stack(_))),
+            "a member must be named STACK_short"
+        );
         assert!(parse_env("=x").is_err());
         assert!(parse_env("novalue").is_err());
         assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
