@@ -93,11 +93,11 @@ fn simulated_spread_and_detection(args: &Args) -> Result<()> {
         sim.write(
             writer,
             Scope::Cluster,
-            Kind::Network,
+            Kind::Other(100),
             &name,
             Some(vec![1; 64]),
         );
-        let key = RecordKey::cluster(Kind::Network, name);
+        let key = RecordKey::cluster(Kind::Other(100), name);
         let took = sim
             .run_until_true(Duration::from_secs(60), Duration::from_millis(10), |s| {
                 (0..s.len())
