@@ -678,7 +678,7 @@ mod tests {
             let (client, mut fake_server) = duplex(1 << 16);
             tokio::spawn(async move {
                 // Read the request, answer with the canned frame.
-                let _ = read_frame(&mut fake_server).await;
+                let _ = read_frame(&mut fake_server, MAX_REQUEST_FRAME).await;
                 let _ = write_frame(&mut fake_server, &frame).await;
             });
             match peers.exchange(client, &request()).await {

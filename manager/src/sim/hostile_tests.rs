@@ -354,3 +354,23 @@ fn records_of_a_removed_node_stay_out_until_it_returns() {
         );
     }
 }
+
+#[test]
+fn junk_changes_no_marker_so_no_view_is_rebuilt() {
+    let mut sim = converged();
+    let marker = sim.engine(0).unwrap().change_marker();
+    let mut junk = vec![1u8; 200];
+    for i in 0..1000u32 {
+        junk[1..5].copy_from_slice(&i.to_le_bytes());
+        sim.inject_from(0, HOSTILE, &junk);
+    }
+    sim.inject_from(0, HOSTILE, &vec![1u8; 60_000]);
+    assert_eq!(
+        sim.engine(0).unwrap().change_marker(),
+        marker,
+        "junk moved the store or membership version"
+    );
+    let e = sim.engine(0).unwrap();
+    assert_eq!(e.reject_counters().forged, 1000);
+    assert_eq!(e.counters().oversized, 1);
+}
