@@ -228,7 +228,17 @@ impl Sources {
                             gossip.records_rejected,
                         ),
                     ],
-                    rejected: rejects.iter().collect(),
+                    // Refusals after decryption share the datagram reasons' metric, so one
+                    // counter shows everything a sender could not get in.
+                    rejected: rejects
+                        .iter()
+                        .chain([
+                            ("invalid_record", gossip.records_invalid),
+                            ("unknown_kinds_over_limit", gossip.unknown_over_limit),
+                            ("oversized", gossip.oversized),
+                            ("sync_from_unknown", gossip.sync_from_unknown),
+                        ])
+                        .collect(),
                     ready: view.ready_count(),
                     known: view.nodes.len(),
                 });

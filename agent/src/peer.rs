@@ -12,8 +12,12 @@
 //! A frame that fails any check (too long, truncated, forged, the wrong direction or
 //! request, or a payload that does not decode) closes the connection and is counted in
 //! [`RejectedCounters`] (`skein_peer_rejected_total{reason=…}`); nothing panics. The server
-//! bounds what a connection can hold: [`MAX_CONNECTIONS`] at once (more are closed at
-//! accept), and [`EXCHANGE_TIMEOUT`] to deliver the request and take the answer. The client
+//! bounds what a connection can hold, and authenticates before it holds anything scarce:
+//! a new connection waits among at most [`MAX_PENDING`] unauthenticated ones, has
+//! [`REQUEST_TIMEOUT`] to deliver a request of at most [`MAX_REQUEST_FRAME`] bytes (its
+//! buffer grows only with the bytes that really arrive), and only an authentic request
+//! takes one of the [`MAX_CONNECTIONS`] serving slots — so idle or junk connections cannot
+//! lock members out of `service logs`. [`EXCHANGE_TIMEOUT`] bounds taking the answer. The client
 //! gives up after [`CONNECT_TIMEOUT`] to connect and [`EXCHANGE_TIMEOUT`] for the rest, so
 //! an unreachable node delays an answer by seconds, never hangs it.
 
@@ -50,8 +54,14 @@ use crate::api::LogEntry;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long either side waits for the rest of an exchange once connected.
 pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections a server serves at once; more are closed at accept.
+/// Authenticated requests a server serves at once; more are closed.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// Connections that have not delivered an authentic request yet; more are closed at accept.
+pub(crate) const MAX_PENDING: usize = 1024;
+/// How long a new connection has to deliver its request: a member sends it at once.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest request frame (a request names a service and a few offsets per task).
+pub(crate) const MAX_REQUEST_FRAME: usize = 64 * 1024;
 
 /// What one agent asks another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +196,7 @@ impl Peers {
         shutdown: impl Future,
     ) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let pending = Arc::new(Semaphore::new(MAX_PENDING));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -199,24 +210,35 @@ impl Peers {
                     }
                 },
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                debug!(%peer, "too many peer connections; closing one");
+            let Ok(waiting) = pending.clone().try_acquire_owned() else {
+                debug!(%peer, "too many unauthenticated peer connections; closing one");
                 continue;
             };
             let this = self.clone();
             let handler = handler.clone();
+            let slots = slots.clone();
             tokio::spawn(async move {
-                let _slot = slot;
+                let mut stream = stream;
                 let _ = stream.set_nodelay(true);
-                this.serve_one(stream, peer, handler).await;
+                let Some((id, request)) = this.read_request(&mut stream, peer).await else {
+                    return;
+                };
+                drop(waiting);
+                let Ok(_slot) = slots.try_acquire_owned() else {
+                    debug!(%peer, "too many peer requests at once; closing one");
+                    return;
+                };
+                this.answer(stream, peer, id, request, handler).await;
             });
         }
         drop(listener);
         // Every slot back: no exchange is in progress.
+        let _ = pending.acquire_many(MAX_PENDING as u32).await;
         let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
     }
 
     /// One exchange on an accepted connection; returns when it is over or refused.
+    #[cfg(test)]
     pub(crate) async fn serve_one<S>(
         &self,
         mut stream: S,
@@ -225,27 +247,65 @@ impl Peers {
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let request = tokio::time::timeout(EXCHANGE_TIMEOUT, read_frame(&mut stream)).await;
+        if let Some((id, request)) = self.read_request(&mut stream, peer).await {
+            self.answer(stream, peer, id, request, handler).await;
+        }
+    }
+
+    /// Reads and authenticates a connection's request, within [`REQUEST_TIMEOUT`];
+    /// `None` (counted when the frame was refused) closes the connection.
+    async fn read_request<S>(
+        &self,
+        stream: &mut S,
+        peer: SocketAddr,
+    ) -> Option<(RequestId, PeerRequest)>
+    where
+        S: AsyncRead + Unpin,
+    {
+        let request =
+            tokio::time::timeout(REQUEST_TIMEOUT, read_frame(stream, MAX_REQUEST_FRAME)).await;
         let frame = match request {
             Err(_) => {
                 debug!(%peer, "peer request not received in time");
-                return;
+                return None;
             }
             Ok(Err(ReadError::Io(error))) => {
                 debug!(%peer, %error, "peer connection failed");
-                return;
+                return None;
             }
-            Ok(Err(ReadError::Rejected(reason))) => return self.reject(peer, reason),
+            Ok(Err(ReadError::Rejected(reason))) => {
+                self.reject(peer, reason);
+                return None;
+            }
             Ok(Ok(frame)) => frame,
         };
         let (id, plaintext) = match self.key.open_request(&frame) {
             Ok(opened) => opened,
-            Err(reason) => return self.reject(peer, Rejected::Frame(reason)),
+            Err(reason) => {
+                self.reject(peer, Rejected::Frame(reason));
+                return None;
+            }
         };
-        let request: PeerRequest = match postcard::from_bytes(&plaintext) {
-            Ok(request) => request,
-            Err(_) => return self.reject(peer, Rejected::Malformed),
-        };
+        match postcard::from_bytes(&plaintext) {
+            Ok(request) => Some((id, request)),
+            Err(_) => {
+                self.reject(peer, Rejected::Malformed);
+                None
+            }
+        }
+    }
+
+    /// Answers an authentic request.
+    async fn answer<S>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        id: RequestId,
+        request: PeerRequest,
+        handler: Arc<dyn Handler>,
+    ) where
+        S: AsyncWrite + Unpin,
+    {
         let response = tokio::task::spawn_blocking(move || handler.handle(request))
             .await
             .unwrap_or_else(|_| PeerResponse::Error("the agent failed to answer".to_owned()));
@@ -301,7 +361,7 @@ impl Peers {
         write_frame(&mut stream, &frame)
             .await
             .map_err(CallError::Io)?;
-        let frame = match read_frame(&mut stream).await {
+        let frame = match read_frame(&mut stream, MAX_FRAME).await {
             Ok(frame) => frame,
             Err(ReadError::Io(error)) => return Err(CallError::Io(error)),
             Err(ReadError::Rejected(reason)) => {
@@ -352,21 +412,27 @@ enum ReadError {
     Rejected(Rejected),
 }
 
-/// Reads one length-prefixed frame: the length is checked before the frame is read, and a
-/// stream that ends inside a frame is a truncated frame.
-async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, ReadError> {
+/// Reads one length-prefixed frame of at most `max` bytes: the length is checked before
+/// the frame is read, the buffer grows only with the bytes that arrive (a claimed length
+/// allocates nothing), and a stream that ends inside a frame is a truncated frame.
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> Result<Vec<u8>, ReadError> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await.map_err(ReadError::Io)?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(ReadError::Rejected(Rejected::Frame(FrameReject::Oversized)));
     }
-    let mut frame = vec![0u8; len];
-    match stream.read_exact(&mut frame).await {
-        Ok(_) => Ok(frame),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(ReadError::Rejected(Rejected::Frame(FrameReject::Truncated)))
-        }
+    let mut frame = Vec::with_capacity(len.min(4096));
+    match (&mut *stream)
+        .take(len as u64)
+        .read_to_end(&mut frame)
+        .await
+    {
+        Ok(n) if n == len => Ok(frame),
+        Ok(_) => Err(ReadError::Rejected(Rejected::Frame(FrameReject::Truncated))),
         Err(e) => Err(ReadError::Io(e)),
     }
 }
@@ -612,7 +678,7 @@ mod tests {
             let (client, mut fake_server) = duplex(1 << 16);
             tokio::spawn(async move {
                 // Read the request, answer with the canned frame.
-                let _ = read_frame(&mut fake_server).await;
+                let _ = read_frame(&mut fake_server, MAX_REQUEST_FRAME).await;
                 let _ = write_frame(&mut fake_server, &frame).await;
             });
             match peers.exchange(client, &request()).await {

@@ -221,6 +221,8 @@ async fn run(
     let mut buf = vec![0u8; 65_536];
     let mut dirty = false;
     let mut last_publish = Instant::now();
+    // The store and membership versions the published view was built from.
+    let mut built_from = engine.change_marker();
 
     let mut handle =
         |outputs: Vec<Output>, timers: &mut BinaryHeap<Reverse<Due>>, socket: &UdpSocket| {
@@ -260,7 +262,9 @@ async fn run(
                 Ok((len, from)) => {
                     let outputs = engine.handle_datagram(from, &buf[..len], wall_ms());
                     handle(outputs, &mut timers, &socket);
-                    dirty = true;
+                    // Only a change of the store or the membership is worth a new view:
+                    // junk (dropped before or at decryption) costs no rebuild.
+                    dirty |= engine.change_marker() != built_from;
                 }
                 Err(error) => {
                     // e.g. ICMP port unreachable reported on a later receive: not fatal.
@@ -273,6 +277,7 @@ async fn run(
                     handle(outputs, &mut timers, &socket);
                     // Writers read their own writes: publish before answering.
                     let _ = view.send(Arc::new(ClusterView::build(&engine)));
+                    built_from = engine.change_marker();
                     last_publish = Instant::now();
                     dirty = false;
                     let _ = reply.send(stamp);
@@ -302,12 +307,13 @@ async fn run(
                     let Reverse(due) = timers.pop().expect("peeked");
                     let outputs = engine.handle_timer(due.timer, wall_ms());
                     handle(outputs, &mut timers, &socket);
-                    dirty = true;
+                    dirty |= engine.change_marker() != built_from;
                 }
             }
         }
         if dirty && last_publish.elapsed() >= VIEW_DEBOUNCE {
             let snapshot = ClusterView::build(&engine);
+            built_from = engine.change_marker();
             if view.borrow().differs_from(&snapshot) && view.send(Arc::new(snapshot)).is_err() {
                 warn!("nobody watches the cluster view any more");
             }

@@ -7,7 +7,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap, HashSet},
+    collections::{BTreeMap, BinaryHeap, HashMap, HashSet},
     net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
@@ -16,7 +16,7 @@ use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 use crate::{
     gossip::{Engine, EngineConfig, Output, Timer, Tuning},
-    secure::{ClusterKey, JoinToken},
+    secure::{ClusterKey, JoinToken, Sealer},
     state::{Kind, Scope, Stamp},
     NodeId,
 };
@@ -114,6 +114,9 @@ pub struct Sim {
     pub delivered: u64,
     /// When set, a copy of every datagram sent (see [`Sim::capture`]).
     tap: Option<Vec<Vec<u8>>>,
+    /// Sealers of a hostile member (see [`Sim::seal_as`]), by claimed node and epoch, so
+    /// their counters keep rising like a real sender's.
+    forgers: HashMap<(NodeId, u64), Sealer>,
 }
 
 impl Sim {
@@ -138,6 +141,7 @@ impl Sim {
             dropped: 0,
             delivered: 0,
             tap: None,
+            forgers: HashMap::new(),
         };
         for i in 0..nodes {
             let addr = SocketAddr::from((Ipv4Addr::from(0x0a00_0000u32 + i as u32 + 1), 7946));
@@ -434,6 +438,31 @@ impl Sim {
         }
     }
 
+    /// Seals `payload` with the cluster key as `node` in boot `epoch` would: what a member
+    /// that turned hostile (it holds the key) can send, claiming any node ID and epoch.
+    pub fn seal_as(&mut self, node: NodeId, epoch: u64, payload: &[u8]) -> Vec<u8> {
+        let token = &self.token;
+        self.forgers
+            .entry((node, epoch))
+            .or_insert_with(|| Sealer::new(&token.key, token.cluster_id, node, epoch))
+            .seal(payload)
+    }
+
+    /// Delivers `datagram` to node `to` now, from node `from`'s address.
+    pub fn inject_from(&mut self, to: usize, from: usize, datagram: &[u8]) {
+        let from = self.nodes[from].addr;
+        let wall = self.wall_ms_of(to);
+        if let Some(engine) = self.nodes[to].engine.as_mut() {
+            let outputs = engine.handle_datagram(from, datagram, wall);
+            self.apply(to, outputs);
+        }
+    }
+
+    /// The boot epoch node `i` runs with.
+    pub fn boot_epoch(&self, i: usize) -> u64 {
+        self.nodes[i].boot_epoch
+    }
+
     /// Whether every running node sees exactly the running nodes as up.
     pub fn membership_converged(&self) -> bool {
         let running: HashSet<NodeId> = (0..self.len())
@@ -452,3 +481,6 @@ impl Sim {
             })
     }
 }
+
+#[cfg(test)]
+mod hostile_tests;

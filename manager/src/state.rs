@@ -27,6 +27,8 @@
 //!   endpoints, cluster-scoped).
 //! - [`service`]: [`Service`] objects (cluster-scoped; published-port and VIP claims
 //!   resolved by the earliest creation) and [`Task`] entries (node-scoped).
+//! - [`validate`]: one validation function per kind, run on every record before it is
+//!   merged (the writer's and every reader's).
 
 pub mod endpoint;
 mod hash;
@@ -35,6 +37,7 @@ pub mod objects;
 pub mod record;
 pub mod service;
 pub mod store;
+pub mod validate;
 
 pub use endpoint::{endpoints, overlay_mtu, vteps, Endpoint, EndpointSet, Vtep, ENCAP_OVERHEAD};
 pub use network::{
@@ -50,7 +53,8 @@ pub use service::{
     tasks, valid_services, EndpointMode, HealthCheck, Mode, Protocol, PublishMode, PublishedPort,
     Service, ServiceSet, ServiceSpecError, Task, TaskState,
 };
-pub use store::{MergeOutcome, RejectReason, Store, BUCKETS};
+pub use store::{MergeOutcome, RejectReason, Store, BUCKETS, MAX_UNKNOWN_PER_WRITER};
+pub use validate::{validate_record, InvalidRecord};
 
 pub(crate) use hash::placement_weight;
 

@@ -51,11 +51,11 @@ fn hundred_nodes_converge_spread_writes_and_detect_a_kill() {
 
     // A node-scoped write on one node reaches every node.
     let writer = 7;
-    let key = RecordKey::node(sim.id(writer), Kind::Endpoint, "ep-1");
+    let key = RecordKey::node(sim.id(writer), Kind::Other(101), "ep-1");
     sim.write(
         writer,
         Scope::Node(sim.id(writer)),
-        Kind::Endpoint,
+        Kind::Other(101),
         "ep-1",
         Some(b"10.10.0.5".to_vec()),
     );
@@ -99,11 +99,11 @@ fn cluster_objects_outlive_their_writer_and_deletes_win() {
         30 * SECOND,
         Sim::membership_converged,
     );
-    let net = RecordKey::cluster(Kind::Network, "web");
+    let net = RecordKey::cluster(Kind::Other(100), "web");
     sim.write(
         5,
         Scope::Cluster,
-        Kind::Network,
+        Kind::Other(100),
         "web",
         Some(b"payload".to_vec()),
     );
@@ -119,7 +119,7 @@ fn cluster_objects_outlive_their_writer_and_deletes_win() {
     );
 
     // Any node may delete it; the tombstone wins everywhere.
-    sim.write(9, Scope::Cluster, Kind::Network, "web", None);
+    sim.write(9, Scope::Cluster, Kind::Other(100), "web", None);
     wait(&mut sim, "the tombstone everywhere", 10 * SECOND, |s| {
         everyone_has(s, &net, true)
     });
@@ -134,19 +134,19 @@ fn concurrent_writes_resolve_the_same_way_everywhere() {
         30 * SECOND,
         Sim::membership_converged,
     );
-    let key = RecordKey::cluster(Kind::Network, "db");
+    let key = RecordKey::cluster(Kind::Other(100), "db");
     // Two nodes write the same key at the same virtual instant.
     sim.write(
         1,
         Scope::Cluster,
-        Kind::Network,
+        Kind::Other(100),
         "db",
         Some(b"from-1".to_vec()),
     );
     sim.write(
         2,
         Scope::Cluster,
-        Kind::Network,
+        Kind::Other(100),
         "db",
         Some(b"from-2".to_vec()),
     );
@@ -187,14 +187,14 @@ fn a_partition_heals_into_one_state() {
     sim.write(
         1,
         Scope::Cluster,
-        Kind::Network,
+        Kind::Other(100),
         "left",
         Some(b"l".to_vec()),
     );
     sim.write(
         n - 2,
         Scope::Cluster,
-        Kind::Network,
+        Kind::Other(100),
         "right",
         Some(b"r".to_vec()),
     );
@@ -220,7 +220,7 @@ fn a_partition_heals_into_one_state() {
     );
     for name in ["left", "right"] {
         assert!(
-            everyone_has(&sim, &RecordKey::cluster(Kind::Network, name), false),
+            everyone_has(&sim, &RecordKey::cluster(Kind::Other(100), name), false),
             "{name}"
         );
     }
@@ -287,13 +287,13 @@ fn a_restarted_node_with_a_slower_clock_still_wins_for_its_own_entries() {
     );
     let node = 4;
     let id = sim.id(node);
-    let key = RecordKey::node(id, Kind::Endpoint, "ep");
+    let key = RecordKey::node(id, Kind::Other(101), "ep");
     // Written while its clock ran 20 s ahead...
     sim.set_clock_offset(node, 20_000);
     sim.write(
         node,
         Scope::Node(id),
-        Kind::Endpoint,
+        Kind::Other(101),
         "ep",
         Some(b"old".to_vec()),
     );
@@ -307,7 +307,7 @@ fn a_restarted_node_with_a_slower_clock_still_wins_for_its_own_entries() {
     sim.write(
         node,
         Scope::Node(id),
-        Kind::Endpoint,
+        Kind::Other(101),
         "ep",
         Some(b"new".to_vec()),
     );
@@ -328,11 +328,11 @@ fn records_from_a_clock_hours_ahead_are_refused() {
         Sim::membership_converged,
     );
     sim.set_clock_offset(2, 2 * 3600 * 1000);
-    let key = RecordKey::cluster(Kind::Network, "future");
+    let key = RecordKey::cluster(Kind::Other(100), "future");
     sim.write(
         2,
         Scope::Cluster,
-        Kind::Network,
+        Kind::Other(100),
         "future",
         Some(b"x".to_vec()),
     );

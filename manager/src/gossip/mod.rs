@@ -16,10 +16,11 @@
 //!   a byte of it.
 
 pub mod member;
+mod shared;
 pub mod wire;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     num::{NonZeroU8, NonZeroUsize},
     sync::{Arc, Mutex},
@@ -32,14 +33,26 @@ use tracing::{debug, trace};
 
 pub use member::Member;
 
+use shared::Shared;
+
 use crate::{
     hlc::Hlc,
-    secure::{max_plaintext, JoinToken, Opener, RejectCounters, Sealer},
-    state::{
-        decode_record, encode_record, MergeOutcome, Record, RecordKey, Scope, Stamp, Store, BUCKETS,
-    },
+    secure::{max_plaintext, JoinToken, Opener, RejectCounters, Sealer, SEAL_OVERHEAD},
+    state::{encode_record, validate_record, Record, RecordKey, Scope, Stamp, Store, BUCKETS},
     NodeId,
 };
+
+/// A removal is collected no sooner than this after it was written, once every live
+/// member has seen it: time for its broadcast to settle.
+const REMOVAL_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// How long a collected removal is remembered, so the same record offered again by a member
+/// that has not collected it yet is not taken back.
+const REMOVAL_MEMORY: Duration = Duration::from_secs(3600);
+
+/// The largest datagram accepted whatever the local MTU: a jumbo-frame underlay (9000).
+/// A node with a smaller MTU may still hear members with larger ones (fragmented).
+const JUMBO_MTU: u32 = 9000;
 
 /// Announces a joining node sends to the first members it discovers.
 const JOIN_ANNOUNCES: usize = 6;
@@ -148,67 +161,19 @@ pub struct GossipCounters {
     pub records_applied: u64,
     pub records_stale: u64,
     pub records_rejected: u64,
+    /// Records refused by their kind's validation function (see [`crate::state::validate`]).
+    pub records_invalid: u64,
+    /// Records of unknown kinds refused because their writer holds too many already.
+    pub unknown_over_limit: u64,
+    /// Datagrams larger than any member sends, dropped before decryption.
+    pub oversized: u64,
+    /// Anti-entropy messages from a node this one does not know as up: not answered.
+    pub sync_from_unknown: u64,
+    /// Times this node found itself removed while alive and wrote its entries again.
+    pub reannounced: u64,
+    /// `NodeRemoval` records collected after every live member had them.
+    pub removals_collected: u64,
     pub syncs_started: u64,
-}
-
-/// State shared between the engine and the broadcast handler foca owns.
-struct Shared {
-    node: NodeId,
-    store: Store,
-    hlc: Hlc,
-    wall_ms: u64,
-    counters: GossipCounters,
-    /// The latest value this run wrote for each of its own node-scoped keys.
-    own_writes: HashMap<RecordKey, Option<Vec<u8>>>,
-    /// Own entries overwritten by a previous run's newer copies, to write again.
-    rewrites: Vec<(RecordKey, Option<Vec<u8>>)>,
-}
-
-impl Shared {
-    /// Merges a record from the wire (or a local write) and says whether it was new.
-    fn merge_encoded(&mut self, data: &[u8]) -> Option<Record> {
-        let record = match decode_record(data) {
-            Ok(record) => record,
-            Err(error) => {
-                trace!(%error, "undecodable record");
-                self.counters.records_rejected += 1;
-                return None;
-            }
-        };
-        // A stamp more than the clock's drift limit (an hour) ahead would win
-        // last-writer-wins against every honest writer until real time caught up: refuse
-        // it (anti-entropy offers it again, and it is accepted once it is plausible).
-        if let Err(error) = self.hlc.observe(record.stamp.hlc, self.wall_ms) {
-            debug!(%error, key = %record.key, writer = %record.stamp.writer.short(), "record from the future refused");
-            self.counters.records_rejected += 1;
-            return None;
-        }
-        match self.store.merge(record.clone()) {
-            MergeOutcome::Applied => {
-                self.counters.records_applied += 1;
-                // A newer copy of one of our own entries comes from a previous run of this
-                // node (whose clock ran ahead of ours now): write ours again, now newer.
-                // (Our own writes arrive here too, with the value we intend: no rewrite.)
-                if record.stamp.writer == self.node && record.key.scope == Scope::Node(self.node) {
-                    if let Some(value) = self.own_writes.get(&record.key) {
-                        if *value != record.value {
-                            self.rewrites.push((record.key.clone(), value.clone()));
-                        }
-                    }
-                }
-                Some(record)
-            }
-            MergeOutcome::Stale => {
-                self.counters.records_stale += 1;
-                None
-            }
-            MergeOutcome::Rejected(reason) => {
-                debug!(?reason, key = ?record.key, "record rejected");
-                self.counters.records_rejected += 1;
-                None
-            }
-        }
-    }
 }
 
 /// The key foca uses to replace a not-yet-fully-disseminated broadcast with a newer one.
@@ -239,15 +204,17 @@ impl BroadcastHandler<Member> for RecordHandler {
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&Member>,
+        sender: Option<&Member>,
     ) -> Result<Option<BroadcastKey>, NeverError> {
         // Bad records are counted, not errors: an error would make foca drop the rest of
         // the message, including valid records and membership updates.
         let mut shared = self.shared.lock().expect("gossip state lock");
-        Ok(shared.merge_encoded(data).map(|r| BroadcastKey {
-            key: r.key,
-            stamp: r.stamp,
-        }))
+        Ok(shared
+            .merge_encoded(data, sender.map(|m| m.id))
+            .map(|r| BroadcastKey {
+                key: r.key,
+                stamp: r.stamp,
+            }))
     }
 }
 
@@ -281,6 +248,11 @@ pub struct Engine {
     tuning: Tuning,
     rng: StdRng,
     max_payload: usize,
+    /// Larger datagrams are dropped before they are copied or authenticated.
+    max_datagram: usize,
+    /// Bumped on every membership change: with the store's version, tells the driver
+    /// whether a new view is worth building.
+    membership_version: u64,
     heard_from_cluster: bool,
     out: Vec<Output>,
 }
@@ -321,20 +293,21 @@ impl Engine {
         };
         let mut store = Store::new();
         let mut hlc = Hlc::new();
+        let mut invalid_saved = 0;
         for record in config.initial_records {
+            // A saved store holds what arrived before this version's checks, or was
+            // edited: it meets the same validation as the wire.
+            if validate_record(&record).is_err() {
+                invalid_saved += 1;
+                continue;
+            }
             // Our clock must run ahead of everything we wrote before the restart.
             let _ = hlc.observe(record.stamp.hlc, wall_ms);
             store.merge(record);
         }
-        let shared = Arc::new(Mutex::new(Shared {
-            node: config.node,
-            own_writes: HashMap::new(),
-            rewrites: Vec::new(),
-            store,
-            hlc,
-            wall_ms,
-            counters: GossipCounters::default(),
-        }));
+        let mut shared = Shared::new(config.node, store, hlc, wall_ms);
+        shared.counters.records_invalid = invalid_saved;
+        let shared = Arc::new(Mutex::new(shared));
         let foca = Foca::with_custom_broadcast(
             me.clone(),
             foca_config.clone(),
@@ -361,6 +334,8 @@ impl Engine {
             tuning,
             rng: StdRng::seed_from_u64(config.rng_seed ^ 0x5eed),
             max_payload,
+            max_datagram: max_plaintext(config.underlay_mtu.max(JUMBO_MTU)) + SEAL_OVERHEAD,
+            membership_version: 0,
             heard_from_cluster: false,
             join_announces_left: 0,
             seeds: Vec::new(),
@@ -464,7 +439,7 @@ impl Engine {
             self.shared
                 .lock()
                 .expect("gossip state lock")
-                .merge_encoded(&encoded);
+                .merge_encoded(&encoded, None);
         }
         (stamp, self.drain())
     }
@@ -481,7 +456,13 @@ impl Engine {
             let mut shared = self.shared.lock().expect("gossip state lock");
             shared.counters.datagrams_in += 1;
             shared.counters.bytes_in += datagram.len() as u64;
+            // Before any copy or authentication: nothing this large was sealed by a member.
+            if datagram.len() > self.max_datagram {
+                shared.counters.oversized += 1;
+                return Vec::new();
+            }
         }
+        self.opener.set_wall_ms(wall_ms);
         let opened = match self.opener.open(datagram) {
             Ok(opened) => opened,
             Err(reject) => {
@@ -497,12 +478,27 @@ impl Engine {
                     self.counters_mut(|c| c.swim_errors += 1);
                 }
             }
-            Ok(wire::Payload::Digest(theirs)) => self.answer_digest(from, &theirs),
-            Ok(wire::Payload::Want(buckets)) => self.send_buckets(from, &buckets),
+            // Anti-entropy answers go to the member's known address, never to the
+            // datagram's source: a sealed digest replayed or sent from elsewhere must not
+            // turn a node into an amplifier aimed at a third party.
+            Ok(wire::Payload::Digest(theirs)) => match self.known_addr(&opened.from) {
+                Some(addr) => {
+                    self.shared
+                        .lock()
+                        .expect("gossip state lock")
+                        .note_digest(opened.from, &theirs);
+                    self.answer_digest(addr, &theirs);
+                }
+                None => self.counters_mut(|c| c.sync_from_unknown += 1),
+            },
+            Ok(wire::Payload::Want(buckets)) => match self.known_addr(&opened.from) {
+                Some(addr) => self.send_buckets(addr, &buckets),
+                None => self.counters_mut(|c| c.sync_from_unknown += 1),
+            },
             Ok(wire::Payload::Records(records)) => {
                 let mut shared = self.shared.lock().expect("gossip state lock");
                 for record in records {
-                    shared.merge_encoded(record);
+                    shared.merge_encoded(record, Some(opened.from));
                 }
             }
             Err(error) => {
@@ -549,9 +545,16 @@ impl Engine {
             }
             Timer::Gc => {
                 let ttl = self.tuning.tombstone_ttl.as_millis() as u64;
+                let live: HashSet<NodeId> = self.up.keys().copied().collect();
                 let mut shared = self.shared.lock().expect("gossip state lock");
                 let now = shared.hlc.now(wall_ms);
                 shared.store.gc(now, ttl);
+                let collected = shared.collect_removals(
+                    &live,
+                    REMOVAL_MIN_AGE.as_millis() as u64,
+                    REMOVAL_MEMORY.as_millis() as u64,
+                );
+                shared.counters.removals_collected += collected as u64;
                 self.out.push(Output::Schedule {
                     after: Duration::from_secs(60),
                     timer: Timer::Gc,
@@ -635,6 +638,17 @@ impl Engine {
             .expect("gossip state lock")
             .counters
             .clone()
+    }
+
+    /// Changes whenever the store or the membership changed: a driver rebuilds its view
+    /// only then, so junk datagrams and idle timers cost no rebuild.
+    pub fn change_marker(&self) -> (u64, u64) {
+        (self.with_store(|s| s.version()), self.membership_version)
+    }
+
+    /// Where to reach `node`: its address as membership knows it while it is up.
+    fn known_addr(&self, node: &NodeId) -> Option<SocketAddr> {
+        self.up.get(node).map(|m| m.addr)
     }
 
     pub fn reject_counters(&self) -> &RejectCounters {
@@ -726,6 +740,7 @@ impl Engine {
 
     fn apply_notification(&mut self, notification: foca::OwnedNotification<Member>) {
         use foca::OwnedNotification as N;
+        self.membership_version += 1;
         match notification {
             N::MemberUp(member) => {
                 debug!(node = %member.id.short(), addr = %member.addr, "member up");

@@ -3,7 +3,7 @@
 use std::{
     borrow::Borrow,
     cmp::Ordering,
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
 };
 
 use tracing::warn;
@@ -17,6 +17,12 @@ use crate::{hlc, NodeId};
 /// Number of anti-entropy buckets. Peers compare `BUCKETS` sums instead of every record and
 /// then exchange only the buckets that differ.
 pub const BUCKETS: usize = 64;
+
+/// How many records of kinds this version does not know ([`Kind::Other`]) one writer may
+/// have in the store. Newer versions rely on older ones keeping and relaying their records,
+/// so they are kept — up to this bound, beyond which a writer's new ones are refused and
+/// counted: a member could otherwise fill every node's memory with records nobody reads.
+pub const MAX_UNKNOWN_PER_WRITER: usize = 256;
 
 /// What [`Store::merge`] did with a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +77,12 @@ pub enum RejectReason {
     BadRemovalName {
         /// The name.
         name: String,
+    },
+    /// The writer already has [`MAX_UNKNOWN_PER_WRITER`] records of unknown kinds.
+    #[error("writer {writer:?} already has {MAX_UNKNOWN_PER_WRITER} records of unknown kinds")]
+    UnknownKindLimit {
+        /// The writer.
+        writer: NodeId,
     },
     /// An entry of a node that was removed at or after the entry's stamp.
     #[error("node {node:?} was removed at {removed_at}, after this record was written")]
@@ -145,6 +157,8 @@ pub struct Store {
     /// Per bucket, the wrapping sum of its entries' hashes; kept up to date on every change.
     digest: [u64; BUCKETS],
     tombstones: usize,
+    /// Records of unknown kinds held, per writer (see [`MAX_UNKNOWN_PER_WRITER`]).
+    unknown_by_writer: HashMap<NodeId, usize>,
     version: u64,
 }
 
@@ -162,6 +176,7 @@ impl Store {
             removals: BTreeMap::new(),
             digest: [0; BUCKETS],
             tombstones: 0,
+            unknown_by_writer: HashMap::new(),
             version: 0,
         }
     }
@@ -176,6 +191,15 @@ impl Store {
     pub fn merge(&mut self, record: Record) -> MergeOutcome {
         if let Err(reason) = self.validate(&record) {
             return MergeOutcome::Rejected(reason);
+        }
+        let held_writer = self.entries.get(&record.key).map(|e| e.record.stamp.writer);
+        if let Kind::Other(_) = record.key.kind {
+            let writer = record.stamp.writer;
+            let held = self.unknown_by_writer.get(&writer).copied().unwrap_or(0);
+            // Replacing one of the writer's own records does not add to its count.
+            if held_writer != Some(writer) && held >= MAX_UNKNOWN_PER_WRITER {
+                return MergeOutcome::Rejected(RejectReason::UnknownKindLimit { writer });
+            }
         }
         if let Some(held) = self.entries.get(&record.key) {
             match record.stamp.cmp(&held.record.stamp) {
@@ -274,6 +298,12 @@ impl Store {
         if entry.record.is_tombstone() {
             self.tombstones += 1;
         }
+        if let Kind::Other(_) = entry.record.key.kind {
+            *self
+                .unknown_by_writer
+                .entry(entry.record.stamp.writer)
+                .or_default() += 1;
+        }
         if let Some(old) = self.entries.replace(entry) {
             self.forget(&old);
         }
@@ -285,6 +315,15 @@ impl Store {
             self.digest[usize::from(entry.bucket)].wrapping_sub(entry.hash);
         if entry.record.is_tombstone() {
             self.tombstones -= 1;
+        }
+        if let Kind::Other(_) = entry.record.key.kind {
+            let writer = entry.record.stamp.writer;
+            if let Some(count) = self.unknown_by_writer.get_mut(&writer) {
+                *count -= 1;
+                if *count == 0 {
+                    self.unknown_by_writer.remove(&writer);
+                }
+            }
         }
     }
 
@@ -417,7 +456,8 @@ impl Store {
     /// an old state, can therefore resurrect a deleted object after the tombstone is gone.
     /// Pick the TTL well above the longest partition you expect to heal on its own (e.g. a
     /// day) and `node rm` nodes that were gone longer. `NodeRemoval` records are never
-    /// collected: they are tiny, and they are what keeps a removed node's stale entries out.
+    /// collected here: they are what keeps a removed node's stale entries out, until every
+    /// live member has seen them ([`Store::collect_removal`]).
     pub fn gc(&mut self, now_hlc: u64, tombstone_ttl_ms: u64) -> usize {
         let now_ms = hlc::physical_ms(now_hlc);
         let expired = |r: &Record| {
@@ -425,22 +465,53 @@ impl Store {
                 && r.key.kind != Kind::NodeRemoval
                 && now_ms.saturating_sub(hlc::physical_ms(r.stamp.hlc)) > tombstone_ttl_ms
         };
-        let mut dropped = Vec::new();
-        self.entries.retain(|e| {
-            let keep = !expired(&e.record);
-            if !keep {
-                dropped.push((e.bucket, e.hash));
+        let doomed: Vec<RecordKey> = self
+            .entries
+            .iter()
+            .filter(|e| expired(&e.record))
+            .map(|e| e.record.key.clone())
+            .collect();
+        for key in &doomed {
+            if let Some(old) = self.entries.take(key) {
+                self.forget(&old);
             }
-            keep
-        });
-        for &(bucket, hash) in &dropped {
-            self.digest[usize::from(bucket)] = self.digest[usize::from(bucket)].wrapping_sub(hash);
         }
-        self.tombstones -= dropped.len();
-        if !dropped.is_empty() {
+        if !doomed.is_empty() {
             self.version += 1;
         }
-        dropped.len()
+        doomed.len()
+    }
+
+    /// Drops the `NodeRemoval` of `node` and the barrier it holds, once the caller knows
+    /// every live member has seen it (see the gossip engine's removal tracking). Refused
+    /// (false) while any entry of `node` is still held: the removal is then still doing
+    /// its job. After this, entries of `node` written before the removal would be accepted
+    /// again if a member that was away for the whole time still held them — the same
+    /// trade-off as a collected tombstone.
+    pub fn collect_removal(&mut self, node: NodeId) -> bool {
+        let Some(&barrier) = self.removals.get(&node) else {
+            return false;
+        };
+        if self.node_records(node).any(|r| r.stamp <= barrier) {
+            return false;
+        }
+        let Some(old) = self.entries.take(&RecordKey::node_removal(node)) else {
+            return false;
+        };
+        self.forget(&old);
+        self.removals.remove(&node);
+        self.version += 1;
+        true
+    }
+
+    /// The nodes with a removal record.
+    pub fn removed_nodes(&self) -> impl Iterator<Item = (&NodeId, &Stamp)> {
+        self.removals.iter()
+    }
+
+    /// Records of unknown kinds held from `writer`.
+    pub fn unknown_of(&self, writer: &NodeId) -> usize {
+        self.unknown_by_writer.get(writer).copied().unwrap_or(0)
     }
 
     /// A counter that grows with every change to the store (each applied merge, and each

@@ -46,13 +46,31 @@ pub(crate) struct Args {
     /// Skip the real-agent part (no root needed then).
     #[arg(long)]
     simulated_only: bool,
+    /// Only the junk-datagram cost (see `--junk`), skipping everything else.
+    #[arg(long)]
+    junk_only: bool,
+    /// Junk datagrams sent at a real agent's gossip port; 0 skips that part.
+    #[arg(long, default_value_t = 100_000)]
+    junk: usize,
+    /// Rounds of the junk measurement (each binary once per round, alternating).
+    #[arg(long, default_value_t = 3)]
+    junk_rounds: usize,
+    /// An older `skein` binary (e.g. the previous main's, copied) to measure side by side.
+    #[arg(long)]
+    baseline_bin: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
+    if args.junk_only {
+        return super::gossip_junk::run(args.junk, args.baseline_bin.as_deref(), args.junk_rounds);
+    }
     simulated_spread_and_detection(&args)?;
     simulated_false_downs(args.node_hours)?;
     if !args.simulated_only {
         real_agents()?;
+        if args.junk > 0 {
+            super::gossip_junk::run(args.junk, args.baseline_bin.as_deref(), args.junk_rounds)?;
+        }
     }
     Ok(())
 }
@@ -93,11 +111,11 @@ fn simulated_spread_and_detection(args: &Args) -> Result<()> {
         sim.write(
             writer,
             Scope::Cluster,
-            Kind::Network,
+            Kind::Other(100),
             &name,
             Some(vec![1; 64]),
         );
-        let key = RecordKey::cluster(Kind::Network, name);
+        let key = RecordKey::cluster(Kind::Other(100), name);
         let took = sim
             .run_until_true(Duration::from_secs(60), Duration::from_millis(10), |s| {
                 (0..s.len())

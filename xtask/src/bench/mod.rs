@@ -5,6 +5,7 @@ use std::time::Duration;
 
 pub(crate) mod dns;
 pub(crate) mod gossip;
+mod gossip_junk;
 pub(crate) mod mesh;
 pub(crate) mod mesh_cost;
 pub(crate) mod mesh_local;
