@@ -27,6 +27,7 @@ pub fn service(name: &str, mode: Mode, created: Stamp) -> Service {
         health: None,
         restart_delay_ms: 0,
         created,
+        update: Default::default(),
     }
 }
 
@@ -49,6 +50,7 @@ pub fn node(id: u8, up: bool, ip: [u8; 4]) -> NodeStatus {
         addr: Some((ip, 7946).into()),
         up,
         is_self: id == 1,
+        availability: Default::default(),
     }
 }
 
@@ -67,6 +69,7 @@ pub fn task(id: &str, service: &Service, slot: u32, ip: [u8; 4]) -> Task {
         restarts: 0,
         created: service.created,
         attached: false,
+        spec: 0,
     }
 }
 

@@ -23,7 +23,9 @@ mod endpoint;
 mod network;
 mod node;
 mod output;
+mod rollout_output;
 mod service;
+mod service_update;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 

@@ -96,6 +96,9 @@ pub enum Kind {
     NodeRemoval,
     /// A node's VXLAN tunnel endpoint, node-scoped.
     Vtep,
+    /// `node update --availability` ([`crate::rollout::NodeAvailability`]), cluster-scoped,
+    /// named by the node's ID in hex.
+    NodeAvailability,
     /// A kind this version does not know (written by a newer one). Only codes that no named
     /// kind uses are valid here; the store rejects the others so a kind has one encoding.
     Other(u8),
@@ -113,6 +116,7 @@ impl Kind {
             Kind::PortClaim => 5,
             Kind::NodeRemoval => 6,
             Kind::Vtep => 7,
+            Kind::NodeAvailability => 16,
             Kind::Other(code) => code,
         }
     }
@@ -128,6 +132,7 @@ impl Kind {
             5 => Kind::PortClaim,
             6 => Kind::NodeRemoval,
             7 => Kind::Vtep,
+            16 => Kind::NodeAvailability,
             other => Kind::Other(other),
         }
     }
@@ -143,9 +148,12 @@ impl Kind {
         match self {
             Kind::NodeInfo | Kind::Endpoint | Kind::Task => Some(true),
             // External VTEPs are cluster configuration: they outlive whoever added them.
-            Kind::Network | Kind::Service | Kind::PortClaim | Kind::NodeRemoval | Kind::Vtep => {
-                Some(false)
-            }
+            Kind::Network
+            | Kind::Service
+            | Kind::PortClaim
+            | Kind::NodeRemoval
+            | Kind::Vtep
+            | Kind::NodeAvailability => Some(false),
             Kind::Other(_) => None,
         }
     }

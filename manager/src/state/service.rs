@@ -152,6 +152,9 @@ pub struct Service {
     /// The stamp of the write that created it; scaling keeps it. Decides claims, and tells a
     /// re-created service's tasks from the old one's.
     pub created: Stamp,
+    /// The rollout: update config, its state, the previous definition (`service update`;
+    /// see [`crate::rollout`]). Last, as every field added later must be.
+    pub update: crate::rollout::ServiceUpdate,
 }
 
 /// Why a service definition is not acceptable: one sentence naming the bad value.
@@ -453,6 +456,10 @@ pub struct Task {
     /// An existing namespace attached by `service attach`: no process, never moved; it
     /// counts as one of the replicas.
     pub attached: bool,
+    /// The fingerprint of the definition it was started with
+    /// ([`crate::rollout::spec_fingerprint`]): a rollout replaces the tasks whose
+    /// fingerprint differs from the service's.
+    pub spec: u64,
 }
 
 impl Task {
@@ -527,6 +534,7 @@ mod tests {
             health: None,
             restart_delay_ms: 1000,
             created,
+            update: Default::default(),
         }
     }
 
@@ -776,6 +784,7 @@ mod tests {
             restarts: 0,
             created: stamp(2, 2),
             attached: false,
+            spec: 0,
         };
         assert_eq!(Task::decode(&task.encode()).unwrap(), task);
         let mut store = Store::new();
