@@ -69,7 +69,7 @@ pub fn task(id: &str, service: &Service, slot: u32, ip: [u8; 4]) -> Task {
         restarts: 0,
         created: service.created,
         attached: false,
-        spec: 0,
+        spec: crate::rollout::spec_fingerprint(service),
     }
 }
 

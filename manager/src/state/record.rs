@@ -116,7 +116,7 @@ impl Kind {
             Kind::PortClaim => 5,
             Kind::NodeRemoval => 6,
             Kind::Vtep => 7,
-            Kind::NodeAvailability => 16,
+            Kind::NodeAvailability => 8,
             Kind::Other(code) => code,
         }
     }
@@ -132,7 +132,7 @@ impl Kind {
             5 => Kind::PortClaim,
             6 => Kind::NodeRemoval,
             7 => Kind::Vtep,
-            16 => Kind::NodeAvailability,
+            8 => Kind::NodeAvailability,
             other => Kind::Other(other),
         }
     }
@@ -328,7 +328,7 @@ mod tests {
             let kind = Kind::from_code(code);
             assert_eq!(kind.code(), code);
             assert!(kind.is_canonical());
-            assert_eq!(matches!(kind, Kind::Other(_)), code > 7, "code {code}");
+            assert_eq!(matches!(kind, Kind::Other(_)), code > 8, "code {code}");
         }
         assert!(!Kind::Other(3).is_canonical());
         // A kind from a newer peer decodes instead of failing the whole record.
@@ -347,8 +347,8 @@ mod tests {
     #[test]
     fn kinds_order_by_code() {
         assert!(Kind::NodeInfo < Kind::Endpoint);
-        assert!(Kind::Vtep < Kind::Other(8));
-        assert!(Kind::Other(8) < Kind::Other(9));
+        assert!(Kind::NodeAvailability < Kind::Other(9));
+        assert!(Kind::Other(9) < Kind::Other(10));
     }
 
     #[test]
