@@ -154,6 +154,8 @@ fn has_env(env: &[Value], key: &str, value: &str) -> bool {
 #[test]
 fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
     let bed = Testbed::new("rollout", TestbedConfig::with_hosts(3)).expect("testbed");
+    // The mesh's published ports need the wire-like underlay (as in mesh.rs).
+    bed.make_wire_like().expect("wire-like underlay");
     let (mut agents, _) = start_cluster_with(
         &bed,
         |_| vec!["--drain-window".to_owned(), "2s".to_owned()],
@@ -305,6 +307,18 @@ fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
         h1,
         &["node", "update", "--availability", "active", h2.name()],
     );
+    wait_until(
+        "a task back on the re-activated node, none left over",
+        ROLLOUT_DEADLINE,
+        || {
+            let tasks = xtask::cluster::service_tasks(h1, "web");
+            (tasks.len() == 3
+                && tasks.iter().all(|t| t.state == "running")
+                && tasks.iter().any(|t| t.host == h2.name()))
+            .then_some(())
+        },
+    )
+    .unwrap();
 
     // Kill the rollout's writer (the lowest node ID), where the update runs, mid-rollout.
     let rows = node_rows(h1).unwrap();
