@@ -146,6 +146,22 @@ fn update_under_load(bed: &Testbed, host: &Host, args: &[&str], what: &str) {
     );
 }
 
+/// `host`'s node hostname as the cluster lists it (its `node ls` row by address).
+fn node_hostname(seen_from: &Host, host: &Host) -> String {
+    let ip = host.underlay_ip().to_string();
+    node_rows(seen_from)
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["address"]
+                .as_str()
+                .is_some_and(|a| a.split(':').next() == Some(ip.as_str()))
+        })
+        .and_then(|r| r["hostname"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
 fn has_env(env: &[Value], key: &str, value: &str) -> bool {
     env.iter()
         .any(|e| e[0].as_str() == Some(key) && e[1].as_str() == Some(value))
@@ -280,21 +296,28 @@ fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
 
     // Drain h2 under load: its tasks move, no request fails.
     let h2 = bed.host(1);
+    let h2_name = node_hostname(h1, h2);
     let load = Load::start(&bed);
     thread::sleep(Duration::from_millis(500));
     run_ok(
         h1,
-        &["node", "update", "--availability", "drain", h2.name()],
+        &[
+            "node",
+            "update",
+            "--availability",
+            "drain",
+            h2_name.as_str(),
+        ],
     );
     wait_until("no web task on the drained node", ROLLOUT_DEADLINE, || {
         let tasks = running_tasks(h1, "web");
-        (tasks.len() == 3 && tasks.iter().all(|t| t.host != h2.name())).then_some(())
+        (tasks.len() == 3 && tasks.iter().all(|t| t.host != h2_name.as_str())).then_some(())
     })
     .unwrap();
     wait_until("the drained node's tasks stopped", ROLLOUT_DEADLINE, || {
         (xtask::cluster::service_tasks(h1, "web")
             .iter()
-            .all(|t| t.host != h2.name()))
+            .all(|t| t.host != h2_name.as_str()))
         .then_some(())
     })
     .unwrap();
@@ -302,11 +325,18 @@ fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
     load.assert_none_failed("node drain");
     let ls = run_ok(h1, &["node", "ls"]);
     assert!(ls.contains("drain"), "node ls shows the availability: {ls}");
-    let node: Value = serde_json::from_str(&run_ok(h1, &["node", "inspect", h2.name()])).unwrap();
+    let node: Value =
+        serde_json::from_str(&run_ok(h1, &["node", "inspect", h2_name.as_str()])).unwrap();
     assert_eq!(node["availability"], "drain", "{node}");
     run_ok(
         h1,
-        &["node", "update", "--availability", "active", h2.name()],
+        &[
+            "node",
+            "update",
+            "--availability",
+            "active",
+            h2_name.as_str(),
+        ],
     );
     wait_until(
         "a task back on the re-activated node, none left over",
@@ -315,7 +345,7 @@ fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
             let tasks = xtask::cluster::service_tasks(h1, "web");
             (tasks.len() == 3
                 && tasks.iter().all(|t| t.state == "running")
-                && tasks.iter().any(|t| t.host == h2.name()))
+                && tasks.iter().any(|t| t.host == h2_name.as_str()))
             .then_some(())
         },
     )
@@ -323,16 +353,16 @@ fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
 
     // Kill the rollout's writer (the lowest node ID), where the update runs, mid-rollout.
     let rows = node_rows(h1).unwrap();
-    let writer_name = rows
+    let writer_addr = rows
         .iter()
         .min_by_key(|r| r["id"].as_str().unwrap_or_default().to_owned())
-        .and_then(|r| r["hostname"].as_str())
+        .and_then(|r| r["address"].as_str())
         .unwrap()
         .to_owned();
     let writer = bed
         .hosts()
         .iter()
-        .position(|h| h.name() == writer_name)
+        .position(|h| writer_addr.split(':').next() == Some(h.underlay_ip().to_string().as_str()))
         .unwrap();
     let survivor = bed.host((writer + 1) % 3);
     let before = task_ids(survivor);
