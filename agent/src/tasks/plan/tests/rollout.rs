@@ -74,9 +74,18 @@ fn start_first_starts_the_replacement_beside_and_drains_once_it_serves() {
     );
 
     // It serves: the old one drains.
-    new.state = TaskState::Running;
-    let tasks = vec![(id(1), old.clone()), (id(1), new.clone())];
+    let serving = Task {
+        state: TaskState::Running,
+        ..new.clone()
+    };
+    let tasks = vec![(id(1), old.clone()), (id(1), serving.clone())];
     let view3 = view(vec![service.clone()], tasks, vec![]);
-    local.tasks = vec![running(&old), running(&new)];
+    let mut local = settled(
+        &clock,
+        vec![running(&old), running(&serving)],
+        &stopping,
+        &backoff,
+    );
+    local.drain_window = WINDOW;
     assert_eq!(replaced(&plan(&view3, &local, clock.now())), (true, false));
 }
