@@ -25,6 +25,7 @@ pub mod id;
 pub mod limits;
 pub mod ops;
 pub mod placement;
+pub mod rollout;
 pub mod secure;
 pub mod sim;
 pub mod state;

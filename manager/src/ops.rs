@@ -534,7 +534,7 @@ impl Manager {
 
 /// The ports no service may publish, as this node knows them: the cluster's (VXLAN, every
 /// known node's gossip port) and `local` (this agent's own).
-fn reserved_ports(view: &ClusterView, local: &[ReservedPort]) -> Vec<ReservedPort> {
+pub(crate) fn reserved_ports(view: &ClusterView, local: &[ReservedPort]) -> Vec<ReservedPort> {
     let gossip = view.nodes.iter().flat_map(|n| {
         n.info
             .as_ref()
@@ -598,6 +598,7 @@ impl Manager {
             security: request.security,
             limits: request.limits,
             stack: request.stack,
+            update: Default::default(),
         };
         candidate.validate()?;
         candidate.check_reserved(&reserved_ports(&view, &request.local_reserved))?;

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
+    rollout::Availability,
     state::{placement_weight, Mode, Service, Stamp, Task, TaskState},
     view::ClusterView,
     NodeId,
@@ -40,6 +41,20 @@ pub fn assign_replicated(
     service: &Service,
     replicas: u32,
     nodes: &[NodeId],
+    holders: &BTreeMap<u32, Vec<Holder>>,
+) -> Vec<NodeId> {
+    assign_replicated_pausing(service, replicas, nodes, &[], holders)
+}
+
+/// [`assign_replicated`] where the `paused` nodes (`node update --availability pause`, also
+/// in `nodes`) keep only the slots they are sticky for: they get no new ones. Slots the
+/// balance bound would have given them go to the least loaded other node (so counts may
+/// then differ by more than one).
+pub fn assign_replicated_pausing(
+    service: &Service,
+    replicas: u32,
+    nodes: &[NodeId],
+    paused: &[NodeId],
     holders: &BTreeMap<u32, Vec<Holder>>,
 ) -> Vec<NodeId> {
     if nodes.is_empty() {
@@ -84,6 +99,9 @@ pub fn assign_replicated(
         if assigned[slot as usize].is_some() {
             continue;
         }
+        if paused.contains(&nodes[i]) && sticky.get(&slot) != Some(&nodes[i]) {
+            continue;
+        }
         if load[i] < floor {
         } else if load[i] == floor && extras > 0 {
             extras -= 1;
@@ -94,28 +112,57 @@ pub fn assign_replicated(
         assigned[slot as usize] = Some(i);
         left -= 1;
     }
+    // Without paused nodes every slot is placed (the capacities add up to exactly
+    // `replicas`); with them, the rest go to the least loaded active node (any node if
+    // all are paused), lowest slot first.
+    let active: Vec<usize> = (0..nodes.len())
+        .filter(|i| !paused.contains(&nodes[*i]))
+        .collect();
+    let candidates: Vec<usize> = if active.is_empty() {
+        (0..nodes.len()).collect()
+    } else {
+        active
+    };
+    for a in assigned.iter_mut().filter(|a| a.is_none()) {
+        let i = *candidates
+            .iter()
+            .min_by_key(|i| (load[**i], **i))
+            .expect("nodes is not empty");
+        load[i] += 1;
+        *a = Some(i);
+    }
     assigned
         .into_iter()
-        // Every slot is placed: the capacities add up to exactly `replicas`.
-        .map(|i| nodes[i.expect("bounded-load placement places every slot")])
+        .map(|i| nodes[i.unwrap_or(0)])
         .collect()
 }
 
 /// The nodes that may run tasks at `now_ms`, in ID order: up and not leaving, or down but
-/// within the grace period of an announced restart.
+/// within the grace period of an announced restart; not drained (`node update
+/// --availability drain`: their tasks move away).
 pub fn eligible_nodes(view: &ClusterView, now_ms: u64) -> Vec<NodeId> {
     let mut nodes: Vec<NodeId> = view
         .nodes
         .iter()
         .filter(|n| {
-            n.info
-                .as_ref()
-                .is_some_and(|info| !info.leaving && (n.up || now_ms < info.restart_grace_until_ms))
+            n.availability != Availability::Drain
+                && n.info.as_ref().is_some_and(|info| {
+                    !info.leaving && (n.up || now_ms < info.restart_grace_until_ms)
+                })
         })
         .map(|n| n.id)
         .collect();
     nodes.sort();
     nodes
+}
+
+/// The nodes set to `--availability pause`: they keep their tasks and get no new ones.
+pub fn paused_nodes(view: &ClusterView) -> Vec<NodeId> {
+    view.nodes
+        .iter()
+        .filter(|n| n.availability == Availability::Pause)
+        .map(|n| n.id)
+        .collect()
 }
 
 /// Whether this node sees enough of the cluster to take over other nodes' slots: at least
@@ -177,6 +224,7 @@ impl Layout {
 pub fn layout<'a>(
     service: &Service,
     nodes: &[NodeId],
+    paused: &[NodeId],
     tasks: impl IntoIterator<Item = &'a (NodeId, Task)>,
 ) -> Layout {
     match service.mode {
@@ -191,7 +239,9 @@ pub fn layout<'a>(
                     });
                 }
             }
-            Layout::Replicated(assign_replicated(service, replicas, nodes, &holders))
+            Layout::Replicated(assign_replicated_pausing(
+                service, replicas, nodes, paused, &holders,
+            ))
         }
     }
 }
@@ -377,7 +427,7 @@ mod tests {
         let nodes: Vec<NodeId> = (0..3).map(node).collect();
         let mut svc = service("agent", 0);
         svc.mode = Mode::Global;
-        let l = layout(&svc, &nodes, &[]);
+        let l = layout(&svc, &nodes, &[], &[]);
         assert_eq!(l.wanted(), 3);
         assert_eq!(l.slots_of(nodes[1]), [0]);
         assert!(l.holds(nodes[2], 0));
@@ -388,7 +438,7 @@ mod tests {
     fn a_draining_task_holds_no_slot() {
         let nodes: Vec<NodeId> = (0..2).map(node).collect();
         let svc = service("web", 1);
-        let free = layout(&svc, &nodes, &[]).slots_of(nodes[0]).is_empty();
+        let free = layout(&svc, &nodes, &[], &[]).slots_of(nodes[0]).is_empty();
         // The node placement would not pick on its own.
         let other = if free { nodes[0] } else { nodes[1] };
         let task = |state| Task {
@@ -404,15 +454,16 @@ mod tests {
             restarts: 0,
             created: svc.created,
             attached: false,
+            spec: 0,
         };
         let running = [(other, task(TaskState::Running))];
         assert!(
-            layout(&svc, &nodes, &running).holds(other, 0),
+            layout(&svc, &nodes, &[], &running).holds(other, 0),
             "a running task keeps its slot where it is"
         );
         let draining = [(other, task(TaskState::Draining))];
         assert!(
-            !layout(&svc, &nodes, &draining).holds(other, 0),
+            !layout(&svc, &nodes, &[], &draining).holds(other, 0),
             "a draining one does not: its replacement goes where placement puts it"
         );
     }

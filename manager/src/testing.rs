@@ -30,6 +30,7 @@ pub fn service(name: &str, mode: Mode, created: Stamp) -> Service {
         security: Default::default(),
         limits: Default::default(),
         stack: None,
+        update: Default::default(),
     }
 }
 
@@ -52,6 +53,7 @@ pub fn node(id: u8, up: bool, ip: [u8; 4]) -> NodeStatus {
         addr: Some((ip, 7946).into()),
         up,
         is_self: id == 1,
+        availability: Default::default(),
     }
 }
 
@@ -70,6 +72,7 @@ pub fn task(id: &str, service: &Service, slot: u32, ip: [u8; 4]) -> Task {
         restarts: 0,
         created: service.created,
         attached: false,
+        spec: crate::rollout::spec_fingerprint(service),
     }
 }
 

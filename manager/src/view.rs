@@ -24,6 +24,8 @@ pub struct NodeStatus {
     /// Alive or suspect: `ready`; declared down or left: `down`.
     pub up: bool,
     pub is_self: bool,
+    /// `node update --availability`: whether it takes tasks.
+    pub availability: crate::rollout::Availability,
 }
 
 /// A snapshot of the cluster.
@@ -53,6 +55,7 @@ impl ClusterView {
     pub fn build(engine: &Engine) -> ClusterView {
         let self_id = engine.node();
         engine.with_store(|store| {
+            let availability = crate::rollout::availabilities(store);
             let mut nodes: Vec<NodeStatus> = state::nodes(store)
                 .into_iter()
                 .map(|(id, info)| NodeStatus {
@@ -61,6 +64,7 @@ impl ClusterView {
                     info: Some(info),
                     up: engine.is_up(&id),
                     is_self: id == self_id,
+                    availability: availability.get(&id).copied().unwrap_or_default(),
                 })
                 .collect();
             // Members alive in SWIM whose self-description has not arrived yet.
@@ -72,6 +76,7 @@ impl ClusterView {
                         addr: Some(member.addr),
                         up: true,
                         is_self: false,
+                        availability: Default::default(),
                     });
                 }
             }
@@ -293,6 +298,7 @@ mod tests {
             restarts: 0,
             created: stamp(5),
             attached,
+            spec: 0,
         }
     }
 
@@ -303,6 +309,7 @@ mod tests {
             addr: None,
             up,
             is_self: id == 1,
+            availability: Default::default(),
         }
     }
 

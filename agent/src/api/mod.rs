@@ -5,11 +5,14 @@
 //!   implements; re-exported here.
 //! - [`server`]: [`bind`] the socket, [`serve`] it (the agent's side).
 //! - [`client`]: [`call`] (the CLI's side).
+//! - [`update`]: the rollout and node-availability requests' types.
 
 pub(crate) mod client;
 pub(crate) mod proto;
 pub(crate) mod server;
+pub(crate) mod update;
 
 pub(crate) use client::call;
 pub(crate) use proto::*;
 pub(crate) use server::{bind, serve};
+pub(crate) use update::*;

@@ -92,6 +92,19 @@ pub(crate) enum Request {
         name: String,
         from: std::collections::BTreeMap<String, u64>,
     },
+    /// `skein service update NAME …`, and `stack deploy` re-deploying a changed service.
+    ServiceUpdate(super::update::ServiceUpdateRequest),
+    /// `skein service rollback NAME`: back to the previous definition, as a rollout.
+    ServiceRollback { name: String },
+    /// Where the rollout of NAME stands (what `service update`/`rollback` poll).
+    ServiceRollout { name: String },
+    /// `skein node update --availability A NODE` (a full ID, a unique prefix or a hostname).
+    NodeUpdate {
+        node: String,
+        availability: super::update::AvailabilityArg,
+    },
+    /// `skein node inspect NODE`
+    NodeInspect { node: String },
 }
 
 /// `service create`'s arguments, parsed by the CLI into the manager's types; the agent
@@ -151,6 +164,8 @@ pub(crate) enum Body {
     Logs(LogChunk),
     /// `debug conntrack`: one row per tracked flow.
     Conntrack(Vec<ConntrackRow>),
+    /// A service's rollout (`service update`, `rollback`, `inspect --pretty`).
+    Rollout(super::update::RolloutStatus),
 }
 
 /// One flow of `debug conntrack`, as this node (its ingress node) tracks it.
@@ -324,6 +339,8 @@ pub(crate) struct NodeRow {
     pub(crate) is_self: bool,
     /// When the node's agent started (ms since the Unix epoch); 0 if unknown.
     pub(crate) started_at_ms: u64,
+    /// `active`, `pause` or `drain` (`node update --availability`).
+    pub(crate) availability: String,
 }
 
 /// One row of `network ls`.

@@ -407,6 +407,7 @@ mod tests {
             status: "ready".into(),
             is_self: true,
             started_at_ms: 1,
+            availability: Default::default(),
         }
     }
 

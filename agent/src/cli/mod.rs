@@ -24,8 +24,10 @@ mod endpoint;
 mod network;
 mod node;
 mod output;
+mod rollout_output;
 mod service;
 mod stack;
+mod service_update;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 

@@ -10,7 +10,7 @@ use super::{
     client,
     output::Format,
 };
-use crate::api::Request;
+use crate::api::{AvailabilityArg, Request};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum NodeCommand {
@@ -22,6 +22,20 @@ pub(crate) enum NodeCommand {
         #[arg(value_parser = non_empty("a node ID"))]
         id: String,
     },
+    /// Set whether a node takes tasks: `active`, `pause` (keeps its tasks, gets no new
+    /// ones) or `drain` (its tasks move away, each drained before it stops).
+    Update {
+        #[arg(long, value_enum)]
+        availability: AvailabilityArg,
+        /// The node's ID, a prefix of it that only it has, or its hostname.
+        #[arg(value_parser = non_empty("a node"))]
+        node: String,
+    },
+    /// Print a node's description, status, availability and tasks as JSON.
+    Inspect {
+        #[arg(value_parser = non_empty("a node"))]
+        node: String,
+    },
 }
 
 impl NodeCommand {
@@ -29,6 +43,10 @@ impl NodeCommand {
         let (request, format) = match self {
             NodeCommand::Ls(f) => (Request::NodeLs, f.format),
             NodeCommand::Rm { id } => (Request::NodeRm { id }, Format::Table),
+            NodeCommand::Update { availability, node } => {
+                (Request::NodeUpdate { node, availability }, Format::Table)
+            }
+            NodeCommand::Inspect { node } => (Request::NodeInspect { node }, Format::Table),
         };
         client::request(socket, &request, format)
     }

@@ -56,6 +56,7 @@ pub(crate) fn body(body: &Body, format: Format, now_ms: u64) -> String {
         }
         Body::Logs(chunk) => logs(chunk),
         Body::Conntrack(rows) => conntrack(rows, format),
+        Body::Rollout(status) => super::rollout_output::rollout(status, format),
     }
 }
 
@@ -191,7 +192,7 @@ pub(crate) fn nodes(rows: &[NodeRow], format: Format, now_ms: u64) -> String {
         return json(rows);
     }
     table(
-        ["ID", "HOSTNAME", "ADDRESS", "STATUS", "AGE"],
+        ["ID", "HOSTNAME", "ADDRESS", "STATUS", "AVAILABILITY", "AGE"],
         rows.iter().map(|row| {
             let mut id = short_id(&row.id);
             if row.is_self {
@@ -202,6 +203,7 @@ pub(crate) fn nodes(rows: &[NodeRow], format: Format, now_ms: u64) -> String {
                 printable(&row.hostname),
                 printable(&row.address),
                 printable(&row.status),
+                printable(&row.availability),
                 age(row.started_at_ms, now_ms),
             ]
         }),
@@ -248,10 +250,17 @@ fn short_id(id: &str) -> String {
 
 /// Names come from other nodes over gossip: control characters (a terminal escape
 /// sequence, a newline breaking the table) are shown as `?`.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
+}
+
+/// One value as pretty JSON, newline-terminated.
+pub(crate) fn json_pretty<T: Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 fn json<T: Serialize>(rows: &[T]) -> String {
@@ -300,6 +309,7 @@ mod tests {
             status: "ready".into(),
             is_self,
             started_at_ms,
+            availability: Default::default(),
         }
     }
 

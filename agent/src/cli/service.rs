@@ -41,10 +41,22 @@ pub(crate) enum ServiceCommand {
         #[command(flatten)]
         format: FormatArg,
     },
-    /// Print a service's definition as JSON.
+    /// Print a service's definition as JSON (`--pretty`: as text, with the update config
+    /// and the rollout's state).
     Inspect {
         #[arg(value_parser = non_empty("a service name"))]
         name: String,
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Change a service's definition; its tasks are replaced by a rolling update.
+    Update(super::service_update::ServiceUpdateArgs),
+    /// Go back to the service's previous definition, by a rolling update.
+    Rollback {
+        #[arg(value_parser = non_empty("a service name"))]
+        name: String,
+        #[command(flatten)]
+        wait: super::service_update::RolloutWait,
     },
     /// Print the output of a service's tasks, on every node (gathered by this node's agent).
     Logs {
@@ -212,7 +224,7 @@ fn refuse_reserve_memory(_: &str) -> Result<bool, String> {
 }
 
 impl LimitArgs {
-    fn limits(&self) -> Limits {
+    pub(super) fn limits(&self) -> Limits {
         Limits {
             memory_bytes: self.limit_memory,
             cpu_millis: self.limit_cpu,
@@ -229,7 +241,7 @@ fn parse_replicas(value: &str) -> Result<u32, String> {
     }
 }
 
-fn parse_publish(value: &str) -> Result<PublishedPort, String> {
+pub(super) fn parse_publish(value: &str) -> Result<PublishedPort, String> {
     value.parse().map_err(|e| format!("{e}"))
 }
 
@@ -237,7 +249,7 @@ fn parse_cap(value: &str) -> Result<String, String> {
     parse_capability(value).map_err(|e| format!("{e}"))
 }
 
-fn parse_env_var(value: &str) -> Result<(String, String), String> {
+pub(super) fn parse_env_var(value: &str) -> Result<(String, String), String> {
     parse_env(value).map_err(|e| format!("{e}"))
 }
 
@@ -317,7 +329,17 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
             call(socket, &Request::ServicePs { name }).await?,
             format.format,
         ),
-        ServiceCommand::Inspect { name } => print_response(
+        ServiceCommand::Inspect { name, pretty: true } => {
+            super::service_update::inspect_pretty(socket, &name).await
+        }
+        ServiceCommand::Update(args) => super::service_update::update(socket, args).await,
+        ServiceCommand::Rollback { name, wait } => {
+            super::service_update::rollback(socket, &name, &wait).await
+        }
+        ServiceCommand::Inspect {
+            name,
+            pretty: false,
+        } => print_response(
             call(socket, &Request::ServiceInspect { name }).await?,
             Format::Table,
         ),

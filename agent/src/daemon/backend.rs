@@ -7,7 +7,7 @@ use anyhow::Result;
 use manager::{secure::JoinToken, state::service::ReservedPort, Manager};
 use tokio::sync::watch;
 
-use super::{endpoint::Endpoints, mesh, network, node, service, stop::Stop, vtep};
+use super::{endpoint::Endpoints, mesh, network, node, rollout, service, stop::Stop, vtep};
 use crate::{
     api::{Backend, Body, Request, Response},
     dns::Dns,
@@ -106,6 +106,15 @@ impl AgentBackend {
             Request::ServiceAttach { name, netns } => {
                 service::attach(&self.endpoints, &name, netns).await?
             }
+            Request::ServiceUpdate(request) => {
+                rollout::update(manager, request, &self.reserved_ports).await?
+            }
+            Request::ServiceRollback { name } => rollout::rollback(manager, &name).await?,
+            Request::ServiceRollout { name } => rollout::rollout(&view(), &name)?,
+            Request::NodeUpdate { node, availability } => {
+                rollout::node_update(manager, &node, availability).await?
+            }
+            Request::NodeInspect { node } => rollout::node_inspect(&view(), &node)?,
         })
     }
 }

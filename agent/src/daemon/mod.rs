@@ -19,6 +19,7 @@ mod loops;
 mod mesh;
 mod network;
 mod node;
+mod rollout;
 mod service;
 mod startup;
 mod stop;
@@ -181,6 +182,10 @@ fn start(
         .hiding(hidden_from_tasks(config, state.path())),
     );
     background.spawn_until_shutdown("supervisor", supervisor.clone().run());
+    background.spawn_until_shutdown(
+        "rollout",
+        rollout::advance(manager.clone(), std::time::Duration::from_millis(500)),
+    );
     start_cluster_loops(
         &manager,
         &state,

@@ -39,5 +39,6 @@ fn node_row(n: &manager::view::NodeStatus) -> NodeRow {
         status: if n.up { "ready" } else { "down" }.to_owned(),
         is_self: n.is_self,
         started_at_ms: n.info.as_ref().map(|i| i.started_at_ms).unwrap_or(0),
+        availability: n.availability.to_string(),
     }
 }

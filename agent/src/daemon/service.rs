@@ -281,6 +281,7 @@ pub(super) async fn attach(endpoints: &Endpoints, name: &str, netns: String) -> 
         restarts: 0,
         created: endpoint.created,
         attached: true,
+        spec: 0,
     };
     manager
         .write(

@@ -53,6 +53,7 @@ use std::{
 use manager::{
     hlc,
     placement::{self, Layout},
+    rollout,
     state::{Endpoint, Service, Task, TaskState},
     view::{is_task_of, ClusterView},
     NodeId,
@@ -151,6 +152,8 @@ pub(crate) enum StopReason {
     Drained,
     /// Drained: its process ended meanwhile, so nothing is left to drain.
     EndedWhileDraining,
+    /// A rollout replaces it by a task of the service's new definition.
+    Updated,
 }
 
 impl fmt::Display for StopReason {
@@ -163,6 +166,7 @@ impl fmt::Display for StopReason {
             StopReason::SlotMoved => "its slot moved to another node",
             StopReason::Drained => "its drain window passed",
             StopReason::EndedWhileDraining => "its process ended while it drained",
+            StopReason::Updated => "its service was updated",
         })
     }
 }
@@ -280,6 +284,7 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
             )
         })
         .collect();
+    let rollouts = Rollouts::of(view, &layouts, now.wall_ms);
     let mut actions = Vec::new();
 
     if settled {
@@ -314,16 +319,25 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
 
     // Stop (after draining) what no longer belongs here; move away what belongs elsewhere.
     if settled {
-        let mut seen_slots: BTreeSet<(&str, u32)> = BTreeSet::new();
-        // Oldest first, so that of two local tasks of one slot the newer goes.
+        let mut seen_slots: BTreeMap<(&str, u32), &Task> = BTreeMap::new();
+        // Tasks of the service's current definition first, then oldest first: of two local
+        // tasks of one slot the outdated one goes (a start-first rollout), else the newer.
         let mut order: Vec<&LocalTask> = local
             .tasks
             .iter()
             .filter(|l| l.draining_since.is_none())
             .collect();
-        order.sort_by_key(|l| l.task.created);
+        order.sort_by_key(|l| (rollouts.outdated(l.task), l.task.created));
         for l in order {
             let task = l.task;
+            let slot_key = (task.service.as_str(), task.slot);
+            let first = seen_slots.get(&slot_key).copied();
+            let of_current_incarnation = layouts
+                .get(task.service.as_str())
+                .is_some_and(|(service, _)| is_task_of(task, service));
+            if first.is_none() && of_current_incarnation && !task.attached {
+                seen_slots.insert(slot_key, task);
+            }
             let reason = match layouts.get(task.service.as_str()) {
                 None => Some(StopReason::ServiceRemoved),
                 Some((service, _)) if !is_task_of(task, service) => {
@@ -331,8 +345,16 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
                 }
                 Some(_) if task.attached => None,
                 Some((service, layout)) => {
-                    if !seen_slots.insert((&task.service, task.slot)) {
-                        Some(StopReason::DuplicateOfSlot)
+                    if let Some(first) = first {
+                        // An outdated task beside its replacement (start-first) stays until
+                        // the replacement serves.
+                        if rollouts.outdated(task) && !rollouts.outdated(first) {
+                            first.serves().then_some(StopReason::Updated)
+                        } else {
+                            Some(StopReason::DuplicateOfSlot)
+                        }
+                    } else if rollouts.stop_first(task, me) {
+                        Some(StopReason::Updated)
                     } else if task.slot as usize >= layout.wanted()
                         && matches!(layout, Layout::Replicated(_))
                     {
@@ -389,8 +411,12 @@ pub(crate) fn plan(view: &ClusterView, local: &Local<'_>, now: Now) -> Vec<Actio
     if settled && take_over {
         for (service, layout) in layouts.values() {
             for slot in layout.slots_of(me) {
+                // An outdated task a start-first rollout replaces now does not count.
                 let present = kept().any(|l| {
-                    !l.task.attached && is_task_of(l.task, service) && l.task.slot == slot
+                    !l.task.attached
+                        && is_task_of(l.task, service)
+                        && l.task.slot == slot
+                        && !rollouts.start_first(l.task, me)
                 });
                 let backing_off = local
                     .create_backoff
@@ -485,6 +511,68 @@ pub(crate) fn health_state(ok: bool, failures: u32, current: TaskState) -> TaskS
         (false, TaskState::Running) if failures < UNHEALTHY_AFTER => TaskState::Running,
         (false, TaskState::Starting) => TaskState::Starting,
         (false, _) => TaskState::Unhealthy,
+    }
+}
+
+/// The rollouts in progress, as this pass sees them (see [`manager::rollout`]).
+struct Rollouts<'a> {
+    /// Per service: its definition's fingerprint, and the units it may replace now.
+    services: BTreeMap<&'a str, (&'a Service, u64, BTreeSet<rollout::Unit>)>,
+}
+
+impl<'a> Rollouts<'a> {
+    fn of(
+        view: &'a ClusterView,
+        layouts: &BTreeMap<&'a str, (&'a Service, Layout)>,
+        now_ms: u64,
+    ) -> Rollouts<'a> {
+        let services = layouts
+            .iter()
+            .map(|(name, (service, _))| {
+                let progress =
+                    rollout::progress(service, view.tasks_of(service).live().placed(), now_ms);
+                let replace = rollout::replaceable(service, &progress, now_ms);
+                (
+                    *name,
+                    (*service, rollout::spec_fingerprint(service), replace),
+                )
+            })
+            .collect();
+        Rollouts { services }
+    }
+
+    /// Whether `task` runs another definition than its service's (attached ones never do).
+    fn outdated(&self, task: &Task) -> bool {
+        !task.attached
+            && self
+                .services
+                .get(task.service.as_str())
+                .is_some_and(|(_, spec, _)| task.spec != *spec)
+    }
+
+    /// Whether the rollout replaces `task` (on `node`) now, in `order`.
+    fn replaces_now(&self, task: &Task, node: NodeId, order: rollout::UpdateOrder) -> bool {
+        let Some((service, _, replace)) = self.services.get(task.service.as_str()) else {
+            return false;
+        };
+        let unit = match service.mode {
+            manager::state::Mode::Replicated { .. } => (task.slot, None),
+            manager::state::Mode::Global => (task.slot, Some(node)),
+        };
+        self.outdated(task)
+            && task.state != TaskState::Draining
+            && service.update.config.order == order
+            && replace.contains(&unit)
+    }
+
+    /// Whether `task` is to drain now, its replacement starting meanwhile.
+    fn stop_first(&self, task: &Task, node: NodeId) -> bool {
+        self.replaces_now(task, node, rollout::UpdateOrder::StopFirst)
+    }
+
+    /// Whether `task`'s replacement starts now beside it.
+    fn start_first(&self, task: &Task, node: NodeId) -> bool {
+        self.replaces_now(task, node, rollout::UpdateOrder::StartFirst)
     }
 }
 

@@ -51,6 +51,7 @@ pub(crate) fn layout(view: &ClusterView, service: &Service, now_ms: u64) -> Layo
     placement::layout(
         &placed,
         &placement::eligible_nodes(view, now_ms),
+        &placement::paused_nodes(view),
         view.live_tasks(),
     )
 }
@@ -214,6 +215,7 @@ mod tests {
                 writer: NodeId([1; 16]),
             },
             attached: false,
+            spec: 0,
         }
     }
 

@@ -32,12 +32,12 @@ pub enum PayloadError {
     },
 }
 
-pub(super) fn encode_payload<T: Serialize>(payload: &T) -> Vec<u8> {
+pub(crate) fn encode_payload<T: Serialize>(payload: &T) -> Vec<u8> {
     // Plain data into a growable Vec: postcard cannot fail here.
     postcard::to_allocvec(payload).expect("payloads always serialize")
 }
 
-pub(super) fn decode_payload<T: DeserializeOwned>(
+pub(crate) fn decode_payload<T: DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, PayloadError> {

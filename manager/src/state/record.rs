@@ -96,6 +96,9 @@ pub enum Kind {
     NodeRemoval,
     /// A node's VXLAN tunnel endpoint, node-scoped.
     Vtep,
+    /// `node update --availability` ([`crate::rollout::NodeAvailability`]), cluster-scoped,
+    /// named by the node's ID in hex.
+    NodeAvailability,
     /// A kind this version does not know (written by a newer one). Only codes that no named
     /// kind uses are valid here; the store rejects the others so a kind has one encoding.
     Other(u8),
@@ -113,6 +116,7 @@ impl Kind {
             Kind::PortClaim => 5,
             Kind::NodeRemoval => 6,
             Kind::Vtep => 7,
+            Kind::NodeAvailability => 8,
             Kind::Other(code) => code,
         }
     }
@@ -128,6 +132,7 @@ impl Kind {
             5 => Kind::PortClaim,
             6 => Kind::NodeRemoval,
             7 => Kind::Vtep,
+            8 => Kind::NodeAvailability,
             other => Kind::Other(other),
         }
     }
@@ -143,9 +148,12 @@ impl Kind {
         match self {
             Kind::NodeInfo | Kind::Endpoint | Kind::Task => Some(true),
             // External VTEPs are cluster configuration: they outlive whoever added them.
-            Kind::Network | Kind::Service | Kind::PortClaim | Kind::NodeRemoval | Kind::Vtep => {
-                Some(false)
-            }
+            Kind::Network
+            | Kind::Service
+            | Kind::PortClaim
+            | Kind::NodeRemoval
+            | Kind::Vtep
+            | Kind::NodeAvailability => Some(false),
             Kind::Other(_) => None,
         }
     }
@@ -320,7 +328,7 @@ mod tests {
             let kind = Kind::from_code(code);
             assert_eq!(kind.code(), code);
             assert!(kind.is_canonical());
-            assert_eq!(matches!(kind, Kind::Other(_)), code > 7, "code {code}");
+            assert_eq!(matches!(kind, Kind::Other(_)), code > 8, "code {code}");
         }
         assert!(!Kind::Other(3).is_canonical());
         // A kind from a newer peer decodes instead of failing the whole record.
@@ -339,8 +347,8 @@ mod tests {
     #[test]
     fn kinds_order_by_code() {
         assert!(Kind::NodeInfo < Kind::Endpoint);
-        assert!(Kind::Vtep < Kind::Other(8));
-        assert!(Kind::Other(8) < Kind::Other(9));
+        assert!(Kind::NodeAvailability < Kind::Other(9));
+        assert!(Kind::Other(9) < Kind::Other(10));
     }
 
     #[test]

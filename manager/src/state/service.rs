@@ -165,6 +165,9 @@ pub struct Service {
     pub limits: Limits,
     /// The stack that deployed it (`skein stack deploy`); `None` for `service create`.
     pub stack: Option<StackMember>,
+    /// The rollout: update config, its state, the previous definition (`service update`;
+    /// see [`crate::rollout`]). Last, as every field added later must be.
+    pub update: crate::rollout::ServiceUpdate,
 }
 
 /// Why a service definition is not acceptable: one sentence naming the bad value.
@@ -484,6 +487,10 @@ pub struct Task {
     /// An existing namespace attached by `service attach`: no process, never moved; it
     /// counts as one of the replicas.
     pub attached: bool,
+    /// The fingerprint of the definition it was started with
+    /// ([`crate::rollout::spec_fingerprint`]): a rollout replaces the tasks whose
+    /// fingerprint differs from the service's.
+    pub spec: u64,
 }
 
 impl Task {
@@ -561,6 +568,7 @@ mod tests {
             security: Security::default(),
             limits: Limits::default(),
             stack: None,
+            update: Default::default(),
         }
     }
 
@@ -825,6 +833,7 @@ mod tests {
             restarts: 0,
             created: stamp(2, 2),
             attached: false,
+            spec: 0,
         };
         assert_eq!(Task::decode(&task.encode()).unwrap(), task);
         let mut store = Store::new();

@@ -76,6 +76,7 @@ impl Supervisor {
             restarts: 0,
             created: endpoint.created,
             attached: false,
+            spec: manager::rollout::spec_fingerprint(service),
         };
         let created = {
             let template = template.clone();

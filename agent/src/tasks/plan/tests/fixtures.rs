@@ -52,6 +52,7 @@ pub(super) fn task(id: &str, service: &Service, slot: u32, created: u64) -> Task
         restarts: 0,
         created: stamp(created),
         attached: false,
+        spec: manager::rollout::spec_fingerprint(service),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod drain;
 mod fixtures;
+mod rollout;
 
 use fixtures::*;
 use manager::state::Stamp;
