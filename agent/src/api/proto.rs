@@ -18,8 +18,11 @@ pub(crate) enum Request {
     NodeRm { id: String },
     /// `skein agent leave`: announce departure, remove the dataplane, exit.
     Leave,
-    /// `skein join-token`
-    JoinToken,
+    /// `skein join-token [--rotate]`
+    JoinToken {
+        #[serde(default)]
+        rotate: bool,
+    },
     /// `skein network create NAME [--subnet CIDR] [--vni N]`
     NetworkCreate {
         name: String,

@@ -60,9 +60,16 @@ pub(crate) enum Command {
     /// List or remove the cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Print the token other hosts pass to `skein agent --join ... --token` to join
-    /// this cluster.
-    JoinToken,
+    /// Print the token other hosts need to join this cluster (save it in a 0600 file and
+    /// pass `skein agent --join ... --token-file FILE`), or replace it.
+    JoinToken {
+        /// Give the cluster a new key and print its token: afterwards the old token can
+        /// neither join nor read or forge anything. Every live member must take the new
+        /// key (nothing changes otherwise); a member that was down rejoins with
+        /// `--join ADDR --token-file NEW`.
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Create, list or remove overlay networks.
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -110,7 +117,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         // The daemon resolves `--socket` with its other settings.
         Command::Agent(agent) => agent.run(cli.socket),
         Command::Node(command) => command.run(&socket()),
-        Command::JoinToken => node::join_token(&socket()),
+        Command::JoinToken { rotate } => node::join_token(&socket(), rotate),
         Command::Network(command) => command.run(&socket()),
         Command::Endpoint(command) => command.run(&socket()),
         Command::Service(command) => command.run(&socket()),
@@ -352,7 +359,11 @@ mod tests {
         assert!(matches!(cli.command, Command::Node(NodeCommand::Rm { id }) if id == "3f2a"));
         assert!(matches!(
             parse(&["join-token"]).unwrap().command,
-            Command::JoinToken
+            Command::JoinToken { rotate: false }
+        ));
+        assert!(matches!(
+            parse(&["join-token", "--rotate"]).unwrap().command,
+            Command::JoinToken { rotate: true }
         ));
         assert!(matches!(
             parse(&["agent", "leave"]).unwrap().command,

@@ -19,6 +19,7 @@ mod loops;
 mod mesh;
 mod network;
 mod node;
+mod rotate;
 mod service;
 mod startup;
 mod stop;
@@ -44,6 +45,7 @@ use self::{
     backend::{AgentBackend, PeerHandler},
     endpoint::Endpoints,
     loops::Background,
+    rotate::Keys,
     startup::{Listeners, Member, Underlay},
     stop::Stop,
 };
@@ -71,7 +73,9 @@ pub(crate) fn run(config: AgentConfig) -> Result<()> {
     let underlay = startup::check_underlay(&config)?;
     let state = Arc::new(StateDir::open(&config.state_dir)?);
     let node = state.node_id()?;
-    let membership = membership(&state, config.init, &config.join, config.token.as_deref())?;
+    let secret = Arc::new(state.node_secret()?);
+    let token = config.token.as_ref().map(|t| t.read()).transpose()?;
+    let membership = membership(&state, config.init, &config.join, token.as_deref())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -88,6 +92,7 @@ pub(crate) fn run(config: AgentConfig) -> Result<()> {
             underlay,
             listeners.gossip_addr,
             gossip,
+            secret,
         )
         .await?;
         let agent = start(&config, state, member, listeners, underlay)?;
@@ -123,7 +128,13 @@ fn start(
         manager,
         token,
         info,
+        secret,
     } = member;
+    let keys = Arc::new(Keys {
+        token: token.clone(),
+        secret,
+        state: state.clone(),
+    });
     let mut background = Background::new();
     let pins = PinDirs::new(&config.bpf_dir);
     let peers = Peers::new(&token);
@@ -184,6 +195,7 @@ fn start(
         &peers,
         &supervisor,
         &reconciler,
+        &keys,
         listeners.peer,
         &mut background,
     );
@@ -192,6 +204,7 @@ fn start(
     let backend = Arc::new(AgentBackend {
         manager: manager.clone(),
         token,
+        keys,
         stop: stop.clone(),
         endpoints: Endpoints {
             manager: manager.clone(),
@@ -264,6 +277,7 @@ fn start_cluster_loops(
     peers: &Arc<Peers>,
     supervisor: &Arc<Supervisor>,
     reconciler: &Arc<Reconciler>,
+    keys: &Arc<Keys>,
     peer_listener: TcpListener,
     background: &mut Background,
 ) {
@@ -276,8 +290,17 @@ fn start_cluster_loops(
                 manager: manager.clone(),
                 supervisor: supervisor.clone(),
                 reconciler: reconciler.clone(),
+                keys: keys.clone(),
             }),
             async move { shutdown.requested().await },
+        ),
+    );
+    background.spawn(
+        "save_token_on_switch",
+        rotate::save_on_switch(
+            keys.token.clone(),
+            state.clone(),
+            background.shutdown(),
         ),
     );
     background.spawn(
