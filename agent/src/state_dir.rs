@@ -77,7 +77,11 @@ impl StateDir {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let secret = NodeSecret::generate();
-                let hex: String = secret.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                let hex: String = secret
+                    .to_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
                 write_atomically(&path, hex.as_bytes(), 0o600)?;
                 Ok(secret)
             }
@@ -265,5 +269,62 @@ pub(crate) fn membership(
         None => bail!(
             "this node belongs to no cluster yet: start it with --init to create one, or with --join ADDR --token TOKEN to join one"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_state(name: &str) -> StateDir {
+        let dir = std::env::temp_dir().join(format!(
+            "skein-state-test-{name}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        StateDir::open(&dir).unwrap()
+    }
+
+    #[test]
+    fn the_node_key_is_made_once_and_kept_private() {
+        let state = temp_state("key");
+        let first = state.node_secret().unwrap();
+        let again = state.node_secret().unwrap();
+        assert_eq!(first.public(), again.public());
+        let path = state.path().join("node-key");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(state.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        fs::write(&path, "not hex").unwrap();
+        let error = format!("{:#}", state.node_secret().unwrap_err());
+        assert!(error.contains("corrupt") && !error.contains("not hex"), "{error}");
+        fs::remove_dir_all(state.path()).unwrap();
+    }
+
+    #[test]
+    fn a_rotated_token_of_the_same_cluster_is_taken_and_must_prove_itself() {
+        let state = temp_state("rotated");
+        let saved = JoinToken::generate();
+        state.save_token(&saved).unwrap();
+        let rotated = JoinToken {
+            cluster_id: saved.cluster_id,
+            key: manager::secure::ClusterKey::generate(),
+        };
+        let join = ["10.0.0.1:7946".to_owned()];
+        match membership(&state, false, &join, Some(&rotated.to_string())).unwrap() {
+            Membership::Join { token, first, .. } => {
+                assert_eq!(token, rotated);
+                assert!(first, "a new key must be proven by a join before it is saved");
+            }
+            _ => panic!("not a join"),
+        }
+        // The same token as saved: a plain restart through --join, nothing to prove.
+        match membership(&state, false, &join, Some(&saved.to_string())).unwrap() {
+            Membership::Join { first, .. } => assert!(!first),
+            _ => panic!("not a join"),
+        }
+        let other = JoinToken::generate().to_string();
+        let error = format!("{:#}", membership(&state, false, &join, Some(&other)).err().unwrap());
+        assert!(error.contains("another cluster"), "{error}");
+        fs::remove_dir_all(state.path()).unwrap();
     }
 }

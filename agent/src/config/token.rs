@@ -98,6 +98,19 @@ mod tests {
     }
 
     #[test]
+    fn the_config_file_names_it_token_file() {
+        let file = super::super::file::parse_file(
+            "token-file = \"/etc/skein/token\"",
+            std::path::Path::new("/t.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            TokenSource::pick(&AgentSettings::default(), &file).unwrap(),
+            Some(TokenSource::File("/etc/skein/token".into()))
+        );
+    }
+
+    #[test]
     fn both_at_one_level_is_refused() {
         let error = TokenSource::pick(&settings(Some("t"), Some("/a")), &settings(None, None))
             .unwrap_err()

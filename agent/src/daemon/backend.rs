@@ -7,9 +7,7 @@ use anyhow::Result;
 use manager::{secure::JoinToken, state::service::ReservedPort, Manager};
 use tokio::sync::watch;
 
-use super::{
-    endpoint::Endpoints, mesh, network, node, rotate::Keys, service, stop::Stop, vtep,
-};
+use super::{endpoint::Endpoints, mesh, network, node, rotate::Keys, service, stop::Stop, vtep};
 use crate::{
     api::{Backend, Body, Request, Response},
     dns::Dns,

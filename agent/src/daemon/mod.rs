@@ -297,11 +297,7 @@ fn start_cluster_loops(
     );
     background.spawn(
         "save_token_on_switch",
-        rotate::save_on_switch(
-            keys.token.clone(),
-            state.clone(),
-            background.shutdown(),
-        ),
+        rotate::save_on_switch(keys.token.clone(), state.clone(), background.shutdown()),
     );
     background.spawn(
         "remember_peers",

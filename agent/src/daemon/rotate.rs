@@ -59,17 +59,17 @@ impl Keys {
             }
             members.push((node.id, info.hostname.clone(), addr, info.key_share));
         }
-        let rotation = self.token.key.begin_rotation();
+        let rotation = self.token.key.begin_rotation()?;
         let mut calls = Vec::new();
         for (id, hostname, addr, public) in members {
-            let offer = match rotation.seal_for(&self.secret, &self.token.cluster_id, me, id, &public)
-            {
-                Ok(offer) => offer,
-                Err(error) => {
-                    rotation.abandon();
-                    bail!("cannot offer the new key to {hostname}: {error}; nothing changed");
-                }
-            };
+            let offer =
+                match rotation.seal_for(&self.secret, &self.token.cluster_id, me, id, &public) {
+                    Ok(offer) => offer,
+                    Err(error) => {
+                        rotation.abandon();
+                        bail!("cannot offer the new key to {hostname}: {error}; nothing changed");
+                    }
+                };
             let request = PeerRequest::NextKey { from: me, offer };
             calls.push(async move { (hostname, peers.call(addr, &request).await) });
         }
@@ -136,7 +136,9 @@ pub(super) async fn save_on_switch(token: JoinToken, state: Arc<StateDir>, mut s
         if switches != saved {
             match state.save_token(&token) {
                 Ok(()) => saved = switches,
-                Err(error) => warn!(error = %format!("{error:#}"), "could not save the new join token"),
+                Err(error) => {
+                    warn!(error = %format!("{error:#}"), "could not save the new join token")
+                }
             }
         }
         if shutdown

@@ -53,7 +53,7 @@ pub const SWITCH_PERIOD: Duration = Duration::from_secs(20);
 
 /// How long an offered next key is kept if nobody starts using it (a rotation that
 /// failed half-way).
-pub const OFFER_TTL: Duration = Duration::from_secs(120);
+pub const OFFER_TTL: Duration = Duration::from_secs(60);
 
 /// Which key of the ring opened something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,30 +176,35 @@ impl ClusterKey {
     }
 
     /// Accepts `key` as the next one (opens with it, seals with it once someone does).
-    /// Returns false, changing nothing, if it is the current key already (an offer
-    /// delivered twice).
-    fn accept_next(&self, key: [u8; 32]) -> bool {
+    /// Returns false, changing nothing, if it is the current or the next key already (an
+    /// offer delivered twice). Refuses another next key while one is pending: of two
+    /// rotations started at once, each then finds a member that refuses it, and both are
+    /// abandoned rather than leaving members with different next keys.
+    fn accept_next(&self, key: [u8; 32]) -> Result<bool, OfferError> {
         let now = Instant::now();
         self.write(|r| {
             r.expire(now);
-            if r.current == key {
-                return false;
+            if r.current == key || r.next.is_some_and(|(k, _)| k == key) {
+                return Ok(false);
+            }
+            if r.next.is_some() {
+                return Err(OfferError::Busy);
             }
             r.next = Some((key, now + OFFER_TTL));
-            true
+            Ok(true)
         })
     }
 
     /// Starts a rotation on this node: a fresh next key, accepted here at once. Offer it
     /// to every live member ([`Rotation::seal_for`]), then [`Rotation::commit`] once all
     /// have accepted it.
-    pub fn begin_rotation(&self) -> Rotation {
+    pub fn begin_rotation(&self) -> Result<Rotation, OfferError> {
         let next = random_key();
-        self.accept_next(next);
-        Rotation {
+        self.accept_next(next)?;
+        Ok(Rotation {
             ring: self.clone(),
             next,
-        }
+        })
     }
 
     /// Drops the next key without using it (a rotation abandoned before its commit).
@@ -241,7 +246,10 @@ impl fmt::Debug for ClusterKey {
 impl PartialEq for ClusterKey {
     fn eq(&self, other: &ClusterKey) -> bool {
         let (a, b) = (self.current_bytes(), other.current_bytes());
-        a.iter().zip(b.iter()).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
     }
 }
 
@@ -336,7 +344,7 @@ pub fn open_offer(
             Tag::from_slice(tag),
         )
         .map_err(|_| OfferError::Forged)?;
-    Ok(ring.accept_next(key))
+    ring.accept_next(key)
 }
 
 /// Nonce, sealed key, tag.
@@ -353,6 +361,11 @@ pub enum OfferError {
     Malformed,
     #[error("the key offer failed authentication (not from the node it names, or altered)")]
     Forged,
+    #[error(
+        "another key rotation is pending here; try again in {} s",
+        OFFER_TTL.as_secs()
+    )]
+    Busy,
 }
 
 fn offer_aad(cluster_id: &[u8; 16], from: NodeId, to: NodeId) -> Vec<u8> {
@@ -436,7 +449,7 @@ mod tests {
         let ring = ClusterKey::generate();
         let old = ring.current_bytes();
         let held_by_opener = ring.clone();
-        let rotation = ring.begin_rotation();
+        let rotation = ring.begin_rotation().unwrap();
         // Accepted at once, not yet sealed with.
         assert_eq!(held_by_opener.current_bytes(), old);
         let next = rotation.next;
@@ -459,7 +472,7 @@ mod tests {
     fn the_previous_key_expires() {
         let ring = ClusterKey::generate();
         let old = ring.current_bytes();
-        ring.begin_rotation().commit();
+        ring.begin_rotation().unwrap().commit();
         ring.write(|r| r.previous = r.previous.map(|(k, _)| (k, Instant::now())));
         assert!(ring.open_with(try_key(old)).is_none());
         assert!(!ring.rotating());
@@ -470,7 +483,7 @@ mod tests {
     fn an_abandoned_rotation_changes_nothing() {
         let ring = ClusterKey::generate();
         let old = ring.current_bytes();
-        let rotation = ring.begin_rotation();
+        let rotation = ring.begin_rotation().unwrap();
         let next = rotation.next;
         rotation.abandon();
         assert_eq!(ring.current_bytes(), old);
@@ -489,7 +502,7 @@ mod tests {
         let ring_a = ClusterKey::generate();
         let ring_b = ClusterKey::from_bytes(ring_a.current_bytes());
         let ring_c = ClusterKey::from_bytes(ring_a.current_bytes());
-        let rotation = ring_a.begin_rotation();
+        let rotation = ring_a.begin_rotation().unwrap();
         let offer = rotation
             .seal_for(&a, &CLUSTER, ida, idb, &b.public())
             .unwrap();
@@ -554,10 +567,13 @@ mod tests {
             Sealer::new(&ring_b, CLUSTER, idb, 1),
             Opener::new(&ring_b, CLUSTER, idb),
         );
-        let mut outsider = Opener::new(&ClusterKey::from_bytes(old_bytes), CLUSTER, NodeId([9; 16]));
+        let mut outsider =
+            Opener::new(&ClusterKey::from_bytes(old_bytes), CLUSTER, NodeId([9; 16]));
 
-        let rotation = ring_a.begin_rotation();
-        let offer = rotation.seal_for(&sa, &CLUSTER, ida, idb, &sb.public()).unwrap();
+        let rotation = ring_a.begin_rotation().unwrap();
+        let offer = rotation
+            .seal_for(&sa, &CLUSTER, ida, idb, &sb.public())
+            .unwrap();
         // Offered, not committed: both still talk with the old key.
         assert!(open_offer(&ring_b, &sb, &CLUSTER, ida, idb, &sa.public(), &offer).unwrap());
         let before = seal_b.seal(b"b before");
@@ -575,16 +591,66 @@ mod tests {
         assert_eq!(ring_a.current_bytes(), ring_b.current_bytes());
         assert_ne!(ring_a.current_bytes(), old_bytes);
         // Once the switch period is over, the old key is refused too.
-        let mut stale = Sealer::new(&ClusterKey::from_bytes(old_bytes), CLUSTER, NodeId([9; 16]), 1);
+        let mut stale = Sealer::new(
+            &ClusterKey::from_bytes(old_bytes),
+            CLUSTER,
+            NodeId([9; 16]),
+            1,
+        );
         assert!(open_a.open(&stale.seal(b"during the switch")).is_ok());
         ring_a.write(|r| r.previous = r.previous.map(|(k, _)| (k, Instant::now())));
         assert_eq!(open_a.open(&stale.seal(b"after")), Err(Reject::Forged));
+
+        // Peer RPC the same way: an old-key request is refused, and the old key cannot
+        // read a request sealed now.
+        use crate::secure::{Direction, FrameKey, FrameReject, RequestId};
+        let (member, stranger) = (
+            FrameKey::new(&ring_a, CLUSTER),
+            FrameKey::new(&ClusterKey::from_bytes(old_bytes), CLUSTER),
+        );
+        let id = RequestId::random();
+        let forged = stranger.seal(Direction::Request, id, b"logs").unwrap();
+        assert_eq!(member.open_request(&forged), Err(FrameReject::Forged));
+        let real = member.seal(Direction::Request, id, b"logs").unwrap();
+        assert_eq!(stranger.open_request(&real), Err(FrameReject::Forged));
+        assert!(FrameKey::new(&ring_b, CLUSTER).open_request(&real).is_ok());
+    }
+
+    #[test]
+    fn a_second_rotation_is_refused_while_one_is_pending() {
+        let (a, b, c) = (
+            NodeSecret::generate(),
+            NodeSecret::generate(),
+            NodeSecret::generate(),
+        );
+        let (ida, idb, idc) = (NodeId::random(), NodeId::random(), NodeId::random());
+        let ring_a = ClusterKey::generate();
+        let ring_b = ClusterKey::from_bytes(ring_a.current_bytes());
+        let ring_c = ClusterKey::from_bytes(ring_a.current_bytes());
+        let first = ring_a.begin_rotation().unwrap();
+        let second = ring_c.begin_rotation().unwrap();
+        let from_a = first.seal_for(&a, &CLUSTER, ida, idb, &b.public()).unwrap();
+        let from_c = second.seal_for(&c, &CLUSTER, idc, idb, &b.public()).unwrap();
+        assert_eq!(
+            open_offer(&ring_b, &b, &CLUSTER, ida, idb, &a.public(), &from_a),
+            Ok(true)
+        );
+        assert_eq!(
+            open_offer(&ring_b, &b, &CLUSTER, idc, idb, &c.public(), &from_c),
+            Err(OfferError::Busy)
+        );
+        // The same offer again is fine (a retried call).
+        assert_eq!(
+            open_offer(&ring_b, &b, &CLUSTER, ida, idb, &a.public(), &from_a),
+            Ok(false)
+        );
+        assert!(matches!(ring_a.begin_rotation(), Err(OfferError::Busy)));
     }
 
     #[test]
     fn low_order_public_keys_are_refused() {
         let a = NodeSecret::generate();
-        let rotation = ClusterKey::generate().begin_rotation();
+        let rotation = ClusterKey::generate().begin_rotation().unwrap();
         let zero = [0u8; 32];
         assert_eq!(
             rotation.seal_for(&a, &CLUSTER, NodeId::random(), NodeId::random(), &zero),
@@ -598,7 +664,7 @@ mod tests {
         let b = NodeSecret::from_bytes(a.to_bytes());
         assert_eq!(a.public(), b.public());
         assert_eq!(format!("{a:?}"), "NodeSecret(..)");
-        let rotation = ClusterKey::generate().begin_rotation();
+        let rotation = ClusterKey::generate().begin_rotation().unwrap();
         assert_eq!(format!("{rotation:?}"), "Rotation(..)");
     }
 }
