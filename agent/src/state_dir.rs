@@ -277,10 +277,8 @@ mod tests {
     use super::*;
 
     fn temp_state(name: &str) -> StateDir {
-        let dir = std::env::temp_dir().join(format!(
-            "skein-state-test-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("skein-state-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         StateDir::open(&dir).unwrap()
     }
@@ -292,11 +290,20 @@ mod tests {
         let again = state.node_secret().unwrap();
         assert_eq!(first.public(), again.public());
         let path = state.path().join("node-key");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(state.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(state.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         fs::write(&path, "not hex").unwrap();
         let error = format!("{:#}", state.node_secret().unwrap_err());
-        assert!(error.contains("corrupt") && !error.contains("not hex"), "{error}");
+        assert!(
+            error.contains("corrupt") && !error.contains("not hex"),
+            "{error}"
+        );
         fs::remove_dir_all(state.path()).unwrap();
     }
 
@@ -313,7 +320,10 @@ mod tests {
         match membership(&state, false, &join, Some(&rotated.to_string())).unwrap() {
             Membership::Join { token, first, .. } => {
                 assert_eq!(token, rotated);
-                assert!(first, "a new key must be proven by a join before it is saved");
+                assert!(
+                    first,
+                    "a new key must be proven by a join before it is saved"
+                );
             }
             _ => panic!("not a join"),
         }
@@ -323,7 +333,12 @@ mod tests {
             _ => panic!("not a join"),
         }
         let other = JoinToken::generate().to_string();
-        let error = format!("{:#}", membership(&state, false, &join, Some(&other)).err().unwrap());
+        let error = format!(
+            "{:#}",
+            membership(&state, false, &join, Some(&other))
+                .err()
+                .unwrap()
+        );
         assert!(error.contains("another cluster"), "{error}");
         fs::remove_dir_all(state.path()).unwrap();
     }
