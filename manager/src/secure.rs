@@ -3,8 +3,9 @@
 //! the key to new nodes.
 //!
 //! Layout:
-//! - this file: [`ClusterKey`], the wire format, [`Sealer`], [`Opener`], [`Reject`],
-//!   [`RejectCounters`].
+//! - this file: the wire format, [`Sealer`], [`Opener`], [`Reject`], [`RejectCounters`].
+//! - [`keys`]: [`ClusterKey`], the cluster's key ring (current, and during a rotation the
+//!   next or previous key; clones share it), node keys and `join-token --rotate`'s offers.
 //! - [`token`]: [`JoinToken`] and its text form.
 //! - [`frame`]: [`FrameKey`], sealed request/response frames for the agents' peer RPC
 //!   over TCP (same key and cipher, bound to one exchange instead of a replay window).

@@ -212,7 +212,10 @@ mod tests {
             config.join,
             ["10.0.0.1:8000", "10.0.0.2:9000", "node-c:8000"]
         );
-        assert_eq!(config.token.as_deref(), Some("t0k"));
+        assert_eq!(
+            config.token,
+            Some(crate::config::TokenSource::Text("t0k".into()))
+        );
         assert_eq!(config.join_timeout, Duration::from_millis(500));
         assert_eq!(config.advertise_addr, Some("10.0.0.9".parse().unwrap()));
         assert_eq!(config.hostname, "alpha");

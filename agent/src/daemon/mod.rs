@@ -73,7 +73,6 @@ pub(crate) fn run(config: AgentConfig) -> Result<()> {
     let underlay = startup::check_underlay(&config)?;
     let state = Arc::new(StateDir::open(&config.state_dir)?);
     let node = state.node_id()?;
-    let secret = Arc::new(state.node_secret()?);
     let token = config.token.as_ref().map(|t| t.read()).transpose()?;
     let membership = membership(&state, config.init, &config.join, token.as_deref())?;
 
@@ -92,7 +91,6 @@ pub(crate) fn run(config: AgentConfig) -> Result<()> {
             underlay,
             listeners.gossip_addr,
             gossip,
-            secret,
         )
         .await?;
         let agent = start(&config, state, member, listeners, underlay)?;
@@ -191,7 +189,6 @@ fn start(
     background.spawn_until_shutdown("supervisor", supervisor.clone().run());
     start_cluster_loops(
         &manager,
-        &state,
         &peers,
         &supervisor,
         &reconciler,
@@ -273,7 +270,6 @@ fn start_dataplane(
 /// peers list and store copy.
 fn start_cluster_loops(
     manager: &Manager,
-    state: &Arc<StateDir>,
     peers: &Arc<Peers>,
     supervisor: &Arc<Supervisor>,
     reconciler: &Arc<Reconciler>,
@@ -281,6 +277,7 @@ fn start_cluster_loops(
     peer_listener: TcpListener,
     background: &mut Background,
 ) {
+    let state = &keys.state;
     let mut shutdown = background.shutdown();
     background.spawn(
         "peer_server",

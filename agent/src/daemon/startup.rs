@@ -149,8 +149,8 @@ pub(super) async fn join_cluster(
     underlay: Underlay,
     gossip_addr: SocketAddr,
     gossip: UdpSocket,
-    secret: Arc<NodeSecret>,
 ) -> Result<Member> {
+    let secret = Arc::new(state.node_secret()?);
     let (token, seeds, created, first_join) = match membership {
         Membership::Create(token) => {
             state.save_token(&token)?;
