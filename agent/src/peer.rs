@@ -39,6 +39,7 @@ use manager::{
         MAX_FRAME,
     },
     state::Stamp,
+    NodeId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -77,6 +78,9 @@ pub(crate) enum PeerRequest {
     /// How many routing-mesh flows the answering node tracks (as their ingress node) to
     /// each backend of `service` created at `created`, for `service inspect`.
     MeshFlows { service: String, created: Stamp },
+    /// `skein join-token --rotate` on node `from`: the next cluster key, sealed under the
+    /// pairwise key of `from` and the answering node (`manager::secure::keys`).
+    NextKey { from: NodeId, offer: Vec<u8> },
 }
 
 /// The answer.
@@ -86,6 +90,8 @@ pub(crate) enum PeerResponse {
     Logs(Vec<LogEntry>),
     /// Per backend (its overlay address), the flows tracked to it (not expired).
     MeshFlows(Vec<(Ipv4Addr, u64)>),
+    /// The next key was opened and is accepted.
+    KeyAccepted,
     /// The request was understood but could not be answered; one sentence.
     Error(String),
 }

@@ -1,7 +1,8 @@
 //! What the agent keeps across restarts, in `--state-dir` (mode 0700): its node ID (so a
 //! restarted node comes back as itself), its boot epoch (increasing on every start, for
-//! replay protection), the cluster's join token (0600), and the last known peers (to
-//! rejoin without `--join`).
+//! replay protection), the cluster's join token (0600, rewritten when the key rotates),
+//! its node key (0600: the X25519 secret a key rotation seals the new key to), and the
+//! last known peers (to rejoin without `--join`).
 
 use std::{
     fs,
@@ -13,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use manager::{
-    secure::JoinToken,
+    secure::{JoinToken, NodeSecret},
     state::{decode_snapshot, encode_snapshot, Record},
     NodeId,
 };
@@ -55,6 +56,34 @@ impl StateDir {
                 let id = NodeId::random();
                 write_atomically(&path, id.to_string().as_bytes(), 0o600)?;
                 Ok(id)
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// This node's static X25519 secret, created on first start. Its public half goes in
+    /// the node record; key rotations send this node the new cluster key sealed to it.
+    pub(crate) fn node_secret(&self) -> Result<NodeSecret> {
+        let path = self.dir.join("node-key");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let bytes = decode_hex32(text.trim()).with_context(|| {
+                    format!(
+                        "{} is corrupt; remove it to get a new node key (then restart the agent)",
+                        path.display()
+                    )
+                })?;
+                Ok(NodeSecret::from_bytes(bytes))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let secret = NodeSecret::generate();
+                let hex: String = secret
+                    .to_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                write_atomically(&path, hex.as_bytes(), 0o600)?;
+                Ok(secret)
             }
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -138,6 +167,18 @@ impl StateDir {
     }
 }
 
+/// 64 hex digits as 32 bytes; no message repeats the input (it is a secret).
+fn decode_hex32(text: &str) -> Result<[u8; 32]> {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("expected 64 hex digits");
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits");
+    }
+    Ok(bytes)
+}
+
 /// Writes through a temporary file and a rename, so a crash never leaves half a file.
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -187,13 +228,17 @@ pub(crate) fn membership(
         Some(text) => Some(text.parse::<JoinToken>().context("--token")?),
         None => None,
     };
+    // The same cluster with another key: the token was rotated while this node was
+    // away. The given one must prove itself by a join (`first`), then replaces the saved.
+    let mut rotated = false;
     if let (Some(saved), Some(given)) = (&saved, &given) {
-        if saved.cluster_id != given.cluster_id || saved.key != given.key {
+        if saved.cluster_id != given.cluster_id {
             bail!(
                 "this node already belongs to another cluster (its state is in {}); remove that directory to join a new one",
                 state.path().display()
             );
         }
+        rotated = saved.key != given.key;
     }
     if init {
         return Ok(match saved {
@@ -206,7 +251,7 @@ pub(crate) fn membership(
         });
     }
     if !join.is_empty() {
-        let first = saved.is_none();
+        let first = saved.is_none() || rotated;
         let token = given.or(saved).context(
             "--join needs the cluster's --token (print it with `skein join-token` on a member)",
         )?;
@@ -224,5 +269,77 @@ pub(crate) fn membership(
         None => bail!(
             "this node belongs to no cluster yet: start it with --init to create one, or with --join ADDR --token TOKEN to join one"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_state(name: &str) -> StateDir {
+        let dir =
+            std::env::temp_dir().join(format!("skein-state-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        StateDir::open(&dir).unwrap()
+    }
+
+    #[test]
+    fn the_node_key_is_made_once_and_kept_private() {
+        let state = temp_state("key");
+        let first = state.node_secret().unwrap();
+        let again = state.node_secret().unwrap();
+        assert_eq!(first.public(), again.public());
+        let path = state.path().join("node-key");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(state.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::write(&path, "not hex").unwrap();
+        let error = format!("{:#}", state.node_secret().unwrap_err());
+        assert!(
+            error.contains("corrupt") && !error.contains("not hex"),
+            "{error}"
+        );
+        fs::remove_dir_all(state.path()).unwrap();
+    }
+
+    #[test]
+    fn a_rotated_token_of_the_same_cluster_is_taken_and_must_prove_itself() {
+        let state = temp_state("rotated");
+        let saved = JoinToken::generate();
+        state.save_token(&saved).unwrap();
+        let rotated = JoinToken {
+            cluster_id: saved.cluster_id,
+            key: manager::secure::ClusterKey::generate(),
+        };
+        let join = ["10.0.0.1:7946".to_owned()];
+        match membership(&state, false, &join, Some(&rotated.to_string())).unwrap() {
+            Membership::Join { token, first, .. } => {
+                assert_eq!(token, rotated);
+                assert!(
+                    first,
+                    "a new key must be proven by a join before it is saved"
+                );
+            }
+            _ => panic!("not a join"),
+        }
+        // The same token as saved: a plain restart through --join, nothing to prove.
+        match membership(&state, false, &join, Some(&saved.to_string())).unwrap() {
+            Membership::Join { first, .. } => assert!(!first),
+            _ => panic!("not a join"),
+        }
+        let other = JoinToken::generate().to_string();
+        let error = format!(
+            "{:#}",
+            membership(&state, false, &join, Some(&other))
+                .err()
+                .unwrap()
+        );
+        assert!(error.contains("another cluster"), "{error}");
+        fs::remove_dir_all(state.path()).unwrap();
     }
 }

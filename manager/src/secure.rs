@@ -3,8 +3,9 @@
 //! the key to new nodes.
 //!
 //! Layout:
-//! - this file: [`ClusterKey`], the wire format, [`Sealer`], [`Opener`], [`Reject`],
-//!   [`RejectCounters`].
+//! - this file: the wire format, [`Sealer`], [`Opener`], [`Reject`], [`RejectCounters`].
+//! - [`keys`]: [`ClusterKey`], the cluster's key ring (current, and during a rotation the
+//!   next or previous key; clones share it), node keys and `join-token --rotate`'s offers.
 //! - [`token`]: [`JoinToken`] and its text form.
 //! - [`frame`]: [`FrameKey`], sealed request/response frames for the agents' peer RPC
 //!   over TCP (same key and cipher, bound to one exchange instead of a replay window).
@@ -57,18 +58,17 @@
 
 use std::fmt;
 
-use chacha20poly1305::{
-    aead::{rand_core::RngCore, OsRng},
-    AeadInPlace, KeyInit, Tag, XChaCha20Poly1305, XNonce,
-};
+use chacha20poly1305::{AeadInPlace, Tag, XNonce};
 
 use crate::NodeId;
 
 pub mod frame;
+pub mod keys;
 mod replay;
 pub mod token;
 
 pub use frame::{Direction, FrameKey, FrameReject, RequestId, MAX_FRAME};
+pub use keys::{ClusterKey, NodeSecret, Rotation};
 pub use replay::REPLAY_WINDOW;
 pub use token::{JoinToken, ParseJoinTokenError};
 
@@ -103,52 +103,6 @@ pub fn max_plaintext(underlay_mtu: u32) -> usize {
         .saturating_sub(IPV4_HEADER_LEN + UDP_HEADER_LEN + SEAL_OVERHEAD)
 }
 
-/// The symmetric key shared by every node of a cluster.
-#[derive(Clone)]
-pub struct ClusterKey([u8; 32]);
-
-impl ClusterKey {
-    /// A fresh key from the operating system's random source.
-    pub fn generate() -> ClusterKey {
-        let mut key = [0u8; 32];
-        OsRng.fill_bytes(&mut key);
-        ClusterKey(key)
-    }
-
-    pub fn from_bytes(bytes: [u8; 32]) -> ClusterKey {
-        ClusterKey(bytes)
-    }
-
-    fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(&self.0.into())
-    }
-}
-
-/// Never shows the key, so a `{:?}` in a log line cannot leak it.
-impl fmt::Debug for ClusterKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClusterKey(..)")
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a guessed key
-/// is right.
-impl PartialEq for ClusterKey {
-    fn eq(&self, other: &ClusterKey) -> bool {
-        self.0
-            .iter()
-            .zip(other.0.iter())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
-    }
-}
-
-impl Eq for ClusterKey {}
-
 /// `cluster_id || header`: what the tag covers besides the ciphertext.
 fn associated_data(cluster_id: &[u8; 16], header: &[u8]) -> [u8; 16 + HEADER_LEN] {
     let mut aad = [0u8; 16 + HEADER_LEN];
@@ -159,7 +113,8 @@ fn associated_data(cluster_id: &[u8; 16], header: &[u8]) -> [u8; 16 + HEADER_LEN
 
 /// Seals the datagrams one node sends during one boot epoch.
 pub struct Sealer {
-    cipher: XChaCha20Poly1305,
+    /// The ring: sealing uses its current key, so a rotation applies at once.
+    key: ClusterKey,
     cluster_id: [u8; 16],
     node: NodeId,
     boot_epoch: u64,
@@ -174,7 +129,7 @@ impl Sealer {
     /// peers that remember the old epoch will drop everything it sends.
     pub fn new(key: &ClusterKey, cluster_id: [u8; 16], node: NodeId, boot_epoch: u64) -> Sealer {
         Sealer {
-            cipher: key.cipher(),
+            key: key.clone(),
             cluster_id,
             node,
             boot_epoch,
@@ -200,7 +155,8 @@ impl Sealer {
         let (header, body) = datagram.split_at_mut(HEADER_LEN);
         let aad = associated_data(&self.cluster_id, header);
         let tag = self
-            .cipher
+            .key
+            .sealing_cipher()
             .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, body)
             // The only failure is a message over 256 GiB, far beyond any datagram.
             .expect("XChaCha20-Poly1305 refuses only messages over 256 GiB");
@@ -217,7 +173,7 @@ impl Sealer {
     }
 }
 
-/// Leaves out the cipher, which holds the key.
+/// Leaves out the key.
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sealer")
@@ -332,7 +288,8 @@ impl RejectCounters {
 
 /// Opens the datagrams a node receives and keeps the replay state of its peers.
 pub struct Opener {
-    cipher: XChaCha20Poly1305,
+    /// The ring: the current key, and during a rotation the next or previous one.
+    key: ClusterKey,
     cluster_id: [u8; 16],
     local: NodeId,
     peers: replay::PeerTable,
@@ -343,7 +300,7 @@ impl Opener {
     /// `local` is this node's own ID, so reflected datagrams are recognised.
     pub fn new(key: &ClusterKey, cluster_id: [u8; 16], local: NodeId) -> Opener {
         Opener {
-            cipher: key.cipher(),
+            key: key.clone(),
             cluster_id,
             local,
             peers: replay::PeerTable::new(DEFAULT_MAX_PEERS),
@@ -389,14 +346,20 @@ impl Opener {
         // above are only trusted once the tag checks out.
         let aad = associated_data(&self.cluster_id, header);
         let mut plaintext = ciphertext.to_vec();
-        self.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&header[NONCE_AT..]),
-                &aad,
-                &mut plaintext,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| Reject::Forged)?;
+        self.key
+            .open_with(|cipher| {
+                // A failed check leaves the buffer as it was; copied again to be sure.
+                plaintext.copy_from_slice(ciphertext);
+                cipher
+                    .decrypt_in_place_detached(
+                        XNonce::from_slice(&header[NONCE_AT..]),
+                        &aad,
+                        &mut plaintext,
+                        Tag::from_slice(tag),
+                    )
+                    .ok()
+            })
+            .ok_or(Reject::Forged)?;
 
         if from == self.local {
             return Err(Reject::FromSelf);
@@ -425,7 +388,7 @@ impl Opener {
     }
 }
 
-/// Leaves out the cipher, which holds the key.
+/// Leaves out the key.
 impl fmt::Debug for Opener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Opener")
@@ -698,7 +661,7 @@ mod tests {
             );
         }
         assert!(
-            !datagram.windows(32).any(|w| w == p.key.as_bytes()),
+            !datagram.windows(32).any(|w| w == p.key.current_bytes()),
             "key on the wire"
         );
     }
@@ -749,7 +712,7 @@ mod tests {
         let key = ClusterKey::generate();
         assert_eq!(key, key.clone());
         assert_ne!(key, ClusterKey::generate());
-        let mut bytes = *key.as_bytes();
+        let mut bytes = key.current_bytes();
         bytes[31] ^= 1;
         assert_ne!(key, ClusterKey::from_bytes(bytes));
     }

@@ -49,6 +49,7 @@ pub fn node(id: u8, up: bool, ip: [u8; 4]) -> NodeStatus {
             version: "t".into(),
             leaving: false,
             restart_grace_until_ms: 0,
+            key_share: [0; 32],
         }),
         addr: Some((ip, 7946).into()),
         up,

@@ -40,6 +40,7 @@ async fn start(token: &JoinToken, seeds: Vec<SocketAddr>, hostname: &str) -> Man
             version: "test".to_owned(),
             leaving: false,
             restart_grace_until_ms: 0,
+            key_share: [0; 32],
         })
         .await
         .expect("publish self");

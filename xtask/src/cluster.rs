@@ -62,7 +62,7 @@ pub fn ready_count(host: &Host) -> Option<usize> {
     )
 }
 
-/// Starts h1 with `--init` and every other host with `--join h1 --token …`, and waits until
+/// Starts h1 with `--init` and every other host with `--join h1 --token-file …`, and waits until
 /// every host sees every node ready. Returns the agents (in host order) and the token.
 pub fn start_cluster(bed: &Testbed) -> Result<(Vec<Process>, String)> {
     start_cluster_with(bed, |_| Vec::new(), &[])
@@ -88,7 +88,9 @@ pub fn start_cluster_with(
     })?;
     let seed = first.underlay_ip().to_string();
     for host in &bed.hosts()[1..] {
-        agents.push(start(host, &["--join", &seed, "--token", &token])?);
+        // As the README says: the token in a root-only file, never on a command line.
+        let file = write_token_file(host, "join-token", &token)?;
+        agents.push(start(host, &["--join", &seed, "--token-file", &file])?);
     }
     let n = bed.hosts().len();
     for host in bed.hosts() {
@@ -99,6 +101,22 @@ pub fn start_cluster_with(
         )?;
     }
     Ok((agents, token))
+}
+
+/// Writes `token` to `<host dir>/<name>` (mode 0600) and returns the path, for
+/// `--token-file`.
+pub fn write_token_file(host: &Host, name: &str, token: &str) -> Result<String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let path = host.dir().join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{token}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.display().to_string())
 }
 
 /// `skein endpoint create --network NETWORK --name NAME` on `host`; returns the endpoint's

@@ -103,7 +103,10 @@ impl Demo<'_> {
         let h1 = self.bed.host(0);
 
         say("`skein network create backend` (an overlay network: VXLAN between the hosts)");
-        print!("{}", indent(&skein_ok(h1, &["network", "create", "backend"])?));
+        print!(
+            "{}",
+            indent(&skein_ok(h1, &["network", "create", "backend"])?)
+        );
 
         say("`skein service create redis --network backend -- redis-server …` (Debian's redis)");
         let redis = [
@@ -229,7 +232,7 @@ impl Demo<'_> {
                 host.underlay_ip()
             ));
             self.agents
-                .push(host.start_agent(&["--join", &seed, "--token", &token])?);
+                .push(host.start_agent(&["--join", &seed, "--token-file", &token_path])?);
         }
         wait_until(&format!("{HOSTS} ready nodes"), STEP, || {
             skein_ok(h1, &["node", "ls"])
@@ -299,13 +302,17 @@ impl Demo<'_> {
             "curl {url} failed: {}{body}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let (now, remote) = parse_counter(&body).with_context(|| format!("{url} answered {body:?}"))?;
+        let (now, remote) =
+            parse_counter(&body).with_context(|| format!("{url} answered {body:?}"))?;
         let answered = now
             .iter()
             .find(|(task, count)| counts.get(*task).is_none_or(|before| before < *count))
             .map(|(task, count)| format!("{} (its count now {count})", self.task_label(task)))
             .unwrap_or_else(|| "? (no count rose)".to_owned());
-        let all: Vec<String> = now.iter().map(|(t, c)| format!("{} > {c}", short(t))).collect();
+        let all: Vec<String> = now
+            .iter()
+            .map(|(t, c)| format!("{} > {c}", short(t)))
+            .collect();
         println!(
             "   curl {url} -> {answered}, saw the client as {remote}   [{}]",
             all.join(", ")
@@ -373,11 +380,7 @@ impl Demo<'_> {
     fn keep(self) {
         let cli = self.live_host();
         say("--keep: the cluster stays up. Try:");
-        println!(
-            "   ip netns exec {} {} service ls",
-            cli.netns(),
-            self.skein
-        );
+        println!("   ip netns exec {} {} service ls", cli.netns(), self.skein);
         println!(
             "   ip netns exec {} curl http://{}:4568/",
             self.bed.client().netns(),

@@ -6,7 +6,8 @@ use std::{fmt, future::Future, net::Ipv4Addr, pin::Pin, time::Duration};
 
 use ipnet::Ipv4Net;
 use manager::state::{
-    service::{Security, StackMember}, EndpointMode, Mode, PublishMode, PublishedPort, TaskState,
+    service::{Security, StackMember},
+    EndpointMode, Mode, PublishMode, PublishedPort, TaskState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +21,11 @@ pub(crate) enum Request {
     NodeRm { id: String },
     /// `skein agent leave`: announce departure, remove the dataplane, exit.
     Leave,
-    /// `skein join-token`
-    JoinToken,
+    /// `skein join-token [--rotate]`
+    JoinToken {
+        #[serde(default)]
+        rotate: bool,
+    },
     /// `skein network create NAME [--subnet CIDR] [--vni N]`
     NetworkCreate {
         name: String,

@@ -26,8 +26,8 @@ mod node;
 mod output;
 mod rollout_output;
 mod service;
-mod stack;
 mod service_update;
+mod stack;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
@@ -64,9 +64,16 @@ pub(crate) enum Command {
     /// List or remove the cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Print the token other hosts pass to `skein agent --join ... --token` to join
-    /// this cluster.
-    JoinToken,
+    /// Print the token other hosts need to join this cluster (save it in a 0600 file and
+    /// pass `skein agent --join ... --token-file FILE`), or replace it.
+    JoinToken {
+        /// Give the cluster a new key and print its token: afterwards the old token can
+        /// neither join nor read or forge anything. Every live member must take the new
+        /// key (nothing changes otherwise); a member that was down rejoins with
+        /// `--join ADDR --token-file NEW`.
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Create, list or remove overlay networks.
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -120,7 +127,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         // The daemon resolves `--socket` with its other settings.
         Command::Agent(agent) => agent.run(cli.socket),
         Command::Node(command) => command.run(&socket()),
-        Command::JoinToken => node::join_token(&socket()),
+        Command::JoinToken { rotate } => node::join_token(&socket(), rotate),
         Command::Network(command) => command.run(&socket()),
         Command::Endpoint(command) => command.run(&socket()),
         Command::Service(command) => command.run(&socket()),
@@ -217,7 +224,10 @@ mod tests {
             config.join,
             ["10.0.0.1:8000", "10.0.0.2:9000", "node-c:8000"]
         );
-        assert_eq!(config.token.as_deref(), Some("t0k"));
+        assert_eq!(
+            config.token,
+            Some(crate::config::TokenSource::Text("t0k".into()))
+        );
         assert_eq!(config.join_timeout, Duration::from_millis(500));
         assert_eq!(config.advertise_addr, Some("10.0.0.9".parse().unwrap()));
         assert_eq!(config.hostname, "alpha");
@@ -404,7 +414,11 @@ mod tests {
         assert!(matches!(cli.command, Command::Node(NodeCommand::Rm { id }) if id == "3f2a"));
         assert!(matches!(
             parse(&["join-token"]).unwrap().command,
-            Command::JoinToken
+            Command::JoinToken { rotate: false }
+        ));
+        assert!(matches!(
+            parse(&["join-token", "--rotate"]).unwrap().command,
+            Command::JoinToken { rotate: true }
         ));
         assert!(matches!(
             parse(&["agent", "leave"]).unwrap().command,

@@ -52,7 +52,7 @@ impl NodeCommand {
     }
 }
 
-/// `skein join-token`.
-pub(super) fn join_token(socket: &Path) -> Result<ExitCode> {
-    client::request(socket, &Request::JoinToken, Format::Table)
+/// `skein join-token [--rotate]`.
+pub(super) fn join_token(socket: &Path, rotate: bool) -> Result<ExitCode> {
+    client::request(socket, &Request::JoinToken { rotate }, Format::Table)
 }

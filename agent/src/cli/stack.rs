@@ -24,7 +24,10 @@ use super::{
     output::{self, Format},
 };
 use crate::{
-    api::{Body, Request, Response, ServiceRow, ServiceSpec, ServiceStatus},
+    api::{
+        Body, Request, Response, ServiceChange, ServiceRow, ServiceSpec, ServiceStatus,
+        ServiceUpdateRequest, UpdateConfigPatch,
+    },
     compose::{self, MAX_FILE_BYTES},
 };
 
@@ -182,6 +185,7 @@ async fn deploy(socket: &Path, path: &Path, stack: &str) -> Result<ExitCode> {
     let existing = services(socket).await?;
     let in_file: Vec<String> = plan.services.iter().map(|s| s.name.clone()).collect();
     let mut create = Vec::new();
+    let mut update = Vec::new();
     let mut unchanged = Vec::new();
     for spec in plan.services {
         let Some(row) = existing.iter().find(|r| r.name == spec.name) else {
@@ -197,14 +201,18 @@ async fn deploy(socket: &Path, path: &Path, stack: &str) -> Result<ExitCode> {
         }
         let current = inspect(socket, &spec.name).await?;
         let differs = differences(&spec, &current);
-        if !differs.is_empty() {
+        if differs.contains(&"networks") {
             // Checked before anything is created, so a refused deploy changes nothing.
             bail!(
-                "service {} differs ({}); updating needs `service update`, which this build \
-                 does not have yet; nothing was deployed",
+                "service {} moves to another network; remove it (`skein service rm {}`) and \
+                 deploy again; nothing was deployed",
                 spec.name,
-                differs.join(", ")
+                spec.name
             );
+        }
+        if !differs.is_empty() {
+            update.push((spec, differs));
+            continue;
         }
         unchanged.push(spec.name);
     }
@@ -233,6 +241,20 @@ async fn deploy(socket: &Path, path: &Path, stack: &str) -> Result<ExitCode> {
         let name = spec.name.clone();
         status(call(socket, &Request::ServiceCreate(spec)).await?)
             .with_context(|| format!("creating service {name}"))?;
+    }
+    // A rolling update each (the service's own update config), as `docker stack deploy`
+    // does; not followed here: `skein service ps` shows it.
+    for (spec, differs) in update {
+        let name = spec.name.clone();
+        println!("Updating service {name} ({})", differs.join(", "));
+        let request = Request::ServiceUpdate(ServiceUpdateRequest {
+            name: name.clone(),
+            change: ServiceChange::Replace(spec),
+            config: UpdateConfigPatch::default(),
+        });
+        if let Response::Error { message } = call(socket, &request).await? {
+            bail!("updating service {name}: {message}");
+        }
     }
     for name in unchanged {
         println!("Service {name} is unchanged");
@@ -377,6 +399,7 @@ mod tests {
             security: Default::default(),
             limits: Default::default(),
             stack: spec.stack.clone(),
+            update: Default::default(),
         };
         // What `service inspect` sends is what the comparison reads.
         let current: Service =

@@ -49,6 +49,7 @@ const FILE_KEYS: &[&str] = &[
     "init",
     "join",
     "token",
+    "token-file",
     "join-timeout",
     "hostname",
     "drain-window",
@@ -143,6 +144,7 @@ pub(crate) fn parse_file(text: &str, path: &Path) -> Result<AgentSettings, Confi
                 list(value).and_then(|items| items.into_iter().map(JoinEntry::parse).collect()),
             ),
             "token" => set_once(&mut settings.token, string(value).and_then(parse_token)),
+            "token-file" => set_once(&mut settings.token_file, path_value(value)),
             "join-timeout" => set_once(
                 &mut settings.join_timeout,
                 duration_string(value).and_then(parse_nonzero_duration),

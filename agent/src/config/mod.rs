@@ -11,6 +11,7 @@
 //! - `file`: `load_file` and `parse_file`, the TOML file, whose keys are the flag names.
 //! - `values`: the value parsers clap and the file share ([`parse_iface`],
 //!   [`parse_socket_addr`], [`JoinEntry`], the `--xdp-mode` parser, ...).
+//! - `token`: [`TokenSource`], `--token` or `--token-file`, and their precedence.
 //! - `mesh`: [`MeshTimeouts`], the routing mesh's conntrack timeouts, their defaults
 //!   (with why) and their checks.
 //! - `duration`: [`parse_duration`], the one duration grammar of every command.
@@ -24,6 +25,7 @@ mod file;
 mod mesh;
 mod paths;
 mod settings;
+mod token;
 mod values;
 
 use std::{
@@ -41,6 +43,7 @@ pub(crate) use mesh::MeshTimeouts;
 pub(crate) use paths::DefaultPaths;
 pub(crate) use paths::{default_paths, Defaults};
 pub(crate) use settings::{merge, AgentConfig, AgentSettings};
+pub(crate) use token::TokenSource;
 pub(crate) use values::{
     check_port, parse_advertise_addr, parse_dns_ttl, parse_dns_upstream, parse_iface, parse_port,
     parse_socket_addr, parse_token, parse_word, xdp_mode_parser, JoinEntry,
@@ -82,8 +85,10 @@ pub(crate) enum ConfigError {
     NoHostname,
     #[error("--init and --join are both set (on the command line, in the environment or in the --config file); a node either creates a cluster or joins one, so drop one")]
     InitAndJoin,
-    #[error("--join needs the cluster's token: pass --token (or SKEIN_TOKEN, or token in the --config file); `skein join-token` on any member prints it")]
+    #[error("--join needs the cluster's token: pass --token-file PATH (or SKEIN_TOKEN_FILE, SKEIN_TOKEN, or token-file in the --config file); `skein join-token` on any member prints it")]
     JoinWithoutToken,
+    #[error("the join token is given twice{level}: by --token (or SKEIN_TOKEN) and by --token-file (or SKEIN_TOKEN_FILE); keep one")]
+    TokenTwice { level: String },
     #[error("the mesh timeouts do not fit together: {reason}")]
     Mesh { reason: String },
     #[error("--join entry `{entry}` does not resolve to an IPv4 address ({reason}); check the name or give the member's IP address")]

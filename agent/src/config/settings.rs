@@ -11,7 +11,7 @@ use std::{
 use super::{
     parse_advertise_addr, parse_dns_ttl, parse_dns_upstream, parse_duration, parse_iface,
     parse_nonzero_duration, parse_port, parse_socket_addr, parse_token, parse_word,
-    xdp_mode_parser, ConfigError, Defaults, JoinEntry, MeshTimeouts,
+    xdp_mode_parser, ConfigError, Defaults, JoinEntry, MeshTimeouts, TokenSource,
 };
 use crate::{dataplane::XdpMode, dns::DnsConfig};
 
@@ -53,7 +53,9 @@ pub(crate) struct AgentConfig {
     /// `gossip_port` where none was given); each resolved once by
     /// [`resolve`](super::resolve), so `ToSocketAddrs` works on them.
     pub(crate) join: Vec<String>,
-    pub(crate) token: Option<String>,
+    /// Where the join token comes from (`--token` or `--token-file`), read when the
+    /// daemon starts.
+    pub(crate) token: Option<TokenSource>,
     pub(crate) join_timeout: Duration,
     pub(crate) hostname: String,
     /// How long a task to stop stays out of the load balancers, its established flows
@@ -81,7 +83,7 @@ impl fmt::Debug for AgentConfig {
             .field("state_dir", &self.state_dir)
             .field("init", &self.init)
             .field("join", &self.join)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token)
             .field("join_timeout", &self.join_timeout)
             .field("hostname", &self.hostname)
             .field("drain_window", &self.drain_window)
@@ -177,7 +179,7 @@ pub(crate) struct AgentSettings {
     pub(crate) join: Option<Vec<JoinEntry>>,
 
     /// The cluster's join token: `skein join-token` prints it on any member. Prefer
-    /// SKEIN_TOKEN or the config file: a command line is visible to every user.
+    /// --token-file or SKEIN_TOKEN: a command line is visible to every local user.
     #[arg(
         long,
         env = "SKEIN_TOKEN",
@@ -186,6 +188,11 @@ pub(crate) struct AgentSettings {
         value_parser = parse_token
     )]
     pub(crate) token: Option<String>,
+
+    /// A file holding the cluster's join token (keep it 0600): the token stays out of
+    /// the command line, the environment and shell history.
+    #[arg(long, env = "SKEIN_TOKEN_FILE", value_name = "PATH")]
+    pub(crate) token_file: Option<PathBuf>,
 
     /// How long --join waits for a member to answer, like 10s, 500ms or 1m30s.
     /// [default: 10s]
@@ -255,7 +262,7 @@ pub(crate) fn merge(
     let gossip_port = pick(&given.gossip_port, &file.gossip_port).unwrap_or(DEFAULT_GOSSIP_PORT);
     let init = pick(&given.init, &file.init).unwrap_or(false);
     let join = pick(&given.join, &file.join).unwrap_or_default();
-    let token = pick(&given.token, &file.token);
+    let token = TokenSource::pick(given, file)?;
     if init && !join.is_empty() {
         return Err(ConfigError::InitAndJoin);
     }
@@ -530,7 +537,7 @@ mod tests {
         let file = file("token = \"secret\"\ngossip-port = 8000");
         let config = merge(&given, &file, &defaults()).unwrap();
         assert_eq!(config.join, ["10.0.0.1:8000", "node-a:9000"]);
-        assert_eq!(config.token.as_deref(), Some("secret"));
+        assert_eq!(config.token, Some(TokenSource::Text("secret".into())));
         assert!(
             !format!("{config:?}").contains("secret"),
             "Debug must not print the token"

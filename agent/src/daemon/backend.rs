@@ -7,7 +7,9 @@ use anyhow::Result;
 use manager::{secure::JoinToken, state::service::ReservedPort, Manager};
 use tokio::sync::watch;
 
-use super::{endpoint::Endpoints, mesh, network, node, rollout, service, stop::Stop, vtep};
+use super::{
+    endpoint::Endpoints, mesh, network, node, rollout, rotate::Keys, service, stop::Stop, vtep,
+};
 use crate::{
     api::{Backend, Body, Request, Response},
     dns::Dns,
@@ -20,6 +22,8 @@ use crate::{
 pub(super) struct AgentBackend {
     pub(super) manager: Manager,
     pub(super) token: JoinToken,
+    /// `join-token --rotate`.
+    pub(super) keys: Arc<Keys>,
     /// Raised by `agent leave`.
     pub(super) stop: watch::Sender<Stop>,
     pub(super) endpoints: Endpoints,
@@ -53,7 +57,10 @@ impl AgentBackend {
             Request::NodeLs => node::ls(&view()),
             Request::NodeRm { id } => node::rm(manager, &id).await?,
             Request::Leave => node::leave(manager, &self.stop).await?,
-            Request::JoinToken => Body::Token(self.token.to_string()),
+            Request::JoinToken { rotate: false } => Body::Token(self.token.to_string()),
+            Request::JoinToken { rotate: true } => {
+                Body::Token(self.keys.rotate(&view(), &self.peers).await?)
+            }
             Request::NetworkCreate { name, subnet, vni } => {
                 network::create(manager, &name, subnet, vni).await?
             }
@@ -125,6 +132,8 @@ pub(super) struct PeerHandler {
     pub(super) manager: Manager,
     pub(super) supervisor: Arc<Supervisor>,
     pub(super) reconciler: Arc<Reconciler>,
+    /// Accepts the next key of a rotation.
+    pub(super) keys: Arc<Keys>,
 }
 
 impl peer::Handler for PeerHandler {
@@ -146,6 +155,9 @@ impl peer::Handler for PeerHandler {
                     Ok(counts) => PeerResponse::MeshFlows(counts),
                     Err(message) => PeerResponse::Error(message),
                 }
+            }
+            PeerRequest::NextKey { from, offer } => {
+                self.keys.accept(&self.manager.view(), from, &offer)
             }
         }
     }

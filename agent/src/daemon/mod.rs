@@ -20,6 +20,7 @@ mod mesh;
 mod network;
 mod node;
 mod rollout;
+mod rotate;
 mod service;
 mod startup;
 mod stop;
@@ -45,6 +46,7 @@ use self::{
     backend::{AgentBackend, PeerHandler},
     endpoint::Endpoints,
     loops::Background,
+    rotate::Keys,
     startup::{Listeners, Member, Underlay},
     stop::Stop,
 };
@@ -72,7 +74,8 @@ pub(crate) fn run(config: AgentConfig) -> Result<()> {
     let underlay = startup::check_underlay(&config)?;
     let state = Arc::new(StateDir::open(&config.state_dir)?);
     let node = state.node_id()?;
-    let membership = membership(&state, config.init, &config.join, config.token.as_deref())?;
+    let token = config.token.as_ref().map(|t| t.read()).transpose()?;
+    let membership = membership(&state, config.init, &config.join, token.as_deref())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -124,7 +127,13 @@ fn start(
         manager,
         token,
         info,
+        secret,
     } = member;
+    let keys = Arc::new(Keys {
+        token: token.clone(),
+        secret,
+        state: state.clone(),
+    });
     let mut background = Background::new();
     let pins = PinDirs::new(&config.bpf_dir);
     let peers = Peers::new(&token);
@@ -188,10 +197,10 @@ fn start(
     );
     start_cluster_loops(
         &manager,
-        &state,
         &peers,
         &supervisor,
         &reconciler,
+        &keys,
         listeners.peer,
         &mut background,
     );
@@ -200,6 +209,7 @@ fn start(
     let backend = Arc::new(AgentBackend {
         manager: manager.clone(),
         token,
+        keys,
         stop: stop.clone(),
         endpoints: Endpoints {
             manager: manager.clone(),
@@ -268,13 +278,14 @@ fn start_dataplane(
 /// peers list and store copy.
 fn start_cluster_loops(
     manager: &Manager,
-    state: &Arc<StateDir>,
     peers: &Arc<Peers>,
     supervisor: &Arc<Supervisor>,
     reconciler: &Arc<Reconciler>,
+    keys: &Arc<Keys>,
     peer_listener: TcpListener,
     background: &mut Background,
 ) {
+    let state = &keys.state;
     let mut shutdown = background.shutdown();
     background.spawn(
         "peer_server",
@@ -284,9 +295,14 @@ fn start_cluster_loops(
                 manager: manager.clone(),
                 supervisor: supervisor.clone(),
                 reconciler: reconciler.clone(),
+                keys: keys.clone(),
             }),
             async move { shutdown.requested().await },
         ),
+    );
+    background.spawn(
+        "save_token_on_switch",
+        rotate::save_on_switch(keys.token.clone(), state.clone(), background.shutdown()),
     );
     background.spawn(
         "remember_peers",
@@ -370,5 +386,9 @@ impl Agent {
 fn hidden_from_tasks(config: &AgentConfig, state_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut paths = vec![state_dir.to_path_buf(), config.bpf_dir.clone()];
     paths.extend(config.socket.parent().map(std::path::Path::to_path_buf));
+    // The cluster key, wherever the operator keeps it.
+    if let Some(crate::config::TokenSource::File(path)) = &config.token {
+        paths.push(path.clone());
+    }
     paths
 }

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use manager::{
     gossip::{EngineConfig, Tuning},
-    secure::{max_plaintext, JoinToken},
+    secure::{max_plaintext, JoinToken, NodeSecret},
     state::NodeInfo,
     Manager, NodeId,
 };
@@ -135,6 +135,8 @@ pub(super) struct Member {
     pub(super) token: JoinToken,
     /// What this node published about itself (the restart grace republishes it).
     pub(super) info: NodeInfo,
+    /// Its node key, whose public half `info` carries.
+    pub(super) secret: Arc<NodeSecret>,
 }
 
 /// Starts the embedded manager on the gossip socket, publishes this node, and, on a first
@@ -148,6 +150,7 @@ pub(super) async fn join_cluster(
     gossip_addr: SocketAddr,
     gossip: UdpSocket,
 ) -> Result<Member> {
+    let secret = Arc::new(state.node_secret()?);
     let (token, seeds, created, first_join) = match membership {
         Membership::Create(token) => {
             state.save_token(&token)?;
@@ -190,6 +193,7 @@ pub(super) async fn join_cluster(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         leaving: false,
         restart_grace_until_ms: 0,
+        key_share: secret.public(),
     };
     manager.publish_self(&info).await?;
 
@@ -198,13 +202,14 @@ pub(super) async fn join_cluster(
         state.save_token(&token)?;
     }
     if created {
-        println!("{}", join_instructions(&token, gossip_addr));
+        println!("{}", join_instructions(gossip_addr));
     }
     info!(node = %node.short(), %gossip_addr, "member of the cluster");
     Ok(Member {
         manager,
         token,
         info,
+        secret,
     })
 }
 
@@ -242,14 +247,22 @@ async fn wait_for_cluster(
     }
     let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
     bail!(
-        "could not join the cluster: no authenticated answer from {} within {:?} (a wrong --token, or the address is unreachable)",
+        "could not join the cluster: no authenticated answer from {} within {:?}: the token is wrong or no longer valid (after `skein join-token --rotate` only the new one is accepted; `skein join-token` on a member prints it), or the address is unreachable",
         seeds.join(", "),
         timeout
     )
 }
 
-fn join_instructions(token: &JoinToken, addr: SocketAddr) -> String {
+/// Never the token on a command line (every local user can read one in `/proc`, and it
+/// stays in shell history): the operator copies it into a root-only file.
+fn join_instructions(addr: SocketAddr) -> String {
     format!(
-        "Cluster created; this node is its first member.\nTo add a node, run on it:\n\n    skein agent --underlay-iface IFACE --join {addr} --token {token}\n"
+        "Cluster created; this node is its first member.\n\
+         To add a node, put the output of `skein join-token` (run here) in a file only root\n\
+         can read on the new node, then start its agent with that file:\n\n    \
+         (umask 077; cat > /root/skein-token)   # paste the token, then Ctrl-D\n    \
+         skein agent --underlay-iface IFACE --join {addr} --token-file /root/skein-token\n\n\
+         (SKEIN_TOKEN in the agent's environment works too; never pass --token TOKEN:\n\
+         a command line is visible to every local user)\n"
     )
 }

@@ -15,8 +15,8 @@
 //! - [`status`]: `service ls`/`ps` rows and convergence, from a cluster view (the tasks
 //!   of a service come from [`manager::view::ClusterView::tasks_of`]).
 
-pub(crate) mod confine;
 pub(crate) mod cgroup;
+pub(crate) mod confine;
 pub(crate) mod plan;
 pub(crate) mod process;
 pub(crate) mod status;

@@ -44,10 +44,9 @@ impl Whoami {
                     .await
                 {
                     Ok(text) => text_response(StatusCode::OK, text),
-                    Err(error) => text_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("{:#}\n", error),
-                    ),
+                    Err(error) => {
+                        text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{:#}\n", error))
+                    }
                 },
             );
         } else {

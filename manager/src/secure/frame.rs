@@ -33,7 +33,7 @@
 
 use std::fmt;
 
-use chacha20poly1305::{AeadInPlace, Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{AeadInPlace, Tag, XNonce};
 
 use super::ClusterKey;
 
@@ -127,14 +127,16 @@ impl FrameReject {
 /// by every connection.
 #[derive(Clone)]
 pub struct FrameKey {
-    cipher: XChaCha20Poly1305,
+    /// The ring: frames are sealed with its current key and opened with any key it
+    /// accepts, so peer RPC follows a rotation like gossip.
+    key: ClusterKey,
     cluster_id: [u8; 16],
 }
 
 impl FrameKey {
     pub fn new(key: &ClusterKey, cluster_id: [u8; 16]) -> FrameKey {
         FrameKey {
-            cipher: key.cipher(),
+            key: key.clone(),
             cluster_id,
         }
     }
@@ -161,7 +163,8 @@ impl FrameKey {
         let (header, body) = frame.split_at_mut(FRAME_HEADER_LEN);
         let aad = self.associated_data(header);
         let tag = self
-            .cipher
+            .key
+            .sealing_cipher()
             .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, body)
             .expect("XChaCha20-Poly1305 refuses only messages over 256 GiB");
         frame.extend_from_slice(&tag);
@@ -200,14 +203,19 @@ impl FrameKey {
         // Authenticate before believing any header field.
         let aad = self.associated_data(header);
         let mut plaintext = ciphertext.to_vec();
-        self.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&header[NONCE_AT..]),
-                &aad,
-                &mut plaintext,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| FrameReject::Forged)?;
+        self.key
+            .open_with(|cipher| {
+                plaintext.copy_from_slice(ciphertext);
+                cipher
+                    .decrypt_in_place_detached(
+                        XNonce::from_slice(&header[NONCE_AT..]),
+                        &aad,
+                        &mut plaintext,
+                        Tag::from_slice(tag),
+                    )
+                    .ok()
+            })
+            .ok_or(FrameReject::Forged)?;
         if header[DIRECTION_AT] != expected.byte() {
             return Err(FrameReject::WrongDirection);
         }
@@ -224,7 +232,7 @@ impl FrameKey {
     }
 }
 
-/// Leaves out the cipher, which holds the key.
+/// Leaves out the key.
 impl fmt::Debug for FrameKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FrameKey").finish_non_exhaustive()
@@ -400,7 +408,7 @@ mod tests {
         for piece in secret.windows(4) {
             assert!(!frame.windows(4).any(|w| w == piece));
         }
-        assert!(!frame.windows(32).any(|w| w == key.as_bytes()));
+        assert!(!frame.windows(32).any(|w| w == key.current_bytes()));
         assert_eq!(format!("{k:?}"), "FrameKey { .. }");
     }
 

@@ -39,7 +39,7 @@ impl JoinToken {
     fn payload(&self) -> [u8; PAYLOAD_LEN] {
         let mut payload = [0u8; PAYLOAD_LEN];
         payload[..16].copy_from_slice(&self.cluster_id);
-        payload[16..48].copy_from_slice(self.key.as_bytes());
+        payload[16..48].copy_from_slice(&self.key.current_bytes());
         let checksum = crc32(&payload[..48]);
         payload[48..].copy_from_slice(&checksum.to_be_bytes());
         payload
@@ -197,7 +197,7 @@ mod tests {
         let body = &text["SKEIN-1-".len()..];
         let key_hex: String = token
             .key
-            .as_bytes()
+            .current_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -248,7 +248,7 @@ mod tests {
         let body = &token.to_string()["SKEIN-1-".len()..];
         assert!(!shown.contains(&body[22..30]), "{shown}");
         assert!(
-            !shown.contains(&format!("{:?}", token.key.as_bytes())),
+            !shown.contains(&format!("{:?}", token.key.current_bytes())),
             "{shown}"
         );
         assert!(shown.contains("ClusterKey(..)"), "{shown}");

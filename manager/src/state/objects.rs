@@ -69,6 +69,10 @@ pub struct NodeInfo {
     /// Set by a graceful stop (ms since the Unix epoch): until then peers keep this down
     /// node's tasks placed on it, because it is expected back; 0 while it runs.
     pub restart_grace_until_ms: u64,
+    /// The public half of the node's static X25519 key ([`crate::secure::NodeSecret`]):
+    /// a key rotation sends it the new cluster key sealed under their pairwise key.
+    /// All zeros: unknown (the node cannot be given a new key).
+    pub key_share: [u8; 32],
 }
 
 impl NodeInfo {
@@ -136,6 +140,7 @@ mod tests {
             version: "0.1.0".into(),
             leaving: false,
             restart_grace_until_ms: 0,
+            key_share: [0; 32],
         }
     }
 

@@ -749,6 +749,7 @@ mod tests {
             version: "x".into(),
             leaving: false,
             restart_grace_until_ms: 0,
+            key_share: [0; 32],
         };
         store.merge(Record {
             key: crate::state::NodeInfo::key(NodeId([2; 16])),

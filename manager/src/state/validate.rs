@@ -130,6 +130,10 @@ pub fn validate_record(record: &Record) -> Result<(), InvalidRecord> {
             let vtep = Vtep::decode(value)?;
             same_name(&Vtep::name(&vtep.network, vtep.cidr))
         }
+        Kind::NodeAvailability => {
+            let availability = crate::rollout::NodeAvailability::decode(value)?;
+            same_name(&availability.node.to_string())
+        }
         // Port claims carry nothing this version reads; removals are checked by the store
         // (their name must be a node ID); unknown kinds are kept for newer versions.
         Kind::PortClaim | Kind::NodeRemoval | Kind::Other(_) => Ok(()),

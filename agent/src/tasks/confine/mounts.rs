@@ -1,7 +1,8 @@
 //! The task's mount namespace: a fresh `/proc` for its PID namespace, `/proc/sys` and
 //! `/sys` read-only, and empty tmpfs over every place an agent keeps its state directory,
 //! API socket or bpffs — the defaults of every agent on the machine (`/var/lib/skein`,
-//! `/run`, `/sys/fs/bpf`) and this agent's own paths, wherever its flags put them.
+//! `/run`, `/sys/fs/bpf`) and this agent's own paths, wherever its flags put them; a
+//! `--token-file` elsewhere is covered by `/dev/null`.
 //!
 //! Other agents on the same kernel (the testbed runs one per network namespace) keep
 //! their state in `/var/lib/skein/<netns>`, their sockets in `/run/skein/<netns>` and their
@@ -46,6 +47,9 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 pub(crate) struct MountPlan {
     /// Directories covered by an empty tmpfs, outermost only, canonical, existing.
     hidden: Vec<CString>,
+    /// Files (outside those directories) covered by `/dev/null`: a `--token-file` that
+    /// lives somewhere tasks see, such as `/etc/skein/join-token`.
+    hidden_files: Vec<CString>,
     resolv_conf: Option<ResolvConf>,
 }
 
@@ -89,6 +93,7 @@ impl MountPlan {
                 .map(PathBuf::from)
                 .chain(agent_paths.iter().cloned()),
         );
+        let hidden_files = hidden_files(agent_paths, &hidden);
         let resolv_conf = match resolv_conf {
             None => None,
             Some(source) => {
@@ -121,6 +126,10 @@ impl MountPlan {
             hidden: hidden
                 .iter()
                 .map(|h| cstring(h))
+                .collect::<io::Result<_>>()?,
+            hidden_files: hidden_files
+                .iter()
+                .map(|f| cstring(f))
                 .collect::<io::Result<_>>()?,
             resolv_conf,
         })
@@ -181,6 +190,16 @@ impl MountPlan {
                     c"tmpfs".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
                     c"mode=755,size=64m".as_ptr().cast(),
+                ))?;
+            }
+            // As Docker masks /proc/kcore: reads give nothing, writes go nowhere.
+            for file in &self.hidden_files {
+                check(libc::mount(
+                    c"/dev/null".as_ptr(),
+                    file.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
                 ))?;
             }
             if let Some((resolv, fd)) = source {
@@ -298,6 +317,18 @@ fn set_read_only(path: &std::ffi::CStr, recursive: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// The existing files among `candidates`, canonical, outside every directory in `dirs`.
+fn hidden_files(candidates: &[PathBuf], dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = candidates
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| p.is_file() && !dirs.iter().any(|d| p.starts_with(d)))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
 /// The existing directories among `candidates`, canonical, without `/` and without any
 /// that lies inside another (a tmpfs over the outer one hides it already), sorted.
 fn hidden_dirs(candidates: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
@@ -316,6 +347,20 @@ fn hidden_dirs(candidates: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_outside_hidden_directories_are_hidden_alone() {
+        let tmp = std::env::temp_dir().join(format!("skein-hide-files-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("dir")).unwrap();
+        std::fs::write(tmp.join("token"), "secret").unwrap();
+        std::fs::write(tmp.join("dir/inner"), "secret").unwrap();
+        let candidates = [tmp.join("token"), tmp.join("dir/inner"), tmp.join("gone")];
+        let dirs = hidden_dirs([tmp.join("dir")]);
+        let files = hidden_files(&candidates, &dirs);
+        let token = std::fs::canonicalize(tmp.join("token")).unwrap();
+        std::fs::remove_dir_all(&tmp).unwrap();
+        assert_eq!(files, [token]);
+    }
 
     #[test]
     fn only_outermost_existing_directories_are_hidden() {
