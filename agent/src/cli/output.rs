@@ -309,7 +309,7 @@ mod tests {
             status: "ready".into(),
             is_self,
             started_at_ms,
-            availability: Default::default(),
+            availability: "active".into(),
         }
     }
 
@@ -329,9 +329,9 @@ mod tests {
             },
         ];
         let expected = "\
-ID               HOSTNAME   ADDRESS          STATUS   AGE
-3f2a9c1d0b8e *   host-one   10.0.0.1:7946    ready    5s
-0123456789ab     h2         10.0.0.22:7946   down     -
+ID               HOSTNAME   ADDRESS          STATUS   AVAILABILITY   AGE
+3f2a9c1d0b8e *   host-one   10.0.0.1:7946    ready    active         5s
+0123456789ab     h2         10.0.0.22:7946   down     active         -
 ";
         assert_eq!(nodes(&rows, Format::Table, NOW), expected);
     }
@@ -340,7 +340,7 @@ ID               HOSTNAME   ADDRESS          STATUS   AGE
     fn empty_lists_print_the_header() {
         assert_eq!(
             nodes(&[], Format::Table, NOW),
-            "ID   HOSTNAME   ADDRESS   STATUS   AGE\n"
+            "ID   HOSTNAME   ADDRESS   STATUS   AVAILABILITY   AGE\n"
         );
         assert_eq!(networks(&[], Format::Json, NOW), "[]\n");
     }
