@@ -73,10 +73,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
     let swept = xtask::testbed::sweep_dead_runs()?;
     say(&format!("swept leftovers of dead runs: {swept}"));
+    // Before the root-only unit tests too: a task's init is the built `skein task-init`.
+    say("building the skein binary for the root-only unit tests and the end-to-end tests");
+    run_checked(cargo(&root).args(["build", "--package", "agent", "--bin", "skein"]))?;
     say("tier 2: the agent's root-only unit tests (cargo test -p agent -- --ignored)");
     run_checked(cargo(&root).args(["test", "--package", "agent", "--", "--ignored"]))?;
-    say("building the skein binary for the end-to-end tests");
-    run_checked(cargo(&root).args(["build", "--package", "agent", "--bin", "skein"]))?;
 
     say("building the privileged tests");
     let binaries = binaries::build(&mut cargo(&root))?;

@@ -124,8 +124,12 @@ fn limits_are_applied_and_oom_kills_counted() {
     );
     assert_eq!(task.oom_kills(), Some(0));
 
-    // Allocates (and touches) 128 MiB against 32: the kernel kills it.
-    let mut child = spawn_in(&entry, "exec python3 -c 'a = bytearray(128 << 20)'");
+    // Reads 128 MiB into one buffer (so touches it) against 32: the kernel kills it. One
+    // process (dd), so the pids limit of 5 does not get in the way.
+    let mut child = spawn_in(
+        &entry,
+        "exec dd if=/dev/zero of=/dev/null bs=128M count=1 2>/dev/null",
+    );
     let status = child.wait().unwrap();
     assert!(!status.success(), "{status:?}");
     assert_eq!(task.oom_kills(), Some(1), "the kill is counted");

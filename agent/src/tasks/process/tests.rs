@@ -6,12 +6,9 @@
 use std::{
     ffi::CString,
     fs, io,
-    os::{
-        fd::OwnedFd,
-        unix::{
-            ffi::OsStrExt,
-            fs::{MetadataExt, PermissionsExt},
-        },
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{MetadataExt, PermissionsExt},
     },
     path::{Path, PathBuf},
     process::Command,
@@ -22,11 +19,10 @@ use std::{
 use super::{
     health_check,
     identity::{identity_path, read_identity, write_identity},
-    log_path,
-    pidfd::{pidfd_open, pidfd_send_signal},
-    SpawnError, TaskProcess, TaskSpec,
+    log_path, SpawnError, TaskProcess, TaskSpec,
 };
 use crate::netlink;
+use manager::state::service::Security;
 
 #[tokio::test]
 async fn a_command_that_cannot_be_found_fails_to_spawn() {
@@ -101,7 +97,13 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> TempDir {
-        TempDir(std::env::temp_dir().join(unique("skein-task-test")))
+        // Not under /tmp: tasks get a private tmpfs there (`confine::mounts`), so the
+        // scripts and files a test shares with its task live in the target directory.
+        TempDir(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/task-tests")
+                .join(unique("skein-task-test")),
+        )
     }
 }
 
@@ -312,40 +314,41 @@ async fn group_of_the_task_dies_with_its_main_process() {
     require_root();
     let netns = NetnsGuard::new();
     let tmp = TempDir::new();
-    let pid_file = tmp.0.join("bg.pid");
+    // The task has a PID namespace of its own, so `$!` would not name the process here:
+    // the background process carries a marker in its arguments instead (`; true` keeps
+    // the shell from exec'ing sleep, so the marker stays in its command line).
+    let marker = unique("skein-bg-marker");
     let spec = TaskSpec {
         command: sh(&format!(
-            "sleep 30 & echo $! > {}; exit 0",
-            pid_file.display()
+            "sh -c 'sleep 30; true' {marker} & sleep 0.2; exit 0"
         )),
         ..spec(&unique("t"), &netns.path(), &tmp.0)
     };
     let task = TaskProcess::spawn(&spec).unwrap();
     let _kill = KillOnDrop(task.clone());
     assert_eq!(task.exited().await, Some(0));
-    let bg: u32 = fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // If the test fails, the sleep must not outlive it; a pidfd cannot hit another
-    // process that reused the PID.
-    struct KillOnDropFd(Option<OwnedFd>);
-    impl Drop for KillOnDropFd {
-        fn drop(&mut self) {
-            if let Some(fd) = &self.0 {
-                let _ = pidfd_send_signal(fd, libc::SIGKILL);
-            }
-        }
-    }
-    let _bg_guard = KillOnDropFd(pidfd_open(bg).ok());
-    // The background sleep was SIGKILLed; it is the test's grandchild, reaped by init.
+    // The background process was killed with the task (its PID namespace's init exited);
+    // a zombie not yet reaped counts as gone.
     eventually("the background process to die", || {
-        // Gone, or a zombie not yet reaped by init. (Not "not sleep": between fork
-        // and exec it is still called sh.)
-        fs::read_to_string(format!("/proc/{bg}/stat")).map_or(true, |s| s.contains(") Z "))
+        processes_with(&marker).is_empty()
     })
     .await;
+}
+
+/// The live (non-zombie) processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+                && fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "))
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -387,6 +390,11 @@ async fn mounts_of_a_task_stay_in_its_mount_namespace() {
             "mount -t tmpfs skein-test {0} && touch {0}/inside && echo mounted && cat /etc/resolv.conf; sleep 30",
             mount_point.display()
         )),
+        // Mounting needs CAP_SYS_ADMIN, outside Docker's default set.
+        security: Security {
+            cap_add: vec!["SYS_ADMIN".into()],
+            ..Default::default()
+        },
         ..spec(&unique("t"), &netns.path(), &tmp.0)
     };
     let task = TaskProcess::spawn(&spec).unwrap();
