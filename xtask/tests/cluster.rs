@@ -206,7 +206,10 @@ fn a_wrong_token_cannot_join_and_says_so() {
         log.contains("could not join the cluster"),
         "says why:\n{log}"
     );
-    assert!(log.contains("--token"), "names the likely cause:\n{log}");
+    assert!(
+        log.contains("token is wrong"),
+        "names the likely cause:\n{log}"
+    );
     // The first node never saw it.
     let nodes = node_ls(bed.host(0)).unwrap();
     assert_eq!(nodes.len(), 1, "{nodes:?}");

@@ -139,7 +139,10 @@ fn whoami_processes(host: &Host) -> usize {
         };
         let cmdline = String::from_utf8_lossy(&cmdline);
         let environ = String::from_utf8_lossy(&environ);
-        if cmdline.contains("whoami") && environ.contains("SKEIN_TASK=") {
+        // A task's init (`skein task-init`, PID 1 of its namespace) names the command too.
+        let init = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "skein-init");
+        if !init && cmdline.contains("whoami") && environ.contains("SKEIN_TASK=") {
             // The task's namespace is named after the host's resource prefix.
             let mine = host
                 .run("ip", ["netns", "identify", &pid.to_string()])
