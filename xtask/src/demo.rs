@@ -159,12 +159,12 @@ impl Demo<'_> {
         print!("{}", indent(&skein_ok(h1, &["service", "ps", "redis"])?));
 
         let mut counts = Counts::default();
-        say("the client curls 4568 on every host: the routing mesh rotates across the tasks");
-        for round in 0..2 {
-            for i in 0..HOSTS {
-                let ip = self.bed.host(i).underlay_ip().to_string();
+        say("the client curls 4568 on every host, three times each: every node rotates over all the tasks");
+        for i in 0..HOSTS {
+            let ip = self.bed.host(i).underlay_ip().to_string();
+            for _ in 0..REPLICAS {
                 self.curl(self.bed.client().netns(), &ip, &mut counts)
-                    .with_context(|| format!("round {}: curl {ip}:4568", round + 1))?;
+                    .with_context(|| format!("curl {ip}:4568"))?;
             }
         }
         println!("   (the address each task saw is the client's own: no SNAT on the way)");
@@ -202,7 +202,7 @@ impl Demo<'_> {
             "dig tasks.counter listed {listed:?}, the running tasks are {running:?}"
         );
 
-        self.kill_a_counter_host()?;
+        self.kill_a_counter_host(&mut counts)?;
         Ok(())
     }
 
@@ -234,10 +234,12 @@ impl Demo<'_> {
             self.agents
                 .push(host.start_agent(&["--join", &seed, "--token-file", &token_path])?);
         }
+        // Ready, and every node's own record (its hostname) arrived.
         wait_until(&format!("{HOSTS} ready nodes"), STEP, || {
-            skein_ok(h1, &["node", "ls"])
-                .ok()
-                .filter(|t| t.matches(" ready ").count() == HOSTS)
+            skein_ok(h1, &["node", "ls"]).ok().filter(|t| {
+                t.matches(" ready ").count() == HOSTS
+                    && self.bed.hosts().iter().all(|h| t.contains(h.netns()))
+            })
         })?;
         say("`skein node ls`");
         print!("{}", indent(&skein_ok(h1, &["node", "ls"])?));
@@ -246,7 +248,7 @@ impl Demo<'_> {
 
     /// Kills a host that runs a counter but not redis, waits for the service to heal and
     /// curls every live host again: every request answered, the counts going on.
-    fn kill_a_counter_host(&mut self) -> Result<()> {
+    fn kill_a_counter_host(&mut self, counts: &mut Counts) -> Result<()> {
         let cli = self.bed.host(0);
         let tasks = running_tasks(cli, "counter");
         let redis_hosts: Vec<String> = running_tasks(cli, "redis")
@@ -281,11 +283,10 @@ impl Demo<'_> {
         say("the service healed: `skein service ps counter`");
         print!("{}", indent(&skein_ok(cli, &["service", "ps", "counter"])?));
         say("the client curls 4568 on every live host: every request answered, the counts go on");
-        let mut counts = Counts::default();
         for i in (0..HOSTS).filter(|&i| i != victim) {
             let ip = self.bed.host(i).underlay_ip().to_string();
-            for _ in 0..2 {
-                self.curl(self.bed.client().netns(), &ip, &mut counts)?;
+            for _ in 0..REPLICAS {
+                self.curl(self.bed.client().netns(), &ip, counts)?;
             }
         }
         Ok(())

@@ -29,19 +29,25 @@ fn fixture(name: &str) -> (PathBuf, Cgroups, TaskCgroup) {
     (state, cgroups, task)
 }
 
-fn cleanup(state: &Path, cgroups: &Cgroups) {
-    for id in cgroups.task_ids() {
-        cgroups.task(&id).remove().unwrap();
+/// Removes a fixture's groups and state directory when dropped: also when the test fails.
+struct Cleanup<'a>(&'a Path, &'a Cgroups);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let Cleanup(state, cgroups) = *self;
+        for id in cgroups.task_ids() {
+            let _ = cgroups.task(&id).remove();
+        }
+        for dir in [
+            cgroups.layout.unified.iter().collect::<Vec<_>>(),
+            cgroups.layout.v1.iter().map(|(_, d)| d).collect(),
+        ]
+        .concat()
+        {
+            let _ = fs::remove_dir(dir.join(&cgroups.node_group));
+        }
+        let _ = fs::remove_dir_all(state);
     }
-    for dir in [
-        cgroups.layout.unified.iter().collect::<Vec<_>>(),
-        cgroups.layout.v1.iter().map(|(_, d)| d).collect(),
-    ]
-    .concat()
-    {
-        let _ = fs::remove_dir(dir.join(&cgroups.node_group));
-    }
-    let _ = fs::remove_dir_all(state);
 }
 
 /// Spawns `sh -c script` entering `entry` before exec.
@@ -69,6 +75,7 @@ fn alive(pid: u32) -> bool {
 fn daemonized_processes_are_in_the_group_and_killed_with_it() {
     require_root();
     let (state, cgroups, task) = fixture("kill");
+    let _cleanup = Cleanup(&state, &cgroups);
     let entry = task.create(&Limits::default()).unwrap();
     let mut child = spawn_in(&entry, "setsid sleep 1000 & echo $!; exec sleep 1000");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -93,7 +100,6 @@ fn daemonized_processes_are_in_the_group_and_killed_with_it() {
     task.remove().unwrap();
     assert!(task.dirs().iter().all(|d| !d.exists()));
     assert!(cgroups.task_ids().is_empty());
-    cleanup(&state, &cgroups);
 }
 
 #[test]
@@ -101,6 +107,7 @@ fn daemonized_processes_are_in_the_group_and_killed_with_it() {
 fn limits_are_applied_and_oom_kills_counted() {
     require_root();
     let (state, cgroups, task) = fixture("limits");
+    let _cleanup = Cleanup(&state, &cgroups);
     let limits = Limits {
         memory_bytes: Some(32 << 20),
         cpu_millis: Some(500),
@@ -138,5 +145,4 @@ fn limits_are_applied_and_oom_kills_counted() {
     task.create(&limits).unwrap();
     assert_eq!(task.oom_kills(), Some(0));
     task.remove().unwrap();
-    cleanup(&state, &cgroups);
 }
