@@ -75,19 +75,23 @@ pub(crate) fn detach_orphaned_socket_hooks() -> Result<usize> {
         .filter(|h| h.cookie != 0 && !live.contains(&h.cookie))
         .map(|h| h.link_id)
         .collect();
+    let mut detached = 0;
     for id in &orphans {
         let out = Command::new("bpftool")
             .args(["link", "detach", "id", &id.to_string()])
             .output()
             .context("running bpftool")?;
-        if !out.status.success() {
-            bail!(
-                "bpftool link detach id {id}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        if out.status.success() {
+            detached += 1;
+            continue;
+        }
+        let said = String::from_utf8_lossy(&out.stderr);
+        // Gone since we listed it (its agent or another sweep removed it): nothing to do.
+        if !said.contains("No such file or directory") {
+            bail!("bpftool link detach id {id}: {}", said.trim());
         }
     }
-    Ok(orphans.len())
+    Ok(detached)
 }
 
 /// The namespace cookie a Skein socket hook acts for, or `None` if the program is not one.
