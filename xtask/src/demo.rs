@@ -76,6 +76,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     }
     if args.keep && outcome.is_ok() {
         demo.keep();
+        // Its Drop would remove everything: left for `cargo xtask sweep` (a dead run).
+        std::mem::forget(bed);
         return Ok(());
     }
     say("removing everything: agents, tasks, namespaces, bpffs mounts");
