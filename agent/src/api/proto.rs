@@ -138,6 +138,19 @@ pub(crate) struct ServiceSpec {
     pub(crate) stack: Option<StackMember>,
 }
 
+impl ServiceSpec {
+    /// The health check the spec asks for, as the service record holds it (one place, for
+    /// `service create`, `service update` and `stack deploy`'s comparison).
+    pub(crate) fn health(&self) -> Option<manager::state::HealthCheck> {
+        self.health_cmd
+            .as_ref()
+            .map(|cmd| manager::state::HealthCheck {
+                cmd: cmd.clone(),
+                interval_ms: u64::try_from(self.health_interval.as_millis()).unwrap_or(u64::MAX),
+            })
+    }
+}
+
 /// The agent's answer: a result or one clear sentence saying what went wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use manager::state::{HealthCheck, Service};
+use manager::state::Service;
 
 use super::{
     args::{non_empty, FormatArg},
@@ -284,10 +284,7 @@ async fn inspect(socket: &Path, name: &str) -> Result<Service> {
 
 /// The parts of `current` that `spec` would change, by name; empty: nothing to do.
 fn differences(spec: &ServiceSpec, current: &Service) -> Vec<&'static str> {
-    let health = spec.health_cmd.as_ref().map(|cmd| HealthCheck {
-        cmd: cmd.clone(),
-        interval_ms: millis(spec.health_interval),
-    });
+    let health = spec.health();
     let checks = [
         ("mode", spec.mode != current.mode),
         ("networks", spec.network.as_ref() != Some(&current.network)),
@@ -367,7 +364,7 @@ async fn rm(socket: &Path, stack: &str) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use manager::state::Stamp;
+    use manager::state::{HealthCheck, Stamp};
 
     use super::*;
 

@@ -121,6 +121,7 @@ fn edited(current: &Service, edit: ServiceEdit) -> Result<Service, UpdateError> 
 /// The definition `spec` gives (as `service create` would build it), keeping what only
 /// the cluster assigned: the VIP (if the endpoint mode stays) and the identity.
 fn replaced(current: &Service, spec: ServiceSpec) -> Result<Service, UpdateError> {
+    let health = spec.health();
     Ok(Service {
         name: current.name.clone(),
         mode: spec.mode,
@@ -136,10 +137,7 @@ fn replaced(current: &Service, spec: ServiceSpec) -> Result<Service, UpdateError
         command: spec.command,
         env: spec.env,
         user: spec.user,
-        health: spec.health_cmd.map(|cmd| HealthCheck {
-            cmd,
-            interval_ms: millis(spec.health_interval),
-        }),
+        health,
         restart_delay_ms: millis(spec.restart_delay),
         created: current.created,
         security: spec.security,

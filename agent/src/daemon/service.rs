@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use manager::{
     driver::wall_ms,
     ops::ServiceRequest,
-    state::{service::ReservedPort, HealthCheck, Kind, Scope, Service, Stamp, Task, TaskState},
+    state::{service::ReservedPort, Kind, Scope, Service, Stamp, Task, TaskState},
     view::ClusterView,
     Manager, NodeId,
 };
@@ -53,6 +53,7 @@ pub(super) async fn create(
     if let Some(user) = &spec.user {
         resolve_user(user)?;
     }
+    let health = spec.health();
     let service = manager
         .create_service(ServiceRequest {
             name: spec.name,
@@ -64,10 +65,7 @@ pub(super) async fn create(
             command: spec.command,
             env: spec.env,
             user: spec.user,
-            health: spec.health_cmd.map(|cmd| HealthCheck {
-                cmd,
-                interval_ms: millis(spec.health_interval),
-            }),
+            health,
             restart_delay_ms: millis(spec.restart_delay),
             limits: spec.limits,
             local_reserved: local_reserved.to_vec(),
