@@ -25,7 +25,7 @@ use manager::{
 use tokio::net::UdpSocket;
 
 use super::{
-    counters::DnsCounters,
+    counters::{DnsCounters, DnsCounts},
     forward::Forwarder,
     handler::{Asker, DnsHandler},
     listen::Listener,
@@ -302,6 +302,19 @@ async fn served(upstream: SocketAddr, asker: Asker) -> (SocketAddr, Arc<Core>, L
     (addr, core, Listener::start(handler, socket, tcp))
 }
 
+/// The counters once `settled` holds for them, or as they are after 2 s: a handler counts a
+/// reply after sending it, so the asker can hold the reply before the count lands.
+async fn counts_when(counters: &DnsCounters, settled: impl Fn(&DnsCounts) -> bool) -> DnsCounts {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let counts = counters.read();
+        if settled(&counts) || tokio::time::Instant::now() >= deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn ask(server: SocketAddr, message: &Message) -> Message {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket
@@ -361,7 +374,12 @@ async fn the_server_answers_forwards_and_fails_over_udp() {
     let answer = ask(addr, &two).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
 
-    let counts = counters.read();
+    let counts = counts_when(&counters, |c| {
+        (c.forwarded, c.malformed) == (1, 1)
+            && c.queries.contains(&("A", "NXDOMAIN", 1))
+            && c.queries.contains(&("A", "NOERROR", 2))
+    })
+    .await;
     assert_eq!(counts.forwarded, 1);
     assert_eq!(counts.malformed, 1);
     assert!(counts.queries.contains(&("A", "NOERROR", 2)), "{counts:?}");
@@ -385,9 +403,13 @@ async fn repeated_queries_get_their_own_id_and_case_and_follow_the_records() {
     }
     let both = [["10.10.0.11", "10.10.0.12"], ["10.10.0.12", "10.10.0.11"]];
     assert_eq!(orders, both.map(|o| o.map(str::to_owned).to_vec()).into());
+    let counts = counts_when(&core.counters, |c| {
+        c.queries.contains(&("A", "NOERROR", 64))
+    })
+    .await;
     assert!(
-        core.counters.read().queries.contains(&("A", "NOERROR", 64)),
-        "every reply counted"
+        counts.queries.contains(&("A", "NOERROR", 64)),
+        "every reply counted: {counts:?}"
     );
 
     for text in ["web.", "WeB.", "web."] {
@@ -415,7 +437,7 @@ async fn repeated_queries_get_their_own_id_and_case_and_follow_the_records() {
         let answer = ask(addr, &two).await;
         assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
     }
-    let counts = core.counters.read();
+    let counts = counts_when(&core.counters, |c| (c.forwarded, c.malformed) == (2, 2)).await;
     assert_eq!((counts.forwarded, counts.malformed), (2, 2), "asked again");
 }
 
@@ -454,7 +476,8 @@ async fn unreadable_messages_and_responses_are_counted_and_dropped() {
 
     let answer = ask(addr, &query("web.", RecordType::A)).await;
     assert_eq!(a_answers(&answer), ["10.10.0.250"], "UDP still answers");
-    assert_eq!(counters.read().malformed, 5, "4 over UDP, 1 over TCP");
+    let counts = counts_when(&counters, |c| c.malformed == 5).await;
+    assert_eq!(counts.malformed, 5, "4 over UDP, 1 over TCP");
 }
 
 #[tokio::test]
@@ -467,7 +490,10 @@ async fn a_silent_upstream_gives_servfail() {
     // Skein's names are still answered, and never forwarded.
     let answer = ask(addr, &query("nosuch.", RecordType::A)).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
-    let counts = counters.read();
+    let counts = counts_when(&counters, |c| {
+        (c.forwarded, c.upstream_failures) == (1, 1) && c.queries.contains(&("A", "SERVFAIL", 1))
+    })
+    .await;
     assert_eq!((counts.forwarded, counts.upstream_failures), (1, 1));
     assert!(counts.queries.contains(&("A", "SERVFAIL", 1)), "{counts:?}");
 }
