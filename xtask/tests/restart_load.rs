@@ -5,6 +5,8 @@
 //! ingress), each gracefully (SIGTERM, then a start) and with `kill -9` followed at once by
 //! a start. Every restart must be invisible to the client:
 //! - wrk: no socket error (connect, read, write, timeout with `--timeout 10s`), no non-2xx;
+//!   the same for a second, smaller wrk on host 1 itself to `127.0.0.1:8080` (the host
+//!   path: the socket hooks every start of host 1's agent adopts);
 //! - the client namespace's `TcpEstabResets`, `TcpAttemptFails` and `TcpExtTCPTimeouts`
 //!   do not move;
 //! - the ingress's conntrack (`MESH_FLOWS` on host 1) and the backend host's reply entries
@@ -326,6 +328,35 @@ impl Cluster {
     }
 }
 
+/// `wrk -t1 -cN -d600s --timeout 10s [-H 'Connection: close'] url` in `host`'s
+/// namespace; [`stop_wrk`] ends it.
+fn spawn_wrk(host: &Host, url: &str, connections: u32, close: bool, log: &str) -> Process {
+    let mut cmd = host.command("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{connections}"),
+        "-d600s",
+        "--timeout",
+        "10s",
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(url);
+    host.spawn(cmd, log).expect("wrk")
+}
+
+/// Stops wrk with SIGINT (it then prints its totals as at the end of its duration);
+/// returns its output and totals.
+fn stop_wrk(mut wrk: Process) -> (String, WrkTotals) {
+    // SAFETY: kill(2) of a wrk this test started (`ip netns exec` execs it in place).
+    unsafe { libc::kill(wrk.pid() as i32, libc::SIGINT) };
+    wrk.wait(Duration::from_secs(60)).expect("wrk to stop");
+    let out = wrk.log();
+    let totals = parse_wrk(&out);
+    (out, totals)
+}
+
 /// One wrk run through h1 while the four restarts happen; returns wrk's totals.
 fn load_through_restarts(cluster: &mut Cluster, close: bool) -> WrkTotals {
     let what = if close {
@@ -340,20 +371,12 @@ fn load_through_restarts(cluster: &mut Cluster, close: bool) -> WrkTotals {
         .collect();
     let counters_before = client_counters(&cluster.bed);
     let url = format!("http://{}:{WEB}/", cluster.bed.host(0).underlay_ip());
-    let mut cmd = cluster.bed.client().command("wrk");
-    cmd.args([
-        "-t1",
-        &format!("-c{CONNECTIONS}"),
-        "-d600s",
-        "--timeout",
-        "10s",
-    ]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
-    }
-    cmd.arg(&url);
     let log = if close { "wrk-close" } else { "wrk-keepalive" };
-    let mut wrk = cluster.bed.client().spawn(cmd, log).expect("wrk");
+    let mut wrk = spawn_wrk(cluster.bed.client(), &url, CONNECTIONS, close, log);
+    // The host path too: h1's own sockets to 127.0.0.1:8080 (the socket hooks, re-attached
+    // by every start of h1's agent).
+    let local_url = format!("http://127.0.0.1:{WEB}/");
+    let mut local = spawn_wrk(cluster.bed.host(0), &local_url, 2, close, "wrk-local");
     let watch = CursorWatch::start(cluster.bed.host(0), slot);
     thread::sleep(Duration::from_secs(3));
 
@@ -394,25 +417,23 @@ fn load_through_restarts(cluster: &mut Cluster, close: bool) -> WrkTotals {
             let lost: Vec<_> = replies.difference(&replies_after).collect();
             assert!(lost.is_empty(), "{what}: h2 lost reply entries {lost:?}");
         }
-        assert!(wrk.is_running(), "{what}: wrk ended early: {}", wrk.log());
+        for w in [&mut wrk, &mut local] {
+            assert!(w.is_running(), "{what}: wrk ended early: {}", w.log());
+        }
         thread::sleep(SETTLE);
     }
 
     // Read before wrk stops: a connection closed with an answer still unread (wrk exits
     // mid-request) is reset by the client itself and counted in TcpEstabResets.
     let counters_loaded = client_counters(&cluster.bed);
-    // SIGINT: wrk stops and prints its totals.
-    // SAFETY: kill(2) of the wrk this test started.
-    unsafe { libc::kill(wrk.pid() as i32, libc::SIGINT) };
-    wrk.wait(Duration::from_secs(60)).expect("wrk to stop");
+    let (out, totals) = stop_wrk(wrk);
+    let (local_out, local_totals) = stop_wrk(local);
     let (samples, first, last) = watch.finish(what);
-    let out = wrk.log();
-    let totals = parse_wrk(&out);
     let counters_after = client_counters(&cluster.bed);
     eprintln!(
         "{what}: wrk {totals:?}; cursor {first} → {last} over {samples} samples; client \
          counters {counters_before:?} → {counters_loaded:?} under load → {counters_after:?} \
-         once wrk stopped\n{out}"
+         once wrk stopped; h1's own wrk to 127.0.0.1 {local_totals:?}\n{out}\n{local_out}"
     );
     assert!(totals.requests > 0, "{what}: wrk made no requests: {out}");
     assert_eq!(totals.non_2xx, 0, "{what}: non-2xx answers: {out}");
@@ -420,6 +441,15 @@ fn load_through_restarts(cluster: &mut Cluster, close: bool) -> WrkTotals {
     for ((name, before), (_, after)) in counters_before.iter().zip(&counters_loaded) {
         assert_eq!(after - before, 0, "{what}: the client's {name} moved");
     }
+    assert!(
+        local_totals.requests > 0,
+        "{what}: h1's wrk made no requests: {local_out}"
+    );
+    assert_eq!(
+        (local_totals.non_2xx, local_totals.socket_errors),
+        (0, [0; 4]),
+        "{what}: h1's wrk to 127.0.0.1 failed: {local_out}"
+    );
     let tasks_after: BTreeSet<String> = service_tasks(cluster.bed.host(0), "web")
         .into_iter()
         .map(|t| t.id)
