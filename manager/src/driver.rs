@@ -208,6 +208,10 @@ impl Ord for Due {
 /// How often, at most, a new snapshot is published while changes stream in.
 const VIEW_DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// Datagrams handled per wake-up at most, so timers and commands still get their turn
+/// while a flood lasts.
+const RECEIVE_BATCH: usize = 64;
+
 async fn run(
     mut engine: Engine,
     initial: Vec<Output>,
@@ -259,9 +263,23 @@ async fn run(
         let wake = [next_timer, publish_at].into_iter().flatten().min();
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
-                Ok((len, from)) => {
-                    let outputs = engine.handle_datagram(from, &buf[..len], wall_ms());
-                    handle(outputs, &mut timers, &socket);
+                Ok(first) => {
+                    // Whatever else is already queued is read here too, up to a bound, so
+                    // a flood (junk included) pays the loop's wake-up and timer set-up
+                    // once per batch rather than once per datagram.
+                    let mut next = Some(first);
+                    let mut read = 0;
+                    while let Some((len, from)) = next {
+                        let outputs = engine.handle_datagram(from, &buf[..len], wall_ms());
+                        handle(outputs, &mut timers, &socket);
+                        read += 1;
+                        next = if read < RECEIVE_BATCH {
+                            // WouldBlock ends the batch; other errors are seen next time.
+                            socket.try_recv_from(&mut buf).ok()
+                        } else {
+                            None
+                        };
+                    }
                     // Only a change of the store or the membership is worth a new view:
                     // junk (dropped before or at decryption) costs no rebuild.
                     dirty |= engine.change_marker() != built_from;
