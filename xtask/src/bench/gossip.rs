@@ -55,6 +55,12 @@ pub(crate) struct Args {
     /// Rounds of the junk measurement (each binary once per round, alternating).
     #[arg(long, default_value_t = 3)]
     junk_rounds: usize,
+    /// Every junk datagram this size (with the version byte); 0: mixed sizes.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=65_507))]
+    junk_size: u16,
+    /// Services created (no replicas) before the junk measurement: the store's size.
+    #[arg(long, default_value_t = 0)]
+    junk_services: usize,
     /// An older `skein` binary (e.g. the previous main's, copied) to measure side by side.
     #[arg(long)]
     baseline_bin: Option<std::path::PathBuf>,
@@ -62,14 +68,26 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> Result<()> {
     if args.junk_only {
-        return super::gossip_junk::run(args.junk, args.baseline_bin.as_deref(), args.junk_rounds);
+        return super::gossip_junk::run(
+            args.junk,
+            usize::from(args.junk_size),
+            args.junk_services,
+            args.baseline_bin.as_deref(),
+            args.junk_rounds,
+        );
     }
     simulated_spread_and_detection(&args)?;
     simulated_false_downs(args.node_hours)?;
     if !args.simulated_only {
         real_agents()?;
         if args.junk > 0 {
-            super::gossip_junk::run(args.junk, args.baseline_bin.as_deref(), args.junk_rounds)?;
+            super::gossip_junk::run(
+                args.junk,
+                usize::from(args.junk_size),
+                args.junk_services,
+                args.baseline_bin.as_deref(),
+                args.junk_rounds,
+            )?;
         }
     }
     Ok(())

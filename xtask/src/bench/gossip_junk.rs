@@ -4,6 +4,10 @@
 //! byte so they reach the cipher, one in ten larger than any member sends) from the client
 //! namespace to h1's gossip port in a 2-host testbed; the figure is h1's agent CPU time
 //! (utime + stime from /proc) during the flood minus an idle window of the same length.
+//! `--junk-size BYTES` sends every datagram at that size with the version byte instead
+//! (an attacker's costliest junk; up to 65,507).
+//! `--junk-services N` first creates N services (no replicas), so the cluster view a
+//! needless rebuild would make is the size of a real cluster's, not a toy's.
 //! With `--baseline-bin`, the same run with that binary (e.g. the previous main's
 //! `skein`, copied), alternating, so both meet the same machine load.
 
@@ -11,7 +15,7 @@ use std::{path::Path, time::Instant};
 
 use anyhow::{Context, Result};
 use xtask::{
-    cluster::start_cluster,
+    cluster::{skein_ok, start_cluster},
     testbed::{skein_binary, Testbed, TestbedConfig},
     toolchain::say,
 };
@@ -29,22 +33,61 @@ fn cpu_ms(pid: u32) -> Result<f64> {
 }
 
 /// One run with `bin`: returns (flood CPU ms, idle CPU ms, flood seconds).
-fn one_run(bin: &Path, junk: usize, round: usize) -> Result<(f64, f64, f64)> {
+fn one_run(
+    bin: &Path,
+    junk: usize,
+    size: usize,
+    services: usize,
+    round: usize,
+) -> Result<(f64, f64, f64)> {
     std::env::set_var("SKEIN_BIN", bin);
     let bed = Testbed::new(&format!("bench-junk{round}"), TestbedConfig::with_hosts(2))?;
     let (agents, _token) = start_cluster(&bed)?;
     let pid = agents[0].pid();
+    for i in 0..services {
+        let name = format!("junk{i}");
+        skein_ok(
+            bed.host(i % 2),
+            &[
+                "service",
+                "create",
+                &name,
+                "--replicas",
+                "0",
+                // DNS round robin: no VIP, so the default network's VIP range is no limit.
+                "--endpoint-mode",
+                "dnsrr",
+                "--",
+                "sleep",
+                "1",
+            ],
+        )?;
+    }
+    if services > 0 {
+        // Both members hold every record before the idle window starts.
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        // The table: a header line, then one line per service.
+        while skein_ok(bed.host(0), &["service", "ls"])?.lines().count() < services + 1 {
+            anyhow::ensure!(Instant::now() < deadline, "services did not replicate");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
     let target = bed.host(0).underlay_ip();
     let script = format!(
         "import os, socket, sys\n\
          s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)\n\
-         n = int(sys.argv[1]); idle = sys.argv[2] == 'idle'\n\
+         n = int(sys.argv[1]); idle = sys.argv[2] == 'idle'; fixed = int(sys.argv[3])\n\
          import time\n\
+         big = bytearray(os.urandom(fixed))\n\
          for i in range(n):\n\
-         \x20   size = 9000 if i % 10 == 0 else 1 + (i * 131) % 1400\n\
-         \x20   d = bytearray(os.urandom(size))\n\
-         \x20   if i % 2 == 0: d[0] = 1\n\
+         \x20   if fixed:\n\
+         \x20       d = big; d[0] = 1; d[1:9] = os.urandom(8)\n\
+         \x20   else:\n\
+         \x20       size = 9000 if i % 10 == 0 else 1 + (i * 131) % 1400\n\
+         \x20       d = bytearray(os.urandom(size))\n\
+         \x20       if i % 2 == 0: d[0] = 1\n\
          \x20   if not idle: s.sendto(d, ('{target}', 7946))\n\
          \x20   if i % 64 == 0: time.sleep(0.0005)\n"
     );
@@ -52,7 +95,10 @@ fn one_run(bin: &Path, junk: usize, round: usize) -> Result<(f64, f64, f64)> {
         let before = cpu_ms(pid)?;
         let started = Instant::now();
         bed.client()
-            .run("python3", ["-c", &script, &junk.to_string(), mode])
+            .run(
+                "python3",
+                ["-c", &script, &junk.to_string(), mode, &size.to_string()],
+            )
             .context("sending junk")?;
         std::thread::sleep(std::time::Duration::from_millis(500));
         Ok((cpu_ms(pid)? - before, started.elapsed().as_secs_f64()))
@@ -64,10 +110,21 @@ fn one_run(bin: &Path, junk: usize, round: usize) -> Result<(f64, f64, f64)> {
     Ok((flood_ms, idle_ms, secs))
 }
 
-pub(crate) fn run(junk: usize, baseline: Option<&Path>, rounds: usize) -> Result<()> {
+pub(crate) fn run(
+    junk: usize,
+    size: usize,
+    services: usize,
+    baseline: Option<&Path>,
+    rounds: usize,
+) -> Result<()> {
     let candidate = skein_binary()?;
+    let shape = match size {
+        0 => "mixed sizes".to_owned(),
+        size => format!("{size} bytes each"),
+    };
     say(&format!(
-        "{junk} junk datagrams at h1:7946, agent CPU during the flood minus an idle window"
+        "{junk} junk datagrams ({shape}) at h1:7946 with {services} services in the store, agent CPU \
+         during the flood minus an idle window"
     ));
     let mut bins = vec![("this tree", candidate.clone())];
     if let Some(base) = baseline {
@@ -81,7 +138,7 @@ pub(crate) fn run(junk: usize, baseline: Option<&Path>, rounds: usize) -> Result
     let mut results: Vec<(&str, Vec<f64>)> = bins.iter().map(|(n, _)| (*n, Vec::new())).collect();
     for round in 0..rounds {
         for (i, (name, bin)) in bins.iter().enumerate() {
-            let (flood, idle, secs) = one_run(bin, junk, round * 10 + i)?;
+            let (flood, idle, secs) = one_run(bin, junk, size, services, round * 10 + i)?;
             let cost = (flood - idle).max(0.0);
             println!(
                 "   round {round} {name:>9}: flood {flood:.0} ms CPU, idle {idle:.0} ms, \
