@@ -224,7 +224,7 @@ fn live_connections_ride_on_across_a_conntrack_layout_migration() {
     std::fs::write(&mark, b"").unwrap();
     assert_eq!(value_size(&maps), 56, "the pin holds today's layout");
     assert!(
-        !maps.join("MESH_FLOWS.migrating").exists(),
+        !maps.join("MESH_FLOWS@migrating").exists(),
         "no staging pin left"
     );
     let after = client_flows(&maps);

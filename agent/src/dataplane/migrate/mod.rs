@@ -6,7 +6,7 @@
 //!    capacity differs from the ABI table is recognised among its earlier layouts
 //!    ([`dataplane_ebpf::migrations::older_layouts`]) or refused with one sentence
 //!    ([`DataplaneError::IncompatiblePin`]). The loader then creates the new map pinned
-//!    under a staging name (`<map>.migrating`) instead of adopting the old pin.
+//!    under a staging name (`<map>@migrating`: bpffs refuses dots in names) instead of adopting the old pin.
 //! 2. [`Migration::copy`], right after the object is loaded and before any program is
 //!    attached: every entry is converted and copied; the old programs, still attached,
 //!    keep writing the old map meanwhile.
@@ -155,7 +155,7 @@ fn map_kind(found: MapType) -> Option<MapKind> {
 /// The staging pin of a map being migrated, next to its pin (one bpffs: the final rename
 /// stays within it).
 pub(crate) fn staging_pin(maps_dir: &Path, name: &str) -> PathBuf {
-    maps_dir.join(format!("{name}.migrating"))
+    maps_dir.join(format!("{name}@migrating"))
 }
 
 fn pin_error(
