@@ -17,8 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::dataplane::migrate::rewrite_pin_as_older_layout;
-use aya::maps::{HashMap, MapData, MapInfo};
+use agent::dataplane::{self, migrate::rewrite_pin_as_older_layout, PinDirs};
+use aya::maps::{HashMap, Map, MapData, MapInfo};
 use dataplane_ebpf::{
     maps::MESH_FLOWS,
     mesh::{Flow, FlowKey},
@@ -88,7 +88,7 @@ print("DONE failed=%d before=%s after=%s" % (failed, ",".join(str(c["before"]) f
 fn client_flows(maps: &Path) -> BTreeMap<u16, Ipv4Addr> {
     let data = MapData::from_pin(maps.join(MESH_FLOWS.name)).expect("MESH_FLOWS pinned");
     let flows: HashMap<_, FlowKey, Flow> =
-        HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("MESH_FLOWS in today's layout");
+        HashMap::try_from(Map::LruHashMap(data)).expect("MESH_FLOWS in today's layout");
     flows
         .iter()
         .filter_map(Result::ok)
@@ -268,4 +268,116 @@ fn live_connections_ride_on_across_a_conntrack_layout_migration() {
     )
     .expect("curl");
     assert!(out.status.success(), "a new connection after the migration");
+}
+
+fn flow_key(port: u16) -> FlowKey {
+    FlowKey {
+        client_ip: [10, 200, 0, 2],
+        node_ip: [10, 200, 0, 11],
+        client_port_be: port.to_be_bytes(),
+        published_port_be: WEB.to_be_bytes(),
+        protocol: 6,
+        _pad: [0; 3],
+    }
+}
+
+fn flow(last_seen_ns: u64) -> Flow {
+    Flow {
+        backend_ip: [10, 10, 0, 5],
+        backend_host: [10, 200, 0, 12],
+        vni: 4096,
+        slot: 1,
+        target_port_be: 80u16.to_be_bytes(),
+        state: dataplane_ebpf::mesh::TCP_ESTABLISHED,
+        created_ns: 1,
+        last_seen_ns,
+        ..Flow::default()
+    }
+}
+
+/// `flow` in layout 0, as the old programs would write it.
+fn v0(flow: &Flow) -> [u8; 40] {
+    // SAFETY: Flow is a repr(C) ABI value without implicit padding (size asserted in the
+    // ABI), so all its bytes are initialised; the slice lives only for the conversion.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            flow as *const Flow as *const u8,
+            std::mem::size_of::<Flow>(),
+        )
+    };
+    let mut old = [0u8; 40];
+    assert!(mesh_flow_to_v0(&[], bytes, &mut old, 0));
+    old
+}
+
+/// The second copy's rule, step by step on real maps (the end-to-end test above cannot
+/// reach it: the programs it swaps out write an unpinned map): between the first copy and
+/// the swap the old programs change entries 1 and 2 and open 4; after the swap the new
+/// programs change 2 and close 3. The finished map has 1 and 4 as the old programs left
+/// them, 2 as the new programs made it (theirs is newer), and no 3.
+#[test]
+fn what_the_old_programs_changed_before_the_swap_is_copied_again_unless_the_new_ones_did() {
+    let bed = Testbed::new("migrate-pass", TestbedConfig::with_hosts(1)).expect("testbed");
+    let pins = PinDirs::new(bed.host(0).bpf_dir());
+    drop(dataplane::load(&pins).expect("first load pins the maps"));
+    let maps = pins.maps();
+    let open = |name: &str| MapData::from_pin(maps.join(name)).expect("pinned");
+    {
+        let mut today: HashMap<_, FlowKey, Flow> =
+            HashMap::try_from(Map::LruHashMap(open(MESH_FLOWS.name))).unwrap();
+        for port in [1, 2, 3] {
+            today.insert(flow_key(port), flow(100), 0).unwrap();
+        }
+    }
+    let v0_layout = &older_layouts(MESH_FLOWS.name)[0];
+    assert_eq!(
+        rewrite_pin_as_older_layout(&maps, &MESH_FLOWS, v0_layout, mesh_flow_to_v0).unwrap(),
+        3
+    );
+
+    let (ebpf, migration) = dataplane::load_migrating(&pins).expect("loads, migrating");
+    let mut old: HashMap<_, FlowKey, [u8; 40]> =
+        HashMap::try_from(Map::LruHashMap(open(MESH_FLOWS.name))).expect("old pin, layout 0");
+    let mut new: HashMap<_, FlowKey, Flow> =
+        HashMap::try_from(Map::LruHashMap(open("MESH_FLOWS@migrating"))).expect("staging pin");
+    assert_eq!(new.keys().count(), 3, "the first copy");
+    assert_eq!(new.get(&flow_key(1), 0).unwrap(), flow(100));
+    // The old programs, before the swap.
+    old.insert(flow_key(1), v0(&flow(200)), 0).unwrap();
+    old.insert(flow_key(2), v0(&flow(200)), 0).unwrap();
+    old.insert(flow_key(4), v0(&flow(300)), 0).unwrap();
+    // The new programs, after it.
+    let refreshed = Flow {
+        hop_ifindex: 9,
+        ..flow(250)
+    };
+    new.insert(flow_key(2), refreshed, 0).unwrap();
+    new.remove(&flow_key(3)).unwrap();
+
+    let done = migration.finish().expect("finishes");
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        (done[0].map, done[0].recopied, done[0].dropped),
+        ("MESH_FLOWS", 2, 0)
+    );
+    assert_eq!(value_size(&maps), 56, "the pin replaced");
+    assert!(
+        !maps.join("MESH_FLOWS@migrating").exists(),
+        "no staging pin left"
+    );
+    let migrated: HashMap<_, FlowKey, Flow> =
+        HashMap::try_from(Map::LruHashMap(open(MESH_FLOWS.name))).unwrap();
+    let mut entries: Vec<(u16, Flow)> = migrated
+        .iter()
+        .map(|entry| entry.unwrap())
+        .map(|(key, flow)| (u16::from_be_bytes(key.client_port_be), flow))
+        .collect();
+    entries.sort_by_key(|(port, _)| *port);
+    assert_eq!(
+        entries,
+        vec![(1, flow(200)), (2, refreshed), (4, flow(300))],
+        "1 and 4 as the old programs left them, 2 as the new made it, 3 closed"
+    );
+    drop(ebpf);
+    dataplane::cleanup(&pins).unwrap();
 }

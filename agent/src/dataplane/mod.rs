@@ -196,8 +196,8 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
 }
 
 /// [`load`], leaving a migration of pinned maps to be finished once the programs are
-/// swapped in ([`migrate::Migration::finish`]).
-fn load_migrating(pins: &PinDirs) -> Result<(Ebpf, migrate::Migration), DataplaneError> {
+/// swapped in ([`migrate::Migration::finish`]; public for the migration test).
+pub fn load_migrating(pins: &PinDirs) -> Result<(Ebpf, migrate::Migration), DataplaneError> {
     bpffs::prepare(&pins.root).map_err(|source| DataplaneError::Bpffs {
         path: pins.root.clone(),
         source,

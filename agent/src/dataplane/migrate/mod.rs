@@ -192,7 +192,7 @@ struct Pending {
 
 /// The maps of one start that need migrating (empty in the usual case: nothing changed).
 #[derive(Default)]
-pub(crate) struct Migration {
+pub struct Migration {
     pending: Vec<Pending>,
 }
 
@@ -305,7 +305,7 @@ impl Migration {
 
     /// Step 4, after every program has been swapped: copies again what the old programs
     /// changed meanwhile and replaces the pins.
-    pub(crate) fn finish(self) -> Result<Vec<Migrated>, DataplaneError> {
+    pub fn finish(self) -> Result<Vec<Migrated>, DataplaneError> {
         let now = monotonic_ns();
         let mut done = Vec::new();
         for mut pending in self.pending {
