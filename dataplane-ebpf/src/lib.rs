@@ -21,6 +21,7 @@ pub mod counters;
 pub mod guard;
 pub mod maps;
 pub mod mesh;
+pub mod migrations;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod names;

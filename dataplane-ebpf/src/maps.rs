@@ -47,6 +47,20 @@ impl MapKind {
     }
 }
 
+/// Who fills a pinned map, which decides what an upgrade that changes its layout must
+/// do with its entries (see [`crate::migrations`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holds {
+    /// Entries the agent writes from the cluster view (or at start): a new map may start
+    /// empty, the reconciler refills it.
+    Agent,
+    /// Counters: a new map may start at zero.
+    Counters,
+    /// State only the kernel holds (conntrack, NAT, round-robin positions): every entry
+    /// must be carried over, or live connections break.
+    Kernel,
+}
+
 /// One pinned map as both sides must agree on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSpec {
@@ -58,6 +72,10 @@ pub struct MapSpec {
     pub value_size: u32,
     /// `max_entries`.
     pub capacity: u32,
+    /// This build's layout version: 0 for the first, one more at each change of type or
+    /// key/value layout; the earlier ones are in [`crate::migrations::older_layouts`].
+    pub layout: u32,
+    pub holds: Holds,
 }
 
 impl MapSpec {
@@ -69,6 +87,32 @@ impl MapSpec {
             key_size: size_of::<K>() as u32,
             value_size: size_of::<V>() as u32,
             capacity,
+            layout: 0,
+            holds: Holds::Agent,
+        }
+    }
+
+    /// The same spec for a map whose entries only the kernel holds.
+    pub const fn kernel_state(self) -> MapSpec {
+        MapSpec {
+            holds: Holds::Kernel,
+            ..self
+        }
+    }
+
+    /// The same spec at layout `version` (see [`MapSpec::layout`]).
+    pub const fn layout(self, version: u32) -> MapSpec {
+        MapSpec {
+            layout: version,
+            ..self
+        }
+    }
+
+    /// The same spec for a map of counters.
+    pub const fn counts(self) -> MapSpec {
+        MapSpec {
+            holds: Holds::Counters,
+            ..self
         }
     }
 
@@ -88,7 +132,7 @@ pub const TC_ENDPOINT_COUNTERS: MapSpec = counters("TC_ENDPOINT_COUNTERS");
 pub const TC_UNDERLAY_COUNTERS: MapSpec = counters("TC_UNDERLAY_COUNTERS");
 
 const fn counters(name: &'static str) -> MapSpec {
-    MapSpec::new::<u32, Counter>(name, MapKind::PerCpuArray, COUNTER_SLOTS)
+    MapSpec::new::<u32, Counter>(name, MapKind::PerCpuArray, COUNTER_SLOTS).counts()
 }
 
 /// Every endpoint of the cluster's live nodes, by (VNI, IP).
@@ -130,16 +174,19 @@ pub const MESH_PORTS: MapSpec =
     MapSpec::new::<MeshPortKey, MeshPort>("MESH_PORTS", MapKind::Hash, 4_096);
 /// Each service slot's rotation: backend count, shared cursor, VNI.
 pub const MESH_SERVICES: MapSpec =
-    MapSpec::new::<u32, MeshService>("MESH_SERVICES", MapKind::Array, MESH_MAX_SERVICES);
+    MapSpec::new::<u32, MeshService>("MESH_SERVICES", MapKind::Array, MESH_MAX_SERVICES)
+        .kernel_state();
 /// (service slot, index) → serving task (overlay IP, host's underlay IP).
 pub const MESH_BACKENDS: MapSpec =
     MapSpec::new::<MeshBackendKey, MeshBackend>("MESH_BACKENDS", MapKind::Hash, 65_536);
 /// The ingress node's conntrack: the client's flow → its backend and TCP state.
 pub const MESH_FLOWS: MapSpec =
-    MapSpec::new::<FlowKey, Flow>("MESH_FLOWS", MapKind::LruHash, 262_144);
+    MapSpec::new::<FlowKey, Flow>("MESH_FLOWS", MapKind::LruHash, 262_144)
+        .kernel_state()
+        .layout(1);
 /// A flow as replies carry it → the ingress node it came through.
 pub const MESH_REPLIES: MapSpec =
-    MapSpec::new::<ReplyKey, Reply>("MESH_REPLIES", MapKind::LruHash, 262_144);
+    MapSpec::new::<ReplyKey, Reply>("MESH_REPLIES", MapKind::LruHash, 262_144).kernel_state();
 /// Every cluster node's underlay address: the only senders of mesh VXLAN.
 pub const MESH_NODES: MapSpec = MapSpec::new::<[u8; 4], u32>("MESH_NODES", MapKind::Hash, 4_096);
 /// This node's tasks × their service's target ports: where mesh VXLAN may deliver.
@@ -147,30 +194,32 @@ pub const MESH_TARGETS: MapSpec =
     MapSpec::new::<MeshTargetKey, MeshTarget>("MESH_TARGETS", MapKind::Hash, 16_384);
 /// Per service and backend: new flows, packets, bytes (per CPU).
 pub const MESH_STATS: MapSpec =
-    MapSpec::new::<MeshStatKey, MeshStats>("MESH_STATS", MapKind::PerCpuHash, 65_536);
+    MapSpec::new::<MeshStatKey, MeshStats>("MESH_STATS", MapKind::PerCpuHash, 65_536).counts();
 /// Conntrack entries created and deleted by the programs (per CPU; see
 /// [`crate::mesh::CT_INSERTED`]).
 pub const MESH_CT_EVENTS: MapSpec =
-    MapSpec::new::<u32, u64>("MESH_CT_EVENTS", MapKind::PerCpuArray, CT_EVENT_SLOTS);
+    MapSpec::new::<u32, u64>("MESH_CT_EVENTS", MapKind::PerCpuArray, CT_EVENT_SLOTS).counts();
 
 /// Service VIPs (see [`crate::vip`]): destinations an endpoint balances to.
 pub const VIP_PORTS: MapSpec =
     MapSpec::new::<VipPortKey, VipPort>("VIP_PORTS", MapKind::Hash, 65_536);
 /// Each VIP service's rotation (backend count, shared cursor).
 pub const VIP_SERVICES: MapSpec =
-    MapSpec::new::<VipServiceKey, VipService>("VIP_SERVICES", MapKind::Hash, 4_096);
+    MapSpec::new::<VipServiceKey, VipService>("VIP_SERVICES", MapKind::Hash, 4_096).kernel_state();
 /// Each VIP service's serving tasks on its network.
 pub const VIP_BACKENDS: MapSpec =
     MapSpec::new::<VipBackendKey, VipBackend>("VIP_BACKENDS", MapKind::Hash, 65_536);
 /// The sending host's VIP conntrack.
 pub const VIP_FLOWS: MapSpec =
-    MapSpec::new::<VipFlowKey, VipFlow>("VIP_FLOWS", MapKind::LruHash, 262_144);
+    MapSpec::new::<VipFlowKey, VipFlow>("VIP_FLOWS", MapKind::LruHash, 262_144)
+        .kernel_state()
+        .layout(1);
 /// The reverse translation of VIP flows' replies.
 pub const VIP_REPLIES: MapSpec =
-    MapSpec::new::<VipReplyKey, VipReply>("VIP_REPLIES", MapKind::LruHash, 262_144);
+    MapSpec::new::<VipReplyKey, VipReply>("VIP_REPLIES", MapKind::LruHash, 262_144).kernel_state();
 /// What the VIP balancer did, per event (`vip::VIP_*`), per CPU.
 pub const VIP_EVENTS: MapSpec =
-    MapSpec::new::<u32, u64>("VIP_EVENTS", MapKind::PerCpuArray, VIP_EVENT_SLOTS);
+    MapSpec::new::<u32, u64>("VIP_EVENTS", MapKind::PerCpuArray, VIP_EVENT_SLOTS).counts();
 /// Per-CPU counters of `tc_host_egress`, indexed by [`crate::counters::Verdict`].
 pub const TC_HOST_COUNTERS: MapSpec = counters("TC_HOST_COUNTERS");
 /// One slot: whose host namespace the socket hooks act for (see [`crate::sock`]).
@@ -178,13 +227,13 @@ pub const SOCK_CONFIG: MapSpec = MapSpec::new::<u32, SockConfig>("SOCK_CONFIG", 
 /// (socket, backend address) → the service address it stands for (`recvmsg`,
 /// `getpeername`). LRU: a socket's entry ends with it or with the least recent use.
 pub const SOCK_REVERSE: MapSpec =
-    MapSpec::new::<SockKey, SockAddr>("SOCK_REVERSE", MapKind::LruHash, 262_144);
+    MapSpec::new::<SockKey, SockAddr>("SOCK_REVERSE", MapKind::LruHash, 262_144).kernel_state();
 /// (unconnected UDP socket, service address) → the backend picked for it.
 pub const SOCK_PICKS: MapSpec =
-    MapSpec::new::<SockKey, SockAddr>("SOCK_PICKS", MapKind::LruHash, 65_536);
+    MapSpec::new::<SockKey, SockAddr>("SOCK_PICKS", MapKind::LruHash, 65_536).kernel_state();
 /// Connections this host opened to tasks on other nodes (see [`crate::sock::HostFlow`]).
 pub const HOST_FLOWS: MapSpec =
-    MapSpec::new::<ReplyKey, HostFlow>("HOST_FLOWS", MapKind::LruHash, 65_536);
+    MapSpec::new::<ReplyKey, HostFlow>("HOST_FLOWS", MapKind::LruHash, 65_536).kernel_state();
 
 /// Every map the agent pins under `<bpf-dir>/maps`, so a restarted agent adopts them.
 pub const PINNED: &[MapSpec] = &[

@@ -1,16 +1,11 @@
-//! Pinned maps as the agent sees them: the adoption check against the ABI's table
-//! ([`dataplane_ebpf::maps::PINNED`]), the test-only capacity override, and typed handles
+//! Pinned maps as the agent sees them: the test-only capacity override, and typed handles
 //! over the ABI key/value types ([`MapHandle`], implemented by [`HashHandle`] and
 //! [`LpmHandle`]) that the reconciler's one map sync works through.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, fmt, path::PathBuf};
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, MapType},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, MapError, MapType},
     sys::SyscallError,
     Pod,
 };
@@ -24,7 +19,8 @@ use super::{DataplaneError, PinDirs};
 /// Test-only: `MAP=CAPACITY[,MAP=CAPACITY…]` makes the agent create those maps with a
 /// smaller capacity (and expect it when adopting their pins), so a privileged test can
 /// fill a map (`xtask/tests/map_sync.rs`). Never set in production: a map pinned with an
-/// overridden capacity is refused by an agent started without the same override.
+/// overridden capacity is migrated to the table's capacity by an agent started without
+/// the same override (see `migrate`).
 pub const CAPACITY_OVERRIDE_ENV: &str = "SKEIN_TEST_MAP_CAPACITY";
 
 /// The capacity of each map this process creates and expects: the table's, or the
@@ -57,7 +53,7 @@ pub(crate) fn capacities() -> Result<BTreeMap<&'static str, u32>, DataplaneError
     Ok(capacities)
 }
 
-fn aya_type(kind: MapKind) -> MapType {
+pub(super) fn aya_type(kind: MapKind) -> MapType {
     match kind {
         MapKind::Hash => MapType::Hash,
         MapKind::LpmTrie => MapType::LpmTrie,
@@ -66,38 +62,6 @@ fn aya_type(kind: MapKind) -> MapType {
         MapKind::LruHash => MapType::LruHash,
         MapKind::PerCpuHash => MapType::PerCpuHash,
     }
-}
-
-/// Refuses to adopt pinned maps whose layout differs from this build's table: the new
-/// programs would read them with the wrong types.
-pub(crate) fn check_pinned(
-    maps_dir: &Path,
-    capacities: &BTreeMap<&'static str, u32>,
-) -> Result<(), DataplaneError> {
-    for spec in PINNED {
-        let path = maps_dir.join(spec.name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path).map_err(|e| DataplaneError::Pin {
-            what: "reading a pinned map",
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
-        let found_type = info.map_type().ok();
-        let found = (info.key_size(), info.value_size(), info.max_entries());
-        let expected = (spec.key_size, spec.value_size, capacities[spec.name]);
-        if found_type != Some(aya_type(spec.kind)) || found != expected {
-            return Err(DataplaneError::IncompatiblePin {
-                path,
-                found_type: format!("{found_type:?}"),
-                found_key: found.0,
-                found_value: found.1,
-                found_entries: found.2,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Opens the pin of `spec` as aya's untyped map, with its capacity as the kernel has it.

@@ -35,6 +35,7 @@ mod links;
 mod logs;
 mod maps;
 mod mesh;
+pub mod migrate;
 mod overlay;
 mod vip;
 
@@ -84,14 +85,8 @@ pub enum DataplaneError {
         #[source]
         source: io::Error,
     },
-    #[error("pinned map {path} has a different layout than this agent's (type {found_type}, key {found_key} B, value {found_value} B, {found_entries} entries); run `skein agent cleanup` to start afresh")]
-    IncompatiblePin {
-        path: PathBuf,
-        found_type: String,
-        found_key: u32,
-        found_value: u32,
-        found_entries: u32,
-    },
+    #[error("pinned map {path} has a layout this binary cannot migrate ({found}); run `skein agent cleanup` (drops every pinned map, connection tracking included: connections through this node break) or run the previous binary")]
+    IncompatiblePin { path: PathBuf, found: String },
     #[error("loading the eBPF object failed")]
     Load(#[source] aya::EbpfError),
     #[error("program {name} is not in the eBPF object or has the wrong type")]
@@ -172,6 +167,8 @@ pub struct Dataplane {
     pins: PinDirs,
     /// How the underlay XDP program is attached (native or generic), as found or made.
     pub xdp_attached_mode: links::AttachedMode,
+    /// The pinned maps this start migrated from an older layout (usually none).
+    pub migrated: Vec<migrate::Migrated>,
 }
 
 /// The kernel's log level for aya-log records, from the agent's tracing filter, so
@@ -189,8 +186,18 @@ fn kernel_log_level() -> u8 {
 }
 
 /// Loads the object with its maps pinned under `pins` (reusing maps already pinned
-/// there), without attaching anything. The programs are loaded and verified.
+/// there, migrating those of an older layout at once), without attaching anything. The
+/// programs are loaded and verified. For callers that attach nothing: programs already
+/// attached keep the old maps of a migration (see [`migrate`]).
 pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
+    let (ebpf, migration) = load_migrating(pins)?;
+    migration.finish()?;
+    Ok(ebpf)
+}
+
+/// [`load`], leaving a migration of pinned maps to be finished once the programs are
+/// swapped in ([`migrate::Migration::finish`]; public for the migration test).
+pub fn load_migrating(pins: &PinDirs) -> Result<(Ebpf, migrate::Migration), DataplaneError> {
     bpffs::prepare(&pins.root).map_err(|source| DataplaneError::Bpffs {
         path: pins.root.clone(),
         source,
@@ -200,12 +207,15 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
         fs::create_dir_all(&dir).map_err(|source| DataplaneError::Bpffs { path: dir, source })?;
     }
     let capacities = maps::capacities()?;
-    maps::check_pinned(&maps_dir, &capacities)?;
+    let mut migration = migrate::plan(&maps_dir, &capacities)?;
     let level = kernel_log_level();
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(&maps_dir)
         .override_global(aya_log::LEVEL, &level, false);
+    for (name, staging) in migration.staging_pins() {
+        loader.map_pin_path(name, staging);
+    }
     for spec in dataplane_ebpf::maps::PINNED {
         let capacity = capacities[spec.name];
         if capacity != spec.capacity {
@@ -217,6 +227,7 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
         }
     }
     let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+    migration.copy()?;
     let xdp: &mut Xdp = program_mut(&mut ebpf, names::XDP_UNDERLAY)?;
     xdp.load().map_err(|source| DataplaneError::Verify {
         name: names::XDP_UNDERLAY,
@@ -228,7 +239,7 @@ pub fn load(pins: &PinDirs) -> Result<Ebpf, DataplaneError> {
             .map_err(|source| DataplaneError::Verify { name, source })?;
     }
     cgroup::load(&mut ebpf)?;
-    Ok(ebpf)
+    Ok((ebpf, migration))
 }
 
 /// Adopts or attaches `program` at tcx ingress of `iface`; whether it was adopted.
@@ -272,7 +283,7 @@ impl Dataplane {
                 path: PathBuf::from(format!("/sys/class/net/{}/address", want.underlay_iface)),
                 source,
             })?;
-        let mut ebpf = load(&pins)?;
+        let (mut ebpf, migration) = load_migrating(&pins)?;
         let links_dir = pins.links();
 
         let mut endpoints = want.endpoint_ifaces.clone();
@@ -339,10 +350,13 @@ impl Dataplane {
             ebpf,
             pins,
             xdp_attached_mode,
+            migrated: Vec::new(),
         };
         for iface in &endpoints {
             dataplane.attach_endpoint(iface)?;
         }
+        // Every attachment now runs the new programs: the old ones write nothing more.
+        dataplane.migrated = migration.finish()?;
         Ok(dataplane)
     }
 
