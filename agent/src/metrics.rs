@@ -236,6 +236,8 @@ impl Sources {
                             ("invalid_record", gossip.records_invalid),
                             ("unknown_kinds_over_limit", gossip.unknown_over_limit),
                             ("oversized", gossip.oversized),
+                            // The socket filter's drops, with those of a full buffer.
+                            ("dropped_by_kernel", gossip.kernel_dropped),
                             ("sync_from_unknown", gossip.sync_from_unknown),
                         ])
                         .collect(),

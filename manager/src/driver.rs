@@ -21,8 +21,9 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    gossip::{Engine, EngineConfig, GossipCounters, Output, Timer},
+    gossip::{max_datagram, Engine, EngineConfig, GossipCounters, Output, Timer},
     secure::RejectCounters,
+    socket_filter,
     state::{Kind, Scope, Stamp},
     view::ClusterView,
     NodeId,
@@ -81,6 +82,11 @@ impl Manager {
     /// port 0) and announces to `seeds`.
     pub fn start(config: EngineConfig, socket: UdpSocket, seeds: Vec<SocketAddr>) -> Manager {
         let node = config.node;
+        // Junk is dropped in the kernel where it can be told apart without the key; the
+        // engine checks the same again, so a socket without the filter is only slower.
+        if let Err(error) = socket_filter::attach(&socket, max_datagram(config.underlay_mtu)) {
+            warn!(%error, "could not attach the gossip socket filter; junk is dropped later");
+        }
         let (engine, initial) = Engine::new(config, wall_ms());
         let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::build(&engine)));
         let (commands_tx, commands_rx) = mpsc::channel(64);
@@ -306,7 +312,11 @@ async fn run(
                     let _ = reply.send(());
                 }
                 Some(Command::Counters { reply }) => {
-                    let _ = reply.send((engine.counters(), *engine.reject_counters()));
+                    let mut counters = engine.counters();
+                    if let Ok(drops) = socket_filter::kernel_drops(&socket) {
+                        counters.kernel_dropped = u64::from(drops);
+                    }
+                    let _ = reply.send((counters, *engine.reject_counters()));
                 }
                 Some(Command::HeardFromCluster { reply }) => {
                     let _ = reply.send(engine.heard_from_cluster());

@@ -28,6 +28,7 @@ pub mod placement;
 pub mod rollout;
 pub mod secure;
 pub mod sim;
+pub mod socket_filter;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -54,6 +54,12 @@ const REMOVAL_MEMORY: Duration = Duration::from_secs(3600);
 /// A node with a smaller MTU may still hear members with larger ones (fragmented).
 const JUMBO_MTU: u32 = 9000;
 
+/// The largest datagram a member sends to a node whose underlay MTU is `underlay_mtu`:
+/// anything longer is junk ([`Engine::handle_datagram`], [`crate::socket_filter`]).
+pub fn max_datagram(underlay_mtu: u32) -> usize {
+    max_plaintext(underlay_mtu.max(JUMBO_MTU)) + SEAL_OVERHEAD
+}
+
 /// Announces a joining node sends to the first members it discovers.
 const JOIN_ANNOUNCES: usize = 6;
 
@@ -165,8 +171,13 @@ pub struct GossipCounters {
     pub records_invalid: u64,
     /// Records of unknown kinds refused because their writer holds too many already.
     pub unknown_over_limit: u64,
-    /// Datagrams larger than any member sends, dropped before decryption.
+    /// Datagrams larger than any member sends, dropped before decryption (when the
+    /// socket filter is attached, the kernel drops them first: `kernel_dropped`).
     pub oversized: u64,
+    /// Datagrams the kernel dropped before they were read: refused by the socket filter
+    /// ([`crate::socket_filter`]) or arrived with the receive buffer full. Filled by the
+    /// driver from the socket.
+    pub kernel_dropped: u64,
     /// Anti-entropy messages from a node this one does not know as up: not answered.
     pub sync_from_unknown: u64,
     /// Times this node found itself removed while alive and wrote its entries again.
@@ -334,7 +345,7 @@ impl Engine {
             tuning,
             rng: StdRng::seed_from_u64(config.rng_seed ^ 0x5eed),
             max_payload,
-            max_datagram: max_plaintext(config.underlay_mtu.max(JUMBO_MTU)) + SEAL_OVERHEAD,
+            max_datagram: max_datagram(config.underlay_mtu),
             membership_version: 0,
             heard_from_cluster: false,
             join_announces_left: 0,
