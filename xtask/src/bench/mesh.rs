@@ -41,7 +41,11 @@ use xtask::{
     toolchain::{ensure_debian_packages, run_checked, say},
 };
 
-use super::{percentiles, wrk};
+use super::{
+    add_percentiles, percentiles,
+    report::{Better, Figure, Figures},
+    wrk,
+};
 
 mod reference;
 mod udp;
@@ -52,6 +56,8 @@ const SKEIN_DOWNLOAD: u16 = 8081;
 const SKEIN_UDP: u16 = 9;
 const DOWNLOAD_MB: u64 = 100;
 const LIMIT: Duration = Duration::from_secs(60);
+/// The reference's name in the figures.
+const KERNEL: &str = "kernel VXLAN + nftables DNAT";
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -110,7 +116,8 @@ pub(crate) struct Side {
 /// One row: metric, Skein, reference, Skein/reference.
 struct Row(String, Option<f64>, Option<f64>, usize);
 
-pub(crate) fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
+    let mut figs = Figures::new("mesh");
     ensure_debian_packages()?;
     use_release_binary()?;
     let cost = if args.cost_runs > 0 && !args.reference_only {
@@ -123,17 +130,17 @@ pub(crate) fn run(args: Args) -> Result<()> {
         let (seconds, connections, rounds) =
             (args.wrk_seconds, args.wrk_connections, args.wrk_rounds);
         say("(d) `curl localhost:P` on a node vs the task's own address (own 1-host testbed)");
-        super::mesh_local::run(super::mesh_local::Args {
+        figs.extend(super::mesh_local::run(super::mesh_local::Args {
             seconds,
             connections,
             rounds,
-        })?;
+        })?);
         say("(e) endpoint → VIP vs task IP vs nftables DNAT in the client (own testbed)");
-        super::mesh_vip::run(super::mesh_vip::Args {
+        figs.extend(super::mesh_vip::run(super::mesh_vip::Args {
             rounds,
             seconds,
             connections,
-        })?;
+        })?);
     }
     say("mesh: 3 hosts + a client on a wire-like underlay; Skein's mesh and the kernel reference");
     let bed = Testbed::new("bench-mesh", TestbedConfig::with_hosts(3))?;
@@ -174,14 +181,27 @@ pub(crate) fn run(args: Args) -> Result<()> {
         .collect();
 
     let mut rows = Vec::new();
-    let both = |rows: &mut Vec<Row>, metric: &str, v: &[Option<f64>], precision| {
+    // A row of the table, and the same as a figure (`name`) next to the kernel reference.
+    #[allow(clippy::too_many_arguments)]
+    let both = |rows: &mut Vec<Row>,
+                figs: &mut Figures,
+                metric: &str,
+                name: &str,
+                unit: &str,
+                better: Better,
+                v: &[Option<f64>],
+                precision| {
         let (s, r) = if sides.len() == 2 {
             (v[0], v[1])
         } else {
             (None, v[0])
         };
         rows.push(Row(metric.to_owned(), s, r, precision));
+        figs.add(name, s, unit, better).against(KERNEL, r);
     };
+    if let Some(c) = &cost {
+        figs.extend(c.figures());
+    }
 
     if let Some(c) = &cost {
         let skein_only = |rows: &mut Vec<Row>, metric: &str, v: f64, precision| {
@@ -235,43 +255,65 @@ pub(crate) fn run(args: Args) -> Result<()> {
     };
     both(
         &mut rows,
+        &mut figs,
         "UDP 64 B: frames leaving the ingress node per ingress CPU-s (k)",
+        "UDP 64 B through an ingress node: frames per ingress CPU-second",
+        "k",
+        Better::Higher,
         &med(|f| f.leaving_per_cpu_s().map(|v| v / 1e3)),
         0,
     );
     both(
         &mut rows,
+        &mut figs,
         "  ingress CPU ns/frame",
+        "UDP 64 B through an ingress node: ingress CPU per frame",
+        "ns",
+        Better::Lower,
         &med(|f| f.ingress_ns_per_frame()),
         0,
     );
-    both(
+    // Rows of the table only: the conditions of the runs rather than figures of merit.
+    let only_row = |rows: &mut Vec<Row>, metric: &str, v: &[Option<f64>]| {
+        let (s, r) = if sides.len() == 2 {
+            (v[0], v[1])
+        } else {
+            (None, v[0])
+        };
+        rows.push(Row(metric.to_owned(), s, r, 0));
+    };
+    only_row(
         &mut rows,
         "  ingress NAPI thread busy (%)",
         &med(|f| Some(f.ingress_busy() * 100.0)),
-        0,
     );
-    both(
+    only_row(
         &mut rows,
         "  leaving kpps (drop-after-ingress run)",
         &med(|f| Some(f.leaving_kpps())),
-        0,
     );
     both(
         &mut rows,
+        &mut figs,
         "  delivered kpps (delivery run)",
+        "UDP 64 B through an ingress node: delivered",
+        "kpps",
+        Better::Higher,
         &med(|f| Some(f.delivered_kpps())),
         0,
     );
-    both(
+    only_row(
         &mut rows,
         "  sent kpps (delivery run)",
         &med(|f| Some(f.sent_kpps())),
-        0,
     );
     both(
         &mut rows,
+        &mut figs,
         "  path CPU ns/delivered packet",
+        "UDP 64 B through an ingress node: path CPU per delivered packet",
+        "ns",
+        Better::Lower,
         &med(|f| f.path_ns_per_delivered()),
         0,
     );
@@ -317,22 +359,44 @@ pub(crate) fn run(args: Args) -> Result<()> {
             .iter()
             .map(|r| (!r.is_empty()).then(|| r.iter().map(|w| w.errors as f64).sum()))
             .collect();
+        let http = format!("HTTP through a published port, {label}");
         both(
             &mut rows,
+            &mut figs,
             &format!("HTTP {label}: req/s"),
+            &http,
+            "req/s",
+            Better::Higher,
             &v(|w| Some(w.requests_per_s)),
             0,
         );
-        both(&mut rows, "  p99 latency (ms)", &v(|w| w.p99_ms), 2);
         both(
             &mut rows,
+            &mut figs,
+            "  p99 latency (ms)",
+            &format!("{http}: p99 latency"),
+            "ms",
+            Better::Lower,
+            &v(|w| w.p99_ms),
+            2,
+        );
+        both(
+            &mut rows,
+            &mut figs,
             "  CPU µs/request (machine)",
+            &format!("{http}: CPU per request (machine)"),
+            "µs",
+            Better::Lower,
             &v(|w| w.cpu_us_per_request()),
             1,
         );
         both(
             &mut rows,
+            &mut figs,
             "  errors (socket + non-2xx), all rounds",
+            &format!("{http}: errors"),
+            "",
+            Better::Lower,
             &errors,
             0,
         );
@@ -351,7 +415,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
     both(
         &mut rows,
+        &mut figs,
         "100 MB download (Gbit/s)",
+        "100 MB download through a node without the backend",
+        "Gbit/s",
+        Better::Higher,
         &downloads
             .iter()
             .map(|d| d.as_ref().map(|d| d.gbits))
@@ -360,7 +428,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
     );
     both(
         &mut rows,
+        &mut figs,
         "  retransmits (backend)",
+        "100 MB download: backend retransmits",
+        "",
+        Better::Lower,
         &downloads
             .iter()
             .map(|d| d.as_ref().map(|d| d.retransmits as f64))
@@ -392,6 +464,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
             );
             recovered.push(t);
         }
+        add_percentiles(
+            &mut figs,
+            "a backend's host killed → every request succeeds again",
+            &recovered,
+        );
         println!(
             "   (c) Skein: {}; reference: n/a (no control plane: never)",
             percentiles(&mut recovered)
@@ -406,7 +483,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
          machine: compare within this table only)"
     );
     drop(agents);
-    Ok(())
+    Ok(figs.into_vec())
 }
 
 /// Both sides run `skein` (Skein's agents, and `skein whoami` as the servers of both) built

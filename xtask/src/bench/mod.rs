@@ -1,8 +1,15 @@
-//! `cargo xtask bench <what>`: figures measured side by side with their reference where
+//! `cargo xtask bench [<what>]`: figures measured side by side with their reference where
 //! there is one, printed for the issue notes; never asserted (the machine is shared).
+//!
+//! Layout: one module per bench; each bench's `run` prints its own lines and returns its
+//! figures ([`report::Figure`]). `all.rs` runs every bench (no subcommand) and `report.rs`
+//! makes the one table, the markdown table and the JSON report of such a run.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
+use anyhow::Context;
+
+mod all;
 pub(crate) mod dns;
 pub(crate) mod gossip;
 mod gossip_junk;
@@ -13,8 +20,19 @@ pub(crate) mod mesh_vip;
 pub(crate) mod overlay;
 pub(crate) mod pktgen;
 pub(crate) mod rawbpf;
+pub(crate) mod report;
 pub(crate) mod services;
 pub(crate) mod wrk;
+
+/// `cargo xtask bench`: every bench (no subcommand), one bench, or the table of a report.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct BenchCommand {
+    #[command(subcommand)]
+    what: Option<Bench>,
+    #[command(flatten)]
+    all: all::Args,
+}
 
 #[derive(clap::Subcommand)]
 pub(crate) enum Bench {
@@ -38,9 +56,31 @@ pub(crate) enum Bench {
         #[arg(long, default_value_t = 20_000)]
         runs: u32,
     },
+    /// Print the markdown table (for the README) of a report `cargo xtask bench` wrote.
+    Table {
+        /// The JSON report.
+        #[arg(long, value_name = "PATH", default_value = "target/bench/latest.json")]
+        from: PathBuf,
+    },
 }
 
-pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
+pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command.what {
+        None => all::run(command.all),
+        Some(Bench::Table { from }) => {
+            let text = std::fs::read_to_string(&from)
+                .with_context(|| format!("reading {}", from.display()))?;
+            let report: report::Report = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a bench report", from.display()))?;
+            print!("{}", report.markdown());
+            Ok(())
+        }
+        Some(bench) => figures(bench).map(|_| ()),
+    }
+}
+
+/// Runs one bench (which prints its own lines) and returns its figures.
+pub(crate) fn figures(bench: Bench) -> anyhow::Result<Vec<report::Figure>> {
     match bench {
         Bench::Dns(args) => dns::run(args),
         Bench::Gossip(args) => gossip::run(args),
@@ -49,7 +89,29 @@ pub(crate) fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Overlay(args) => overlay::run(args),
         Bench::Services(args) => services::run(args),
         Bench::MeshVip(args) => mesh_vip::run(args),
-        Bench::MeshCost { runs } => mesh_cost::run(runs).map(|_| ()),
+        Bench::MeshCost { runs } => mesh_cost::run(runs).map(|c| c.figures()),
+        Bench::Table { .. } => anyhow::bail!("`bench table` prints a report; it measures nothing"),
+    }
+}
+
+/// The `q` quantile (nearest rank) of durations, in milliseconds; None without samples.
+pub(crate) fn quantile_ms(samples: &[Duration], q: f64) -> Option<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).map(|d| d.as_secs_f64() * 1e3)
+}
+
+/// p50 and p99 of `samples` as two figures named `<name>, p50` and `<name>, p99` (ms,
+/// lower is better).
+pub(crate) fn add_percentiles(figs: &mut report::Figures, name: &str, samples: &[Duration]) {
+    for (label, q) in [("p50", 0.50), ("p99", 0.99)] {
+        figs.add(
+            &format!("{name}, {label}"),
+            quantile_ms(samples, q),
+            "ms",
+            report::Better::Lower,
+        );
     }
 }
 
@@ -68,4 +130,27 @@ pub(crate) fn percentiles(samples: &mut [Duration]) -> String {
         samples[samples.len() - 1].as_secs_f64() * 1e3,
         samples.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank_and_none_without_samples() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let samples: Vec<Duration> = (1..=100).rev().map(ms).collect();
+        assert_eq!(quantile_ms(&samples, 0.5), Some(50.0));
+        assert_eq!(quantile_ms(&samples, 0.99), Some(99.0));
+        assert_eq!(quantile_ms(&[ms(7)], 0.99), Some(7.0));
+        assert_eq!(quantile_ms(&[], 0.5), None);
+        let mut figs = report::Figures::new("b");
+        add_percentiles(&mut figs, "t", &[]);
+        let figs = figs.into_vec();
+        assert_eq!(figs.len(), 2);
+        assert!(
+            figs.iter().all(|f| f.value.is_none()),
+            "no samples: not measured"
+        );
+    }
 }

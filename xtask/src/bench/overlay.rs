@@ -28,7 +28,10 @@
 
 use std::{process::Command, time::Duration};
 
-use super::pktgen;
+use super::{
+    pktgen,
+    report::{Better, Figure, Figures},
+};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use xtask::{
@@ -40,6 +43,8 @@ use xtask::{
 const REF_VNI: &str = "77";
 /// Bytes the VXLAN encapsulation adds (outer Ethernet/IPv4/UDP/VXLAN header).
 const VXLAN_OVERHEAD: u32 = 50;
+/// The reference's name in the figures.
+const KERNEL: &str = "kernel VXLAN + bridge";
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -85,7 +90,7 @@ impl Row {
     }
 }
 
-pub(crate) fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     say("overlay: 3-host netns testbed, Skein cluster and the kernel VXLAN reference side by side");
     let bed = Testbed::new("bench-overlay", TestbedConfig::with_hosts(3))?;
     // Kept alive until the end: dropping a Process does not stop it, but holding them makes
@@ -133,6 +138,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
 
     let mut rows = Vec::new();
+    let mut figs = Figures::new("overlay");
+    // A figure next to its kernel reference.
+    let mut vs = |name: &str, unit: &str, better: Better, s: Option<f64>, k: Option<f64>| {
+        figs.add(name, s, unit, better).against(KERNEL, k);
+    };
 
     // Across hosts, TCP, twice: with the testbed's veth underlay as it is (GRO off, as veths
     // come) and with GRO on every host's eth0 (as real NICs come), the same for both sides.
@@ -158,6 +168,21 @@ pub(crate) fn run(args: Args) -> Result<()> {
             Some(tcp_k.gbits),
             2,
         ));
+        let tcp = format!("TCP across hosts, {label}");
+        vs(
+            &tcp,
+            "Gbit/s",
+            Better::Higher,
+            Some(tcp_s.gbits),
+            Some(tcp_k.gbits),
+        );
+        vs(
+            &format!("{tcp}: CPU per GB (iperf3 both ends)"),
+            "CPU-s/GB",
+            Better::Lower,
+            tcp_s.cpu_s_per_gb(),
+            tcp_k.cpu_s_per_gb(),
+        );
         rows.push(Row::new(
             "  retransmits",
             tcp_s.retransmits.map(|r| r as f64),
@@ -194,6 +219,20 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let (gs, gk) = (pktgen::Medians::of(&gen[0]), pktgen::Medians::of(&gen[1]));
     let both =
         |f: fn(&pktgen::Medians) -> Option<f64>| (gs.as_ref().and_then(f), gk.as_ref().and_then(f));
+    vs(
+        "UDP 64 B across hosts, delivered",
+        "kpps",
+        Better::Higher,
+        both(|m| Some(m.delivered_kpps)).0,
+        both(|m| Some(m.delivered_kpps)).1,
+    );
+    vs(
+        "UDP 64 B across hosts: path CPU per packet",
+        "ns",
+        Better::Lower,
+        both(|m| m.path_ns_per_packet).0,
+        both(|m| m.path_ns_per_packet).1,
+    );
     for (metric, (s, k), precision) in [
         (
             "UDP 64 B across hosts, delivered kpps",
@@ -252,6 +291,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Some(same_k.gbits),
         2,
     ));
+    vs(
+        "TCP same host",
+        "Gbit/s",
+        Better::Higher,
+        Some(same_s.gbits),
+        Some(same_k.gbits),
+    );
     rows.push(Row::new(
         "  CPU-s/GB, iperf3 host+remote",
         same_s.cpu_s_per_gb(),
@@ -278,6 +324,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
             Some(k.avg_ms * 1e3),
             0,
         ));
+        vs(
+            &format!("{label}, rtt avg"),
+            "µs",
+            Better::Lower,
+            Some(s.avg_ms * 1e3),
+            Some(k.avg_ms * 1e3),
+        );
         rows.push(Row::new(
             "  rtt mdev (µs)",
             Some(s.mdev_ms * 1e3),
@@ -310,6 +363,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Some(raw.gbits),
         2,
     ));
+    // Skein has no raw figure (it cannot run without its XDP): the kernel's alone.
+    figs.add(
+        "kernel VXLAN alone, TCP across hosts on the raw veth underlay (no XDP)",
+        Some(raw.gbits),
+        "Gbit/s",
+        Better::Higher,
+    );
 
     print_table(&rows);
     println!(
@@ -320,7 +380,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
          does not reach; the iperf3 UDP line is bounded by iperf3; a shared machine — compare \
          within this table only)"
     );
-    Ok(())
+    Ok(figs.into_vec())
 }
 
 /// An endpoint (Skein's, from `xtask::cluster::create_endpoint`, or the reference's) as

@@ -31,7 +31,10 @@ use xtask::{
 };
 
 use super::{agent_dns_args, ask, udp_socket_in, SKEIN_PORT};
-use crate::bench::percentiles;
+use crate::bench::{
+    add_percentiles, percentiles,
+    report::{Better, Figures},
+};
 
 #[derive(clap::Args)]
 pub(crate) struct Convergence {
@@ -78,7 +81,7 @@ impl Change {
     }
 }
 
-pub(super) fn run(args: &Convergence, ttl: u32) -> Result<()> {
+pub(super) fn run(args: &Convergence, ttl: u32, figs: &mut Figures) -> Result<()> {
     say(&format!(
         "dns (b): convergence of DNS answers vs `service ps` on {} agents",
         args.nodes
@@ -197,6 +200,26 @@ pub(super) fn run(args: &Convergence, ttl: u32) -> Result<()> {
         );
     }
     println!("   node-rounds not converged within the limit: {missed}");
+    let nodes = args.nodes;
+    add_percentiles(
+        figs,
+        &format!("{nodes} agents: every node's DNS answer shows a change"),
+        &dns_all,
+    );
+    add_percentiles(
+        figs,
+        &format!("{nodes} agents: every node's `service ps` shows it"),
+        &ps_all,
+    );
+    figs.add(
+        &format!(
+            "{nodes} agents: node-rounds not converged within {} s",
+            args.conv_limit
+        ),
+        Some(missed as f64),
+        "",
+        Better::Lower,
+    );
     Ok(())
 }
 
