@@ -6,7 +6,7 @@
 
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -117,54 +117,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
         .iter()
         .filter(|(n, _)| args.only.is_empty() || args.only.iter().any(|o| o == n))
         .collect();
-    let json = args.json.unwrap_or_else(|| {
-        crate::build_ebpf::workspace_root()
-            .join("target")
-            .join("bench")
-            .join("latest.json")
-    });
+    let json = args.json.unwrap_or_else(default_json);
     // Every bench then runs the same release binary (mesh and dns would build it anyway).
     super::mesh::use_release_binary().context("building the release skein the benches run")?;
     let started = SystemTime::now();
     let load_start = load_average();
-    let mut benches = Vec::new();
-    for (i, (name, flags)) in plan.iter().enumerate() {
-        let command = format!("cargo xtask bench {name} {}", flags.join(" "));
-        say(&format!(
-            "[{}/{}] bench {name} …  ({command})",
-            i + 1,
-            plan.len()
-        ));
-        let t = Instant::now();
-        let outcome = run_one(name, flags);
-        let seconds = t.elapsed().as_secs_f64();
-        let (failed, figures) = match outcome {
-            Ok(figures) => {
-                say(&format!(
-                    "[{}/{}] {name}: {} figures in {seconds:.0} s",
-                    i + 1,
-                    plan.len(),
-                    figures.len()
-                ));
-                (None, figures)
-            }
-            Err(why) => {
-                say(&format!(
-                    "[{}/{}] {name} FAILED after {seconds:.0} s: {why}",
-                    i + 1,
-                    plan.len()
-                ));
-                (Some(one_line(&why)), Vec::new())
-            }
-        };
-        benches.push(BenchRun {
-            bench: (*name).to_owned(),
-            command,
-            seconds,
-            failed,
-            figures,
-        });
-    }
+    let benches = run_benches(&plan, run_one);
     let report = Report {
         date: utc_date(
             started
@@ -176,11 +134,73 @@ pub(crate) fn run(args: Args) -> Result<()> {
         load_average: (load_start, load_average()),
         benches,
     };
+    finish(&report, &json)
+}
+
+/// Where the report goes unless `--json`: `target/bench/latest.json` in the workspace.
+pub(super) fn default_json() -> PathBuf {
+    crate::build_ebpf::workspace_root()
+        .join("target")
+        .join("bench")
+        .join("latest.json")
+}
+
+/// Runs every bench of `plan` through `runner` with `[i/N]` progress; an error or a panic
+/// of one bench is its `failed` line, and the next bench still runs.
+fn run_benches(
+    plan: &[&(&str, &[&str])],
+    mut runner: impl FnMut(&str, &[&str]) -> Result<Vec<Figure>>,
+) -> Vec<BenchRun> {
+    let mut benches = Vec::new();
+    for (i, (name, flags)) in plan.iter().enumerate() {
+        let step = format!("[{}/{}]", i + 1, plan.len());
+        let command = format!("cargo xtask bench {name} {}", flags.join(" "));
+        say(&format!("{step} bench {name} …  ({command})"));
+        let t = Instant::now();
+        let outcome = match catch_unwind(AssertUnwindSafe(|| runner(name, flags))) {
+            Ok(Ok(figures)) => Ok(figures),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(panic) => Err(format!(
+                "panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)")
+            )),
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let (failed, figures) = match outcome {
+            Ok(figures) => {
+                say(&format!(
+                    "{step} {name}: {} figures in {seconds:.0} s",
+                    figures.len()
+                ));
+                (None, figures)
+            }
+            Err(why) => {
+                say(&format!("{step} {name} FAILED after {seconds:.0} s: {why}"));
+                (Some(one_line(&why)), Vec::new())
+            }
+        };
+        benches.push(BenchRun {
+            bench: (*name).to_owned(),
+            command,
+            seconds,
+            failed,
+            figures,
+        });
+    }
+    benches
+}
+
+/// Prints the table, writes the JSON to `json`, and fails when a bench did.
+fn finish(report: &Report, json: &Path) -> Result<()> {
     println!("\n{}", report.table());
     if let Some(dir) = json.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+    std::fs::write(json, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     println!(
         "JSON: {}  (README table: cargo xtask bench table --from {0})",
@@ -202,22 +222,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Runs one bench of the plan; an error or a panic becomes the error's text (whole chain).
-fn run_one(name: &str, flags: &[&str]) -> std::result::Result<Vec<Figure>, String> {
+/// Runs one bench of the plan, parsed as its own command line.
+fn run_one(name: &str, flags: &[&str]) -> Result<Vec<Figure>> {
     let argv = ["bench", name].into_iter().chain(flags.iter().copied());
-    let one = One::try_parse_from(argv).map_err(|e| format!("bad plan for {name}: {e}"))?;
-    match catch_unwind(AssertUnwindSafe(|| super::figures(one.bench))) {
-        Ok(Ok(figures)) => Ok(figures),
-        Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(panic) => Err(format!(
-            "panicked: {}",
-            panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)")
-        )),
-    }
+    let one = One::try_parse_from(argv).with_context(|| format!("bad plan for {name}"))?;
+    super::figures(one.bench)
 }
 
 /// The 1-minute load average now (0 if /proc/loadavg is unreadable).
@@ -266,5 +275,64 @@ mod tests {
         assert!(One::try_parse_from(["bench", "overlay", "--no-such-flag"]).is_err());
         let names: Vec<&str> = PLAN.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["overlay", "gossip", "services", "mesh", "dns"]);
+    }
+
+    #[test]
+    fn a_failing_or_panicking_bench_is_a_failed_row_and_the_run_fails() {
+        let plan: Vec<&(&str, &[&str])> = vec![
+            &("ok", &["--x", "1"]),
+            &("broken", &[]),
+            &("panics", &[]),
+            &("after", &[]),
+        ];
+        let mut ran = Vec::new();
+        let benches = run_benches(&plan, |name, _| {
+            ran.push(name.to_owned());
+            match name {
+                "broken" => Err(anyhow::anyhow!("no answer\nss output")).context("waiting for web"),
+                "panics" => panic!("index out of bounds"),
+                _ => {
+                    let mut f = super::super::report::Figures::new(name);
+                    f.add("n", Some(1.0), "s", super::super::report::Better::Lower);
+                    Ok(f.into_vec())
+                }
+            }
+        });
+        assert_eq!(ran, ["ok", "broken", "panics", "after"], "every bench ran");
+        assert_eq!(benches[0].command, "cargo xtask bench ok --x 1");
+        assert_eq!(benches[0].failed, None);
+        assert_eq!(benches[0].figures.len(), 1);
+        assert_eq!(
+            benches[1].failed.as_deref(),
+            Some("waiting for web: no answer")
+        );
+        assert!(benches[1].figures.is_empty());
+        assert_eq!(
+            benches[2].failed.as_deref(),
+            Some("panicked: index out of bounds")
+        );
+        assert_eq!(benches[3].failed, None);
+
+        let report = Report {
+            date: utc_date(0),
+            machine: Machine::parse("6.1", "", ""),
+            commit: "c".to_owned(),
+            load_average: (0.0, 0.0),
+            benches,
+        };
+        let dir = std::env::temp_dir().join(format!("benchall-test-{}", std::process::id()));
+        let json = dir.join("sub").join("latest.json");
+        let err = finish(&report, &json).expect_err("failed benches fail the run");
+        assert_eq!(err.to_string(), "2 of 4 benches failed: broken, panics");
+        let back: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(back, report, "the JSON is written even when a bench failed");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let ok = Report {
+            benches: report.benches[..1].to_vec(),
+            ..report
+        };
+        finish(&ok, &json).expect("no failed bench: success");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -227,12 +227,15 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     Ok(figs.into_vec())
 }
 
+/// One figure of a server's figures.
+type Pick = fn(&ServerFigures) -> Option<f64>;
+
 /// Skein's figures, each next to dnsmasq and next to Knot.
 fn add_figures(figs: &mut Figures, servers: &[Server], figures: &[ServerFigures], rate: u64) {
     let skein = servers.iter().position(|s| s.label == "Skein");
     let of =
         |i: Option<usize>, f: fn(&ServerFigures) -> Option<f64>| i.and_then(|i| f(&figures[i]));
-    let rows: [(String, &str, Better, fn(&ServerFigures) -> Option<f64>); 3] = [
+    let rows: [(String, &str, Better, Pick); 3] = [
         (
             "max queries/s, server on one core".to_owned(),
             "q/s",

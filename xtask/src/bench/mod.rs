@@ -58,9 +58,9 @@ pub(crate) enum Bench {
     },
     /// Print the markdown table (for the README) of a report `cargo xtask bench` wrote.
     Table {
-        /// The JSON report.
-        #[arg(long, value_name = "PATH", default_value = "target/bench/latest.json")]
-        from: PathBuf,
+        /// The JSON report [default: target/bench/latest.json in the workspace].
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
     },
 }
 
@@ -68,6 +68,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command.what {
         None => all::run(command.all),
         Some(Bench::Table { from }) => {
+            let from = from.unwrap_or_else(all::default_json);
             let text = std::fs::read_to_string(&from)
                 .with_context(|| format!("reading {}", from.display()))?;
             let report: report::Report = serde_json::from_str(&text)
