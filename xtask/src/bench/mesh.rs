@@ -145,8 +145,9 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     say("mesh: 3 hosts + a client on a wire-like underlay; Skein's mesh and the kernel reference");
     let bed = Testbed::new("bench-mesh", TestbedConfig::with_hosts(3))?;
     bed.make_wire_like()?;
-    let blob_dir = bed.run_dir().join("blob");
-    fs::create_dir_all(&blob_dir)?;
+    // Where the download's task can read it (not under the testbed's /run directory).
+    let blob = super::TaskVisibleDir::new(&bed, "blob")?;
+    let blob_dir = blob.path().to_owned();
     run_command(
         Command::new("head")
             .args(["-c", &format!("{}", DOWNLOAD_MB << 20), "/dev/urandom"])

@@ -95,6 +95,34 @@ pub(crate) fn figures(bench: Bench) -> anyhow::Result<Vec<report::Figure>> {
     }
 }
 
+/// A directory a bench's tasks can see, for files it hands them (a download's blob, a
+/// health check's flag file). The testbed's own run directory is under `/run`, which a
+/// task's mount namespace covers with an empty tmpfs (as `/tmp`, `/var/tmp`, ...: see
+/// `agent/src/tasks/confine/`), so a task would find nothing there. This one is under the
+/// workspace's `target/bench/`, named after the testbed, and removed on drop.
+pub(crate) struct TaskVisibleDir(PathBuf);
+
+impl TaskVisibleDir {
+    pub(crate) fn new(bed: &xtask::testbed::Testbed, name: &str) -> anyhow::Result<Self> {
+        let dir = crate::build_ebpf::workspace_root()
+            .join("target")
+            .join("bench")
+            .join(format!("{}-{name}", bed.prefix()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TaskVisibleDir(dir))
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TaskVisibleDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The `q` quantile (nearest rank) of durations, in milliseconds; None without samples.
 pub(crate) fn quantile_ms(samples: &[Duration], q: f64) -> Option<f64> {
     let mut sorted = samples.to_vec();

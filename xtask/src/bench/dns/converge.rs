@@ -89,8 +89,9 @@ pub(super) fn run(args: &Convergence, ttl: u32, figs: &mut Figures) -> Result<()
     let bed = Testbed::new("bench-dnsconv", TestbedConfig::with_hosts(args.nodes))?;
     let (_agents, _) = start_cluster_with(&bed, |_| agent_dns_args(ttl), &[])?;
     let h1 = bed.host(0);
-    let sick = bed.run_dir().join("sick");
-    fs::create_dir_all(&sick)?;
+    // Where the health check (run in the task's mount namespace) can see the flag files.
+    let sick_dir = crate::bench::TaskVisibleDir::new(&bed, "sick")?;
+    let sick = sick_dir.path().to_owned();
     let health = format!(
         "test ! -e {}/$(cat /proc/sys/kernel/hostname)",
         sick.display()
