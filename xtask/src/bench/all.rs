@@ -119,7 +119,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         .collect();
     let json = args.json.unwrap_or_else(default_json);
     // Every bench then runs the same release binary (mesh and dns would build it anyway).
-    super::mesh::use_release_binary().context("building the release skein the benches run")?;
+    super::use_release_binary().context("building the release skein the benches run")?;
     let started = SystemTime::now();
     let load_start = load_average();
     let benches = run_benches(&plan, run_one);

@@ -113,7 +113,7 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     ensure!(args.rounds > 0, "--rounds must be at least 1");
     ensure_packages(PACKAGES)?;
     if !args.references_only {
-        super::mesh::use_release_binary()?;
+        super::use_release_binary()?;
     }
     say("dns (a): one agent, dnsmasq and Knot on one host's loopback; dnsperf on CPU 0, servers on CPU 1");
     let bed = Testbed::new("bench-dns", TestbedConfig::with_hosts(1))?;

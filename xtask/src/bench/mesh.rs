@@ -28,17 +28,13 @@
 //!
 //! Figures only: no thresholds. Every run is bounded by `--*-seconds` and `timeout`.
 
-use std::{
-    fs,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{fs, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use xtask::{
-    cluster::{kill_host, netns_with_ip, revive_host, running_tasks, skein_ok, start_cluster},
-    testbed::{run_command, skein_binary, wait_until, Host, Process, Testbed, TestbedConfig},
-    toolchain::{ensure_debian_packages, run_checked, say},
+    cluster::{netns_with_ip, running_tasks, skein_ok, start_cluster},
+    testbed::{run_command, skein_binary, wait_until, Testbed, TestbedConfig},
+    toolchain::{ensure_debian_packages, say},
 };
 
 use super::{
@@ -47,6 +43,7 @@ use super::{
     wrk,
 };
 
+mod death;
 mod reference;
 mod udp;
 
@@ -119,7 +116,7 @@ struct Row(String, Option<f64>, Option<f64>, usize);
 pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     let mut figs = Figures::new("mesh");
     ensure_debian_packages()?;
-    use_release_binary()?;
+    super::use_release_binary()?;
     let cost = if args.cost_runs > 0 && !args.reference_only {
         say("XDP program cost per packet (BPF_PROG_TEST_RUN), before the testbed is built");
         Some(super::mesh_cost::run(args.cost_runs)?)
@@ -450,7 +447,7 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
         let mut recovered = Vec::new();
         for round in 0..args.deaths {
             let victim = 1 + round % 2;
-            let t = match host_death(&bed, &mut agents, victim, token) {
+            let t = match death::host_death(&bed, &mut agents, victim, token) {
                 Ok(t) => t,
                 Err(e) => {
                     println!("   run {}: failed: {e:#}", round + 1);
@@ -485,27 +482,6 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     );
     drop(agents);
     Ok(figs.into_vec())
-}
-
-/// Both sides run `skein` (Skein's agents, and `skein whoami` as the servers of both) built
-/// as users deploy it, in release mode: an unoptimised whoami would spend so much per
-/// request that it, not the path under test, would set every HTTP figure. `SKEIN_BIN`, when
-/// set, is used as it is.
-pub(crate) fn use_release_binary() -> Result<()> {
-    if std::env::var_os("SKEIN_BIN").is_some() {
-        return Ok(());
-    }
-    let root = crate::build_ebpf::workspace_root();
-    say("building the skein binary in release mode (the first time takes minutes)");
-    run_checked(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(&root)
-            .args(["build", "--release", "--package", "agent", "--bin", "skein"]),
-    )?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
-    std::env::set_var("SKEIN_BIN", target.join("release/skein"));
-    Ok(())
 }
 
 /// Skein's side: its three services, created through the CLI on h1.
@@ -576,58 +552,6 @@ fn skein_side(bed: &Testbed, blob_dir: &std::path::Path) -> Result<Side> {
         download_port: SKEIN_DOWNLOAD,
         download_backend: dl_ns,
     })
-}
-
-/// Kills host `victim` (agent and tasks), waits until 6 requests in a row (3 to each
-/// surviving node) all succeed, then restarts its agent and waits for one task per host.
-fn host_death(
-    bed: &Testbed,
-    agents: &mut [Process],
-    victim: usize,
-    token: &str,
-) -> Result<Duration> {
-    let h1 = bed.host(0);
-    wait_until("web: one running task per host", LIMIT, || {
-        let r = running_tasks(h1, "web");
-        r.len() == 3
-            && bed
-                .hosts()
-                .iter()
-                .all(|h| r.iter().any(|t| t.host == h.netns()))
-    })?;
-    let survivors: Vec<&Host> = bed
-        .hosts()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != victim)
-        .map(|(_, h)| h)
-        .collect();
-    kill_host(bed.host(victim), &mut agents[victim])?;
-    let start = Instant::now();
-    let mut recovered = None;
-    while start.elapsed() < LIMIT {
-        let all_ok = survivors.iter().all(|h| {
-            (0..3).all(|_| {
-                reference::curl_ok(bed, &format!("http://{}:{SKEIN_HTTP}/", h.underlay_ip()), 1)
-            })
-        });
-        if all_ok {
-            recovered = Some(start.elapsed());
-            break;
-        }
-    }
-    let recovered = recovered.with_context(|| {
-        format!(
-            "requests still failing {LIMIT:?} after h{} died",
-            victim + 1
-        )
-    })?;
-    let seed = h1.underlay_ip().to_string();
-    revive_host(bed.host(victim))?;
-    agents[victim] = bed
-        .host(victim)
-        .start_agent(&["--join", &seed, "--token", token])?;
-    Ok(recovered)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {

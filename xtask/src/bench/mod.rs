@@ -95,6 +95,30 @@ pub(crate) fn figures(bench: Bench) -> anyhow::Result<Vec<report::Figure>> {
     }
 }
 
+/// Points `SKEIN_BIN` at `skein` built as users deploy it, in release mode, building it
+/// first: the benches run it as the agents and as the servers of both sides (`skein
+/// whoami`), and an unoptimised whoami or DNS server would spend so much per request that
+/// it, not the path under test, would set the figures. `SKEIN_BIN`, when set, is used as
+/// it is.
+pub(crate) fn use_release_binary() -> anyhow::Result<()> {
+    if std::env::var_os("SKEIN_BIN").is_some() {
+        return Ok(());
+    }
+    let root = crate::build_ebpf::workspace_root();
+    xtask::toolchain::say(
+        "building the skein binary in release mode (the first time takes minutes)",
+    );
+    xtask::toolchain::run_checked(
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&root)
+            .args(["build", "--release", "--package", "agent", "--bin", "skein"]),
+    )?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    std::env::set_var("SKEIN_BIN", target.join("release/skein"));
+    Ok(())
+}
+
 /// A directory a bench's tasks can see, for files it hands them (a download's blob, a
 /// health check's flag file). The testbed's own run directory is under `/run`, which a
 /// task's mount namespace covers with an empty tmpfs (as `/tmp`, `/var/tmp`, ...: see
