@@ -11,12 +11,13 @@ use std::{io, mem, os::fd::AsRawFd};
 
 use crate::secure::{FORMAT_VERSION, SEAL_OVERHEAD};
 
-// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
-const LD_W_LEN: u16 = 0x00 | 0x00 | 0x80; // BPF_LD | BPF_W | BPF_LEN
-const LD_B_ABS: u16 = 0x00 | 0x10 | 0x20; // BPF_LD | BPF_B | BPF_ABS
-const JGT_K: u16 = 0x05 | 0x20; // BPF_JMP | BPF_JGT | BPF_K
-const JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
-const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
+// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h), written out: BPF_LD, BPF_W,
+// BPF_K are 0.
+const LD_W_LEN: u16 = 0x80; // BPF_LD | BPF_W | BPF_LEN: A = the datagram's length
+const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS: A = the byte at k
+const JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
+const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 
 /// A UDP socket's filter sees the datagram from its UDP header on: the payload starts

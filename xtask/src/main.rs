@@ -30,9 +30,12 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Remove namespaces, mounts and processes left behind by killed test runs.
     Sweep,
-    /// Measure figures (see each benchmark's help).
-    #[command(subcommand)]
-    Bench(bench::Bench),
+    /// Measure figures. With no subcommand: every benchmark (overlay, gossip, services,
+    /// mesh, dns) with short sizes, `[i/N]` progress, one table of figures and ratios
+    /// against their references, and a JSON report (target/bench/latest.json, or --json);
+    /// exits non-zero if any bench failed. With a subcommand: that benchmark (see its help),
+    /// or `table --from PATH` for a report's markdown table.
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> Result<()> {

@@ -29,6 +29,8 @@ use xtask::{
     toolchain::{ensure_packages, say},
 };
 
+use super::report::{Better, Figure, Figures};
+
 mod converge;
 mod perf;
 mod refs;
@@ -96,7 +98,7 @@ struct Server {
 
 /// A server's figures.
 #[derive(Default)]
-struct Figures {
+struct ServerFigures {
     max_qps: Vec<f64>,
     cpu_us_per_query: Vec<f64>,
     lost: u64,
@@ -107,10 +109,11 @@ struct Figures {
     lost_at_rate: u64,
 }
 
-pub(crate) fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
     ensure_packages(PACKAGES)?;
     if !args.references_only {
-        super::mesh::use_release_binary()?;
+        super::use_release_binary()?;
     }
     say("dns (a): one agent, dnsmasq and Knot on one host's loopback; dnsperf on CPU 0, servers on CPU 1");
     let bed = Testbed::new("bench-dns", TestbedConfig::with_hosts(1))?;
@@ -161,7 +164,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
             .collect::<String>(),
     )?;
 
-    let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
+    let mut figures: Vec<ServerFigures> =
+        servers.iter().map(|_| ServerFigures::default()).collect();
     for round in 0..args.rounds {
         // Alternate who goes first: the machine is shared and drifts.
         for k in 0..servers.len() {
@@ -214,14 +218,53 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
     print_table(&servers, &figures, rate, &args);
     drop(bed);
+    let mut figs = Figures::new("dns");
+    add_figures(&mut figs, &servers, &figures, rate);
 
     if !args.skip_convergence && !args.references_only {
-        converge::run(&args.converge, args.ttl)?;
+        converge::run(&args.converge, args.ttl, &mut figs)?;
     }
-    Ok(())
+    Ok(figs.into_vec())
 }
 
-fn print_table(servers: &[Server], figures: &[Figures], rate: u64, args: &Args) {
+/// One figure of a server's figures.
+type Pick = fn(&ServerFigures) -> Option<f64>;
+
+/// Skein's figures, each next to dnsmasq and next to Knot.
+fn add_figures(figs: &mut Figures, servers: &[Server], figures: &[ServerFigures], rate: u64) {
+    let skein = servers.iter().position(|s| s.label == "Skein");
+    let of =
+        |i: Option<usize>, f: fn(&ServerFigures) -> Option<f64>| i.and_then(|i| f(&figures[i]));
+    let rows: [(String, &str, Better, Pick); 3] = [
+        (
+            "max queries/s, server on one core".to_owned(),
+            "q/s",
+            Better::Higher,
+            |f| Some(median(&f.max_qps)),
+        ),
+        (
+            "server CPU per query".to_owned(),
+            "µs",
+            Better::Lower,
+            |f| Some(median(&f.cpu_us_per_query)),
+        ),
+        (
+            format!("p99 latency at {rate} q/s"),
+            "ms",
+            Better::Lower,
+            |f| f.p99_ms,
+        ),
+    ];
+    for (name, unit, better, f) in rows {
+        for reference in ["dnsmasq", "Knot"] {
+            let r = servers.iter().position(|s| s.label == reference);
+            figs.add(&name, of(skein, f), unit, better)
+                .against(reference, of(r, f));
+        }
+    }
+}
+
+fn print_table(servers: &[Server], figures: &[ServerFigures], rate: u64, args: &Args) {
     let names = args.services * 2;
     println!(
         "\nDNS on one host's loopback: {names} names ({} services × [NAME, tasks.NAME], {} tasks each), \

@@ -15,7 +15,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::percentiles;
+use super::{
+    add_percentiles, percentiles,
+    report::{Better, Figure, Figures},
+};
 use anyhow::{Context, Result};
 use manager::{
     gossip::Tuning,
@@ -61,39 +64,45 @@ pub(crate) struct Args {
     /// Services created (no replicas) before the junk measurement: the store's size.
     #[arg(long, default_value_t = 0)]
     junk_services: usize,
+    /// Changes (`network create`) timed on the real agents.
+    #[arg(long, default_value_t = 20)]
+    real_changes: usize,
+    /// `kill -9`s timed on the real agents.
+    #[arg(long, default_value_t = 6)]
+    real_kills: usize,
     /// An older `skein` binary (e.g. the previous main's, copied) to measure side by side.
     #[arg(long)]
     baseline_bin: Option<std::path::PathBuf>,
 }
 
-pub(crate) fn run(args: Args) -> Result<()> {
-    if args.junk_only {
-        return super::gossip_junk::run(
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
+    let mut figs = Figures::new("gossip");
+    let junk = |figs: &mut Figures| -> Result<()> {
+        super::gossip_junk::run(
+            figs,
             args.junk,
             usize::from(args.junk_size),
             args.junk_services,
             args.baseline_bin.as_deref(),
             args.junk_rounds,
-        );
+        )
+    };
+    if args.junk_only {
+        junk(&mut figs)?;
+        return Ok(figs.into_vec());
     }
-    simulated_spread_and_detection(&args)?;
-    simulated_false_downs(args.node_hours)?;
+    simulated_spread_and_detection(&args, &mut figs)?;
+    simulated_false_downs(args.node_hours, &mut figs)?;
     if !args.simulated_only {
-        real_agents()?;
+        real_agents(args.real_changes, args.real_kills, &mut figs)?;
         if args.junk > 0 {
-            super::gossip_junk::run(
-                args.junk,
-                usize::from(args.junk_size),
-                args.junk_services,
-                args.baseline_bin.as_deref(),
-                args.junk_rounds,
-            )?;
+            junk(&mut figs)?;
         }
     }
-    Ok(())
+    Ok(figs.into_vec())
 }
 
-fn simulated_spread_and_detection(args: &Args) -> Result<()> {
+fn simulated_spread_and_detection(args: &Args, figs: &mut Figures) -> Result<()> {
     let n = args.nodes;
     say(&format!(
         "simulated cluster of {n} nodes (real engines, virtual time, 0.2-2 ms one-way delay)"
@@ -111,15 +120,25 @@ fn simulated_spread_and_detection(args: &Args) -> Result<()> {
         "   membership of {n} nodes converged after {:.1} s (virtual)",
         formed.as_secs_f64()
     );
+    figs.add(
+        &format!("simulated {n} nodes: membership converged (virtual time)"),
+        Some(formed.as_secs_f64()),
+        "s",
+        Better::Lower,
+    );
 
     // Bandwidth in steady state: after the joiners' fast-announce period.
     sim.run_for(Duration::from_secs(35));
     let bytes_before: u64 = (0..n).map(|i| sim.bytes_out(i)).sum();
     sim.run_for(Duration::from_secs(10));
     let bytes_after: u64 = (0..n).map(|i| sim.bytes_out(i)).sum();
-    println!(
-        "   gossip bandwidth, steady state: {:.1} KB/s sent per node",
-        (bytes_after - bytes_before) as f64 / n as f64 / 10.0 / 1e3
+    let kbps = (bytes_after - bytes_before) as f64 / n as f64 / 10.0 / 1e3;
+    println!("   gossip bandwidth, steady state: {kbps:.1} KB/s sent per node");
+    figs.add(
+        &format!("simulated {n} nodes: gossip sent per node, steady state"),
+        Some(kbps),
+        "KB/s",
+        Better::Lower,
     );
 
     let mut spread = Vec::new();
@@ -144,6 +163,11 @@ fn simulated_spread_and_detection(args: &Args) -> Result<()> {
         spread.push(took);
         sim.run_for(Duration::from_millis(200));
     }
+    add_percentiles(
+        figs,
+        &format!("simulated {n} nodes: a change visible on all"),
+        &spread,
+    );
     println!(
         "   a change visible on all {n} nodes: {}",
         percentiles(&mut spread)
@@ -165,6 +189,11 @@ fn simulated_spread_and_detection(args: &Args) -> Result<()> {
         sim.restart(victim, 0);
         sim.run_for(Duration::from_secs(3));
     }
+    add_percentiles(
+        figs,
+        &format!("simulated {n} nodes: a killed node down on all"),
+        &detection,
+    );
     println!(
         "   a killed node declared down by all {} others: {}",
         n - 1,
@@ -177,7 +206,7 @@ fn simulated_spread_and_detection(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn simulated_false_downs(node_hours: f64) -> Result<()> {
+fn simulated_false_downs(node_hours: f64, figs: &mut Figures) -> Result<()> {
     let nodes = 20;
     let seconds = (node_hours * 3600.0 / nodes as f64).ceil() as u64;
     say(&format!(
@@ -207,10 +236,16 @@ fn simulated_false_downs(node_hours: f64) -> Result<()> {
         "   {false_downs} episodes of a live node seen down over {node_hours} node-hours ({} datagrams lost)",
         sim.dropped
     );
+    figs.add(
+        &format!("simulated, 5 % loss: live node seen down, per {node_hours} node-hours"),
+        Some(false_downs as f64),
+        "episodes",
+        Better::Lower,
+    );
     Ok(())
 }
 
-fn real_agents() -> Result<()> {
+fn real_agents(changes: usize, kills: usize, figs: &mut Figures) -> Result<()> {
     say("5 real agents in a netns testbed (real UDP, real clocks)");
     let bed = Testbed::new("bench-gossip", TestbedConfig::with_hosts(5))?;
     let (mut agents, token) = start_cluster(&bed)?;
@@ -218,7 +253,7 @@ fn real_agents() -> Result<()> {
     let join = ["--join", seed.as_str(), "--token", token.as_str()];
 
     let mut spread = Vec::new();
-    for i in 0..20 {
+    for i in 0..changes {
         let creator = bed.host(i % 5);
         let name = format!("bench{i}");
         // `network create` returns after its conflict-settle wait, so time from the
@@ -254,12 +289,26 @@ fn real_agents() -> Result<()> {
                 .unwrap_or_default(),
         );
     }
+    add_percentiles(
+        figs,
+        "5 agents: a change visible on all (incl. CLI)",
+        &spread,
+    );
     println!(
         "   a change visible on all 5 nodes (network create on one, polled with `skein network ls` on the others; includes CLI latency): {}",
         percentiles(&mut spread)
     );
 
     let rss: Vec<u64> = agents.iter().map(|a| rss_kb(a.pid())).collect();
+    figs.add(
+        "5 agents: largest agent RSS",
+        rss.iter()
+            .max()
+            .filter(|&&kb| kb > 0)
+            .map(|&kb| kb as f64 / 1024.0),
+        "MiB",
+        Better::Lower,
+    );
     println!(
         "   agent RSS: {} (KB)",
         rss.iter()
@@ -270,18 +319,26 @@ fn real_agents() -> Result<()> {
     let before: Vec<u64> = bed.hosts().iter().map(gossip_bytes_out).collect();
     std::thread::sleep(Duration::from_secs(10));
     let after: Vec<u64> = bed.hosts().iter().map(gossip_bytes_out).collect();
-    let rates: Vec<String> = before
+    let per_node: Vec<f64> = before
         .iter()
         .zip(&after)
-        .map(|(b, a)| format!("{:.1}", (a - b) as f64 / 10.0 / 1e3))
+        .map(|(b, a)| a.saturating_sub(*b) as f64 / 10.0 / 1e3)
         .collect();
+    let rates: Vec<String> = per_node.iter().map(|r| format!("{r:.1}")).collect();
+    figs.add(
+        "5 agents: gossip sent per node, idle (mean)",
+        // A node whose metrics could not be read counts 0: no figure rather than a wrong one.
+        (!after.contains(&0)).then(|| per_node.iter().sum::<f64>() / per_node.len() as f64),
+        "KB/s",
+        Better::Lower,
+    );
     println!(
         "   gossip bandwidth sent per node, idle cluster: {} KB/s",
         rates.join(", ")
     );
 
     let mut detection = Vec::new();
-    for round in 0..6 {
+    for round in 0..kills {
         let victim = 1 + round % 4;
         agents[victim].kill9()?;
         let start = Instant::now();
@@ -311,6 +368,11 @@ fn real_agents() -> Result<()> {
             })?;
         }
     }
+    add_percentiles(
+        figs,
+        "5 agents: a kill -9ed agent down on all (incl. CLI)",
+        &detection,
+    );
     println!(
         "   a kill -9ed agent shown down by all 4 others (polled with `skein node ls`): {}",
         percentiles(&mut detection)

@@ -14,6 +14,8 @@
 use std::{path::Path, time::Instant};
 
 use anyhow::{Context, Result};
+
+use super::report::{Better, Figures};
 use xtask::{
     cluster::{skein_ok, start_cluster},
     testbed::{skein_binary, Testbed, TestbedConfig},
@@ -40,7 +42,9 @@ fn one_run(
     services: usize,
     round: usize,
 ) -> Result<(f64, f64, f64)> {
-    std::env::set_var("SKEIN_BIN", bin);
+    // The testbed starts agents from `SKEIN_BIN`; what was there before (say the release
+    // binary `cargo xtask bench` set for every bench) is put back afterwards, also on error.
+    let _bin = SkeinBin::set(bin);
     let bed = Testbed::new(&format!("bench-junk{round}"), TestbedConfig::with_hosts(2))?;
     let (agents, _token) = start_cluster(&bed)?;
     let pid = agents[0].pid();
@@ -105,18 +109,39 @@ fn one_run(
     };
     let (idle_ms, _) = flood("idle")?;
     let (flood_ms, secs) = flood("flood")?;
-    std::env::remove_var("SKEIN_BIN");
     drop(agents);
     Ok((flood_ms, idle_ms, secs))
 }
 
+/// `SKEIN_BIN` set for as long as this lives, then restored.
+struct SkeinBin(Option<std::ffi::OsString>);
+
+impl SkeinBin {
+    fn set(bin: &Path) -> SkeinBin {
+        let before = std::env::var_os("SKEIN_BIN");
+        std::env::set_var("SKEIN_BIN", bin);
+        SkeinBin(before)
+    }
+}
+
+impl Drop for SkeinBin {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(v) => std::env::set_var("SKEIN_BIN", v),
+            None => std::env::remove_var("SKEIN_BIN"),
+        }
+    }
+}
+
 pub(crate) fn run(
+    figs: &mut Figures,
     junk: usize,
     size: usize,
     services: usize,
     baseline: Option<&Path>,
     rounds: usize,
 ) -> Result<()> {
+    anyhow::ensure!(rounds > 0, "--junk-rounds must be at least 1");
     let candidate = skein_binary()?;
     let shape = match size {
         0 => "mixed sizes".to_owned(),
@@ -156,12 +181,23 @@ pub(crate) fn run(
             sorted[sorted.len() / 2]
         );
     }
+    let median = |v: &Vec<f64>| {
+        let mut s = v.clone();
+        s.sort_by(f64::total_cmp);
+        s.get(s.len() / 2).copied()
+    };
+    let per_datagram = |ms: Option<f64>| ms.map(|ms| ms * 1000.0 / junk.max(1) as f64);
+    let figure = figs.add(
+        &format!("junk datagrams ({shape}): agent CPU per datagram"),
+        per_datagram(median(&results[0].1)),
+        "µs",
+        Better::Lower,
+    );
+    if let Some((_, base)) = results.get(1) {
+        figure.against("baseline binary", per_datagram(median(base)));
+    }
     if results.len() == 2 {
-        let median = |v: &Vec<f64>| {
-            let mut s = v.clone();
-            s.sort_by(f64::total_cmp);
-            s[s.len() / 2]
-        };
+        let median = |v: &Vec<f64>| median(v).unwrap_or(f64::NAN);
         println!(
             "   this tree / baseline: {:.2}x",
             median(&results[0].1) / median(&results[1].1).max(1.0)

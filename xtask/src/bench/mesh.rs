@@ -28,21 +28,22 @@
 //!
 //! Figures only: no thresholds. Every run is bounded by `--*-seconds` and `timeout`.
 
-use std::{
-    fs,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{fs, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use xtask::{
-    cluster::{kill_host, netns_with_ip, revive_host, running_tasks, skein_ok, start_cluster},
-    testbed::{run_command, skein_binary, wait_until, Host, Process, Testbed, TestbedConfig},
-    toolchain::{ensure_debian_packages, run_checked, say},
+    cluster::{netns_with_ip, running_tasks, skein_ok, start_cluster},
+    testbed::{run_command, skein_binary, wait_until, Testbed, TestbedConfig},
+    toolchain::{ensure_debian_packages, say},
 };
 
-use super::{percentiles, wrk};
+use super::{
+    add_percentiles, percentiles,
+    report::{Better, Figure, Figures},
+    wrk,
+};
 
+mod death;
 mod reference;
 mod udp;
 
@@ -52,6 +53,8 @@ const SKEIN_DOWNLOAD: u16 = 8081;
 const SKEIN_UDP: u16 = 9;
 const DOWNLOAD_MB: u64 = 100;
 const LIMIT: Duration = Duration::from_secs(60);
+/// The reference's name in the figures.
+const KERNEL: &str = "kernel VXLAN + nftables DNAT";
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -110,9 +113,10 @@ pub(crate) struct Side {
 /// One row: metric, Skein, reference, Skein/reference.
 struct Row(String, Option<f64>, Option<f64>, usize);
 
-pub(crate) fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
+    let mut figs = Figures::new("mesh");
     ensure_debian_packages()?;
-    use_release_binary()?;
+    super::use_release_binary()?;
     let cost = if args.cost_runs > 0 && !args.reference_only {
         say("XDP program cost per packet (BPF_PROG_TEST_RUN), before the testbed is built");
         Some(super::mesh_cost::run(args.cost_runs)?)
@@ -123,23 +127,24 @@ pub(crate) fn run(args: Args) -> Result<()> {
         let (seconds, connections, rounds) =
             (args.wrk_seconds, args.wrk_connections, args.wrk_rounds);
         say("(d) `curl localhost:P` on a node vs the task's own address (own 1-host testbed)");
-        super::mesh_local::run(super::mesh_local::Args {
+        figs.extend(super::mesh_local::run(super::mesh_local::Args {
             seconds,
             connections,
             rounds,
-        })?;
+        })?);
         say("(e) endpoint → VIP vs task IP vs nftables DNAT in the client (own testbed)");
-        super::mesh_vip::run(super::mesh_vip::Args {
+        figs.extend(super::mesh_vip::run(super::mesh_vip::Args {
             rounds,
             seconds,
             connections,
-        })?;
+        })?);
     }
     say("mesh: 3 hosts + a client on a wire-like underlay; Skein's mesh and the kernel reference");
     let bed = Testbed::new("bench-mesh", TestbedConfig::with_hosts(3))?;
     bed.make_wire_like()?;
-    let blob_dir = bed.run_dir().join("blob");
-    fs::create_dir_all(&blob_dir)?;
+    // Where the download's task can read it (not under the testbed's /run directory).
+    let blob = super::TaskVisibleDir::new(&bed, "blob")?;
+    let blob_dir = blob.path().to_owned();
     run_command(
         Command::new("head")
             .args(["-c", &format!("{}", DOWNLOAD_MB << 20), "/dev/urandom"])
@@ -174,14 +179,27 @@ pub(crate) fn run(args: Args) -> Result<()> {
         .collect();
 
     let mut rows = Vec::new();
-    let both = |rows: &mut Vec<Row>, metric: &str, v: &[Option<f64>], precision| {
+    // A row of the table, and the same as a figure (`name`) next to the kernel reference.
+    #[allow(clippy::too_many_arguments)]
+    let both = |rows: &mut Vec<Row>,
+                figs: &mut Figures,
+                metric: &str,
+                name: &str,
+                unit: &str,
+                better: Better,
+                v: &[Option<f64>],
+                precision| {
         let (s, r) = if sides.len() == 2 {
             (v[0], v[1])
         } else {
             (None, v[0])
         };
         rows.push(Row(metric.to_owned(), s, r, precision));
+        figs.add(name, s, unit, better).against(KERNEL, r);
     };
+    if let Some(c) = &cost {
+        figs.extend(c.figures());
+    }
 
     if let Some(c) = &cost {
         let skein_only = |rows: &mut Vec<Row>, metric: &str, v: f64, precision| {
@@ -235,43 +253,65 @@ pub(crate) fn run(args: Args) -> Result<()> {
     };
     both(
         &mut rows,
+        &mut figs,
         "UDP 64 B: frames leaving the ingress node per ingress CPU-s (k)",
+        "UDP 64 B through an ingress node: frames per ingress CPU-second",
+        "k",
+        Better::Higher,
         &med(|f| f.leaving_per_cpu_s().map(|v| v / 1e3)),
         0,
     );
     both(
         &mut rows,
+        &mut figs,
         "  ingress CPU ns/frame",
+        "UDP 64 B through an ingress node: ingress CPU per frame",
+        "ns",
+        Better::Lower,
         &med(|f| f.ingress_ns_per_frame()),
         0,
     );
-    both(
+    // Rows of the table only: the conditions of the runs rather than figures of merit.
+    let only_row = |rows: &mut Vec<Row>, metric: &str, v: &[Option<f64>]| {
+        let (s, r) = if sides.len() == 2 {
+            (v[0], v[1])
+        } else {
+            (None, v[0])
+        };
+        rows.push(Row(metric.to_owned(), s, r, 0));
+    };
+    only_row(
         &mut rows,
         "  ingress NAPI thread busy (%)",
         &med(|f| Some(f.ingress_busy() * 100.0)),
-        0,
     );
-    both(
+    only_row(
         &mut rows,
         "  leaving kpps (drop-after-ingress run)",
         &med(|f| Some(f.leaving_kpps())),
-        0,
     );
     both(
         &mut rows,
+        &mut figs,
         "  delivered kpps (delivery run)",
+        "UDP 64 B through an ingress node: delivered",
+        "kpps",
+        Better::Higher,
         &med(|f| Some(f.delivered_kpps())),
         0,
     );
-    both(
+    only_row(
         &mut rows,
         "  sent kpps (delivery run)",
         &med(|f| Some(f.sent_kpps())),
-        0,
     );
     both(
         &mut rows,
+        &mut figs,
         "  path CPU ns/delivered packet",
+        "UDP 64 B through an ingress node: path CPU per delivered packet",
+        "ns",
+        Better::Lower,
         &med(|f| f.path_ns_per_delivered()),
         0,
     );
@@ -317,22 +357,44 @@ pub(crate) fn run(args: Args) -> Result<()> {
             .iter()
             .map(|r| (!r.is_empty()).then(|| r.iter().map(|w| w.errors as f64).sum()))
             .collect();
+        let http = format!("HTTP through a published port, {label}");
         both(
             &mut rows,
+            &mut figs,
             &format!("HTTP {label}: req/s"),
+            &http,
+            "req/s",
+            Better::Higher,
             &v(|w| Some(w.requests_per_s)),
             0,
         );
-        both(&mut rows, "  p99 latency (ms)", &v(|w| w.p99_ms), 2);
         both(
             &mut rows,
+            &mut figs,
+            "  p99 latency (ms)",
+            &format!("{http}: p99 latency"),
+            "ms",
+            Better::Lower,
+            &v(|w| w.p99_ms),
+            2,
+        );
+        both(
+            &mut rows,
+            &mut figs,
             "  CPU µs/request (machine)",
+            &format!("{http}: CPU per request (machine)"),
+            "µs",
+            Better::Lower,
             &v(|w| w.cpu_us_per_request()),
             1,
         );
         both(
             &mut rows,
+            &mut figs,
             "  errors (socket + non-2xx), all rounds",
+            &format!("{http}: errors"),
+            "",
+            Better::Lower,
             &errors,
             0,
         );
@@ -351,7 +413,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
     both(
         &mut rows,
+        &mut figs,
         "100 MB download (Gbit/s)",
+        "100 MB download through a node without the backend",
+        "Gbit/s",
+        Better::Higher,
         &downloads
             .iter()
             .map(|d| d.as_ref().map(|d| d.gbits))
@@ -360,7 +426,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
     );
     both(
         &mut rows,
+        &mut figs,
         "  retransmits (backend)",
+        "100 MB download: backend retransmits",
+        "",
+        Better::Lower,
         &downloads
             .iter()
             .map(|d| d.as_ref().map(|d| d.retransmits as f64))
@@ -377,7 +447,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         let mut recovered = Vec::new();
         for round in 0..args.deaths {
             let victim = 1 + round % 2;
-            let t = match host_death(&bed, &mut agents, victim, token) {
+            let t = match death::host_death(&bed, &mut agents, victim, token) {
                 Ok(t) => t,
                 Err(e) => {
                     println!("   run {}: failed: {e:#}", round + 1);
@@ -392,6 +462,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
             );
             recovered.push(t);
         }
+        add_percentiles(
+            &mut figs,
+            "a backend's host killed → every request succeeds again",
+            &recovered,
+        );
         println!(
             "   (c) Skein: {}; reference: n/a (no control plane: never)",
             percentiles(&mut recovered)
@@ -406,28 +481,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
          machine: compare within this table only)"
     );
     drop(agents);
-    Ok(())
-}
-
-/// Both sides run `skein` (Skein's agents, and `skein whoami` as the servers of both) built
-/// as users deploy it, in release mode: an unoptimised whoami would spend so much per
-/// request that it, not the path under test, would set every HTTP figure. `SKEIN_BIN`, when
-/// set, is used as it is.
-pub(crate) fn use_release_binary() -> Result<()> {
-    if std::env::var_os("SKEIN_BIN").is_some() {
-        return Ok(());
-    }
-    let root = crate::build_ebpf::workspace_root();
-    say("building the skein binary in release mode (the first time takes minutes)");
-    run_checked(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(&root)
-            .args(["build", "--release", "--package", "agent", "--bin", "skein"]),
-    )?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
-    std::env::set_var("SKEIN_BIN", target.join("release/skein"));
-    Ok(())
+    Ok(figs.into_vec())
 }
 
 /// Skein's side: its three services, created through the CLI on h1.
@@ -498,58 +552,6 @@ fn skein_side(bed: &Testbed, blob_dir: &std::path::Path) -> Result<Side> {
         download_port: SKEIN_DOWNLOAD,
         download_backend: dl_ns,
     })
-}
-
-/// Kills host `victim` (agent and tasks), waits until 6 requests in a row (3 to each
-/// surviving node) all succeed, then restarts its agent and waits for one task per host.
-fn host_death(
-    bed: &Testbed,
-    agents: &mut [Process],
-    victim: usize,
-    token: &str,
-) -> Result<Duration> {
-    let h1 = bed.host(0);
-    wait_until("web: one running task per host", LIMIT, || {
-        let r = running_tasks(h1, "web");
-        r.len() == 3
-            && bed
-                .hosts()
-                .iter()
-                .all(|h| r.iter().any(|t| t.host == h.netns()))
-    })?;
-    let survivors: Vec<&Host> = bed
-        .hosts()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != victim)
-        .map(|(_, h)| h)
-        .collect();
-    kill_host(bed.host(victim), &mut agents[victim])?;
-    let start = Instant::now();
-    let mut recovered = None;
-    while start.elapsed() < LIMIT {
-        let all_ok = survivors.iter().all(|h| {
-            (0..3).all(|_| {
-                reference::curl_ok(bed, &format!("http://{}:{SKEIN_HTTP}/", h.underlay_ip()), 1)
-            })
-        });
-        if all_ok {
-            recovered = Some(start.elapsed());
-            break;
-        }
-    }
-    let recovered = recovered.with_context(|| {
-        format!(
-            "requests still failing {LIMIT:?} after h{} died",
-            victim + 1
-        )
-    })?;
-    let seed = h1.underlay_ip().to_string();
-    revive_host(bed.host(victim))?;
-    agents[victim] = bed
-        .host(victim)
-        .start_agent(&["--join", &seed, "--token", token])?;
-    Ok(recovered)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {

@@ -49,7 +49,10 @@ use xtask::{
     toolchain::say,
 };
 
-use super::pktgen::{udp_frame, Addressing};
+use super::{
+    pktgen::{udp_frame, Addressing},
+    report::{Better, Figure, Figures},
+};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -88,6 +91,19 @@ impl CostReport {
 
     pub(crate) fn new_flow_ratio(&self) -> f64 {
         self.new_flow_ns / self.pass_ns
+    }
+
+    /// The hit and the new flow, each next to the pass-through (the ratios).
+    pub(crate) fn figures(&self) -> Vec<Figure> {
+        let mut figs = Figures::new("mesh-cost");
+        for (name, ns) in [
+            ("xdp_underlay, conntrack hit (target ≤ 4.5×)", self.hit_ns),
+            ("xdp_underlay, new flow (target ≤ 12×)", self.new_flow_ns),
+        ] {
+            figs.add(name, Some(ns), "ns/packet", Better::Lower)
+                .against("pass-through", Some(self.pass_ns));
+        }
+        figs.into_vec()
     }
 }
 

@@ -9,6 +9,8 @@
 use std::process::Command;
 
 use anyhow::{bail, Result};
+
+use super::report::{Better, Figure, Figures};
 use xtask::{
     cluster::{running_tasks, skein, start_cluster_with, DEADLINE},
     testbed::{skein_binary, wait_until, Host, Testbed, TestbedConfig},
@@ -108,8 +110,8 @@ fn wrk(host: &Host, url: &str, close: bool, seconds: u32, connections: u32) -> R
 }
 
 /// A one-node cluster running one whoami task published on 8080, then [`measure`]
-/// `rounds` times.
-pub(crate) fn run(args: Args) -> Result<()> {
+/// `rounds` times; the figures are the medians over the rounds.
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     let bed = Testbed::new("bench-mesh-local", TestbedConfig::with_hosts(1))?;
     let _agents = start_cluster_with(&bed, |_| Vec::new(), &[])?.0;
     let host = bed.host(0);
@@ -155,9 +157,42 @@ pub(crate) fn run(args: Args) -> Result<()> {
             .map(|s| s.success())
             .unwrap_or(false)
     })?;
+    let mut rounds = Vec::new();
     for round in 1..=args.rounds {
         let figures = measure(host, 8080, &task.ip, 80, args.seconds, args.connections)?;
         println!("round {round}: {}", figures.describe());
+        rounds.push(figures);
     }
-    Ok(())
+    Ok(figures(&rounds))
+}
+
+/// `localhost:P` next to the task's own address, keep-alive and new connection: medians.
+fn figures(rounds: &[LocalFigures]) -> Vec<Figure> {
+    let median = |f: fn(&LocalFigures) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let mut figs = Figures::new("mesh-local");
+    figs.add(
+        "wrk to localhost:P on a node, keep-alive",
+        median(|r| r.localhost_keepalive.requests_per_s),
+        "req/s",
+        Better::Higher,
+    )
+    .against(
+        "the task's own address",
+        median(|r| r.direct_keepalive.requests_per_s),
+    );
+    figs.add(
+        "wrk to localhost:P on a node, new connection per request",
+        median(|r| r.localhost_close.requests_per_s),
+        "req/s",
+        Better::Higher,
+    )
+    .against(
+        "the task's own address",
+        median(|r| r.direct_close.requests_per_s),
+    );
+    figs.into_vec()
 }

@@ -18,6 +18,8 @@
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
+
+use super::report::{Better, Figure, Figures};
 use serde_json::Value;
 
 use xtask::{
@@ -65,8 +67,9 @@ pub(crate) struct VipFigures {
 pub(crate) const KEEP_ALIVE: usize = 0;
 pub(crate) const NEW_CONNECTION: usize = 1;
 
-pub(crate) fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     let f = measure(args.rounds, args.seconds, args.connections)?;
+    let mut figs = Figures::new("mesh-vip");
     println!(
         "endpoint → service, wrk -t1 -c{} -d{}s, medians of {} rounds",
         args.connections, args.seconds, args.rounds
@@ -90,8 +93,31 @@ pub(crate) fn run(args: Args) -> Result<()> {
             f.vip[i].requests_per_s / f.nft_dnat[i].requests_per_s,
             f.vip[i].requests_per_s / f.task_ip[i].requests_per_s
         );
+        let name = format!("endpoint → service VIP, {mode}");
+        for (reference, r) in [
+            ("nftables DNAT in the client", f.nft_dnat[i]),
+            ("the task's own address", f.task_ip[i]),
+        ] {
+            figs.add(
+                &name,
+                Some(f.vip[i].requests_per_s),
+                "req/s",
+                Better::Higher,
+            )
+            .against(reference, Some(r.requests_per_s));
+        }
+        figs.add(
+            &format!("{name}: CPU per request (machine)"),
+            Some(f.vip[i].cpu_us_per_request),
+            "µs",
+            Better::Lower,
+        )
+        .against(
+            "nftables DNAT in the client",
+            Some(f.nft_dnat[i].cpu_us_per_request),
+        );
     }
-    Ok(())
+    Ok(figs.into_vec())
 }
 
 /// Builds the testbed, measures every path `rounds` times (interleaved), removes it.

@@ -28,18 +28,27 @@
 
 use std::{process::Command, time::Duration};
 
-use super::pktgen;
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use super::{
+    pktgen,
+    report::{Better, Figure, Figures},
+};
+use anyhow::{Context, Result};
 use xtask::{
     cluster::{create_endpoint, skein_ok, start_cluster, DEADLINE},
-    testbed::{run_command, wait_until, Host, Process, Testbed, TestbedConfig},
+    testbed::{run_command, wait_until, Host, Testbed, TestbedConfig},
     toolchain::say,
 };
+
+mod measure;
+
+use measure::{iperf_tcp, iperf_udp, ping_once, ping_rtt, Endpoint};
+
 /// The reference's VNI: Skein allocates from 4096 up, so 77 never collides with its networks.
 const REF_VNI: &str = "77";
 /// Bytes the VXLAN encapsulation adds (outer Ethernet/IPv4/UDP/VXLAN header).
 const VXLAN_OVERHEAD: u32 = 50;
+/// The reference's name in the figures.
+const KERNEL: &str = "kernel VXLAN + bridge";
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -85,7 +94,7 @@ impl Row {
     }
 }
 
-pub(crate) fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     say("overlay: 3-host netns testbed, Skein cluster and the kernel VXLAN reference side by side");
     let bed = Testbed::new("bench-overlay", TestbedConfig::with_hosts(3))?;
     // Kept alive until the end: dropping a Process does not stop it, but holding them makes
@@ -133,6 +142,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
 
     let mut rows = Vec::new();
+    let mut figs = Figures::new("overlay");
+    // A figure next to its kernel reference.
+    let mut vs = |name: &str, unit: &str, better: Better, s: Option<f64>, k: Option<f64>| {
+        figs.add(name, s, unit, better).against(KERNEL, k);
+    };
 
     // Across hosts, TCP, twice: with the testbed's veth underlay as it is (GRO off, as veths
     // come) and with GRO on every host's eth0 (as real NICs come), the same for both sides.
@@ -158,6 +172,21 @@ pub(crate) fn run(args: Args) -> Result<()> {
             Some(tcp_k.gbits),
             2,
         ));
+        let tcp = format!("TCP across hosts, {label}");
+        vs(
+            &tcp,
+            "Gbit/s",
+            Better::Higher,
+            Some(tcp_s.gbits),
+            Some(tcp_k.gbits),
+        );
+        vs(
+            &format!("{tcp}: CPU per GB (iperf3 both ends)"),
+            "CPU-s/GB",
+            Better::Lower,
+            tcp_s.cpu_s_per_gb(),
+            tcp_k.cpu_s_per_gb(),
+        );
         rows.push(Row::new(
             "  retransmits",
             tcp_s.retransmits.map(|r| r as f64),
@@ -194,6 +223,20 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let (gs, gk) = (pktgen::Medians::of(&gen[0]), pktgen::Medians::of(&gen[1]));
     let both =
         |f: fn(&pktgen::Medians) -> Option<f64>| (gs.as_ref().and_then(f), gk.as_ref().and_then(f));
+    vs(
+        "UDP 64 B across hosts, delivered",
+        "kpps",
+        Better::Higher,
+        both(|m| Some(m.delivered_kpps)).0,
+        both(|m| Some(m.delivered_kpps)).1,
+    );
+    vs(
+        "UDP 64 B across hosts: path CPU per packet",
+        "ns",
+        Better::Lower,
+        both(|m| m.path_ns_per_packet).0,
+        both(|m| m.path_ns_per_packet).1,
+    );
     for (metric, (s, k), precision) in [
         (
             "UDP 64 B across hosts, delivered kpps",
@@ -252,6 +295,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Some(same_k.gbits),
         2,
     ));
+    vs(
+        "TCP same host",
+        "Gbit/s",
+        Better::Higher,
+        Some(same_s.gbits),
+        Some(same_k.gbits),
+    );
     rows.push(Row::new(
         "  CPU-s/GB, iperf3 host+remote",
         same_s.cpu_s_per_gb(),
@@ -278,6 +328,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
             Some(k.avg_ms * 1e3),
             0,
         ));
+        vs(
+            &format!("{label}, rtt avg"),
+            "µs",
+            Better::Lower,
+            Some(s.avg_ms * 1e3),
+            Some(k.avg_ms * 1e3),
+        );
         rows.push(Row::new(
             "  rtt mdev (µs)",
             Some(s.mdev_ms * 1e3),
@@ -310,6 +367,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Some(raw.gbits),
         2,
     ));
+    // Skein has no raw figure (it cannot run without its XDP): the kernel's alone.
+    figs.add(
+        "kernel VXLAN alone, TCP across hosts on the raw veth underlay (no XDP)",
+        Some(raw.gbits),
+        "Gbit/s",
+        Better::Higher,
+    );
 
     print_table(&rows);
     println!(
@@ -320,12 +384,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
          does not reach; the iperf3 UDP line is bounded by iperf3; a shared machine — compare \
          within this table only)"
     );
-    Ok(())
+    Ok(figs.into_vec())
 }
-
-/// An endpoint (Skein's, from `xtask::cluster::create_endpoint`, or the reference's) as
-/// (namespace, IP).
-type Endpoint = (String, String);
 
 // ---------------------------------------------------------------------------------------------
 // The kernel reference.
@@ -458,228 +518,6 @@ fn underlay_notes(bed: &Testbed) {
         tso(h.netns(), "eth0"),
         tso(bed.underlay_netns(), h.name())
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Measurements.
-
-fn ping_once(ns: &str, ip: &str) -> bool {
-    Command::new("ip")
-        .args([
-            "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "1", ip,
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Starts `iperf3 -s -1 --json` in endpoint namespace `ns` (through `host.spawn`, so the
-/// testbed stops it if anything goes wrong) and waits until it listens. `--json` so that the
-/// client's `--get-server-output` carries the receiver's figures as JSON; a JSON server prints
-/// nothing until the end, hence readiness from `ss` rather than from its log.
-fn iperf_server(host: &Host, ns: &str) -> Result<Process> {
-    let mut cmd = host.command("ip");
-    cmd.args(["netns", "exec", ns, "iperf3", "-s", "-1", "--json"]);
-    let server = host.spawn(cmd, "iperf3-server")?;
-    wait_until("iperf3 server listening", Duration::from_secs(10), || {
-        run_command(Command::new("ip").args(["netns", "exec", ns, "ss", "-Hltn", "sport = :5201"]))
-            .is_ok_and(|s| !s.trim().is_empty())
-    })?;
-    Ok(server)
-}
-
-/// Runs an iperf3 client in `ns` against `server_ip` with `extra` flags and returns its JSON.
-/// `timeout` bounds it even if the server vanished mid-run.
-fn iperf_client(ns: &str, server_ip: &str, seconds: u32, extra: &[&str]) -> Result<Value> {
-    let limit = (seconds + 20).to_string();
-    let out = run_command(
-        Command::new("ip")
-            .args(["netns", "exec", ns, "timeout", &limit])
-            .args([
-                "iperf3",
-                "-c",
-                server_ip,
-                "-t",
-                &seconds.to_string(),
-                "--json",
-            ])
-            .args(extra),
-    )?;
-    let json: Value = serde_json::from_str(&out).context("parsing iperf3 --json")?;
-    if let Some(err) = json["error"].as_str() {
-        bail!("iperf3 in {ns}: {err}");
-    }
-    Ok(json)
-}
-
-fn finish_server(mut server: Process) {
-    // `-1` makes it exit after its one test; if it does not, stop it rather than leak it.
-    if server.wait(Duration::from_secs(5)).is_err() {
-        let _ = server.terminate(Duration::from_secs(2));
-    }
-}
-
-struct Tcp {
-    gbits: f64,
-    bytes: f64,
-    seconds: f64,
-    /// iperf3's `cpu_utilization_percent` host_total / remote_total (percent of one CPU).
-    cpu: Option<(f64, f64)>,
-    retransmits: Option<u64>,
-}
-
-impl Tcp {
-    /// CPU seconds (sender + receiver iperf3 processes, as iperf3 reports them, which includes
-    /// the kernel work done in their context) per GB received.
-    fn cpu_s_per_gb(&self) -> Option<f64> {
-        let (h, r) = self.cpu?;
-        Some((h + r) / 100.0 * self.seconds / (self.bytes / 1e9))
-    }
-
-    fn describe(&self) -> String {
-        let cpu = match self.cpu {
-            Some((h, r)) => format!(
-                ", CPU host {h:.0}% + remote {r:.0}% = {:.2} CPU-s/GB",
-                self.cpu_s_per_gb().unwrap_or(f64::NAN)
-            ),
-            None => String::new(),
-        };
-        let retr = self
-            .retransmits
-            .map_or(String::new(), |r| format!(", {r} retransmits"));
-        format!("{:.2} Gbit/s{retr}{cpu}", self.gbits)
-    }
-}
-
-/// TCP from `client` to `server` (endpoints), the server living on `server_host`.
-fn iperf_tcp(
-    server_host: &Host,
-    server: &Endpoint,
-    client: &Endpoint,
-    seconds: u32,
-) -> Result<Tcp> {
-    let srv = iperf_server(server_host, &server.0)?;
-    let json = iperf_client(&client.0, &server.1, seconds, &[]);
-    finish_server(srv);
-    let json = json?;
-    let end = &json["end"];
-    let recv = &end["sum_received"];
-    let cpu = &end["cpu_utilization_percent"];
-    Ok(Tcp {
-        gbits: recv["bits_per_second"]
-            .as_f64()
-            .context("bits_per_second")?
-            / 1e9,
-        bytes: recv["bytes"].as_f64().context("bytes")?,
-        seconds: recv["seconds"].as_f64().context("seconds")?,
-        cpu: cpu["host_total"].as_f64().zip(cpu["remote_total"].as_f64()),
-        retransmits: end["sum_sent"]["retransmits"].as_u64(),
-    })
-}
-
-struct Udp {
-    received_pps: f64,
-    sent_pps: f64,
-    loss_percent: f64,
-}
-
-impl Udp {
-    fn describe(&self) -> String {
-        format!(
-            "received {:.1} kpps of {:.1} kpps sent, {:.2}% lost",
-            self.received_pps / 1e3,
-            self.sent_pps / 1e3,
-            self.loss_percent
-        )
-    }
-}
-
-/// `iperf3 -u -b 0 -l 64`: the receiver's packet count comes from the server's own report
-/// (`--get-server-output`), so loss is what actually arrived, not what was sent.
-fn iperf_udp(
-    server_host: &Host,
-    server: &Endpoint,
-    client: &Endpoint,
-    seconds: u32,
-) -> Result<Udp> {
-    let srv = iperf_server(server_host, &server.0)?;
-    let json = iperf_client(
-        &client.0,
-        &server.1,
-        seconds,
-        &["-u", "-b", "0", "-l", "64", "--get-server-output"],
-    );
-    finish_server(srv);
-    let json = json?;
-    let sent = &json["end"]["sum"];
-    let sent_packets = sent["packets"].as_f64().context("client packets")?;
-    let sent_seconds = sent["seconds"].as_f64().context("client seconds")?;
-    // The server's view: `packets` is what it expected (highest sequence seen), `lost_packets`
-    // the gaps; what arrived is the difference.
-    let srv_sum = &json["server_output_json"]["end"]["sum"];
-    if srv_sum.is_null() {
-        bail!(
-            "no server_output_json.end.sum in iperf3's output; end has: {}",
-            json["server_output_json"]["end"]
-        );
-    }
-    let (expected, lost, srv_seconds) = (
-        srv_sum["packets"].as_f64().context("server packets")?,
-        srv_sum["lost_packets"]
-            .as_f64()
-            .context("server lost_packets")?,
-        srv_sum["seconds"].as_f64().context("server seconds")?,
-    );
-    Ok(Udp {
-        received_pps: (expected - lost) / srv_seconds,
-        sent_pps: sent_packets / sent_seconds,
-        loss_percent: srv_sum["lost_percent"].as_f64().unwrap_or(0.0),
-    })
-}
-
-struct Rtt {
-    avg_ms: f64,
-    mdev_ms: f64,
-    loss: String,
-}
-
-impl Rtt {
-    fn describe(&self) -> String {
-        format!(
-            "avg {:.0} µs, mdev {:.0} µs, {}",
-            self.avg_ms * 1e3,
-            self.mdev_ms * 1e3,
-            self.loss
-        )
-    }
-}
-
-/// `ping -c 200 -i 0.005 -q` and its summary: `rtt min/avg/max/mdev = a/b/c/d ms`.
-fn ping_rtt(ns: &str, ip: &str) -> Result<Rtt> {
-    let out = run_command(Command::new("ip").args([
-        "netns", "exec", ns, "timeout", "30", "ping", "-n", "-q", "-c", "200", "-i", "0.005", "-W",
-        "1", ip,
-    ]))?;
-    let loss = out
-        .lines()
-        .find(|l| l.contains("packet loss"))
-        .and_then(|l| l.split(", ").find(|p| p.contains("packet loss")))
-        .unwrap_or("loss unknown")
-        .to_owned();
-    let numbers: Vec<f64> = out
-        .lines()
-        .find(|l| l.starts_with("rtt ") || l.starts_with("round-trip"))
-        .and_then(|l| l.split(" = ").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .map(|v| v.split('/').filter_map(|x| x.parse().ok()).collect())
-        .with_context(|| format!("no rtt summary in ping output:\n{out}"))?;
-    if numbers.len() != 4 {
-        bail!("unexpected rtt summary in ping output:\n{out}");
-    }
-    Ok(Rtt {
-        avg_ms: numbers[1],
-        mdev_ms: numbers[3],
-        loss,
-    })
 }
 
 fn print_table(rows: &[Row]) {

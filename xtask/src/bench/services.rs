@@ -20,7 +20,10 @@ use xtask::{
     toolchain::say,
 };
 
-use super::percentiles;
+use super::{
+    add_percentiles, percentiles,
+    report::{Figure, Figures},
+};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -49,7 +52,12 @@ fn running(host: &Host, service: &str) -> Option<Vec<String>> {
     )
 }
 
-pub(crate) fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
+    anyhow::ensure!(
+        args.hosts >= 2,
+        "--hosts must be at least 2 (a host dies, one stays)"
+    );
+    let mut figs = Figures::new("services");
     say(&format!(
         "services on {} real agents in a netns testbed",
         args.hosts
@@ -95,6 +103,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
         cli.push(done.unwrap_or(LIMIT));
         skein_ok(h1, &["service", "rm", &name])?;
     }
+    // A round that did not converge within LIMIT counts LIMIT (a lower bound), as printed.
+    add_percentiles(&mut figs, "create 3 replicas → 3 running", &polled);
+    add_percentiles(&mut figs, "create 3 replicas → CLI says converged", &cli);
     println!(
         "   service create of 3 replicas → 3 running (polled `service ps`): {}",
         percentiles(&mut polled)
@@ -142,11 +153,16 @@ pub(crate) fn run(args: Args) -> Result<()> {
         moved.push(seen.unwrap_or(LIMIT));
         agents[victim] = bed.host(victim).start_agent(&join)?;
     }
+    add_percentiles(
+        &mut figs,
+        "a host's death → its task running elsewhere",
+        &moved,
+    );
     println!(
         "   a host's death (agent + tasks SIGKILLed) → its task running elsewhere (polled `service ps`): {}",
         percentiles(&mut moved)
     );
-    Ok(())
+    Ok(figs.into_vec())
 }
 
 /// SIGKILLs every process in `host`'s task namespaces (only this testbed's).

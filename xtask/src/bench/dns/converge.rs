@@ -31,7 +31,10 @@ use xtask::{
 };
 
 use super::{agent_dns_args, ask, udp_socket_in, SKEIN_PORT};
-use crate::bench::percentiles;
+use crate::bench::{
+    add_percentiles, percentiles,
+    report::{Better, Figures},
+};
 
 #[derive(clap::Args)]
 pub(crate) struct Convergence {
@@ -78,7 +81,7 @@ impl Change {
     }
 }
 
-pub(super) fn run(args: &Convergence, ttl: u32) -> Result<()> {
+pub(super) fn run(args: &Convergence, ttl: u32, figs: &mut Figures) -> Result<()> {
     say(&format!(
         "dns (b): convergence of DNS answers vs `service ps` on {} agents",
         args.nodes
@@ -86,8 +89,9 @@ pub(super) fn run(args: &Convergence, ttl: u32) -> Result<()> {
     let bed = Testbed::new("bench-dnsconv", TestbedConfig::with_hosts(args.nodes))?;
     let (_agents, _) = start_cluster_with(&bed, |_| agent_dns_args(ttl), &[])?;
     let h1 = bed.host(0);
-    let sick = bed.run_dir().join("sick");
-    fs::create_dir_all(&sick)?;
+    // Where the health check (run in the task's mount namespace) can see the flag files.
+    let sick_dir = crate::bench::TaskVisibleDir::new(&bed, "sick")?;
+    let sick = sick_dir.path().to_owned();
     let health = format!(
         "test ! -e {}/$(cat /proc/sys/kernel/hostname)",
         sick.display()
@@ -197,6 +201,26 @@ pub(super) fn run(args: &Convergence, ttl: u32) -> Result<()> {
         );
     }
     println!("   node-rounds not converged within the limit: {missed}");
+    let nodes = args.nodes;
+    add_percentiles(
+        figs,
+        &format!("{nodes} agents: every node's DNS answer shows a change"),
+        &dns_all,
+    );
+    add_percentiles(
+        figs,
+        &format!("{nodes} agents: every node's `service ps` shows it"),
+        &ps_all,
+    );
+    figs.add(
+        &format!(
+            "{nodes} agents: node-rounds not converged within {} s",
+            args.conv_limit
+        ),
+        Some(missed as f64),
+        "",
+        Better::Lower,
+    );
     Ok(())
 }
 
