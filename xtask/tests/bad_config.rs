@@ -26,9 +26,7 @@ use std::{
     time::Duration,
 };
 
-use xtask::testbed::{
-    run_command, skein_binary, Host, InNetns, Process, Testbed, TestbedConfig,
-};
+use xtask::testbed::{run_command, skein_binary, Host, InNetns, Process, Testbed, TestbedConfig};
 
 /// How long a refused start may take (it should take milliseconds; the machine is shared).
 const REFUSAL: Duration = Duration::from_secs(60);
@@ -196,7 +194,9 @@ fn cases(host: &Host) -> Vec<Case> {
 
 /// The agent's default API socket inside `host` (`config::paths`).
 fn api_socket(host: &Host) -> PathBuf {
-    Path::new("/run/skein").join(host.netns()).join("skein.sock")
+    Path::new("/run/skein")
+        .join(host.netns())
+        .join("skein.sock")
 }
 
 /// The agent's default state directory inside `host`.
@@ -304,15 +304,23 @@ struct Inside {
     attached_after: String,
 }
 
-fn inside_changes(out: &Path) -> Inside {
-    let read = |name: &str| {
-        fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
+/// `prefix`: the testbed's, which everything the agent names carries.
+fn inside_changes(out: &Path, prefix: &str) -> Inside {
+    let read =
+        |name: &str| fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     // A mount's line is the same before and after unless it changed; IDs are stable.
+    // `ip netns exec` makes the agent's mount namespace a slave of the machine's, so other
+    // tests' mounts (their namespaces in /run/netns, their bpffs) arrive in it meanwhile,
+    // tagged `master:N`; a mount made in it has no such tag. Ours (a namespace the agent
+    // names after the testbed, made in the machine's mount namespace) are kept either way.
     let before = read("mounts-before");
     let new_mounts = read("mounts-after")
         .lines()
         .filter(|l| !before.lines().any(|b| b == *l))
+        .filter(|l| {
+            let (fields, _) = l.split_once(" - ").unwrap_or((l, ""));
+            !fields.split(' ').any(|f| f.starts_with("master:")) || l.contains(prefix)
+        })
         .map(str::to_owned)
         .collect();
     Inside {
@@ -356,9 +364,17 @@ fn start(host: &Host, name: &str, config: &str, flags: &[&str], bounding: &str) 
 /// Removes the default directories an agent of `host` made (state, socket), so each case
 /// starts as a fresh host does.
 fn forget_agent_dirs(host: &Host) {
-    for dir in [state_dir(host), api_socket(host).parent().unwrap().to_owned()] {
+    for dir in [
+        state_dir(host),
+        api_socket(host).parent().unwrap().to_owned(),
+    ] {
         if let Err(e) = fs::remove_dir_all(&dir) {
-            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{}: {e}", dir.display());
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::NotFound,
+                "{}: {e}",
+                dir.display()
+            );
         }
     }
 }
@@ -404,14 +420,20 @@ fn bad_configuration_stops_the_agent_with_one_sentence_before_the_kernel_is_touc
             Occupy::ApiSocket => {
                 let path = api_socket(host);
                 fs::create_dir_all(path.parent().unwrap()).unwrap();
-                Some(Box::new(UnixListener::bind(&path).expect("occupying the socket")))
+                Some(Box::new(
+                    UnixListener::bind(&path).expect("occupying the socket"),
+                ))
             }
         };
         let mut run = start(host, case.name, &config, case.flags, &bounding);
         let status = match run.agent.wait(REFUSAL) {
             Ok(status) => status,
             Err(e) => {
-                failures.push(format!("{}: did not exit: {e:#}\n{}", case.name, run.agent.log()));
+                failures.push(format!(
+                    "{}: did not exit: {e:#}\n{}",
+                    case.name,
+                    run.agent.log()
+                ));
                 let _ = run.agent.terminate(Duration::from_secs(10));
                 continue;
             }
@@ -432,7 +454,7 @@ fn bad_configuration_stops_the_agent_with_one_sentence_before_the_kernel_is_touc
             }
             _ => problems.push(format!("{} error lines, not one", errors.len())),
         }
-        let inside = inside_changes(&run.out);
+        let inside = inside_changes(&run.out, bed.prefix());
         if !inside.new_mounts.is_empty() {
             problems.push(format!("mounted: {:?}", inside.new_mounts));
         }
@@ -466,34 +488,47 @@ fn bad_configuration_stops_the_agent_with_one_sentence_before_the_kernel_is_touc
 
     // The same observations see a valid agent's work: the bpffs it mounts, its pins, its
     // attachments, its host-path interface. (Its state directory stays, so the testbed's
-    // cleanup removes its node's cgroups.)
+    // cleanup removes its node's cgroups; checked below.)
     forget_agent_dirs(host);
     let before = outside(&bed, host);
     let mut run = start(host, "valid", &valid, &[], &bounding);
-    run.agent
-        .wait_for_log("agent running", STARTUP)
-        .unwrap_or_else(|e| panic!("the valid config did not start: {e:#}\n{}", run.agent.log()));
-    let status = run
-        .agent
-        .terminate(Duration::from_secs(30))
-        .expect("the valid agent stops");
-    let inside = inside_changes(&run.out);
-    let after = outside(&bed, host);
-    eprintln!(
-        "valid: {status}; mounted {}, pinned {}, attachments changed: {}, links {} -> {}",
-        inside.new_mounts.len(),
-        inside.pins.len(),
-        inside.attached_before != inside.attached_after,
-        before.links.len(),
-        after.links.len()
-    );
+    match run.agent.wait_for_log("agent running", STARTUP) {
+        Ok(()) => {
+            let status = run
+                .agent
+                .terminate(Duration::from_secs(30))
+                .expect("the valid agent stops");
+            let inside = inside_changes(&run.out, bed.prefix());
+            let after = outside(&bed, host);
+            eprintln!(
+                "valid: {status}; mounted {}, pinned {}, attachments changed: {}, links {} -> {}",
+                inside.new_mounts.len(),
+                inside.pins.len(),
+                inside.attached_before != inside.attached_after,
+                before.links.len(),
+                after.links.len()
+            );
+            if inside.new_mounts.is_empty()
+                || inside.pins.is_empty()
+                || inside.attached_before == inside.attached_after
+            {
+                failures.push(format!(
+                    "the observations missed a valid agent's kernel work: mounts {:?}, pins {:?}",
+                    inside.new_mounts, inside.pins
+                ));
+            }
+        }
+        Err(e) => failures.push(format!("the valid config did not start: {e:#}")),
+    }
+    let node = fs::read_to_string(state_dir(host).join("node-id")).unwrap_or_default();
+    let groups = node_groups(host);
+    drop(run);
+    drop(bed);
+    let left: Vec<&PathBuf> = groups.iter().filter(|g| g.exists()).collect();
     assert!(
-        !inside.new_mounts.is_empty()
-            && !inside.pins.is_empty()
-            && inside.attached_before != inside.attached_after,
-        "the observations missed a valid agent's kernel work: mounts {:?}, pins {:?}",
-        inside.new_mounts,
-        inside.pins
+        left.is_empty(),
+        "the valid agent's node {} left cgroups: {left:?}",
+        node.trim()
     );
 
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -56,7 +56,10 @@ fn version_and_metrics_name_the_embedded_ebpf_object() {
     let bare = commit.trim_end_matches("-dirty");
     assert!(bare == "unknown" || is_hex(bare, 12), "commit {commit}");
     for value in [version, commit, hash] {
-        assert!(text.contains(value), "`skein version` lacks {value}:\n{text}");
+        assert!(
+            text.contains(value),
+            "`skein version` lacks {value}:\n{text}"
+        );
     }
 
     let bed = Testbed::new("version", TestbedConfig::with_hosts(1)).expect("the testbed");
