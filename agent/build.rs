@@ -78,6 +78,12 @@ fn git_commit(workspace_root: &Path) -> String {
             .success()
             .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
     };
+    // Only this workspace's own repository: a source tarball unpacked inside some other
+    // checkout must not take that checkout's commit.
+    let toplevel = git(&["rev-parse", "--show-toplevel"]).map(PathBuf::from);
+    if toplevel.and_then(|t| t.canonicalize().ok()) != workspace_root.canonicalize().ok() {
+        return "unknown".to_owned();
+    }
     let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown".to_owned();
     };
