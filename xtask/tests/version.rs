@@ -1,6 +1,7 @@
 //! `skein version` and `skein_build_info` (issue 16, deliverable 2): the binary names the
 //! eBPF object it embeds by its SHA-256, equal to `sha256sum` of the object the build left
-//! in `target/ebpf`, and a running agent's `/metrics` carries the same three values.
+//! in `target/ebpf`, and a running agent's `/metrics` (and its "agent running" log line)
+//! carries the same three values.
 //!
 //! Needs root (the agent); run by `cargo xtask test`, which builds `skein` first.
 
@@ -82,6 +83,10 @@ fn version_and_metrics_name_the_embedded_ebpf_object() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // And its start line in the log (the journal, under systemd).
+    agent
+        .wait_for_log(&format!("ebpf_sha256={hash}"), STARTUP)
+        .expect("the agent logs its build when it runs");
     agent
         .terminate(Duration::from_secs(30))
         .expect("the agent stops");
