@@ -5,6 +5,8 @@
 //! - [`cli`]: the `skein` command line (clap), one file per command group, and its entry
 //!   point [`cli::main`].
 //! - `compose`: compose files (`skein stack deploy`) read into services and networks.
+//! - `build_info`: this binary's version, git commit and eBPF object hash (`skein
+//!   version`, `skein_build_info` in `/metrics`).
 //! - `api`: the local API between the CLI and its agent (messages, Unix-socket server
 //!   and client).
 //! - `daemon`: `skein agent`: the composition root, the API's handlers per object, the
@@ -19,6 +21,7 @@
 //! - [`whoami`]: `skein whoami`, a diagnostic HTTP/UDP server to run as a task.
 
 mod api;
+mod build_info;
 pub mod cli;
 mod compose;
 mod config;

@@ -6,7 +6,8 @@
 //! maps, the manager, the peer RPC, [`MapSyncErrors`], the mesh's maps) into a
 //! [`Snapshot`], which a prometheus-client [`Collector`] writes out — except the
 //! conntrack's entry count, a walk of up to 262,144 keys, done at most once per
-//! [`PRESENT_MAX_AGE`] (see [`MeshSource`]).
+//! [`PRESENT_MAX_AGE`] (see [`MeshSource`]). `skein_build_info` names the running
+//! binary (version, git commit, eBPF object hash; [`BuildInfo`]).
 
 use std::{
     fmt,
@@ -27,7 +28,7 @@ use hyper::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType},
     registry::Registry,
 };
 use tokio::{net::TcpListener, sync::Mutex};
@@ -36,6 +37,7 @@ use dataplane_ebpf::counters::{Counter, Verdict};
 use manager::Manager;
 
 use crate::{
+    build_info::BuildInfo,
     dataplane::{Counters, MeshMaps},
     dns::{DnsCounters, DnsCounts},
     http_server::{self, Limits},
@@ -182,6 +184,7 @@ impl Sources {
 
     async fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot {
+            build: Some(BuildInfo::current().clone()),
             programs: self.counters.lock().await.read(),
             sync_errors: self.sync_errors.totals(),
             ..Snapshot::default()
@@ -287,6 +290,8 @@ async fn respond<F: Future<Output = String>>(
 /// Every value `/metrics` shows, read at one scrape.
 #[derive(Debug, Default)]
 struct Snapshot {
+    /// The running binary.
+    build: Option<BuildInfo>,
     /// (program, verdict, counter) of every eBPF program.
     programs: Vec<(&'static str, Verdict, Counter)>,
     /// The map-sync errors by map and reason.
@@ -366,6 +371,15 @@ fn counter_family<'l>(
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        if let Some(build) = &self.build {
+            // An OpenMetrics info: the sample is `skein_build_info{...} 1`.
+            Info::new(build.labels()).encode(encoder.encode_descriptor(
+                "skein_build",
+                "The running agent's version, git commit and eBPF object SHA-256.",
+                None,
+                MetricType::Info,
+            )?)?;
+        }
         let mut programs: Vec<&str> = self.programs.iter().map(|(p, _, _)| *p).collect();
         programs.dedup();
         for program in programs {
@@ -646,6 +660,26 @@ mod tests {
         // The sync-error family is always declared, with no sample until an error.
         assert_eq!(text.matches("# TYPE").count(), 5);
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn renders_the_build_as_one_info_sample() {
+        let build = BuildInfo {
+            version: "0.1.0".into(),
+            commit: "0123456789ab".into(),
+            ebpf_sha256: "cd".repeat(32),
+        };
+        let text = render(Snapshot {
+            build: Some(build),
+            ..Snapshot::default()
+        });
+        assert!(text.contains("# TYPE skein_build info\n"), "{text}");
+        let samples = samples(&text);
+        let key = format!(
+            "skein_build_info{{version=\"0.1.0\",commit=\"0123456789ab\",ebpf_sha256=\"{}\"}}",
+            "cd".repeat(32)
+        );
+        assert_eq!(samples[key.as_str()], 1, "{text}");
     }
 
     #[test]

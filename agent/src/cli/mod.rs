@@ -13,6 +13,7 @@
 //! - `service`: `service ...`, with progress following and log paging.
 //! - `stack`: `stack deploy|ls|services|ps|rm` (compose files, `crate::compose`).
 //! - `debug`: `debug maps`.
+//! - `version`: `skein version` (this binary's version, commit and eBPF object hash).
 //! - `args`: shared value parsers and `--format`; `client`: one request and printing its
 //!   answer; `output`: tables and JSON.
 
@@ -28,6 +29,7 @@ mod rollout_output;
 mod service;
 mod service_update;
 mod stack;
+mod version;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
@@ -37,7 +39,7 @@ use tracing_subscriber::EnvFilter;
 
 use self::{
     agent::AgentCommand, debug::DebugCommand, endpoint::EndpointCommand, network::NetworkCommand,
-    node::NodeCommand, service::ServiceCommand, stack::StackCommand,
+    node::NodeCommand, service::ServiceCommand, stack::StackCommand, version::VersionArgs,
 };
 
 /// Skein: Swarm-style service networking — VXLAN overlay, routing mesh, service
@@ -92,6 +94,10 @@ pub(crate) enum Command {
     /// Serve HTTP (and UDP) answers saying which task, service and node answered; a
     /// diagnostic to run as a service.
     Whoami(crate::whoami::WhoamiArgs),
+    /// Print this binary's version, the git commit it was built from and the SHA-256 of
+    /// the eBPF object it embeds (a running agent exports the same as `skein_build_info`
+    /// in its /metrics).
+    Version(VersionArgs),
     /// PID 1 of a task's PID namespace, started by the agent (`tasks::confine::init`).
     #[command(hide = true)]
     TaskInit(crate::tasks::confine::init::TaskInitArgs),
@@ -137,6 +143,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crate::whoami::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Version(args) => args.run(),
         Command::TaskInit(args) => Ok(crate::tasks::confine::init::run(args)),
     }
 }

@@ -229,7 +229,11 @@ fn start(
     let api = tokio::spawn(api::serve(listeners.api, backend, async move {
         let _ = stopping.wait_for(|s| *s != Stop::Running).await;
     }));
+    let build = crate::build_info::BuildInfo::current();
     info!(
+        version = %build.version,
+        commit = %build.commit,
+        ebpf_sha256 = %build.ebpf_sha256,
         underlay = %config.underlay_iface,
         xdp_mode = %xdp_attached_mode,
         metrics = %metrics_addr,
