@@ -217,7 +217,7 @@ pub(super) fn status(view: &ClusterView, service: &Service, now_ms: u64) -> Roll
 /// and at least every `period` (the monitor and delay are times, not events).
 pub(super) async fn advance(manager: Manager, period: Duration) {
     let mut views = manager.subscribe();
-    let mut last_written: Option<Service> = None;
+    let mut last_written: Option<rollout::RolloutStep> = None;
     loop {
         let view = manager.view();
         if rollout::writer(&view) == Some(view.self_id) {
@@ -229,14 +229,19 @@ pub(super) async fn advance(manager: Manager, period: Duration) {
                 .filter(|s| s.update.state.is_active())
             {
                 let progress = progress_of(&view, service, now);
-                let Some(next) = rollout::next_record(service, &progress, now) else {
+                let Some(next) = rollout::next_step(service, &progress, now) else {
                     continue;
                 };
                 if last_written.as_ref() == Some(&next) {
                     continue;
                 }
-                info!(service = %next.name, state = next.update.state.word(), "rollout advances");
-                match manager.write_service(&next).await {
+                info!(
+                    service = %next.service,
+                    generation = next.generation,
+                    state = next.state.word(),
+                    "rollout advances"
+                );
+                match manager.write_step(&next).await {
                     Ok(()) => last_written = Some(next),
                     Err(error) => warn!(%error, "could not write a rollout step"),
                 }
