@@ -34,7 +34,7 @@ mod config;
 mod ops;
 mod step;
 pub use availability::{availabilities, Availability, NodeAvailability};
-pub use config::{BadWord, FailureAction, UpdateConfig, UpdateOrder};
+pub use config::{BadWord, FailureAction, RolloutConfigs, UpdateConfig, UpdateOrder};
 pub use ops::UpdateError;
 pub use step::{effective, effective_in, RolloutStep};
 

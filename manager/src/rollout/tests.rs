@@ -255,7 +255,10 @@ fn a_writer_step_racing_a_user_update_never_loses_the_update_in_any_merge_order(
         .map(|slot| task_of(&v2, slot, N1, TaskState::Running, T0 + 10, T0 + 10))
         .collect();
     let done = next_step(&v2, &progress(&v2, &tasks, T0 + 5_000), T0 + 5_000).unwrap();
-    assert_eq!((done.generation, &done.state), (1, &RolloutState::Completed));
+    assert_eq!(
+        (done.generation, &done.state),
+        (1, &RolloutState::Completed)
+    );
     let mut v3_def = v2.clone();
     v3_def.env = vec![("V".into(), "3".into())];
     let v3 = updated(&v2, v3_def, config(1, 0, FailureAction::Pause), T0 + 5_000);
@@ -273,7 +276,10 @@ fn a_writer_step_racing_a_user_update_never_loses_the_update_in_any_merge_order(
     for (i, order) in orders.into_iter().enumerate() {
         let mut store = Store::new();
         for r in order {
-            assert!(!matches!(store.merge(r), MergeOutcome::Rejected(_)), "order {i}");
+            assert!(
+                !matches!(store.merge(r), MergeOutcome::Rejected(_)),
+                "order {i}"
+            );
         }
         let services = crate::state::valid_services(&store);
         let web = services.get("web").unwrap();
@@ -293,7 +299,13 @@ fn a_writer_step_racing_a_user_update_never_loses_the_update_in_any_merge_order(
     // Without the race the step applies: generation 1 completes.
     let mut store = Store::new();
     store.merge(record(Kind::Service, "web", T0, N1, v2.encode()));
-    store.merge(record(Kind::RolloutStep, "web", T0 + 5_001, N1, done.encode()));
+    store.merge(record(
+        Kind::RolloutStep,
+        "web",
+        T0 + 5_001,
+        N1,
+        done.encode(),
+    ));
     let services = crate::state::valid_services(&store);
     assert_eq!(
         services.get("web").unwrap().update.state,
@@ -310,8 +322,12 @@ fn an_automatic_rollback_step_puts_the_previous_definition_in_effect_until_the_n
     assert_eq!(spec_fingerprint(&back), spec_fingerprint(&web_v1()));
     assert_eq!(back.update.generation, v2.update.generation);
     // The rollback finishing keeps the previous definition in effect.
-    let finished = next_step(&back, &progress(&back, &old_tasks(), T0 + 9_000), T0 + 9_000)
-        .unwrap();
+    let finished = next_step(
+        &back,
+        &progress(&back, &old_tasks(), T0 + 9_000),
+        T0 + 9_000,
+    )
+    .unwrap();
     assert!(finished.rolled_back);
     let done = effective(v2.clone(), Some(&finished));
     assert!(matches!(done.update.state, RolloutState::RolledBack { .. }));
@@ -332,8 +348,15 @@ fn a_rollback_replaces_tasks_with_the_rollback_config() {
         .map(|slot| task_of(&v2, slot, N1, TaskState::Running, T0 + 5, T0 + 5))
         .collect();
     let p = progress(&back, &new_tasks, T0 + 20);
-    assert_eq!(replaceable(&back, &p, T0 + 20).len(), 3, "rollback parallelism 0");
-    assert_eq!(replaceable(&v2, &progress(&v2, &old_tasks(), T0), T0).len(), 1);
+    assert_eq!(
+        replaceable(&back, &p, T0 + 20).len(),
+        3,
+        "rollback parallelism 0"
+    );
+    assert_eq!(
+        replaceable(&v2, &progress(&v2, &old_tasks(), T0), T0).len(),
+        1
+    );
     // Its failure action `continue`: a failing rollback task pauses nothing.
     let mut failed = task_of(&web_v1(), 0, N1, TaskState::Exited, T0 + 30, T0 + 20);
     failed.1.message = "exited with code 1".into();
