@@ -60,6 +60,10 @@ pub(crate) struct ServiceUpdateArgs {
     pub(crate) restart_delay: Option<Duration>,
     #[command(flatten)]
     pub(crate) rollout: RolloutFlags,
+    /// Go back to the previous definition, as `service rollback` (no other change may be
+    /// given with it).
+    #[arg(long)]
+    pub(crate) rollback: bool,
     #[command(flatten)]
     pub(crate) limits: super::service::LimitArgs,
     #[command(flatten)]
@@ -167,29 +171,40 @@ pub(crate) fn parse_rollback_failure_action(value: &str) -> Result<FailureAction
 
 /// `service update`.
 pub(super) async fn update(socket: &Path, args: ServiceUpdateArgs) -> Result<ExitCode> {
+    let edit = ServiceEdit {
+        replicas: args.replicas,
+        env_add: args.env_add,
+        env_rm: args.env_rm,
+        publish_add: args.publish_add,
+        publish_rm: args.publish_rm,
+        user: args
+            .user
+            .map(|u| if u == "root" { String::new() } else { u }),
+        health_cmd: if args.no_healthcheck {
+            Some(String::new())
+        } else {
+            args.health_cmd
+        },
+        health_interval: args.health_interval,
+        restart_delay: args.restart_delay,
+        command: args.command,
+        limits: args.limits.limits(),
+    };
+    let (config, rollback_config) = (args.rollout.update_patch(), args.rollout.rollback_patch());
+    if args.rollback {
+        if edit != ServiceEdit::default()
+            || config != UpdateConfigPatch::default()
+            || rollback_config != UpdateConfigPatch::default()
+        {
+            bail!("--rollback goes back to the previous definition: give no other change with it");
+        }
+        return rollback(socket, &args.name, &args.wait).await;
+    }
     let request = Request::ServiceUpdate(ServiceUpdateRequest {
         name: args.name.clone(),
-        change: ServiceChange::Edit(ServiceEdit {
-            replicas: args.replicas,
-            env_add: args.env_add,
-            env_rm: args.env_rm,
-            publish_add: args.publish_add,
-            publish_rm: args.publish_rm,
-            user: args
-                .user
-                .map(|u| if u == "root" { String::new() } else { u }),
-            health_cmd: if args.no_healthcheck {
-                Some(String::new())
-            } else {
-                args.health_cmd
-            },
-            health_interval: args.health_interval,
-            restart_delay: args.restart_delay,
-            command: args.command,
-            limits: args.limits.limits(),
-        }),
-        config: args.rollout.update_patch(),
-        rollback: args.rollout.rollback_patch(),
+        change: ServiceChange::Edit(edit),
+        config,
+        rollback: rollback_config,
     });
     expect_rollout(call(socket, &request).await?)?;
     println!("{}", args.name);
