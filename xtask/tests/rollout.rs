@@ -437,6 +437,8 @@ fn pause_under_load(bed: &Testbed, host: &Host, env: &str, what: &str) -> BTreeS
             "1",
             "--update-monitor",
             "1s",
+            "--timeout",
+            "60s",
             "--",
             "false",
         ],
