@@ -139,6 +139,8 @@ pub struct ServiceRequest {
     pub security: state::service::Security,
     /// The stack deploying it (`stack deploy`), or `None`.
     pub stack: Option<crate::state::service::StackMember>,
+    /// `--update-*` and `--rollback-*` (compose `update_config`, `rollback_config`).
+    pub rollout: crate::rollout::RolloutConfigs,
 }
 
 /// What `endpoint create`/`attach` asks for.
@@ -598,7 +600,7 @@ impl Manager {
             security: request.security,
             limits: request.limits,
             stack: request.stack,
-            update: Default::default(),
+            update: request.rollout.into_update(),
         };
         candidate.validate()?;
         candidate.check_reserved(&reserved_ports(&view, &request.local_reserved))?;

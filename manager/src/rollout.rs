@@ -12,8 +12,10 @@
 //! running a picked slot's task acts on it, so a node dying mid-rollout stops nothing: its
 //! slots move as always, and the others go on from the same view. The state transitions
 //! (failure → paused or rolling back, finished → completed) are written by one node, the
-//! lowest-ID live one ([`writer`]), computed by [`next_record`]; if it dies the next one takes
-//! over, and two writers would write the same value.
+//! lowest-ID live one ([`writer`]), computed by [`next_step`]; if it dies the next one takes
+//! over, and two writers would write the same value. They go to a record of their own
+//! ([`RolloutStep`]) naming the user generation they advance, so a user's update written at
+//! the same moment is never overwritten (see `step.rs`).
 //!
 //! Mixed-version clusters are not supported: the service and task records grew a field.
 
@@ -30,9 +32,11 @@ use crate::{
 mod availability;
 mod config;
 mod ops;
+mod step;
 pub use availability::{availabilities, Availability, NodeAvailability};
-pub use config::{BadWord, FailureAction, UpdateConfig, UpdateOrder};
+pub use config::{BadWord, FailureAction, RolloutConfigs, UpdateConfig, UpdateOrder};
 pub use ops::UpdateError;
+pub use step::{effective, effective_in, RolloutStep};
 
 /// Where a service's last update stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +88,25 @@ pub struct ServiceUpdate {
     /// The definition before the last update (its own `previous` cleared), for `service
     /// rollback` and the `rollback` failure action.
     pub previous: Option<Box<Service>>,
+    /// How a rollback replaces tasks (`--rollback-*`, compose `rollback_config`), kept like
+    /// `config`.
+    pub rollback: UpdateConfig,
+    /// Bumped by every user write of the record (update, rollback); the writer's
+    /// [`RolloutStep`]s name the generation they advance.
+    pub generation: u64,
+    /// Set only in the service in effect, when the writer rolled this generation back
+    /// (never written by a user).
+    pub automatic_rollback: bool,
+}
+
+impl ServiceUpdate {
+    /// The controls of the rollout in progress: the rollback's while rolling back.
+    pub fn active_config(&self) -> &UpdateConfig {
+        match self.state {
+            RolloutState::RollingBack { .. } | RolloutState::RolledBack { .. } => &self.rollback,
+            _ => &self.config,
+        }
+    }
 }
 
 /// A stable hash of everything a task runs with: the definition with the fields that only
@@ -153,7 +176,7 @@ pub fn progress<'a>(
     now_ms: u64,
 ) -> Progress {
     let current = spec_fingerprint(service);
-    let monitor = service.update.config.monitor_ms;
+    let monitor = service.update.active_config().monitor_ms;
     let tasks: Vec<&(NodeId, Task)> = tasks.into_iter().filter(|(_, t)| !t.attached).collect();
     let mut units: BTreeSet<Unit> = tasks.iter().map(|(n, t)| unit(service, *n, t)).collect();
     if let Mode::Replicated { replicas } = service.mode {
@@ -201,7 +224,9 @@ pub fn progress<'a>(
             progress.last_done_ms = progress.last_done_ms.max(at);
         } else if !news.is_empty() {
             // A failing new task blocks the rollout, unless failures are ignored.
-            if failed.is_none() || service.update.config.failure_action != FailureAction::Continue {
+            if failed.is_none()
+                || service.update.active_config().failure_action != FailureAction::Continue
+            {
                 progress.busy += 1;
             }
         } else if outdated_live {
@@ -217,7 +242,7 @@ pub fn progress<'a>(
 /// `parallelism` pending units; all with 0), once no unit is busy and `delay` has passed
 /// since the last one finished. None unless the rollout is active.
 pub fn replaceable(service: &Service, progress: &Progress, now_ms: u64) -> BTreeSet<Unit> {
-    let config = &service.update.config;
+    let config = service.update.active_config();
     if !service.update.state.is_active() || progress.busy > 0 {
         return BTreeSet::new();
     }
@@ -244,43 +269,54 @@ pub fn writer(view: &ClusterView) -> Option<NodeId> {
         .min()
 }
 
-/// The service record to write next for its rollout at `now_ms`, if its state must change:
-/// a failure pauses it, rolls it back, or is ignored (by the failure action; a failing
-/// rollback pauses); a finished rollout completes.
-pub fn next_record(service: &Service, progress: &Progress, now_ms: u64) -> Option<Service> {
-    let with_state = |state: RolloutState| {
-        let mut next = service.clone();
-        next.update.state = state;
-        next
+/// The step the writer writes next for `service`'s rollout (the service in effect) at
+/// `now_ms`, if its state must change: a failure pauses it, rolls it back, or is ignored (by
+/// the failure action; a failing rollback pauses unless its own action is `continue`); a
+/// finished rollout completes.
+pub fn next_step(service: &Service, progress: &Progress, now_ms: u64) -> Option<RolloutStep> {
+    let update = &service.update;
+    let step = |state: RolloutState, rolled_back: bool, started_ms: u64| RolloutStep {
+        service: service.name.clone(),
+        created: service.created,
+        generation: update.generation,
+        state,
+        rolled_back,
+        started_ms,
     };
-    match &service.update.state {
-        RolloutState::Updating => match (&progress.failure, service.update.config.failure_action) {
-            (Some(reason), FailureAction::Pause) => Some(with_state(RolloutState::Paused {
+    let same = |state: RolloutState| step(state, update.automatic_rollback, update.started_ms);
+    match &update.state {
+        RolloutState::Updating => match (&progress.failure, update.config.failure_action) {
+            (Some(reason), FailureAction::Pause) => Some(same(RolloutState::Paused {
                 reason: format!("update paused due to failure: {reason}"),
             })),
-            (Some(reason), FailureAction::Rollback) => rolled_back(
-                service,
-                format!("update rolled back due to failure: {reason}"),
+            (Some(reason), FailureAction::Rollback) if update.previous.is_some() => Some(step(
+                RolloutState::RollingBack {
+                    reason: format!("update rolled back due to failure: {reason}"),
+                },
+                true,
                 now_ms,
-            ),
-            _ if progress.finished() => Some(with_state(RolloutState::Completed)),
+            )),
+            _ if progress.finished() => Some(same(RolloutState::Completed)),
             _ => None,
         },
         RolloutState::RollingBack { reason } => match &progress.failure {
-            Some(failure) => Some(with_state(RolloutState::Paused {
-                reason: format!("rollback paused due to failure: {failure}"),
-            })),
-            None if progress.finished() => Some(with_state(RolloutState::RolledBack {
+            Some(failure) if update.rollback.failure_action != FailureAction::Continue => {
+                Some(same(RolloutState::Paused {
+                    reason: format!("rollback paused due to failure: {failure}"),
+                }))
+            }
+            _ if progress.finished() => Some(same(RolloutState::RolledBack {
                 reason: reason.clone(),
             })),
-            None => None,
+            _ => None,
         },
         _ => None,
     }
 }
 
-/// `service` going back to its previous definition (which keeps the current update config
-/// and becomes `RollingBack` with `reason`); `None` without a previous definition.
+/// `service` going back to its previous definition (which keeps the current update and
+/// rollback configs, and becomes `RollingBack` with `reason`) as the next user generation;
+/// `None` without a previous definition.
 pub fn rolled_back(service: &Service, reason: String, now_ms: u64) -> Option<Service> {
     let previous = service.update.previous.as_deref()?;
     let mut failed = service.clone();
@@ -293,13 +329,17 @@ pub fn rolled_back(service: &Service, reason: String, now_ms: u64) -> Option<Ser
             state: RolloutState::RollingBack { reason },
             started_ms: now_ms,
             previous: Some(Box::new(failed)),
+            rollback: service.update.rollback.clone(),
+            generation: service.update.generation.wrapping_add(1),
+            automatic_rollback: false,
         },
         ..previous.clone()
     })
 }
 
-/// `service` with `next`'s definition as an update started at `now_ms` with `config`: the
-/// current definition becomes the previous one.
+/// `service` with `next`'s definition as an update started at `now_ms` with `config` (and
+/// `next`'s rollback config), the next user generation: the current definition becomes
+/// the previous one.
 pub fn updated(service: &Service, next: Service, config: UpdateConfig, now_ms: u64) -> Service {
     let mut previous = service.clone();
     previous.update = ServiceUpdate::default();
@@ -316,6 +356,9 @@ pub fn updated(service: &Service, next: Service, config: UpdateConfig, now_ms: u
             },
             started_ms: now_ms,
             previous: Some(Box::new(previous)),
+            rollback: next.update.rollback.clone(),
+            generation: service.update.generation.wrapping_add(1),
+            automatic_rollback: false,
         },
         ..next
     }

@@ -4,7 +4,10 @@
 //! is updated stop-first and start-first, then to a command that exits at once with
 //! `--update-failure-action rollback` (it rolls back by itself), each with 0 failed requests;
 //! a node is drained under load with 0 failed requests; the node that writes rollout steps
-//! (and ran the command) is killed mid-rollout and the rollout still completes. Needs root.
+//! (and ran the command) is killed mid-rollout and the rollout still completes. A second
+//! testbed covers `--update-failure-action pause`, an update continuing a paused rollout,
+//! `service update --rollback` / `service rollback` (with `--rollback-*`), and a node on
+//! `--availability pause`, each under the same curl loop. Needs root.
 //! Every wait is bounded; the testbed removes everything on failure.
 
 use std::{
@@ -167,20 +170,19 @@ fn has_env(env: &[Value], key: &str, value: &str) -> bool {
         .any(|e| e[0].as_str() == Some(key) && e[1].as_str() == Some(value))
 }
 
-#[test]
-fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
-    let bed = Testbed::new("rollout", TestbedConfig::with_hosts(3)).expect("testbed");
+/// The cluster of three agents (`--drain-window 2s`) on the wire-like underlay, and `web`
+/// (3× whoami, `--publish 8080:80`, a health check) answering through every node.
+fn start_web(bed: &Testbed) -> Vec<xtask::testbed::Process> {
     // The mesh's published ports need the wire-like underlay (as in mesh.rs).
     bed.make_wire_like().expect("wire-like underlay");
-    let (mut agents, _) = start_cluster_with(
-        &bed,
+    let (agents, _) = start_cluster_with(
+        bed,
         |_| vec!["--drain-window".to_owned(), "2s".to_owned()],
         &[],
     )
     .expect("cluster");
-    let h1 = bed.host(0);
     create_service(
-        &bed,
+        bed,
         "web",
         &[
             "--replicas",
@@ -194,7 +196,7 @@ fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
         ],
         &whoami(&["--port", "80"]),
     );
-    wait_three_running(&bed);
+    wait_three_running(bed);
     for host in bed.hosts() {
         let url = format!("http://{}:8080/", host.underlay_ip());
         wait_until(&format!("the mesh answering on {url}"), DEADLINE, || {
@@ -207,6 +209,14 @@ fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
         })
         .unwrap();
     }
+    agents
+}
+
+#[test]
+fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
+    let bed = Testbed::new("rollout", TestbedConfig::with_hosts(3)).expect("testbed");
+    let mut agents = start_web(&bed);
+    let h1 = bed.host(0);
 
     // Stop-first, one at a time, 2 s apart.
     update_under_load(
@@ -404,4 +414,218 @@ fn rolling_updates_rollback_and_drain_lose_no_request_and_survive_the_writer() {
         started.elapsed().as_secs_f64()
     );
     assert!(has_env(&env_of(survivor), "V", "5"));
+}
+
+/// `service update web ARGS -- false` with `--update-failure-action pause` on `host` under
+/// load: the CLI reports the pause, the rollout stays paused and replaces nothing more, and
+/// no request fails. Returns the running task IDs (the untouched ones).
+fn pause_under_load(bed: &Testbed, host: &Host, env: &str, what: &str) -> BTreeSet<String> {
+    let before = task_ids(host);
+    let load = Load::start(bed);
+    thread::sleep(Duration::from_millis(500));
+    let out = skein(
+        host,
+        &[
+            "service",
+            "update",
+            "web",
+            "--env-add",
+            env,
+            "--update-failure-action",
+            "pause",
+            "--update-parallelism",
+            "1",
+            "--update-monitor",
+            "1s",
+            "--timeout",
+            "60s",
+            "--",
+            "false",
+        ],
+    )
+    .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{what}: a paused update fails: {text}"
+    );
+    assert!(
+        text.contains("error: update paused due to failure"),
+        "{what}: {text}"
+    );
+    // Paused means no other slot is touched: past several monitor periods, the two other
+    // old tasks still run (`continue` would have replaced the next one within ~1 s).
+    thread::sleep(Duration::from_secs(4));
+    let pretty = run_ok(host, &["service", "inspect", "--pretty", "web"]);
+    assert!(pretty.contains("State: paused"), "{what}: {pretty}");
+    let now = task_ids(host);
+    let untouched: BTreeSet<String> = before.intersection(&now).cloned().collect();
+    assert!(
+        untouched.len() == 2,
+        "{what}: only the failed slot was touched: {before:?} → {now:?}"
+    );
+    load.assert_none_failed(what);
+    untouched
+}
+
+/// `skein ARGS` on `host` under load ends with `verify: Service converged` and 3 running
+/// tasks; no request fails.
+fn converges_under_load(bed: &Testbed, host: &Host, args: &[&str], what: &str) -> String {
+    let load = Load::start(bed);
+    thread::sleep(Duration::from_millis(500));
+    let out = run_ok(host, args);
+    assert!(out.contains("verify: Service converged"), "{what}: {out}");
+    wait_three_running(bed);
+    thread::sleep(Duration::from_millis(500));
+    load.assert_none_failed(what);
+    out
+}
+
+fn runs_whoami(host: &Host) -> bool {
+    inspect(host)["command"][1].as_str() == Some("whoami")
+}
+
+/// The untested paths of issue 17: `--update-failure-action pause` pauses; a new update
+/// continues a paused rollout; `service update --rollback` and `service rollback` go back
+/// to the previous definition; a node on `pause` keeps its tasks and gets no new one.
+/// Under the curl loop through every node: 0 failed requests in each step.
+#[test]
+fn pause_continue_manual_rollback_and_a_paused_node() {
+    let bed = Testbed::new("rollout", TestbedConfig::with_hosts(3)).expect("testbed");
+    let _agents = start_web(&bed);
+    let h1 = bed.host(0);
+    let original = task_ids(h1);
+    let whoami_cmd = whoami(&["--port", "80"]);
+    let whoami_args: Vec<&str> = whoami_cmd.iter().map(String::as_str).collect();
+
+    // A failing update pauses after its first task; a new update continues from there.
+    let untouched = pause_under_load(&bed, h1, "V=2", "paused update");
+    assert!(untouched.is_subset(&original));
+    let mut args = vec![
+        "service",
+        "update",
+        "web",
+        "--env-add",
+        "V=3",
+        "--update-monitor",
+        "1s",
+        "--",
+    ];
+    args.extend_from_slice(&whoami_args);
+    converges_under_load(&bed, bed.host(1), &args, "update after a pause");
+    let env = env_of(h1);
+    assert!(
+        has_env(&env, "V", "3") && runs_whoami(h1),
+        "{:?}",
+        inspect(h1)
+    );
+    let v3 = task_ids(h1);
+    assert!(v3.is_disjoint(&original), "{original:?} → {v3:?}");
+
+    // Paused again; `service update --rollback` returns to the previous definition (V=3).
+    pause_under_load(&bed, h1, "V=4", "paused again");
+    let out = converges_under_load(
+        &bed,
+        bed.host(2),
+        &["service", "update", "--rollback", "web"],
+        "service update --rollback",
+    );
+    assert!(
+        out.contains("rollback: manually requested rollback"),
+        "{out}"
+    );
+    let env = env_of(h1);
+    assert!(
+        has_env(&env, "V", "3") && !has_env(&env, "V", "4") && runs_whoami(h1),
+        "{:?}",
+        inspect(h1)
+    );
+    let pretty = run_ok(h1, &["service", "inspect", "--pretty", "web"]);
+    assert!(pretty.contains("State: rolled back"), "{pretty}");
+
+    // A completed update, then `service rollback` with its own rollback config (all at
+    // once, each old task draining once its replacement serves).
+    converges_under_load(
+        &bed,
+        h1,
+        &[
+            "service",
+            "update",
+            "web",
+            "--env-add",
+            "V=5",
+            "--update-monitor",
+            "1s",
+            "--rollback-parallelism",
+            "0",
+            "--rollback-order",
+            "start-first",
+            "--rollback-monitor",
+            "1s",
+        ],
+        "update to V=5",
+    );
+    assert!(has_env(&env_of(h1), "V", "5"));
+    let pretty = run_ok(h1, &["service", "inspect", "--pretty", "web"]);
+    assert!(
+        pretty.contains("RollbackConfig:\n Parallelism: 0")
+            && pretty.ends_with("Order: start-first\n"),
+        "{pretty}"
+    );
+    converges_under_load(
+        &bed,
+        bed.host(1),
+        &["service", "rollback", "web"],
+        "service rollback",
+    );
+    let env = env_of(h1);
+    assert!(
+        has_env(&env, "V", "3") && !has_env(&env, "V", "5"),
+        "{:?}",
+        inspect(h1)
+    );
+
+    // A paused node keeps its tasks and gets none of the new ones.
+    let h3 = bed.host(2);
+    let h3_name = node_hostname(h1, h3);
+    let on_h3 = |tasks: Vec<xtask::cluster::TaskInfo>| -> BTreeSet<String> {
+        tasks
+            .into_iter()
+            .filter(|t| t.host == h3_name)
+            .map(|t| t.id)
+            .collect()
+    };
+    let kept = on_h3(running_tasks(h1, "web"));
+    assert!(!kept.is_empty(), "h3 runs a web task before the pause");
+    run_ok(
+        h1,
+        &[
+            "node",
+            "update",
+            "--availability",
+            "pause",
+            h3_name.as_str(),
+        ],
+    );
+    let ls = run_ok(h1, &["node", "ls"]);
+    assert!(ls.contains("pause"), "{ls}");
+    run_ok(h1, &["service", "scale", "web=6"]);
+    wait_until("6 running web tasks", ROLLOUT_DEADLINE, || {
+        (running_tasks(h1, "web").len() == 6).then_some(())
+    })
+    .unwrap();
+    // Spread evenly, h3 would get a second task: paused, it keeps exactly its own.
+    let all = xtask::cluster::service_tasks(h1, "web");
+    assert_eq!(on_h3(all.clone()), kept, "{all:?}");
+    run_ok(
+        h1,
+        &[
+            "node",
+            "update",
+            "--availability",
+            "active",
+            h3_name.as_str(),
+        ],
+    );
 }

@@ -136,6 +136,9 @@ pub(crate) struct ServiceSpec {
     /// The stack deploying it (`stack deploy`); absent for `service create`.
     #[serde(default)]
     pub(crate) stack: Option<StackMember>,
+    /// `--update-*` / `--rollback-*` (compose `update_config` / `rollback_config`).
+    #[serde(default)]
+    pub(crate) rollout: manager::rollout::RolloutConfigs,
 }
 
 impl ServiceSpec {
@@ -423,6 +426,7 @@ mod tests {
                     pids: Some(20),
                 },
                 stack: None,
+                rollout: Default::default(),
             }),
             Request::VtepAdd {
                 network: "n".into(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use manager::{
-    rollout::{FailureAction, UpdateOrder},
+    rollout::{FailureAction, UpdateConfig, UpdateOrder},
     state::PublishedPort,
 };
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,10 @@ pub(crate) struct ServiceUpdateRequest {
     /// Rollout controls given; unset ones keep the service's current values (Swarm's
     /// defaults on its first update).
     pub(crate) config: UpdateConfigPatch,
+    /// `--rollback-*` given; unset ones keep the service's current values. (A `Replace`
+    /// takes both from its spec, with `config` over it.)
+    #[serde(default)]
+    pub(crate) rollback: UpdateConfigPatch,
 }
 
 /// What a [`ServiceUpdateRequest`] changes.
@@ -72,6 +76,20 @@ pub(crate) struct UpdateConfigPatch {
     pub(crate) monitor: Option<Duration>,
 }
 
+impl UpdateConfigPatch {
+    /// `current` with the values given here.
+    pub(crate) fn apply(&self, current: &UpdateConfig) -> UpdateConfig {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        UpdateConfig {
+            parallelism: self.parallelism.unwrap_or(current.parallelism),
+            delay_ms: self.delay.map_or(current.delay_ms, millis),
+            order: self.order.unwrap_or(current.order),
+            failure_action: self.failure_action.unwrap_or(current.failure_action),
+            monitor_ms: self.monitor.map_or(current.monitor_ms, millis),
+        }
+    }
+}
+
 /// A service's rollout as `service update`/`rollback` follow it and `service inspect
 /// --pretty` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +106,9 @@ pub(crate) struct RolloutStatus {
     pub(crate) wanted: usize,
     /// `parallelism`, `delay`, `order`, `failure_action`, `monitor`, as text.
     pub(crate) config: Vec<(String, String)>,
+    /// The same for a rollback (`--rollback-*`).
+    #[serde(default)]
+    pub(crate) rollback_config: Vec<(String, String)>,
     /// Whether a previous definition is kept (`service rollback` can go back).
     pub(crate) has_previous: bool,
 }

@@ -28,5 +28,11 @@ pub(crate) fn rollout(status: &RolloutStatus, format: Format) -> String {
     for (key, value) in &status.config {
         text.push_str(&format!(" {}: {}\n", printable(key), printable(value)));
     }
+    if !status.rollback_config.is_empty() {
+        text.push_str("RollbackConfig:\n");
+    }
+    for (key, value) in &status.rollback_config {
+        text.push_str(&format!(" {}: {}\n", printable(key), printable(value)));
+    }
     text
 }

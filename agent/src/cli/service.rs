@@ -190,6 +190,8 @@ pub(crate) struct ServiceCreate {
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
     #[command(flatten)]
+    pub(crate) rollout: super::service_update::RolloutFlags,
+    #[command(flatten)]
     pub(crate) wait: WaitArgs,
     /// The command each task runs, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -301,6 +303,7 @@ async fn run(command: ServiceCommand, socket: &Path) -> Result<ExitCode> {
                 },
                 limits: create.limits.limits(),
                 stack: None,
+                rollout: create.rollout.configs(),
             };
             let status = expect_status(call(socket, &Request::ServiceCreate(spec)).await?)?;
             println!("{}", status.service.name);

@@ -7,7 +7,7 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use anyhow::{bail, Result};
 use clap::Args;
 use manager::{
-    rollout::{FailureAction, UpdateOrder},
+    rollout::{FailureAction, RolloutConfigs, UpdateOrder},
     state::PublishedPort,
 };
 
@@ -58,7 +58,26 @@ pub(crate) struct ServiceUpdateArgs {
     /// Time to wait before restarting a task whose process exited.
     #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
     pub(crate) restart_delay: Option<Duration>,
-    /// Tasks replaced at once (0: all) [default: 1, or the last update's].
+    #[command(flatten)]
+    pub(crate) rollout: RolloutFlags,
+    /// Go back to the previous definition, as `service rollback` (no other change may be
+    /// given with it).
+    #[arg(long)]
+    pub(crate) rollback: bool,
+    #[command(flatten)]
+    pub(crate) limits: super::service::LimitArgs,
+    #[command(flatten)]
+    pub(crate) wait: RolloutWait,
+    /// The new command, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+/// Swarm's `--update-*` and `--rollback-*` flags, on `service create` and `service update`
+/// (unset: Swarm's default on create, the service's current value on update).
+#[derive(Args, Debug, Default)]
+pub(crate) struct RolloutFlags {
+    /// Tasks replaced at once (0: all) [default: 1].
     #[arg(long, value_name = "N")]
     pub(crate) update_parallelism: Option<u32>,
     /// Wait between batches [default: 0s].
@@ -74,13 +93,52 @@ pub(crate) struct ServiceUpdateArgs {
     /// How long a new task must run before it counts as updated [default: 5s].
     #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
     pub(crate) update_monitor: Option<Duration>,
-    #[command(flatten)]
-    pub(crate) limits: super::service::LimitArgs,
-    #[command(flatten)]
-    pub(crate) wait: RolloutWait,
-    /// The new command, after `--`.
-    #[arg(last = true, value_name = "COMMAND")]
-    pub(crate) command: Vec<String>,
+    /// Tasks rolled back at once (0: all) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub(crate) rollback_parallelism: Option<u32>,
+    /// Wait between rollback batches [default: 0s].
+    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    pub(crate) rollback_delay: Option<Duration>,
+    /// `stop-first` or `start-first`, for a rollback [default: stop-first].
+    #[arg(long, value_parser = parse_order, value_name = "stop-first|start-first")]
+    pub(crate) rollback_order: Option<UpdateOrder>,
+    /// What a failing task of a rollback does: `pause` or `continue` [default: pause].
+    #[arg(long, value_parser = parse_rollback_failure_action, value_name = "pause|continue")]
+    pub(crate) rollback_failure_action: Option<FailureAction>,
+    /// How long a rolled-back task must run before it counts [default: 5s].
+    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    pub(crate) rollback_monitor: Option<Duration>,
+}
+
+impl RolloutFlags {
+    pub(crate) fn update_patch(&self) -> UpdateConfigPatch {
+        UpdateConfigPatch {
+            parallelism: self.update_parallelism,
+            delay: self.update_delay,
+            order: self.update_order,
+            failure_action: self.update_failure_action,
+            monitor: self.update_monitor,
+        }
+    }
+
+    pub(crate) fn rollback_patch(&self) -> UpdateConfigPatch {
+        UpdateConfigPatch {
+            parallelism: self.rollback_parallelism,
+            delay: self.rollback_delay,
+            order: self.rollback_order,
+            failure_action: self.rollback_failure_action,
+            monitor: self.rollback_monitor,
+        }
+    }
+
+    /// A new service's controls: the flags given over Swarm's defaults.
+    pub(crate) fn configs(&self) -> RolloutConfigs {
+        let defaults = RolloutConfigs::default();
+        RolloutConfigs {
+            update: self.update_patch().apply(&defaults.update),
+            rollback: self.rollback_patch().apply(&defaults.rollback),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -101,36 +159,52 @@ fn parse_failure_action(value: &str) -> Result<FailureAction, String> {
     value.parse().map_err(|e| format!("{e}"))
 }
 
+/// A rollback that fails cannot roll back again: `pause` or `continue` (as Swarm).
+pub(crate) fn parse_rollback_failure_action(value: &str) -> Result<FailureAction, String> {
+    match parse_failure_action(value)? {
+        FailureAction::Rollback => Err(format!(
+            "{value:?} is invalid for a rollback: use pause or continue"
+        )),
+        action => Ok(action),
+    }
+}
+
 /// `service update`.
 pub(super) async fn update(socket: &Path, args: ServiceUpdateArgs) -> Result<ExitCode> {
+    let edit = ServiceEdit {
+        replicas: args.replicas,
+        env_add: args.env_add,
+        env_rm: args.env_rm,
+        publish_add: args.publish_add,
+        publish_rm: args.publish_rm,
+        user: args
+            .user
+            .map(|u| if u == "root" { String::new() } else { u }),
+        health_cmd: if args.no_healthcheck {
+            Some(String::new())
+        } else {
+            args.health_cmd
+        },
+        health_interval: args.health_interval,
+        restart_delay: args.restart_delay,
+        command: args.command,
+        limits: args.limits.limits(),
+    };
+    let (config, rollback_config) = (args.rollout.update_patch(), args.rollout.rollback_patch());
+    if args.rollback {
+        if edit != ServiceEdit::default()
+            || config != UpdateConfigPatch::default()
+            || rollback_config != UpdateConfigPatch::default()
+        {
+            bail!("--rollback goes back to the previous definition: give no other change with it");
+        }
+        return rollback(socket, &args.name, &args.wait).await;
+    }
     let request = Request::ServiceUpdate(ServiceUpdateRequest {
         name: args.name.clone(),
-        change: ServiceChange::Edit(ServiceEdit {
-            replicas: args.replicas,
-            env_add: args.env_add,
-            env_rm: args.env_rm,
-            publish_add: args.publish_add,
-            publish_rm: args.publish_rm,
-            user: args
-                .user
-                .map(|u| if u == "root" { String::new() } else { u }),
-            health_cmd: if args.no_healthcheck {
-                Some(String::new())
-            } else {
-                args.health_cmd
-            },
-            health_interval: args.health_interval,
-            restart_delay: args.restart_delay,
-            command: args.command,
-            limits: args.limits.limits(),
-        }),
-        config: UpdateConfigPatch {
-            parallelism: args.update_parallelism,
-            delay: args.update_delay,
-            order: args.update_order,
-            failure_action: args.update_failure_action,
-            monitor: args.update_monitor,
-        },
+        change: ServiceChange::Edit(edit),
+        config,
+        rollback: rollback_config,
     });
     expect_rollout(call(socket, &request).await?)?;
     println!("{}", args.name);
@@ -279,4 +353,65 @@ fn pretty_definition(value: &serde_json::Value) -> String {
         text.push_str(&format!("{key}: {}\n", output::printable(&shown)));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use manager::rollout::UpdateConfig;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        rollout: RolloutFlags,
+    }
+
+    fn flags(args: &[&str]) -> Result<RolloutFlags, clap::Error> {
+        Flags::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|f| f.rollout)
+    }
+
+    #[test]
+    fn rollback_flags_set_the_rollback_config_apart_from_the_update_config() {
+        let given = flags(&[
+            "--update-parallelism",
+            "2",
+            "--rollback-parallelism",
+            "0",
+            "--rollback-delay",
+            "3s",
+            "--rollback-order",
+            "start-first",
+            "--rollback-failure-action",
+            "continue",
+            "--rollback-monitor",
+            "1s",
+        ])
+        .unwrap();
+        let configs = given.configs();
+        assert_eq!(configs.update.parallelism, 2);
+        assert_eq!(configs.update.order, UpdateOrder::StopFirst);
+        assert_eq!(
+            configs.rollback,
+            UpdateConfig {
+                parallelism: 0,
+                delay_ms: 3_000,
+                order: UpdateOrder::StartFirst,
+                failure_action: FailureAction::Continue,
+                monitor_ms: 1_000,
+            }
+        );
+        assert_eq!(given.update_patch().delay, None, "unset: kept on update");
+        assert_eq!(
+            flags(&[]).unwrap().configs(),
+            RolloutConfigs::default(),
+            "Swarm's defaults"
+        );
+        let error = flags(&["--rollback-failure-action", "rollback"]).unwrap_err();
+        assert!(
+            error.to_string().contains("use pause or continue"),
+            "{error}"
+        );
+    }
 }

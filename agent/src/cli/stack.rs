@@ -251,6 +251,7 @@ async fn deploy(socket: &Path, path: &Path, stack: &str) -> Result<ExitCode> {
             name: name.clone(),
             change: ServiceChange::Replace(spec),
             config: UpdateConfigPatch::default(),
+            rollback: UpdateConfigPatch::default(),
         });
         if let Response::Error { message } = call(socket, &request).await? {
             bail!("updating service {name}: {message}");
@@ -297,6 +298,14 @@ fn differences(spec: &ServiceSpec, current: &Service) -> Vec<&'static str> {
         ("healthcheck", health != current.health),
         ("resources.limits", spec.limits != current.limits),
         ("security", spec.security != current.security),
+        (
+            "update_config",
+            spec.rollout.update != current.update.config,
+        ),
+        (
+            "rollback_config",
+            spec.rollout.rollback != current.update.rollback,
+        ),
         (
             "restart delay",
             millis(spec.restart_delay) != current.restart_delay_ms,

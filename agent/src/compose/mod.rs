@@ -16,6 +16,7 @@
 //! - `tests`.
 
 mod read;
+mod rollout;
 mod service;
 #[cfg(test)]
 mod tests;

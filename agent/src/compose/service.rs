@@ -49,6 +49,7 @@ pub(super) fn read(
         security: Default::default(),
         limits: Limits::default(),
         stack: Some(member),
+        rollout: Default::default(),
     };
     let mut publish_modes = Vec::new();
     for (field, value) in entries(node, &base)? {
@@ -386,8 +387,8 @@ fn health_test(node: &Node, what: &str) -> Result<Option<String>, ComposeError> 
     Ok(Some(unescape(&cmd)))
 }
 
-/// `deploy:`: replicas, mode, endpoint mode and resource limits. Rollout settings need
-/// parts of Skein this build does not have yet: refused by name, never dropped.
+/// `deploy:`: replicas, mode, endpoint mode, resource limits, and the rollout controls
+/// (`update_config`, `rollback_config`).
 fn deploy(node: &Node, path: &str, spec: &mut ServiceSpec) -> Result<(), ComposeError> {
     let mut replicas = None;
     let mut global = None;
@@ -431,7 +432,10 @@ fn deploy(node: &Node, path: &str, spec: &mut ServiceSpec) -> Result<(), Compose
                     }
                 }
             }
-            "update_config" | "rollback_config" => return Err(not_yet(field, &what, ROLLOUT)),
+            "update_config" => spec.rollout.update = super::rollout::config(value, &what, false)?,
+            "rollback_config" => {
+                spec.rollout.rollback = super::rollout::config(value, &what, true)?
+            }
             "resources" => spec.limits = resources(value, &what)?,
             _ => return Err(unsupported(field, &what)),
         }
@@ -450,8 +454,6 @@ fn deploy(node: &Node, path: &str, spec: &mut ServiceSpec) -> Result<(), Compose
     };
     Ok(())
 }
-
-const ROLLOUT: &str = "rolling updates (`skein service update`)";
 
 /// `deploy.resources:` — `limits` (`memory`, `cpus`, `pids`, in Swarm's units, as
 /// `service create --limit-*`); `reservations` is refused as `--reserve-memory` is.
@@ -486,15 +488,4 @@ fn resources(node: &Node, path: &str) -> Result<Limits, ComposeError> {
         }
     }
     Ok(limits)
-}
-
-/// A key of the subset whose feature this build lacks.
-fn not_yet(key: &Key, path: &str, feature: &str) -> ComposeError {
-    ComposeError::at(
-        key.line,
-        format!(
-            "key `{path}` needs {feature}, which this build of Skein does not have yet; \
-             remove it to deploy; nothing was deployed"
-        ),
-    )
 }

@@ -179,8 +179,24 @@ fn bad_values_are_errors_on_their_line() {
             "mode: global",
         ),
         (
-            "deploy:\n      update_config:\n        parallelism: 1",
-            "rolling updates",
+            "deploy:\n      update_config:\n        order: last-first",
+            "update_config.order",
+        ),
+        (
+            "deploy:\n      update_config:\n        max_failure_ratio: 0.3",
+            "first failed task",
+        ),
+        (
+            "deploy:\n      rollback_config:\n        failure_action: rollback",
+            "cannot roll back",
+        ),
+        (
+            "deploy:\n      update_config:\n        delay: soon",
+            "update_config.delay",
+        ),
+        (
+            "deploy:\n      rollback_config:\n        max_parallel: 2",
+            "rollback_config.max_parallel",
         ),
         (
             "deploy:\n      resources:\n        reservations:\n          memory: 64M",
@@ -307,4 +323,37 @@ fn resource_limits_become_the_services_limits() {
     assert_eq!(spec.limits.memory_bytes, Some(64 << 20));
     assert_eq!(spec.limits.cpu_millis, Some(500));
     assert_eq!(spec.limits.pids, Some(20));
+}
+
+#[test]
+fn update_and_rollback_config_map_to_the_services_rollout_controls() {
+    use manager::rollout::{FailureAction, UpdateConfig, UpdateOrder};
+    let spec = plan_one(
+        "deploy:\n      update_config:\n        parallelism: 2\n        delay: 10s\n        \
+         failure_action: rollback\n        monitor: 1m30s\n        max_failure_ratio: 0\n        \
+         order: start-first\n      rollback_config:\n        parallelism: 0\n        \
+         failure_action: continue\n        monitor: 500ms",
+    );
+    assert_eq!(
+        spec.rollout.update,
+        UpdateConfig {
+            parallelism: 2,
+            delay_ms: 10_000,
+            order: UpdateOrder::StartFirst,
+            failure_action: FailureAction::Rollback,
+            monitor_ms: 90_000,
+        }
+    );
+    assert_eq!(
+        spec.rollout.rollback,
+        UpdateConfig {
+            parallelism: 0,
+            failure_action: FailureAction::Continue,
+            monitor_ms: 500,
+            ..UpdateConfig::default()
+        },
+        "keys not given keep Swarm's defaults"
+    );
+    // Without the blocks: Swarm's defaults for both.
+    assert_eq!(plan_one("user: nobody").rollout, Default::default());
 }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::{
     api::{
         AvailabilityArg, Body, RolloutStatus, ServiceChange, ServiceEdit, ServiceSpec,
-        ServiceUpdateRequest, UpdateConfigPatch,
+        ServiceUpdateRequest,
     },
     tasks::process::{resolve_command, resolve_user},
 };
@@ -33,16 +33,25 @@ pub(super) async fn update(
         name,
         change,
         config,
+        rollback,
     } = request;
     let service = manager
         .update_service(
             &name,
-            |current, current_config| {
-                let next = match change {
-                    ServiceChange::Edit(edit) => edited(current, edit)?,
-                    ServiceChange::Replace(spec) => replaced(current, spec)?,
-                };
-                Ok((next, patched(current_config, &config)))
+            |current, current_config| match change {
+                ServiceChange::Edit(edit) => {
+                    let mut next = edited(current, edit)?;
+                    next.update.rollback = rollback.apply(&current.update.rollback);
+                    Ok((next, config.apply(current_config)))
+                }
+                // A whole definition brings its own controls (a compose file's
+                // `update_config`/`rollback_config`, or Swarm's defaults without them).
+                ServiceChange::Replace(spec) => {
+                    let update = config.apply(&spec.rollout.update);
+                    let mut next = replaced(current, spec)?;
+                    next.update.rollback = rollback.apply(&next.update.rollback);
+                    Ok((next, update))
+                }
             },
             local_reserved,
         )
@@ -144,18 +153,11 @@ fn replaced(current: &Service, spec: ServiceSpec) -> Result<Service, UpdateError
         limits: spec.limits,
         // Stack membership is the deploying stack's, never changed by an update.
         stack: current.stack.clone(),
-        update: current.update.clone(),
+        update: rollout::ServiceUpdate {
+            rollback: spec.rollout.rollback,
+            ..current.update.clone()
+        },
     })
-}
-
-fn patched(current: &UpdateConfig, patch: &UpdateConfigPatch) -> UpdateConfig {
-    UpdateConfig {
-        parallelism: patch.parallelism.unwrap_or(current.parallelism),
-        delay_ms: patch.delay.map_or(current.delay_ms, millis),
-        order: patch.order.unwrap_or(current.order),
-        failure_action: patch.failure_action.unwrap_or(current.failure_action),
-        monitor_ms: patch.monitor.map_or(current.monitor_ms, millis),
-    }
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -191,15 +193,8 @@ pub(super) fn status(view: &ClusterView, service: &Service, now_ms: u64) -> Roll
         | rollout::RolloutState::RolledBack { reason } => reason.clone(),
         _ => String::new(),
     };
-    let config = &update.config;
-    RolloutStatus {
-        service: service.name.clone(),
-        state: update.state.word().to_owned(),
-        reason,
-        started_ms: update.started_ms,
-        updated: progress.done,
-        wanted: crate::tasks::status::layout(view, service, now_ms).wanted(),
-        config: vec![
+    let rows = |config: &UpdateConfig| {
+        vec![
             ("Parallelism".into(), config.parallelism.to_string()),
             ("Delay".into(), format!("{}ms", config.delay_ms)),
             ("On failure".into(), config.failure_action.to_string()),
@@ -208,7 +203,17 @@ pub(super) fn status(view: &ClusterView, service: &Service, now_ms: u64) -> Roll
                 format!("{}ms", config.monitor_ms),
             ),
             ("Order".into(), config.order.to_string()),
-        ],
+        ]
+    };
+    RolloutStatus {
+        service: service.name.clone(),
+        state: update.state.word().to_owned(),
+        reason,
+        started_ms: update.started_ms,
+        updated: progress.done,
+        wanted: crate::tasks::status::layout(view, service, now_ms).wanted(),
+        config: rows(&update.config),
+        rollback_config: rows(&update.rollback),
         has_previous: update.previous.is_some(),
     }
 }
@@ -217,7 +222,7 @@ pub(super) fn status(view: &ClusterView, service: &Service, now_ms: u64) -> Roll
 /// and at least every `period` (the monitor and delay are times, not events).
 pub(super) async fn advance(manager: Manager, period: Duration) {
     let mut views = manager.subscribe();
-    let mut last_written: Option<Service> = None;
+    let mut last_written: Option<rollout::RolloutStep> = None;
     loop {
         let view = manager.view();
         if rollout::writer(&view) == Some(view.self_id) {
@@ -229,14 +234,19 @@ pub(super) async fn advance(manager: Manager, period: Duration) {
                 .filter(|s| s.update.state.is_active())
             {
                 let progress = progress_of(&view, service, now);
-                let Some(next) = rollout::next_record(service, &progress, now) else {
+                let Some(next) = rollout::next_step(service, &progress, now) else {
                     continue;
                 };
                 if last_written.as_ref() == Some(&next) {
                     continue;
                 }
-                info!(service = %next.name, state = next.update.state.word(), "rollout advances");
-                match manager.write_service(&next).await {
+                info!(
+                    service = %next.service,
+                    generation = next.generation,
+                    state = next.state.word(),
+                    "rollout advances"
+                );
+                match manager.write_step(&next).await {
                     Ok(()) => last_written = Some(next),
                     Err(error) => warn!(%error, "could not write a rollout step"),
                 }

@@ -71,6 +71,7 @@ pub(super) async fn create(
             local_reserved: local_reserved.to_vec(),
             security: spec.security,
             stack: spec.stack,
+            rollout: spec.rollout,
         })
         .await?;
     Ok(Body::ServiceStatus(Box::new(service_status(

@@ -561,7 +561,7 @@ impl<'a> Rollouts<'a> {
         };
         self.outdated(task)
             && task.state != TaskState::Draining
-            && service.update.config.order == order
+            && service.update.active_config().order == order
             && replace.contains(&unit)
     }
 

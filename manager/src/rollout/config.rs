@@ -52,6 +52,26 @@ impl Default for UpdateConfig {
     }
 }
 
+/// The two sets of controls a service is created with: `--update-*` and `--rollback-*`
+/// (compose `deploy.update_config` and `deploy.rollback_config`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutConfigs {
+    pub update: UpdateConfig,
+    /// Swarm's rollback defaults are its update defaults.
+    pub rollback: UpdateConfig,
+}
+
+impl RolloutConfigs {
+    /// A new service's rollout part: no rollout yet, these controls for the first.
+    pub fn into_update(self) -> super::ServiceUpdate {
+        super::ServiceUpdate {
+            config: self.update,
+            rollback: self.rollback,
+            ..Default::default()
+        }
+    }
+}
+
 /// A value of an `--update-*` flag that is not one of the allowed words.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{text:?} is invalid: use {allowed}")]

@@ -7,7 +7,7 @@ use crate::{
     Manager, NodeId,
 };
 
-use super::{rolled_back, updated, Availability, NodeAvailability, UpdateConfig};
+use super::{rolled_back, updated, Availability, NodeAvailability, RolloutStep, UpdateConfig};
 
 /// Why an update or rollback is refused (beyond [`OpError`]'s reasons).
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,15 @@ impl Manager {
             Some(service.encode()),
         )
         .await?;
+        Ok(())
+    }
+
+    /// Writes the rollout writer's step (its own record, so it never overwrites a user's
+    /// update; see [`RolloutStep`]).
+    pub async fn write_step(&self, step: &RolloutStep) -> Result<(), OpError> {
+        let key = RolloutStep::key(&step.service);
+        self.write(key.scope, key.kind, key.name, Some(step.encode()))
+            .await?;
         Ok(())
     }
 

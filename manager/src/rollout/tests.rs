@@ -3,7 +3,7 @@
 use super::*;
 use crate::{
     hlc,
-    state::Stamp,
+    state::{store::MergeOutcome, Kind, Record, RecordKey, Stamp, Store},
     testing::{self, node},
 };
 
@@ -58,6 +58,11 @@ fn old_tasks() -> Vec<(NodeId, Task)> {
         .enumerate()
         .map(|(slot, n)| task_of(&web_v1(), slot as u32, *n, TaskState::Running, 10, 10))
         .collect()
+}
+
+/// The service in effect after the writer's next step on the user record `user`.
+fn next_record(user: &Service, progress: &Progress, now_ms: u64) -> Option<Service> {
+    next_step(user, progress, now_ms).map(|step| effective(user.clone(), Some(&step)))
 }
 
 fn config(parallelism: u32, delay_ms: u64, failure_action: FailureAction) -> UpdateConfig {
@@ -226,4 +231,139 @@ fn the_writer_is_the_lowest_live_node() {
     assert_eq!(writer(&view), Some(N2));
     view.nodes[1].up = true;
     assert_eq!(writer(&view), Some(N1));
+}
+
+fn record(kind: Kind, name: &str, ms: u64, writer: NodeId, value: Vec<u8>) -> Record {
+    Record {
+        key: RecordKey::cluster(kind, name),
+        stamp: Stamp {
+            hlc: hlc::compose(ms, 0),
+            writer,
+        },
+        value: Some(value),
+    }
+}
+
+/// The race the separate step record closes: the writer completes generation 1 from its
+/// view while, a moment earlier by the clock, a user on another node writes generation 2.
+/// With the transition written into the service record (the earlier design), the writer's
+/// later write won last-writer-wins and the update was lost on every node.
+#[test]
+fn a_writer_step_racing_a_user_update_never_loses_the_update_in_any_merge_order() {
+    let v2 = web_v2(config(1, 0, FailureAction::Pause));
+    let tasks: Vec<_> = (0..3)
+        .map(|slot| task_of(&v2, slot, N1, TaskState::Running, T0 + 10, T0 + 10))
+        .collect();
+    let done = next_step(&v2, &progress(&v2, &tasks, T0 + 5_000), T0 + 5_000).unwrap();
+    assert_eq!(
+        (done.generation, &done.state),
+        (1, &RolloutState::Completed)
+    );
+    let mut v3_def = v2.clone();
+    v3_def.env = vec![("V".into(), "3".into())];
+    let v3 = updated(&v2, v3_def, config(1, 0, FailureAction::Pause), T0 + 5_000);
+    assert_eq!(v3.update.generation, 2);
+
+    let base = record(Kind::Service, "web", T0, N1, v2.encode());
+    let user = record(Kind::Service, "web", T0 + 5_000, N3, v3.encode());
+    let writer = record(Kind::RolloutStep, "web", T0 + 5_001, N1, done.encode());
+    let orders = [
+        [base.clone(), user.clone(), writer.clone()],
+        [base.clone(), writer.clone(), user.clone()],
+        [writer.clone(), user.clone(), base.clone()],
+        [user, writer, base],
+    ];
+    for (i, order) in orders.into_iter().enumerate() {
+        let mut store = Store::new();
+        for r in order {
+            assert!(
+                !matches!(store.merge(r), MergeOutcome::Rejected(_)),
+                "order {i}"
+            );
+        }
+        let services = crate::state::valid_services(&store);
+        let web = services.get("web").unwrap();
+        assert_eq!(web.env, vec![("V".into(), "3".into())], "order {i}");
+        assert_eq!(web.update.state, RolloutState::Updating, "order {i}");
+        assert_eq!(web.update.generation, 2, "order {i}");
+    }
+
+    // The earlier design (the transition written into the service record) loses it.
+    let mut store = Store::new();
+    store.merge(record(Kind::Service, "web", T0 + 5_000, N3, v3.encode()));
+    let completed_v2 = effective(v2.clone(), Some(&done)).encode();
+    store.merge(record(Kind::Service, "web", T0 + 5_001, N1, completed_v2));
+    let lost = crate::state::valid_services(&store);
+    assert_eq!(lost.get("web").unwrap().env, vec![("V".into(), "2".into())]);
+
+    // Without the race the step applies: generation 1 completes.
+    let mut store = Store::new();
+    store.merge(record(Kind::Service, "web", T0, N1, v2.encode()));
+    store.merge(record(
+        Kind::RolloutStep,
+        "web",
+        T0 + 5_001,
+        N1,
+        done.encode(),
+    ));
+    let services = crate::state::valid_services(&store);
+    assert_eq!(
+        services.get("web").unwrap().update.state,
+        RolloutState::Completed
+    );
+}
+
+#[test]
+fn an_automatic_rollback_step_puts_the_previous_definition_in_effect_until_the_next_update() {
+    let v2 = web_v2(config(1, 0, FailureAction::Rollback));
+    let step = next_step(&v2, &progress(&v2, &failing(&v2), T0 + 100), T0 + 100).unwrap();
+    assert!(step.rolled_back);
+    let back = effective(v2.clone(), Some(&step));
+    assert_eq!(spec_fingerprint(&back), spec_fingerprint(&web_v1()));
+    assert_eq!(back.update.generation, v2.update.generation);
+    // The rollback finishing keeps the previous definition in effect.
+    let finished = next_step(
+        &back,
+        &progress(&back, &old_tasks(), T0 + 9_000),
+        T0 + 9_000,
+    )
+    .unwrap();
+    assert!(finished.rolled_back);
+    let done = effective(v2.clone(), Some(&finished));
+    assert!(matches!(done.update.state, RolloutState::RolledBack { .. }));
+    assert_eq!(spec_fingerprint(&done), spec_fingerprint(&web_v1()));
+    // A step of another incarnation of `web` (removed and created again) applies to nothing.
+    let mut other = finished.clone();
+    other.created = stamp_at(2);
+    assert_eq!(effective(v2.clone(), Some(&other)), v2);
+}
+
+#[test]
+fn a_rollback_replaces_tasks_with_the_rollback_config() {
+    let mut v2 = web_v2(config(1, 0, FailureAction::Pause));
+    v2.update.rollback = config(0, 0, FailureAction::Continue);
+    let back = rolled_back(&v2, "manually requested rollback".into(), T0 + 10).unwrap();
+    assert_eq!(back.update.generation, v2.update.generation + 1);
+    let new_tasks: Vec<_> = (0..3)
+        .map(|slot| task_of(&v2, slot, N1, TaskState::Running, T0 + 5, T0 + 5))
+        .collect();
+    let p = progress(&back, &new_tasks, T0 + 20);
+    assert_eq!(
+        replaceable(&back, &p, T0 + 20).len(),
+        3,
+        "rollback parallelism 0"
+    );
+    assert_eq!(
+        replaceable(&v2, &progress(&v2, &old_tasks(), T0), T0).len(),
+        1
+    );
+    // Its failure action `continue`: a failing rollback task pauses nothing.
+    let mut failed = task_of(&web_v1(), 0, N1, TaskState::Exited, T0 + 30, T0 + 20);
+    failed.1.message = "exited with code 1".into();
+    let p = progress(&back, &[failed], T0 + 40);
+    assert!(p.failure.is_some());
+    assert!(!matches!(
+        next_step(&back, &p, T0 + 40).map(|s| s.state),
+        Some(RolloutState::Paused { .. })
+    ));
 }

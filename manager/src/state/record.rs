@@ -99,6 +99,9 @@ pub enum Kind {
     /// `node update --availability` ([`crate::rollout::NodeAvailability`]), cluster-scoped,
     /// named by the node's ID in hex.
     NodeAvailability,
+    /// The rollout writer's latest state transition of a service
+    /// ([`crate::rollout::RolloutStep`]), cluster-scoped, named by the service.
+    RolloutStep,
     /// A kind this version does not know (written by a newer one). Only codes that no named
     /// kind uses are valid here; the store rejects the others so a kind has one encoding.
     Other(u8),
@@ -117,6 +120,7 @@ impl Kind {
             Kind::NodeRemoval => 6,
             Kind::Vtep => 7,
             Kind::NodeAvailability => 8,
+            Kind::RolloutStep => 9,
             Kind::Other(code) => code,
         }
     }
@@ -133,6 +137,7 @@ impl Kind {
             6 => Kind::NodeRemoval,
             7 => Kind::Vtep,
             8 => Kind::NodeAvailability,
+            9 => Kind::RolloutStep,
             other => Kind::Other(other),
         }
     }
@@ -153,7 +158,8 @@ impl Kind {
             | Kind::PortClaim
             | Kind::NodeRemoval
             | Kind::Vtep
-            | Kind::NodeAvailability => Some(false),
+            | Kind::NodeAvailability
+            | Kind::RolloutStep => Some(false),
             Kind::Other(_) => None,
         }
     }
@@ -328,7 +334,7 @@ mod tests {
             let kind = Kind::from_code(code);
             assert_eq!(kind.code(), code);
             assert!(kind.is_canonical());
-            assert_eq!(matches!(kind, Kind::Other(_)), code > 8, "code {code}");
+            assert_eq!(matches!(kind, Kind::Other(_)), code > 9, "code {code}");
         }
         assert!(!Kind::Other(3).is_canonical());
         // A kind from a newer peer decodes instead of failing the whole record.
@@ -347,8 +353,9 @@ mod tests {
     #[test]
     fn kinds_order_by_code() {
         assert!(Kind::NodeInfo < Kind::Endpoint);
-        assert!(Kind::NodeAvailability < Kind::Other(9));
-        assert!(Kind::Other(9) < Kind::Other(10));
+        assert!(Kind::NodeAvailability < Kind::RolloutStep);
+        assert!(Kind::RolloutStep < Kind::Other(10));
+        assert!(Kind::Other(10) < Kind::Other(11));
     }
 
     #[test]

@@ -375,7 +375,9 @@ pub fn valid_services(store: &Store) -> ServiceSet {
     let mut services: Vec<Service> = store
         .cluster_records(Kind::Service)
         .filter_map(|r| match Service::from_record(r) {
-            Ok(service) if service.name == r.key.name => Some(service),
+            Ok(service) if service.name == r.key.name => {
+                Some(crate::rollout::effective_in(store, service))
+            }
             Ok(_) => None,
             Err(error) => {
                 debug!(%error, name = %r.key.name, "skipping unreadable service");

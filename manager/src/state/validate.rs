@@ -134,6 +134,11 @@ pub fn validate_record(record: &Record) -> Result<(), InvalidRecord> {
             let availability = crate::rollout::NodeAvailability::decode(value)?;
             same_name(&availability.node.to_string())
         }
+        Kind::RolloutStep => {
+            let step = crate::rollout::RolloutStep::decode(value)?;
+            same_name(&step.service)?;
+            validate_service_name(&step.service).map_err(|e| rule(e.to_string()))
+        }
         // Port claims carry nothing this version reads; removals are checked by the store
         // (their name must be a node ID); unknown kinds are kept for newer versions.
         Kind::PortClaim | Kind::NodeRemoval | Kind::Other(_) => Ok(()),
