@@ -217,11 +217,14 @@ async fn wrong_key_and_random_datagrams_change_nothing() {
     let after = a.view();
     assert_eq!(after.nodes.len(), before.nodes.len(), "no node added");
     assert_eq!(after.networks, before.networks, "networks unchanged");
-    let (_, rejects) = a.counters().await.unwrap();
+    // Those the socket filter can tell apart (wrong version byte, too short) the kernel
+    // drops and counts; the rest fail authentication in the engine.
+    let (gossip, rejects) = a.counters().await.unwrap();
     assert!(
-        rejects.total() >= 2000,
-        "rejected datagrams are counted: {}",
-        rejects.total()
+        rejects.total() + gossip.kernel_dropped >= 2000 && rejects.total() > 0,
+        "rejected datagrams are counted: {} by the engine, {} by the kernel",
+        rejects.total(),
+        gossip.kernel_dropped
     );
 }
 
