@@ -578,7 +578,13 @@ async fn cost_per_namespace() {
         fds2.saturating_sub(fds0),
     );
     assert_eq!(answer, "10.10.0.250");
-    assert_eq!(fds2, fds0, "every socket closed");
+    // Descriptors are the process's: the other root-only tests running beside this one
+    // open and close theirs meanwhile, so the bound is loose — but far below the 1.9 per
+    // namespace a leak would leave.
+    assert!(
+        fds2 < fds0 + N / 4,
+        "every socket closed: {fds2} descriptors now, {fds0} before"
+    );
 }
 
 /// Stacks `a` and `b` both have a `redis` (VIP) on their own networks; stack `a`'s `db`
