@@ -335,6 +335,9 @@ impl Migration {
     }
 }
 
+/// One map entry's bytes: (key, value).
+type Entry = (Vec<u8>, Vec<u8>);
+
 impl Pending {
     fn io_error(&self, what: &'static str, e: io::Error) -> DataplaneError {
         pin_error(what, &self.pin, e)
@@ -343,6 +346,29 @@ impl Pending {
     fn new_map(&self) -> Result<MapData, DataplaneError> {
         MapData::from_pin(&self.staging)
             .map_err(|e| pin_error("opening a migrated map", &self.staging, e))
+    }
+
+    /// Every entry of the old map now, as (key, value); an entry gone between listing
+    /// and reading is skipped.
+    fn old_entries(&self) -> Result<Vec<Entry>, DataplaneError> {
+        let old = RawMap::new(
+            self.old.fd().as_fd(),
+            self.old_key_size,
+            self.old_value_size,
+        );
+        let keys = old
+            .keys(self.old_capacity)
+            .map_err(|e| self.io_error("listing a pinned map", e))?;
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(value) = old
+                .get(&key)
+                .map_err(|e| self.io_error("reading a pinned map", e))?
+            {
+                entries.push((key, value));
+            }
+        }
+        Ok(entries)
     }
 
     /// `None`: the converter refused the entry.
@@ -361,27 +387,14 @@ impl Pending {
         if matches!(self.how, How::Recreate) {
             return Ok(());
         }
+        let entries = self.old_entries()?;
         let new_map = self.new_map()?;
-        let old = RawMap::new(
-            self.old.fd().as_fd(),
-            self.old_key_size,
-            self.old_value_size,
-        );
         let new = RawMap::new(
             new_map.fd().as_fd(),
             self.spec.key_size,
             self.spec.value_size,
         );
-        let keys = old
-            .keys(self.old_capacity)
-            .map_err(|e| self.io_error("listing a pinned map", e))?;
-        for key in keys {
-            let Some(value) = old
-                .get(&key)
-                .map_err(|e| self.io_error("reading a pinned map", e))?
-            else {
-                continue; // gone since listed
-            };
+        for (key, value) in entries {
             let Some(converted) = self.convert(&key, &value, now) else {
                 self.dropped += 1;
                 continue;
@@ -405,27 +418,14 @@ impl Pending {
         if matches!(self.how, How::Recreate) {
             return Ok(());
         }
+        let entries = self.old_entries()?;
         let new_map = self.new_map()?;
-        let old = RawMap::new(
-            self.old.fd().as_fd(),
-            self.old_key_size,
-            self.old_value_size,
-        );
         let new = RawMap::new(
             new_map.fd().as_fd(),
             self.spec.key_size,
             self.spec.value_size,
         );
-        let keys = old
-            .keys(self.old_capacity)
-            .map_err(|e| self.io_error("listing a pinned map", e))?;
-        for key in keys {
-            let Some(value) = old
-                .get(&key)
-                .map_err(|e| self.io_error("reading a pinned map", e))?
-            else {
-                continue;
-            };
+        for (key, value) in entries {
             let first = self.copied.get(&key).cloned();
             if first.as_ref().is_some_and(|(was, _)| *was == value) {
                 continue;
