@@ -106,6 +106,8 @@ struct ServerFigures {
     response_bytes: u64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
+    /// dnsperf's CPU busy (0–1) in each max-rate run.
+    client_busy: Vec<f64>,
     lost_at_rate: u64,
 }
 
@@ -185,6 +187,7 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
             let cpu = perf::cpu_time(s.pid)? - cpu_before;
             let f = &mut figures[i];
             f.max_qps.push(run.qps);
+            f.client_busy.extend(run.client_cpu_busy);
             f.cpu_us_per_query
                 .push(cpu.as_secs_f64() * 1e6 / run.completed.max(1) as f64);
             f.lost += run.sent - run.completed;
@@ -322,9 +325,10 @@ fn print_table(servers: &[Server], figures: &[ServerFigures], rate: u64, args: &
     );
     for (s, f) in servers.iter().zip(figures) {
         println!(
-            "   {}: max-rate runs {:?} q/s, average response {} bytes, lost {} (at the rate: {}), other response codes {:?}",
+            "   {}: max-rate runs {:?} q/s (dnsperf's CPU busy {:?} %), average response {} bytes, lost {} (at the rate: {}), other response codes {:?}",
             s.label,
             f.max_qps.iter().map(|q| q.round()).collect::<Vec<_>>(),
+            f.client_busy.iter().map(|b| (b * 100.0).round()).collect::<Vec<_>>(),
             f.response_bytes,
             f.lost,
             f.lost_at_rate,

@@ -20,6 +20,10 @@
 //! (b) `wrk` from the client through h1's published port: a new connection per request
 //!     (`Connection: close`) and keep-alive; requests/s, p99 latency, CPU per request (whole
 //!     machine busy time from `/proc/stat`, so wrk and the servers are in it for both sides);
+//!     then keep-alive at a fixed load (`--paced-*`: every connection pauses after each
+//!     answer, so both sides run at about the same rate, half the reference's maximum):
+//!     flat out, the two cores are saturated and p99 is mostly time queued for a CPU, set
+//!     by the scheduler; at a fixed load it is the time the path adds;
 //!     a 100 MB download (curl) through a node that does not run the backend: throughput and
 //!     the backend's retransmitted segments (`/proc/net/snmp` of its namespace).
 //! (c) Skein only: a backend's host killed (agent + tasks SIGKILLed) → time until every
@@ -79,6 +83,14 @@ pub(crate) struct Args {
     /// wrk connections.
     #[arg(long, default_value_t = 16)]
     wrk_connections: u32,
+    /// wrk connections of the fixed-load keep-alive runs.
+    #[arg(long, default_value_t = 32)]
+    paced_connections: u32,
+    /// Milliseconds each connection of the fixed-load runs waits after an answer (32
+    /// connections pausing 2 ms: about 13,000 requests/s, some half of the reference's
+    /// keep-alive maximum here).
+    #[arg(long, default_value_t = 2)]
+    paced_pause_ms: u32,
     /// After setting up, print the testbed's prefix and wait this many seconds before
     /// checking and measuring (to inspect it by hand; it is still removed at the end).
     #[arg(long, default_value_t = 0)]
@@ -93,6 +105,17 @@ pub(crate) struct Args {
     /// Host deaths timed (Skein only).
     #[arg(long, default_value_t = 3)]
     deaths: usize,
+}
+
+/// How wrk loads the published port.
+enum Load {
+    /// `Connection: close`: a new connection (a new flow) per request, flat out.
+    NewConnection,
+    /// Keep-alive, flat out: the machine saturated, so latencies are mostly CPU queueing.
+    KeepAlive,
+    /// Keep-alive at about the same rate on both sides, well below either's maximum
+    /// (`wrk::run_paced`): the latency the path adds.
+    Paced,
 }
 
 /// What one side offers the measurements.
@@ -317,28 +340,41 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     );
 
     // (b) HTTP with wrk, and the download.
-    for close in [true, false] {
-        let label = if close {
-            "new connection per request"
-        } else {
-            "keep-alive"
+    let modes = [
+        (Load::NewConnection, "new connection per request"),
+        (Load::KeepAlive, "keep-alive"),
+        (Load::Paced, "keep-alive at a fixed load"),
+    ];
+    for (load, label) in modes {
+        let connections = match load {
+            Load::Paced => args.paced_connections,
+            _ => args.wrk_connections,
+        };
+        let pause = match load {
+            Load::Paced => format!(
+                ", each pausing {} ms after every answer",
+                args.paced_pause_ms
+            ),
+            _ => String::new(),
         };
         say(&format!(
-            "(b) wrk, {label}: {} rounds × {} s, {} connections",
-            args.wrk_rounds, args.wrk_seconds, args.wrk_connections
+            "(b) wrk, {label}: {} rounds × {} s, {connections} connections{pause}",
+            args.wrk_rounds, args.wrk_seconds
         ));
         let mut runs: Vec<Vec<wrk::Wrk>> = vec![Vec::new(); sides.len()];
         for round in 1..=args.wrk_rounds {
             for (side, runs) in sides.iter().zip(&mut runs) {
                 let ip = bed.host(0).underlay_ip();
                 let url = format!("http://{ip}:{}/", side.http_port);
-                match wrk::run(
-                    bed.client().netns(),
-                    &url,
-                    close,
-                    args.wrk_seconds,
-                    args.wrk_connections,
-                ) {
+                let (ns, seconds) = (bed.client().netns(), args.wrk_seconds);
+                let run = match load {
+                    Load::NewConnection => wrk::run(ns, &url, true, seconds, connections),
+                    Load::KeepAlive => wrk::run(ns, &url, false, seconds, connections),
+                    Load::Paced => {
+                        wrk::run_paced(ns, &url, args.paced_pause_ms, seconds, connections)
+                    }
+                };
+                match run {
                     Ok(w) => {
                         println!("   round {round}, {}: {}", side.label, w.describe());
                         runs.push(w);
@@ -368,6 +404,18 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
             &v(|w| Some(w.requests_per_s)),
             0,
         );
+        if matches!(load, Load::Paced) {
+            both(
+                &mut rows,
+                &mut figs,
+                "  p50 latency (ms)",
+                &format!("{http}: p50 latency"),
+                "ms",
+                Better::Lower,
+                &v(|w| w.p50_ms),
+                2,
+            );
+        }
         both(
             &mut rows,
             &mut figs,

@@ -75,7 +75,8 @@ impl LocalFigures {
 
 /// On `host` (running a task at `task_ip`:`target_port` of a service published on
 /// `port`): wrk to `127.0.0.1:port` and to the task directly, keep-alive then
-/// `Connection: close`, each for `seconds` with `connections` connections.
+/// `Connection: close`, each for `seconds` with `connections` connections; the task's
+/// address first in each pair, or `localhost` first if `localhost_first`.
 pub(crate) fn measure(
     host: &Host,
     port: u16,
@@ -83,15 +84,23 @@ pub(crate) fn measure(
     target_port: u16,
     seconds: u32,
     connections: u32,
+    localhost_first: bool,
 ) -> Result<LocalFigures> {
     let localhost = format!("http://127.0.0.1:{port}/");
     let direct = format!("http://{task_ip}:{target_port}/");
-    // Alternating which path goes first, so neither always meets the other's leftovers
-    // (TIME_WAIT sockets, a warm cache).
-    let direct_keepalive = wrk(host, &direct, false, seconds, connections)?;
-    let localhost_keepalive = wrk(host, &localhost, false, seconds, connections)?;
-    let localhost_close = wrk(host, &localhost, true, seconds, connections)?;
-    let direct_close = wrk(host, &direct, true, seconds, connections)?;
+    // Callers alternate which path goes first, so neither always meets the other's
+    // leftovers (TIME_WAIT sockets, a warm cache) or the machine's drift.
+    let pair = |close: bool| -> Result<(Run, Run)> {
+        Ok(if localhost_first {
+            let localhost = wrk(host, &localhost, close, seconds, connections)?;
+            (localhost, wrk(host, &direct, close, seconds, connections)?)
+        } else {
+            let direct = wrk(host, &direct, close, seconds, connections)?;
+            (wrk(host, &localhost, close, seconds, connections)?, direct)
+        })
+    };
+    let (localhost_keepalive, direct_keepalive) = pair(false)?;
+    let (localhost_close, direct_close) = pair(true)?;
     Ok(LocalFigures {
         localhost_keepalive,
         direct_keepalive,
@@ -159,7 +168,15 @@ pub(crate) fn run(args: Args) -> Result<Vec<Figure>> {
     })?;
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
-        let figures = measure(host, 8080, &task.ip, 80, args.seconds, args.connections)?;
+        let figures = measure(
+            host,
+            8080,
+            &task.ip,
+            80,
+            args.seconds,
+            args.connections,
+            round % 2 == 0,
+        )?;
         println!("round {round}: {}", figures.describe());
         rounds.push(figures);
     }

@@ -10,8 +10,9 @@
 //! an endpoint (`endpoint create`) on another, so every request crosses the overlay and
 //! all three paths reach the same task the same way: only the balancing differs. `wrk -t1`
 //! keep-alive and `Connection: close` (a new connection, so a new flow, per request), the
-//! three paths interleaved in every round; medians over the rounds; CPU is the whole
-//! machine's busy time per request (client, dataplane and server share 2 cores).
+//! three paths interleaved in every round, each round starting with the next path; medians
+//! over the rounds; CPU is the whole machine's busy time per request (client, dataplane and
+//! server share 2 cores).
 //!
 //! [`measure`] is what `bench mesh` can call; [`run`] prints its table.
 
@@ -219,8 +220,10 @@ pub(crate) fn measure(rounds: u32, seconds: u32, connections: u32) -> Result<Vip
     }
     let mut samples: Vec<[Vec<WrkFigures>; 2]> =
         vec![Default::default(), Default::default(), Default::default()];
-    for _ in 0..rounds {
-        for (path, (ns, url)) in urls.iter().enumerate() {
+    for round in 0..rounds as usize {
+        // Each round starts with another path: none always runs first or after another.
+        for path in (0..urls.len()).map(|k| (k + round) % urls.len()) {
+            let (ns, url) = &urls[path];
             for (mode, close) in [(KEEP_ALIVE, false), (NEW_CONNECTION, true)] {
                 let before = tcp_counters(ns);
                 let figures = match wrk(ns, url, close, seconds, connections) {

@@ -27,6 +27,7 @@ fn busy_seconds() -> Result<f64> {
 pub(crate) struct Wrk {
     pub(crate) requests_per_s: f64,
     requests: u64,
+    pub(crate) p50_ms: Option<f64>,
     pub(crate) p99_ms: Option<f64>,
     pub(crate) errors: u64,
     cpu_s: f64,
@@ -38,9 +39,10 @@ impl Wrk {
     }
     pub(crate) fn describe(&self) -> String {
         format!(
-            "{:.0} req/s ({} requests), p99 {} ms, {} errors, {:.1} µs CPU/request",
+            "{:.0} req/s ({} requests), p50 {} ms, p99 {} ms, {} errors, {:.1} µs CPU/request",
             self.requests_per_s,
             self.requests,
+            self.p50_ms.map_or("n/a".into(), |v| format!("{v:.2}")),
             self.p99_ms.map_or("n/a".into(), |v| format!("{v:.2}")),
             self.errors,
             self.cpu_us_per_request().unwrap_or(f64::NAN)
@@ -49,11 +51,46 @@ impl Wrk {
 }
 
 /// `wrk -t1 -cN -dS --latency [-H 'Connection: close'] url` in namespace `netns`, with the
-/// whole machine's busy CPU time over the run.
+/// whole machine's busy CPU time over the run. wrk keeps every connection busy, so the
+/// machine runs flat out and the latencies are mostly time spent queued for a CPU.
 pub(crate) fn run(
     netns: &str,
     url: &str,
     close: bool,
+    seconds: u32,
+    connections: u32,
+) -> Result<Wrk> {
+    run_with(netns, url, close, None, seconds, connections)
+}
+
+/// [`run`] keep-alive at a fixed load: every connection waits `pause_ms` after each answer
+/// before it asks again (wrk's Lua `delay()`), so the rate is about
+/// `connections / (pause + latency)` whatever the path, and the latencies are the path's,
+/// not a CPU queue's (wrk has no open-loop mode; wrk2, which has, is not in Debian).
+pub(crate) fn run_paced(
+    netns: &str,
+    url: &str,
+    pause_ms: u32,
+    seconds: u32,
+    connections: u32,
+) -> Result<Wrk> {
+    run_with(netns, url, false, Some(pause_ms), seconds, connections)
+}
+
+/// Removes the pacing script when the run ends, however it ends.
+struct Script(std::path::PathBuf);
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn run_with(
+    netns: &str,
+    url: &str,
+    close: bool,
+    pause_ms: Option<u32>,
     seconds: u32,
     connections: u32,
 ) -> Result<Wrk> {
@@ -76,6 +113,17 @@ pub(crate) fn run(
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
+    let _script = match pause_ms {
+        Some(ms) => {
+            let path = std::env::temp_dir()
+                .join(format!("skein-wrk-pause-{}-{ms}ms.lua", std::process::id()));
+            std::fs::write(&path, format!("function delay()\n  return {ms}\nend\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            cmd.arg("-s").arg(&path);
+            Some(Script(path))
+        }
+        None => None,
+    };
     cmd.arg(url);
     let before = busy_seconds()?;
     let out = run_command(&mut cmd)?;
@@ -87,6 +135,7 @@ fn parse_wrk(out: &str, cpu_s: f64) -> Result<Wrk> {
     let mut w = Wrk {
         requests_per_s: 0.0,
         requests: 0,
+        p50_ms: None,
         p99_ms: None,
         errors: 0,
         cpu_s,
@@ -97,6 +146,8 @@ fn parse_wrk(out: &str, cpu_s: f64) -> Result<Wrk> {
             w.requests_per_s = v.trim().parse().context("Requests/sec")?;
         } else if words.get(1) == Some(&"requests") && words.get(2) == Some(&"in") {
             w.requests = words[0].parse().context("requests")?;
+        } else if words.first() == Some(&"50%") && words.len() == 2 {
+            w.p50_ms = parse_latency_ms(words[1]);
         } else if words.first() == Some(&"99%") && words.len() == 2 {
             w.p99_ms = parse_latency_ms(words[1]);
         } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
@@ -139,6 +190,7 @@ mod tests {
         let w = parse_wrk(out, 2.0).unwrap();
         assert_eq!(w.requests, 12345);
         assert_eq!(w.requests_per_s, 2469.0);
+        assert!((w.p50_ms.unwrap() - 0.7).abs() < 1e-9);
         assert_eq!(w.p99_ms, Some(3.21));
         assert_eq!(w.errors, 10);
         assert!(parse_wrk("nothing", 1.0).is_err());

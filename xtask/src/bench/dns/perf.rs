@@ -22,6 +22,27 @@ pub(super) struct Run {
     pub(super) other_rcodes: Vec<String>,
     /// Average response size, bytes: the servers must answer alike for a fair rate.
     pub(super) response_bytes: u64,
+    /// How busy [`CLIENT_CPU`] was over the run, 0–1: near 1, the rate is dnsperf's limit
+    /// rather than the server's.
+    pub(super) client_cpu_busy: Option<f64>,
+}
+
+/// Busy and total time of one CPU so far, in clock ticks (`/proc/stat`'s `cpuN` line:
+/// busy is all but idle and iowait).
+fn cpu_ticks(cpu: &str) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some((total - idle, total))
 }
 
 /// One dnsperf run of `seconds` in `host` against `addr:port` with `queries` (a data
@@ -50,10 +71,12 @@ pub(super) fn dnsperf(
     if verbose {
         cmd.arg("-v");
     }
+    let before = cpu_ticks(CLIENT_CPU);
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .context("running dnsperf")?;
+    let after = cpu_ticks(CLIENT_CPU);
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),
@@ -61,7 +84,12 @@ pub(super) fn dnsperf(
         out.status,
         String::from_utf8_lossy(&out.stderr).trim_end()
     );
-    parse(&text)
+    let mut run = parse(&text)?;
+    if let (Some((busy0, total0)), Some((busy1, total1))) = (before, after) {
+        run.client_cpu_busy =
+            (total1 > total0).then(|| (busy1 - busy0) as f64 / (total1 - total0) as f64);
+    }
+    Ok(run)
 }
 
 /// Reads dnsperf's statistics (and, for `-v`, its `> RCODE name type latency` lines).
