@@ -135,6 +135,19 @@ impl MountPlan {
         })
     }
 
+    /// The covered directory `path` lies in, if any: a program there does not exist for
+    /// the task. `path` is resolved first (the covered directories are canonical); one
+    /// that cannot be resolved is left to `execve` to report.
+    pub(crate) fn covering(&self, path: &Path) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::fs::canonicalize(path).ok()?;
+        self.hidden
+            .iter()
+            .map(|c| Path::new(std::ffi::OsStr::from_bytes(c.as_bytes())))
+            .find(|dir| path.starts_with(dir))
+            .map(Path::to_path_buf)
+    }
+
     /// The directories covered by tmpfs.
     #[cfg(test)]
     pub(crate) fn hidden(&self) -> Vec<PathBuf> {
@@ -379,6 +392,13 @@ mod tests {
         let plan = MountPlan::new(&[PathBuf::from("/proc/self")], None).unwrap();
         let hidden = plan.hidden();
         assert!(hidden.contains(&PathBuf::from("/tmp")), "{hidden:?}");
+        // A program under a covered directory is named with it; others are not.
+        let program = std::env::temp_dir().join(format!("skein-covered-{}", std::process::id()));
+        std::fs::write(&program, "").unwrap();
+        let covering = plan.covering(&program);
+        std::fs::remove_file(&program).unwrap();
+        assert_eq!(covering, Some(PathBuf::from("/tmp")));
+        assert_eq!(plan.covering(Path::new("/bin/sh")), None);
         // /var/run is a link to /run here: hidden once.
         assert_eq!(
             hidden

@@ -113,6 +113,11 @@ pub(crate) enum SpawnError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{command:?} is under {dir}, which tasks see as an empty directory (the host's {dir} is \
+         hidden from them): put the program somewhere else, such as /usr/local/bin"
+    )]
+    CommandHidden { command: String, dir: PathBuf },
     #[error("executing {command:?} failed")]
     Exec {
         command: String,

@@ -372,6 +372,12 @@ impl TaskProcess {
         let resolv_conf = write_resolv_conf(&spec.dir)?;
         let mounts = MountPlan::new(&spec.hidden, resolv_conf.as_deref())
             .map_err(SpawnError::io("preparing the task's mounts"))?;
+        if let Some(dir) = mounts.covering(&program) {
+            return Err(SpawnError::CommandHidden {
+                command: program.display().to_string(),
+                dir,
+            });
+        }
         let privileges = Privileges::of(&spec.security);
         let (report_read, report_write) =
             pipe().map_err(SpawnError::io("creating the init's report pipe"))?;

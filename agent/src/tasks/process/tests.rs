@@ -25,6 +25,30 @@ use crate::netlink;
 use manager::state::service::Security;
 
 #[tokio::test]
+async fn a_command_in_a_directory_tasks_do_not_see_fails_to_spawn() {
+    let dir = TempDir::new();
+    // /tmp is covered by an empty tmpfs in every task: a program there would be missing.
+    let program = std::env::temp_dir().join(unique("skein-hidden-program"));
+    fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = TaskSpec {
+        command: vec![program.to_str().unwrap().into()],
+        ..spec("t-hidden", Path::new("/proc/self/ns/net"), &dir.0)
+    };
+    let e = TaskProcess::spawn(&spec).unwrap_err();
+    fs::remove_file(&program).unwrap();
+    assert!(
+        matches!(&e, SpawnError::CommandHidden { dir, .. } if dir == Path::new("/tmp")),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("tasks see as an empty directory"),
+        "{e}"
+    );
+    assert!(!identity_path(&dir.0).exists(), "nothing was started");
+}
+
+#[tokio::test]
 async fn a_command_that_cannot_be_found_fails_to_spawn() {
     let dir = TempDir::new();
     let spec = TaskSpec {
