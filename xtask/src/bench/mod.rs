@@ -148,6 +148,32 @@ impl Drop for TaskVisibleDir {
 }
 
 /// The `q` quantile (nearest rank) of durations, in milliseconds; None without samples.
+/// The first eight time fields of `/proc/stat`'s line `name` (`cpu` for all CPUs, `cpu0`
+/// for one), in clock ticks: user nice system idle iowait irq softirq steal (guest time is
+/// already in user).
+pub(crate) fn cpu_ticks(name: &str) -> anyhow::Result<[u64; 8]> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .with_context(|| format!("no {name} line in /proc/stat"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().context("a /proc/stat field"))
+        .collect::<anyhow::Result<_>>()?;
+    fields
+        .get(..8)
+        .and_then(|f| f.try_into().ok())
+        .with_context(|| format!("short {name} line in /proc/stat"))
+}
+
+/// Busy (all but idle and iowait) and total ticks of [`cpu_ticks`]' fields.
+pub(crate) fn busy_and_total(f: &[u64; 8]) -> (u64, u64) {
+    let total: u64 = f.iter().sum();
+    (total - f[3] - f[4], total)
+}
+
 pub(crate) fn quantile_ms(samples: &[Duration], q: f64) -> Option<f64> {
     let mut sorted = samples.to_vec();
     sorted.sort();
@@ -205,5 +231,18 @@ mod tests {
             figs.iter().all(|f| f.value.is_none()),
             "no samples: not measured"
         );
+    }
+
+    #[test]
+    fn cpu_lines_of_proc_stat_are_read_by_name() {
+        let all = cpu_ticks("cpu").unwrap();
+        let first = cpu_ticks("cpu0").unwrap();
+        let (busy, total) = busy_and_total(&all);
+        assert!(busy <= total && total > 0, "{all:?}");
+        assert!(
+            busy_and_total(&first).1 <= total,
+            "one CPU within all: {first:?} {all:?}"
+        );
+        assert!(cpu_ticks("cpu99999").is_err());
     }
 }

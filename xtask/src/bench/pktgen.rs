@@ -445,20 +445,11 @@ struct CpuTimes {
 
 impl CpuTimes {
     fn now() -> Result<CpuTimes> {
-        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("cpu "))
-            .context("no cpu line in /proc/stat")?
-            .split_whitespace()
-            .map(|v| v.parse().context("a /proc/stat field"))
-            .collect::<Result<_>>()?;
-        ensure!(fields.len() >= 8, "short cpu line in /proc/stat");
-        // user nice system idle iowait irq softirq steal [guest guest_nice, already in user].
-        let total: u64 = fields[..8].iter().sum();
+        // user nice system idle iowait irq softirq steal.
+        let fields = super::cpu_ticks("cpu")?;
+        let (busy, total) = super::busy_and_total(&fields);
         Ok(CpuTimes {
-            busy: total - fields[3] - fields[4],
+            busy,
             kernel: fields[2] + fields[5] + fields[6],
             total,
         })

@@ -3,24 +3,15 @@
 
 use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use xtask::testbed::run_command;
 
-/// Busy CPU-seconds of the whole machine so far (`/proc/stat`: all but idle and iowait).
+/// Busy CPU-seconds of the whole machine so far (all but idle and iowait).
 fn busy_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let f: Vec<u64> = stat
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("cpu "))
-        .context("no cpu line in /proc/stat")?
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    ensure!(f.len() >= 8, "short cpu line in /proc/stat");
+    let (busy, _) = super::busy_and_total(&super::cpu_ticks("cpu")?);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((f[..8].iter().sum::<u64>() - f[3] - f[4]) as f64 / hz)
+    Ok(busy as f64 / hz)
 }
 
 #[derive(Clone)]

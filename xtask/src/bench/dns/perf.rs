@@ -27,24 +27,6 @@ pub(super) struct Run {
     pub(super) client_cpu_busy: Option<f64>,
 }
 
-/// Busy and total time of one CPU so far, in clock ticks (`/proc/stat`'s `cpuN` line:
-/// busy is all but idle and iowait).
-fn cpu_ticks(cpu: &str) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let name = format!("cpu{cpu}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = f.iter().take(8).sum();
-    let idle = f.get(3)? + f.get(4)?;
-    Some((total - idle, total))
-}
-
 /// One dnsperf run of `seconds` in `host` against `addr:port` with `queries` (a data
 /// file), `clients` sockets, at most `outstanding` in flight, at `rate` queries/s if given;
 /// `verbose` collects every query's latency.
@@ -71,12 +53,13 @@ pub(super) fn dnsperf(
     if verbose {
         cmd.arg("-v");
     }
-    let before = cpu_ticks(CLIENT_CPU);
+    let client_cpu = format!("cpu{CLIENT_CPU}");
+    let before = crate::bench::cpu_ticks(&client_cpu).ok();
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .context("running dnsperf")?;
-    let after = cpu_ticks(CLIENT_CPU);
+    let after = crate::bench::cpu_ticks(&client_cpu).ok();
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),
@@ -85,7 +68,9 @@ pub(super) fn dnsperf(
         String::from_utf8_lossy(&out.stderr).trim_end()
     );
     let mut run = parse(&text)?;
-    if let (Some((busy0, total0)), Some((busy1, total1))) = (before, after) {
+    if let (Some(before), Some(after)) = (before, after) {
+        let (busy0, total0) = crate::bench::busy_and_total(&before);
+        let (busy1, total1) = crate::bench::busy_and_total(&after);
         run.client_cpu_busy =
             (total1 > total0).then(|| (busy1 - busy0) as f64 / (total1 - total0) as f64);
     }
