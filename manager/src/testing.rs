@@ -34,6 +34,15 @@ pub fn service(name: &str, mode: Mode, created: Stamp) -> Service {
     }
 }
 
+/// Three nodes at 10.200.0.1–3: 1 (this node) and 2 up, 3 down.
+pub fn three_nodes_third_down() -> Vec<NodeStatus> {
+    vec![
+        node(1, true, [10, 200, 0, 1]),
+        node(2, true, [10, 200, 0, 2]),
+        node(3, false, [10, 200, 0, 3]),
+    ]
+}
+
 /// Node `id` (`NodeId([id; 16])`, host `h<id>`; node 1 is this node), up or down, with its
 /// gossip and underlay address at `ip`.
 pub fn node(id: u8, up: bool, ip: [u8; 4]) -> NodeStatus {

@@ -91,11 +91,7 @@ fn view() -> ClusterView {
     ClusterView {
         self_id: id(1),
         store_version: 1,
-        nodes: vec![
-            testing::node(1, true, [10, 200, 0, 1]),
-            testing::node(2, true, [10, 200, 0, 2]),
-            testing::node(3, false, [10, 200, 0, 3]),
-        ],
+        nodes: testing::three_nodes_third_down(),
         networks: NetworkSet {
             valid: vec![
                 network("net", "10.10.0.0/24", 4200),

@@ -51,11 +51,7 @@ fn view(services: Vec<Service>, tasks: Vec<(NodeId, Task)>) -> ClusterView {
     ClusterView {
         self_id: id(1),
         store_version: 1,
-        nodes: vec![
-            testing::node(1, true, [10, 200, 0, 1]),
-            testing::node(2, true, [10, 200, 0, 2]),
-            testing::node(3, false, [10, 200, 0, 3]),
-        ],
+        nodes: testing::three_nodes_third_down(),
         networks: NetworkSet {
             valid: vec![Network {
                 name: "net".into(),
